@@ -1,0 +1,131 @@
+//! Escalation hooks: map a child's exit to an action other than the default restart.
+//!
+//! OTP supervisors only restart. A grid needs more: an inverter that reports over-temperature
+//! must not simply be restarted; its segment's safe-state supervisor must hear of it. A hook
+//! sees every child exit and returns a [`HookDecision`]: what to do with the child
+//! ([`ExitAction`]) and, optionally, whom to tell ([`Notifier`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use ractor::{ActorRef, Message};
+
+use crate::exit::ExitReason;
+use crate::path::ActorPath;
+use crate::spec::Restart;
+
+/// A child exit, as a hook sees it.
+#[derive(Debug)]
+pub struct ChildExit<'a> {
+    /// The child's id within its supervisor.
+    pub id: &'a str,
+    /// The child's stable path.
+    pub path: &'a ActorPath,
+    /// The child's restart type.
+    pub restart: Restart,
+    /// Why it ended.
+    pub reason: &'a ExitReason,
+}
+
+/// What the supervisor does with an exited child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Follow the child's restart type and the strategy (the OTP default).
+    Restart,
+    /// Leave the child down, as if it were temporary (it stays listed as terminated, so it can
+    /// be restarted by hand).
+    Ignore,
+    /// Give up: stop all children and fail the supervisor with
+    /// [`SupervisorError::Escalated`](crate::SupervisorError::Escalated), so the parent decides.
+    Escalate,
+}
+
+/// A notice sent to a [`Notifier`] about a child exit.
+#[derive(Debug, Clone)]
+pub struct ChildExitNotice {
+    /// The child's stable path.
+    pub path: ActorPath,
+    /// Why it ended.
+    pub reason: ExitReason,
+    /// What the supervisor did about it.
+    pub action: ExitAction,
+}
+
+/// Somewhere to send [`ChildExitNotice`]s: an actor, or any function.
+#[derive(Clone)]
+pub struct Notifier(Arc<dyn Fn(ChildExitNotice) + Send + Sync>);
+
+impl Notifier {
+    /// Notify an actor whose message type can be built from a notice. A notice that cannot be
+    /// delivered (the actor is gone) is logged as a warning.
+    pub fn actor<M>(target: ActorRef<M>) -> Self
+    where
+        M: Message + From<ChildExitNotice>,
+    {
+        Notifier(Arc::new(move |notice: ChildExitNotice| {
+            let path = notice.path.clone();
+            if let Err(e) = target.send_message(M::from(notice)) {
+                tracing::warn!(%path, error = %e, "exit notice could not be delivered");
+            }
+        }))
+    }
+
+    /// Notify by calling `f` (on the supervisor's task: keep it short).
+    pub fn function(f: impl Fn(ChildExitNotice) + Send + Sync + 'static) -> Self {
+        Notifier(Arc::new(f))
+    }
+
+    pub(crate) fn notify(&self, notice: ChildExitNotice) {
+        (self.0)(notice)
+    }
+}
+
+impl fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Notifier")
+    }
+}
+
+/// A hook's answer: an action and an optional notification.
+#[derive(Debug, Clone)]
+pub struct HookDecision {
+    /// What to do with the child.
+    pub action: ExitAction,
+    /// Whom to tell (after the action was decided, before it is carried out).
+    pub notify: Option<Notifier>,
+}
+
+impl HookDecision {
+    /// The default: follow the restart type.
+    pub fn restart() -> Self {
+        HookDecision {
+            action: ExitAction::Restart,
+            notify: None,
+        }
+    }
+
+    /// Leave the child down.
+    pub fn ignore() -> Self {
+        HookDecision {
+            action: ExitAction::Ignore,
+            notify: None,
+        }
+    }
+
+    /// Fail the supervisor.
+    pub fn escalate() -> Self {
+        HookDecision {
+            action: ExitAction::Escalate,
+            notify: None,
+        }
+    }
+
+    /// Also send a notice to `notifier`.
+    pub fn notify(mut self, notifier: Notifier) -> Self {
+        self.notify = Some(notifier);
+        self
+    }
+}
+
+/// A supervisor's escalation hook.
+pub type EscalationHook = Arc<dyn Fn(&ChildExit<'_>) -> HookDecision + Send + Sync>;
