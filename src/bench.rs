@@ -56,12 +56,25 @@ impl Actor for BenchChild {
     type State = ChildState;
     type Arguments = u64;
 
-    async fn pre_start(&self, _: ActorRef<ChildMsg>, id: u64) -> Result<ChildState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<ChildMsg>,
+        id: u64,
+    ) -> Result<ChildState, ActorProcessingErr> {
         let _ = self.collector.send(Event::Started);
-        Ok(ChildState { id, applied: HashMap::new(), collector: self.collector.clone() })
+        Ok(ChildState {
+            id,
+            applied: HashMap::new(),
+            collector: self.collector.clone(),
+        })
     }
 
-    async fn handle(&self, _: ActorRef<ChildMsg>, msg: ChildMsg, state: &mut ChildState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<ChildMsg>,
+        msg: ChildMsg,
+        state: &mut ChildState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ChildMsg::Setpoint { key, kw } => {
                 state.applied.insert(key, kw);
@@ -83,11 +96,20 @@ impl Actor for Sink {
     type State = (usize, usize, Option<tokio::sync::oneshot::Sender<()>>);
     type Arguments = (usize, tokio::sync::oneshot::Sender<()>);
 
-    async fn pre_start(&self, _: ActorRef<()>, (n, done): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<()>,
+        (n, done): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok((0, n, Some(done)))
     }
 
-    async fn handle(&self, _: ActorRef<()>, _: (), state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<()>,
+        _: (),
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.0 += 1;
         if state.0 == state.1 {
             if let Some(done) = state.2.take() {
@@ -98,7 +120,11 @@ impl Actor for Sink {
     }
 }
 
-async fn drain(rx: &mut mpsc::UnboundedReceiver<Event>, n: usize, what: &str) -> Result<(), String> {
+async fn drain(
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    n: usize,
+    what: &str,
+) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + PHASE_LIMIT;
     for _ in 0..n {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -110,8 +136,13 @@ async fn drain(rx: &mut mpsc::UnboundedReceiver<Event>, n: usize, what: &str) ->
     Ok(())
 }
 
+/// Print one figure. A closed stdout (`| head`) ends the benchmark quietly instead of
+/// panicking in `println!`.
 fn out(name: &str, value: f64, unit: &str) {
-    println!("{name} {value:.3} {unit}");
+    use std::io::Write;
+    if writeln!(std::io::stdout().lock(), "{name} {value:.3} {unit}").is_err() {
+        std::process::exit(0);
+    }
 }
 
 /// Run the benchmark with `n` children, printing figures to stdout.
@@ -122,7 +153,10 @@ pub async fn supervision(n: usize) -> Result<(), String> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let prometheus = prometheus::Registry::new();
     let tree = TreeContext::with_metrics(&prometheus).map_err(|e| e.to_string())?;
-    let registry = tree.registry.clone().expect("with_metrics makes a registry");
+    let registry = tree
+        .registry
+        .clone()
+        .expect("with_metrics makes a registry");
     let collector = tx.clone();
     let template = ChildSpec::worker("session", move |ctx: ChildContext, id: u64| {
         let collector = collector.clone();
@@ -132,7 +166,9 @@ pub async fn supervision(n: usize) -> Result<(), String> {
     let config = SupervisorConfig::new("bench", Strategy::SimpleOneForOne)
         .intensity((n * 10) as u32, Duration::from_secs(5))
         .tree(tree);
-    let sup = Supervisor::start_dynamic(config, template).await.map_err(|e| e.to_string())?;
+    let sup = Supervisor::start_dynamic(config, template)
+        .await
+        .map_err(|e| e.to_string())?;
 
     let mem0 = alloc::live_bytes();
     let rss0 = alloc::rss_bytes();
@@ -146,22 +182,42 @@ pub async fn supervision(n: usize) -> Result<(), String> {
     drain(&mut rx, n, "start").await?;
     let mem1 = alloc::live_bytes();
     let rss1 = alloc::rss_bytes();
-    out("start_children_total", start_total.as_secs_f64() * 1e3, "ms");
-    out("start_child_each", start_total.as_secs_f64() * 1e6 / n as f64, "us");
+    out(
+        "start_children_total",
+        start_total.as_secs_f64() * 1e3,
+        "ms",
+    );
+    out(
+        "start_child_each",
+        start_total.as_secs_f64() * 1e6 / n as f64,
+        "us",
+    );
     out("memory_per_child", (mem1 - mem0) as f64 / n as f64, "bytes");
     if let (Some(a), Some(b)) = (rss0, rss1) {
-        out("memory_per_child_rss", b.saturating_sub(a) as f64 / n as f64, "bytes");
+        out(
+            "memory_per_child_rss",
+            b.saturating_sub(a) as f64 / n as f64,
+            "bytes",
+        );
     }
     if registry.len() != n {
-        return Err(format!("registry holds {} paths, expected {n}", registry.len()));
+        return Err(format!(
+            "registry holds {} paths, expected {n}",
+            registry.len()
+        ));
     }
 
     let t2 = Instant::now();
     for c in &cells {
-        c.send_message(ChildMsg::Setpoint { key: 7, kw: -11.0 }).map_err(|e| e.to_string())?;
+        c.send_message(ChildMsg::Setpoint { key: 7, kw: -11.0 })
+            .map_err(|e| e.to_string())?;
     }
     drain(&mut rx, n, "fanout").await?;
-    out("fanout_setpoint_all_acked", t2.elapsed().as_secs_f64() * 1e3, "ms");
+    out(
+        "fanout_setpoint_all_acked",
+        t2.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    );
 
     let mut lat = Vec::with_capacity(SINGLE_RESTARTS);
     for c in cells.iter().take(SINGLE_RESTARTS.min(n)) {
@@ -188,7 +244,11 @@ pub async fn supervision(n: usize) -> Result<(), String> {
         v.kill();
     }
     drain(&mut rx, victims.len(), "mass restart").await?;
-    out("restart_10pct_all_up", t4.elapsed().as_secs_f64() * 1e3, "ms");
+    out(
+        "restart_10pct_all_up",
+        t4.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    );
 
     let one: ActorRef<ChildMsg> = sup
         .which_children()
@@ -205,24 +265,40 @@ pub async fn supervision(n: usize) -> Result<(), String> {
             other => return Err(format!("call failed: {other:?}")),
         }
     }
-    out("call_roundtrip", t6.elapsed().as_secs_f64() * 1e6 / CALLS as f64, "us");
+    out(
+        "call_roundtrip",
+        t6.elapsed().as_secs_f64() * 1e6 / CALLS as f64,
+        "us",
+    );
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let (sink, _) = Actor::spawn(None, Sink, (MESSAGES, done_tx)).await.map_err(|e| e.to_string())?;
+    let (sink, _) = Actor::spawn(None, Sink, (MESSAGES, done_tx))
+        .await
+        .map_err(|e| e.to_string())?;
     let t8 = Instant::now();
     for _ in 0..MESSAGES {
         sink.send_message(()).map_err(|e| e.to_string())?;
     }
-    tokio::time::timeout(PHASE_LIMIT, done_rx).await.map_err(|_| "sink timed out")?.map_err(|_| "sink dropped")?;
-    out("messages_per_second", MESSAGES as f64 / t8.elapsed().as_secs_f64(), "msg/s");
+    tokio::time::timeout(PHASE_LIMIT, done_rx)
+        .await
+        .map_err(|_| "sink timed out")?
+        .map_err(|_| "sink dropped")?;
+    out(
+        "messages_per_second",
+        MESSAGES as f64 / t8.elapsed().as_secs_f64(),
+        "msg/s",
+    );
     sink.stop(None);
 
     let t10 = Instant::now();
     sup.shutdown().await;
     out("shutdown_tree", t10.elapsed().as_secs_f64() * 1e3, "ms");
     if !registry.is_empty() {
-        return Err(format!("{} paths still registered after shutdown", registry.len()));
+        return Err(format!(
+            "{} paths still registered after shutdown",
+            registry.len()
+        ));
     }
-    println!("children {n} count");
+    out("children", n as f64, "count");
     Ok(())
 }

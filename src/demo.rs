@@ -24,12 +24,21 @@ impl Actor for DemoWorker {
     type State = ActorPath;
     type Arguments = (ActorPath, String);
 
-    async fn pre_start(&self, _: ActorRef<DemoMsg>, (path, note): (ActorPath, String)) -> Result<ActorPath, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<DemoMsg>,
+        (path, note): (ActorPath, String),
+    ) -> Result<ActorPath, ActorProcessingErr> {
         println!("  start  {path}{note}");
         Ok(path)
     }
 
-    async fn handle(&self, _: ActorRef<DemoMsg>, msg: DemoMsg, path: &mut ActorPath) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<DemoMsg>,
+        msg: DemoMsg,
+        path: &mut ActorPath,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             DemoMsg::Crash(why) => {
                 println!("  crash  {path}: {why}");
@@ -38,7 +47,11 @@ impl Actor for DemoWorker {
         }
     }
 
-    async fn post_stop(&self, _: ActorRef<DemoMsg>, path: &mut ActorPath) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<DemoMsg>,
+        path: &mut ActorPath,
+    ) -> Result<(), ActorProcessingErr> {
         println!("  stop   {path}");
         Ok(())
     }
@@ -60,9 +73,14 @@ async fn crash_and_wait(registry: &Registry, path: &str, also: &[&str]) -> Resul
     for p in also {
         watched.push((p.to_string(), before(p)?));
     }
-    registry.send(path, DemoMsg::Crash("injected fault".into())).map_err(|e| e.to_string())?;
+    registry
+        .send(path, DemoMsg::Crash("injected fault".into()))
+        .map_err(|e| e.to_string())?;
     for (p, inc) in watched {
-        registry.resolve_newer(&p, inc, RESTART_LIMIT).await.map_err(|e| e.to_string())?;
+        registry
+            .resolve_newer(&p, inc, RESTART_LIMIT)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -71,43 +89,61 @@ async fn crash_and_wait(registry: &Registry, path: &str, also: &[&str]) -> Resul
 pub async fn run() -> Result<(), String> {
     let prometheus = prometheus::Registry::new();
     let tree = TreeContext::with_metrics(&prometheus).map_err(|e| e.to_string())?;
-    let registry = tree.registry.clone().expect("with_metrics makes a registry");
+    let registry = tree
+        .registry
+        .clone()
+        .expect("with_metrics makes a registry");
 
     println!("gridvisor demonstration tree (the V2G demo site comes with the domain actors)\n");
     println!("starting: children start in order");
     let sessions = ChildSpec::worker("session", |ctx: ChildContext, vehicle: String| async move {
         let path = ctx.path().clone();
-        ctx.spawn(DemoWorker, (path, format!(" (vehicle {vehicle})"))).await
+        ctx.spawn(DemoWorker, (path, format!(" (vehicle {vehicle})")))
+            .await
     });
     let children = vec![
         worker("telemetry"),
         Supervisor::child_spec(
             "segment-1",
-            SupervisorConfig::new("segment-1", Strategy::RestForOne).intensity(5, Duration::from_secs(10)),
+            SupervisorConfig::new("segment-1", Strategy::RestForOne)
+                .intensity(5, Duration::from_secs(10)),
             vec![worker("safety"), worker("meter"), worker("dispatcher")],
         ),
         Supervisor::dynamic_child_spec(
             "sessions",
-            SupervisorConfig::new("sessions", Strategy::SimpleOneForOne).intensity(5, Duration::from_secs(10)),
+            SupervisorConfig::new("sessions", Strategy::SimpleOneForOne)
+                .intensity(5, Duration::from_secs(10)),
             sessions,
         ),
     ];
     let root = Supervisor::start(
-        SupervisorConfig::new("demo", Strategy::OneForOne).intensity(5, Duration::from_secs(10)).tree(tree),
+        SupervisorConfig::new("demo", Strategy::OneForOne)
+            .intensity(5, Duration::from_secs(10))
+            .tree(tree),
         children,
     )
     .await
     .map_err(|e| e.to_string())?;
-    let sessions_cell = registry.lookup("demo/sessions").map_err(|e| e.to_string())?;
+    let sessions_cell = registry
+        .lookup("demo/sessions")
+        .map_err(|e| e.to_string())?;
     let sessions = DynamicSupervisorRef::<String>::from_cell(sessions_cell, "demo/sessions".into())
         .map_err(|e| e.to_string())?;
     for vehicle in ["EV-1001", "EV-1002", "EV-1003"] {
-        sessions.start_child(vehicle.to_string()).await.map_err(|e| e.to_string())?;
+        sessions
+            .start_child(vehicle.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
     }
     print_tree(&root).await?;
 
     println!("\nstep 1: the meter of segment-1 crashes; rest_for_one restarts it and the dispatcher after it");
-    crash_and_wait(&registry, "demo/segment-1/meter", &["demo/segment-1/dispatcher"]).await?;
+    crash_and_wait(
+        &registry,
+        "demo/segment-1/meter",
+        &["demo/segment-1/dispatcher"],
+    )
+    .await?;
     print_tree(&root).await?;
 
     println!("\nstep 2: a vehicle session crashes; its dynamic supervisor restarts it with the same vehicle");
@@ -124,15 +160,27 @@ pub async fn run() -> Result<(), String> {
             continue;
         }
         for m in family.get_metric() {
-            let path = m.get_label().iter().find(|l| l.name() == "path").map(|l| l.value()).unwrap_or("?");
-            println!("  {} {{path=\"{path}\"}} {}", family.name(), m.get_counter().get_value());
+            let path = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "path")
+                .map(|l| l.value())
+                .unwrap_or("?");
+            println!(
+                "  {} {{path=\"{path}\"}} {}",
+                family.name(),
+                m.get_counter().get_value()
+            );
         }
     }
 
     println!("\nshutting down: children stop in reverse start order");
     root.shutdown().await;
     if !registry.is_empty() {
-        return Err(format!("{} paths still registered after shutdown", registry.len()));
+        return Err(format!(
+            "{} paths still registered after shutdown",
+            registry.len()
+        ));
     }
     println!("done");
     Ok(())

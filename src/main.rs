@@ -55,12 +55,16 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (workers, job): (Option<usize>, Box<dyn FnOnce() -> _>) = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => (None, Box::new(|| tokio::spawn(demo::run()))),
-        Command::Bench { which: Bench::Supervision { children, workers } } => {
-            (workers, Box::new(move || tokio::spawn(bench::supervision(children))))
-        }
-    };
+    let (workers, job): (Option<usize>, Box<dyn FnOnce() -> _>) =
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => (None, Box::new(|| tokio::spawn(demo::run()))),
+            Command::Bench {
+                which: Bench::Supervision { children, workers },
+            } => (
+                workers,
+                Box::new(move || tokio::spawn(bench::supervision(children))),
+            ),
+        };
     let rt = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
