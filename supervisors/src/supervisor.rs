@@ -904,7 +904,15 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
                 self.remove_child(slot);
                 continue;
             }
-            self.child_mut(slot).state = ChildState::Restarting;
+            // Restarted as part of the group: it counts as a restart of this child (for
+            // introspection and metrics), but not again against the supervisor's intensity,
+            // which counts decisions, as OTP does.
+            let c = self.child_mut(slot);
+            c.state = ChildState::Restarting;
+            c.restarts += 1;
+            if let Some(s) = self.series(slot) {
+                s.restarts.inc();
+            }
             self.mark_restarting(slot);
             group.push(slot);
         }
