@@ -1260,6 +1260,12 @@ async fn shut_down(cell: &ActorCell, shutdown: Shutdown) -> ExitClass {
     }
 }
 
+/// The error a supervisor fails with. Boxed as `dyn Error` directly: `?` on a
+/// `Box<SupervisorError>` would box it twice and the parent could not downcast the reason.
+fn failure(e: SupervisorError) -> ActorProcessingErr {
+    Box::new(e)
+}
+
 async fn wait_killed(cell: &ActorCell) {
     if cell.wait(Some(KILL_WAIT_LIMIT)).await.is_err() {
         tracing::error!(actor = ?cell.get_id(), limit = ?KILL_WAIT_LIMIT, "killed actor has not exited (it has not yielded); moving on");
@@ -1349,7 +1355,7 @@ impl<A: Clone + Send + 'static> Actor for Supervisor<A> {
                 state
                     .on_restart_due(&myself, token)
                     .await
-                    .map_err(Box::new)?;
+                    .map_err(failure)?;
             }
         }
         Ok(())
@@ -1362,7 +1368,7 @@ impl<A: Clone + Send + 'static> Actor for Supervisor<A> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some((id, reason)) = ExitReason::from_event(evt) {
-            state.on_exit(&myself, id, reason).await.map_err(Box::new)?;
+            state.on_exit(&myself, id, reason).await.map_err(failure)?;
         }
         Ok(())
     }
