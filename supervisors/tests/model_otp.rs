@@ -8,10 +8,14 @@ use std::time::Duration;
 
 use gridvisor_supervisors::SupervisorError;
 use gridvisor_supervisors::{
-    ChildContext, ChildSpec, Restart, Supervisor, SupervisorConfig, SupervisorRef,
+    ChildContext, ChildSpec, DynamicSupervisorRef, Restart, Supervisor, SupervisorConfig,
+    SupervisorRef,
 };
 use proptest::prelude::*;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef};
+
+/// Children a case may have (initial ones plus those started during the case).
+const MAX_CHILDREN: usize = 8;
 
 /// What the test asks a child to do.
 enum Probe {
@@ -46,6 +50,8 @@ impl Actor for Child {
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
+    /// Start one more child (a new spec for static supervisors, arguments for dynamic ones).
+    Start,
     Crash(usize),
     Kill(usize),
     NormalExit(usize),
@@ -56,9 +62,10 @@ enum Op {
 /// boundary of the intensity window (`now - t <= period` still counts) is exercised.
 fn op(period_ms: u64) -> impl proptest::strategy::Strategy<Value = Op> {
     prop_oneof![
-        3 => (0..5usize).prop_map(Op::Crash),
-        2 => (0..5usize).prop_map(Op::Kill),
-        2 => (0..5usize).prop_map(Op::NormalExit),
+        1 => Just(Op::Start),
+        3 => (0..MAX_CHILDREN).prop_map(Op::Crash),
+        2 => (0..MAX_CHILDREN).prop_map(Op::Kill),
+        2 => (0..MAX_CHILDREN).prop_map(Op::NormalExit),
         1 => (0..4000u64).prop_map(Op::Advance),
         1 => prop_oneof![Just(period_ms), Just(period_ms + 1), Just(period_ms / 2)].prop_map(Op::Advance),
     ]
@@ -149,7 +156,7 @@ impl Reference {
 
 /// The running children's incarnations, by child index.
 async fn snapshot(sup: &SupervisorRef) -> Result<Vec<Option<ActorId>>, SupervisorError> {
-    let mut out = vec![None; 5];
+    let mut out = vec![None; MAX_CHILDREN];
     for c in sup.which_children().await? {
         let i: usize = c.id.rsplit('-').next().unwrap().parse().unwrap();
         out[i] = c.actor.map(|a| a.get_id());
@@ -166,12 +173,14 @@ fn spec() -> ChildSpec<usize> {
 async fn run_case(
     strategy: gridvisor_supervisors::Strategy,
     restart: Vec<Restart>,
+    initial: usize,
     max_restarts: u32,
     period_ms: u64,
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
     use gridvisor_supervisors::Strategy as S;
-    let n = restart.len();
+    assert_eq!(restart.len(), MAX_CHILDREN);
+    let mut n = initial;
     let config = SupervisorConfig::new("m", strategy)
         .intensity(max_restarts, Duration::from_millis(period_ms));
     let mut restart = restart;
@@ -213,6 +222,28 @@ async fn run_case(
     for (step, op) in ops.into_iter().enumerate() {
         let before = snapshot(&sup).await.unwrap();
         let (i, abnormal) = match op {
+            Op::Start if n == MAX_CHILDREN => continue,
+            Op::Start => {
+                let id = format!("c-{n}");
+                if strategy == S::SimpleOneForOne {
+                    let d =
+                        DynamicSupervisorRef::<usize>::from_cell(sup.cell(), "m".into()).unwrap();
+                    d.start_child_named(&id, n).await.unwrap();
+                } else {
+                    let spec = ChildSpec::worker(&id, |ctx: ChildContext, ()| async move {
+                        ctx.spawn(Child, ()).await
+                    })
+                    .restart(model.restart[n]);
+                    sup.start_child(spec).await.unwrap();
+                }
+                model.present.push(true);
+                model.running.push(true);
+                n += 1;
+                let after = snapshot(&sup).await.unwrap();
+                let running: Vec<bool> = after.iter().take(n).map(Option::is_some).collect();
+                prop_assert_eq!(&running, &model.running, "step {}: after a start", step);
+                continue;
+            }
             Op::Advance(ms) => {
                 tokio::time::advance(Duration::from_millis(ms)).await;
                 model.now_ms += ms;
@@ -244,7 +275,7 @@ async fn run_case(
                 .send_message(Probe::Stop)
                 .map_err(|_| TestCaseError::fail("send"))?,
             Op::Kill(_) => cell.kill(),
-            Op::Advance(_) => unreachable!(),
+            Op::Advance(_) | Op::Start => unreachable!("handled above"),
         }
         cell.wait(None).await.unwrap();
         let expected = model.exit(i, abnormal);
@@ -308,11 +339,12 @@ proptest! {
     #[test]
     fn supervisor_decides_as_otp_does(
         strategy in strategy(),
-        restart in prop::collection::vec(restart_type(), 2..=5),
+        restart in prop::collection::vec(restart_type(), MAX_CHILDREN),
+        initial in 1usize..=5,
         max_restarts in 0u32..=4,
         (period_ms, ops) in (1000u64..=10_000).prop_flat_map(|p| (Just(p), prop::collection::vec(op(p), 1..25))),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
-        rt.block_on(run_case(strategy, restart, max_restarts, period_ms, ops))?;
+        rt.block_on(run_case(strategy, restart, initial, max_restarts, period_ms, ops))?;
     }
 }
