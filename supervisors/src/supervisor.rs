@@ -673,7 +673,23 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
             path: path.clone(),
             tree: self.tree.clone(),
         };
-        let cell = start(ctx, args).await?;
+        // A start function that panics (outside the actor's own pre_start, which ractor
+        // already guards) is a failed start, not a crash of the supervisor.
+        let started =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(start(ctx, args))).await;
+        let cell = match started {
+            Ok(result) => result?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic".to_string());
+                return Err(StartError::Failed(format!(
+                    "start function panicked: {what}"
+                )));
+            }
+        };
         let linked = cell
             .try_get_supervisor()
             .is_some_and(|s| s.get_id() == me.get_id());

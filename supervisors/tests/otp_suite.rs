@@ -759,3 +759,39 @@ async fn metrics_count_starts_restarts_and_exits_by_reason() {
     );
     sup.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_panicking_start_function_is_a_failed_start_not_a_dead_supervisor() {
+    let (tx, mut rx) = channel();
+    let sup = Supervisor::start(
+        SupervisorConfig::new("p", Strategy::OneForOne),
+        vec![worker("a", &tx)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next(&mut rx).await, "start a");
+    let bad = ChildSpec::worker("bad", |_ctx: ChildContext, ()| async move {
+        if true {
+            panic!("wiring bug");
+        }
+        Err(gridvisor_supervisors::StartError::NotLinked)
+    });
+    match sup.start_child(bad).await {
+        Err(SupervisorError::StartFailed { child, error, .. }) => {
+            assert_eq!(child, "bad");
+            assert!(
+                error
+                    .to_string()
+                    .contains("start function panicked: wiring bug"),
+                "{error}"
+            );
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+    assert_eq!(
+        sup.count_children().await.unwrap().active,
+        1,
+        "the supervisor lives on"
+    );
+    sup.shutdown().await;
+}
