@@ -1,0 +1,771 @@
+//! The safe-state ladder of one transformer segment: Normal → Limited(cap) → ChargeOnly →
+//! Tripped.
+//!
+//! Every fault source asks for a level; the segment's level is the most severe level any
+//! fault asks for (two caps combine to the smaller). A fault that clears keeps asking for its
+//! level until it has stayed clear for the hold time (IEEE 1547-2018's enter-service delay,
+//! 300 s by default), so a flapping cause cannot flap the segment. Local safety always clamps
+//! remote dispatch: [`SafeStateLadder::clamp`] is applied to every setpoint before it reaches a
+//! device.
+//!
+//! Time is injected: every call takes `now`, a monotonic [`Duration`] since an arbitrary
+//! origin, so tests and chaos runs go faster than real time and replay exactly.
+//!
+//! | fault ([`Fault`]) | level (defaults, [`LadderConfig`]) |
+//! | --- | --- |
+//! | islanding: voltage or frequency outside an IEEE 1547-2018 trip band for its clearing time, or grid voltage lost, while exporting | Tripped |
+//! | PTP offset over 1 ms / over 100 ms | ChargeOnly / Tripped |
+//! | grid controller keep-alive missing for 5 s | ChargeOnly |
+//! | inverter core over 65 °C | Limited, derated linearly to 0 at 85 °C |
+//! | transformer at its thermal limit | Limited to the transformer's allowance |
+//! | node cannot see a majority of the cluster | ChargeOnly |
+//! | a supervisor of the segment exceeded its restart intensity | ChargeOnly (and an alarm) |
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How safe a segment must be, from least to most restrictive.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "level", rename_all = "snake_case")]
+pub enum SafeState {
+    /// No restriction.
+    Normal,
+    /// Power limited to `cap_kw` in both directions.
+    Limited {
+        /// The limit, kW (non-negative).
+        cap_kw: f64,
+    },
+    /// No discharge; charging allowed.
+    ChargeOnly,
+    /// No power at all.
+    Tripped,
+}
+
+impl SafeState {
+    /// 0 (Normal) to 3 (Tripped).
+    pub fn severity(&self) -> u8 {
+        match self {
+            SafeState::Normal => 0,
+            SafeState::Limited { .. } => 1,
+            SafeState::ChargeOnly => 2,
+            SafeState::Tripped => 3,
+        }
+    }
+
+    /// The more restrictive of two states (two caps: the smaller cap).
+    pub fn most_restrictive(self, other: SafeState) -> SafeState {
+        match (self, other) {
+            (SafeState::Limited { cap_kw: a }, SafeState::Limited { cap_kw: b }) => {
+                SafeState::Limited { cap_kw: a.min(b) }
+            }
+            (a, b) if b.severity() > a.severity() => b,
+            (a, _) => a,
+        }
+    }
+
+    /// Clamp an absolute setpoint (kW, negative = discharge) to what this state allows. A
+    /// setpoint that is not a number is refused as 0 kW: when in doubt, no power.
+    pub fn clamp(&self, setpoint_kw: f64) -> f64 {
+        if !setpoint_kw.is_finite() {
+            return 0.0;
+        }
+        match *self {
+            SafeState::Normal => setpoint_kw,
+            SafeState::Limited { cap_kw } => {
+                let cap = if cap_kw.is_finite() {
+                    cap_kw.max(0.0)
+                } else {
+                    0.0
+                };
+                setpoint_kw.clamp(-cap, cap)
+            }
+            SafeState::ChargeOnly => setpoint_kw.max(0.0),
+            SafeState::Tripped => 0.0,
+        }
+    }
+}
+
+impl fmt::Display for SafeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SafeState::Normal => f.write_str("normal"),
+            SafeState::Limited { cap_kw } => write!(f, "limited({cap_kw:.1} kW)"),
+            SafeState::ChargeOnly => f.write_str("charge_only"),
+            SafeState::Tripped => f.write_str("tripped"),
+        }
+    }
+}
+
+/// One trip band: a reading beyond `threshold` (above it for an over-band, below it for an
+/// under-band) for at least `clearing_time` must trip.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TripBand {
+    /// The threshold (per unit of nominal voltage, or Hz).
+    pub threshold: f64,
+    /// True for an over-band (trip above), false for an under-band (trip below).
+    pub over: bool,
+    /// How long the reading must stay beyond the threshold.
+    pub clearing_time: Duration,
+}
+
+impl TripBand {
+    const fn over(threshold: f64, ms: u64) -> Self {
+        TripBand {
+            threshold,
+            over: true,
+            clearing_time: Duration::from_millis(ms),
+        }
+    }
+    const fn under(threshold: f64, ms: u64) -> Self {
+        TripBand {
+            threshold,
+            over: false,
+            clearing_time: Duration::from_millis(ms),
+        }
+    }
+    fn beyond(&self, value: f64) -> bool {
+        if self.over {
+            value > self.threshold
+        } else {
+            value < self.threshold
+        }
+    }
+}
+
+/// The ladder's thresholds. Defaults follow DESIGN.md's fault table and IEEE 1547-2018's
+/// default trip settings (voltage: Category II; frequency: 60 Hz systems).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LadderConfig {
+    /// How long a cleared fault keeps its level (IEEE 1547's enter-service delay).
+    pub hold_time: Duration,
+    /// Voltage trip bands, per unit: OV2 1.20/0.16 s, OV1 1.10/2 s, UV1 0.70/10 s,
+    /// UV2 0.45/0.16 s.
+    pub voltage_bands: Vec<TripBand>,
+    /// Frequency trip bands, Hz: OF2 62.0/0.16 s, OF1 61.2/300 s, UF1 58.5/300 s,
+    /// UF2 56.5/0.16 s.
+    pub frequency_bands: Vec<TripBand>,
+    /// Below this voltage (per unit) the grid is lost: islanding at once when exporting.
+    pub voltage_lost_pu: f64,
+    /// PTP offset above which the segment goes ChargeOnly.
+    pub ptp_charge_only: Duration,
+    /// PTP offset above which the segment trips.
+    pub ptp_trip: Duration,
+    /// Keep-alive silence after which the segment goes ChargeOnly.
+    pub keepalive_timeout: Duration,
+    /// Inverter core temperature above which output is derated, °C.
+    pub derate_start_c: f64,
+    /// Temperature at which the derated cap reaches 0 kW, °C.
+    pub derate_zero_c: f64,
+}
+
+impl Default for LadderConfig {
+    fn default() -> Self {
+        LadderConfig {
+            hold_time: Duration::from_secs(300),
+            voltage_bands: vec![
+                TripBand::over(1.20, 160),
+                TripBand::over(1.10, 2_000),
+                TripBand::under(0.70, 10_000),
+                TripBand::under(0.45, 160),
+            ],
+            frequency_bands: vec![
+                TripBand::over(62.0, 160),
+                TripBand::over(61.2, 300_000),
+                TripBand::under(58.5, 300_000),
+                TripBand::under(56.5, 160),
+            ],
+            voltage_lost_pu: 0.10,
+            ptp_charge_only: Duration::from_millis(1),
+            ptp_trip: Duration::from_millis(100),
+            keepalive_timeout: Duration::from_secs(5),
+            derate_start_c: 65.0,
+            derate_zero_c: 85.0,
+        }
+    }
+}
+
+/// Which fault source a level comes from. Per-device sources carry the device id, so that
+/// one hot inverter clearing does not clear another.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKey {
+    /// Loss of grid / abnormal voltage or frequency while exporting.
+    Islanding,
+    /// PTP clock offset.
+    ClockDrift,
+    /// Grid controller keep-alive.
+    KeepAlive,
+    /// An inverter's core temperature.
+    OverTemperature(String),
+    /// The transformer's thermal model.
+    TransformerThermal,
+    /// This node's view of the cluster majority.
+    Quorum,
+    /// A supervisor of the segment gave up (its path).
+    RestartIntensity(String),
+}
+
+/// An observation the ladder decides on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// A grid reading at the point of connection.
+    GridReading {
+        /// Voltage, per unit of nominal.
+        voltage_pu: f64,
+        /// Frequency, Hz.
+        frequency_hz: f64,
+        /// Whether the segment was exporting (discharging) when it was read.
+        exporting: bool,
+    },
+    /// The PTP offset measured by the clock monitor.
+    ClockOffset(Duration),
+    /// A keep-alive from the grid controller arrived.
+    KeepAlive,
+    /// An inverter's core temperature and its rated power.
+    InverterTemperature {
+        /// The inverter's id.
+        inverter: String,
+        /// Core temperature, °C.
+        celsius: f64,
+        /// Rated power, kW.
+        rated_kw: f64,
+    },
+    /// The transformer thermal model's verdict: `Some(allowance)` at the limit, `None` when
+    /// below it.
+    TransformerLimit(Option<f64>),
+    /// Whether this node sees a majority of the cluster.
+    Quorum(bool),
+    /// A supervisor of the segment exceeded its restart intensity (`true`) or was restarted
+    /// and runs again (`false`).
+    RestartIntensity {
+        /// The supervisor's path.
+        supervisor: String,
+        /// Exceeded now.
+        exceeded: bool,
+    },
+}
+
+/// A change of the segment's level.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    /// When (the injected clock).
+    #[serde(serialize_with = "ser_ms")]
+    pub at: Duration,
+    /// The level before.
+    pub from: SafeState,
+    /// The level after.
+    pub to: SafeState,
+    /// The fault sources asking for a level now, most severe first.
+    pub causes: Vec<FaultKey>,
+    /// True when a supervisor gave up: operators must be alarmed, not only informed.
+    pub alarm: bool,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+#[derive(Debug, Clone)]
+struct Demand {
+    state: SafeState,
+    /// `None` while the cause is present; `Some(t)` once it cleared at `t`.
+    cleared_at: Option<Duration>,
+}
+
+/// The ladder of one segment. Not shared: it lives in the segment's safety actor.
+#[derive(Debug, Clone)]
+pub struct SafeStateLadder {
+    config: LadderConfig,
+    demands: BTreeMap<FaultKey, Demand>,
+    /// Since when each trip band has been exceeded (index: voltage bands, then frequency).
+    beyond_since: Vec<Option<Duration>>,
+    last_keepalive: Duration,
+    level: SafeState,
+}
+
+impl SafeStateLadder {
+    /// A ladder at Normal; the keep-alive clock starts at `now`.
+    pub fn new(config: LadderConfig, now: Duration) -> Self {
+        let bands = config.voltage_bands.len() + config.frequency_bands.len();
+        SafeStateLadder {
+            config,
+            demands: BTreeMap::new(),
+            beyond_since: vec![None; bands],
+            last_keepalive: now,
+            level: SafeState::Normal,
+        }
+    }
+
+    /// The current level.
+    pub fn level(&self) -> SafeState {
+        self.level
+    }
+
+    /// Clamp a remote setpoint by the current level (local safety always wins).
+    pub fn clamp(&self, setpoint_kw: f64) -> f64 {
+        self.level.clamp(setpoint_kw)
+    }
+
+    /// The fault sources currently asking for a level (present, or cleared and holding).
+    pub fn causes(&self) -> Vec<FaultKey> {
+        self.demands.keys().cloned().collect()
+    }
+
+    /// Feed an observation at `now`; returns the transition if the level changed.
+    pub fn observe(&mut self, fault: Fault, now: Duration) -> Option<Transition> {
+        match fault {
+            Fault::GridReading {
+                voltage_pu,
+                frequency_hz,
+                exporting,
+            } => {
+                let islanded = self.grid_reading(voltage_pu, frequency_hz, exporting, now);
+                self.set(
+                    FaultKey::Islanding,
+                    islanded.then_some(SafeState::Tripped),
+                    now,
+                );
+            }
+            Fault::ClockOffset(offset) => {
+                let demand = if offset > self.config.ptp_trip {
+                    Some(SafeState::Tripped)
+                } else if offset > self.config.ptp_charge_only {
+                    Some(SafeState::ChargeOnly)
+                } else {
+                    None
+                };
+                self.set(FaultKey::ClockDrift, demand, now);
+            }
+            Fault::KeepAlive => {
+                self.last_keepalive = now;
+                self.set(FaultKey::KeepAlive, None, now);
+            }
+            Fault::InverterTemperature {
+                inverter,
+                celsius,
+                rated_kw,
+            } => {
+                let demand = self.derate(celsius, rated_kw);
+                self.set(FaultKey::OverTemperature(inverter), demand, now);
+            }
+            Fault::TransformerLimit(allowance) => {
+                let demand = allowance.map(|a| {
+                    if a.is_finite() {
+                        SafeState::Limited { cap_kw: a.max(0.0) }
+                    } else {
+                        // An allowance that is not a number: when in doubt, no discharge.
+                        SafeState::ChargeOnly
+                    }
+                });
+                self.set(FaultKey::TransformerThermal, demand, now);
+            }
+            Fault::Quorum(majority) => {
+                self.set(
+                    FaultKey::Quorum,
+                    (!majority).then_some(SafeState::ChargeOnly),
+                    now,
+                );
+            }
+            Fault::RestartIntensity {
+                supervisor,
+                exceeded,
+            } => {
+                let demand = exceeded.then_some(SafeState::ChargeOnly);
+                self.set(FaultKey::RestartIntensity(supervisor), demand, now);
+            }
+        }
+        self.settle(now)
+    }
+
+    /// Advance time without an observation: checks the keep-alive watchdog and the trip
+    /// bands' clearing times, and lets held faults expire.
+    pub fn tick(&mut self, now: Duration) -> Option<Transition> {
+        let silent = now.saturating_sub(self.last_keepalive) > self.config.keepalive_timeout;
+        if silent {
+            self.set(FaultKey::KeepAlive, Some(SafeState::ChargeOnly), now);
+        }
+        self.settle(now)
+    }
+
+    /// True when this reading, with those before it, means the segment is islanded.
+    fn grid_reading(
+        &mut self,
+        voltage_pu: f64,
+        frequency_hz: f64,
+        exporting: bool,
+        now: Duration,
+    ) -> bool {
+        // A reading that is not a number says nothing good about the grid: treat it as lost.
+        if !voltage_pu.is_finite() || !frequency_hz.is_finite() {
+            return exporting;
+        }
+        let bands = self.config.voltage_bands.iter().map(|b| (b, voltage_pu));
+        let bands = bands.chain(
+            self.config
+                .frequency_bands
+                .iter()
+                .map(|b| (b, frequency_hz)),
+        );
+        let mut tripped = false;
+        for (i, (band, value)) in bands.enumerate() {
+            if band.beyond(value) {
+                let since = *self.beyond_since[i].get_or_insert(now);
+                tripped |= now.saturating_sub(since) >= band.clearing_time;
+            } else {
+                self.beyond_since[i] = None;
+            }
+        }
+        let lost = voltage_pu < self.config.voltage_lost_pu;
+        exporting && (tripped || lost)
+    }
+
+    fn derate(&self, celsius: f64, rated_kw: f64) -> Option<SafeState> {
+        let (start, zero) = (self.config.derate_start_c, self.config.derate_zero_c);
+        if !celsius.is_finite() || !rated_kw.is_finite() {
+            return Some(SafeState::ChargeOnly);
+        }
+        if celsius <= start {
+            return None;
+        }
+        let fraction = if zero > start {
+            ((zero - celsius) / (zero - start)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        Some(SafeState::Limited {
+            cap_kw: rated_kw.max(0.0) * fraction,
+        })
+    }
+
+    fn set(&mut self, key: FaultKey, demand: Option<SafeState>, now: Duration) {
+        match demand {
+            Some(state) => {
+                // Present: a new or renewed cause; a cleared one that comes back restarts.
+                self.demands.insert(
+                    key,
+                    Demand {
+                        state,
+                        cleared_at: None,
+                    },
+                );
+            }
+            None => {
+                if let Some(d) = self.demands.get_mut(&key) {
+                    d.cleared_at.get_or_insert(now);
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, now: Duration) -> Option<Transition> {
+        let hold = self.config.hold_time;
+        self.demands
+            .retain(|_, d| d.cleared_at.is_none_or(|t| now.saturating_sub(t) < hold));
+        let level = self
+            .demands
+            .values()
+            .fold(SafeState::Normal, |acc, d| acc.most_restrictive(d.state));
+        if level == self.level {
+            return None;
+        }
+        let from = std::mem::replace(&mut self.level, level);
+        let mut causes: Vec<(u8, FaultKey)> = self
+            .demands
+            .iter()
+            .map(|(k, d)| (d.state.severity(), k.clone()))
+            .collect();
+        causes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let alarm = self
+            .demands
+            .keys()
+            .any(|k| matches!(k, FaultKey::RestartIntensity(_)));
+        Some(Transition {
+            at: now,
+            from,
+            to: level,
+            causes: causes.into_iter().map(|(_, k)| k).collect(),
+            alarm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn ladder() -> SafeStateLadder {
+        SafeStateLadder::new(LadderConfig::default(), Duration::ZERO)
+    }
+
+    fn grid(v: f64, f: f64, exporting: bool) -> Fault {
+        Fault::GridReading {
+            voltage_pu: v,
+            frequency_hz: f,
+            exporting,
+        }
+    }
+
+    #[test]
+    fn islanding_trips_at_once_when_the_grid_is_lost_while_exporting() {
+        let mut l = ladder();
+        assert_eq!(l.observe(grid(1.0, 60.0, true), ms(0)), None);
+        let t = l
+            .observe(grid(0.0, 60.0, true), ms(1))
+            .expect("a transition");
+        assert_eq!((t.from, t.to), (SafeState::Normal, SafeState::Tripped));
+        assert_eq!(t.causes, vec![FaultKey::Islanding]);
+        assert_eq!(l.clamp(-50.0), 0.0);
+        assert_eq!(l.clamp(11.0), 0.0);
+    }
+
+    #[test]
+    fn fast_frequency_band_trips_after_its_clearing_time_slow_band_waits() {
+        let mut l = ladder();
+        // 62.5 Hz is beyond OF2 (62.0 Hz, 0.16 s) and OF1 (61.2 Hz, 300 s).
+        assert_eq!(l.observe(grid(1.0, 62.5, true), ms(0)), None);
+        assert_eq!(l.observe(grid(1.0, 62.5, true), ms(159)), None);
+        assert_eq!(
+            l.observe(grid(1.0, 62.5, true), ms(160)).unwrap().to,
+            SafeState::Tripped
+        );
+        // 61.5 Hz is beyond OF1 only: trips after 300 s, not before.
+        let mut l = ladder();
+        assert_eq!(l.observe(grid(1.0, 61.5, true), ms(0)), None);
+        assert_eq!(
+            l.observe(grid(1.0, 61.5, true), Duration::from_secs(299)),
+            None
+        );
+        assert_eq!(
+            l.observe(grid(1.0, 61.5, true), Duration::from_secs(300))
+                .unwrap()
+                .to,
+            SafeState::Tripped
+        );
+    }
+
+    #[test]
+    fn abnormal_grid_while_not_exporting_is_not_islanding() {
+        let mut l = ladder();
+        assert_eq!(l.observe(grid(0.0, 57.0, false), ms(0)), None);
+        assert_eq!(l.observe(grid(0.0, 57.0, false), S), None);
+        assert_eq!(l.level(), SafeState::Normal);
+    }
+
+    #[test]
+    fn a_band_excursion_that_returns_resets_its_timer() {
+        let mut l = ladder();
+        l.observe(grid(1.25, 60.0, true), ms(0));
+        l.observe(grid(1.0, 60.0, true), ms(100));
+        assert_eq!(l.observe(grid(1.25, 60.0, true), ms(200)), None);
+        assert_eq!(
+            l.observe(grid(1.25, 60.0, true), ms(300)),
+            None,
+            "only 100 ms beyond since the return"
+        );
+        assert_eq!(
+            l.observe(grid(1.25, 60.0, true), ms(360)).unwrap().to,
+            SafeState::Tripped
+        );
+    }
+
+    #[test]
+    fn ptp_offset_thresholds() {
+        let mut l = ladder();
+        assert_eq!(
+            l.observe(Fault::ClockOffset(Duration::from_micros(900)), ms(0)),
+            None
+        );
+        assert_eq!(
+            l.observe(Fault::ClockOffset(ms(2)), ms(1)).unwrap().to,
+            SafeState::ChargeOnly
+        );
+        assert_eq!(
+            l.observe(Fault::ClockOffset(ms(101)), ms(2)).unwrap().to,
+            SafeState::Tripped
+        );
+        assert_eq!(l.clamp(-10.0), 0.0);
+    }
+
+    #[test]
+    fn keepalive_missing_for_five_seconds_means_charge_only() {
+        let mut l = ladder();
+        assert_eq!(
+            l.tick(Duration::from_secs(5)),
+            None,
+            "exactly 5 s is still in time"
+        );
+        let t = l.tick(Duration::from_millis(5001)).unwrap();
+        assert_eq!(t.to, SafeState::ChargeOnly);
+        assert_eq!(l.clamp(-7.0), 0.0, "no discharge");
+        assert_eq!(l.clamp(7.0), 7.0, "charging allowed");
+    }
+
+    #[test]
+    fn inverter_over_temperature_derates_linearly() {
+        let mut l = ladder();
+        let temp = |c: f64| Fault::InverterTemperature {
+            inverter: "i-1".into(),
+            celsius: c,
+            rated_kw: 100.0,
+        };
+        assert_eq!(l.observe(temp(65.0), ms(0)), None);
+        assert_eq!(
+            l.observe(temp(70.0), ms(1)).unwrap().to,
+            SafeState::Limited { cap_kw: 75.0 }
+        );
+        assert_eq!(l.clamp(-90.0), -75.0);
+        assert_eq!(
+            l.observe(temp(85.0), ms(2)).unwrap().to,
+            SafeState::Limited { cap_kw: 0.0 }
+        );
+        // A second, cooler hot inverter does not loosen the tighter cap.
+        let other = Fault::InverterTemperature {
+            inverter: "i-2".into(),
+            celsius: 75.0,
+            rated_kw: 100.0,
+        };
+        assert_eq!(l.observe(other, ms(3)), None);
+        assert_eq!(l.level(), SafeState::Limited { cap_kw: 0.0 });
+    }
+
+    #[test]
+    fn transformer_limit_quorum_and_restart_intensity() {
+        let mut l = ladder();
+        assert_eq!(
+            l.observe(Fault::TransformerLimit(Some(400.0)), ms(0))
+                .unwrap()
+                .to,
+            SafeState::Limited { cap_kw: 400.0 }
+        );
+        assert_eq!(
+            l.observe(Fault::Quorum(false), ms(1)).unwrap().to,
+            SafeState::ChargeOnly
+        );
+        // The supervisor giving up asks for ChargeOnly too (no change) and raises the alarm
+        // on the next transition; on its own it moves the segment and alarms at once.
+        let mut l = ladder();
+        let gave_up = Fault::RestartIntensity {
+            supervisor: "site/tx-17".into(),
+            exceeded: true,
+        };
+        let t = l.observe(gave_up, ms(2)).expect("a transition");
+        assert_eq!(t.to, SafeState::ChargeOnly);
+        assert!(t.alarm);
+        assert_eq!(
+            t.causes,
+            vec![FaultKey::RestartIntensity("site/tx-17".into())]
+        );
+        let quorum = l.observe(Fault::TransformerLimit(Some(1.0)), ms(3));
+        assert_eq!(quorum, None, "a cap is less restrictive than ChargeOnly");
+    }
+
+    #[test]
+    fn leaving_needs_the_cause_cleared_and_the_hold_time() {
+        let mut l = ladder();
+        // The grid controller keeps talking throughout, so only the clock decides.
+        let alive = |l: &mut SafeStateLadder, at: Duration| l.observe(Fault::KeepAlive, at);
+        l.observe(Fault::ClockOffset(ms(5)), ms(0));
+        assert_eq!(l.level(), SafeState::ChargeOnly);
+        // Cleared at 10 s: still held until 310 s.
+        assert_eq!(
+            l.observe(Fault::ClockOffset(Duration::ZERO), Duration::from_secs(10)),
+            None
+        );
+        assert_eq!(alive(&mut l, Duration::from_secs(309)), None);
+        // Cause back during the hold: the hold starts again from the next clear.
+        l.observe(Fault::ClockOffset(ms(5)), Duration::from_secs(309));
+        l.observe(Fault::ClockOffset(Duration::ZERO), Duration::from_secs(310));
+        assert_eq!(alive(&mut l, Duration::from_secs(609)), None);
+        let t = alive(&mut l, Duration::from_secs(610)).expect("the hold ended");
+        assert_eq!((t.from, t.to), (SafeState::ChargeOnly, SafeState::Normal));
+        assert!(t.causes.is_empty());
+    }
+
+    #[test]
+    fn nonsense_readings_are_treated_as_unsafe() {
+        let mut l = ladder();
+        assert_eq!(
+            l.observe(grid(f64::NAN, 60.0, true), ms(0)).unwrap().to,
+            SafeState::Tripped
+        );
+        let mut l = ladder();
+        let hot = Fault::InverterTemperature {
+            inverter: "i".into(),
+            celsius: f64::NAN,
+            rated_kw: 10.0,
+        };
+        assert_eq!(l.observe(hot, ms(0)).unwrap().to, SafeState::ChargeOnly);
+        assert_eq!(SafeState::Normal.clamp(f64::NAN), 0.0);
+        assert_eq!(SafeState::Limited { cap_kw: f64::NAN }.clamp(5.0), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fault() -> impl Strategy<Value = Fault> {
+        prop_oneof![
+            (0.0f64..1.5, 55.0f64..65.0, any::<bool>()).prop_map(|(v, f, e)| Fault::GridReading {
+                voltage_pu: v,
+                frequency_hz: f,
+                exporting: e
+            }),
+            (0u64..200_000).prop_map(|us| Fault::ClockOffset(Duration::from_micros(us))),
+            Just(Fault::KeepAlive),
+            (0usize..3, 20.0f64..100.0).prop_map(|(i, c)| Fault::InverterTemperature {
+                inverter: format!("i-{i}"),
+                celsius: c,
+                rated_kw: 50.0
+            }),
+            proptest::option::of(0.0f64..1000.0).prop_map(Fault::TransformerLimit),
+            any::<bool>().prop_map(Fault::Quorum),
+            any::<bool>().prop_map(|e| Fault::RestartIntensity {
+                supervisor: "s".into(),
+                exceeded: e
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, a clamped setpoint never exceeds what the level allows, the level
+        /// is the most restrictive demand, and transitions report the level they leave.
+        #[test]
+        fn clamp_never_exceeds_the_level(
+            steps in prop::collection::vec((fault(), 0u64..400_000, -500.0f64..500.0), 1..60)
+        ) {
+            let mut l = SafeStateLadder::new(LadderConfig::default(), Duration::ZERO);
+            let mut now = Duration::ZERO;
+            for (f, dt_ms, setpoint) in steps {
+                now += Duration::from_millis(dt_ms);
+                let before = l.level();
+                let t = if dt_ms % 3 == 0 { l.tick(now) } else { l.observe(f, now) };
+                if let Some(t) = &t {
+                    prop_assert_eq!(t.from, before);
+                    prop_assert_eq!(t.to, l.level());
+                    prop_assert!(t.from != t.to);
+                }
+                let p = l.clamp(setpoint);
+                match l.level() {
+                    SafeState::Normal => prop_assert_eq!(p, setpoint),
+                    SafeState::Limited { cap_kw } => prop_assert!(p.abs() <= cap_kw + 1e-9),
+                    SafeState::ChargeOnly => prop_assert!(p >= 0.0),
+                    SafeState::Tripped => prop_assert_eq!(p, 0.0),
+                }
+                if l.level() != SafeState::Normal {
+                    prop_assert!(!l.causes().is_empty(), "a restriction always has a cause");
+                }
+            }
+        }
+    }
+}
