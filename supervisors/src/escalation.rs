@@ -32,8 +32,10 @@ pub struct ChildExit<'a> {
 pub enum ExitAction {
     /// Follow the child's restart type and the strategy (the OTP default).
     Restart,
-    /// Leave the child down, as if it were temporary (it stays listed as terminated, so it can
-    /// be restarted by hand).
+    /// Leave the child down: it stays listed as terminated (a dynamic child is removed), so it
+    /// can be restarted by hand. Unlike a temporary child it is not forgotten, so a later
+    /// one_for_all / rest_for_one group restart starts it again, as OTP does for terminated
+    /// children.
     Ignore,
     /// Give up: stop all children and fail the supervisor with
     /// [`SupervisorError::Escalated`](crate::SupervisorError::Escalated), so the parent decides.

@@ -359,6 +359,10 @@ pub struct SupervisorState<A> {
     free: Vec<usize>,
     /// Running incarnations by ractor id: how an exit event finds its child.
     by_actor: HashMap<ActorId, usize>,
+    /// Children by path (a child's id is its path's leaf): how a request finds a child by
+    /// id, and how ids are kept unique. An index rather than a scan of `slots`, so that
+    /// checking a dynamic child's id stays O(1) with 100,000 children.
+    by_path: HashMap<ActorPath, usize>,
     /// Scheduled restarts: positions to start, in order.
     pending: HashMap<u64, Vec<usize>>,
     next_token: u64,
@@ -559,6 +563,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
             slots: Vec::new(),
             free: Vec::new(),
             by_actor: HashMap::new(),
+            by_path: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
             next_seq: 1,
@@ -585,9 +590,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
     }
 
     fn find(&self, id: &str) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|c| c.as_ref().is_some_and(|c| c.path.leaf() == id))
+        self.by_path.get(self.path.child(id).as_str()).copied()
     }
 
     fn series_for(&self, path: &ActorPath) -> Option<Series> {
@@ -602,7 +605,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         let child = Child {
             spec,
             args,
-            path,
+            path: path.clone(),
             cell: None,
             incarnation: 0,
             started_at: Instant::now(),
@@ -613,7 +616,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
             last_exit: None,
             series,
         };
-        match self.free.pop() {
+        let slot = match self.free.pop() {
             Some(slot) => {
                 debug_assert!(self.slots[slot].is_none());
                 self.slots[slot] = Some(child);
@@ -623,12 +626,16 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
                 self.slots.push(Some(child));
                 self.slots.len() - 1
             }
-        }
+        };
+        let previous = self.by_path.insert(path, slot);
+        debug_assert!(previous.is_none(), "child ids are unique");
+        slot
     }
 
     fn remove_child(&mut self, slot: usize) {
         let child = self.slots[slot].take().expect("removing a live child");
         debug_assert!(child.cell.is_none(), "a running child is never removed");
+        self.by_path.remove(child.path.as_str());
         if let Some(reg) = &self.tree.registry {
             reg.table()
                 .unregister(child.path.as_str(), child.incarnation);
@@ -1118,13 +1125,26 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
                 let args = *args
                     .downcast::<A>()
                     .map_err(|_| bad("arguments of the wrong type for this dynamic supervisor"))?;
+                // Ids must be unique, as for static children: two children at one path would
+                // share a registry entry and metrics series, and requests by id would reach
+                // only one of them. A named id that is taken is refused; a generated id steps
+                // over ids taken by named children (`start_child_named("conn-2", ..)`).
                 let id = match id {
+                    Some(id) if self.find(&id).is_some() => {
+                        return Err(SupervisorError::AlreadyPresent {
+                            path: self.path.clone(),
+                            id,
+                        })
+                    }
                     Some(id) => id,
-                    None => {
+                    None => loop {
                         let n = self.next_seq;
                         self.next_seq += 1;
-                        format!("{}-{n}", template.id)
-                    }
+                        let id = format!("{}-{n}", template.id);
+                        if self.find(&id).is_none() {
+                            break id;
+                        }
+                    },
                 };
                 (template.clone(), args, id)
             }
