@@ -124,14 +124,18 @@ impl<H: Clone> Table<H> {
     /// Make `handle` the running incarnation at `path`; returns its incarnation number, which
     /// is larger than any earlier one.
     pub fn register(&self, path: ActorPath, handle: H) -> u64 {
-        let incarnation = self.next_incarnation.fetch_add(1, SeqCst);
-        self.slots.insert(
-            path,
+        // The number is taken while the path's entry is locked. Taken before the lock (as it
+        // once was), two racing registrations of one path could store in the opposite order
+        // of their numbers, leaving the older incarnation in the slot over the newer one (found
+        // by the loom model `concurrent_registrations_the_newest_wins`).
+        let mut incarnation = 0;
+        self.slots.insert_with(path, || {
+            incarnation = self.next_incarnation.fetch_add(1, SeqCst);
             Slot {
                 handle: Some(handle),
                 incarnation,
-            },
-        );
+            }
+        });
         self.changed();
         incarnation
     }

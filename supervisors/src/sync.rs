@@ -27,8 +27,11 @@ impl<K: Eq + std::hash::Hash, V: Clone> Map<K, V> {
     {
         self.0.get(k).map(|v| v.clone())
     }
-    pub(crate) fn insert(&self, k: K, v: V) {
-        self.0.insert(k, v);
+    /// Insert the value `f` makes, calling `f` while `k`'s entry is locked, so that values
+    /// made for one key are stored in the order they were made.
+    pub(crate) fn insert_with(&self, k: K, f: impl FnOnce() -> V) {
+        let entry = self.0.entry(k);
+        entry.insert(f());
     }
     /// Apply `f` to the value at `k` if present; returns what `f` returned.
     pub(crate) fn update<Q>(&self, k: &Q, f: impl FnOnce(&mut V) -> bool) -> bool
@@ -71,8 +74,10 @@ impl<K: Eq + std::hash::Hash, V: Clone> Map<K, V> {
     {
         self.0.lock().unwrap().get(k).cloned()
     }
-    pub(crate) fn insert(&self, k: K, v: V) {
-        self.0.lock().unwrap().insert(k, v);
+    pub(crate) fn insert_with(&self, k: K, f: impl FnOnce() -> V) {
+        let mut m = self.0.lock().unwrap();
+        let v = f();
+        m.insert(k, v);
     }
     pub(crate) fn update<Q>(&self, k: &Q, f: impl FnOnce(&mut V) -> bool) -> bool
     where
