@@ -1,11 +1,18 @@
 //! # gridvisor-actors
 //!
-//! The vehicle-to-grid domain built on `gridvisor-supervisors`. This crate is being built in
-//! the order of issue 4; today it holds the safe-state ladder ([`ladder`]): the pure,
-//! clock-injected decision of how safe a transformer segment must be, which the segment's
-//! safety supervisor will drive.
+//! The vehicle-to-grid domain built on `gridvisor-supervisors`: the site topology, the
+//! safe-state ladder, dispatch and closed-loop control, idempotent setpoints and their
+//! checkpoints, and the supervised actors (segments, their safety supervisors, meters,
+//! inverters, dispatchers, chargers, vehicle sessions) that run them.
 #![deny(missing_docs)]
 
+pub mod checkpoint;
+pub mod config;
+pub mod control;
+pub mod dispatch;
 pub mod ladder;
+pub mod session;
+pub mod setpoint;
+pub mod thermal;
 
 pub use ladder::{Fault, FaultKey, LadderConfig, SafeState, SafeStateLadder, Transition};
