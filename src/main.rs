@@ -2,7 +2,9 @@
 
 mod alloc;
 mod bench;
-mod demo;
+mod bench_site;
+mod run;
+mod server;
 
 use std::process::ExitCode;
 
@@ -21,14 +23,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node. Without a config: the demonstration tree (crashes and restarts children,
-    /// prints the tree, shuts down in order).
-    Run,
+    /// Run a node of a site: the grid API, the admin API and the supervision tree, until
+    /// Ctrl-C. Without --config: the embedded demo site (configs/demo.toml).
+    Run(RunArgs),
+    /// Validate a topology file; errors name the file, line and field.
+    CheckConfig {
+        /// The TOML topology file.
+        file: std::path::PathBuf,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         which: Bench,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A topology file (default: the embedded demo site).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// The checkpoint directory.
+    #[arg(long, default_value = "gridvisor-data")]
+    data: std::path::PathBuf,
+    /// Grid API address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    grid: std::net::SocketAddr,
+    /// Admin API address (/metrics, /api/tree).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    admin: std::net::SocketAddr,
+    /// Stop by itself after this many seconds (smoke runs); default: until Ctrl-C.
+    #[arg(long)]
+    exit_after: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +69,19 @@ enum Bench {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// A whole simulated site on one node: memory per session, dispatch cycle, grid request
+    /// to every device acknowledged (p50/p99), islanding to every device commanded.
+    Site {
+        /// Vehicle sessions (one charger each).
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Transformer segments.
+        #[arg(long, default_value_t = 10)]
+        segments: usize,
+        /// Grid requests to time.
+        #[arg(long, default_value_t = 50)]
+        requests: usize,
+    },
 }
 
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
@@ -53,18 +92,76 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().build()
 }
 
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match gridvisor_actors::config::load(file) {
+        Ok(t) => {
+            let chargers: usize = t.segments().map(|(_, s)| s.chargers.len()).sum();
+            println!(
+                "{}: ok: site {}, {} substations, {} segments, {chargers} chargers, {} vehicles",
+                file.display(),
+                t.site.id,
+                t.substations.len(),
+                t.segments().count(),
+                t.vehicles.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (workers, job): (Option<usize>, Box<dyn FnOnce() -> _>) =
-        match cli.command.unwrap_or(Command::Run) {
-            Command::Run => (None, Box::new(|| tokio::spawn(demo::run()))),
-            Command::Bench {
-                which: Bench::Supervision { children, workers },
-            } => (
-                workers,
-                Box::new(move || tokio::spawn(bench::supervision(children))),
-            ),
-        };
+    // No subcommand: `run` with its defaults (the embedded demo site).
+    let Some(command) = cli
+        .command
+        .or_else(|| Cli::parse_from(["gridvisor", "run"]).command)
+    else {
+        eprintln!("gridvisor: no command");
+        return ExitCode::FAILURE;
+    };
+    let (workers, job): (Option<usize>, Box<dyn FnOnce() -> _>) = match command {
+        Command::Run(a) => {
+            let exit_after = match a.exit_after {
+                Some(s) if !(s.is_finite() && s > 0.0) => {
+                    eprintln!(
+                        "gridvisor: --exit-after must be a positive number of seconds, not {s}"
+                    );
+                    return ExitCode::FAILURE;
+                }
+                s => s.map(std::time::Duration::from_secs_f64),
+            };
+            let o = run::RunOptions {
+                config: a.config,
+                data: a.data,
+                grid: a.grid,
+                admin: a.admin,
+                exit_after,
+            };
+            (None, Box::new(move || tokio::spawn(run::run(o))))
+        }
+        Command::CheckConfig { file } => return check_config(&file),
+        Command::Bench {
+            which:
+                Bench::Site {
+                    sessions,
+                    segments,
+                    requests,
+                },
+        } => (
+            None,
+            Box::new(move || tokio::spawn(bench_site::site(sessions, segments, requests))),
+        ),
+        Command::Bench {
+            which: Bench::Supervision { children, workers },
+        } => (
+            workers,
+            Box::new(move || tokio::spawn(bench::supervision(children))),
+        ),
+    };
     let rt = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,1 +1,2313 @@
-//! (being written)
+//! The site topology, read from TOML: substations, their transformer segments, the chargers,
+//! inverters and meters on each segment, the vehicles that visit the chargers, and the safety
+//! settings of the segment ladders.
+//!
+//! # Reading
+//!
+//! [`parse`] reads in two passes. The first walks toml's spanned document
+//! ([`toml::de::DeTable`]) by hand rather than through serde, so that *every* problem is found
+//! in one run: unknown keys, values of the wrong type and missing keys are collected, not
+//! returned at the first. It records the byte offset of every value it reads under the
+//! value's dotted path (`substations[0].segments[1].chargers[2].max_kw`), fills in the
+//! documented defaults, and builds a plain [`Topology`]. The second pass ([`Topology::validate`]
+//! runs the same checks on any topology, parsed, [`generated`] or built by hand) checks ranges
+//! and cross references and points each error at the value it is about; a default value that
+//! is wrong only in combination with another is reported at the value that was written down.
+//! A value that already failed to read is not validated again, so one mistake gives one error.
+//!
+//! A TOML syntax error stops reading: toml reports one, with its position.
+//!
+//! # Invariants of a topology that passed validation
+//!
+//! * Every id is 1 to [`MAX_ID_LEN`] characters of `A-Z a-z 0-9 _ . -` (ids become actor path
+//!   segments), and ids are unique per kind across the whole site (substations, segments,
+//!   chargers, inverters, meters, vehicles).
+//! * Every number is finite and inside the range its field documents.
+//! * Every segment has at least one meter; its safe default power is between 0 (a fallback
+//!   never discharges) and its rating.
+//! * Every vehicle names an existing charger, and two vehicles on one charger are never there
+//!   at the same time: their `[arrive_s, depart_s)` intervals do not overlap.
+//!
+//! Errors carry the file, a 1-based line and column (the column counts characters), the
+//! field's dotted path and a message; [`ConfigError`] prints as `file:line:column: field:
+//! message`. Line and column are 0 when there is no source text to point into (a topology
+//! that was built in code, or a file that could not be read).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::ladder::LadderConfig;
+
+/// The embedded demo site (`configs/demo.toml`).
+pub const DEMO: &str = include_str!("../../configs/demo.toml");
+/// The file name errors in [`DEMO`] are reported against.
+pub const DEMO_FILE_NAME: &str = "configs/demo.toml";
+
+/// The longest accepted id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+/// The largest configuration text accepted, in bytes.
+pub const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
+/// The control and dispatch period when none is given, ms.
+pub const DEFAULT_CYCLE_MS: u64 = 1_000;
+/// The shortest accepted control and dispatch period, ms.
+pub const MIN_CYCLE_MS: u64 = 10;
+/// The longest accepted control and dispatch period, ms.
+pub const MAX_CYCLE_MS: u64 = 60_000;
+/// How long a setpoint stays valid when none is given, s.
+pub const DEFAULT_LEASE_S: f64 = 30.0;
+/// Whether the grid controller's keep-alive is required when not said otherwise.
+pub const DEFAULT_KEEPALIVE_REQUIRED: bool = true;
+/// The longest accepted duration setting (leases, hold times, time constants), s: one week.
+pub const MAX_DURATION_S: f64 = 7.0 * 24.0 * 3600.0;
+/// The latest accepted arrival or departure of a vehicle, s since the run's start: one year.
+pub const MAX_SESSION_TIME_S: f64 = 366.0 * 24.0 * 3600.0;
+/// The largest accepted charger rating, kW.
+pub const MAX_CHARGER_KW: f64 = 1_000.0;
+/// The largest accepted battery capacity, kWh.
+pub const MAX_CAPACITY_KWH: f64 = 1_000.0;
+/// The upper bound of every state-of-charge setting, %.
+pub const MAX_SOC_PCT: f64 = 100.0;
+/// The state of charge a vehicle must keep when none is given, %.
+pub const DEFAULT_MIN_SOC_PCT: f64 = 20.0;
+/// The state of charge a vehicle should leave with when none is given, %.
+pub const DEFAULT_TARGET_SOC_PCT: f64 = 80.0;
+/// A segment's fallback power when none is given, kW.
+pub const DEFAULT_SAFE_DEFAULT_KW: f64 = 0.0;
+/// A segment's uncontrolled load when none is given, kW.
+pub const DEFAULT_BASE_LOAD_KW: f64 = 0.0;
+/// The transformer's thermal time constant when none is given, s.
+pub const DEFAULT_TIME_CONSTANT_S: f64 = 1_800.0;
+/// The ambient temperature when none is given, °C.
+pub const DEFAULT_AMBIENT_C: f64 = 30.0;
+/// The hot-spot rise above ambient at rated load when none is given, °C.
+pub const DEFAULT_RATED_RISE_C: f64 = 65.0;
+/// The hot-spot temperature limit when none is given, °C.
+pub const DEFAULT_LIMIT_C: f64 = 110.0;
+/// How long a cleared fault keeps its level when none is given, s (IEEE 1547's default).
+pub const DEFAULT_HOLD_S: f64 = 300.0;
+/// Keep-alive silence before ChargeOnly when none is given, s.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_S: f64 = 5.0;
+/// PTP offset above which a segment goes ChargeOnly when none is given, ms.
+pub const DEFAULT_PTP_CHARGE_ONLY_MS: f64 = 1.0;
+/// PTP offset above which a segment trips when none is given, ms.
+pub const DEFAULT_PTP_TRIP_MS: f64 = 100.0;
+/// Inverter temperature where derating starts when none is given, °C.
+pub const DEFAULT_DERATE_START_C: f64 = 65.0;
+/// Inverter temperature where the derated cap reaches 0 when none is given, °C.
+pub const DEFAULT_DERATE_ZERO_C: f64 = 85.0;
+
+/// [`generated`]: a segment's rating as a share of its chargers' summed rating (diversity).
+pub const GENERATED_DIVERSITY: f64 = 0.6;
+/// [`generated`]: the smallest segment rating, kW (a segment without chargers still has one).
+pub const GENERATED_MIN_RATED_KW: f64 = 50.0;
+/// [`generated`]: every segment's battery inverter, kW.
+pub const GENERATED_INVERTER_KW: f64 = 100.0;
+/// [`generated`]: the hold time, s (short, so benchmarks see recoveries).
+pub const GENERATED_HOLD_S: f64 = 5.0;
+/// [`generated`]: every n-th charger (the last of each n) cannot discharge.
+pub const GENERATED_UNIDIRECTIONAL_EVERY: usize = 4;
+/// [`generated`]: the charger ratings and vehicle limits drawn from, kW.
+pub const GENERATED_KW: [f64; 2] = [11.0, 22.0];
+/// [`generated`]: battery capacities are drawn from `[lo, hi)`, kWh.
+pub const GENERATED_CAPACITY_KWH: (f64, f64) = (40.0, 100.0);
+/// [`generated`]: states of charge on arrival are drawn from `[lo, hi)`, %.
+pub const GENERATED_SOC_PCT: (f64, f64) = (30.0, 90.0);
+/// [`generated`]: departures are drawn from `[lo, hi)`, s (1 to 10 h; all arrive at 0).
+pub const GENERATED_DEPART_S: (f64, f64) = (3_600.0, 36_000.0);
+
+/// The whole site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Topology {
+    /// Site-wide settings.
+    pub site: Site,
+    /// The substations and their segments.
+    pub substations: Vec<Substation>,
+    /// The vehicles that visit the site's chargers.
+    pub vehicles: Vec<Vehicle>,
+    /// The safe-state ladder settings of every segment.
+    pub safety: Safety,
+}
+
+/// Site-wide settings (`[site]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Site {
+    /// The site's id.
+    pub id: String,
+    /// The control and dispatch period, ms ([`MIN_CYCLE_MS`]..=[`MAX_CYCLE_MS`], default
+    /// [`DEFAULT_CYCLE_MS`]).
+    pub cycle_ms: u64,
+    /// How long a setpoint stays valid without renewal, s (> 0, default
+    /// [`DEFAULT_LEASE_S`]).
+    pub lease_s: f64,
+    /// Whether a silent grid controller moves segments to ChargeOnly (default true).
+    pub keepalive_required: bool,
+}
+
+/// A substation (`[[substations]]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Substation {
+    /// The substation's id.
+    pub id: String,
+    /// Its transformer segments.
+    pub segments: Vec<Segment>,
+}
+
+/// One transformer segment (`[[substations.segments]]`), the unit of the safe-state ladder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Segment {
+    /// The segment's id.
+    pub id: String,
+    /// The transformer's rating, kW (> 0).
+    pub rated_kw: f64,
+    /// The power the segment falls back to without a valid setpoint, kW (0..=`rated_kw`,
+    /// never negative: a fallback never discharges; default 0).
+    pub safe_default_kw: f64,
+    /// An uncontrolled load the segment's meter sees besides the chargers, kW (>= 0,
+    /// default 0).
+    pub base_load_kw: f64,
+    /// The transformer's thermal model parameters.
+    pub thermal: Thermal,
+    /// The chargers on the segment.
+    pub chargers: Vec<Charger>,
+    /// The inverters on the segment (stationary batteries, PV).
+    pub inverters: Vec<Inverter>,
+    /// The meters on the segment (at least one).
+    pub meters: Vec<Meter>,
+}
+
+/// A transformer's thermal model parameters (`[substations.segments.thermal]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Thermal {
+    /// The hot-spot time constant, s (> 0).
+    pub time_constant_s: f64,
+    /// The ambient temperature, °C.
+    pub ambient_c: f64,
+    /// The hot-spot rise above ambient at rated load in steady state, °C (> 0).
+    pub rated_rise_c: f64,
+    /// The hot-spot limit, °C (> `ambient_c`).
+    pub limit_c: f64,
+}
+
+impl Default for Thermal {
+    fn default() -> Self {
+        Thermal {
+            time_constant_s: DEFAULT_TIME_CONSTANT_S,
+            ambient_c: DEFAULT_AMBIENT_C,
+            rated_rise_c: DEFAULT_RATED_RISE_C,
+            limit_c: DEFAULT_LIMIT_C,
+        }
+    }
+}
+
+/// A charger (EVSE).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Charger {
+    /// The charger's id.
+    pub id: String,
+    /// Its rating in both directions, kW (> 0, <= [`MAX_CHARGER_KW`]).
+    pub max_kw: f64,
+    /// Whether it can discharge a vehicle into the grid (default false).
+    pub bidirectional: bool,
+}
+
+/// A grid-tied inverter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inverter {
+    /// The inverter's id.
+    pub id: String,
+    /// Its rating, kW (> 0).
+    pub max_kw: f64,
+}
+
+/// A meter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Meter {
+    /// The meter's id.
+    pub id: String,
+}
+
+/// A vehicle's visit to a charger (`[[vehicles]]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vehicle {
+    /// The vehicle's id.
+    pub id: String,
+    /// The id of the charger it is plugged into.
+    pub charger: String,
+    /// Its battery capacity, kWh (> 0, <= [`MAX_CAPACITY_KWH`]).
+    pub capacity_kwh: f64,
+    /// Its state of charge on arrival, % (0..=100).
+    pub soc_pct: f64,
+    /// The state of charge discharging must not go below, % (0..=100, default
+    /// [`DEFAULT_MIN_SOC_PCT`]).
+    pub min_soc_pct: f64,
+    /// The state of charge it should leave with, % (`min_soc_pct`..=100, default
+    /// [`DEFAULT_TARGET_SOC_PCT`]).
+    pub target_soc_pct: f64,
+    /// When it arrives, s since the run's start (>= 0, default 0).
+    pub arrive_s: f64,
+    /// When it leaves, s since the run's start (> `arrive_s`).
+    pub depart_s: f64,
+    /// The vehicle's own power limit in both directions, kW (> 0).
+    pub max_kw: f64,
+}
+
+/// The safe-state ladder settings (`[safety]`), shared by every segment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Safety {
+    /// How long a cleared fault keeps its level, s (>= 0, default [`DEFAULT_HOLD_S`]).
+    pub hold_s: f64,
+    /// Keep-alive silence after which a segment goes ChargeOnly, s (> 0).
+    pub keepalive_timeout_s: f64,
+    /// PTP offset above which a segment goes ChargeOnly, ms (>= 0).
+    pub ptp_charge_only_ms: f64,
+    /// PTP offset above which a segment trips, ms (> `ptp_charge_only_ms`).
+    pub ptp_trip_ms: f64,
+    /// Inverter core temperature above which output is derated, °C.
+    pub derate_start_c: f64,
+    /// Temperature at which the derated cap reaches 0 kW, °C (> `derate_start_c`).
+    pub derate_zero_c: f64,
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Safety {
+            hold_s: DEFAULT_HOLD_S,
+            keepalive_timeout_s: DEFAULT_KEEPALIVE_TIMEOUT_S,
+            ptp_charge_only_ms: DEFAULT_PTP_CHARGE_ONLY_MS,
+            ptp_trip_ms: DEFAULT_PTP_TRIP_MS,
+            derate_start_c: DEFAULT_DERATE_START_C,
+            derate_zero_c: DEFAULT_DERATE_ZERO_C,
+        }
+    }
+}
+
+impl Safety {
+    /// The ladder's configuration: [`LadderConfig::default`] with these settings. A setting
+    /// that is out of range (possible only for a topology that skipped validation) keeps the
+    /// ladder's default rather than panicking.
+    pub fn ladder_config(&self) -> LadderConfig {
+        let defaults = LadderConfig::default();
+        LadderConfig {
+            hold_time: duration_s(self.hold_s).unwrap_or(defaults.hold_time),
+            ptp_charge_only: duration_s(self.ptp_charge_only_ms / 1_000.0)
+                .unwrap_or(defaults.ptp_charge_only),
+            ptp_trip: duration_s(self.ptp_trip_ms / 1_000.0).unwrap_or(defaults.ptp_trip),
+            keepalive_timeout: duration_s(self.keepalive_timeout_s)
+                .unwrap_or(defaults.keepalive_timeout),
+            derate_start_c: finite_or(self.derate_start_c, defaults.derate_start_c),
+            derate_zero_c: finite_or(self.derate_zero_c, defaults.derate_zero_c),
+            ..defaults
+        }
+    }
+}
+
+fn duration_s(seconds: f64) -> Option<Duration> {
+    if seconds.is_finite() && seconds >= 0.0 {
+        Duration::try_from_secs_f64(seconds).ok()
+    } else {
+        None
+    }
+}
+
+fn finite_or(value: f64, default: f64) -> f64 {
+    if value.is_finite() {
+        value
+    } else {
+        default
+    }
+}
+
+impl Topology {
+    /// Every segment with its substation, in file order.
+    pub fn segments(&self) -> impl Iterator<Item = (&Substation, &Segment)> + '_ {
+        self.substations
+            .iter()
+            .flat_map(|sub| sub.segments.iter().map(move |seg| (sub, seg)))
+    }
+
+    /// The segment with this id.
+    pub fn segment(&self, id: &str) -> Option<&Segment> {
+        self.segments().map(|(_, seg)| seg).find(|seg| seg.id == id)
+    }
+
+    /// Every charger with its segment, in file order.
+    pub fn chargers(&self) -> impl Iterator<Item = (&Segment, &Charger)> + '_ {
+        self.segments()
+            .flat_map(|(_, seg)| seg.chargers.iter().map(move |c| (seg, c)))
+    }
+
+    /// The charger with this id.
+    pub fn charger(&self, id: &str) -> Option<&Charger> {
+        self.chargers().map(|(_, c)| c).find(|c| c.id == id)
+    }
+
+    /// The id of the segment a charger is on. A linear search: callers that need it for
+    /// every charger should walk [`Topology::chargers`] once instead.
+    pub fn charger_segment(&self, charger: &str) -> Option<&str> {
+        self.chargers()
+            .find(|(_, c)| c.id == charger)
+            .map(|(seg, _)| seg.id.as_str())
+    }
+
+    /// The vehicle with this id.
+    pub fn vehicle(&self, id: &str) -> Option<&Vehicle> {
+        self.vehicles.iter().find(|v| v.id == id)
+    }
+
+    /// How many vehicle sessions the site has (one per `[[vehicles]]` entry).
+    pub fn session_count(&self) -> usize {
+        self.vehicles.len()
+    }
+
+    /// Check every rule of the module header. Errors name the field; they have line and
+    /// column 0 and the file `<memory>`, as there is no text to point into.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let sources = Sources::default();
+        let mut checker = Checker::new(&sources);
+        checker.topology(self);
+        let locator = Locator::new("<memory>", "");
+        if checker.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(locator.errors(checker.problems))
+        }
+    }
+}
+
+/// One problem in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (as given to [`parse`] or [`load`]).
+    pub file: String,
+    /// 1-based line of the offending value or key; 0 when unknown.
+    pub line: usize,
+    /// 1-based column (in characters) of the offending value or key; 0 when unknown.
+    pub column: usize,
+    /// The dotted path of the field, e.g. `vehicles[3].charger`; empty for syntax errors and
+    /// unreadable files.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in a configuration, in the order they appear in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The embedded demo site, parsed.
+pub fn demo() -> Topology {
+    // The demo text is compiled in and a unit test parses it, so this cannot fail at run time.
+    parse(DEMO_FILE_NAME, DEMO).expect("the embedded configs/demo.toml is valid (tested)")
+}
+
+/// Read a topology from TOML text; `file_name` is only used in error messages.
+pub fn parse(file_name: &str, text: &str) -> Result<Topology, ConfigErrors> {
+    let locator = Locator::new(file_name, text);
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(locator.errors(vec![Problem {
+            field: String::new(),
+            offset: None,
+            message: format!(
+                "configuration is {} bytes, more than the limit of {MAX_CONFIG_BYTES}",
+                text.len()
+            ),
+        }]));
+    }
+    let document = DeTable::parse(text).map_err(|e| {
+        locator.errors(vec![Problem {
+            field: String::new(),
+            offset: e.span().map(|s| s.start),
+            message: e.message().to_owned(),
+        }])
+    })?;
+    let mut reader = Reader::default();
+    let topology = reader.topology(&document);
+    let mut checker = Checker::new(&reader.sources);
+    checker.topology(&topology);
+    let mut problems = reader.problems;
+    problems.append(&mut checker.problems);
+    if problems.is_empty() {
+        Ok(topology)
+    } else {
+        Err(locator.errors(problems))
+    }
+}
+
+/// Read a topology from a TOML file. A file that cannot be read (missing, not UTF-8, larger
+/// than [`MAX_CONFIG_BYTES`]) is reported as a [`ConfigError`] too.
+pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
+    let file = path.display().to_string();
+    let fail = |offset_text: Option<(&str, usize)>, message: String| {
+        let (line, column) = match offset_text {
+            Some((text, offset)) => Locator::new(&file, text).position(offset),
+            None => (0, 0),
+        };
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line,
+            column,
+            field: String::new(),
+            message,
+        }])
+    };
+    let handle = std::fs::File::open(path).map_err(|e| fail(None, format!("cannot open: {e}")))?;
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(MAX_CONFIG_BYTES).unwrap_or(u64::MAX);
+    handle
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(None, format!("cannot read: {e}")))?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(fail(
+            None,
+            format!("file is larger than the limit of {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
+            return Err(fail(
+                Some((&prefix, valid)),
+                "file is not valid UTF-8 here".to_owned(),
+            ));
+        }
+    };
+    parse(&file, &text)
+}
+
+/// A synthetic, valid site for benchmarks: one substation `sub-0` with `segments` segments
+/// `tx-0..`, and `sessions` chargers `evse-{n}` with one vehicle `ev-{n}` each, spread over
+/// the segments round-robin. Charger ratings (11 or 22 kW), vehicle limits, capacities
+/// (40..100 kWh), states of charge (30..90 %) and departures (1..10 h) come from a
+/// splitmix64 generator seeded with `seed`, so equal arguments give equal sites. Every
+/// [`GENERATED_UNIDIRECTIONAL_EVERY`]-th charger cannot discharge. Each segment has one meter
+/// and one [`GENERATED_INVERTER_KW`] inverter and is rated [`GENERATED_DIVERSITY`] times its
+/// chargers' summed rating (at least [`GENERATED_MIN_RATED_KW`]). When `sessions > 0` at
+/// least one segment is generated, since chargers need a segment.
+pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
+    let segment_count = if sessions > 0 {
+        segments.max(1)
+    } else {
+        segments
+    };
+    let mut rng = SplitMix64(seed);
+    let mut segs: Vec<Segment> = (0..segment_count)
+        .map(|s| Segment {
+            id: format!("tx-{s}"),
+            rated_kw: GENERATED_MIN_RATED_KW,
+            safe_default_kw: DEFAULT_SAFE_DEFAULT_KW,
+            base_load_kw: DEFAULT_BASE_LOAD_KW,
+            thermal: Thermal::default(),
+            chargers: Vec::with_capacity(sessions / segment_count.max(1) + 1),
+            inverters: vec![Inverter {
+                id: format!("inv-{s}"),
+                max_kw: GENERATED_INVERTER_KW,
+            }],
+            meters: vec![Meter {
+                id: format!("meter-{s}"),
+            }],
+        })
+        .collect();
+    let mut vehicles = Vec::with_capacity(sessions);
+    let pick_kw = |rng: &mut SplitMix64| {
+        let i = usize::try_from(rng.next_u64() % GENERATED_KW.len() as u64).unwrap_or(0);
+        GENERATED_KW[i]
+    };
+    let draw = |rng: &mut SplitMix64, (lo, hi): (f64, f64)| lo + (hi - lo) * rng.unit();
+    let every = GENERATED_UNIDIRECTIONAL_EVERY;
+    for n in 0..sessions {
+        let charger = Charger {
+            id: format!("evse-{n}"),
+            max_kw: pick_kw(&mut rng),
+            bidirectional: n % every != every - 1,
+        };
+        vehicles.push(Vehicle {
+            id: format!("ev-{n}"),
+            charger: charger.id.clone(),
+            capacity_kwh: round1(draw(&mut rng, GENERATED_CAPACITY_KWH)),
+            soc_pct: round1(draw(&mut rng, GENERATED_SOC_PCT)),
+            min_soc_pct: DEFAULT_MIN_SOC_PCT,
+            target_soc_pct: DEFAULT_TARGET_SOC_PCT,
+            arrive_s: 0.0,
+            depart_s: draw(&mut rng, GENERATED_DEPART_S).round(),
+            max_kw: pick_kw(&mut rng),
+        });
+        if let Some(seg) = segs.get_mut(n % segment_count.max(1)) {
+            seg.chargers.push(charger);
+        }
+    }
+    for seg in &mut segs {
+        let total: f64 = seg.chargers.iter().map(|c| c.max_kw).sum();
+        seg.rated_kw = (GENERATED_DIVERSITY * total).max(GENERATED_MIN_RATED_KW);
+    }
+    Topology {
+        site: Site {
+            id: "generated".to_owned(),
+            cycle_ms: DEFAULT_CYCLE_MS,
+            lease_s: DEFAULT_LEASE_S,
+            keepalive_required: DEFAULT_KEEPALIVE_REQUIRED,
+        },
+        substations: vec![Substation {
+            id: "sub-0".to_owned(),
+            segments: segs,
+        }],
+        vehicles,
+        safety: Safety {
+            hold_s: GENERATED_HOLD_S,
+            ..Safety::default()
+        },
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// splitmix64 (Steele, Lea, Flood 2014): tiny, fast, good enough to vary benchmark sites.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        const MANTISSA: u32 = 53;
+        (self.next_u64() >> (64 - MANTISSA)) as f64 / (1u64 << MANTISSA) as f64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and positions.
+
+/// A problem before it is given a line and column.
+#[derive(Debug, Clone)]
+struct Problem {
+    field: String,
+    /// Byte offset into the text, when there is one.
+    offset: Option<usize>,
+    message: String,
+}
+
+/// Turns byte offsets into 1-based lines and character columns.
+struct Locator<'t> {
+    file: &'t str,
+    text: &'t str,
+    line_starts: Vec<usize>,
+}
+
+impl<'t> Locator<'t> {
+    fn new(file: &'t str, text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Locator {
+            file,
+            text,
+            line_starts,
+        }
+    }
+
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self
+            .line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
+        (line.max(1), column + 1)
+    }
+
+    fn errors(&self, mut problems: Vec<Problem>) -> ConfigErrors {
+        problems.sort_by_key(|p| p.offset);
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|p| {
+                    let (line, column) = p.offset.map_or((0, 0), |o| self.position(o));
+                    ConfigError {
+                        file: self.file.to_owned(),
+                        line,
+                        column,
+                        field: p.field,
+                        message: p.message,
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Where each value was read from, by dotted path, and which paths failed to read.
+#[derive(Debug, Default)]
+struct Sources {
+    at: HashMap<String, usize>,
+    broken: HashSet<String>,
+}
+
+impl Sources {
+    /// Whether the field was written in the file (not a default).
+    fn explicit(&self, field: &str) -> bool {
+        self.at.contains_key(field)
+    }
+
+    /// The offset of the field, or of its nearest written ancestor.
+    fn locate(&self, field: &str) -> Option<usize> {
+        let mut path = field;
+        loop {
+            if let Some(&offset) = self.at.get(path) {
+                return Some(offset);
+            }
+            if path.is_empty() {
+                return None;
+            }
+            path = parent(path);
+        }
+    }
+
+    /// Whether the field or an ancestor failed to read (its value is a placeholder).
+    fn is_broken(&self, field: &str) -> bool {
+        let mut path = field;
+        loop {
+            if self.broken.contains(path) {
+                return true;
+            }
+            if path.is_empty() {
+                return false;
+            }
+            path = parent(path);
+        }
+    }
+}
+
+/// `a.b[2].c` → `a.b[2]` → `a.b` → `a` → ``.
+fn parent(path: &str) -> &str {
+    path.rfind(['.', '[']).map_or("", |i| &path[..i])
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass 1: reading the spanned document.
+
+type Node<'i> = Spanned<DeValue<'i>>;
+
+const ROOT_KEYS: &[&str] = &["site", "substations", "vehicles", "safety"];
+const SITE_KEYS: &[&str] = &["id", "cycle_ms", "lease_s", "keepalive_required"];
+const SUBSTATION_KEYS: &[&str] = &["id", "segments"];
+const SEGMENT_KEYS: &[&str] = &[
+    "id",
+    "rated_kw",
+    "safe_default_kw",
+    "base_load_kw",
+    "thermal",
+    "chargers",
+    "inverters",
+    "meters",
+];
+const THERMAL_KEYS: &[&str] = &["time_constant_s", "ambient_c", "rated_rise_c", "limit_c"];
+const CHARGER_KEYS: &[&str] = &["id", "max_kw", "bidirectional"];
+const INVERTER_KEYS: &[&str] = &["id", "max_kw"];
+const METER_KEYS: &[&str] = &["id"];
+const VEHICLE_KEYS: &[&str] = &[
+    "id",
+    "charger",
+    "capacity_kwh",
+    "soc_pct",
+    "min_soc_pct",
+    "target_soc_pct",
+    "arrive_s",
+    "depart_s",
+    "max_kw",
+];
+const SAFETY_KEYS: &[&str] = &[
+    "hold_s",
+    "keepalive_timeout_s",
+    "ptp_charge_only_ms",
+    "ptp_trip_ms",
+    "derate_start_c",
+    "derate_zero_c",
+];
+
+/// A table being read: its path, where it starts, and its entries (`None` when it is absent
+/// or failed to read; then every key reads as its default or placeholder, silently).
+struct Tbl<'a, 'i> {
+    path: String,
+    at: usize,
+    table: Option<&'a DeTable<'i>>,
+}
+
+#[derive(Default)]
+struct Reader {
+    problems: Vec<Problem>,
+    sources: Sources,
+}
+
+fn kind(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+impl Reader {
+    fn problem(&mut self, field: &str, offset: usize, message: String) {
+        self.sources.broken.insert(field.to_owned());
+        self.problems.push(Problem {
+            field: field.to_owned(),
+            offset: Some(offset),
+            message,
+        });
+    }
+
+    fn mismatch(&mut self, field: &str, node: &Node<'_>, expected: &str) {
+        let message = format!("expected {expected}, found {}", kind(node.get_ref()));
+        self.problem(field, node.span().start, message);
+    }
+
+    fn open_table<'a, 'i>(
+        &mut self,
+        path: String,
+        at: usize,
+        table: &'a DeTable<'i>,
+        keys: &[&str],
+    ) -> Tbl<'a, 'i> {
+        self.sources.at.insert(path.clone(), at);
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            if !keys.contains(&name) {
+                let message = format!("unknown key `{name}`; expected one of: {}", keys.join(", "));
+                self.problem(&join(&path, name), key.span().start, message);
+            }
+        }
+        Tbl {
+            path,
+            at,
+            table: Some(table),
+        }
+    }
+
+    fn open<'a, 'i>(&mut self, path: String, node: &'a Node<'i>, keys: &[&str]) -> Tbl<'a, 'i> {
+        let at = node.span().start;
+        match node.get_ref() {
+            DeValue::Table(table) => self.open_table(path, at, table, keys),
+            _ => {
+                self.mismatch(&path, node, "a table");
+                Tbl {
+                    path,
+                    at,
+                    table: None,
+                }
+            }
+        }
+    }
+
+    /// The value of `key`, recording where it is.
+    fn lookup<'a, 'i>(&mut self, t: &Tbl<'a, 'i>, key: &str) -> (String, Option<&'a Node<'i>>) {
+        let path = join(&t.path, key);
+        let node = t.table.and_then(|table| table.get(key));
+        if let Some(node) = node {
+            self.sources.at.insert(path.clone(), node.span().start);
+        }
+        (path, node)
+    }
+
+    fn missing(&mut self, t: &Tbl<'_, '_>, field: &str, what: &str) {
+        if t.table.is_some() {
+            self.problem(field, t.at, format!("missing required {what}"));
+        } else {
+            self.sources.broken.insert(field.to_owned());
+        }
+    }
+
+    fn string(&mut self, t: &Tbl<'_, '_>, key: &str) -> String {
+        match self.lookup(t, key) {
+            (_, Some(node)) if matches!(node.get_ref(), DeValue::String(_)) => {
+                node.get_ref().as_str().unwrap_or_default().to_owned()
+            }
+            (path, Some(node)) => {
+                self.mismatch(&path, node, "a string");
+                String::new()
+            }
+            (path, None) => {
+                self.missing(t, &path, &format!("key `{key}`"));
+                String::new()
+            }
+        }
+    }
+
+    /// A number (integer or float); `default` is used when the key is absent, and absence
+    /// is an error when there is none.
+    fn number(&mut self, t: &Tbl<'_, '_>, key: &str, default: Option<f64>) -> f64 {
+        let (path, node) = self.lookup(t, key);
+        let Some(node) = node else {
+            return match default {
+                Some(value) => value,
+                None => {
+                    self.missing(t, &path, &format!("key `{key}`"));
+                    f64::NAN
+                }
+            };
+        };
+        let parsed = match node.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .map(|v| v as f64)
+                .map_err(|_| format!("integer {i} does not fit 64 bits")),
+            DeValue::Float(f) => f
+                .as_str()
+                .parse::<f64>()
+                .map_err(|_| format!("invalid float {f}")),
+            _ => {
+                self.mismatch(&path, node, "a number");
+                return f64::NAN;
+            }
+        };
+        parsed.unwrap_or_else(|message| {
+            self.problem(&path, node.span().start, message);
+            f64::NAN
+        })
+    }
+
+    fn integer(&mut self, t: &Tbl<'_, '_>, key: &str, default: u64) -> u64 {
+        match self.lookup(t, key) {
+            (_, None) => default,
+            (path, Some(node)) => match node.get_ref() {
+                DeValue::Integer(i) => {
+                    u64::from_str_radix(i.as_str(), i.radix()).unwrap_or_else(|_| {
+                        let message = format!("expected a non-negative 64-bit integer, found {i}");
+                        self.problem(&path, node.span().start, message);
+                        default
+                    })
+                }
+                _ => {
+                    self.mismatch(&path, node, "an integer");
+                    default
+                }
+            },
+        }
+    }
+
+    fn boolean(&mut self, t: &Tbl<'_, '_>, key: &str, default: bool) -> bool {
+        match self.lookup(t, key) {
+            (_, None) => default,
+            (path, Some(node)) => node.get_ref().as_bool().unwrap_or_else(|| {
+                self.mismatch(&path, node, "a boolean (true or false)");
+                default
+            }),
+        }
+    }
+
+    /// An optional sub-table.
+    fn child<'a, 'i>(&mut self, t: &Tbl<'a, 'i>, key: &str, keys: &[&str]) -> Tbl<'a, 'i> {
+        match self.lookup(t, key) {
+            (path, Some(node)) => self.open(path, node, keys),
+            (path, None) => Tbl {
+                path,
+                at: t.at,
+                table: None,
+            },
+        }
+    }
+
+    /// An optional array of tables; each element with its path.
+    fn list<'a, 'i>(&mut self, t: &Tbl<'a, 'i>, key: &str) -> Vec<(String, &'a Node<'i>)> {
+        match self.lookup(t, key) {
+            (_, None) => Vec::new(),
+            (path, Some(node)) => match node.get_ref() {
+                DeValue::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| (format!("{path}[{i}]"), item))
+                    .collect(),
+                _ => {
+                    self.mismatch(&path, node, "an array of tables");
+                    Vec::new()
+                }
+            },
+        }
+    }
+
+    fn topology(&mut self, document: &Spanned<DeTable<'_>>) -> Topology {
+        let root = self.open_table(String::new(), 0, document.get_ref(), ROOT_KEYS);
+        let site = match self.lookup(&root, "site") {
+            (path, Some(node)) => self.open(path, node, SITE_KEYS),
+            (path, None) => {
+                self.missing(&root, &path, "table `[site]`");
+                Tbl {
+                    path,
+                    at: 0,
+                    table: None,
+                }
+            }
+        };
+        let site = Site {
+            id: self.string(&site, "id"),
+            cycle_ms: self.integer(&site, "cycle_ms", DEFAULT_CYCLE_MS),
+            lease_s: self.number(&site, "lease_s", Some(DEFAULT_LEASE_S)),
+            keepalive_required: self.boolean(
+                &site,
+                "keepalive_required",
+                DEFAULT_KEEPALIVE_REQUIRED,
+            ),
+        };
+        let substations = self
+            .list(&root, "substations")
+            .into_iter()
+            .map(|(path, node)| self.substation(path, node))
+            .collect();
+        let vehicles = self
+            .list(&root, "vehicles")
+            .into_iter()
+            .map(|(path, node)| self.vehicle(path, node))
+            .collect();
+        let safety = self.child(&root, "safety", SAFETY_KEYS);
+        let safety = Safety {
+            hold_s: self.number(&safety, "hold_s", Some(DEFAULT_HOLD_S)),
+            keepalive_timeout_s: self.number(
+                &safety,
+                "keepalive_timeout_s",
+                Some(DEFAULT_KEEPALIVE_TIMEOUT_S),
+            ),
+            ptp_charge_only_ms: self.number(
+                &safety,
+                "ptp_charge_only_ms",
+                Some(DEFAULT_PTP_CHARGE_ONLY_MS),
+            ),
+            ptp_trip_ms: self.number(&safety, "ptp_trip_ms", Some(DEFAULT_PTP_TRIP_MS)),
+            derate_start_c: self.number(&safety, "derate_start_c", Some(DEFAULT_DERATE_START_C)),
+            derate_zero_c: self.number(&safety, "derate_zero_c", Some(DEFAULT_DERATE_ZERO_C)),
+        };
+        Topology {
+            site,
+            substations,
+            vehicles,
+            safety,
+        }
+    }
+
+    fn substation(&mut self, path: String, node: &Node<'_>) -> Substation {
+        let t = self.open(path, node, SUBSTATION_KEYS);
+        Substation {
+            id: self.string(&t, "id"),
+            segments: self
+                .list(&t, "segments")
+                .into_iter()
+                .map(|(path, node)| self.segment(path, node))
+                .collect(),
+        }
+    }
+
+    fn segment(&mut self, path: String, node: &Node<'_>) -> Segment {
+        let t = self.open(path, node, SEGMENT_KEYS);
+        let id = self.string(&t, "id");
+        let rated_kw = self.number(&t, "rated_kw", None);
+        let safe_default_kw = self.number(&t, "safe_default_kw", Some(DEFAULT_SAFE_DEFAULT_KW));
+        let base_load_kw = self.number(&t, "base_load_kw", Some(DEFAULT_BASE_LOAD_KW));
+        let th = self.child(&t, "thermal", THERMAL_KEYS);
+        let thermal = Thermal {
+            time_constant_s: self.number(&th, "time_constant_s", Some(DEFAULT_TIME_CONSTANT_S)),
+            ambient_c: self.number(&th, "ambient_c", Some(DEFAULT_AMBIENT_C)),
+            rated_rise_c: self.number(&th, "rated_rise_c", Some(DEFAULT_RATED_RISE_C)),
+            limit_c: self.number(&th, "limit_c", Some(DEFAULT_LIMIT_C)),
+        };
+        let chargers = self
+            .list(&t, "chargers")
+            .into_iter()
+            .map(|(path, node)| {
+                let c = self.open(path, node, CHARGER_KEYS);
+                Charger {
+                    id: self.string(&c, "id"),
+                    max_kw: self.number(&c, "max_kw", None),
+                    bidirectional: self.boolean(&c, "bidirectional", false),
+                }
+            })
+            .collect();
+        let inverters = self
+            .list(&t, "inverters")
+            .into_iter()
+            .map(|(path, node)| {
+                let i = self.open(path, node, INVERTER_KEYS);
+                Inverter {
+                    id: self.string(&i, "id"),
+                    max_kw: self.number(&i, "max_kw", None),
+                }
+            })
+            .collect();
+        let meters = self
+            .list(&t, "meters")
+            .into_iter()
+            .map(|(path, node)| {
+                let m = self.open(path, node, METER_KEYS);
+                Meter {
+                    id: self.string(&m, "id"),
+                }
+            })
+            .collect();
+        Segment {
+            id,
+            rated_kw,
+            safe_default_kw,
+            base_load_kw,
+            thermal,
+            chargers,
+            inverters,
+            meters,
+        }
+    }
+
+    fn vehicle(&mut self, path: String, node: &Node<'_>) -> Vehicle {
+        let t = self.open(path, node, VEHICLE_KEYS);
+        Vehicle {
+            id: self.string(&t, "id"),
+            charger: self.string(&t, "charger"),
+            capacity_kwh: self.number(&t, "capacity_kwh", None),
+            soc_pct: self.number(&t, "soc_pct", None),
+            min_soc_pct: self.number(&t, "min_soc_pct", Some(DEFAULT_MIN_SOC_PCT)),
+            target_soc_pct: self.number(&t, "target_soc_pct", Some(DEFAULT_TARGET_SOC_PCT)),
+            arrive_s: self.number(&t, "arrive_s", Some(0.0)),
+            depart_s: self.number(&t, "depart_s", None),
+            max_kw: self.number(&t, "max_kw", None),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass 2: validation.
+
+/// A lower bound.
+#[derive(Clone, Copy)]
+enum Lo {
+    Any,
+    AtLeast(f64),
+    Above(f64),
+}
+
+/// An upper bound.
+#[derive(Clone, Copy)]
+enum Hi {
+    Any,
+    AtMost(f64),
+}
+
+/// Ids seen so far of one kind: id → where it was first defined.
+struct Registry<'t> {
+    kind: &'static str,
+    first: HashMap<&'t str, String>,
+    /// Some id of this kind failed to read, so a reference to an unknown id may be to it.
+    incomplete: bool,
+}
+
+impl<'t> Registry<'t> {
+    fn new(kind: &'static str) -> Self {
+        Registry {
+            kind,
+            first: HashMap::new(),
+            incomplete: false,
+        }
+    }
+}
+
+struct Checker<'s> {
+    sources: &'s Sources,
+    problems: Vec<Problem>,
+}
+
+impl<'s> Checker<'s> {
+    fn new(sources: &'s Sources) -> Self {
+        Checker {
+            sources,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Report a problem with `field`, unless it or a field the check depends on failed to
+    /// read (that was reported already).
+    fn report(&mut self, field: &str, depends_on: &[&str], message: String) {
+        if self.sources.is_broken(field) || depends_on.iter().any(|d| self.sources.is_broken(d)) {
+            return;
+        }
+        self.problems.push(Problem {
+            field: field.to_owned(),
+            offset: self.sources.locate(field),
+            message,
+        });
+    }
+
+    /// Check a number is finite and within its bounds; true when it is.
+    fn number(&mut self, field: &str, value: f64, lo: Lo, hi: Hi) -> bool {
+        if !value.is_finite() {
+            self.report(field, &[], format!("must be a finite number, got {value}"));
+            return false;
+        }
+        let above = match lo {
+            Lo::Any => true,
+            Lo::AtLeast(min) => value >= min,
+            Lo::Above(min) => value > min,
+        };
+        let below = match hi {
+            Hi::Any => true,
+            Hi::AtMost(max) => value <= max,
+        };
+        if above && below {
+            return true;
+        }
+        let bound = match (lo, hi) {
+            (Lo::AtLeast(a), Hi::AtMost(b)) => format!("between {a} and {b}"),
+            (Lo::Above(a), Hi::AtMost(b)) => format!("> {a} and <= {b}"),
+            (Lo::AtLeast(a), Hi::Any) => format!(">= {a}"),
+            (Lo::Above(a), Hi::Any) => format!("> {a}"),
+            (Lo::Any, Hi::AtMost(b)) => format!("<= {b}"),
+            (Lo::Any, Hi::Any) => "finite".to_owned(),
+        };
+        self.report(field, &[], format!("must be {bound}, got {value}"));
+        false
+    }
+
+    /// `high` must be above `low` (`strict`) or not below it. The error goes to `high` when
+    /// it was written down, else to `low` (a default is wrong only because of the other).
+    fn ordered(&mut self, low: (&str, f64), high: (&str, f64), strict: bool) {
+        let ((low_field, lo), (high_field, hi)) = (low, high);
+        let fine = if strict { hi > lo } else { hi >= lo };
+        if fine {
+            return;
+        }
+        let name = |field: &str| field.rsplit('.').next().unwrap_or(field).to_owned();
+        if self.sources.explicit(high_field) || !self.sources.explicit(low_field) {
+            let op = if strict { ">" } else { ">=" };
+            let message = format!("must be {op} {} ({lo}), got {hi}", name(low_field));
+            self.report(high_field, &[low_field], message);
+        } else {
+            let op = if strict { "<" } else { "<=" };
+            let message = format!(
+                "must be {op} {} ({hi}, the default), got {lo}",
+                name(high_field)
+            );
+            self.report(low_field, &[high_field], message);
+        }
+    }
+
+    /// Check an id's form; true when it is well formed.
+    fn id(&mut self, field: &str, id: &str) -> bool {
+        let message = if id.is_empty() {
+            "must not be empty".to_owned()
+        } else if id.len() > MAX_ID_LEN {
+            format!("is {} bytes long, more than {MAX_ID_LEN}", id.len())
+        } else if let Some(bad) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            format!("{id:?} contains {bad:?}; ids may only use A-Z, a-z, 0-9, `_`, `.` and `-`")
+        } else {
+            return true;
+        };
+        self.report(field, &[], message);
+        false
+    }
+
+    /// Check an id's form and that it is the first of its kind.
+    fn unique<'t>(&mut self, registry: &mut Registry<'t>, owner: &str, id: &'t str) {
+        let field = format!("{owner}.id");
+        if self.sources.is_broken(&field) {
+            registry.incomplete = true;
+            return;
+        }
+        if !self.id(&field, id) {
+            return;
+        }
+        match registry.first.get(id) {
+            Some(first) => {
+                let message = format!(
+                    "duplicate {} id {id:?}; first defined at {first}",
+                    registry.kind
+                );
+                self.report(&field, &[], message);
+            }
+            None => {
+                registry.first.insert(id, owner.to_owned());
+            }
+        }
+    }
+
+    fn topology(&mut self, t: &Topology) {
+        self.site(&t.site);
+        self.safety(&t.safety);
+        let mut substations = Registry::new("substation");
+        let mut segments = Registry::new("segment");
+        let mut chargers = Registry::new("charger");
+        let mut inverters = Registry::new("inverter");
+        let mut meters = Registry::new("meter");
+        for (si, sub) in t.substations.iter().enumerate() {
+            let sub_path = format!("substations[{si}]");
+            self.unique(&mut substations, &sub_path, &sub.id);
+            for (gi, seg) in sub.segments.iter().enumerate() {
+                let path = format!("{sub_path}.segments[{gi}]");
+                self.unique(&mut segments, &path, &seg.id);
+                self.segment(&path, seg);
+                for (i, c) in seg.chargers.iter().enumerate() {
+                    let p = format!("{path}.chargers[{i}]");
+                    self.unique(&mut chargers, &p, &c.id);
+                    let max = Hi::AtMost(MAX_CHARGER_KW);
+                    self.number(&format!("{p}.max_kw"), c.max_kw, Lo::Above(0.0), max);
+                }
+                for (i, inv) in seg.inverters.iter().enumerate() {
+                    let p = format!("{path}.inverters[{i}]");
+                    self.unique(&mut inverters, &p, &inv.id);
+                    self.number(&format!("{p}.max_kw"), inv.max_kw, Lo::Above(0.0), Hi::Any);
+                }
+                for (i, m) in seg.meters.iter().enumerate() {
+                    self.unique(&mut meters, &format!("{path}.meters[{i}]"), &m.id);
+                }
+            }
+        }
+        let mut vehicles = Registry::new("vehicle");
+        for (i, v) in t.vehicles.iter().enumerate() {
+            let path = format!("vehicles[{i}]");
+            self.unique(&mut vehicles, &path, &v.id);
+            self.vehicle(&path, v, &chargers);
+        }
+        self.overlaps(&t.vehicles, &chargers);
+    }
+
+    fn site(&mut self, site: &Site) {
+        self.id("site.id", &site.id);
+        if !(MIN_CYCLE_MS..=MAX_CYCLE_MS).contains(&site.cycle_ms) {
+            let message = format!(
+                "must be between {MIN_CYCLE_MS} and {MAX_CYCLE_MS} ms, got {}",
+                site.cycle_ms
+            );
+            self.report("site.cycle_ms", &[], message);
+        }
+        let max = Hi::AtMost(MAX_DURATION_S);
+        self.number("site.lease_s", site.lease_s, Lo::Above(0.0), max);
+    }
+
+    fn safety(&mut self, s: &Safety) {
+        let max_s = Hi::AtMost(MAX_DURATION_S);
+        let max_ms = Hi::AtMost(MAX_DURATION_S * 1_000.0);
+        self.number("safety.hold_s", s.hold_s, Lo::AtLeast(0.0), max_s);
+        let timeout = s.keepalive_timeout_s;
+        self.number("safety.keepalive_timeout_s", timeout, Lo::Above(0.0), max_s);
+        let (co, tr) = ("safety.ptp_charge_only_ms", "safety.ptp_trip_ms");
+        let co_ok = self.number(co, s.ptp_charge_only_ms, Lo::AtLeast(0.0), max_ms);
+        let tr_ok = self.number(tr, s.ptp_trip_ms, Lo::Above(0.0), max_ms);
+        if co_ok && tr_ok {
+            self.ordered((co, s.ptp_charge_only_ms), (tr, s.ptp_trip_ms), true);
+        }
+        let (start, zero) = ("safety.derate_start_c", "safety.derate_zero_c");
+        let start_ok = self.number(start, s.derate_start_c, Lo::Any, Hi::Any);
+        let zero_ok = self.number(zero, s.derate_zero_c, Lo::Any, Hi::Any);
+        if start_ok && zero_ok {
+            self.ordered((start, s.derate_start_c), (zero, s.derate_zero_c), true);
+        }
+    }
+
+    fn segment(&mut self, path: &str, seg: &Segment) {
+        let rated = format!("{path}.rated_kw");
+        let rated_ok = self.number(&rated, seg.rated_kw, Lo::Above(0.0), Hi::Any);
+        let safe = format!("{path}.safe_default_kw");
+        let safe_ok = self.number(&safe, seg.safe_default_kw, Lo::AtLeast(0.0), Hi::Any);
+        if rated_ok && safe_ok && seg.safe_default_kw > seg.rated_kw {
+            let message = format!(
+                "must be <= rated_kw ({}), got {}",
+                seg.rated_kw, seg.safe_default_kw
+            );
+            self.report(&safe, &[&rated], message);
+        }
+        let base = format!("{path}.base_load_kw");
+        self.number(&base, seg.base_load_kw, Lo::AtLeast(0.0), Hi::Any);
+        let th = &seg.thermal;
+        let max_s = Hi::AtMost(MAX_DURATION_S);
+        let tau = format!("{path}.thermal.time_constant_s");
+        self.number(&tau, th.time_constant_s, Lo::Above(0.0), max_s);
+        let rise = format!("{path}.thermal.rated_rise_c");
+        self.number(&rise, th.rated_rise_c, Lo::Above(0.0), Hi::Any);
+        let ambient = format!("{path}.thermal.ambient_c");
+        let limit = format!("{path}.thermal.limit_c");
+        let ambient_ok = self.number(&ambient, th.ambient_c, Lo::Any, Hi::Any);
+        let limit_ok = self.number(&limit, th.limit_c, Lo::Any, Hi::Any);
+        if ambient_ok && limit_ok {
+            self.ordered((&ambient, th.ambient_c), (&limit, th.limit_c), true);
+        }
+        if seg.meters.is_empty() {
+            let message = "every segment needs at least one meter".to_owned();
+            self.report(&format!("{path}.meters"), &[], message);
+        }
+    }
+
+    fn vehicle(&mut self, path: &str, v: &Vehicle, chargers: &Registry<'_>) {
+        let charger = format!("{path}.charger");
+        if v.charger.is_empty() {
+            self.report(&charger, &[], "must name a charger".to_owned());
+        } else if !chargers.incomplete && !chargers.first.contains_key(v.charger.as_str()) {
+            let message = format!("no charger has the id {:?}", v.charger);
+            self.report(&charger, &[], message);
+        }
+        let f = |key: &str| format!("{path}.{key}");
+        let soc = (Lo::AtLeast(0.0), Hi::AtMost(MAX_SOC_PCT));
+        self.number(
+            &f("capacity_kwh"),
+            v.capacity_kwh,
+            Lo::Above(0.0),
+            Hi::AtMost(MAX_CAPACITY_KWH),
+        );
+        self.number(&f("soc_pct"), v.soc_pct, soc.0, soc.1);
+        let min_ok = self.number(&f("min_soc_pct"), v.min_soc_pct, soc.0, soc.1);
+        let target_ok = self.number(&f("target_soc_pct"), v.target_soc_pct, soc.0, soc.1);
+        if min_ok && target_ok {
+            let (min, target) = (f("min_soc_pct"), f("target_soc_pct"));
+            self.ordered((&min, v.min_soc_pct), (&target, v.target_soc_pct), false);
+        }
+        let time = (Lo::AtLeast(0.0), Hi::AtMost(MAX_SESSION_TIME_S));
+        let arrive_ok = self.number(&f("arrive_s"), v.arrive_s, time.0, time.1);
+        let depart_ok = self.number(&f("depart_s"), v.depart_s, time.0, time.1);
+        if arrive_ok && depart_ok {
+            let (arrive, depart) = (f("arrive_s"), f("depart_s"));
+            self.ordered((&arrive, v.arrive_s), (&depart, v.depart_s), true);
+        }
+        self.number(&f("max_kw"), v.max_kw, Lo::Above(0.0), Hi::Any);
+    }
+
+    /// Two vehicles on one charger must not be there at the same time.
+    fn overlaps(&mut self, vehicles: &[Vehicle], chargers: &Registry<'_>) {
+        let mut by_charger: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, v) in vehicles.iter().enumerate() {
+            let times_ok =
+                v.arrive_s.is_finite() && v.depart_s.is_finite() && v.depart_s > v.arrive_s;
+            if times_ok && chargers.first.contains_key(v.charger.as_str()) {
+                by_charger.entry(v.charger.as_str()).or_default().push(i);
+            }
+        }
+        let mut groups: Vec<Vec<usize>> =
+            by_charger.into_values().filter(|g| g.len() > 1).collect();
+        groups.sort_unstable();
+        for mut group in groups {
+            group.sort_by(|&a, &b| {
+                vehicles[a]
+                    .arrive_s
+                    .total_cmp(&vehicles[b].arrive_s)
+                    .then(a.cmp(&b))
+            });
+            // The vehicle staying longest among those that arrived earlier.
+            let mut latest: Option<usize> = None;
+            for &i in &group {
+                let v = &vehicles[i];
+                if let Some(j) = latest {
+                    let w = &vehicles[j];
+                    if v.arrive_s < w.depart_s {
+                        let message = format!(
+                            "charger {:?} is taken by vehicle {:?} (vehicles[{j}]) from {} s to \
+                             {} s; this vehicle is there from {} s to {} s",
+                            v.charger, w.id, w.arrive_s, w.depart_s, v.arrive_s, v.depart_s
+                        );
+                        let deps = [
+                            format!("vehicles[{i}].arrive_s"),
+                            format!("vehicles[{i}].depart_s"),
+                            format!("vehicles[{j}].arrive_s"),
+                            format!("vehicles[{j}].depart_s"),
+                        ];
+                        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+                        self.report(&format!("vehicles[{i}].charger"), &deps, message);
+                    }
+                }
+                if latest.is_none_or(|j| v.depart_s > vehicles[j].depart_s) {
+                    latest = Some(i);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A small valid site; tests break it with [`with`].
+    const MINIMAL: &str = r#"[site]
+id = "s"
+
+[[substations]]
+id = "sub"
+
+[[substations.segments]]
+id = "tx"
+rated_kw = 100
+
+[[substations.segments.chargers]]
+id = "c1"
+max_kw = 11
+
+[[substations.segments.meters]]
+id = "m1"
+
+[[vehicles]]
+id = "v1"
+charger = "c1"
+capacity_kwh = 50
+soc_pct = 40
+depart_s = 3600
+max_kw = 11
+"#;
+
+    /// MINIMAL with each `from` replaced (once) by `to`.
+    fn with(edits: &[(&str, &str)]) -> String {
+        let mut text = MINIMAL.to_owned();
+        for (from, to) in edits {
+            assert!(text.contains(from), "{from:?} not in the text");
+            text = text.replacen(from, to, 1);
+        }
+        text
+    }
+
+    /// The 1-based line holding `needle`.
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in the text"))
+            + 1
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match parse("t.toml", text) {
+            Ok(_) => panic!("expected errors in:\n{text}"),
+            Err(ConfigErrors(errors)) => errors,
+        }
+    }
+
+    /// Exactly one error, on `field`, at the line holding `marker`, whose message contains
+    /// `message`.
+    fn one_error(text: &str, field: &str, marker: &str, message: &str) -> ConfigError {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        let e = errs.into_iter().next().expect("one");
+        assert_eq!(e.field, field, "{e}");
+        assert_eq!(e.line, line_of(text, marker), "{e}");
+        assert!(e.message.contains(message), "{e}");
+        assert_eq!(e.file, "t.toml");
+        e
+    }
+
+    #[test]
+    fn minimal_parses_with_defaults() {
+        let t = parse("t.toml", MINIMAL).expect("valid");
+        assert_eq!(
+            t.site,
+            Site {
+                id: "s".into(),
+                cycle_ms: 1_000,
+                lease_s: 30.0,
+                keepalive_required: true
+            }
+        );
+        assert_eq!(t.safety, Safety::default());
+        let seg = t.segment("tx").expect("tx");
+        assert_eq!((seg.safe_default_kw, seg.base_load_kw), (0.0, 0.0));
+        assert_eq!(seg.thermal, Thermal::default());
+        assert!(!seg.chargers[0].bidirectional);
+        let v = t.vehicle("v1").expect("v1");
+        assert_eq!(
+            (v.min_soc_pct, v.target_soc_pct, v.arrive_s),
+            (20.0, 80.0, 0.0)
+        );
+        assert_eq!(t.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_demo_parses() {
+        let t = demo();
+        assert_eq!(t.site.id, "demo-site");
+        assert_eq!((t.site.cycle_ms, t.site.lease_s), (1_000, 30.0));
+        assert_eq!(t.safety.hold_s, 10.0);
+        assert_eq!(t.safety.ladder_config().hold_time, Duration::from_secs(10));
+        let ids: Vec<&str> = t.segments().map(|(_, s)| s.id.as_str()).collect();
+        assert_eq!(ids, ["tx-1", "tx-2", "tx-3"]);
+        for (sub, seg) in t.segments() {
+            assert_eq!(sub.id, "sub-1");
+            assert!((4..=6).contains(&seg.chargers.len()), "{}", seg.id);
+            assert_eq!((seg.inverters.len(), seg.meters.len()), (1, 1));
+        }
+        let tx3 = t.segment("tx-3").expect("tx-3");
+        assert!(tx3.thermal.time_constant_s < Thermal::default().time_constant_s);
+        assert_eq!(t.charger_segment("evse-10"), Some("tx-3"));
+        assert_eq!(t.charger_segment("nope"), None);
+        assert!(t.session_count() >= 12);
+        for v in &t.vehicles {
+            assert!((25.0..=90.0).contains(&v.soc_pct), "{}", v.id);
+            assert!(v.depart_s - v.arrive_s <= 8.0 * 3_600.0, "{}", v.id);
+        }
+        assert_eq!(t.validate(), Ok(()));
+    }
+
+    #[test]
+    fn serialized_topologies_read_back_equal() {
+        for t in [demo(), generated(3, 10, 7)] {
+            let text = toml::to_string(&t).expect("serializes");
+            assert_eq!(parse("round-trip.toml", &text), Ok(t));
+        }
+    }
+
+    #[test]
+    fn error_display_is_file_line_column_field_message() {
+        let text = with(&[("max_kw = 11\n\n[[sub", "max_kw = 1500\n\n[[sub")]);
+        let e = one_error(
+            &text,
+            "substations[0].segments[0].chargers[0].max_kw",
+            "max_kw = 1500",
+            "must be > 0 and <= 1000, got 1500",
+        );
+        assert_eq!(e.column, 10, "points at the value");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "t.toml:{}:10: substations[0].segments[0].chargers[0].max_kw: must be > 0 and \
+                 <= 1000, got 1500",
+                e.line
+            )
+        );
+    }
+
+    #[test]
+    fn syntax_error_reports_line_and_column() {
+        let text = with(&[("id = \"sub\"", "id = \"sub")]);
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert_eq!((e.line, e.column), (line_of(&text, "id = \"sub"), 10));
+        assert_eq!(e.field, "");
+        assert!(e.message.contains("string"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("t.toml:{}:10: ", e.line)),
+            "{e}"
+        );
+        let dup = with(&[("rated_kw = 100", "rated_kw = 100\nrated_kw = 90")]);
+        let errs = errors(&dup);
+        assert_eq!(errs[0].line, line_of(&dup, "rated_kw = 90"));
+        assert!(errs[0].message.contains("duplicate key"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_where_the_key_is() {
+        let text = with(&[("max_kw = 11\n\n[[sub", "max_kw = 11\nmax_kv = 3\n\n[[sub")]);
+        let e = one_error(
+            &text,
+            "substations[0].segments[0].chargers[0].max_kv",
+            "max_kv",
+            "unknown key `max_kv`; expected one of: id, max_kw, bidirectional",
+        );
+        assert_eq!(e.column, 1);
+        let top = format!("[sites]\nid = 1\n{MINIMAL}");
+        let errs = errors(&top);
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        assert_eq!((errs[0].field.as_str(), errs[0].line), ("sites", 1));
+    }
+
+    #[test]
+    fn wrong_types_and_missing_keys() {
+        let text = with(&[("rated_kw = 100", "rated_kw = \"100\"")]);
+        one_error(
+            &text,
+            "substations[0].segments[0].rated_kw",
+            "rated_kw",
+            "expected a number, found a string",
+        );
+        let text = with(&[("capacity_kwh = 50\n", "")]);
+        one_error(
+            &text,
+            "vehicles[0].capacity_kwh",
+            "[[vehicles]]",
+            "missing required key `capacity_kwh`",
+        );
+        let text = with(&[("[site]\nid = \"s\"\n", "")]);
+        let e = one_error(&text, "site", "", "missing required table `[site]`");
+        assert_eq!(e.line, 1);
+        let text = with(&[("[site]\n", "[site]\ncycle_ms = 2.5\n")]);
+        one_error(
+            &text,
+            "site.cycle_ms",
+            "cycle_ms",
+            "expected an integer, found a float",
+        );
+        let text = with(&[("[site]\n", "[site]\ncycle_ms = -5\n")]);
+        one_error(&text, "site.cycle_ms", "cycle_ms", "non-negative");
+        let text = with(&[(
+            "max_kw = 11\n\n[[sub",
+            "max_kw = 11\nbidirectional = 1\n\n[[sub",
+        )]);
+        one_error(
+            &text,
+            "substations[0].segments[0].chargers[0].bidirectional",
+            "bidirectional",
+            "expected a boolean",
+        );
+        let text = with(&[
+            ("[[substations.segments.meters]]\nid = \"m1\"\n", ""),
+            ("rated_kw = 100", "rated_kw = 100\nmeters = 3"),
+        ]);
+        one_error(
+            &text,
+            "substations[0].segments[0].meters",
+            "meters = 3",
+            "expected an array of tables, found an integer",
+        );
+    }
+
+    #[test]
+    fn ids_must_be_path_safe_and_not_empty() {
+        let text = with(&[("id = \"tx\"", "id = \"tx/1\"")]);
+        one_error(
+            &text,
+            "substations[0].segments[0].id",
+            "tx/1",
+            "contains '/'; ids may only use",
+        );
+        let text = with(&[("id = \"s\"", "id = \"\"")]);
+        one_error(&text, "site.id", "id = \"\"", "must not be empty");
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let text = with(&[("id = \"m1\"", &format!("id = \"{long}\""))]);
+        one_error(
+            &text,
+            "substations[0].segments[0].meters[0].id",
+            &long,
+            "more than 64",
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_per_kind_across_the_site() {
+        let second_segment = "[[substations]]\nid = \"sub2\"\n\n[[substations.segments]]\n\
+            id = \"tx\" # again\nrated_kw = 50\n\n[[substations.segments.meters]]\nid = \"m2\"\n\n\
+            [[vehicles]]";
+        let text = with(&[("[[vehicles]]", second_segment)]);
+        one_error(
+            &text,
+            "substations[1].segments[0].id",
+            "# again",
+            "duplicate segment id \"tx\"; first defined at substations[0].segments[0]",
+        );
+        // A charger and a meter may share an id: uniqueness is per kind.
+        let text = with(&[("id = \"m1\"", "id = \"c1\"")]);
+        assert!(parse("t.toml", &text).is_ok());
+        let text = format!(
+            "{MINIMAL}\n[[vehicles]]\nid = \"v1\" # twin\ncharger = \"c1\"\ncapacity_kwh = 50\n\
+             soc_pct = 40\narrive_s = 3600\ndepart_s = 7200\nmax_kw = 11\n"
+        );
+        one_error(
+            &text,
+            "vehicles[1].id",
+            "# twin",
+            "duplicate vehicle id \"v1\"",
+        );
+    }
+
+    #[test]
+    fn a_vehicle_names_an_existing_charger() {
+        let text = with(&[("charger = \"c1\"", "charger = \"c9\"")]);
+        one_error(
+            &text,
+            "vehicles[0].charger",
+            "c9",
+            "no charger has the id \"c9\"",
+        );
+        let text = with(&[("charger = \"c1\"", "charger = \"\"")]);
+        one_error(
+            &text,
+            "vehicles[0].charger",
+            "charger = \"\"",
+            "must name a charger",
+        );
+    }
+
+    #[test]
+    fn vehicles_on_one_charger_must_not_overlap() {
+        let second = |arrive: u32| {
+            format!(
+                "{MINIMAL}\n[[vehicles]]\nid = \"v2\"\ncharger = \"c1\" # second\n\
+                 capacity_kwh = 50\nsoc_pct = 40\narrive_s = {arrive}\ndepart_s = 7200\n\
+                 max_kw = 11\n"
+            )
+        };
+        let text = second(1800);
+        one_error(
+            &text,
+            "vehicles[1].charger",
+            "# second",
+            "charger \"c1\" is taken by vehicle \"v1\" (vehicles[0]) from 0 s to 3600 s",
+        );
+        // [0, 3600) and [3600, 7200) touch but do not overlap.
+        assert!(parse("t.toml", &second(3600)).is_ok());
+    }
+
+    #[test]
+    fn every_segment_needs_a_meter() {
+        let text = with(&[("[[substations.segments.meters]]\nid = \"m1\"\n", "")]);
+        one_error(
+            &text,
+            "substations[0].segments[0].meters",
+            "[[substations.segments]]",
+            "every segment needs at least one meter",
+        );
+    }
+
+    #[test]
+    fn segment_numbers() {
+        let cases = [
+            (
+                "rated_kw = 100",
+                "rated_kw = 0",
+                "rated_kw",
+                "must be > 0, got 0",
+            ),
+            (
+                "rated_kw = 100",
+                "rated_kw = 100\nsafe_default_kw = -1",
+                "safe_default_kw",
+                "must be >= 0, got -1",
+            ),
+            (
+                "rated_kw = 100",
+                "rated_kw = 100\nsafe_default_kw = 101",
+                "safe_default_kw",
+                "must be <= rated_kw (100), got 101",
+            ),
+            (
+                "rated_kw = 100",
+                "rated_kw = 100\nbase_load_kw = -2",
+                "base_load_kw",
+                "must be >= 0, got -2",
+            ),
+            (
+                "rated_kw = 100",
+                "rated_kw = nan",
+                "rated_kw",
+                "must be a finite number",
+            ),
+            (
+                "rated_kw = 100",
+                "rated_kw = inf",
+                "rated_kw",
+                "must be a finite number",
+            ),
+        ];
+        for (from, to, key, message) in cases {
+            let text = with(&[(from, to)]);
+            let marker = to.lines().last().expect("a line");
+            let field = format!("substations[0].segments[0].{key}");
+            one_error(&text, &field, marker, message);
+        }
+    }
+
+    #[test]
+    fn thermal_numbers() {
+        let thermal = |body: &str| {
+            with(&[(
+                "rated_kw = 100\n",
+                &format!("rated_kw = 100\n\n[substations.segments.thermal]\n{body}\n"),
+            )])
+        };
+        let p = "substations[0].segments[0].thermal";
+        let text = thermal("time_constant_s = 0");
+        one_error(
+            &text,
+            &format!("{p}.time_constant_s"),
+            "time_constant_s",
+            "must be > 0",
+        );
+        let text = thermal("rated_rise_c = -1");
+        one_error(
+            &text,
+            &format!("{p}.rated_rise_c"),
+            "rated_rise_c",
+            "must be > 0",
+        );
+        let text = thermal("limit_c = 25");
+        one_error(
+            &text,
+            &format!("{p}.limit_c"),
+            "limit_c",
+            "must be > ambient_c (30), got 25",
+        );
+        // Only the ambient was written: the error goes there, naming the default limit.
+        let text = thermal("ambient_c = 120");
+        one_error(
+            &text,
+            &format!("{p}.ambient_c"),
+            "ambient_c",
+            "must be < limit_c (110, the default), got 120",
+        );
+        let text = thermal("limit = 3");
+        one_error(
+            &text,
+            &format!("{p}.limit"),
+            "limit = 3",
+            "unknown key `limit`",
+        );
+    }
+
+    #[test]
+    fn charger_and_inverter_numbers() {
+        let text = with(&[("max_kw = 11\n\n[[sub", "max_kw = 0\n\n[[sub")]);
+        one_error(
+            &text,
+            "substations[0].segments[0].chargers[0].max_kw",
+            "max_kw = 0",
+            "must be > 0 and <= 1000, got 0",
+        );
+        let text = with(&[(
+            "[[substations.segments.meters]]",
+            "[[substations.segments.inverters]]\nid = \"i1\"\nmax_kw = -50\n\n\
+             [[substations.segments.meters]]",
+        )]);
+        one_error(
+            &text,
+            "substations[0].segments[0].inverters[0].max_kw",
+            "max_kw = -50",
+            "must be > 0, got -50",
+        );
+        let text = with(&[(
+            "[[substations.segments.meters]]",
+            "[[substations.segments.inverters]] # <-\nid = \"i1\"\n\n\
+             [[substations.segments.meters]]",
+        )]);
+        one_error(
+            &text,
+            "substations[0].segments[0].inverters[0].max_kw",
+            "# <-",
+            "missing required key `max_kw`",
+        );
+    }
+
+    #[test]
+    fn vehicle_numbers() {
+        let cases: [(&str, &str, &str, &str); 10] = [
+            (
+                "capacity_kwh = 50",
+                "capacity_kwh = 0",
+                "capacity_kwh",
+                "must be > 0 and <= 1000",
+            ),
+            (
+                "capacity_kwh = 50",
+                "capacity_kwh = 1001",
+                "capacity_kwh",
+                "got 1001",
+            ),
+            (
+                "soc_pct = 40",
+                "soc_pct = 101",
+                "soc_pct",
+                "must be between 0 and 100, got 101",
+            ),
+            (
+                "soc_pct = 40",
+                "soc_pct = -1",
+                "soc_pct",
+                "must be between 0 and 100, got -1",
+            ),
+            (
+                "soc_pct = 40",
+                "soc_pct = 40\nmin_soc_pct = 101",
+                "min_soc_pct",
+                "must be between 0 and 100",
+            ),
+            (
+                "soc_pct = 40",
+                "soc_pct = 40\nmin_soc_pct = 50\ntarget_soc_pct = 40",
+                "target_soc_pct",
+                "must be >= min_soc_pct (50), got 40",
+            ),
+            (
+                "soc_pct = 40",
+                "soc_pct = 40\nmin_soc_pct = 90",
+                "min_soc_pct",
+                "must be <= target_soc_pct (80, the default), got 90",
+            ),
+            (
+                "depart_s = 3600",
+                "depart_s = 3600\narrive_s = -1",
+                "arrive_s",
+                "got -1",
+            ),
+            (
+                "depart_s = 3600",
+                "depart_s = 0",
+                "depart_s",
+                "must be > arrive_s (0), got 0",
+            ),
+            (
+                "max_kw = 11\n",
+                "max_kw = -11\n",
+                "max_kw",
+                "must be > 0, got -11",
+            ),
+        ];
+        for (from, to, key, message) in cases {
+            // The vehicle's lines are the last ones; edit there, not in the charger.
+            let (head, tail) = MINIMAL.split_at(MINIMAL.find("[[vehicles]]").expect("vehicles"));
+            assert!(tail.contains(from), "{from}");
+            let text = format!("{head}{}", tail.replacen(from, to, 1));
+            let marker = to.trim_end().lines().last().expect("a line");
+            one_error(&text, &format!("vehicles[0].{key}"), marker, message);
+        }
+    }
+
+    #[test]
+    fn site_and_safety_numbers() {
+        let site = |line: &str| with(&[("[site]\n", &format!("[site]\n{line}\n"))]);
+        one_error(
+            &site("cycle_ms = 5"),
+            "site.cycle_ms",
+            "cycle_ms",
+            "between 10 and 60000 ms",
+        );
+        one_error(
+            &site("cycle_ms = 60001"),
+            "site.cycle_ms",
+            "cycle_ms",
+            "got 60001",
+        );
+        one_error(
+            &site("lease_s = 0"),
+            "site.lease_s",
+            "lease_s",
+            "must be > 0",
+        );
+        let safety = |body: &str| format!("{MINIMAL}\n[safety]\n{body}\n");
+        one_error(
+            &safety("hold_s = -1"),
+            "safety.hold_s",
+            "hold_s",
+            "must be between 0",
+        );
+        one_error(
+            &safety("keepalive_timeout_s = 0"),
+            "safety.keepalive_timeout_s",
+            "keepalive_timeout_s",
+            "must be > 0",
+        );
+        one_error(
+            &safety("ptp_charge_only_ms = 5.0\nptp_trip_ms = 2.0"),
+            "safety.ptp_trip_ms",
+            "ptp_trip_ms",
+            "must be > ptp_charge_only_ms (5), got 2",
+        );
+        one_error(
+            &safety("derate_start_c = 90"),
+            "safety.derate_start_c",
+            "derate_start_c",
+            "must be < derate_zero_c (85, the default), got 90",
+        );
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once_in_file_order() {
+        let text = with(&[
+            ("id = \"s\"", "id = \"s s\""),
+            ("rated_kw = 100", "rated_kw = -1\nfoo = 2"),
+            (
+                "id = \"m1\"",
+                "id = \"m1\"\n\n[[substations.segments.meters]]\nid = \"m1\"",
+            ),
+            ("charger = \"c1\"", "charger = \"c2\""),
+            ("soc_pct = 40", "soc_pct = 400"),
+        ]);
+        let errs = errors(&text);
+        let got: Vec<(&str, usize)> = errs.iter().map(|e| (e.field.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("site.id", line_of(&text, "\"s s\"")),
+                (
+                    "substations[0].segments[0].rated_kw",
+                    line_of(&text, "rated_kw = -1")
+                ),
+                ("substations[0].segments[0].foo", line_of(&text, "foo = 2")),
+                (
+                    "substations[0].segments[0].meters[1].id",
+                    text.lines()
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .rposition(|l| *l == "id = \"m1\"")
+                        .expect("m1")
+                        + 1
+                ),
+                ("vehicles[0].charger", line_of(&text, "\"c2\"")),
+                ("vehicles[0].soc_pct", line_of(&text, "soc_pct = 400")),
+            ]
+        );
+        let shown = ConfigErrors(errs).to_string();
+        assert_eq!(shown.lines().count(), 6, "{shown}");
+    }
+
+    #[test]
+    fn a_value_that_failed_to_read_is_not_reported_twice() {
+        // A wrongly typed charger id must not also make the vehicle's reference unknown, and
+        // a wrongly typed min SoC must not also fail the target check.
+        let text = with(&[
+            ("id = \"c1\"", "id = 1"),
+            (
+                "soc_pct = 40",
+                "soc_pct = 40\nmin_soc_pct = \"high\"\ntarget_soc_pct = 10",
+            ),
+        ]);
+        let errs = errors(&text);
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "substations[0].segments[0].chargers[0].id",
+                "vehicles[0].min_soc_pct"
+            ]
+        );
+    }
+
+    #[test]
+    fn load_reads_files_and_reports_unreadable_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let good = dir.path().join("site.toml");
+        std::fs::write(&good, MINIMAL).expect("write");
+        assert_eq!(load(&good), parse("t.toml", MINIMAL));
+        let missing = dir.path().join("nope.toml");
+        let ConfigErrors(errs) = load(&missing).expect_err("missing file");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].file.ends_with("nope.toml"));
+        assert!(errs[0].message.starts_with("cannot open"), "{}", errs[0]);
+        let binary = dir.path().join("bin.toml");
+        std::fs::write(&binary, b"[site]\nid = \"\xff\"\n").expect("write");
+        let ConfigErrors(errs) = load(&binary).expect_err("not UTF-8");
+        assert_eq!((errs[0].line, errs[0].column), (2, 7), "{}", errs[0]);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, with(&[("soc_pct = 40", "soc_pct = 140")])).expect("write");
+        let ConfigErrors(errs) = load(&bad).expect_err("invalid");
+        assert_eq!(errs[0].file, bad.display().to_string());
+    }
+
+    #[test]
+    fn ladder_config_takes_the_safety_settings() {
+        let safety = Safety {
+            hold_s: 12.5,
+            keepalive_timeout_s: 2.0,
+            ptp_charge_only_ms: 0.5,
+            ptp_trip_ms: 50.0,
+            derate_start_c: 60.0,
+            derate_zero_c: 80.0,
+        };
+        let l = safety.ladder_config();
+        assert_eq!(l.hold_time, Duration::from_millis(12_500));
+        assert_eq!(l.keepalive_timeout, Duration::from_secs(2));
+        assert_eq!(l.ptp_charge_only, Duration::from_micros(500));
+        assert_eq!(l.ptp_trip, Duration::from_millis(50));
+        assert_eq!((l.derate_start_c, l.derate_zero_c), (60.0, 80.0));
+        assert_eq!(l.voltage_bands, LadderConfig::default().voltage_bands);
+        assert_eq!(Safety::default().ladder_config(), LadderConfig::default());
+        // Out of range (unvalidated) settings keep the defaults instead of panicking.
+        let nonsense = Safety {
+            hold_s: -1.0,
+            keepalive_timeout_s: f64::NAN,
+            ptp_charge_only_ms: f64::INFINITY,
+            ptp_trip_ms: 1e300,
+            derate_start_c: f64::NAN,
+            derate_zero_c: 80.0,
+        };
+        let l = nonsense.ladder_config();
+        let d = LadderConfig::default();
+        assert_eq!(
+            (
+                l.hold_time,
+                l.keepalive_timeout,
+                l.ptp_charge_only,
+                l.ptp_trip
+            ),
+            (
+                d.hold_time,
+                d.keepalive_timeout,
+                d.ptp_charge_only,
+                d.ptp_trip
+            )
+        );
+        assert_eq!(l.derate_start_c, d.derate_start_c);
+    }
+
+    #[test]
+    fn validate_checks_built_topologies() {
+        let mut t = demo();
+        t.vehicles[0].soc_pct = f64::NAN;
+        t.substations[0].segments[1].meters.clear();
+        let ConfigErrors(errs) = t.validate().expect_err("invalid");
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["substations[0].segments[1].meters", "vehicles[0].soc_pct"]
+        );
+        assert!(errs.iter().all(|e| (e.line, e.column) == (0, 0)));
+    }
+
+    #[test]
+    fn generated_sites_are_valid_and_deterministic() {
+        for (segments, sessions) in [(0, 0), (1, 0), (0, 3), (1, 1), (5, 17), (40, 10_000)] {
+            let t = generated(segments, sessions, 42);
+            assert_eq!(
+                t.validate(),
+                Ok(()),
+                "{segments} segments, {sessions} sessions"
+            );
+            assert_eq!(t.session_count(), sessions);
+            let expected_segments = if sessions > 0 {
+                segments.max(1)
+            } else {
+                segments
+            };
+            assert_eq!(t.segments().count(), expected_segments);
+            assert_eq!(t.chargers().count(), sessions);
+        }
+        let t = generated(4, 100, 1);
+        assert_eq!(t, generated(4, 100, 1));
+        assert_ne!(t, generated(4, 100, 2));
+        assert_eq!(t.safety.hold_s, GENERATED_HOLD_S);
+        assert_eq!(t.charger_segment("evse-5"), Some("tx-1"), "round-robin");
+        for (seg, c) in t.chargers() {
+            let n: usize = c.id["evse-".len()..].parse().expect("numbered");
+            assert_eq!(c.bidirectional, n % 4 != 3, "{}", c.id);
+            assert!(c.max_kw == 11.0 || c.max_kw == 22.0);
+            let total: f64 = seg.chargers.iter().map(|c| c.max_kw).sum();
+            assert!((seg.rated_kw - (0.6 * total).max(GENERATED_MIN_RATED_KW)).abs() < 1e-9);
+            assert_eq!(seg.meters.len(), 1);
+            assert_eq!(seg.inverters[0].max_kw, 100.0);
+        }
+        for v in &t.vehicles {
+            assert!((40.0..=100.0).contains(&v.capacity_kwh));
+            assert!((30.0..=90.0).contains(&v.soc_pct));
+            assert!((3_600.0..=36_000.0).contains(&v.depart_s));
+            assert_eq!(v.charger, format!("evse-{}", &v.id["ev-".len()..]));
+        }
+    }
+
+    #[test]
+    fn accessors() {
+        let t = demo();
+        assert_eq!(t.segment("tx-2").map(|s| s.rated_kw), Some(120.0));
+        assert!(t.segment("tx-9").is_none());
+        assert_eq!(
+            t.vehicle("ev-1").map(|v| v.charger.as_str()),
+            Some("evse-1")
+        );
+        assert!(t.vehicle("ev-99").is_none());
+        assert_eq!(t.charger("evse-4").map(|c| c.bidirectional), Some(false));
+        assert_eq!(t.session_count(), t.vehicles.len());
+        assert_eq!(
+            t.chargers().count(),
+            t.segments().map(|(_, s)| s.chargers.len()).sum::<usize>()
+        );
+    }
+
+    /// A demo text with one character replaced, inserted or removed.
+    fn mutated_demo() -> impl Strategy<Value = String> {
+        let len = DEMO.chars().count();
+        (0..len, 0u8..3, prop::char::any()).prop_map(|(at, op, c)| {
+            let mut chars: Vec<char> = DEMO.chars().collect();
+            match op {
+                0 => chars[at] = c,
+                1 => chars.insert(at, c),
+                _ => {
+                    chars.remove(at);
+                }
+            }
+            chars.into_iter().collect()
+        })
+    }
+
+    fn check_positions(
+        text: &str,
+        result: &Result<Topology, ConfigErrors>,
+    ) -> Result<(), TestCaseError> {
+        let lines = text.split('\n').count();
+        match result {
+            Ok(t) => prop_assert_eq!(t.validate(), Ok(())),
+            Err(ConfigErrors(errs)) => {
+                prop_assert!(!errs.is_empty());
+                for e in errs {
+                    prop_assert!(e.line >= 1 && e.line <= lines, "{} of {}", e, lines);
+                    prop_assert!(e.column >= 1, "{}", e);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_text(text in any::<String>()) {
+            let result = parse("x.toml", &text);
+            check_positions(&text, &result)?;
+        }
+
+        #[test]
+        fn parse_never_panics_on_toml_like_text(text in "[\\[\\]a-z_.=\"0-9 \n#{},-]{0,200}") {
+            let result = parse("x.toml", &text);
+            check_positions(&text, &result)?;
+        }
+
+        #[test]
+        fn parse_never_panics_on_a_mutated_demo(text in mutated_demo()) {
+            let result = parse("demo.toml", &text);
+            check_positions(&text, &result)?;
+        }
+    }
+}

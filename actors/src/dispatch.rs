@@ -1,1 +1,948 @@
-//! (being written)
+//! Splitting a power target: the site's over its transformer segments, a segment's over its
+//! vehicle sessions.
+//!
+//! Sign convention: kW positive = charging (power into the vehicles, drawn from the grid),
+//! negative = discharging (exported to the grid). Capacities and limits are magnitudes (≥ 0).
+//!
+//! **Site → segments** ([`split_by_headroom`]) is water-filling: each segment's share is
+//! `λ · capacity · headroom`, capped at its capacity in the requested direction, with one
+//! common `λ` raised until the target is met or every segment is full. So every segment is
+//! loaded to the same fraction of its capacity *per unit of thermal headroom*: a hot segment
+//! takes less, and what it cannot take moves to the cooler ones. A segment with no headroom
+//! (at its thermal limit) takes nothing while any segment with headroom has room; only when
+//! all of those are full does it take power, and then never beyond the capacity the caller
+//! gives, which its safe-state ladder has already capped at the transformer's allowance.
+//!
+//! **Segment → sessions** ([`allocate`]) is a greedy fill in priority order up to each
+//! vehicle's [`effective_limits`]: for charging, vehicles below their target SoC first, then
+//! earlier departure, then lower SoC; for discharging, later departure first, then higher
+//! SoC; remaining ties by index. It sorts once, so it is `O(n log n)`.
+//!
+//! A vehicle's effective limit is the smallest of:
+//! - its device limit (`min(charger, vehicle)`, 0 for discharge on a unidirectional charger);
+//! - the energy it can still take or give over the horizon (one dispatch cycle): no charge
+//!   above 100 % SoC, no discharge below its minimum SoC, so a setpoint held for the horizon
+//!   never crosses either bound. The energy the device still delivers while it ramps away
+//!   from its measured power (`|measured| · DEVICE_TIME_CONSTANT_S`) is held back first, so
+//!   a lagging device cannot overrun a bound either;
+//! - when it was commanded last cycle but delivered clearly less
+//!   (`|measured| < |commanded| − THROTTLE_TOLERANCE_KW` in that direction — a charger derated
+//!   by heat, a vehicle's BMS tapering), `|measured| + PROBE_KW`: it keeps what it can deliver
+//!   plus a probe to notice when it recovers, and the rest goes to other vehicles.
+//!
+//! Invariants (all property-tested below):
+//! - every setpoint and share has the target's sign and is within its limit / capacity;
+//! - `Σ setpoints + unallocated == target`, and the allocated part is the target clipped to the
+//!   total effective capacity;
+//! - a vehicle of lower priority gets power only when every vehicle of higher priority is at
+//!   its limit;
+//! - inputs that are not numbers never panic: when in doubt, no power. A non-finite limit,
+//!   capacity, SoC or headroom counts as 0; a non-finite target dispatches nothing and leaves
+//!   nothing unallocated (a non-finite target is a caller's bug, not a demand).
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A device delivering less than it was commanded by more than this (kW) is throttled.
+pub const THROTTLE_TOLERANCE_KW: f64 = 0.5;
+
+/// A throttled device is offered what it delivered plus this much (kW), to find out when it
+/// recovers.
+pub const PROBE_KW: f64 = 1.0;
+
+/// The longest time constant assumed for a device following a new setpoint, s. A
+/// first-order device told to stop still delivers `|power| · τ` of energy; that much is kept
+/// in reserve at either SoC bound, so lag cannot carry a vehicle past it.
+pub const DEVICE_TIME_CONSTANT_S: f64 = 1.0;
+
+/// Full battery, %.
+pub const FULL_SOC_PCT: f64 = 100.0;
+
+const SECONDS_PER_HOUR: f64 = 3600.0;
+
+/// What one segment can take now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentCapacity {
+    /// The segment's id.
+    pub id: String,
+    /// Thermal headroom of its transformer, 0 (at the limit) to 1 (at ambient).
+    pub headroom: f64,
+    /// What its sessions can take now, kW (≥ 0), already clamped by its safe state and its
+    /// transformer's allowance.
+    pub max_charge_kw: f64,
+    /// What its sessions can give now, kW (≥ 0, a magnitude); 0 when ChargeOnly or Tripped.
+    pub max_discharge_kw: f64,
+}
+
+/// The site target split over segments.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Split {
+    /// One share per segment, in the order given, kW (the target's sign).
+    pub shares_kw: Vec<f64>,
+    /// The part of the target no segment could take, kW (the target's sign).
+    pub unallocated_kw: f64,
+}
+
+/// A vehicle session that can be given power.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Departure time, seconds (any common origin).
+    pub depart_s: f64,
+    /// State of charge, %.
+    pub soc_pct: f64,
+    /// The SoC below which the vehicle must not be discharged, %.
+    pub min_soc_pct: f64,
+    /// The SoC the driver wants at departure, %.
+    pub target_soc_pct: f64,
+    /// Usable battery capacity, kWh.
+    pub capacity_kwh: f64,
+    /// `min(charger, vehicle)` charge limit, kW (≥ 0).
+    pub max_charge_kw: f64,
+    /// Discharge limit, kW (≥ 0, a magnitude); 0 when the charger is not bidirectional.
+    pub max_discharge_kw: f64,
+    /// What it delivered last cycle, kW (signed), if known.
+    pub measured_kw: Option<f64>,
+    /// What it was asked for last cycle, kW (signed), if anything.
+    pub commanded_kw: Option<f64>,
+}
+
+/// A segment target split over candidates.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Allocation {
+    /// One setpoint per candidate, in the order given, kW (the target's sign).
+    pub setpoints_kw: Vec<f64>,
+    /// The part of the target no candidate could take, kW (the target's sign).
+    pub unallocated_kw: f64,
+}
+
+/// A magnitude that is not a finite positive number counts as 0.
+fn magnitude(x: f64) -> f64 {
+    if x.is_finite() && x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// The direction of a target: `Some((sign, magnitude))`, or `None` when there is nothing to
+/// dispatch (zero or not a finite number).
+fn direction(target_kw: f64) -> Option<(f64, f64)> {
+    (target_kw.is_finite() && target_kw != 0.0).then(|| (target_kw.signum(), target_kw.abs()))
+}
+
+/// Split a site target over segments by water-filling on `capacity · headroom` (see the module
+/// docs). `shares_kw[i]` goes to `segments[i]`.
+pub fn split_by_headroom(target_kw: f64, segments: &[SegmentCapacity]) -> Split {
+    let mut shares = vec![0.0; segments.len()];
+    let Some((sign, want)) = direction(target_kw) else {
+        return Split {
+            shares_kw: shares,
+            unallocated_kw: 0.0,
+        };
+    };
+    let caps: Vec<f64> = segments
+        .iter()
+        .map(|s| {
+            magnitude(if sign > 0.0 {
+                s.max_charge_kw
+            } else {
+                s.max_discharge_kw
+            })
+        })
+        .collect();
+    let heads: Vec<f64> = segments
+        .iter()
+        .map(|s| {
+            if s.headroom.is_finite() {
+                s.headroom.clamp(0.0, 1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+
+    // Tier 1: segments with capacity and headroom. Segment i is full once λ · cap·h ≥ cap,
+    // i.e. λ ≥ 1/h: the coolest fill first, so visit them by falling headroom.
+    let mut order: Vec<usize> = (0..segments.len())
+        .filter(|&i| caps[i] > 0.0 && heads[i] > 0.0)
+        .collect();
+    order.sort_unstable_by(|&a, &b| heads[b].total_cmp(&heads[a]).then(a.cmp(&b)));
+    // weight_from[k]: the weight of order[k..], summed from the end (no cancellation).
+    let mut weight_from = vec![0.0; order.len() + 1];
+    for k in (0..order.len()).rev() {
+        let i = order[k];
+        weight_from[k] = weight_from[k + 1] + caps[i] * heads[i];
+    }
+    let mut remaining = want;
+    for (k, &i) in order.iter().enumerate() {
+        if remaining <= 0.0 {
+            break;
+        }
+        let lambda = remaining / weight_from[k];
+        if lambda * heads[i] >= 1.0 {
+            shares[i] = caps[i];
+            remaining = (remaining - caps[i]).max(0.0);
+        } else {
+            // Nobody left is full at this λ: they share the rest by weight, the last one
+            // taking exactly what is left so that rounding does not leak into `unallocated`.
+            let (last, rest) = order[k..].split_last().unwrap_or((&i, &[]));
+            for &j in rest {
+                shares[j] = (lambda * caps[j] * heads[j]).min(caps[j]);
+                remaining -= shares[j];
+            }
+            shares[*last] = remaining.clamp(0.0, caps[*last]);
+            remaining = 0.0;
+            break;
+        }
+    }
+
+    // Tier 2: segments at their thermal limit, only once every cooler segment is full; they
+    // fill in proportion to capacity (they all have the same, zero, headroom).
+    if remaining > 0.0 {
+        let hot: Vec<usize> = (0..segments.len())
+            .filter(|&i| caps[i] > 0.0 && heads[i] == 0.0)
+            .collect();
+        let total: f64 = hot.iter().map(|&i| caps[i]).sum();
+        if total > 0.0 {
+            let fraction = (remaining / total).min(1.0);
+            for &i in &hot {
+                shares[i] = caps[i] * fraction;
+            }
+        }
+    }
+
+    let allocated: f64 = shares.iter().sum();
+    for s in &mut shares {
+        *s *= sign;
+    }
+    Split {
+        shares_kw: shares,
+        // Never of the opposite sign, even by a rounding error.
+        unallocated_kw: sign * (want - allocated).max(0.0),
+    }
+}
+
+/// A candidate's `(charge, discharge)` limits (kW, both ≥ 0) for a setpoint held over
+/// `horizon`: the device limits, cut by the energy to 100 % / to the minimum SoC over the
+/// horizon (less the ramp-down tail of what the device delivers now), and by throttling seen
+/// last cycle (see the module docs). Anything not a number counts as no power; a zero horizon
+/// puts no energy bound on a vehicle whose energy room exceeds its tail.
+pub fn effective_limits(c: &Candidate, horizon: Duration) -> (f64, f64) {
+    let device_charge = magnitude(c.max_charge_kw);
+    let device_discharge = magnitude(c.max_discharge_kw);
+    let capacity = magnitude(c.capacity_kwh);
+    let (room_in_kwh, room_out_kwh) = if c.soc_pct.is_finite() {
+        let floor = if c.min_soc_pct.is_finite() {
+            c.min_soc_pct.max(0.0)
+        } else {
+            // Unknown minimum: nothing can be taken out safely.
+            FULL_SOC_PCT
+        };
+        (
+            ((FULL_SOC_PCT - c.soc_pct) / 100.0 * capacity).max(0.0),
+            ((c.soc_pct - floor) / 100.0 * capacity).max(0.0),
+        )
+    } else {
+        (0.0, 0.0)
+    };
+    // The power the device is at now, per direction; a reading that is not a number could
+    // be anything up to the device's limits.
+    let (now_in_kw, now_out_kw) = match c.measured_kw {
+        Some(m) if m.is_finite() => (m.max(0.0), (-m).max(0.0)),
+        Some(_) => (device_charge, device_discharge),
+        None => (0.0, 0.0),
+    };
+    let hours = horizon.as_secs_f64() / SECONDS_PER_HOUR;
+    let tail_h = DEVICE_TIME_CONSTANT_S / SECONDS_PER_HOUR;
+    let energy_bound = |room_kwh: f64, now_kw: f64| -> f64 {
+        let room_kwh = room_kwh - now_kw * tail_h;
+        if room_kwh <= 0.0 {
+            0.0
+        } else if hours > 0.0 {
+            room_kwh / hours
+        } else {
+            f64::INFINITY
+        }
+    };
+    let mut charge = device_charge.min(energy_bound(room_in_kwh, now_in_kw));
+    let mut discharge = device_discharge.min(energy_bound(room_out_kwh, now_out_kw));
+
+    if let Some(commanded) = c.commanded_kw.filter(|x| x.is_finite()) {
+        // A reading that is not a number is no evidence of delivery: probe from nothing.
+        let measured = c.measured_kw.map(|m| if m.is_finite() { m } else { 0.0 });
+        if let Some(measured) = measured {
+            if commanded > 0.0 {
+                let delivered = measured.max(0.0);
+                if delivered < commanded - THROTTLE_TOLERANCE_KW {
+                    charge = charge.min(delivered + PROBE_KW);
+                }
+            } else if commanded < 0.0 {
+                let delivered = (-measured).max(0.0);
+                if delivered < -commanded - THROTTLE_TOLERANCE_KW {
+                    discharge = discharge.min(delivered + PROBE_KW);
+                }
+            }
+        }
+    }
+    (charge, discharge)
+}
+
+/// The priority key of a candidate, smallest first; every float is a number (NaN mapped to
+/// the least-priority end).
+type Key = (u8, f64, f64);
+
+fn charge_key(c: &Candidate) -> Key {
+    let below_target = c.soc_pct < c.target_soc_pct; // false when either is NaN
+    let or_last = |x: f64| if x.is_nan() { f64::INFINITY } else { x };
+    (
+        u8::from(!below_target),
+        or_last(c.depart_s),
+        or_last(c.soc_pct),
+    )
+}
+
+fn discharge_key(c: &Candidate) -> Key {
+    let or_last = |x: f64| if x.is_nan() { f64::INFINITY } else { -x };
+    (0, or_last(c.depart_s), or_last(c.soc_pct))
+}
+
+fn cmp_keys(a: &Key, b: &Key) -> Ordering {
+    let f = |x: f64, y: f64| x.partial_cmp(&y).unwrap_or(Ordering::Equal);
+    a.0.cmp(&b.0)
+        .then_with(|| f(a.1, b.1))
+        .then_with(|| f(a.2, b.2))
+}
+
+/// Split a segment's target over candidates: greedy fill, in priority order, up to each
+/// candidate's [`effective_limits`] over `horizon` (see the module docs). `setpoints_kw[i]` goes
+/// to `candidates[i]`. `O(n log n)`.
+pub fn allocate(target_kw: f64, candidates: &[Candidate], horizon: Duration) -> Allocation {
+    let mut setpoints = vec![0.0; candidates.len()];
+    let Some((sign, want)) = direction(target_kw) else {
+        return Allocation {
+            setpoints_kw: setpoints,
+            unallocated_kw: 0.0,
+        };
+    };
+    let charging = sign > 0.0;
+    let mut ranked: Vec<(Key, usize, f64)> = candidates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let (charge, discharge) = effective_limits(c, horizon);
+            let limit = if charging { charge } else { discharge };
+            let key = if charging {
+                charge_key(c)
+            } else {
+                discharge_key(c)
+            };
+            (limit > 0.0).then_some((key, i, limit))
+        })
+        .collect();
+    ranked.sort_unstable_by(|a, b| cmp_keys(&a.0, &b.0).then(a.1.cmp(&b.1)));
+
+    let mut remaining = want;
+    for &(_, i, limit) in &ranked {
+        if remaining <= 0.0 {
+            break;
+        }
+        let give = limit.min(remaining);
+        setpoints[i] = sign * give;
+        remaining -= give;
+    }
+    Allocation {
+        setpoints_kw: setpoints,
+        unallocated_kw: sign * remaining,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CYCLE: Duration = Duration::from_secs(1);
+
+    fn seg(id: &str, headroom: f64, charge: f64, discharge: f64) -> SegmentCapacity {
+        SegmentCapacity {
+            id: id.into(),
+            headroom,
+            max_charge_kw: charge,
+            max_discharge_kw: discharge,
+        }
+    }
+
+    fn car(depart_s: f64, soc_pct: f64, max_kw: f64) -> Candidate {
+        Candidate {
+            depart_s,
+            soc_pct,
+            min_soc_pct: 20.0,
+            target_soc_pct: 80.0,
+            capacity_kwh: 60.0,
+            max_charge_kw: max_kw,
+            max_discharge_kw: max_kw,
+            measured_kw: None,
+            commanded_kw: None,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    #[test]
+    fn equal_segments_share_equally() {
+        let segs = [seg("a", 0.5, 100.0, 100.0), seg("b", 0.5, 100.0, 100.0)];
+        let s = split_by_headroom(120.0, &segs);
+        assert_eq!(s.shares_kw, vec![60.0, 60.0]);
+        assert_eq!(s.unallocated_kw, 0.0);
+        let s = split_by_headroom(-50.0, &segs);
+        assert_eq!(s.shares_kw, vec![-25.0, -25.0]);
+    }
+
+    #[test]
+    fn hotter_segments_take_less_and_full_ones_pass_the_rest_on() {
+        let segs = [
+            seg("cool", 1.0, 100.0, 0.0),
+            seg("warm", 0.25, 100.0, 0.0),
+            seg("small", 1.0, 10.0, 0.0),
+        ];
+        // Weights 100, 25, 10: λ = 90/135; "small" would get 6.67 (< 10): nobody is full.
+        let s = split_by_headroom(90.0, &segs);
+        assert!(close(s.shares_kw[0], 90.0 * 100.0 / 135.0), "{s:?}");
+        assert!(close(s.shares_kw[1], 90.0 * 25.0 / 135.0), "{s:?}");
+        assert!(close(s.shares_kw[2], 90.0 * 10.0 / 135.0), "{s:?}");
+        // 180 kW: "cool" and "small" (headroom 1) fill at λ = 1, "warm" takes the remaining 70.
+        let s = split_by_headroom(180.0, &segs);
+        assert!(
+            close(s.shares_kw[0], 100.0) && close(s.shares_kw[2], 10.0),
+            "{s:?}"
+        );
+        assert!(close(s.shares_kw[1], 70.0), "{s:?}");
+        // More than everything: all full, the rest unallocated; no discharge capacity at all.
+        let s = split_by_headroom(500.0, &segs);
+        assert_eq!(s.shares_kw, vec![100.0, 100.0, 10.0]);
+        assert!(close(s.unallocated_kw, 290.0));
+        let s = split_by_headroom(-40.0, &segs);
+        assert_eq!(s.shares_kw, vec![0.0, 0.0, 0.0]);
+        assert_eq!(s.unallocated_kw, -40.0);
+    }
+
+    #[test]
+    fn a_segment_at_its_limit_takes_power_only_when_the_others_are_full() {
+        let segs = [seg("hot", 0.0, 50.0, 50.0), seg("cool", 0.6, 80.0, 80.0)];
+        let s = split_by_headroom(70.0, &segs);
+        assert_eq!(s.shares_kw, vec![0.0, 70.0]);
+        let s = split_by_headroom(-100.0, &segs);
+        assert!(
+            close(s.shares_kw[1], -80.0) && close(s.shares_kw[0], -20.0),
+            "{s:?}"
+        );
+        let s = split_by_headroom(200.0, &segs);
+        assert_eq!(s.shares_kw, vec![50.0, 80.0]);
+        assert!(close(s.unallocated_kw, 70.0));
+    }
+
+    #[test]
+    fn nonsense_segments_get_nothing_and_nonsense_targets_dispatch_nothing() {
+        let segs = [
+            seg("nan-headroom", f64::NAN, 100.0, 100.0),
+            seg("nan-cap", 1.0, f64::NAN, f64::INFINITY),
+            seg("negative", 1.0, -5.0, -5.0),
+            seg("ok", 2.0, 10.0, 10.0),
+        ];
+        let s = split_by_headroom(30.0, &segs);
+        // "nan-headroom" counts as at its limit: last resort after "ok" is full.
+        assert_eq!(s.shares_kw, vec![20.0, 0.0, 0.0, 10.0]);
+        let s = split_by_headroom(-1000.0, &segs);
+        assert_eq!(s.shares_kw, vec![-100.0, 0.0, 0.0, -10.0]);
+        assert!(close(s.unallocated_kw, -890.0));
+        for t in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0] {
+            let s = split_by_headroom(t, &segs);
+            assert_eq!(s.shares_kw, vec![0.0; 4]);
+            assert_eq!(s.unallocated_kw, 0.0);
+        }
+        assert_eq!(split_by_headroom(5.0, &[]).unallocated_kw, 5.0);
+    }
+
+    #[test]
+    fn energy_bounds_stop_at_full_and_at_min_soc() {
+        let horizon = Duration::from_secs(3600);
+        // 60 kWh at 99 %: 0.6 kWh to full over 1 h; 79 % above min = 47.4 kWh.
+        let c = car(0.0, 99.0, 11.0);
+        let (ch, dis) = effective_limits(&c, horizon);
+        assert!(close(ch, 0.6) && close(dis, 11.0), "{ch} {dis}");
+        // At min SoC: no discharge at all; 30 s horizon, 0.1 % above min = 0.06 kWh → 7.2 kW.
+        let mut c = car(0.0, 20.0, 11.0);
+        assert_eq!(effective_limits(&c, horizon).1, 0.0);
+        c.soc_pct = 20.1;
+        let (ch, dis) = effective_limits(&c, Duration::from_secs(30));
+        assert!(close(ch, 11.0) && close(dis, 7.2), "{ch} {dis}");
+        // Over 100 % or under min: nothing in that direction.
+        c.soc_pct = 100.5;
+        assert_eq!(effective_limits(&c, horizon).0, 0.0);
+        c.soc_pct = 10.0;
+        assert_eq!(effective_limits(&c, horizon).1, 0.0);
+    }
+
+    #[test]
+    fn a_lagging_device_keeps_its_ramp_down_tail_in_reserve() {
+        // 60 kWh, 0.01 % above min = 0.006 kWh = 21.6 kJ: 21.6 kW over a 1 s cycle at rest.
+        let mut c = car(0.0, 20.01, 50.0);
+        let (_, at_rest) = effective_limits(&c, CYCLE);
+        assert!(close(at_rest, 21.6), "{at_rest}");
+        // Discharging at 10 kW now, it still gives 10 kW · 1 s while ramping down.
+        c.measured_kw = Some(-10.0);
+        let (charge, discharge) = effective_limits(&c, CYCLE);
+        assert!(
+            close(discharge, 21.6 - 10.0 * DEVICE_TIME_CONSTANT_S),
+            "{discharge}"
+        );
+        assert_eq!(charge, 50.0, "the tail only counts in its own direction");
+        // A tail beyond the room: nothing more at all.
+        c.measured_kw = Some(-30.0);
+        assert_eq!(effective_limits(&c, CYCLE).1, 0.0);
+        // Same at the top: charging hard into an almost full battery.
+        let mut full = car(0.0, 99.99, 50.0);
+        full.measured_kw = Some(30.0);
+        assert_eq!(effective_limits(&full, CYCLE).0, 0.0);
+        // A reading that is not a number could be anything up to the device's limits.
+        full.measured_kw = Some(f64::NAN);
+        assert_eq!(effective_limits(&full, CYCLE).0, 0.0);
+    }
+
+    #[test]
+    fn a_throttled_charger_keeps_what_it_delivers_plus_a_probe() {
+        // Asked for 10 kW, delivered 2: it is offered 3, and the other 7 go elsewhere.
+        let mut hot = car(100.0, 50.0, 10.0);
+        hot.commanded_kw = Some(10.0);
+        hot.measured_kw = Some(2.0);
+        assert_eq!(effective_limits(&hot, CYCLE).0, 2.0 + PROBE_KW);
+        let other = car(200.0, 50.0, 22.0);
+        let a = allocate(10.0, &[hot, other], CYCLE);
+        assert_eq!(a.setpoints_kw, vec![3.0, 7.0]);
+        assert_eq!(a.unallocated_kw, 0.0);
+        // Within the tolerance: not throttled.
+        hot.measured_kw = Some(10.0 - THROTTLE_TOLERANCE_KW);
+        assert_eq!(effective_limits(&hot, CYCLE).0, 10.0);
+        // Throttling while charging says nothing about discharging, and vice versa.
+        hot.measured_kw = Some(2.0);
+        assert_eq!(effective_limits(&hot, CYCLE).1, 10.0);
+        let mut v2g = car(0.0, 60.0, 11.0);
+        v2g.commanded_kw = Some(-11.0);
+        v2g.measured_kw = Some(-4.0);
+        assert_eq!(effective_limits(&v2g, CYCLE), (11.0, 5.0));
+        // Delivering the wrong way counts as delivering nothing; a NaN reading too.
+        v2g.measured_kw = Some(3.0);
+        assert_eq!(effective_limits(&v2g, CYCLE).1, PROBE_KW);
+        v2g.measured_kw = Some(f64::NAN);
+        assert_eq!(effective_limits(&v2g, CYCLE).1, PROBE_KW);
+        // Never asked: nothing to compare.
+        v2g.commanded_kw = None;
+        assert_eq!(effective_limits(&v2g, CYCLE).1, 11.0);
+    }
+
+    #[test]
+    fn charging_priority_below_target_then_departure_then_soc() {
+        let mut above = car(10.0, 85.0, 10.0); // earliest, but already above its target
+        above.target_soc_pct = 80.0;
+        let early_high = car(20.0, 70.0, 10.0);
+        let early_low = car(20.0, 40.0, 10.0);
+        let late = car(30.0, 10.0, 10.0);
+        let cands = [above, early_high, early_low, late];
+        let a = allocate(25.0, &cands, CYCLE);
+        assert_eq!(a.setpoints_kw, vec![0.0, 10.0, 10.0, 5.0]);
+        let a = allocate(35.0, &cands, CYCLE);
+        assert_eq!(a.setpoints_kw, vec![5.0, 10.0, 10.0, 10.0]);
+    }
+
+    #[test]
+    fn discharging_priority_later_departure_then_higher_soc() {
+        let early = car(10.0, 90.0, 10.0);
+        let late_low = car(50.0, 40.0, 10.0);
+        let late_high = car(50.0, 60.0, 10.0);
+        let mut uni = car(99.0, 90.0, 10.0);
+        uni.max_discharge_kw = 0.0; // not bidirectional
+        let cands = [early, late_low, late_high, uni];
+        let a = allocate(-15.0, &cands, CYCLE);
+        assert_eq!(a.setpoints_kw, vec![0.0, -5.0, -10.0, 0.0]);
+        let a = allocate(-100.0, &cands, CYCLE);
+        assert_eq!(a.setpoints_kw, vec![-10.0, -10.0, -10.0, 0.0]);
+        assert_eq!(a.unallocated_kw, -70.0);
+    }
+
+    #[test]
+    fn ties_go_by_index_and_nonsense_goes_last_or_nowhere() {
+        let c = car(5.0, 50.0, 4.0);
+        let a = allocate(6.0, &[c, c, c], CYCLE);
+        assert_eq!(a.setpoints_kw, vec![4.0, 2.0, 0.0]);
+        let mut unknown_departure = car(f64::NAN, 50.0, 4.0);
+        let mut no_soc = car(0.0, f64::NAN, 4.0);
+        let a = allocate(6.0, &[unknown_departure, no_soc, c], CYCLE);
+        assert_eq!(a.setpoints_kw, vec![2.0, 0.0, 4.0]);
+        let a = allocate(-6.0, &[unknown_departure, no_soc, c], CYCLE);
+        assert_eq!(a.setpoints_kw, vec![-2.0, 0.0, -4.0]);
+        unknown_departure.max_charge_kw = f64::INFINITY;
+        no_soc.soc_pct = 50.0;
+        no_soc.min_soc_pct = f64::NAN;
+        let a = allocate(6.0, &[unknown_departure, no_soc], CYCLE);
+        assert_eq!(a.setpoints_kw, vec![0.0, 4.0]);
+        assert_eq!(allocate(-6.0, &[no_soc], CYCLE).setpoints_kw, vec![0.0]);
+        for t in [f64::NAN, f64::INFINITY, 0.0] {
+            let a = allocate(t, &[c, c], CYCLE);
+            assert_eq!(a.setpoints_kw, vec![0.0, 0.0]);
+            assert_eq!(a.unallocated_kw, 0.0);
+        }
+    }
+
+    /// Deterministic xorshift64*.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[test]
+    fn a_hundred_thousand_candidates() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let cands: Vec<Candidate> = (0..100_000)
+            .map(|i| {
+                let kw = [7.0, 11.0, 22.0][i % 3];
+                let mut c = car(
+                    (rng.next() * 48.0).floor() * 900.0, // many equal departures
+                    30.0 + 60.0 * rng.next(),
+                    kw,
+                );
+                c.min_soc_pct = 20.0 + 15.0 * rng.next();
+                c.target_soc_pct = 60.0 + 40.0 * rng.next();
+                if i % 5 == 0 {
+                    c.max_discharge_kw = 0.0;
+                }
+                if i % 20 == 0 {
+                    c.commanded_kw = Some(kw);
+                    c.measured_kw = Some(0.2 * kw);
+                }
+                c
+            })
+            .collect();
+        for target in [250_000.0, -400_000.0, 5_000_000.0] {
+            let a = allocate(target, &cands, CYCLE);
+            let charging = target > 0.0;
+            let limits: Vec<f64> = cands
+                .iter()
+                .map(|c| {
+                    let (ch, dis) = effective_limits(c, CYCLE);
+                    if charging {
+                        ch
+                    } else {
+                        dis
+                    }
+                })
+                .collect();
+            let total: f64 = limits.iter().sum();
+            let expected = target.signum() * target.abs().min(total);
+            let sum: f64 = a.setpoints_kw.iter().sum();
+            assert!(
+                (sum - expected).abs() <= 1e-6 * target.abs(),
+                "{sum} vs {expected}"
+            );
+            assert!((sum + a.unallocated_kw - target).abs() <= 1e-6 * target.abs());
+            for (sp, lim) in a.setpoints_kw.iter().zip(&limits) {
+                assert!(sp * target >= 0.0 && sp.abs() <= *lim);
+            }
+            // Those with power form a prefix of the priority order: sort independently.
+            let mut order: Vec<usize> = (0..cands.len()).filter(|&i| limits[i] > 0.0).collect();
+            order.sort_by(|&x, &y| {
+                let (a, b) = (&cands[x], &cands[y]);
+                let ord = if charging {
+                    (a.soc_pct >= a.target_soc_pct)
+                        .cmp(&(b.soc_pct >= b.target_soc_pct))
+                        .then(a.depart_s.total_cmp(&b.depart_s))
+                        .then(a.soc_pct.total_cmp(&b.soc_pct))
+                } else {
+                    b.depart_s
+                        .total_cmp(&a.depart_s)
+                        .then(b.soc_pct.total_cmp(&a.soc_pct))
+                };
+                ord.then(x.cmp(&y))
+            });
+            let first_short = order
+                .iter()
+                .position(|&i| a.setpoints_kw[i].abs() < limits[i])
+                .unwrap_or(order.len());
+            assert!(order[first_short.min(order.len())..]
+                .iter()
+                .skip(1)
+                .all(|&i| a.setpoints_kw[i] == 0.0));
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A float that is usually sensible and sometimes not a number at all.
+    fn wild(range: std::ops::Range<f64>) -> impl Strategy<Value = f64> {
+        prop_oneof![
+            8 => range,
+            1 => Just(f64::NAN),
+            1 => Just(f64::INFINITY),
+            1 => Just(f64::NEG_INFINITY),
+            1 => Just(-1.0),
+        ]
+    }
+
+    fn sane_candidate() -> impl Strategy<Value = Candidate> {
+        (
+            (0u8..6).prop_map(|d| f64::from(d) * 600.0), // collisions on purpose
+            0.0f64..100.0,
+            0.0f64..40.0,
+            40.0f64..100.0,
+            10.0f64..100.0,
+            prop_oneof![Just(0.0), 0.0f64..22.0, Just(7.0), Just(11.0)],
+            prop_oneof![Just(0.0), 0.0f64..22.0, Just(11.0)],
+            proptest::option::of((-22.0f64..22.0, -22.0f64..22.0)),
+        )
+            .prop_map(
+                |(depart_s, soc, min, target, cap, ch, dis, last)| Candidate {
+                    depart_s,
+                    soc_pct: soc,
+                    min_soc_pct: min,
+                    target_soc_pct: target,
+                    capacity_kwh: cap,
+                    max_charge_kw: ch,
+                    max_discharge_kw: dis,
+                    measured_kw: last.map(|l| l.0),
+                    commanded_kw: last.map(|l| l.1),
+                },
+            )
+    }
+
+    fn wild_candidate() -> impl Strategy<Value = Candidate> {
+        (
+            wild(0.0..1e5),
+            wild(-10.0..110.0),
+            wild(-10.0..110.0),
+            wild(-10.0..110.0),
+            wild(-10.0..200.0),
+            wild(-5.0..50.0),
+            wild(-5.0..50.0),
+            proptest::option::of(wild(-50.0..50.0)),
+            proptest::option::of(wild(-50.0..50.0)),
+        )
+            .prop_map(|(d, s, m, t, c, ch, dis, meas, cmd)| Candidate {
+                depart_s: d,
+                soc_pct: s,
+                min_soc_pct: m,
+                target_soc_pct: t,
+                capacity_kwh: c,
+                max_charge_kw: ch,
+                max_discharge_kw: dis,
+                measured_kw: meas,
+                commanded_kw: cmd,
+            })
+    }
+
+    fn horizon() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (1u64..3_600_000).prop_map(Duration::from_millis),
+            Just(Duration::ZERO),
+            Just(Duration::from_secs(1)),
+        ]
+    }
+
+    /// True when `a` must be served before `b` (an independent statement of the order).
+    fn before(a: (usize, &Candidate), b: (usize, &Candidate), charging: bool) -> bool {
+        let (ia, a) = a;
+        let (ib, b) = b;
+        let key = |c: &Candidate| -> (bool, f64, f64) {
+            if charging {
+                (c.soc_pct >= c.target_soc_pct, c.depart_s, c.soc_pct)
+            } else {
+                (false, -c.depart_s, -c.soc_pct)
+            }
+        };
+        let (ka, kb) = (key(a), key(b));
+        if ka.0 != kb.0 {
+            return !ka.0;
+        }
+        if ka.1 != kb.1 {
+            return ka.1 < kb.1;
+        }
+        if ka.2 != kb.2 {
+            return ka.2 < kb.2;
+        }
+        ia < ib
+    }
+
+    fn segment() -> impl Strategy<Value = SegmentCapacity> {
+        (
+            prop_oneof![3 => 0.0f64..=1.0, 1 => Just(0.0), 1 => Just(1.0)],
+            0.0f64..500.0,
+            0.0f64..500.0,
+        )
+            .prop_map(|(h, c, d)| SegmentCapacity {
+                id: String::new(),
+                headroom: h,
+                max_charge_kw: c,
+                max_discharge_kw: d,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The sum is the target clipped to the total effective capacity; every setpoint
+        /// has the target's sign and is within its limits; no vehicle goes below its minimum
+        /// SoC over the horizon; lower priority gets power only after higher priority is full.
+        #[test]
+        fn allocation_is_exact_bounded_safe_and_ordered(
+            cands in prop::collection::vec(sane_candidate(), 0..40),
+            target in prop_oneof![-600.0f64..600.0, Just(0.0)],
+            horizon in horizon(),
+        ) {
+            let a = allocate(target, &cands, horizon);
+            prop_assert_eq!(a.setpoints_kw.len(), cands.len());
+            let charging = target > 0.0;
+            let limits: Vec<(f64, f64)> =
+                cands.iter().map(|c| effective_limits(c, horizon)).collect();
+            let dir_limit = |i: usize| if charging { limits[i].0 } else { limits[i].1 };
+            let total: f64 = (0..cands.len()).map(dir_limit).sum();
+            let expected = target.signum() * target.abs().min(total);
+            let sum: f64 = a.setpoints_kw.iter().sum();
+            let tol = 1e-6 * target.abs().max(1.0);
+            if target != 0.0 {
+                prop_assert!((sum - expected).abs() <= tol, "{} vs {}", sum, expected);
+            } else {
+                prop_assert_eq!(sum, 0.0);
+            }
+            prop_assert!((sum + a.unallocated_kw - target).abs() <= tol);
+            let hours = horizon.as_secs_f64() / 3600.0;
+            for (i, (&sp, c)) in a.setpoints_kw.iter().zip(&cands).enumerate() {
+                prop_assert!(sp * target >= 0.0, "sign: {} for target {}", sp, target);
+                prop_assert!(sp <= limits[i].0 && -sp <= limits[i].1);
+                prop_assert!(sp <= c.max_charge_kw && -sp <= c.max_discharge_kw);
+                let soc_after = c.soc_pct + sp * hours / c.capacity_kwh * 100.0;
+                if sp < 0.0 {
+                    prop_assert!(soc_after >= c.min_soc_pct - 1e-9, "{} < {}", soc_after, c.min_soc_pct);
+                }
+                if sp > 0.0 {
+                    prop_assert!(soc_after <= 100.0 + 1e-9);
+                }
+            }
+            if target != 0.0 {
+                for j in 0..cands.len() {
+                    if a.setpoints_kw[j] == 0.0 {
+                        continue;
+                    }
+                    for i in 0..cands.len() {
+                        if before((i, &cands[i]), (j, &cands[j]), charging) {
+                            prop_assert!(
+                                (a.setpoints_kw[i].abs() - dir_limit(i)).abs() <= 1e-9,
+                                "{} gets {} while {} (higher priority) has {} of {}",
+                                j, a.setpoints_kw[j], i, a.setpoints_kw[i], dir_limit(i)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Nonsense never panics, never yields a non-finite setpoint, never exceeds a limit.
+        #[test]
+        fn nonsense_never_panics(
+            cands in prop::collection::vec(wild_candidate(), 0..30),
+            target in wild(-600.0..600.0),
+            horizon in horizon(),
+        ) {
+            let a = allocate(target, &cands, horizon);
+            prop_assert!(a.unallocated_kw.is_finite());
+            for (c, sp) in cands.iter().zip(&a.setpoints_kw) {
+                prop_assert!(sp.is_finite());
+                let (ch, dis) = effective_limits(c, horizon);
+                prop_assert!(ch.is_finite() && dis.is_finite() && ch >= 0.0 && dis >= 0.0);
+                prop_assert!(*sp <= ch && -sp <= dis);
+                if !c.max_charge_kw.is_finite() || c.max_charge_kw <= 0.0 {
+                    prop_assert_eq!(ch, 0.0);
+                }
+                if !c.soc_pct.is_finite() || !c.capacity_kwh.is_finite() {
+                    prop_assert_eq!((ch, dis), (0.0, 0.0));
+                }
+            }
+        }
+
+        /// Shares stay within capacity and sign and add up with the unallocated part; a
+        /// segment without headroom gets nothing while any segment with headroom has room;
+        /// hotter segments never get a larger fraction of their capacity than cooler ones.
+        #[test]
+        fn split_is_bounded_and_spares_hot_segments(
+            segs in prop::collection::vec(segment(), 0..12),
+            target in -3000.0f64..3000.0,
+        ) {
+            let s = split_by_headroom(target, &segs);
+            prop_assert_eq!(s.shares_kw.len(), segs.len());
+            let sum: f64 = s.shares_kw.iter().sum();
+            prop_assert!((sum + s.unallocated_kw - target).abs() <= 1e-9 * target.abs().max(1.0));
+            prop_assert!(s.unallocated_kw * target >= 0.0);
+            let cap = |g: &SegmentCapacity| if target > 0.0 { g.max_charge_kw } else { g.max_discharge_kw };
+            for (g, &sh) in segs.iter().zip(&s.shares_kw) {
+                prop_assert!(sh * target >= 0.0);
+                prop_assert!(sh.abs() <= cap(g) * (1.0 + 1e-12), "{} > {}", sh, cap(g));
+            }
+            let room_with_headroom = segs.iter().zip(&s.shares_kw)
+                .any(|(g, &sh)| g.headroom > 0.0 && sh.abs() < cap(g) * (1.0 - 1e-9));
+            if room_with_headroom {
+                for (g, &sh) in segs.iter().zip(&s.shares_kw) {
+                    if g.headroom == 0.0 {
+                        prop_assert_eq!(sh, 0.0);
+                    }
+                }
+            }
+            // Water-filling: a segment not yet full is loaded to λ·headroom of its capacity.
+            for (a, &sa) in segs.iter().zip(&s.shares_kw) {
+                for (b, &sb) in segs.iter().zip(&s.shares_kw) {
+                    if a.headroom > b.headroom && cap(a) > 0.0 && cap(b) > 0.0
+                        && sb.abs() > 0.0 && b.headroom > 0.0 {
+                        prop_assert!(sa.abs() / cap(a) >= sb.abs() / cap(b) - 1e-9,
+                            "cooler {:?} {} vs hotter {:?} {}", a, sa, b, sb);
+                    }
+                }
+            }
+            // Nothing is left unallocated while any segment has room.
+            if s.unallocated_kw.abs() > 1e-9 * target.abs().max(1.0) {
+                for (g, &sh) in segs.iter().zip(&s.shares_kw) {
+                    prop_assert!((sh.abs() - cap(g)).abs() <= 1e-9 * cap(g).max(1.0));
+                }
+            }
+        }
+
+        /// Non-finite segment data never panics and never yields non-finite shares.
+        #[test]
+        fn split_survives_nonsense(
+            segs in prop::collection::vec(
+                (wild(-1.0..2.0), wild(-10.0..500.0), wild(-10.0..500.0)), 0..10),
+            target in wild(-3000.0..3000.0),
+        ) {
+            let segs: Vec<SegmentCapacity> = segs.into_iter()
+                .map(|(h, c, d)| SegmentCapacity { id: "s".into(), headroom: h,
+                    max_charge_kw: c, max_discharge_kw: d })
+                .collect();
+            let s = split_by_headroom(target, &segs);
+            prop_assert!(s.unallocated_kw.is_finite());
+            for (g, sh) in segs.iter().zip(&s.shares_kw) {
+                prop_assert!(sh.is_finite());
+                let cap = if target > 0.0 { g.max_charge_kw } else { g.max_discharge_kw };
+                if !(cap.is_finite() && cap > 0.0) {
+                    prop_assert_eq!(*sh, 0.0);
+                }
+            }
+        }
+    }
+}

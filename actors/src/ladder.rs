@@ -25,10 +25,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How safe a segment must be, from least to most restrictive.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "level", rename_all = "snake_case")]
 pub enum SafeState {
     /// No restriction.
@@ -206,6 +206,8 @@ pub enum FaultKey {
     Quorum,
     /// A supervisor of the segment gave up (its path).
     RestartIntensity(String),
+    /// The level checkpointed before the node or segment restarted.
+    Restored,
 }
 
 /// An observation the ladder decides on.
@@ -238,6 +240,10 @@ pub enum Fault {
     TransformerLimit(Option<f64>),
     /// Whether this node sees a majority of the cluster.
     Quorum(bool),
+    /// The level a checkpoint recorded before a restart. A restarted segment does not know
+    /// whether the cause is gone, so the level is held for the hold time, as if its cause
+    /// had cleared at the moment of the restart.
+    Restored(SafeState),
     /// A supervisor of the segment exceeded its restart intensity (`true`) or was restarted
     /// and runs again (`false`).
     RestartIntensity {
@@ -361,6 +367,12 @@ impl SafeStateLadder {
                     }
                 });
                 self.set(FaultKey::TransformerThermal, demand, now);
+            }
+            Fault::Restored(level) => {
+                if level != SafeState::Normal {
+                    self.set(FaultKey::Restored, Some(level), now);
+                    self.set(FaultKey::Restored, None, now);
+                }
             }
             Fault::Quorum(majority) => {
                 self.set(
@@ -512,6 +524,29 @@ mod tests {
             frequency_hz: f,
             exporting,
         }
+    }
+
+    #[test]
+    fn a_restored_level_is_held_for_the_hold_time_then_released() {
+        let config = LadderConfig {
+            keepalive_timeout: Duration::from_secs(3600),
+            ..LadderConfig::default()
+        };
+        let mut l = SafeStateLadder::new(config, Duration::ZERO);
+        let t = l
+            .observe(Fault::Restored(SafeState::ChargeOnly), ms(0))
+            .unwrap();
+        assert_eq!(t.to, SafeState::ChargeOnly);
+        assert_eq!(t.causes, vec![FaultKey::Restored]);
+        assert_eq!(l.tick(ms(299_999)), None);
+        assert_eq!(l.level(), SafeState::ChargeOnly);
+        let t = l.tick(ms(300_000)).unwrap();
+        assert_eq!(t.to, SafeState::Normal);
+        // Restoring Normal is no fault at all.
+        assert_eq!(
+            l.observe(Fault::Restored(SafeState::Normal), ms(300_001)),
+            None
+        );
     }
 
     #[test]

@@ -7,10 +7,13 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod control;
+pub mod device;
 pub mod dispatch;
 pub mod ladder;
+pub mod runtime;
 pub mod session;
 pub mod setpoint;
 pub mod thermal;

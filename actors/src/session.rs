@@ -1,1 +1,679 @@
-//! (being written)
+//! A vehicle's charging session: an ISO 15118-like state machine and the battery's energy
+//! book-keeping. Pure: no actors, no clocks, no I/O.
+//!
+//! ```text
+//!  Plugged ─Authorize─▶ Authorized ─Power(kw)─▶ Charging     (kw >  IDLE_KW)
+//!                        │                      Discharging  (kw < -IDLE_KW)
+//!                        │                      Paused       (otherwise)
+//!                        └─Pause─▶ Paused
+//!  Charging / Discharging / Paused ──Power(kw)──▶ one of the three above
+//!  Charging / Discharging ──Pause──▶ Paused
+//!  any state but Ended ──Unplug──▶ Ended (final)
+//! ```
+//!
+//! Every other pair of state and event is refused with a [`TransitionError`] and leaves the
+//! session as it was; so is a `Power` event whose value is not a finite number.
+//!
+//! Invariants:
+//! * `Ended` is final: no event leaves it.
+//! * A session only takes power after it was authorized and before it ended:
+//!   [`Session::charge_limit_kw`] and [`Session::discharge_limit_kw`] are 0 in `Plugged` and
+//!   `Ended`.
+//! * The state of charge stays within 0..=100 %: [`Session::integrate`] clamps it and says so,
+//!   since a model that has to clamp disagrees with the battery.
+//! * Discharging at [`Session::discharge_limit_kw`]`(h)` for `h` seconds never takes the
+//!   battery below its minimum state of charge; charging at [`Session::charge_limit_kw`]`(h)`
+//!   for `h` seconds never takes it above 100 %. (Both limits keep [`ENERGY_GUARD_KWH`] in
+//!   reserve so that floating-point rounding cannot cross the line.)
+//! * Inputs that are not finite numbers are refused with an error and change nothing.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Vehicle;
+
+/// Power within ±`IDLE_KW` of zero counts as idle: the session is `Paused`, kW.
+pub const IDLE_KW: f64 = 0.05;
+/// Energy the power limits keep in reserve against rounding, kWh (1 Wh).
+pub const ENERGY_GUARD_KWH: f64 = 1e-3;
+/// Seconds per hour: energy (kWh) = power (kW) × time (s) / `SECONDS_PER_HOUR`.
+pub const SECONDS_PER_HOUR: f64 = 3_600.0;
+/// The full state of charge, %.
+pub const FULL_SOC_PCT: f64 = 100.0;
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Plugged in, not yet authorized: no power.
+    Plugged,
+    /// Authorized, no power requested yet.
+    Authorized,
+    /// Taking power from the grid.
+    Charging,
+    /// Giving power to the grid.
+    Discharging,
+    /// Authorized and idle.
+    Paused,
+    /// Unplugged. Final.
+    Ended,
+}
+
+impl SessionState {
+    /// Every state, in [`SessionState::code`] order.
+    pub const ALL: [SessionState; 6] = [
+        SessionState::Plugged,
+        SessionState::Authorized,
+        SessionState::Charging,
+        SessionState::Discharging,
+        SessionState::Paused,
+        SessionState::Ended,
+    ];
+
+    /// The snake_case name (as in serde and metrics labels).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionState::Plugged => "plugged",
+            SessionState::Authorized => "authorized",
+            SessionState::Charging => "charging",
+            SessionState::Discharging => "discharging",
+            SessionState::Paused => "paused",
+            SessionState::Ended => "ended",
+        }
+    }
+
+    /// A number for gauges: 0 (plugged) to 5 (ended), in declaration order.
+    pub fn code(&self) -> u8 {
+        match self {
+            SessionState::Plugged => 0,
+            SessionState::Authorized => 1,
+            SessionState::Charging => 2,
+            SessionState::Discharging => 3,
+            SessionState::Paused => 4,
+            SessionState::Ended => 5,
+        }
+    }
+
+    /// True once no event can change the state.
+    pub fn is_final(&self) -> bool {
+        *self == SessionState::Ended
+    }
+
+    /// True when the session may take or give power (authorized and not ended).
+    pub fn may_flow(&self) -> bool {
+        !matches!(self, SessionState::Plugged | SessionState::Ended)
+    }
+
+    /// The state after `event`, or the refusal.
+    pub fn next(self, event: SessionEvent) -> Result<SessionState, TransitionError> {
+        use SessionState::*;
+        let refuse = Err(TransitionError { from: self, event });
+        match (self, event) {
+            (Ended, _) => refuse,
+            (_, SessionEvent::Unplug) => Ok(Ended),
+            (Plugged, SessionEvent::Authorize) => Ok(Authorized),
+            (Authorized | Charging | Discharging | Paused, SessionEvent::Power { kw }) => {
+                if !kw.is_finite() {
+                    refuse
+                } else if kw > IDLE_KW {
+                    Ok(Charging)
+                } else if kw < -IDLE_KW {
+                    Ok(Discharging)
+                } else {
+                    Ok(Paused)
+                }
+            }
+            (Authorized | Charging | Discharging, SessionEvent::Pause) => Ok(Paused),
+            _ => refuse,
+        }
+    }
+}
+
+impl fmt::Display for SessionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What can happen to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SessionEvent {
+    /// The vehicle was authorized (ISO 15118 authorization finished).
+    Authorize,
+    /// Power is flowing at `kw` (positive charges the vehicle, negative discharges it).
+    Power {
+        /// The power, kW.
+        kw: f64,
+    },
+    /// Power was stopped, the session stays authorized.
+    Pause,
+    /// The vehicle was unplugged.
+    Unplug,
+}
+
+impl fmt::Display for SessionEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionEvent::Authorize => f.write_str("authorize"),
+            SessionEvent::Power { kw } => write!(f, "power({kw} kW)"),
+            SessionEvent::Pause => f.write_str("pause"),
+            SessionEvent::Unplug => f.write_str("unplug"),
+        }
+    }
+}
+
+/// An event the session's state does not allow (or a power that is not a number).
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("a session in state {from} cannot take the event {event}{}", non_finite_note(.event))]
+pub struct TransitionError {
+    /// The state the session was (and stays) in.
+    pub from: SessionState,
+    /// The refused event.
+    pub event: SessionEvent,
+}
+
+fn non_finite_note(event: &SessionEvent) -> &'static str {
+    match event {
+        SessionEvent::Power { kw } if !kw.is_finite() => " (the power is not a finite number)",
+        _ => "",
+    }
+}
+
+/// An energy update [`Session::integrate`] refused; the session is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum EnergyError {
+    /// The energy delta is not a finite number.
+    #[error("energy delta {0} kWh is not a finite number")]
+    NonFiniteEnergy(f64),
+    /// The session's capacity cannot turn energy into state of charge.
+    #[error("battery capacity {0} kWh is not a positive finite number")]
+    InvalidCapacity(f64),
+    /// The session's state of charge is not a number, so there is nothing to add to.
+    #[error("state of charge {0} % is not a finite number")]
+    InvalidSoc(f64),
+}
+
+/// One vehicle's session: its state and its battery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// The vehicle's id.
+    pub vehicle: String,
+    /// Where the session is.
+    pub state: SessionState,
+    /// Battery capacity, kWh.
+    pub capacity_kwh: f64,
+    /// State of charge, % (0..=100).
+    pub soc_pct: f64,
+    /// Discharging must not go below this state of charge, %.
+    pub min_soc_pct: f64,
+    /// The state of charge the driver wants on departure, %.
+    pub target_soc_pct: f64,
+    /// The vehicle's own power limit in both directions, kW.
+    pub max_kw: f64,
+    /// When the vehicle leaves, s since the run's start.
+    pub depart_s: f64,
+    /// Net energy delivered into the vehicle so far, kWh (negative after net discharge).
+    pub energy_kwh: f64,
+}
+
+impl Session {
+    /// A new session (state `Plugged`, no energy delivered) for a configured vehicle.
+    pub fn from_vehicle(vehicle: &Vehicle) -> Session {
+        Session {
+            vehicle: vehicle.id.clone(),
+            state: SessionState::Plugged,
+            capacity_kwh: vehicle.capacity_kwh,
+            soc_pct: vehicle.soc_pct,
+            min_soc_pct: vehicle.min_soc_pct,
+            target_soc_pct: vehicle.target_soc_pct,
+            max_kw: vehicle.max_kw,
+            depart_s: vehicle.depart_s,
+            energy_kwh: 0.0,
+        }
+    }
+
+    /// Apply an event; returns the new state. A refused event changes nothing.
+    pub fn apply(&mut self, event: SessionEvent) -> Result<SessionState, TransitionError> {
+        let next = self.state.next(event)?;
+        self.state = next;
+        Ok(next)
+    }
+
+    /// Account for `delta_kwh` delivered into the battery (negative: taken out). The energy
+    /// counter takes the measured delta as is; the state of charge follows it, clamped to
+    /// 0..=100 %. Returns `Ok(true)` when it had to clamp (the model and the battery
+    /// disagree), `Ok(false)` when not. A delta that is not a finite number, or a session
+    /// whose capacity or state of charge is unusable, is refused and changes nothing.
+    pub fn integrate(&mut self, delta_kwh: f64) -> Result<bool, EnergyError> {
+        if !delta_kwh.is_finite() {
+            return Err(EnergyError::NonFiniteEnergy(delta_kwh));
+        }
+        if !(self.capacity_kwh.is_finite() && self.capacity_kwh > 0.0) {
+            return Err(EnergyError::InvalidCapacity(self.capacity_kwh));
+        }
+        if !self.soc_pct.is_finite() {
+            return Err(EnergyError::InvalidSoc(self.soc_pct));
+        }
+        let soc = self.soc_pct + delta_kwh / self.capacity_kwh * FULL_SOC_PCT;
+        let energy = self.energy_kwh + delta_kwh;
+        // A non-finite energy counter (possible only if it was already extreme) is not kept.
+        if energy.is_finite() {
+            self.energy_kwh = energy;
+        }
+        let clamped = soc.clamp(0.0, FULL_SOC_PCT);
+        self.soc_pct = clamped;
+        Ok(clamped != soc)
+    }
+
+    /// Energy that can be taken out before reaching the minimum state of charge, kWh (>= 0).
+    pub fn energy_above_min_kwh(&self) -> f64 {
+        self.energy_between(self.min_soc_pct, self.soc_pct)
+    }
+
+    /// Energy that can be put in before the battery is full, kWh (>= 0).
+    pub fn energy_to_full_kwh(&self) -> f64 {
+        self.energy_between(self.soc_pct, FULL_SOC_PCT)
+    }
+
+    /// Energy still needed to reach the target state of charge, kWh (>= 0).
+    pub fn energy_to_target_kwh(&self) -> f64 {
+        self.energy_between(self.soc_pct, self.target_soc_pct)
+    }
+
+    /// The energy of going from `low` to `high` % of capacity; 0 when negative or when any
+    /// input is not a usable number.
+    fn energy_between(&self, low_pct: f64, high_pct: f64) -> f64 {
+        let capacity = self.capacity_kwh;
+        if !(capacity.is_finite() && capacity > 0.0) {
+            return 0.0;
+        }
+        let energy = (high_pct - low_pct) / FULL_SOC_PCT * capacity;
+        if energy.is_finite() {
+            energy.max(0.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// The most the vehicle may discharge, kW (>= 0), if that power is held for `horizon_s`
+    /// seconds: it must not go below its minimum state of charge, nor above its own limit.
+    /// 0 when the session may not take power, or `horizon_s` is not a positive finite number.
+    pub fn discharge_limit_kw(&self, horizon_s: f64) -> f64 {
+        self.power_limit(self.energy_above_min_kwh(), horizon_s)
+    }
+
+    /// The most the vehicle may charge, kW (>= 0), if that power is held for `horizon_s`
+    /// seconds: it must not go above 100 %, nor above its own limit. 0 when the session may
+    /// not take power, or `horizon_s` is not a positive finite number.
+    pub fn charge_limit_kw(&self, horizon_s: f64) -> f64 {
+        self.power_limit(self.energy_to_full_kwh(), horizon_s)
+    }
+
+    fn power_limit(&self, energy_kwh: f64, horizon_s: f64) -> f64 {
+        let horizon_ok = horizon_s.is_finite() && horizon_s > 0.0;
+        if !(self.state.may_flow() && horizon_ok) {
+            return 0.0;
+        }
+        let max_kw = if self.max_kw.is_finite() {
+            self.max_kw.max(0.0)
+        } else {
+            0.0
+        };
+        let usable = (energy_kwh - ENERGY_GUARD_KWH).max(0.0);
+        let by_energy = usable * SECONDS_PER_HOUR / horizon_s;
+        if by_energy.is_finite() {
+            by_energy.min(max_kw)
+        } else {
+            max_kw
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vehicle() -> Vehicle {
+        Vehicle {
+            id: "ev-1".into(),
+            charger: "evse-1".into(),
+            capacity_kwh: 50.0,
+            soc_pct: 60.0,
+            min_soc_pct: 20.0,
+            target_soc_pct: 80.0,
+            arrive_s: 0.0,
+            depart_s: 3_600.0,
+            max_kw: 11.0,
+        }
+    }
+
+    fn authorized() -> Session {
+        let mut s = Session::from_vehicle(&vehicle());
+        assert_eq!(
+            s.apply(SessionEvent::Authorize),
+            Ok(SessionState::Authorized)
+        );
+        s
+    }
+
+    fn power(kw: f64) -> SessionEvent {
+        SessionEvent::Power { kw }
+    }
+
+    #[test]
+    fn from_vehicle_copies_the_battery_and_starts_plugged() {
+        let s = Session::from_vehicle(&vehicle());
+        assert_eq!(s.vehicle, "ev-1");
+        assert_eq!(s.state, SessionState::Plugged);
+        assert_eq!(
+            (s.capacity_kwh, s.soc_pct, s.min_soc_pct, s.target_soc_pct),
+            (50.0, 60.0, 20.0, 80.0)
+        );
+        assert_eq!((s.max_kw, s.depart_s, s.energy_kwh), (11.0, 3_600.0, 0.0));
+    }
+
+    #[test]
+    fn names_and_codes() {
+        let names: Vec<&str> = SessionState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "plugged",
+                "authorized",
+                "charging",
+                "discharging",
+                "paused",
+                "ended"
+            ]
+        );
+        let codes: Vec<u8> = SessionState::ALL.iter().map(|s| s.code()).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5]);
+        for s in SessionState::ALL {
+            let json = serde_json::to_string(&s).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn the_happy_path() {
+        let mut s = Session::from_vehicle(&vehicle());
+        assert_eq!(
+            s.apply(SessionEvent::Authorize),
+            Ok(SessionState::Authorized)
+        );
+        assert_eq!(s.apply(power(11.0)), Ok(SessionState::Charging));
+        assert_eq!(s.apply(power(-7.0)), Ok(SessionState::Discharging));
+        assert_eq!(s.apply(power(0.0)), Ok(SessionState::Paused));
+        assert_eq!(s.apply(power(3.0)), Ok(SessionState::Charging));
+        assert_eq!(s.apply(SessionEvent::Pause), Ok(SessionState::Paused));
+        assert_eq!(s.apply(SessionEvent::Unplug), Ok(SessionState::Ended));
+        assert!(s.state.is_final());
+    }
+
+    #[test]
+    fn idle_band_is_paused_on_both_sides() {
+        for kw in [IDLE_KW, -IDLE_KW, 0.0, 0.01, -0.049] {
+            assert_eq!(
+                authorized().apply(power(kw)),
+                Ok(SessionState::Paused),
+                "{kw}"
+            );
+        }
+        assert_eq!(authorized().apply(power(0.051)), Ok(SessionState::Charging));
+        assert_eq!(
+            authorized().apply(power(-0.051)),
+            Ok(SessionState::Discharging)
+        );
+    }
+
+    #[test]
+    fn refused_events_name_state_and_event_and_change_nothing() {
+        let mut s = Session::from_vehicle(&vehicle());
+        let err = s.apply(power(5.0)).expect_err("power before authorization");
+        assert_eq!(err.from, SessionState::Plugged);
+        assert_eq!(
+            err.to_string(),
+            "a session in state plugged cannot take the event power(5 kW)"
+        );
+        assert_eq!(s.state, SessionState::Plugged);
+        assert!(s.apply(SessionEvent::Pause).is_err());
+        let mut a = authorized();
+        assert!(a.apply(SessionEvent::Authorize).is_err(), "authorize twice");
+        a.apply(SessionEvent::Pause).expect("pause from authorized");
+        let err = a.apply(SessionEvent::Pause).expect_err("pause from paused");
+        assert_eq!(err.from, SessionState::Paused);
+        assert_eq!(a.state, SessionState::Paused);
+    }
+
+    #[test]
+    fn ended_is_final() {
+        let mut s = authorized();
+        s.apply(SessionEvent::Unplug).expect("unplug");
+        for e in [
+            SessionEvent::Authorize,
+            power(1.0),
+            SessionEvent::Pause,
+            SessionEvent::Unplug,
+        ] {
+            let err = s.apply(e).expect_err("nothing leaves ended");
+            assert_eq!(err.from, SessionState::Ended);
+            assert_eq!(s.state, SessionState::Ended);
+        }
+        // Unplug works from every other state, including before authorization.
+        let mut p = Session::from_vehicle(&vehicle());
+        assert_eq!(p.apply(SessionEvent::Unplug), Ok(SessionState::Ended));
+    }
+
+    #[test]
+    fn non_finite_power_is_refused() {
+        let mut s = authorized();
+        s.apply(power(11.0)).expect("charging");
+        for kw in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = s.apply(power(kw)).expect_err("not a number");
+            assert!(err.to_string().contains("not a finite number"), "{err}");
+            assert_eq!(s.state, SessionState::Charging);
+        }
+    }
+
+    #[test]
+    fn integrate_moves_soc_and_counts_energy() {
+        let mut s = authorized();
+        assert_eq!(s.integrate(5.0), Ok(false));
+        assert!((s.soc_pct - 70.0).abs() < 1e-12);
+        assert_eq!(s.integrate(-10.0), Ok(false));
+        assert!((s.soc_pct - 50.0).abs() < 1e-12);
+        assert!((s.energy_kwh - -5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn integrate_clamps_and_says_so() {
+        let mut s = authorized();
+        assert_eq!(s.integrate(100.0), Ok(true), "200 % is not possible");
+        assert_eq!(s.soc_pct, 100.0);
+        assert_eq!(s.energy_kwh, 100.0, "the measured energy is kept as is");
+        assert_eq!(s.integrate(-1_000.0), Ok(true));
+        assert_eq!(s.soc_pct, 0.0);
+        assert_eq!(s.integrate(0.0), Ok(false), "exactly empty is not a clamp");
+    }
+
+    #[test]
+    fn integrate_refuses_nonsense_without_poisoning() {
+        let mut s = authorized();
+        let before = s.clone();
+        assert_eq!(s.integrate(f64::NAN).map_err(|_| ()), Err(()));
+        assert_eq!(
+            s.integrate(f64::INFINITY),
+            Err(EnergyError::NonFiniteEnergy(f64::INFINITY))
+        );
+        assert_eq!(s, before);
+        s.capacity_kwh = 0.0;
+        assert_eq!(s.integrate(1.0), Err(EnergyError::InvalidCapacity(0.0)));
+        assert_eq!(s.soc_pct, before.soc_pct);
+    }
+
+    #[test]
+    fn energies() {
+        let s = authorized(); // 50 kWh at 60 %, min 20 %, target 80 %
+        assert!((s.energy_above_min_kwh() - 20.0).abs() < 1e-12);
+        assert!((s.energy_to_full_kwh() - 20.0).abs() < 1e-12);
+        assert!((s.energy_to_target_kwh() - 10.0).abs() < 1e-12);
+        let mut low = s.clone();
+        low.soc_pct = 10.0;
+        assert_eq!(
+            low.energy_above_min_kwh(),
+            0.0,
+            "below min: nothing to give"
+        );
+        low.soc_pct = f64::NAN;
+        assert_eq!(low.energy_above_min_kwh(), 0.0);
+    }
+
+    #[test]
+    fn power_limits() {
+        let s = authorized(); // 20 kWh above min, 20 kWh to full, max 11 kW
+        assert_eq!(s.discharge_limit_kw(60.0), 11.0, "short horizon: own limit");
+        // Over 4 h, 20 kWh (less the guard) allows just under 5 kW.
+        let four_hours = 4.0 * SECONDS_PER_HOUR;
+        let d = s.discharge_limit_kw(four_hours);
+        assert!(d < 5.0 && d > 4.999, "{d}");
+        let c = s.charge_limit_kw(four_hours);
+        assert!(c < 5.0 && c > 4.999, "{c}");
+        // Not yet authorized, ended, or a nonsense horizon: nothing.
+        let plugged = Session::from_vehicle(&vehicle());
+        assert_eq!(plugged.charge_limit_kw(60.0), 0.0);
+        assert_eq!(plugged.discharge_limit_kw(60.0), 0.0);
+        for h in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(s.discharge_limit_kw(h), 0.0, "{h}");
+            assert_eq!(s.charge_limit_kw(h), 0.0, "{h}");
+        }
+        let mut odd = s.clone();
+        odd.max_kw = f64::NAN;
+        assert_eq!(odd.charge_limit_kw(60.0), 0.0);
+        let mut at_min = s;
+        at_min.soc_pct = at_min.min_soc_pct;
+        assert_eq!(at_min.discharge_limit_kw(60.0), 0.0);
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let mut s = authorized();
+        s.apply(power(-3.0)).expect("discharging");
+        let json = serde_json::to_string(&s).expect("serializes");
+        assert!(json.contains("\"state\":\"discharging\""), "{json}");
+        let back: Session = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, s);
+        let e: SessionEvent = serde_json::from_str(r#"{"event":"power","kw":2.5}"#).expect("event");
+        assert_eq!(e, power(2.5));
+    }
+
+    fn event() -> impl Strategy<Value = SessionEvent> {
+        prop_oneof![
+            Just(SessionEvent::Authorize),
+            (-30.0f64..30.0).prop_map(power),
+            (-0.1f64..0.1).prop_map(power),
+            prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)]
+                .prop_map(power),
+            Just(SessionEvent::Pause),
+            Just(SessionEvent::Unplug),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of events: no panic, refusals change nothing, every accepted step is
+        /// in the table, and once ended the session stays ended.
+        #[test]
+        fn any_event_sequence_is_safe(events in prop::collection::vec(event(), 0..40)) {
+            let mut s = Session::from_vehicle(&vehicle());
+            let mut ended = false;
+            for e in events {
+                let before = s.state;
+                match s.apply(e) {
+                    Ok(next) => {
+                        prop_assert_eq!(next, s.state);
+                        prop_assert!(!ended, "left ended via {}", e);
+                        let by_power = |kw: f64| {
+                            if kw > IDLE_KW {
+                                SessionState::Charging
+                            } else if kw < -IDLE_KW {
+                                SessionState::Discharging
+                            } else {
+                                SessionState::Paused
+                            }
+                        };
+                        let allowed = match (before, e) {
+                            (_, SessionEvent::Unplug) => next == SessionState::Ended,
+                            (SessionState::Plugged, SessionEvent::Authorize) => {
+                                next == SessionState::Authorized
+                            }
+                            (SessionState::Plugged, _) => false,
+                            (_, SessionEvent::Pause) => {
+                                next == SessionState::Paused && before != SessionState::Paused
+                            }
+                            (_, SessionEvent::Power { kw }) => {
+                                kw.is_finite() && next == by_power(kw)
+                            }
+                            (_, SessionEvent::Authorize) => false,
+                        };
+                        prop_assert!(allowed, "{} --{}--> {}", before, e, next);
+                    }
+                    Err(err) => {
+                        prop_assert_eq!(err.from, before);
+                        prop_assert_eq!(s.state, before, "a refusal changes nothing");
+                    }
+                }
+                ended |= s.state == SessionState::Ended;
+                prop_assert_eq!(ended, s.state == SessionState::Ended);
+            }
+        }
+
+        /// Discharging at the limit for the horizon never goes below the minimum state of
+        /// charge, and charging at the limit never goes above 100 %.
+        #[test]
+        fn limits_respect_the_battery(
+            capacity in 1.0f64..1_000.0,
+            min in 0.0f64..100.0,
+            soc in 0.0f64..100.0,
+            max_kw in 0.1f64..500.0,
+            horizons in prop::collection::vec(0.001f64..100_000.0, 1..30),
+        ) {
+            let mut s = Session::from_vehicle(&Vehicle {
+                capacity_kwh: capacity,
+                soc_pct: soc,
+                min_soc_pct: min,
+                target_soc_pct: min.max(80.0),
+                max_kw,
+                ..vehicle()
+            });
+            s.apply(SessionEvent::Authorize).expect("authorize");
+            for (i, h) in horizons.into_iter().enumerate() {
+                let start = s.soc_pct;
+                if i % 2 == 0 {
+                    let kw = s.discharge_limit_kw(h);
+                    prop_assert!((0.0..=max_kw).contains(&kw));
+                    prop_assert_eq!(s.integrate(-kw * h / SECONDS_PER_HOUR), Ok(false));
+                    prop_assert!(
+                        s.soc_pct >= min || s.soc_pct == start,
+                        "soc {} below min {} (from {}, {} kW for {} s)",
+                        s.soc_pct, min, start, kw, h
+                    );
+                    // The limit is not needlessly conservative: when energy (not the
+                    // vehicle's own limit) bound it, the battery ends at the minimum, give
+                    // or take the guard.
+                    if kw < max_kw && start > min {
+                        let guard_pct = 2.0 * ENERGY_GUARD_KWH / capacity * FULL_SOC_PCT;
+                        prop_assert!(s.soc_pct - min <= guard_pct, "{} vs {}", s.soc_pct, min);
+                    }
+                } else {
+                    let kw = s.charge_limit_kw(h);
+                    prop_assert!((0.0..=max_kw).contains(&kw));
+                    prop_assert_eq!(s.integrate(kw * h / SECONDS_PER_HOUR), Ok(false));
+                    prop_assert!(s.soc_pct <= FULL_SOC_PCT);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! Devices as the actors see them, and in-process simulated devices.
+//!
+//! A device actor (a charger's link, an inverter, a meter) talks to its device through an
+//! IO trait ([`ChargerIo`], [`InverterIo`], [`MeterIo`]). The device, not the actor, is the
+//! truth about what is applied: a restarted actor reads the device before it writes (DESIGN:
+//! read before write). Issue 5 puts OCPP and Modbus behind these traits; this module provides
+//! the in-process simulation the embedded demo, the tests and the benchmarks run against.
+//!
+//! The simulated physics is evaluated lazily: a device's power follows its setpoint with a
+//! ramp, energy is the exact integral of that ramp, temperatures follow first-order models,
+//! all computed at the moment of a read from the time of the last change. Nothing steps the
+//! simulation, so 100,000 idle chargers cost nothing, and a paused tokio clock makes the whole
+//! site deterministic.
+//!
+//! Sign convention: kW positive = power into the vehicle or battery (charging, import);
+//! negative = discharge (export to the grid).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use crate::config::Topology;
+use crate::setpoint::SetpointKey;
+
+/// How fast a simulated charger follows its setpoint, kW per second.
+pub const CHARGER_RAMP_KW_PER_S: f64 = 50.0;
+/// How fast a simulated inverter follows its setpoint, kW per second.
+pub const INVERTER_RAMP_KW_PER_S: f64 = 100.0;
+/// Time constant of a simulated inverter's core temperature.
+pub const INVERTER_THERMAL_TAU_S: f64 = 120.0;
+/// A simulated inverter's ambient temperature, °C.
+pub const INVERTER_AMBIENT_C: f64 = 35.0;
+/// A simulated inverter's core temperature rise at rated power, °C.
+pub const INVERTER_RATED_RISE_C: f64 = 25.0;
+/// Nominal grid frequency of the simulated grid, Hz.
+pub const NOMINAL_HZ: f64 = 60.0;
+
+/// Why a device could not be read or written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeviceError {
+    /// The device does not answer (a dropped connection, a hung peer).
+    #[error("device {device} is unreachable")]
+    Unreachable {
+        /// The device's id.
+        device: String,
+    },
+    /// The device answered with something that is not a valid value.
+    #[error("device {device} sent a bad value for {field}: {value}")]
+    BadValue {
+        /// The device's id.
+        device: String,
+        /// Which value.
+        field: &'static str,
+        /// What it sent.
+        value: String,
+    },
+    /// The device refused the command.
+    #[error("device {device} refused the command: {reason}")]
+    Refused {
+        /// The device's id.
+        device: String,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// What a charger reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ChargerReading {
+    /// Power flowing now, kW (positive into the vehicle).
+    pub power_kw: f64,
+    /// The energy register: net kWh delivered into vehicles since the charger was installed.
+    pub energy_kwh: f64,
+    /// The setpoint the device holds now, kW.
+    pub setpoint_kw: f64,
+    /// The key of the last setpoint the device applied (the device's own record).
+    pub applied: Option<SetpointKey>,
+    /// Whether a vehicle is plugged in.
+    pub connected: bool,
+}
+
+/// What an inverter reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct InverterReading {
+    /// Power, kW (positive into its battery).
+    pub power_kw: f64,
+    /// Core temperature, °C.
+    pub core_c: f64,
+    /// The setpoint it holds, kW.
+    pub setpoint_kw: f64,
+}
+
+/// What a segment meter reports at the transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MeterReading {
+    /// Active power through the transformer, kW (positive = import from the grid).
+    pub power_kw: f64,
+    /// Voltage, per unit of nominal.
+    pub voltage_pu: f64,
+    /// Frequency, Hz.
+    pub frequency_hz: f64,
+}
+
+/// A charger as its actor sees it (OCPP in issue 5, the simulation here).
+pub trait ChargerIo: Send + Sync + 'static {
+    /// Read the device's state.
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<ChargerReading, DeviceError>>;
+    /// Command an absolute setpoint with its key; returns the state after the write.
+    fn write(
+        &self,
+        key: SetpointKey,
+        kw: f64,
+        now: Duration,
+    ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>>;
+}
+
+/// An inverter as its actor sees it (Modbus/SunSpec in issue 5).
+pub trait InverterIo: Send + Sync + 'static {
+    /// Read power and temperature.
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<InverterReading, DeviceError>>;
+    /// Command an absolute power setpoint.
+    fn write(&self, kw: f64, now: Duration) -> BoxFuture<'_, Result<InverterReading, DeviceError>>;
+}
+
+/// A meter as its actor sees it (Modbus in issue 5).
+pub trait MeterIo: Send + Sync + 'static {
+    /// Read power, voltage and frequency.
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<MeterReading, DeviceError>>;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere while holding it; the physics state is plain
+    // data that stays consistent between statements, so reading on is safe.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A simulated vehicle battery behind a charger.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Battery {
+    /// Usable capacity, kWh.
+    pub capacity_kwh: f64,
+    /// State of charge, % (the vehicle's truth, which the session estimates).
+    pub soc_pct: f64,
+    /// The vehicle's own power limit, kW (both directions).
+    pub max_kw: f64,
+}
+
+#[derive(Debug)]
+struct ChargerPhysics {
+    at: Duration,
+    setpoint_kw: f64,
+    power_kw: f64,
+    energy_kwh: f64,
+    applied: Option<SetpointKey>,
+    throttle_kw: Option<f64>,
+    unreachable: bool,
+    battery: Option<Battery>,
+    writes: u64,
+}
+
+/// Follow `target` from `p` with a ramp for `dt` seconds: (new power, energy in kWh).
+fn ramp(p: f64, target: f64, rate: f64, dt: f64) -> (f64, f64) {
+    if dt <= 0.0 {
+        return (p, 0.0);
+    }
+    let gap = target - p;
+    let t_reach = gap.abs() / rate;
+    if t_reach >= dt {
+        let p1 = p + gap.signum() * rate * dt;
+        (p1, (p + p1) / 2.0 * dt / 3600.0)
+    } else {
+        let e = (p + target) / 2.0 * t_reach + target * (dt - t_reach);
+        (target, e / 3600.0)
+    }
+}
+
+/// A simulated charger: power follows the setpoint with a ramp, limited by its rating,
+/// direction, the vehicle's limit and battery, and an injectable heat throttle.
+#[derive(Debug)]
+pub struct SimCharger {
+    /// The charger's id.
+    pub id: String,
+    /// Rated power, kW.
+    pub max_kw: f64,
+    /// Whether it can discharge.
+    pub bidirectional: bool,
+    state: Mutex<ChargerPhysics>,
+}
+
+impl SimCharger {
+    /// A charger with nothing plugged in.
+    pub fn new(id: &str, max_kw: f64, bidirectional: bool) -> Self {
+        SimCharger {
+            id: id.to_string(),
+            max_kw,
+            bidirectional,
+            state: Mutex::new(ChargerPhysics {
+                at: Duration::ZERO,
+                setpoint_kw: 0.0,
+                power_kw: 0.0,
+                energy_kwh: 0.0,
+                applied: None,
+                throttle_kw: None,
+                unreachable: false,
+                battery: None,
+                writes: 0,
+            }),
+        }
+    }
+
+    fn limit(&self, s: &ChargerPhysics, kw: f64) -> f64 {
+        let Some(b) = s.battery else { return 0.0 };
+        let mut hi = self.max_kw.min(b.max_kw);
+        let mut lo = if self.bidirectional { -hi } else { 0.0 };
+        if let Some(t) = s.throttle_kw {
+            hi = hi.min(t);
+            lo = lo.max(-t);
+        }
+        if b.soc_pct >= 100.0 {
+            hi = 0.0;
+        }
+        if b.soc_pct <= 0.0 {
+            lo = 0.0;
+        }
+        if kw.is_finite() {
+            kw.clamp(lo.min(0.0), hi.max(0.0))
+        } else {
+            0.0
+        }
+    }
+
+    fn advance(&self, s: &mut ChargerPhysics, now: Duration) {
+        let dt = now.saturating_sub(s.at).as_secs_f64();
+        s.at = s.at.max(now);
+        let target = self.limit(s, s.setpoint_kw);
+        let (p1, mut e) = ramp(s.power_kw, target, CHARGER_RAMP_KW_PER_S, dt);
+        s.power_kw = p1;
+        if let Some(b) = s.battery.as_mut() {
+            let mut soc = b.soc_pct + e / b.capacity_kwh * 100.0;
+            // The battery management system stops at empty and full.
+            if !(0.0..=100.0).contains(&soc) {
+                soc = soc.clamp(0.0, 100.0);
+                e = (soc - b.soc_pct) / 100.0 * b.capacity_kwh;
+                s.power_kw = 0.0;
+            }
+            b.soc_pct = soc;
+        } else {
+            e = 0.0;
+            s.power_kw = 0.0;
+        }
+        s.energy_kwh += e;
+    }
+
+    fn reading(&self, s: &ChargerPhysics) -> ChargerReading {
+        ChargerReading {
+            power_kw: s.power_kw,
+            energy_kwh: s.energy_kwh,
+            setpoint_kw: s.setpoint_kw,
+            applied: s.applied,
+            connected: s.battery.is_some(),
+        }
+    }
+
+    /// Plug a vehicle in at `now`; the setpoint resets to 0 (a new session starts idle).
+    pub fn plug(&self, battery: Battery, now: Duration) {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        s.battery = Some(battery);
+        s.setpoint_kw = 0.0;
+    }
+
+    /// Unplug the vehicle at `now`; returns it.
+    pub fn unplug(&self, now: Duration) -> Option<Battery> {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        s.setpoint_kw = 0.0;
+        s.power_kw = 0.0;
+        s.battery.take()
+    }
+
+    /// Fault injection: the charger overheats and delivers at most `kw` (None: healthy).
+    pub fn set_throttle(&self, kw: Option<f64>, now: Duration) {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        s.throttle_kw = kw;
+    }
+
+    /// Fault injection: the charger stops answering (its power stays where it is).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        lock(&self.state).unreachable = unreachable;
+    }
+
+    /// The simulated battery's true state at `now` (for tests and invariant checks).
+    pub fn battery(&self, now: Duration) -> Option<Battery> {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        s.battery
+    }
+
+    /// How many writes the device accepted (for tests: a repeat must not write again).
+    pub fn writes(&self) -> u64 {
+        lock(&self.state).writes
+    }
+
+    fn read_now(&self, now: Duration) -> Result<ChargerReading, DeviceError> {
+        let mut s = lock(&self.state);
+        if s.unreachable {
+            return Err(DeviceError::Unreachable {
+                device: self.id.clone(),
+            });
+        }
+        self.advance(&mut s, now);
+        Ok(self.reading(&s))
+    }
+
+    fn write_now(
+        &self,
+        key: SetpointKey,
+        kw: f64,
+        now: Duration,
+    ) -> Result<ChargerReading, DeviceError> {
+        let mut s = lock(&self.state);
+        if s.unreachable {
+            return Err(DeviceError::Unreachable {
+                device: self.id.clone(),
+            });
+        }
+        if !kw.is_finite() {
+            return Err(DeviceError::Refused {
+                device: self.id.clone(),
+                reason: format!("setpoint {kw} is not a number"),
+            });
+        }
+        self.advance(&mut s, now);
+        s.setpoint_kw = kw;
+        s.applied = Some(key);
+        s.writes += 1;
+        Ok(self.reading(&s))
+    }
+}
+
+impl ChargerIo for SimCharger {
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        let r = self.read_now(now);
+        Box::pin(async move { r })
+    }
+
+    fn write(
+        &self,
+        key: SetpointKey,
+        kw: f64,
+        now: Duration,
+    ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        let r = self.write_now(key, kw, now);
+        Box::pin(async move { r })
+    }
+}
+
+#[derive(Debug)]
+struct InverterPhysics {
+    at: Duration,
+    setpoint_kw: f64,
+    power_kw: f64,
+    core_c: f64,
+    extra_heat_c: f64,
+}
+
+/// A simulated battery inverter: power follows the setpoint with a ramp, the core
+/// temperature follows power with a first-order lag, plus an injectable cooling fault.
+#[derive(Debug)]
+pub struct SimInverter {
+    /// The inverter's id.
+    pub id: String,
+    /// Rated power, kW.
+    pub max_kw: f64,
+    state: Mutex<InverterPhysics>,
+}
+
+impl SimInverter {
+    /// An idle inverter at ambient temperature.
+    pub fn new(id: &str, max_kw: f64) -> Self {
+        SimInverter {
+            id: id.to_string(),
+            max_kw,
+            state: Mutex::new(InverterPhysics {
+                at: Duration::ZERO,
+                setpoint_kw: 0.0,
+                power_kw: 0.0,
+                core_c: INVERTER_AMBIENT_C,
+                extra_heat_c: 0.0,
+            }),
+        }
+    }
+
+    fn advance(&self, s: &mut InverterPhysics, now: Duration) {
+        let dt = now.saturating_sub(s.at).as_secs_f64();
+        s.at = s.at.max(now);
+        let target = s.setpoint_kw.clamp(-self.max_kw, self.max_kw);
+        s.power_kw = ramp(s.power_kw, target, INVERTER_RAMP_KW_PER_S, dt).0;
+        let load = (s.power_kw.abs() / self.max_kw).min(2.0);
+        let steady = INVERTER_AMBIENT_C + INVERTER_RATED_RISE_C * load * load + s.extra_heat_c;
+        s.core_c = steady + (s.core_c - steady) * (-dt / INVERTER_THERMAL_TAU_S).exp();
+    }
+
+    /// Fault injection: a cooling fault that adds `celsius` to the steady temperature.
+    /// `jump` moves the core there at once (a failed fan on a hot day, seen at the next poll).
+    pub fn set_cooling_fault(&self, celsius: f64, jump: bool, now: Duration) {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        s.extra_heat_c = celsius;
+        if jump {
+            s.core_c = INVERTER_AMBIENT_C + celsius;
+        }
+    }
+
+    fn read_now(&self, now: Duration) -> InverterReading {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        InverterReading {
+            power_kw: s.power_kw,
+            core_c: s.core_c,
+            setpoint_kw: s.setpoint_kw,
+        }
+    }
+
+    fn power(&self, now: Duration) -> f64 {
+        self.read_now(now).power_kw
+    }
+}
+
+impl InverterIo for SimInverter {
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<InverterReading, DeviceError>> {
+        let r = Ok(self.read_now(now));
+        Box::pin(async move { r })
+    }
+
+    fn write(&self, kw: f64, now: Duration) -> BoxFuture<'_, Result<InverterReading, DeviceError>> {
+        let r = if kw.is_finite() {
+            let mut s = lock(&self.state);
+            self.advance(&mut s, now);
+            s.setpoint_kw = kw;
+            drop(s);
+            Ok(self.read_now(now))
+        } else {
+            Err(DeviceError::Refused {
+                device: self.id.clone(),
+                reason: format!("setpoint {kw} is not a number"),
+            })
+        };
+        Box::pin(async move { r })
+    }
+}
+
+/// The simulated grid at the site's point of connection: voltage and frequency, which a
+/// fault injector can move (islanding).
+#[derive(Debug)]
+pub struct SimGrid {
+    voltage_pu_bits: AtomicU64,
+    frequency_hz_bits: AtomicU64,
+}
+
+impl Default for SimGrid {
+    fn default() -> Self {
+        SimGrid {
+            voltage_pu_bits: AtomicU64::new(1.0f64.to_bits()),
+            frequency_hz_bits: AtomicU64::new(NOMINAL_HZ.to_bits()),
+        }
+    }
+}
+
+impl SimGrid {
+    /// Set the voltage (per unit) and frequency (Hz) every meter reads from now on.
+    pub fn set(&self, voltage_pu: f64, frequency_hz: f64) {
+        self.voltage_pu_bits
+            .store(voltage_pu.to_bits(), Ordering::Release);
+        self.frequency_hz_bits
+            .store(frequency_hz.to_bits(), Ordering::Release);
+    }
+
+    /// Voltage (per unit) and frequency (Hz) now.
+    pub fn get(&self) -> (f64, f64) {
+        (
+            f64::from_bits(self.voltage_pu_bits.load(Ordering::Acquire)),
+            f64::from_bits(self.frequency_hz_bits.load(Ordering::Acquire)),
+        )
+    }
+}
+
+/// A simulated segment meter: the sum of its segment's devices and base load, and the
+/// grid's voltage and frequency.
+pub struct SimMeter {
+    /// The meter's id.
+    pub id: String,
+    chargers: Vec<Arc<SimCharger>>,
+    inverters: Vec<Arc<SimInverter>>,
+    base_load_kw: f64,
+    grid: Arc<SimGrid>,
+}
+
+impl fmt::Debug for SimMeter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimMeter").field("id", &self.id).finish()
+    }
+}
+
+impl SimMeter {
+    fn read_now(&self, now: Duration) -> MeterReading {
+        let chargers: f64 = self
+            .chargers
+            .iter()
+            .map(|c| {
+                let mut s = lock(&c.state);
+                c.advance(&mut s, now);
+                s.power_kw
+            })
+            .sum();
+        let inverters: f64 = self.inverters.iter().map(|i| i.power(now)).sum();
+        let (voltage_pu, frequency_hz) = self.grid.get();
+        MeterReading {
+            power_kw: chargers + inverters + self.base_load_kw,
+            voltage_pu,
+            frequency_hz,
+        }
+    }
+}
+
+impl MeterIo for SimMeter {
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<MeterReading, DeviceError>> {
+        let r = Ok(self.read_now(now));
+        Box::pin(async move { r })
+    }
+}
+
+/// The node's PTP clock monitor, simulated: the offset a fault injector sets.
+#[derive(Debug, Default)]
+pub struct SimPtp {
+    offset_ns: AtomicU64,
+}
+
+impl SimPtp {
+    /// Set the measured offset.
+    pub fn set_offset(&self, offset: Duration) {
+        let ns = u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX);
+        self.offset_ns.store(ns, Ordering::Release);
+    }
+
+    /// The measured offset.
+    pub fn offset(&self) -> Duration {
+        Duration::from_nanos(self.offset_ns.load(Ordering::Acquire))
+    }
+}
+
+/// Every simulated device of a site, built from its topology.
+#[derive(Debug)]
+pub struct SimSite {
+    /// Chargers by id.
+    pub chargers: HashMap<String, Arc<SimCharger>>,
+    /// Inverters by id.
+    pub inverters: HashMap<String, Arc<SimInverter>>,
+    /// Meters by id.
+    pub meters: HashMap<String, Arc<SimMeter>>,
+    /// The grid at the point of connection.
+    pub grid: Arc<SimGrid>,
+    /// The PTP clock monitor.
+    pub ptp: Arc<SimPtp>,
+}
+
+impl SimSite {
+    /// Build the devices of `topology` (no vehicle plugged in yet).
+    pub fn new(topology: &Topology) -> Self {
+        let grid = Arc::new(SimGrid::default());
+        let mut site = SimSite {
+            chargers: HashMap::new(),
+            inverters: HashMap::new(),
+            meters: HashMap::new(),
+            grid: grid.clone(),
+            ptp: Arc::new(SimPtp::default()),
+        };
+        for (_, seg) in topology.segments() {
+            let chargers: Vec<_> = seg
+                .chargers
+                .iter()
+                .map(|c| Arc::new(SimCharger::new(&c.id, c.max_kw, c.bidirectional)))
+                .collect();
+            let inverters: Vec<_> = seg
+                .inverters
+                .iter()
+                .map(|i| Arc::new(SimInverter::new(&i.id, i.max_kw)))
+                .collect();
+            for (i, m) in seg.meters.iter().enumerate() {
+                // The first meter measures the transformer; others (sub-meters) see the
+                // same point here, which is what a redundant meter does.
+                let _ = i;
+                site.meters.insert(
+                    m.id.clone(),
+                    Arc::new(SimMeter {
+                        id: m.id.clone(),
+                        chargers: chargers.clone(),
+                        inverters: inverters.clone(),
+                        base_load_kw: seg.base_load_kw,
+                        grid: grid.clone(),
+                    }),
+                );
+            }
+            for c in chargers {
+                site.chargers.insert(c.id.clone(), c);
+            }
+            for i in inverters {
+                site.inverters.insert(i.id.clone(), i);
+            }
+        }
+        site
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: f64) -> Duration {
+        Duration::from_secs_f64(x)
+    }
+
+    fn key(d: u64, r: u64) -> SetpointKey {
+        SetpointKey {
+            dispatch: d,
+            revision: r,
+        }
+    }
+
+    fn ev(soc: f64) -> Battery {
+        Battery {
+            capacity_kwh: 60.0,
+            soc_pct: soc,
+            max_kw: 11.0,
+        }
+    }
+
+    #[test]
+    fn power_ramps_to_the_setpoint_and_energy_is_its_integral() {
+        let c = SimCharger::new("c", 22.0, true);
+        c.plug(ev(50.0), s(0.0));
+        let r = c.write_now(key(1, 0), -10.0, s(0.0)).unwrap();
+        assert_eq!(r.applied, Some(key(1, 0)));
+        // 10 kW at 50 kW/s: 0.2 s of ramp (1 kJ... 0.2*5 kW avg), then 10 kW.
+        let r = c.read_now(s(3600.2)).unwrap();
+        assert!((r.power_kw + 10.0).abs() < 1e-9);
+        let expected = -(10.0 * 0.2 / 2.0 + 10.0 * 3600.0) / 3600.0;
+        assert!((r.energy_kwh - expected).abs() < 1e-9, "{}", r.energy_kwh);
+        let b = c.battery(s(3600.2)).unwrap();
+        assert!((b.soc_pct - (50.0 + expected / 60.0 * 100.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn limits_direction_throttle_and_the_battery_bound_the_power() {
+        let uni = SimCharger::new("u", 22.0, false);
+        uni.plug(ev(50.0), s(0.0));
+        uni.write_now(key(1, 0), -5.0, s(0.0)).unwrap();
+        assert_eq!(uni.read_now(s(10.0)).unwrap().power_kw, 0.0);
+        let c = SimCharger::new("c", 22.0, true);
+        c.plug(ev(50.0), s(0.0));
+        c.write_now(key(1, 0), 22.0, s(0.0)).unwrap();
+        assert!((c.read_now(s(10.0)).unwrap().power_kw - 11.0).abs() < 1e-9);
+        c.set_throttle(Some(2.0), s(10.0));
+        assert!((c.read_now(s(20.0)).unwrap().power_kw - 2.0).abs() < 1e-9);
+        // Empty battery: the BMS stops discharge.
+        let e = SimCharger::new("e", 22.0, true);
+        e.plug(ev(0.5), s(0.0));
+        e.write_now(key(1, 0), -11.0, s(0.0)).unwrap();
+        let r = e.read_now(s(3600.0)).unwrap();
+        assert_eq!(r.power_kw, 0.0);
+        assert!((r.energy_kwh + 0.3).abs() < 1e-9);
+        assert_eq!(e.battery(s(3600.0)).unwrap().soc_pct, 0.0);
+    }
+
+    #[test]
+    fn an_unreachable_charger_errors_and_refuses_nan() {
+        let c = SimCharger::new("c", 22.0, true);
+        c.set_unreachable(true);
+        assert!(matches!(
+            c.read_now(s(0.0)),
+            Err(DeviceError::Unreachable { .. })
+        ));
+        c.set_unreachable(false);
+        assert!(matches!(
+            c.write_now(key(1, 0), f64::NAN, s(0.0)),
+            Err(DeviceError::Refused { .. })
+        ));
+        assert_eq!(c.writes(), 0);
+    }
+
+    #[test]
+    fn inverter_heats_with_power_and_a_cooling_fault() {
+        let i = SimInverter::new("i", 50.0);
+        assert!((i.read_now(s(0.0)).core_c - INVERTER_AMBIENT_C).abs() < 1e-9);
+        i.set_cooling_fault(40.0, true, s(0.0));
+        assert!(i.read_now(s(0.0)).core_c > 65.0);
+        i.set_cooling_fault(0.0, false, s(0.0));
+        assert!(i.read_now(s(3600.0)).core_c < 36.0);
+    }
+}

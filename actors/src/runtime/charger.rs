@@ -1,0 +1,592 @@
+//! A charger: its supervisor (rest_for_one: the link, then the session of the vehicle
+//! plugged in), the link that owns the device connection, and the vehicle session.
+//!
+//! The link is where a setpoint becomes a device write, so it is where idempotency and
+//! local safety are enforced:
+//! - a setpoint is applied at most once per key ([`IdempotentApplier`]); a repeat is
+//!   answered with the first result, an older key is refused as stale;
+//! - the kW written is clamped by the segment's safe state and by the vehicle's minimum SoC,
+//!   whatever the dispatcher asked (local safety always clamps remote dispatch);
+//! - the applied key is checkpointed durably BEFORE the acknowledgement, so an
+//!   acknowledged setpoint survives any crash or stop;
+//! - a restarted link reads its checkpoint and the device's own record of the applied key
+//!   before it writes anything (read before write), and adopts the device's record if the
+//!   previous incarnation died between the write and the checkpoint.
+//!
+//! The session follows the ISO 15118-like state machine of [`crate::session`] and integrates
+//! SoC from the charger's energy register, not from commanded power: a restarted session
+//! re-reads the register, so energy delivered while it was down is counted once, never twice
+//! and never lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridvisor_supervisors::prelude::*;
+use gridvisor_supervisors::StartError;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::shared::{lock, LinkEntry, LinkStatus, SegmentShared, SessionStatus, SiteShared};
+use super::{DispatcherMsg, LinkMsg, SessionMsg, SetpointOutcome};
+use crate::device::{ChargerIo, ChargerReading};
+use crate::session::{Session, SessionEvent, SessionState};
+use crate::setpoint::{Applied, Decision, IdempotentApplier, Setpoint, SetpointKey};
+
+/// A charger supervisor's restart intensity: more than this many restarts ...
+pub const CHARGER_MAX_RESTARTS: u32 = 20;
+/// ... within this period and the charger gives up (its parent decides).
+pub const CHARGER_RESTART_PERIOD: Duration = Duration::from_secs(10);
+/// A session checkpoints its SoC at least every this many readings (and on every state
+/// change). SoC is derived from the energy register, so readings in between lose nothing.
+pub const SESSION_CHECKPOINT_EVERY: u64 = 10;
+
+/// What a charger child of the `chargers` dynamic supervisor is started with.
+#[derive(Clone)]
+pub(crate) struct ChargerArgs {
+    pub shared: Arc<SiteShared>,
+    pub seg: Arc<SegmentShared>,
+    pub charger: crate::config::Charger,
+}
+
+/// The template of the segment's dynamic `chargers` supervisor.
+pub(crate) fn charger_template() -> ChildSpec<ChargerArgs> {
+    ChildSpec::worker(
+        "charger",
+        |ctx: ChildContext, args: ChargerArgs| async move {
+            let id = args.charger.id.clone();
+            let link_args = args.clone();
+            let link = ChildSpec::worker("link", move |ctx: ChildContext, ()| {
+                let a = link_args.clone();
+                async move {
+                    let path = ctx.path().to_string();
+                    ctx.spawn(Link, (a.shared, a.seg, a.charger, path)).await
+                }
+            });
+            let config = SupervisorConfig::new(&id, Strategy::RestForOne)
+                .intensity(CHARGER_MAX_RESTARTS, CHARGER_RESTART_PERIOD);
+            let cell = Supervisor::start_in(&ctx, config, vec![link]).await?;
+            // A vehicle that is plugged in gets its session back (after a restart of the charger
+            // by its parent, the session spec added at plug-in time is gone with the old
+            // supervisor).
+            let plugged = args.shared.plugged.get(&id).map(|v| v.value().clone());
+            if let Some(vehicle) = plugged {
+                let sup = SupervisorRef::from_cell(cell.clone(), ctx.path().clone())
+                    .map_err(|e| StartError::Failed(e.to_string()))?;
+                sup.start_child(session_spec(&args, &vehicle))
+                    .await
+                    .map_err(|e| StartError::Failed(e.to_string()))?;
+            }
+            Ok(cell)
+        },
+    )
+    .kind(ChildKind::Supervisor)
+    .shutdown(Shutdown::Infinity)
+}
+
+/// The child spec of a vehicle's session (transient: a session that ends normally, because
+/// the vehicle left, is not restarted).
+pub(crate) fn session_spec(args: &ChargerArgs, vehicle: &str) -> ChildSpec<()> {
+    let args = args.clone();
+    let vehicle_id = vehicle.to_string();
+    ChildSpec::worker(vehicle, move |ctx: ChildContext, ()| {
+        let a = args.clone();
+        let v = vehicle_id.clone();
+        async move {
+            let path = ctx.path().to_string();
+            ctx.spawn(SessionActor, (a.shared, a.seg, a.charger.id, v, path))
+                .await
+        }
+    })
+    .restart(Restart::Transient)
+}
+
+/// What a link checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkCheckpoint {
+    /// The applier (the last applied key and its result).
+    pub applier: IdempotentApplier,
+}
+
+pub(crate) fn link_checkpoint_key(charger: &str) -> String {
+    format!("link/{charger}")
+}
+
+pub(crate) struct Link;
+
+pub(crate) struct LinkState {
+    shared: Arc<SiteShared>,
+    seg: Arc<SegmentShared>,
+    io: Arc<dyn ChargerIo>,
+    charger: crate::config::Charger,
+    applier: IdempotentApplier,
+    metrics_path: String,
+    myself: ActorRef<LinkMsg>,
+}
+
+impl LinkState {
+    fn publish(&self, reading: Option<&ChargerReading>) {
+        let last = self.applier.last();
+        let status = LinkStatus {
+            commanded_kw: reading.map(|r| r.setpoint_kw),
+            measured_kw: reading.map(|r| r.power_kw),
+            applied: last.map(|a| a.key),
+            lease_until: last.map(|a| a.lease_until),
+        };
+        self.seg.links.insert(
+            self.charger.id.clone(),
+            LinkEntry {
+                actor: self.myself.clone(),
+                status,
+            },
+        );
+    }
+
+    /// The most this link may write now: the segment's safe state, then the vehicle's
+    /// minimum SoC (no discharge at or below it) and its full battery.
+    fn local_clamp(&self, kw: f64) -> f64 {
+        let mut kw = self.seg.level().clamp(kw);
+        if let Some(s) = self.seg.sessions.get(&self.charger.id) {
+            let sess = &s.session;
+            if sess.state == SessionState::Ended {
+                kw = 0.0;
+            } else if kw < 0.0 {
+                // A setpoint may hold for its whole lease if nothing else arrives: discharge
+                // only what keeps the vehicle above its minimum SoC for that long.
+                let horizon_s = self.shared.topology.site.lease_s;
+                kw = kw.max(-sess.discharge_limit_kw(horizon_s));
+            }
+        } else {
+            // No session: no vehicle we know of, no power.
+            kw = 0.0;
+        }
+        if !self.charger.bidirectional {
+            kw = kw.max(0.0);
+        }
+        kw.clamp(-self.charger.max_kw, self.charger.max_kw)
+    }
+
+    async fn apply(&mut self, sp: Setpoint) -> SetpointOutcome {
+        match self.applier.decide(sp.key) {
+            Decision::Repeat(a) => return SetpointOutcome::Repeat(a),
+            Decision::Stale { latest } => return SetpointOutcome::Stale { latest },
+            Decision::Apply => {}
+        }
+        let kw = self.local_clamp(sp.kw);
+        let now = self.shared.clock.now();
+        let reading = match self.io.write(sp.key, kw, now).await {
+            Ok(r) => r,
+            Err(e) => {
+                return SetpointOutcome::Failed {
+                    error: e.to_string(),
+                }
+            }
+        };
+        let applied = Applied {
+            key: sp.key,
+            requested_kw: sp.kw,
+            applied_kw: kw,
+            lease_until: sp.lease_until,
+        };
+        if let Err(e) = self.applier.record(applied) {
+            return SetpointOutcome::Failed {
+                error: e.to_string(),
+            };
+        }
+        // Durable before the acknowledgement: an acked setpoint survives any crash.
+        if let Err(e) = self.checkpoint().await {
+            return SetpointOutcome::Failed {
+                error: e.to_string(),
+            };
+        }
+        self.publish(Some(&reading));
+        SetpointOutcome::Applied(applied)
+    }
+
+    async fn checkpoint(&self) -> Result<(), crate::checkpoint::CheckpointError> {
+        self.shared
+            .store
+            .put(
+                &link_checkpoint_key(&self.charger.id),
+                &LinkCheckpoint {
+                    applier: self.applier.clone(),
+                },
+            )
+            .await
+    }
+
+    /// Re-apply the local clamps to what the device holds (a safe-state change, a lease
+    /// that ended). The device keeps its applied key: this is a local override, not a
+    /// remote setpoint.
+    async fn enforce(&mut self, target_kw: Option<f64>) -> Result<(), ActorProcessingErr> {
+        let now = self.shared.clock.now();
+        let r = self.io.read(now).await?;
+        let wanted = target_kw.unwrap_or(r.setpoint_kw);
+        let clamped = self.local_clamp(wanted);
+        if clamped != r.setpoint_kw {
+            let key = r.applied.unwrap_or(SetpointKey {
+                dispatch: 0,
+                revision: 0,
+            });
+            let r = self.io.write(key, clamped, now).await?;
+            self.publish(Some(&r));
+        }
+        Ok(())
+    }
+}
+
+impl Actor for Link {
+    type Msg = LinkMsg;
+    type State = LinkState;
+    type Arguments = (
+        Arc<SiteShared>,
+        Arc<SegmentShared>,
+        crate::config::Charger,
+        String,
+    );
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LinkMsg>,
+        (shared, seg, charger, path): Self::Arguments,
+    ) -> Result<LinkState, ActorProcessingErr> {
+        let io = shared
+            .devices
+            .chargers
+            .get(&charger.id)
+            .cloned()
+            .ok_or_else(|| format!("no device connection for charger {}", charger.id))?;
+        // Read before write: our checkpoint, then the device's own record.
+        let cp: Option<LinkCheckpoint> = shared.store.get(&link_checkpoint_key(&charger.id))?;
+        let mut applier = cp.map(|c| c.applier).unwrap_or_default();
+        let now = shared.clock.now();
+        let reading = io.read(now).await?;
+        let mut adopted = false;
+        if let Some(device_key) = reading.applied {
+            if applier.last().is_none_or(|a| a.key < device_key) {
+                // The previous incarnation wrote the device and died before its checkpoint:
+                // the device is the truth. Its lease is unknown, so it counts as ended now.
+                applier.record(Applied {
+                    key: device_key,
+                    requested_kw: reading.setpoint_kw,
+                    applied_kw: reading.setpoint_kw,
+                    lease_until: now,
+                })?;
+                adopted = true;
+            }
+        }
+        let metrics_path = if shared.options.per_session_metrics {
+            path
+        } else {
+            format!("{}/chargers/*/link", seg.id)
+        };
+        let mut state = LinkState {
+            shared,
+            seg,
+            io,
+            charger,
+            applier,
+            metrics_path,
+            myself: myself.clone(),
+        };
+        if adopted {
+            state.checkpoint().await?;
+        }
+        state.publish(Some(&reading));
+        // Bring the device under the current safe state and the lease rule before anything.
+        let lease_ok = state.applier.last().is_some_and(|a| a.lease_until > now);
+        let target = (!lease_ok).then_some(state.seg.config.safe_default_kw);
+        state.enforce(target).await?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<LinkMsg>,
+        msg: LinkMsg,
+        s: &mut LinkState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.shared
+            .metrics
+            .messages
+            .with_label_values(&[&s.metrics_path])
+            .inc();
+        match msg {
+            LinkMsg::Setpoint(sp) => {
+                let key = sp.key;
+                let outcome = s.apply(sp).await;
+                let label = match &outcome {
+                    SetpointOutcome::Applied(_) => "applied",
+                    SetpointOutcome::Repeat(_) => "repeat",
+                    SetpointOutcome::Stale { .. } => "stale",
+                    SetpointOutcome::Failed { .. } => "failed",
+                };
+                s.shared.metrics.setpoints.with_label_values(&[label]).inc();
+                if let Some(d) = lock(&s.seg.dispatcher).as_ref() {
+                    let _ = d.send_message(DispatcherMsg::Ack {
+                        key,
+                        charger: s.charger.id.clone(),
+                        outcome,
+                    });
+                }
+            }
+            LinkMsg::Enforce(batch) => {
+                let r = s.enforce(None).await;
+                if let Some(b) = batch {
+                    b.done();
+                }
+                r?;
+            }
+            LinkMsg::LeaseExpired => {
+                let now = s.shared.clock.now();
+                let expired = s.applier.last().is_some_and(|a| a.lease_until <= now);
+                if expired {
+                    tracing::info!(charger = %s.charger.id, "setpoint lease ended: safe default");
+                    s.enforce(Some(s.seg.config.safe_default_kw)).await?;
+                    // The lease rule must not fire again for this setpoint.
+                    let mut status = s.seg.links.get(&s.charger.id).map(|e| e.status);
+                    if let Some(st) = status.as_mut() {
+                        st.lease_until = None;
+                        if let Some(mut e) = s.seg.links.get_mut(&s.charger.id) {
+                            e.status = *st;
+                        }
+                    }
+                }
+            }
+            LinkMsg::Poll => {
+                let now = s.shared.clock.now();
+                let r = s.io.read(now).await?;
+                s.publish(Some(&r));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<LinkMsg>,
+        s: &mut LinkState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.seg
+            .links
+            .remove_if(&s.charger.id, |_, e| e.actor.get_id() == myself.get_id());
+        Ok(())
+    }
+}
+
+/// What a session checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionCheckpoint {
+    /// The session model.
+    pub session: Session,
+    /// The charger's energy register when `session` was last updated.
+    pub register_kwh: f64,
+}
+
+pub(crate) fn session_checkpoint_key(vehicle: &str) -> String {
+    format!("session/{vehicle}")
+}
+
+pub(crate) struct SessionActor;
+
+pub(crate) struct SessionActorState {
+    shared: Arc<SiteShared>,
+    seg: Arc<SegmentShared>,
+    io: Arc<dyn ChargerIo>,
+    charger: String,
+    cp: SessionCheckpoint,
+    readings: u64,
+    metrics_path: String,
+    timer: Option<JoinHandle<()>>,
+}
+
+impl SessionActorState {
+    fn publish(&self, power_kw: f64) {
+        self.seg.sessions.insert(
+            self.charger.clone(),
+            SessionStatus {
+                session: self.cp.session.clone(),
+                register_kwh: self.cp.register_kwh,
+                power_kw,
+            },
+        );
+        if self.shared.options.per_session_metrics {
+            self.shared
+                .metrics
+                .session_soc
+                .with_label_values(&[&self.cp.session.vehicle, &self.seg.id])
+                .set(self.cp.session.soc_pct);
+        }
+    }
+
+    async fn checkpoint(&self) -> Result<(), crate::checkpoint::CheckpointError> {
+        self.shared
+            .store
+            .put(&session_checkpoint_key(&self.cp.session.vehicle), &self.cp)
+            .await
+    }
+
+    /// Integrate the register since the last reading and follow the power's direction.
+    fn take(&mut self, r: &ChargerReading) -> bool {
+        let delta = r.energy_kwh - self.cp.register_kwh;
+        self.cp.register_kwh = r.energy_kwh;
+        match self.cp.session.integrate(delta) {
+            Ok(false) => {}
+            // The estimate left 0..=100 %: the model and the vehicle disagree (a register
+            // reset, a wrong capacity). The clamp keeps it usable; say so.
+            Ok(true) => tracing::warn!(
+                vehicle = %self.cp.session.vehicle,
+                delta_kwh = delta,
+                "SoC estimate clamped to 0..=100 %"
+            ),
+            Err(e) => tracing::warn!(
+                vehicle = %self.cp.session.vehicle,
+                error = %e,
+                "energy register reading refused"
+            ),
+        }
+        let before = self.cp.session.state;
+        if matches!(
+            before,
+            SessionState::Authorized
+                | SessionState::Charging
+                | SessionState::Discharging
+                | SessionState::Paused
+        ) {
+            let _ = self
+                .cp
+                .session
+                .apply(SessionEvent::Power { kw: r.power_kw });
+        }
+        self.cp.session.state != before
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionActorState;
+    type Arguments = (Arc<SiteShared>, Arc<SegmentShared>, String, String, String);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        (shared, seg, charger, vehicle, path): Self::Arguments,
+    ) -> Result<SessionActorState, ActorProcessingErr> {
+        let io = shared
+            .devices
+            .chargers
+            .get(&charger)
+            .cloned()
+            .ok_or_else(|| format!("no device connection for charger {charger}"))?;
+        let now = shared.clock.now();
+        let reading = io.read(now).await?;
+        let cp: Option<SessionCheckpoint> = shared.store.get(&session_checkpoint_key(&vehicle))?;
+        let fresh = cp.is_none();
+        let cp = match cp {
+            Some(cp) => cp,
+            None => {
+                let v = shared
+                    .topology
+                    .vehicle(&vehicle)
+                    .ok_or_else(|| format!("vehicle {vehicle} is not in the topology"))?;
+                SessionCheckpoint {
+                    session: Session::from_vehicle(v),
+                    register_kwh: reading.energy_kwh,
+                }
+            }
+        };
+        let metrics_path = if shared.options.per_session_metrics {
+            path
+        } else {
+            format!("{}/chargers/*/session", seg.id)
+        };
+        let mut state = SessionActorState {
+            shared,
+            seg,
+            io,
+            charger,
+            cp,
+            readings: 0,
+            metrics_path,
+            timer: None,
+        };
+        if state.cp.session.state == SessionState::Plugged {
+            state.cp.session.apply(SessionEvent::Authorize)?;
+        }
+        // Count what was delivered while no session actor was running.
+        state.take(&reading);
+        state.publish(reading.power_kw);
+        if fresh || state.cp.session.state != SessionState::Ended {
+            state.checkpoint().await?;
+        }
+        state
+            .seg
+            .session_actors
+            .insert(state.charger.clone(), myself.clone());
+        let period = Duration::from_millis(state.shared.topology.site.cycle_ms);
+        state.timer = Some(myself.send_interval(period, || SessionMsg::Tick));
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        s: &mut SessionActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.shared
+            .metrics
+            .messages
+            .with_label_values(&[&s.metrics_path])
+            .inc();
+        match msg {
+            SessionMsg::Tick => {
+                let now = s.shared.clock.now();
+                let r = s.io.read(now).await?;
+                let changed = s.take(&r);
+                s.readings += 1;
+                s.publish(r.power_kw);
+                // Local safety: a vehicle at its minimum SoC stops discharging now, whatever
+                // the dispatcher last asked.
+                let sess = &s.cp.session;
+                if r.power_kw < 0.0 && sess.discharge_limit_kw(1.0) < -r.power_kw {
+                    if let Some(link) = s.seg.links.get(&s.charger) {
+                        let _ = link.actor.send_message(LinkMsg::Enforce(None));
+                    }
+                }
+                if changed || s.readings % SESSION_CHECKPOINT_EVERY == 0 {
+                    s.checkpoint().await?;
+                }
+            }
+            SessionMsg::Unplug(reply) => {
+                let now = s.shared.clock.now();
+                if let Ok(r) = s.io.read(now).await {
+                    s.take(&r);
+                }
+                s.cp.session.apply(SessionEvent::Unplug)?;
+                s.publish(0.0);
+                s.checkpoint().await?;
+                let _ = reply.send(());
+                myself.stop(Some("vehicle left".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        s: &mut SessionActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = s.timer.take() {
+            t.abort();
+        }
+        s.seg
+            .session_actors
+            .remove_if(&s.charger, |_, r| r.get_id() == myself.get_id());
+        if s.cp.session.state == SessionState::Ended {
+            s.seg.sessions.remove(&s.charger);
+        }
+        Ok(())
+    }
+}

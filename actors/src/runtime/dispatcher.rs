@@ -1,0 +1,266 @@
+//! The segment's dispatcher: splits the segment's share of the grid requests over its
+//! sessions and collects the links' acknowledgements.
+//!
+//! One batch is in flight at a time. A batch is a key (dispatch id, revision), a target and
+//! a lease; the dispatcher clamps the target with the segment's safe state (local safety
+//! first), builds one [`Candidate`] per session from the segment board (SoC, departure,
+//! limits, and what the device measured against what it was commanded, so a throttled
+//! charger's missing power goes to others), allocates, and sends each link its setpoint. The
+//! batch ends when every link answered or [`ACK_TIMEOUT`] passed; the site hears of it. A
+//! newer batch supersedes an unfinished one (its late answers are counted for nothing).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::shared::{lock, SegmentShared, SiteShared};
+use super::site::SegmentReceipt;
+use super::{DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
+use crate::dispatch::{allocate, effective_limits, Candidate};
+use crate::ladder::SafeState;
+use crate::session::SessionState;
+use crate::setpoint::{Setpoint, SetpointKey};
+
+pub(crate) struct Dispatcher;
+
+struct Batch {
+    key: SetpointKey,
+    target_kw: f64,
+    setpoint_kw: f64,
+    expected: usize,
+    receipt: SegmentReceipt,
+    started: tokio::time::Instant,
+}
+
+pub(crate) struct DispatcherState {
+    shared: Arc<SiteShared>,
+    seg: Arc<SegmentShared>,
+    path: String,
+    batch: Option<Batch>,
+}
+
+/// Clamp a segment's target with its safe state.
+pub(crate) fn clamp_target(level: SafeState, target_kw: f64) -> f64 {
+    level.clamp(target_kw)
+}
+
+impl DispatcherState {
+    fn finish(&mut self) {
+        let Some(b) = self.batch.take() else { return };
+        let mut receipt = b.receipt;
+        receipt.elapsed_ms = b.started.elapsed().as_secs_f64() * 1e3;
+        receipt.unanswered = b
+            .expected
+            .saturating_sub(receipt.applied + receipt.repeat + receipt.stale + receipt.failed);
+        if let Some(site) = lock(&self.shared.site).as_ref() {
+            let _ = site.send_message(SiteMsg::SegmentDone(receipt));
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        key: SetpointKey,
+        target_kw: f64,
+        lease_until: Duration,
+    ) {
+        if self.batch.is_some() {
+            self.finish();
+        }
+        let seg = &self.seg;
+        let level = seg.level();
+        let target = clamp_target(level, target_kw);
+        let horizon = Duration::from_millis(self.shared.topology.site.cycle_ms);
+        let chargers: std::collections::HashMap<&str, &crate::config::Charger> = seg
+            .config
+            .chargers
+            .iter()
+            .map(|c| (c.id.as_str(), c))
+            .collect();
+        let mut candidates = Vec::with_capacity(seg.links.len());
+        let mut targets: Vec<ActorRef<LinkMsg>> = Vec::with_capacity(seg.links.len());
+        for link in seg.links.iter() {
+            let Some(sess) = seg.sessions.get(link.key()) else {
+                continue;
+            };
+            let s = &sess.session;
+            if s.state == SessionState::Ended {
+                continue;
+            }
+            let Some(c) = chargers.get(link.key().as_str()) else {
+                continue;
+            };
+            let max = c.max_kw.min(s.max_kw);
+            candidates.push(Candidate {
+                depart_s: s.depart_s,
+                soc_pct: s.soc_pct,
+                min_soc_pct: s.min_soc_pct,
+                target_soc_pct: s.target_soc_pct,
+                capacity_kwh: s.capacity_kwh,
+                max_charge_kw: max,
+                max_discharge_kw: if c.bidirectional { max } else { 0.0 },
+                measured_kw: link.status.measured_kw,
+                commanded_kw: link.status.commanded_kw,
+            });
+            targets.push(link.actor.clone());
+        }
+        let (mut max_charge, mut max_discharge) = (0.0, 0.0);
+        for c in &candidates {
+            let (ch, dis) = effective_limits(c, horizon);
+            max_charge += ch;
+            max_discharge += dis;
+        }
+        let allocation = allocate(target, &candidates, horizon);
+        let mut sent = 0usize;
+        let mut failed = 0usize;
+        let mut setpoint_kw = 0.0;
+        for (link, kw) in targets.iter().zip(allocation.setpoints_kw.iter()) {
+            setpoint_kw += kw;
+            let sp = Setpoint {
+                key,
+                kw: *kw,
+                lease_until,
+            };
+            if link.send_message(LinkMsg::Setpoint(sp)).is_ok() {
+                sent += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        {
+            let mut t = lock(&seg.telemetry);
+            t.target_kw = target_kw;
+            t.setpoint_kw = setpoint_kw;
+            t.max_charge_kw = max_charge;
+            t.max_discharge_kw = max_discharge;
+            t.last_key = Some(key);
+        }
+        let m = &self.shared.metrics;
+        m.segment_setpoint
+            .with_label_values(&[&seg.id])
+            .set(setpoint_kw);
+        m.segment_target
+            .with_label_values(&[&seg.id])
+            .set(target_kw);
+        m.segment_limit
+            .with_label_values(&[&seg.id, "charge"])
+            .set(max_charge);
+        m.segment_limit
+            .with_label_values(&[&seg.id, "discharge"])
+            .set(max_discharge);
+        self.batch = Some(Batch {
+            key,
+            target_kw,
+            setpoint_kw,
+            expected: sent + failed,
+            receipt: SegmentReceipt {
+                segment: seg.id.clone(),
+                key,
+                target_kw,
+                clamped_kw: target,
+                setpoint_kw,
+                level,
+                applied: 0,
+                repeat: 0,
+                stale: 0,
+                failed,
+                unanswered: 0,
+                elapsed_ms: 0.0,
+            },
+            started: tokio::time::Instant::now(),
+        });
+        if sent == 0 {
+            self.finish();
+        } else {
+            // The timer task is detached: it sends once and ends.
+            drop(myself.send_after(ACK_TIMEOUT, move || DispatcherMsg::Deadline(key)));
+        }
+    }
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = (Arc<SiteShared>, Arc<SegmentShared>, String);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        (shared, seg, path): Self::Arguments,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        *lock(&seg.dispatcher) = Some(myself);
+        Ok(DispatcherState {
+            shared,
+            seg,
+            path,
+            batch: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        s: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.shared
+            .metrics
+            .messages
+            .with_label_values(&[&s.path])
+            .inc();
+        match msg {
+            DispatcherMsg::Dispatch {
+                key,
+                target_kw,
+                lease_until,
+            } => s.dispatch(&myself, key, target_kw, lease_until),
+            DispatcherMsg::Ack {
+                key,
+                charger,
+                outcome,
+            } => {
+                let Some(b) = s.batch.as_mut() else {
+                    return Ok(());
+                };
+                if b.key != key {
+                    return Ok(());
+                }
+                let r = &mut b.receipt;
+                match outcome {
+                    SetpointOutcome::Applied(_) => r.applied += 1,
+                    SetpointOutcome::Repeat(_) => r.repeat += 1,
+                    SetpointOutcome::Stale { .. } => r.stale += 1,
+                    SetpointOutcome::Failed { error } => {
+                        tracing::warn!(%charger, %error, key = %key, "setpoint failed");
+                        r.failed += 1
+                    }
+                }
+                if r.applied + r.repeat + r.stale + r.failed >= b.expected {
+                    let _ = (b.target_kw, b.setpoint_kw);
+                    s.finish();
+                }
+            }
+            DispatcherMsg::Deadline(key) => {
+                if s.batch.as_ref().is_some_and(|b| b.key == key) {
+                    tracing::warn!(segment = %s.seg.id, key = %key, "acknowledgements missing at the deadline");
+                    s.finish();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        s: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.finish();
+        let mut d = lock(&s.seg.dispatcher);
+        if d.as_ref().is_some_and(|r| r.get_id() == myself.get_id()) {
+            *d = None;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! The supervised actors of a node and the tree they form (DESIGN.md, "The tree on one node"):
+//!
+//! ```text
+//! node (one_for_one)
+//! ├── site                 the aggregator: grid requests, keep-alives, the control loop
+//! └── segments (dynamic)   one child per transformer segment
+//!     └── tx-1 (rest_for_one)
+//!         ├── safety       the segment's safe-state ladder; started first, so that every
+//!         │                later sibling starts under the current level
+//!         ├── m-1          meter poller: transformer power, grid voltage and frequency
+//!         ├── inv-1        inverter poller: core temperature
+//!         ├── dispatcher   splits the segment's share over its sessions
+//!         └── chargers (dynamic)
+//!             └── evse-1 (rest_for_one)
+//!                 ├── link     the charger connection: idempotent, leased setpoints
+//!                 └── ev-1     the vehicle session (transient): ISO 15118-like state, SoC
+//! ```
+//!
+//! Flow of a grid request: the site splits it over segments by thermal headroom
+//! ([`crate::dispatch::split_by_headroom`]); each dispatcher allocates its share over its
+//! sessions ([`crate::dispatch::allocate`]) and sends keyed setpoints to the links; a link
+//! clamps with the segment's safe state, writes the device, checkpoints the applied key
+//! (durably) and only then acknowledges. The site answers the request when every device
+//! acknowledged (or a named limit passed). Every cycle the site's closed loop corrects the
+//! command against metered power and sends the next revision.
+//!
+//! Safety flow: meters, inverters, the site's keep-alive watchdog, the PTP monitor and the
+//! supervisors' escalation hooks feed the segment's ladder; on a change the safety actor
+//! commands every device of the segment at once, without waiting for the dispatcher.
+
+mod charger;
+mod dispatcher;
+mod node;
+mod pollers;
+mod safety;
+pub mod shared;
+mod site;
+
+use std::time::Duration;
+
+use ractor::RpcReplyPort;
+use serde::{Deserialize, Serialize};
+
+use crate::ladder::{Fault, Transition};
+use crate::setpoint::{Applied, Setpoint, SetpointKey};
+
+pub use node::{Node, NodeError};
+pub use shared::{NodeOptions, SegmentShared, SiteShared};
+pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
+
+/// Upper bound on how long a dispatcher waits for its links' acknowledgements.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the safety actor ticks (keep-alive watchdog, PTP, trip-band clearing times).
+pub const SAFETY_TICK: Duration = Duration::from_millis(50);
+/// How often the safety actor scans the links for expired leases.
+pub const LEASE_SCAN: Duration = Duration::from_millis(500);
+/// How often a meter is polled (islanding detection needs a fast poll).
+pub const METER_POLL: Duration = Duration::from_millis(50);
+/// How often an inverter is polled.
+pub const INVERTER_POLL: Duration = Duration::from_secs(1);
+/// How long a call between actors of the node may take before it is an error.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Messages to the site aggregator.
+pub enum SiteMsg {
+    /// A grid request; answered when every device acknowledged.
+    Request(
+        GridRequest,
+        RpcReplyPort<Result<DispatchReceipt, RequestError>>,
+    ),
+    /// The grid controller's keep-alive.
+    KeepAlive,
+    /// The control loop's period elapsed.
+    Cycle,
+    /// A dispatcher finished a batch.
+    SegmentDone(SegmentReceipt),
+    /// A round's time limit passed: answer its waiters with what arrived.
+    RoundDeadline,
+}
+
+/// Messages to a segment's safety actor.
+pub enum SafetyMsg {
+    /// An observation for the ladder.
+    Observe(Fault),
+    /// A transition made outside the actor (by a hook): command the devices.
+    Enforce(Transition),
+    /// Periodic tick.
+    Tick,
+    /// A child of the segment exited (from the segment supervisor's hook).
+    ChildExit(gridvisor_supervisors::ChildExitNotice),
+}
+
+impl From<gridvisor_supervisors::ChildExitNotice> for SafetyMsg {
+    fn from(n: gridvisor_supervisors::ChildExitNotice) -> Self {
+        SafetyMsg::ChildExit(n)
+    }
+}
+
+/// Messages to a segment's dispatcher.
+pub enum DispatcherMsg {
+    /// Split `target_kw` over the sessions with this key.
+    Dispatch {
+        /// The key of this batch.
+        key: SetpointKey,
+        /// The segment's share, kW.
+        target_kw: f64,
+        /// Lease end for every setpoint of the batch.
+        lease_until: Duration,
+    },
+    /// A link's answer.
+    Ack {
+        /// The batch it answers.
+        key: SetpointKey,
+        /// The charger.
+        charger: String,
+        /// What happened.
+        outcome: SetpointOutcome,
+    },
+    /// The ack deadline of a batch passed.
+    Deadline(SetpointKey),
+}
+
+/// What a link did with a setpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SetpointOutcome {
+    /// Applied now (durably recorded before this answer).
+    Applied(Applied),
+    /// Applied before: the first result.
+    Repeat(Applied),
+    /// Refused: a newer key was applied.
+    Stale {
+        /// The newer key.
+        latest: SetpointKey,
+    },
+    /// The device could not be written.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Messages to a charger's link.
+pub enum LinkMsg {
+    /// A setpoint from the dispatcher.
+    Setpoint(Setpoint),
+    /// Apply the local clamps (the segment's safe state, the vehicle's minimum SoC) to the
+    /// device now; the batch, if any, hears when it is done.
+    Enforce(Option<std::sync::Arc<shared::CommandBatch>>),
+    /// The lease of the applied setpoint ended: fall back to the segment's safe default.
+    LeaseExpired,
+    /// Read the device and tell the session (the session's periodic reading).
+    Poll,
+}
+
+/// Messages to a session.
+pub enum SessionMsg {
+    /// Read the charger's register and integrate SoC (the session's period).
+    Tick,
+    /// The vehicle leaves: end the session.
+    Unplug(RpcReplyPort<()>),
+}
+
+/// Messages to an inverter poller.
+pub enum InverterMsg {
+    /// Poll now.
+    Poll,
+    /// Apply the segment's safe state now.
+    Enforce(std::sync::Arc<shared::CommandBatch>),
+}
+
+/// Messages to a meter poller.
+pub enum MeterMsg {
+    /// Poll now.
+    Poll,
+}

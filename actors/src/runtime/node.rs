@@ -1,0 +1,507 @@
+//! A node: the supervision tree of one site, and the handle the HTTP APIs and the CLI use.
+//!
+//! [`Node::start`] builds the shared state, plugs in the vehicles already present, and starts
+//! the tree of the module documentation in order: the segments first (each with its safety
+//! actor first), then the site aggregator, so that the first dispatch finds every segment
+//! running. [`Node::shutdown`] stops the tree in reverse order (the aggregator stops
+//! dispatching before any device actor stops) and then drains the checkpoint store: every
+//! acknowledged setpoint was durable before it was acknowledged, and nothing queued is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridvisor_supervisors::prelude::*;
+use gridvisor_supervisors::{
+    ChildExit, ExitClass, HookDecision, Notifier, StartError, SupervisorError, TreeContext,
+    TreeNode,
+};
+use ractor::ActorRef;
+use serde::Serialize;
+
+use super::charger::{charger_template, session_spec, ChargerArgs};
+use super::dispatcher::Dispatcher;
+use super::pollers::{Inverter, Meter};
+use super::safety::Safety;
+use super::shared::{lock, Devices, NodeOptions, SegmentShared, SegmentTelemetry, SiteShared};
+use super::site::{end_session, DispatchReceipt, GridRequest, RequestError, SessionView, Site};
+use super::{SafetyMsg, SiteMsg};
+use crate::checkpoint::CheckpointStore;
+use crate::clock::Clock;
+use crate::config::{Topology, Vehicle};
+use crate::device::{Battery, SimSite};
+use crate::ladder::{Fault, SafeState, Transition};
+
+/// The root supervisor's name (the first segment of every path).
+pub const ROOT: &str = "node";
+/// A segment supervisor's restart intensity: more than this many restarts ...
+pub const SEGMENT_MAX_RESTARTS: u32 = 10;
+/// ... within this period, and the segment gives up (ChargeOnly and an alarm).
+pub const SEGMENT_RESTART_PERIOD: Duration = Duration::from_secs(10);
+/// The segments supervisor's intensity (segments that keep failing are restarted, with the
+/// segment held in ChargeOnly, up to this many times per period).
+pub const SEGMENTS_MAX_RESTARTS: u32 = 100;
+/// How long a site call from the API may take.
+pub const API_CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The supervision tree did not start.
+    #[error("supervision tree: {0}")]
+    Tree(#[from] SupervisorError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The checkpoint store failed.
+    #[error("checkpoint store: {0}")]
+    Store(#[from] crate::checkpoint::CheckpointError),
+    /// The topology cannot be run.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Plugging a vehicle in failed.
+    #[error("vehicle {vehicle}: {error}")]
+    Vehicle {
+        /// The vehicle.
+        vehicle: String,
+        /// What failed.
+        error: String,
+    },
+}
+
+#[derive(Clone)]
+struct SegmentArgs {
+    shared: Arc<SiteShared>,
+    seg: Arc<SegmentShared>,
+}
+
+fn worker_of<A, F, Fut>(id: &str, f: F) -> ChildSpec<()>
+where
+    A: Send + 'static,
+    F: Fn(ChildContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<ractor::ActorCell, StartError>> + Send + 'static,
+{
+    let _ = std::marker::PhantomData::<A>;
+    ChildSpec::worker(id, move |ctx: ChildContext, ()| f(ctx))
+}
+
+fn segment_spec() -> ChildSpec<SegmentArgs> {
+    ChildSpec::worker("segment", |ctx: ChildContext, a: SegmentArgs| async move {
+        let mut children = Vec::new();
+        let (sh, sg) = (a.shared.clone(), a.seg.clone());
+        children.push(worker_of::<(), _, _>("safety", move |ctx| {
+            let (sh, sg) = (sh.clone(), sg.clone());
+            async move {
+                let p = ctx.path().to_string();
+                ctx.spawn(Safety, (sh, sg, p)).await
+            }
+        }));
+        for m in &a.seg.config.meters {
+            let (sh, sg, id) = (a.shared.clone(), a.seg.clone(), m.id.clone());
+            children.push(worker_of::<(), _, _>(&m.id, move |ctx| {
+                let (sh, sg, id) = (sh.clone(), sg.clone(), id.clone());
+                async move {
+                    let p = ctx.path().to_string();
+                    ctx.spawn(Meter, (sh, sg, id, p)).await
+                }
+            }));
+        }
+        for i in &a.seg.config.inverters {
+            let (sh, sg, id, max) = (a.shared.clone(), a.seg.clone(), i.id.clone(), i.max_kw);
+            children.push(worker_of::<(), _, _>(&i.id, move |ctx| {
+                let (sh, sg, id) = (sh.clone(), sg.clone(), id.clone());
+                async move {
+                    let p = ctx.path().to_string();
+                    ctx.spawn(Inverter, (sh, sg, id, max, p)).await
+                }
+            }));
+        }
+        let (sh, sg) = (a.shared.clone(), a.seg.clone());
+        children.push(worker_of::<(), _, _>("dispatcher", move |ctx| {
+            let (sh, sg) = (sh.clone(), sg.clone());
+            async move {
+                let p = ctx.path().to_string();
+                ctx.spawn(Dispatcher, (sh, sg, p)).await
+            }
+        }));
+        let (sh, sg) = (a.shared.clone(), a.seg.clone());
+        children.push(
+            ChildSpec::worker("chargers", move |ctx: ChildContext, ()| {
+                let (sh, sg) = (sh.clone(), sg.clone());
+                async move {
+                    let config = SupervisorConfig::new("chargers", Strategy::OneForOne)
+                        .intensity(SEGMENT_MAX_RESTARTS * 10, SEGMENT_RESTART_PERIOD);
+                    let cell =
+                        Supervisor::start_dynamic_in(&ctx, config, charger_template()).await?;
+                    // Every configured charger (issue 5: every charger that connects).
+                    let sup = DynamicSupervisorRef::<ChargerArgs>::from_cell(
+                        cell.clone(),
+                        ctx.path().clone(),
+                    )
+                    .map_err(|e| StartError::Failed(e.to_string()))?;
+                    for c in &sg.config.chargers {
+                        sup.start_child_named(
+                            &c.id,
+                            ChargerArgs {
+                                shared: sh.clone(),
+                                seg: sg.clone(),
+                                charger: c.clone(),
+                            },
+                        )
+                        .await
+                        .map_err(|e| StartError::Failed(e.to_string()))?;
+                    }
+                    Ok(cell)
+                }
+            })
+            .kind(ChildKind::Supervisor)
+            .shutdown(Shutdown::Infinity),
+        );
+        let seg = a.seg.clone();
+        let config = SupervisorConfig::new(&a.seg.id, Strategy::RestForOne)
+            .intensity(SEGMENT_MAX_RESTARTS, SEGMENT_RESTART_PERIOD)
+            .hook(move |exit: &ChildExit<'_>| {
+                // Every exit inside the segment is reported to its safety actor (which raises
+                // the alarm when a nested supervisor gave up); the OTP default action stands.
+                let seg = seg.clone();
+                let _ = exit;
+                HookDecision::restart().notify(Notifier::function(move |n| {
+                    if let Some(s) = lock(&seg.safety).as_ref() {
+                        let _ = s.send_message(SafetyMsg::ChildExit(n));
+                    }
+                }))
+            });
+        Supervisor::start_in(&ctx, config, children).await
+    })
+    .kind(ChildKind::Supervisor)
+    .shutdown(Shutdown::Infinity)
+}
+
+/// Plug `v` into its charger: the simulated battery appears, the charger supervisor gets
+/// the session.
+pub(crate) async fn plug(
+    shared: &Arc<SiteShared>,
+    v: &Vehicle,
+    now: Duration,
+) -> Result<(), NodeError> {
+    let err = |e: String| NodeError::Vehicle {
+        vehicle: v.id.clone(),
+        error: e,
+    };
+    let sim = shared
+        .sim
+        .chargers
+        .get(&v.charger)
+        .ok_or_else(|| err(format!("charger {} has no simulated device", v.charger)))?;
+    sim.plug(
+        Battery {
+            capacity_kwh: v.capacity_kwh,
+            soc_pct: v.soc_pct,
+            max_kw: v.max_kw,
+        },
+        now,
+    );
+    shared.plugged.insert(v.charger.clone(), v.id.clone());
+    let Some(seg_id) = shared.topology.charger_segment(&v.charger) else {
+        return Err(err(format!("charger {} is in no segment", v.charger)));
+    };
+    let Some(seg) = shared.segments.get(seg_id) else {
+        return Err(err(format!("segment {seg_id} is unknown")));
+    };
+    let Some(charger) = seg.config.chargers.iter().find(|c| c.id == v.charger) else {
+        return Err(err(format!("charger {} is not in {seg_id}", v.charger)));
+    };
+    let path = charger_path(seg_id, &v.charger);
+    // The charger may be restarting; if it is, its start function starts the session.
+    if let Ok(cell) = shared.registry.lookup(&path) {
+        let sup =
+            SupervisorRef::from_cell(cell, path.as_str().into()).map_err(|e| err(e.to_string()))?;
+        let args = ChargerArgs {
+            shared: shared.clone(),
+            seg: seg.clone(),
+            charger: charger.clone(),
+        };
+        if let Err(e) = sup.start_child(session_spec(&args, &v.id)).await {
+            tracing::warn!(vehicle = %v.id, error = %e, "session did not start");
+        }
+    }
+    Ok(())
+}
+
+/// The vehicle leaves: its session ends (checkpointed as ended), the battery goes.
+pub(crate) async fn unplug(
+    shared: &Arc<SiteShared>,
+    v: &Vehicle,
+    now: Duration,
+) -> Result<(), NodeError> {
+    let seg_id = shared
+        .topology
+        .charger_segment(&v.charger)
+        .unwrap_or_default()
+        .to_string();
+    if let Some(seg) = shared.segments.get(&seg_id) {
+        let actor = seg
+            .session_actors
+            .get(&v.charger)
+            .map(|r| r.value().clone());
+        if let Some(actor) = actor {
+            if let Err(e) = end_session(&actor).await {
+                tracing::warn!(vehicle = %v.id, error = %e, "session did not end cleanly");
+            }
+        }
+        let path = charger_path(&seg_id, &v.charger);
+        if let Ok(cell) = shared.registry.lookup(&path) {
+            if let Ok(sup) = SupervisorRef::from_cell(cell, path.as_str().into()) {
+                let _ = sup.terminate_child(&v.id).await;
+                let _ = sup.delete_child(&v.id).await;
+            }
+        }
+    }
+    shared.plugged.remove(&v.charger);
+    if let Some(sim) = shared.sim.chargers.get(&v.charger) {
+        sim.unplug(now);
+    }
+    Ok(())
+}
+
+/// The path of a charger's supervisor.
+pub fn charger_path(segment: &str, charger: &str) -> String {
+    format!("{ROOT}/segments/{segment}/chargers/{charger}")
+}
+
+/// A segment as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentView {
+    /// Its id.
+    pub id: String,
+    /// Its substation.
+    pub substation: String,
+    /// Rated power, kW.
+    pub rated_kw: f64,
+    /// Safe default, kW.
+    pub safe_default_kw: f64,
+    /// Its safe state.
+    pub level: SafeState,
+    /// Active causes.
+    pub causes: Vec<crate::ladder::FaultKey>,
+    /// Telemetry.
+    #[serde(flatten)]
+    pub telemetry: SegmentTelemetry,
+    /// Sessions running.
+    pub sessions: usize,
+    /// Links running.
+    pub links: usize,
+}
+
+/// A running node.
+pub struct Node {
+    /// What its actors share.
+    pub shared: Arc<SiteShared>,
+    /// The simulated devices (fault injection for tests and chaos runs).
+    pub sim: Arc<SimSite>,
+    root: SupervisorRef,
+}
+
+impl Node {
+    /// Start a node for `topology`, checkpointing into `store`, on `clock`, registering its
+    /// metrics in `prometheus`.
+    pub async fn start(
+        topology: Arc<Topology>,
+        store: CheckpointStore,
+        clock: Clock,
+        prometheus: prometheus::Registry,
+        options: NodeOptions,
+    ) -> Result<Node, NodeError> {
+        let sim = Arc::new(SimSite::new(&topology));
+        let tree = TreeContext::with_metrics(&prometheus)?;
+        let registry = tree.registry.clone().unwrap_or_default();
+        let shared = Arc::new(SiteShared::new(
+            topology.clone(),
+            clock.clone(),
+            store,
+            Devices::simulated(&sim),
+            sim.clone(),
+            registry,
+            prometheus,
+            options,
+        )?);
+        // Vehicles already there when the node starts: their sessions start with the tree.
+        let now = clock.now();
+        for v in &topology.vehicles {
+            if v.arrive_s <= now.as_secs_f64() && now.as_secs_f64() < v.depart_s {
+                plug(&shared, v, now).await?;
+            }
+        }
+        let sh = shared.clone();
+        let segments = ChildSpec::worker("segments", move |ctx: ChildContext, ()| {
+            let sh = sh.clone();
+            async move {
+                let hook_shared = sh.clone();
+                let config = SupervisorConfig::new("segments", Strategy::OneForOne)
+                    .intensity(SEGMENTS_MAX_RESTARTS, SEGMENT_RESTART_PERIOD)
+                    .hook(move |exit: &ChildExit<'_>| segments_hook(&hook_shared, exit))
+                    .metrics_granularity(gridvisor_supervisors::MetricsGranularity::PerChild);
+                let cell = Supervisor::start_dynamic_in(&ctx, config, segment_spec()).await?;
+                let sup = DynamicSupervisorRef::<SegmentArgs>::from_cell(
+                    cell.clone(),
+                    ctx.path().clone(),
+                )
+                .map_err(|e| StartError::Failed(e.to_string()))?;
+                for seg in sh.segments.values() {
+                    sup.start_child_named(
+                        &seg.id,
+                        SegmentArgs {
+                            shared: sh.clone(),
+                            seg: seg.clone(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| StartError::Failed(e.to_string()))?;
+                }
+                Ok(cell)
+            }
+        })
+        .kind(ChildKind::Supervisor)
+        .shutdown(Shutdown::Infinity);
+        let sh = shared.clone();
+        let site = ChildSpec::worker("site", move |ctx: ChildContext, ()| {
+            let sh = sh.clone();
+            async move { ctx.spawn(Site, sh).await }
+        });
+        let root = Supervisor::start(
+            SupervisorConfig::new(ROOT, Strategy::OneForOne)
+                .intensity(10, Duration::from_secs(10))
+                .tree(tree),
+            vec![segments, site],
+        )
+        .await?;
+        Ok(Node { shared, sim, root })
+    }
+
+    fn site(&self) -> Result<ActorRef<SiteMsg>, RequestError> {
+        lock(&self.shared.site)
+            .clone()
+            .ok_or(RequestError::Unavailable)
+    }
+
+    /// Post a grid request; returns when every device acknowledged (or the round limit).
+    pub async fn request(&self, r: GridRequest) -> Result<DispatchReceipt, RequestError> {
+        let site = self.site()?;
+        match ractor::call_t!(site, SiteMsg::Request, API_CALL_LIMIT.as_millis() as u64, r) {
+            Ok(result) => result,
+            Err(_) => Err(RequestError::Unavailable),
+        }
+    }
+
+    /// The grid controller's keep-alive.
+    pub fn keepalive(&self) -> Result<(), RequestError> {
+        self.site()?
+            .send_message(SiteMsg::KeepAlive)
+            .map_err(|_| RequestError::Unavailable)
+    }
+
+    /// Every segment.
+    pub fn segments(&self) -> Vec<SegmentView> {
+        self.shared.segments.values().map(|s| view(s)).collect()
+    }
+
+    /// One segment.
+    pub fn segment(&self, id: &str) -> Option<SegmentView> {
+        self.shared.segments.get(id).map(|s| view(s))
+    }
+
+    /// A vehicle's session (a session that ended is still shown until its vehicle's
+    /// charger gets a new one).
+    pub fn session(&self, vehicle: &str) -> Option<SessionView> {
+        let v = self.shared.topology.vehicle(vehicle)?;
+        let seg_id = self.shared.topology.charger_segment(&v.charger)?;
+        let seg = self.shared.segments.get(seg_id)?;
+        let st = seg.sessions.get(&v.charger)?;
+        (st.session.vehicle == vehicle).then(|| SessionView {
+            segment: seg_id.to_string(),
+            charger: v.charger.clone(),
+            status: st.clone(),
+        })
+    }
+
+    /// Recent safe-state transitions, newest last.
+    pub fn events(&self) -> Vec<super::shared::Event> {
+        lock(&self.shared.events).iter().cloned().collect()
+    }
+
+    /// Feed a fault observation to a segment's ladder (fault injection and tests).
+    pub fn observe(&self, segment: &str, fault: Fault) -> Option<Transition> {
+        let seg = self.shared.segments.get(segment)?;
+        seg.observe(fault, self.shared.clock.now())
+    }
+
+    /// The supervision tree as data.
+    pub async fn tree(&self) -> Result<TreeNode, SupervisorError> {
+        self.root.tree().await
+    }
+
+    /// The supervision registry (stable paths to current incarnations).
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &self.shared.prometheus.gather(),
+            &mut out,
+        )?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Stop the tree in order (the aggregator first, each segment's device actors before its
+    /// safety actor), then drain the checkpoint store.
+    pub async fn shutdown(&self) {
+        self.root.shutdown().await;
+        self.shared.store.flush().await;
+    }
+}
+
+fn view(s: &SegmentShared) -> SegmentView {
+    SegmentView {
+        id: s.id.clone(),
+        substation: s.substation.clone(),
+        rated_kw: s.config.rated_kw,
+        safe_default_kw: s.config.safe_default_kw,
+        level: s.level(),
+        causes: lock(&s.ladder).causes(),
+        telemetry: s.telemetry(),
+        sessions: s.session_actors.len(),
+        links: s.links.len(),
+    }
+}
+
+/// The `segments` supervisor's hook: a segment supervisor that failed (it reached its
+/// restart intensity, or escalated) puts its segment in ChargeOnly with an alarm before it
+/// is restarted; its safety actor clears the cause when the segment runs again, and the
+/// ladder holds the level for the hold time.
+fn segments_hook(shared: &Arc<SiteShared>, exit: &ChildExit<'_>) -> HookDecision {
+    if exit.reason.class() == ExitClass::Failed {
+        if let Some(seg) = shared.segments.get(exit.id) {
+            let t = seg.observe(
+                Fault::RestartIntensity {
+                    supervisor: exit.path.to_string(),
+                    exceeded: true,
+                },
+                shared.clock.now(),
+            );
+            if let Some(t) = t {
+                seg.set_level(t.to);
+                shared
+                    .metrics
+                    .segment_level
+                    .with_label_values(&[&seg.id])
+                    .set(f64::from(t.to.severity()));
+                shared.record(&seg.id, t);
+            }
+            tracing::error!(segment = %seg.id, reason = %exit.reason, "ALARM: segment supervisor gave up; segment in ChargeOnly");
+        }
+    }
+    HookDecision::restart()
+}

@@ -1,0 +1,236 @@
+//! The meter and inverter pollers of a segment.
+//!
+//! A meter poller reads the transformer's power and the grid's voltage and frequency every
+//! [`METER_POLL`]; it steps the transformer's thermal model and feeds the ladder the grid
+//! reading (islanding) and the thermal verdict. An inverter poller reads the core temperature
+//! every [`INVERTER_POLL`] and feeds the ladder (derating). Both feed the ladder through
+//! [`SegmentShared::observe`], which tells the safety actor of any change: detection costs no
+//! mailbox hop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use super::shared::{SegmentShared, SiteShared};
+use super::{InverterMsg, MeterMsg, INVERTER_POLL, METER_POLL};
+use crate::device::{InverterIo, MeterIo};
+use crate::ladder::Fault;
+
+/// How often the meter poller steps the thermal model and reports it (every n-th poll).
+const THERMAL_EVERY_POLLS: u64 = 20;
+
+pub(crate) struct Meter;
+
+pub(crate) struct MeterState {
+    shared: Arc<SiteShared>,
+    seg: Arc<SegmentShared>,
+    io: Arc<dyn MeterIo>,
+    path: String,
+    polls: u64,
+    thermal_at: Duration,
+    errors: u64,
+    timer: Option<JoinHandle<()>>,
+}
+
+impl Actor for Meter {
+    type Msg = MeterMsg;
+    type State = MeterState;
+    type Arguments = (Arc<SiteShared>, Arc<SegmentShared>, String, String);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MeterMsg>,
+        (shared, seg, id, path): Self::Arguments,
+    ) -> Result<MeterState, ActorProcessingErr> {
+        let io = shared
+            .devices
+            .meters
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("no device connection for meter {id}"))?;
+        let now = shared.clock.now();
+        let timer = Some(myself.send_interval(METER_POLL, || MeterMsg::Poll));
+        Ok(MeterState {
+            shared,
+            seg,
+            io,
+            path,
+            polls: 0,
+            thermal_at: now,
+            errors: 0,
+            timer,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<MeterMsg>,
+        MeterMsg::Poll: MeterMsg,
+        s: &mut MeterState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.shared
+            .metrics
+            .messages
+            .with_label_values(&[&s.path])
+            .inc();
+        let now = s.shared.clock.now();
+        let r = match s.io.read(now).await {
+            Ok(r) => r,
+            Err(e) => {
+                s.errors += 1;
+                tracing::warn!(meter = %s.path, error = %e, errors = s.errors, "meter read failed");
+                return Ok(());
+            }
+        };
+        s.polls += 1;
+        s.seg.observe(
+            Fault::GridReading {
+                voltage_pu: r.voltage_pu,
+                frequency_hz: r.frequency_hz,
+                exporting: r.power_kw < 0.0,
+            },
+            now,
+        );
+        if s.polls % THERMAL_EVERY_POLLS == 1 {
+            let dt = now.saturating_sub(s.thermal_at);
+            s.thermal_at = now;
+            let (fault, hot, headroom) = {
+                let mut th = super::shared::lock(&s.seg.thermal);
+                th.step(r.power_kw, dt);
+                (th.fault(), th.hot_spot_c(), th.headroom())
+            };
+            s.seg.observe(fault, now);
+            let m = &s.shared.metrics;
+            m.segment_hot_spot.with_label_values(&[&s.seg.id]).set(hot);
+            let mut t = super::shared::lock(&s.seg.telemetry);
+            t.hot_spot_c = hot;
+            t.headroom = headroom;
+        }
+        super::shared::lock(&s.seg.telemetry).metered_kw = r.power_kw;
+        s.shared
+            .metrics
+            .segment_power
+            .with_label_values(&[&s.seg.id])
+            .set(r.power_kw);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<MeterMsg>,
+        s: &mut MeterState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = s.timer.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct Inverter;
+
+pub(crate) struct InverterState {
+    shared: Arc<SiteShared>,
+    seg: Arc<SegmentShared>,
+    io: Arc<dyn InverterIo>,
+    id: String,
+    max_kw: f64,
+    path: String,
+    timer: Option<JoinHandle<()>>,
+}
+
+impl Actor for Inverter {
+    type Msg = InverterMsg;
+    type State = InverterState;
+    type Arguments = (Arc<SiteShared>, Arc<SegmentShared>, String, f64, String);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<InverterMsg>,
+        (shared, seg, id, max_kw, path): Self::Arguments,
+    ) -> Result<InverterState, ActorProcessingErr> {
+        let io = shared
+            .devices
+            .inverters
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("no device connection for inverter {id}"))?;
+        // Read before write: bring the device under the segment's current level.
+        let now = shared.clock.now();
+        let r = io.read(now).await?;
+        let clamped = seg.level().clamp(r.setpoint_kw);
+        if clamped != r.setpoint_kw {
+            io.write(clamped, now).await?;
+        }
+        seg.inverters.insert(id.clone(), myself.clone());
+        let timer = Some(myself.send_interval(INVERTER_POLL, || InverterMsg::Poll));
+        Ok(InverterState {
+            shared,
+            seg,
+            io,
+            id,
+            max_kw,
+            path,
+            timer,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<InverterMsg>,
+        msg: InverterMsg,
+        s: &mut InverterState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.shared
+            .metrics
+            .messages
+            .with_label_values(&[&s.path])
+            .inc();
+        let now = s.shared.clock.now();
+        match msg {
+            InverterMsg::Poll => match s.io.read(now).await {
+                Ok(r) => {
+                    s.seg.observe(
+                        Fault::InverterTemperature {
+                            inverter: s.id.clone(),
+                            celsius: r.core_c,
+                            rated_kw: s.max_kw,
+                        },
+                        now,
+                    );
+                }
+                Err(e) => tracing::warn!(inverter = %s.path, error = %e, "inverter read failed"),
+            },
+            InverterMsg::Enforce(batch) => {
+                let result = async {
+                    let r = s.io.read(now).await?;
+                    let clamped = s.seg.level().clamp(r.setpoint_kw);
+                    if clamped != r.setpoint_kw {
+                        s.io.write(clamped, now).await?;
+                    }
+                    Ok::<_, crate::device::DeviceError>(())
+                }
+                .await;
+                batch.done();
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<InverterMsg>,
+        s: &mut InverterState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = s.timer.take() {
+            t.abort();
+        }
+        s.seg
+            .inverters
+            .remove_if(&s.id, |_, r| r.get_id() == myself.get_id());
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! The segment's safety actor: the owner of the segment's safe-state ladder.
+//!
+//! It starts first in its segment (rest_for_one), so every device actor of the segment
+//! starts under the current level. Observations reach the ladder from the pollers (grid
+//! readings, temperatures, the thermal model, all through [`SegmentShared::observe`]), from
+//! the site (keep-alives), from the PTP monitor (read on every tick) and from the escalation
+//! hooks of the supervisors (a supervisor past its restart intensity). On every change of
+//! level it checkpoints the level, records the transition and commands every device of the
+//! segment at once (the links clamp their devices locally: no round trip to the dispatcher),
+//! then asks for a fresh dispatch so that power moves to where it is allowed.
+//!
+//! A restarted safety actor resumes the ladder where it was (the ladder lives in the
+//! segment's shared state); after a node restart it restores the checkpointed level and
+//! holds it for the hold time ([`Fault::Restored`]).
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::shared::{lock, CommandBatch, SegmentShared, SiteShared};
+use super::{InverterMsg, LinkMsg, SafetyMsg, SiteMsg, LEASE_SCAN, SAFETY_TICK};
+use crate::ladder::{Fault, SafeState, Transition};
+
+/// What the safety actor checkpoints.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SafetyCheckpoint {
+    /// The level when it was written.
+    pub level: SafeState,
+}
+
+pub(crate) struct Safety;
+
+pub(crate) struct SafetyState {
+    shared: Arc<SiteShared>,
+    seg: Arc<SegmentShared>,
+    path: String,
+    ticks: u64,
+    timer: Option<JoinHandle<()>>,
+}
+
+pub(crate) fn checkpoint_key(segment: &str) -> String {
+    format!("safety/{segment}")
+}
+
+impl SafetyState {
+    fn now(&self) -> std::time::Duration {
+        self.shared.clock.now()
+    }
+
+    async fn transitioned(&mut self, t: Transition) -> Result<(), ActorProcessingErr> {
+        let seg = &self.seg;
+        seg.set_level(t.to);
+        let m = &self.shared.metrics;
+        m.segment_level
+            .with_label_values(&[&seg.id])
+            .set(f64::from(t.to.severity()));
+        m.transitions
+            .with_label_values(&[&seg.id, level_name(t.to)])
+            .inc();
+        if t.alarm {
+            tracing::error!(segment = %seg.id, to = %t.to, causes = ?t.causes, "ALARM: safe state");
+        } else {
+            tracing::warn!(segment = %seg.id, from = %t.from, to = %t.to, causes = ?t.causes, "safe state");
+        }
+        self.shared.record(&seg.id, t.clone());
+        // Command every device first: the checkpoint can wait a millisecond, the grid not.
+        self.command_all();
+        if let Some(site) = lock(&self.shared.site).as_ref() {
+            let _ = site.send_message(SiteMsg::Cycle);
+        }
+        self.shared
+            .store
+            .put(&checkpoint_key(&seg.id), &SafetyCheckpoint { level: t.to })
+            .await?;
+        Ok(())
+    }
+
+    fn command_all(&self) {
+        let seg = &self.seg;
+        let n = seg.links.len() + seg.inverters.len();
+        let batch = CommandBatch::new(
+            n,
+            self.shared
+                .metrics
+                .safe_command
+                .with_label_values(&[&seg.id]),
+            self.shared.command_log.clone(),
+        );
+        for l in seg.links.iter() {
+            if l.actor
+                .send_message(LinkMsg::Enforce(Some(batch.clone())))
+                .is_err()
+            {
+                batch.done();
+            }
+        }
+        for i in seg.inverters.iter() {
+            if i.send_message(InverterMsg::Enforce(batch.clone())).is_err() {
+                batch.done();
+            }
+        }
+    }
+
+    fn scan_leases(&self) {
+        let now = self.now();
+        for l in self.seg.links.iter() {
+            if l.status.lease_until.is_some_and(|u| u <= now) {
+                let _ = l.actor.send_message(LinkMsg::LeaseExpired);
+            }
+        }
+    }
+}
+
+pub(crate) fn level_name(s: SafeState) -> &'static str {
+    match s {
+        SafeState::Normal => "normal",
+        SafeState::Limited { .. } => "limited",
+        SafeState::ChargeOnly => "charge_only",
+        SafeState::Tripped => "tripped",
+    }
+}
+
+impl Actor for Safety {
+    type Msg = SafetyMsg;
+    type State = SafetyState;
+    type Arguments = (Arc<SiteShared>, Arc<SegmentShared>, String);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SafetyMsg>,
+        (shared, seg, path): Self::Arguments,
+    ) -> Result<SafetyState, ActorProcessingErr> {
+        let now = shared.clock.now();
+        let mut state = SafetyState {
+            shared,
+            seg,
+            path,
+            ticks: 0,
+            timer: None,
+        };
+        // After a node restart the in-memory ladder is fresh: restore the checkpointed level
+        // and hold it. After an actor restart the ladder kept its state; restoring is then a
+        // no-op for a level it already holds.
+        let restored: Option<SafetyCheckpoint> =
+            state.shared.store.get(&checkpoint_key(&state.seg.id))?;
+        let mut transitions = Vec::new();
+        {
+            let mut ladder = lock(&state.seg.ladder);
+            if let Some(cp) = restored {
+                if ladder.level().severity() < cp.level.severity() {
+                    transitions.extend(ladder.observe(Fault::Restored(cp.level), now));
+                }
+            }
+            // The segment runs (again): a restart-intensity cause set by the hook is cleared
+            // and held for the hold time.
+            let sup = segment_path(&state.path);
+            transitions.extend(ladder.observe(
+                Fault::RestartIntensity {
+                    supervisor: sup,
+                    exceeded: false,
+                },
+                now,
+            ));
+            state.seg.set_level(ladder.level());
+        }
+        state
+            .shared
+            .metrics
+            .segment_level
+            .with_label_values(&[&state.seg.id])
+            .set(f64::from(state.seg.level().severity()));
+        *lock(&state.seg.safety) = Some(myself.clone());
+        for t in transitions {
+            state.transitioned(t).await?;
+        }
+        state.timer = Some(myself.send_interval(SAFETY_TICK, || SafetyMsg::Tick));
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SafetyMsg>,
+        msg: SafetyMsg,
+        state: &mut SafetyState,
+    ) -> Result<(), ActorProcessingErr> {
+        state
+            .shared
+            .metrics
+            .messages
+            .with_label_values(&[&state.path])
+            .inc();
+        let now = state.now();
+        let transition = match msg {
+            SafetyMsg::Observe(f) => lock(&state.seg.ladder).observe(f, now),
+            SafetyMsg::Enforce(t) => Some(t),
+            SafetyMsg::Tick => {
+                state.ticks += 1;
+                let mut ladder = lock(&state.seg.ladder);
+                let mut t = None;
+                if !state.shared.topology.site.keepalive_required {
+                    t = t.or(ladder.observe(Fault::KeepAlive, now));
+                }
+                let offset = state.shared.ptp_offset();
+                t = ladder.observe(Fault::ClockOffset(offset), now).or(t);
+                t = ladder.tick(now).or(t);
+                drop(ladder);
+                let every = (LEASE_SCAN.as_millis() / SAFETY_TICK.as_millis()).max(1) as u64;
+                if state.ticks % every == 0 {
+                    state.scan_leases();
+                }
+                t
+            }
+            SafetyMsg::ChildExit(n) => {
+                tracing::info!(child = %n.path, reason = %n.reason, action = ?n.action, "segment child exited");
+                let reason = n.reason.to_string();
+                let gave_up = reason.contains("max restart intensity");
+                gave_up
+                    .then(|| {
+                        lock(&state.seg.ladder).observe(
+                            Fault::RestartIntensity {
+                                supervisor: n.path.to_string(),
+                                exceeded: true,
+                            },
+                            now,
+                        )
+                    })
+                    .flatten()
+            }
+        };
+        if let Some(t) = transition {
+            state.transitioned(t).await?;
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SafetyMsg>,
+        state: &mut SafetyState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        let mut s = lock(&state.seg.safety);
+        if s.as_ref().is_some_and(|r| r.get_id() == myself.get_id()) {
+            *s = None;
+        }
+        Ok(())
+    }
+}
+
+/// The segment supervisor's path from the safety actor's path (its parent).
+fn segment_path(path: &str) -> String {
+    path.rsplit_once('/')
+        .map(|(p, _)| p.to_string())
+        .unwrap_or_else(|| path.to_string())
+}

@@ -1,0 +1,553 @@
+//! State shared between the actors of a node: the segment boards and the domain metrics.
+//!
+//! Erlang systems keep read-mostly data that many processes consult in ETS tables rather
+//! than asking a process for it; a segment board is that table. Each entry has one writer
+//! (a link writes its link status, a session its session status, the safety actor the
+//! level), any actor of the node may read. The boards outlive actor restarts on purpose:
+//! a restarted dispatcher finds the sessions' last statuses, and the safe-state ladder of a
+//! segment survives the restart of the segment's own supervisor (which is how "a segment
+//! past its restart intensity goes to ChargeOnly" can hold while the segment is down).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use ractor::ActorRef;
+use serde::Serialize;
+
+use crate::checkpoint::CheckpointStore;
+use crate::clock::Clock;
+use crate::config::{Segment, Topology};
+use crate::device::{ChargerIo, InverterIo, MeterIo, SimSite};
+use crate::ladder::{Fault, SafeState, SafeStateLadder, Transition};
+use crate::runtime::{DispatcherMsg, InverterMsg, LinkMsg, SafetyMsg, SessionMsg, SiteMsg};
+use crate::setpoint::SetpointKey;
+use crate::thermal::{ThermalParams, TransformerThermal};
+
+/// How many safe-state transitions and alarms the node keeps for the API.
+pub const EVENT_LOG_LIMIT: usize = 1_024;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A charger link's last known state, as the dispatcher needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LinkStatus {
+    /// The setpoint the device holds after local clamps, kW.
+    pub commanded_kw: Option<f64>,
+    /// What it delivered at the last reading, kW.
+    pub measured_kw: Option<f64>,
+    /// The last applied key.
+    pub applied: Option<SetpointKey>,
+    /// When the applied setpoint's lease ends.
+    pub lease_until: Option<Duration>,
+}
+
+/// A link in the board: its address and status.
+#[derive(Debug, Clone)]
+pub struct LinkEntry {
+    /// The link actor (the current incarnation).
+    pub actor: ActorRef<LinkMsg>,
+    /// Its status.
+    pub status: LinkStatus,
+}
+
+/// A session's state as the dispatcher and the API see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionStatus {
+    /// The session model (state, SoC, limits).
+    pub session: crate::session::Session,
+    /// The charger's energy register at the last reading.
+    pub register_kwh: f64,
+    /// Power at the last reading, kW.
+    pub power_kw: f64,
+}
+
+/// What a segment reports about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct SegmentTelemetry {
+    /// Metered power at the transformer, kW.
+    pub metered_kw: f64,
+    /// The segment's share of the grid requests this cycle, kW.
+    pub target_kw: f64,
+    /// Sum of the setpoints the dispatcher sent this cycle, kW.
+    pub setpoint_kw: f64,
+    /// Hot-spot temperature of the transformer model, °C.
+    pub hot_spot_c: f64,
+    /// Thermal headroom, 0..1.
+    pub headroom: f64,
+    /// Power the sessions could take now, kW.
+    pub max_charge_kw: f64,
+    /// Power the sessions could give now, kW (magnitude).
+    pub max_discharge_kw: f64,
+    /// The last key the dispatcher sent.
+    pub last_key: Option<SetpointKey>,
+}
+
+/// One transformer segment's shared state.
+pub struct SegmentShared {
+    /// The segment's id.
+    pub id: String,
+    /// The substation it belongs to.
+    pub substation: String,
+    /// Its configuration.
+    pub config: Segment,
+    /// The segment's safe-state ladder (owned logically by the safety actor; hooks may feed
+    /// it while the segment is down).
+    pub ladder: Mutex<SafeStateLadder>,
+    level: RwLock<SafeState>,
+    /// The transformer's thermal model, stepped by the meter actor.
+    pub thermal: Mutex<TransformerThermal>,
+    /// Links by charger id.
+    pub links: DashMap<String, LinkEntry>,
+    /// Sessions by charger id.
+    pub sessions: DashMap<String, SessionStatus>,
+    /// Session actors by charger id.
+    pub session_actors: DashMap<String, ActorRef<SessionMsg>>,
+    /// Inverter actors by id.
+    pub inverters: DashMap<String, ActorRef<InverterMsg>>,
+    /// The dispatcher (current incarnation).
+    pub dispatcher: Mutex<Option<ActorRef<DispatcherMsg>>>,
+    /// The safety actor (current incarnation).
+    pub safety: Mutex<Option<ActorRef<SafetyMsg>>>,
+    /// Telemetry for the API and metrics.
+    pub telemetry: Mutex<SegmentTelemetry>,
+}
+
+impl SegmentShared {
+    /// The segment's current safe state (what local safety clamps with).
+    pub fn level(&self) -> SafeState {
+        *self.level.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_level(&self, level: SafeState) {
+        *self.level.write().unwrap_or_else(|p| p.into_inner()) = level;
+    }
+
+    /// Feed the ladder directly (from a hook or a test) and publish a change. Returns the
+    /// transition; the safety actor, if running, is told to enforce it.
+    pub fn observe(&self, fault: Fault, now: Duration) -> Option<Transition> {
+        let t = lock(&self.ladder).observe(fault, now);
+        if let Some(t) = &t {
+            self.set_level(t.to);
+            if let Some(s) = lock(&self.safety).as_ref() {
+                let _ = s.send_message(SafetyMsg::Enforce(t.clone()));
+            }
+        }
+        t
+    }
+
+    /// The telemetry now.
+    pub fn telemetry(&self) -> SegmentTelemetry {
+        *lock(&self.telemetry)
+    }
+}
+
+/// A safe-state transition or an alarm, for the event stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// The segment.
+    pub segment: String,
+    /// What happened.
+    pub transition: Transition,
+}
+
+/// The device connections of a node, by device id.
+pub struct Devices {
+    /// Chargers.
+    pub chargers: HashMap<String, Arc<dyn ChargerIo>>,
+    /// Inverters.
+    pub inverters: HashMap<String, Arc<dyn InverterIo>>,
+    /// Meters.
+    pub meters: HashMap<String, Arc<dyn MeterIo>>,
+}
+
+impl Devices {
+    /// The simulated devices of `sim`.
+    pub fn simulated(sim: &SimSite) -> Self {
+        Devices {
+            chargers: sim
+                .chargers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone() as Arc<dyn ChargerIo>))
+                .collect(),
+            inverters: sim
+                .inverters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone() as Arc<dyn InverterIo>))
+                .collect(),
+            meters: sim
+                .meters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone() as Arc<dyn MeterIo>))
+                .collect(),
+        }
+    }
+}
+
+/// Completion tracking for a command sent to every device of a segment: the last device to
+/// confirm records the elapsed time (how long "islanding detected → every device
+/// commanded" took).
+#[derive(Debug)]
+pub struct CommandBatch {
+    remaining: AtomicUsize,
+    started: tokio::time::Instant,
+    histogram: Histogram,
+    log: Arc<Mutex<VecDeque<Duration>>>,
+}
+
+/// How many command-batch latencies the node keeps (for the benchmark).
+pub const COMMAND_LOG_LIMIT: usize = 4_096;
+
+impl CommandBatch {
+    /// A batch expecting `n` confirmations.
+    pub fn new(n: usize, histogram: Histogram, log: Arc<Mutex<VecDeque<Duration>>>) -> Arc<Self> {
+        let b = Arc::new(CommandBatch {
+            remaining: AtomicUsize::new(n),
+            started: tokio::time::Instant::now(),
+            histogram,
+            log,
+        });
+        if n == 0 {
+            b.finish();
+        }
+        b
+    }
+
+    fn finish(&self) {
+        let elapsed = self.started.elapsed();
+        self.histogram.observe(elapsed.as_secs_f64());
+        let mut log = lock(&self.log);
+        if log.len() >= COMMAND_LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back(elapsed);
+    }
+
+    /// One device confirmed.
+    pub fn done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish();
+        }
+    }
+}
+
+/// The domain metrics of a node.
+#[derive(Clone)]
+pub struct DomainMetrics {
+    /// Metered power per segment.
+    pub segment_power: GaugeVec,
+    /// Sum of setpoints per segment.
+    pub segment_setpoint: GaugeVec,
+    /// The segment's share of grid requests.
+    pub segment_target: GaugeVec,
+    /// Limits per segment and direction.
+    pub segment_limit: GaugeVec,
+    /// Safe-state level per segment (0 normal .. 3 tripped).
+    pub segment_level: GaugeVec,
+    /// Transformer hot spot per segment.
+    pub segment_hot_spot: GaugeVec,
+    /// Session SoC, per vehicle (only when per-session metrics are on).
+    pub session_soc: GaugeVec,
+    /// Sessions per state and segment.
+    pub sessions: GaugeVec,
+    /// Site target.
+    pub site_target: Gauge,
+    /// Site metered power.
+    pub site_power: Gauge,
+    /// Messages handled per actor (per path for segment-level actors, aggregated for links
+    /// and sessions unless per-session metrics are on).
+    pub messages: IntCounterVec,
+    /// Setpoint outcomes.
+    pub setpoints: IntCounterVec,
+    /// Safe-state transitions per segment and target level.
+    pub transitions: IntCounterVec,
+    /// Grid request → every device acknowledged, seconds.
+    pub request_ack: Histogram,
+    /// A dispatch cycle (all segments acknowledged), seconds.
+    pub cycle: Histogram,
+    /// A safe-state change → every device of the segment commanded, seconds.
+    pub safe_command: HistogramVec,
+}
+
+fn gauge_vec(
+    r: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<GaugeVec, prometheus::Error> {
+    let g = GaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl DomainMetrics {
+    /// Register the families in `r`.
+    pub fn register(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let request_ack = Histogram::with_opts(
+            HistogramOpts::new(
+                "gridvisor_dispatch_request_ack_seconds",
+                "Grid request received to every device setpoint acknowledged",
+            )
+            .buckets(latency_buckets.clone()),
+        )?;
+        r.register(Box::new(request_ack.clone()))?;
+        let cycle = Histogram::with_opts(
+            HistogramOpts::new(
+                "gridvisor_dispatch_cycle_seconds",
+                "One dispatch cycle: every segment's devices acknowledged",
+            )
+            .buckets(latency_buckets.clone()),
+        )?;
+        r.register(Box::new(cycle.clone()))?;
+        let safe_command = HistogramVec::new(
+            HistogramOpts::new(
+                "gridvisor_safe_state_command_seconds",
+                "Safe-state change to every device of the segment commanded",
+            )
+            .buckets(latency_buckets),
+            &["segment"],
+        )?;
+        r.register(Box::new(safe_command.clone()))?;
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            r.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let site_target = Gauge::new("gridvisor_site_target_kw", "Sum of active grid requests")?;
+        r.register(Box::new(site_target.clone()))?;
+        let site_power = Gauge::new("gridvisor_site_power_kw", "Metered site power")?;
+        r.register(Box::new(site_power.clone()))?;
+        Ok(DomainMetrics {
+            segment_power: gauge_vec(
+                r,
+                "gridvisor_segment_power_kw",
+                "Metered power at the segment's transformer (positive = import)",
+                &["segment"],
+            )?,
+            segment_setpoint: gauge_vec(
+                r,
+                "gridvisor_segment_setpoint_kw",
+                "Sum of the setpoints sent to the segment's devices",
+                &["segment"],
+            )?,
+            segment_target: gauge_vec(
+                r,
+                "gridvisor_segment_target_kw",
+                "The segment's share of the active grid requests",
+                &["segment"],
+            )?,
+            segment_limit: gauge_vec(
+                r,
+                "gridvisor_segment_limit_kw",
+                "What the segment may take (charge) or give (discharge) now",
+                &["segment", "direction"],
+            )?,
+            segment_level: gauge_vec(
+                r,
+                "gridvisor_segment_safe_state",
+                "Safe-state level: 0 normal, 1 limited, 2 charge_only, 3 tripped",
+                &["segment"],
+            )?,
+            segment_hot_spot: gauge_vec(
+                r,
+                "gridvisor_segment_hot_spot_celsius",
+                "Transformer hot-spot temperature (thermal model)",
+                &["segment"],
+            )?,
+            session_soc: gauge_vec(
+                r,
+                "gridvisor_session_soc_percent",
+                "Vehicle state of charge, integrated from delivered energy",
+                &["vehicle", "segment"],
+            )?,
+            sessions: gauge_vec(
+                r,
+                "gridvisor_sessions",
+                "Sessions by state",
+                &["segment", "state"],
+            )?,
+            site_target,
+            site_power,
+            messages: counter(
+                "gridvisor_actor_messages_total",
+                "Messages handled by domain actors",
+                &["path"],
+            )?,
+            setpoints: counter(
+                "gridvisor_setpoints_total",
+                "Setpoints by outcome (applied, repeat, stale, failed)",
+                &["outcome"],
+            )?,
+            transitions: counter(
+                "gridvisor_safe_state_transitions_total",
+                "Safe-state transitions by segment and level entered",
+                &["segment", "to"],
+            )?,
+            request_ack,
+            cycle,
+            safe_command,
+        })
+    }
+}
+
+/// Options for a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Per-session series (SoC, messages). Off for large sites: 100,000 sessions would add
+    /// 100,000 series per family.
+    pub per_session_metrics: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            per_session_metrics: true,
+        }
+    }
+}
+
+/// Everything the actors of one node share.
+pub struct SiteShared {
+    /// The topology.
+    pub topology: Arc<Topology>,
+    /// The injectable clock.
+    pub clock: Clock,
+    /// The node's checkpoint store.
+    pub store: CheckpointStore,
+    /// Device connections.
+    pub devices: Devices,
+    /// The simulated world (vehicles arriving, fault injection).
+    pub sim: Arc<SimSite>,
+    /// The supervision registry (stable paths).
+    pub registry: gridvisor_supervisors::Registry,
+    /// Segments by id (fixed by the topology).
+    pub segments: BTreeMap<String, Arc<SegmentShared>>,
+    /// Which vehicle is plugged into which charger.
+    pub plugged: DashMap<String, String>,
+    /// Domain metrics.
+    pub metrics: DomainMetrics,
+    /// The Prometheus registry everything is registered in.
+    pub prometheus: prometheus::Registry,
+    /// Options.
+    pub options: NodeOptions,
+    /// The site aggregator (current incarnation).
+    pub site: Mutex<Option<ActorRef<SiteMsg>>>,
+    /// Recent safe-state transitions, newest last.
+    pub events: Mutex<VecDeque<Event>>,
+    /// Recent "safe state changed → every device commanded" latencies, newest last.
+    pub command_log: Arc<Mutex<VecDeque<Duration>>>,
+}
+
+impl SiteShared {
+    /// Build the shared state for `topology`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        topology: Arc<Topology>,
+        clock: Clock,
+        store: CheckpointStore,
+        devices: Devices,
+        sim: Arc<SimSite>,
+        registry: gridvisor_supervisors::Registry,
+        prometheus: prometheus::Registry,
+        options: NodeOptions,
+    ) -> Result<Self, crate::runtime::NodeError> {
+        let metrics = DomainMetrics::register(&prometheus)?;
+        let now = clock.now();
+        let ladder_config = topology.safety.ladder_config();
+        let mut segments = BTreeMap::new();
+        for (sub, seg) in topology.segments() {
+            let thermal = TransformerThermal::new(ThermalParams {
+                rated_kw: seg.rated_kw,
+                time_constant_s: seg.thermal.time_constant_s,
+                ambient_c: seg.thermal.ambient_c,
+                rated_rise_c: seg.thermal.rated_rise_c,
+                limit_c: seg.thermal.limit_c,
+            })
+            .map_err(|e| {
+                crate::runtime::NodeError::Config(format!("segment {}: thermal model: {e}", seg.id))
+            })?;
+            let shared = SegmentShared {
+                id: seg.id.clone(),
+                substation: sub.id.clone(),
+                config: seg.clone(),
+                ladder: Mutex::new(SafeStateLadder::new(ladder_config.clone(), now)),
+                level: RwLock::new(SafeState::Normal),
+                thermal: Mutex::new(thermal),
+                links: DashMap::new(),
+                sessions: DashMap::new(),
+                session_actors: DashMap::new(),
+                inverters: DashMap::new(),
+                dispatcher: Mutex::new(None),
+                safety: Mutex::new(None),
+                telemetry: Mutex::new(SegmentTelemetry {
+                    headroom: 1.0,
+                    ..Default::default()
+                }),
+            };
+            // Every series exists from the start, so that a scrape right after start shows
+            // every segment (at zero) rather than nothing.
+            let id = [seg.id.as_str()];
+            metrics.segment_power.with_label_values(&id).set(0.0);
+            metrics.segment_setpoint.with_label_values(&id).set(0.0);
+            metrics.segment_target.with_label_values(&id).set(0.0);
+            metrics.segment_level.with_label_values(&id).set(0.0);
+            metrics
+                .segment_hot_spot
+                .with_label_values(&id)
+                .set(seg.thermal.ambient_c);
+            for d in ["charge", "discharge"] {
+                metrics
+                    .segment_limit
+                    .with_label_values(&[&seg.id, d])
+                    .set(0.0);
+            }
+            segments.insert(seg.id.clone(), Arc::new(shared));
+        }
+        Ok(SiteShared {
+            topology,
+            clock,
+            store,
+            devices,
+            sim,
+            registry,
+            segments,
+            plugged: DashMap::new(),
+            metrics,
+            prometheus,
+            options,
+            site: Mutex::new(None),
+            events: Mutex::new(VecDeque::new()),
+            command_log: Arc::new(Mutex::new(VecDeque::new())),
+        })
+    }
+
+    /// The PTP offset the node's clock monitor measures now.
+    pub fn ptp_offset(&self) -> Duration {
+        self.sim.ptp.offset()
+    }
+
+    /// Recent command-batch latencies (oldest first).
+    pub fn command_latencies(&self) -> Vec<Duration> {
+        lock(&self.command_log).iter().copied().collect()
+    }
+
+    /// Record a transition in the event log (bounded).
+    pub fn record(&self, segment: &str, transition: Transition) {
+        let mut e = lock(&self.events);
+        if e.len() >= EVENT_LOG_LIMIT {
+            e.pop_front();
+        }
+        e.push_back(Event {
+            segment: segment.to_string(),
+            transition,
+        });
+    }
+}

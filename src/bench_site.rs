@@ -1,0 +1,169 @@
+//! `gridvisor bench site --sessions N`: a whole generated site on one node, measured.
+//!
+//! Prints `name value unit` lines:
+//! - `memory_per_session` (heap bytes of the running tree per session: its charger
+//!   supervisor, link and session actors, boards and metrics);
+//! - `site_start` (the tree up with every session running);
+//! - `request_ack_p50` / `request_ack_p99`: a grid request posted to the node until every
+//!   device setpoint is acknowledged (durably checkpointed);
+//! - `dispatch_cycle_mean`: the site's rounds (split, allocate, send, every ack);
+//! - `islanding_commanded_p50` / `_max`: a segment's ladder trips until every device of the
+//!   segment was commanded.
+//!
+//! The control period is set long (an hour) so that the timed requests are the only rounds;
+//! every wait is bounded by [`PHASE_LIMIT`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gridvisor_actors::checkpoint::{CheckpointStore, StoreLimits};
+use gridvisor_actors::clock::Clock;
+use gridvisor_actors::config;
+use gridvisor_actors::ladder::SafeState;
+use gridvisor_actors::runtime::{GridRequest, Node, NodeOptions, Scope};
+
+use crate::alloc;
+
+/// The longest any phase may take before the benchmark fails.
+const PHASE_LIMIT: Duration = Duration::from_secs(600);
+/// How often a phase checks its condition.
+const POLL: Duration = Duration::from_millis(5);
+
+fn line(name: &str, value: f64, unit: &str) {
+    println!("{name} {value:.3} {unit}");
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > PHASE_LIMIT {
+            return Err(format!("{what}: not done within {PHASE_LIMIT:?}"));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Run the site benchmark.
+pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(), String> {
+    if sessions == 0 || segments == 0 {
+        return Err("--sessions and --segments must be at least 1".into());
+    }
+    let mut topology = config::generated(segments, sessions, 42);
+    topology.site.cycle_ms = 3_600_000;
+    topology.site.lease_s = 3_600.0;
+    topology.site.keepalive_required = false;
+    let topology = Arc::new(topology);
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let store = CheckpointStore::open(&dir.path().join("bench.redb"), StoreLimits::default())
+        .map_err(|e| e.to_string())?;
+    let before = alloc::live_bytes();
+    let started = Instant::now();
+    let node = Node::start(
+        topology.clone(),
+        store.clone(),
+        Clock::tokio(),
+        prometheus::Registry::new(),
+        NodeOptions {
+            per_session_metrics: false,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let running = || node.segments().iter().map(|s| s.sessions).sum::<usize>();
+    until("every session running", || running() >= sessions).await?;
+    let start_ms = started.elapsed().as_secs_f64() * 1e3;
+    store.flush().await;
+    let after = alloc::live_bytes();
+    line("sessions", sessions as f64, "count");
+    line("segments", segments as f64, "count");
+    line("site_start", start_ms, "ms");
+    line(
+        "memory_per_session",
+        (after - before).max(0) as f64 / sessions as f64,
+        "bytes",
+    );
+
+    // Grid requests, alternating discharge and charge, each timed until every device acked.
+    let mut acks = Vec::with_capacity(requests);
+    let mut not_acked = 0usize;
+    for i in 0..requests.max(1) {
+        let target = if i % 2 == 0 { -1.0 } else { 1.0 } * sessions as f64 * 3.0;
+        let t = Instant::now();
+        let r = node
+            .request(GridRequest {
+                id: format!("bench-{i}"),
+                scope: Scope::Site,
+                target_kw: target,
+                duration_s: 3_600.0,
+            })
+            .await
+            .map_err(|e| format!("request {i}: {e}"))?;
+        acks.push(t.elapsed().as_secs_f64() * 1e3);
+        not_acked += r.not_acknowledged;
+    }
+    acks.sort_by(f64::total_cmp);
+    line("request_ack_p50", percentile(&acks, 0.50), "ms");
+    line("request_ack_p99", percentile(&acks, 0.99), "ms");
+    line("request_not_acknowledged", not_acked as f64, "devices");
+    let cycle = &node.shared.metrics.cycle;
+    line(
+        "dispatch_cycle_mean",
+        cycle.get_sample_sum() / cycle.get_sample_count().max(1) as f64 * 1e3,
+        "ms",
+    );
+
+    // Islanding: discharge, then the grid goes; every segment trips and commands its devices.
+    node.request(GridRequest {
+        id: "bench-island".into(),
+        scope: Scope::Site,
+        target_kw: -(sessions as f64) * 3.0,
+        duration_s: 3_600.0,
+    })
+    .await
+    .map_err(|e| format!("islanding request: {e}"))?;
+    until("the site exporting", || {
+        node.segments().iter().all(|s| s.telemetry.metered_kw < 0.0)
+    })
+    .await?;
+    let hist = node.shared.metrics.safe_command.clone();
+    let logged = node.shared.command_latencies().len();
+    let before: Vec<u64> = node
+        .segments()
+        .iter()
+        .map(|s| hist.with_label_values(&[&s.id]).get_sample_count())
+        .collect();
+    node.sim.grid.set(0.0, 60.0);
+    until("every segment tripped and commanded", || {
+        node.segments().iter().enumerate().all(|(i, s)| {
+            s.level == SafeState::Tripped
+                && hist.with_label_values(&[&s.id]).get_sample_count() > before[i]
+        })
+    })
+    .await?;
+    let mut commanded: Vec<f64> = node
+        .shared
+        .command_latencies()
+        .into_iter()
+        .skip(logged.min(gridvisor_actors::runtime::shared::COMMAND_LOG_LIMIT - 1))
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    commanded.sort_by(f64::total_cmp);
+    line("islanding_commanded_p50", percentile(&commanded, 0.5), "ms");
+    line(
+        "islanding_commanded_max",
+        commanded.last().copied().unwrap_or(f64::NAN),
+        "ms",
+    );
+    node.shutdown().await;
+    store.close();
+    Ok(())
+}

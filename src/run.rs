@@ -1,0 +1,139 @@
+//! `gridvisor run`: a node of a site (the embedded demo site without `--config`), with the
+//! grid API and the admin API, until Ctrl-C (or SIGTERM); then an ordered stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridvisor_actors::checkpoint::{CheckpointStore, StoreLimits};
+use gridvisor_actors::clock::Clock;
+use gridvisor_actors::config;
+use gridvisor_actors::runtime::{Node, NodeOptions};
+
+use crate::server;
+
+/// Options of `gridvisor run`.
+pub struct RunOptions {
+    /// A topology file; None: the embedded demo site.
+    pub config: Option<PathBuf>,
+    /// Where the checkpoints live.
+    pub data: PathBuf,
+    /// Grid API address.
+    pub grid: SocketAddr,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// Stop by itself after this long (smoke runs).
+    pub exit_after: Option<Duration>,
+}
+
+async fn stop_signal(exit_after: Option<Duration>) -> &'static str {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    let timer = async {
+        match exit_after {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => "Ctrl-C",
+        _ = term => "SIGTERM",
+        _ = timer => "--exit-after",
+    }
+}
+
+/// Run a node until it is told to stop.
+pub async fn run(o: RunOptions) -> Result<(), String> {
+    let topology = match &o.config {
+        Some(path) => config::load(path).map_err(|e| e.to_string())?,
+        None => config::demo(),
+    };
+    let topology = Arc::new(topology);
+    std::fs::create_dir_all(&o.data)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", o.data.display()))?;
+    let store = CheckpointStore::open(&o.data.join("checkpoints.redb"), StoreLimits::default())
+        .map_err(|e| e.to_string())?;
+    let grid_listener = server::bind("grid API", o.grid).await?;
+    let admin_listener = server::bind("admin API", o.admin).await?;
+    let grid_addr = grid_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let node = Node::start(
+        topology.clone(),
+        store.clone(),
+        Clock::tokio(),
+        prometheus::Registry::new(),
+        NodeOptions::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let node = Arc::new(node);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    let grid = serve(grid_listener, server::grid_api(node.clone()));
+    let admin = serve(admin_listener, server::admin_api(node.clone()));
+
+    let sessions = topology.vehicles.len();
+    let chargers: usize = topology.segments().map(|(_, s)| s.chargers.len()).sum();
+    println!(
+        "gridvisor: site {} running: {} segments, {chargers} chargers, {sessions} vehicles (simulated devices)",
+        topology.site.id,
+        topology.segments().count(),
+    );
+    println!("  grid API   http://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
+    println!("  metrics    http://{admin_addr}/metrics");
+    println!("  tree       http://{admin_addr}/api/tree");
+    println!("  checkpoints in {}", o.data.display());
+    println!("try:");
+    println!(
+        "  curl -s -X POST http://{grid_addr}/api/v1/dispatch -H 'content-type: application/json' \\\n       -d '{{\"id\":\"req-1\",\"scope\":\"site\",\"target_kw\":-40,\"duration_s\":600}}'"
+    );
+    println!("  curl -s -X POST http://{grid_addr}/api/v1/keepalive");
+    println!(
+        "  curl -s http://{grid_addr}/api/v1/sessions/{}",
+        topology
+            .vehicles
+            .first()
+            .map(|v| v.id.as_str())
+            .unwrap_or("ev-1")
+    );
+    println!("Ctrl-C stops the tree in order.");
+
+    let why = stop_signal(o.exit_after).await;
+    println!("gridvisor: {why}: stopping the APIs, then the tree in order");
+    let _ = stop_tx.send(true);
+    for (name, task) in [("grid API", grid), ("admin API", admin)] {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("gridvisor: {name} stopped with an error: {e}"),
+            Err(e) => eprintln!("gridvisor: {name} task failed: {e}"),
+        }
+    }
+    node.shutdown().await;
+    store.close();
+    println!("gridvisor: stopped; every acknowledged setpoint is in the checkpoints");
+    Ok(())
+}

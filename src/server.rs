@@ -1,0 +1,180 @@
+//! The HTTP interfaces of a running node: the grid API (9090) and the admin API (9464).
+//!
+//! Every body is parsed by hand from bytes so that a bad body gets a 4xx with a JSON error
+//! naming what was wrong (serde's message carries the field, line and column), never a
+//! panic and never a silent default. Bodies are bounded by [`BODY_LIMIT`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gridvisor_actors::runtime::{GridRequest, Node, RequestError};
+use serde::Serialize;
+
+/// The largest request body accepted, bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The OpenAPI description of the grid API, served at `/api/v1/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../docs/grid-api.openapi.yaml");
+
+#[derive(Serialize)]
+struct ApiError {
+    error: &'static str,
+    message: String,
+}
+
+fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error: kind,
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn request_error(e: RequestError) -> Response {
+    let status = match &e {
+        RequestError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        RequestError::UnknownScope { .. } => StatusCode::NOT_FOUND,
+        RequestError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+        RequestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        RequestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(e)).into_response()
+}
+
+async fn dispatch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    // serde_path_to_error names the field a type error is in ("target_kw: invalid type").
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let request: GridRequest = match serde_path_to_error::deserialize(&mut de) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("dispatch request: {e}"),
+            )
+        }
+    };
+    match node.request(request).await {
+        Ok(receipt) => Json(receipt).into_response(),
+        Err(e) => request_error(e),
+    }
+}
+
+async fn keepalive(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "keep-alive: the body must be empty or JSON",
+        );
+    }
+    match node.keepalive() {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => request_error(e),
+    }
+}
+
+async fn segments(State(node): State<Arc<Node>>) -> Response {
+    Json(node.segments()).into_response()
+}
+
+async fn segment(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    match node.segment(&id) {
+        Some(s) => Json(s).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no segment {id:?}"),
+        ),
+    }
+}
+
+async fn session(State(node): State<Arc<Node>>, Path(vehicle): Path<String>) -> Response {
+    match node.session(&vehicle) {
+        Some(s) => Json(s).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no session for vehicle {vehicle:?}"),
+        ),
+    }
+}
+
+async fn events(State(node): State<Arc<Node>>) -> Response {
+    Json(node.events()).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// The grid API router.
+pub fn grid_api(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/v1/dispatch", post(dispatch))
+        .route("/api/v1/keepalive", post(keepalive))
+        .route("/api/v1/segments", get(segments))
+        .route("/api/v1/segments/{id}", get(segment))
+        .route("/api/v1/sessions/{vehicle}", get(session))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/openapi.yaml", get(openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(node)
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    match node.metrics_text() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()),
+    }
+}
+
+async fn tree(State(node): State<Arc<Node>>) -> Response {
+    match node.tree().await {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "tree", e.to_string()),
+    }
+}
+
+async fn admin_index() -> &'static str {
+    "gridvisor admin: /metrics (Prometheus text format), /api/tree (the supervision tree as JSON)\n"
+}
+
+/// The admin router.
+pub fn admin_api(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/", get(admin_index))
+        .route("/metrics", get(metrics))
+        .route("/api/tree", get(tree))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(node)
+}
+
+/// Bind `addr`, naming it in the error.
+pub async fn bind(what: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for the {what} on {addr}: {e}"))
+}
