@@ -25,7 +25,7 @@ use gridvisor_actors::runtime::{GridRequest, Node, NodeOptions, Scope};
 use crate::alloc;
 
 /// The longest any phase may take before the benchmark fails.
-const PHASE_LIMIT: Duration = Duration::from_secs(600);
+const PHASE_LIMIT: Duration = Duration::from_secs(120);
 /// How often a phase checks its condition.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -33,11 +33,14 @@ fn line(name: &str, value: f64, unit: &str) {
     println!("{name} {value:.3} {unit}");
 }
 
-async fn until(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+async fn until(node: &Node, what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
     let start = Instant::now();
     while !cond() {
         if start.elapsed() > PHASE_LIMIT {
-            return Err(format!("{what}: not done within {PHASE_LIMIT:?}"));
+            let segments = serde_json::to_string_pretty(&node.segments()).unwrap_or_default();
+            return Err(format!(
+                "{what}: not done within {PHASE_LIMIT:?}; the segments:\n{segments}"
+            ));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -79,7 +82,7 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
     .await
     .map_err(|e| e.to_string())?;
     let running = || node.segments().iter().map(|s| s.sessions).sum::<usize>();
-    until("every session running", || running() >= sessions).await?;
+    until(&node, "every session running", || running() >= sessions).await?;
     let start_ms = started.elapsed().as_secs_f64() * 1e3;
     store.flush().await;
     let after = alloc::live_bytes();
@@ -130,8 +133,22 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
     })
     .await
     .map_err(|e| format!("islanding request: {e}"))?;
-    until("the site exporting", || {
-        node.segments().iter().all(|s| s.telemetry.metered_kw < 0.0)
+    // Islanding trips a segment that exports; one whose chargers cannot discharge never does.
+    let exporters: Vec<String> = node
+        .segments()
+        .into_iter()
+        .filter(|s| s.telemetry.max_discharge_kw > 0.0)
+        .map(|s| s.id)
+        .collect();
+    if exporters.is_empty() {
+        return Err("no segment can discharge: nothing to island".into());
+    }
+    let exporting = |s: &gridvisor_actors::runtime::SegmentView| exporters.contains(&s.id);
+    until(&node, "the site exporting", || {
+        node.segments()
+            .iter()
+            .filter(|s| exporting(s))
+            .all(|s| s.telemetry.metered_kw < 0.0)
     })
     .await?;
     let hist = node.shared.metrics.safe_command.clone();
@@ -142,13 +159,19 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
         .map(|s| hist.with_label_values(&[&s.id]).get_sample_count())
         .collect();
     node.sim.grid.set(0.0, 60.0);
-    until("every segment tripped and commanded", || {
-        node.segments().iter().enumerate().all(|(i, s)| {
-            s.level == SafeState::Tripped
-                && hist.with_label_values(&[&s.id]).get_sample_count() > before[i]
-        })
-    })
+    until(
+        &node,
+        "every exporting segment tripped and commanded",
+        || {
+            node.segments().iter().enumerate().all(|(i, s)| {
+                !exporting(s)
+                    || (s.level == SafeState::Tripped
+                        && hist.with_label_values(&[&s.id]).get_sample_count() > before[i])
+            })
+        },
+    )
     .await?;
+    line("islanded_segments", exporters.len() as f64, "count");
     let mut commanded: Vec<f64> = node
         .shared
         .command_latencies()

@@ -59,37 +59,73 @@ fn bench_refuses_a_meaningless_size() {
 }
 
 #[test]
-fn demo_crashes_restarts_and_stops_in_order() {
-    let (ok, stdout, stderr) = gridvisor(&["run"]);
-    assert!(ok, "demo failed: {stderr}\n{stdout}");
-    // rest_for_one: the dispatcher (after the meter) was stopped and started again.
+fn check_config_accepts_the_demo_and_names_file_line_and_field_of_errors() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/demo.toml");
+    let (ok, stdout, stderr) = gridvisor(&["check-config", demo]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ok: site demo-site"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(demo)
+        .unwrap()
+        .replacen("max_kw = 22", "max_kw = -22", 1);
+    std::fs::write(&bad, text).unwrap();
+    let (ok, _, stderr) = gridvisor(&["check-config", bad.to_str().unwrap()]);
+    assert!(!ok);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("max_kw"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    // file:line:column: field: message
+    let mut parts = line.splitn(4, ':');
+    assert!(parts.next().unwrap().ends_with("bad.toml"), "{line}");
+    let line_no: usize = parts.next().unwrap().parse().expect("a line number");
+    assert!(line_no > 1, "{line}");
+    assert!(parts.next().unwrap().parse::<usize>().is_ok(), "{line}");
+    assert!(line.contains("chargers[0].max_kw"), "{line}");
+
+    let (ok, _, stderr) = gridvisor(&["check-config", "/nonexistent/site.toml"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/site.toml"), "{stderr}");
+}
+
+#[test]
+fn bench_site_prints_its_figures() {
+    let (ok, stdout, stderr) = gridvisor(&[
+        "bench",
+        "site",
+        "--sessions",
+        "200",
+        "--segments",
+        "4",
+        "--requests",
+        "6",
+    ]);
+    assert!(ok, "bench site failed: {stderr}\n{stdout}");
+    for (name, unit) in [
+        ("memory_per_session", "bytes"),
+        ("site_start", "ms"),
+        ("request_ack_p50", "ms"),
+        ("request_ack_p99", "ms"),
+        ("dispatch_cycle_mean", "ms"),
+        ("islanding_commanded_p50", "ms"),
+        ("islanding_commanded_max", "ms"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{stdout}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        let v: f64 = fields[1].parse().unwrap();
+        assert!(v.is_finite() && v >= 0.0, "{line}");
+        assert_eq!(fields[2], unit, "{line}");
+    }
     assert!(
-        stdout.contains("meter [Running, 1 restarts, last exit: failed: injected fault]"),
+        stdout.contains("request_not_acknowledged 0.000 devices"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("session-2 [Running, 1 restarts"),
-        "{stdout}"
-    );
-    // dynamic children restart with their arguments.
-    assert_eq!(
-        stdout
-            .matches("start  demo/sessions/session-2 (vehicle EV-1002)")
-            .count(),
-        2,
-        "{stdout}"
-    );
-    // shutdown in reverse start order.
-    let shutdown = &stdout[stdout.find("shutting down").expect("shutdown section")..];
-    let pos = |p: &str| {
-        shutdown
-            .find(&format!("stop   {p}\n"))
-            .unwrap_or_else(|| panic!("{p} not stopped:\n{shutdown}"))
-    };
-    assert!(pos("demo/segment-1/dispatcher") < pos("demo/segment-1/meter"));
-    assert!(pos("demo/segment-1/meter") < pos("demo/segment-1/safety"));
-    assert!(pos("demo/segment-1/safety") < pos("demo/telemetry"));
-    assert!(stdout.trim_end().ends_with("done"), "{stdout}");
 }
 
 #[test]
@@ -99,6 +135,8 @@ fn every_subcommand_has_help() {
         &["run", "--help"],
         &["bench", "--help"],
         &["bench", "supervision", "--help"],
+        &["bench", "site", "--help"],
+        &["check-config", "--help"],
     ] {
         let (ok, stdout, stderr) = gridvisor(args);
         assert!(ok, "{args:?}: {stderr}");

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::ladder::{Fault, Transition};
 use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
-pub use node::{Node, NodeError};
+pub use node::{charger_path, Node, NodeError, SegmentView, ROOT};
 pub use shared::{NodeOptions, SegmentShared, SiteShared};
 pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
 
