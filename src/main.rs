@@ -113,8 +113,20 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Logs go to stderr: `info` and above by default, `RUST_LOG` overrides (e.g.
+/// `RUST_LOG=gridvisor_actors=debug`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     // No subcommand: `run` with its defaults (the embedded demo site).
     let Some(command) = cli
         .command

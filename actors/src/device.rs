@@ -161,6 +161,7 @@ struct ChargerPhysics {
     unreachable: bool,
     battery: Option<Battery>,
     writes: u64,
+    older_writes: u64,
 }
 
 /// Follow `target` from `p` with a ramp for `dt` seconds: (new power, energy in kWh).
@@ -209,6 +210,7 @@ impl SimCharger {
                 unreachable: false,
                 battery: None,
                 writes: 0,
+                older_writes: 0,
             }),
         }
     }
@@ -307,6 +309,17 @@ impl SimCharger {
         lock(&self.state).writes
     }
 
+    /// How many writes carried a key older than one the device had already applied (for
+    /// tests and chaos invariants: with idempotent links this stays 0).
+    pub fn older_writes(&self) -> u64 {
+        lock(&self.state).older_writes
+    }
+
+    /// The setpoint the device holds now, kW.
+    pub fn setpoint_kw(&self) -> f64 {
+        lock(&self.state).setpoint_kw
+    }
+
     fn read_now(&self, now: Duration) -> Result<ChargerReading, DeviceError> {
         let mut s = lock(&self.state);
         if s.unreachable {
@@ -337,8 +350,11 @@ impl SimCharger {
             });
         }
         self.advance(&mut s, now);
+        if s.applied.is_some_and(|a| key < a) {
+            s.older_writes += 1;
+        }
         s.setpoint_kw = kw;
-        s.applied = Some(key);
+        s.applied = Some(s.applied.map_or(key, |a| a.max(key)));
         s.writes += 1;
         Ok(self.reading(&s))
     }

@@ -105,6 +105,17 @@ impl DispatcherState {
             });
             targets.push(link.actor.clone());
         }
+        let mut by_state = [0u32; SessionState::ALL.len()];
+        for s in seg.sessions.iter() {
+            by_state[usize::from(s.session.state.code())] += 1;
+        }
+        for state in SessionState::ALL {
+            self.shared
+                .metrics
+                .sessions
+                .with_label_values(&[&seg.id, state.as_str()])
+                .set(f64::from(by_state[usize::from(state.code())]));
+        }
         let (mut max_charge, mut max_discharge) = (0.0, 0.0);
         for c in &candidates {
             let (ch, dis) = effective_limits(c, horizon);

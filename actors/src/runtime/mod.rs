@@ -72,6 +72,8 @@ pub enum SiteMsg {
     KeepAlive,
     /// The control loop's period elapsed.
     Cycle,
+    /// A segment's safe state changed: dispatch again now.
+    Redispatch,
     /// A dispatcher finished a batch.
     SegmentDone(SegmentReceipt),
     /// A round's time limit passed: answer its waiters with what arrived.

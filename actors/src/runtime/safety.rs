@@ -68,7 +68,7 @@ impl SafetyState {
         // Command every device first: the checkpoint can wait a millisecond, the grid not.
         self.command_all();
         if let Some(site) = lock(&self.shared.site).as_ref() {
-            let _ = site.send_message(SiteMsg::Cycle);
+            let _ = site.send_message(SiteMsg::Redispatch);
         }
         self.shared
             .store

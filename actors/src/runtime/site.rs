@@ -194,6 +194,17 @@ struct Round {
     answers: Vec<String>,
 }
 
+/// Why a round starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoundKind {
+    /// The control period elapsed (skipped while a round is still collecting).
+    Tick,
+    /// A new grid request: revision 0 of its dispatch id.
+    NewRequest,
+    /// A safe-state change: move power to where it is allowed now.
+    Redispatch,
+}
+
 pub(crate) struct Site;
 
 pub(crate) struct SiteState {
@@ -207,6 +218,7 @@ pub(crate) struct SiteState {
     received_at: HashMap<String, tokio::time::Instant>,
     round: Option<Round>,
     last_cycle: Option<tokio::time::Instant>,
+    skipped_ticks: u64,
     timer: Option<JoinHandle<()>>,
 }
 
@@ -336,14 +348,31 @@ impl SiteState {
             unallocated_kw: 0.0,
             request: r,
         });
-        self.cycle(myself, false);
+        self.cycle(myself, RoundKind::NewRequest);
     }
 
     /// One round: close the loop for every active request and dispatch every segment.
-    fn cycle(&mut self, myself: &ActorRef<SiteMsg>, tick: bool) {
+    fn cycle(&mut self, myself: &ActorRef<SiteMsg>, why: RoundKind) {
+        let tick = why == RoundKind::Tick;
         let now = self.shared.clock.now();
         let cycle = Duration::from_millis(self.shared.topology.site.cycle_ms);
-        if self.round.is_some() {
+        // One round at a time. A periodic tick while a round is still collecting answers is
+        // skipped (the loop slows down rather than piling up batches); a new request or a
+        // safe-state change starts a new round at once, and the requests the old round was
+        // to answer are answered by the new one.
+        let mut carried = Vec::new();
+        if let Some(round) = self.round.as_mut() {
+            if tick && round.started.elapsed() < ROUND_LIMIT {
+                self.skipped_ticks += 1;
+                tracing::debug!(
+                    skipped = self.skipped_ticks,
+                    "a round is still collecting: tick skipped"
+                );
+                return;
+            }
+            if round.started.elapsed() < ROUND_LIMIT {
+                carried = std::mem::take(&mut round.answers);
+            }
             self.finish_round();
         }
         // Requests that ended: their segments go back to their safe default.
@@ -352,7 +381,9 @@ impl SiteState {
         if self.active.len() != before {
             tracing::info!(ended = before - self.active.len(), "grid requests ended");
         }
-        if tick || self.revision > 0 || self.dispatch_seq == 0 {
+        // A new request's first round is revision 0 of its dispatch id; every other round is
+        // a newer revision, so that every device sees strictly increasing keys.
+        if why != RoundKind::NewRequest {
             self.revision += 1;
         }
         let key = SetpointKey {
@@ -367,7 +398,7 @@ impl SiteState {
         for seg in segs.values() {
             site_power += seg.telemetry().metered_kw;
         }
-        let mut answers = Vec::new();
+        let mut answers = carried;
         for a in self.active.iter_mut() {
             // What the meters see that is not our devices (the building, PV, losses) is fed
             // forward, so the loop only has to correct what the devices get wrong.
@@ -597,6 +628,7 @@ impl Actor for Site {
             received_at: HashMap::new(),
             round: None,
             last_cycle: None,
+            skipped_ticks: 0,
             timer,
         })
     }
@@ -618,8 +650,9 @@ impl Actor for Site {
             }
             SiteMsg::Cycle => {
                 s.arrivals().await?;
-                s.cycle(&myself, true);
+                s.cycle(&myself, RoundKind::Tick);
             }
+            SiteMsg::Redispatch => s.cycle(&myself, RoundKind::Redispatch),
             SiteMsg::SegmentDone(r) => s.segment_done(r),
             SiteMsg::RoundDeadline => {
                 // A round past its limit is answered with what arrived.

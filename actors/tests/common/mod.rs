@@ -1,0 +1,96 @@
+//! A running node for integration tests: a topology from TOML, a temporary checkpoint
+//! store, the real clock, and bounded waits on conditions.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gridvisor_actors::checkpoint::{CheckpointStore, StoreLimits};
+use gridvisor_actors::clock::Clock;
+use gridvisor_actors::config;
+use gridvisor_actors::runtime::{GridRequest, Node, NodeOptions, Scope};
+
+/// Every wait of a test is bounded by this.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+pub struct TestNode {
+    pub node: Node,
+    pub store: CheckpointStore,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn start(toml: &str) -> TestNode {
+    let topology = config::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    start_in(Arc::new(topology), dir).await
+}
+
+pub async fn start_in(topology: Arc<config::Topology>, dir: tempfile::TempDir) -> TestNode {
+    let store = CheckpointStore::open(&dir.path().join("cp.redb"), StoreLimits::default()).unwrap();
+    let node = Node::start(
+        topology,
+        store.clone(),
+        Clock::tokio(),
+        prometheus::Registry::new(),
+        NodeOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("node: {e}"));
+    TestNode { node, store, dir }
+}
+
+/// Wait until `cond` holds, at most [`LIMIT`]; panics with `what` and the segments.
+pub async fn wait(node: &Node, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > LIMIT {
+            panic!(
+                "{what}: not within {LIMIT:?}\n{}",
+                serde_json::to_string_pretty(&node.segments()).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn request(id: &str, scope: Scope, target_kw: f64, duration_s: f64) -> GridRequest {
+    GridRequest {
+        id: id.into(),
+        scope,
+        target_kw,
+        duration_s,
+    }
+}
+
+/// A one-substation site: `segments` segments of `chargers` bidirectional 11 kW chargers,
+/// a vehicle on each, one inverter and meter per segment.
+pub fn site_toml(segments: usize, chargers: usize, extra_site: &str, extra_safety: &str) -> String {
+    let mut t = format!(
+        "[site]\nid = \"t\"\ncycle_ms = 100\nlease_s = 5\nkeepalive_required = false\n{extra_site}\n\
+         [safety]\nhold_s = 1\n{extra_safety}\n[[substations]]\nid = \"sub\"\n"
+    );
+    let mut v = String::new();
+    let mut n = 0;
+    for s in 0..segments {
+        t.push_str(&format!(
+            "[[substations.segments]]\nid = \"tx-{s}\"\nrated_kw = {}\n\
+             [[substations.segments.inverters]]\nid = \"inv-{s}\"\nmax_kw = 50\n\
+             [[substations.segments.meters]]\nid = \"m-{s}\"\n",
+            chargers as f64 * 11.0 * 2.0
+        ));
+        for _ in 0..chargers {
+            t.push_str(&format!(
+                "[[substations.segments.chargers]]\nid = \"evse-{n}\"\nmax_kw = 11\nbidirectional = true\n"
+            ));
+            v.push_str(&format!(
+                "[[vehicles]]\nid = \"ev-{n}\"\ncharger = \"evse-{n}\"\ncapacity_kwh = 60\nsoc_pct = {}\n\
+                 depart_s = {}\nmax_kw = 11\n",
+                40 + (n * 7) % 50,
+                3600 + n * 60
+            ));
+            n += 1;
+        }
+    }
+    t.push_str(&v);
+    t
+}
