@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use super::shared::{lock, LinkEntry, LinkStatus, SegmentShared, SessionStatus, SiteShared};
 use super::{DispatcherMsg, LinkMsg, SessionMsg, SetpointOutcome};
+use crate::checkpoint::CheckpointError;
 use crate::device::{ChargerIo, ChargerReading};
 use crate::session::{Session, SessionEvent, SessionState};
 use crate::setpoint::{Applied, Decision, IdempotentApplier, Setpoint, SetpointKey};
@@ -106,6 +107,21 @@ pub(crate) fn session_spec(args: &ChargerArgs, vehicle: &str) -> ChildSpec<()> {
 pub struct LinkCheckpoint {
     /// The applier (the last applied key and its result).
     pub applier: IdempotentApplier,
+    /// The node run that wrote it ([`SiteShared::boot`]): a lease is a time on that run's
+    /// clock, so after a node restart every checkpointed lease counts as ended.
+    pub boot: u64,
+}
+
+/// Acknowledgements a link may hold while their checkpoints commit; past this it waits for
+/// the commit before it reads its next message.
+pub const MAX_HELD_ACKS: usize = 64;
+
+/// What applying a setpoint led to.
+enum Step {
+    /// Answer now.
+    Now(SetpointOutcome),
+    /// Answer when the checkpoint holding the setpoint's key is durable.
+    Held(SetpointOutcome),
 }
 
 pub(crate) fn link_checkpoint_key(charger: &str) -> String {
@@ -120,6 +136,10 @@ pub(crate) struct LinkState {
     io: Arc<dyn ChargerIo>,
     charger: crate::config::Charger,
     applier: IdempotentApplier,
+    /// The newest key known to be durable in the checkpoint store.
+    durable: Option<SetpointKey>,
+    /// Acknowledgements waiting for their checkpoint (at most [`MAX_HELD_ACKS`]).
+    held: Vec<(SetpointKey, SetpointOutcome)>,
     metrics_path: String,
     myself: ActorRef<LinkMsg>,
 }
@@ -166,10 +186,20 @@ impl LinkState {
         kw.clamp(-self.charger.max_kw, self.charger.max_kw)
     }
 
-    async fn apply(&mut self, sp: Setpoint) -> SetpointOutcome {
+    /// Apply a setpoint. The device is written at once; the acknowledgement waits for the
+    /// checkpoint's durable commit without blocking the link's mailbox (a safe-state command
+    /// queued behind a setpoint must not wait for an fsync).
+    async fn apply(&mut self, sp: Setpoint) -> Step {
         match self.applier.decide(sp.key) {
-            Decision::Repeat(a) => return SetpointOutcome::Repeat(a),
-            Decision::Stale { latest } => return SetpointOutcome::Stale { latest },
+            Decision::Repeat(a) => {
+                // A repeat is answered with the first result, once that result is durable.
+                return if self.durable.is_some_and(|d| d >= a.key) {
+                    Step::Now(SetpointOutcome::Repeat(a))
+                } else {
+                    Step::Held(SetpointOutcome::Repeat(a))
+                };
+            }
+            Decision::Stale { latest } => return Step::Now(SetpointOutcome::Stale { latest }),
             Decision::Apply => {}
         }
         let kw = self.local_clamp(sp.kw);
@@ -177,9 +207,9 @@ impl LinkState {
         let reading = match self.io.write(sp.key, kw, now).await {
             Ok(r) => r,
             Err(e) => {
-                return SetpointOutcome::Failed {
+                return Step::Now(SetpointOutcome::Failed {
                     error: e.to_string(),
-                }
+                })
             }
         };
         let applied = Applied {
@@ -189,18 +219,103 @@ impl LinkState {
             lease_until: sp.lease_until,
         };
         if let Err(e) = self.applier.record(applied) {
-            return SetpointOutcome::Failed {
+            return Step::Now(SetpointOutcome::Failed {
                 error: e.to_string(),
-            };
-        }
-        // Durable before the acknowledgement: an acked setpoint survives any crash.
-        if let Err(e) = self.checkpoint().await {
-            return SetpointOutcome::Failed {
-                error: e.to_string(),
-            };
+            });
         }
         self.publish(Some(&reading));
-        SetpointOutcome::Applied(applied)
+        let cp = LinkCheckpoint {
+            applier: self.applier.clone(),
+            boot: self.shared.boot,
+        };
+        let key = link_checkpoint_key(&self.charger.id);
+        if self.held.len() < MAX_HELD_ACKS {
+            match self.shared.store.try_put(&key, &cp) {
+                Ok(ticket) => {
+                    let me = self.myself.clone();
+                    tokio::spawn(async move {
+                        let result = ticket.await.map_err(|e| e.to_string());
+                        // A link that died meanwhile never acknowledges: the dispatcher
+                        // counts the setpoint as unanswered, which is the truth.
+                        let _ = me.send_message(LinkMsg::Committed {
+                            key: applied.key,
+                            result,
+                        });
+                    });
+                    return Step::Held(SetpointOutcome::Applied(applied));
+                }
+                Err(CheckpointError::QueueFull { .. }) => {}
+                Err(e) => {
+                    return Step::Now(SetpointOutcome::Failed {
+                        error: e.to_string(),
+                    })
+                }
+            }
+        }
+        // The store's queue (or our own list of held acks) is full: wait for the commit here,
+        // which slows this link down instead of growing a queue.
+        match self.shared.store.put(&key, &cp).await {
+            Ok(()) => {
+                self.durable = Some(self.durable.map_or(applied.key, |d| d.max(applied.key)));
+                Step::Now(SetpointOutcome::Applied(applied))
+            }
+            Err(e) => Step::Now(SetpointOutcome::Failed {
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    fn ack(&self, key: SetpointKey, outcome: SetpointOutcome) {
+        let label = match &outcome {
+            SetpointOutcome::Applied(_) => "applied",
+            SetpointOutcome::Repeat(_) => "repeat",
+            SetpointOutcome::Stale { .. } => "stale",
+            SetpointOutcome::Failed { .. } => "failed",
+        };
+        self.shared
+            .metrics
+            .setpoints
+            .with_label_values(&[label])
+            .inc();
+        if let Some(d) = lock(&self.seg.dispatcher).as_ref() {
+            let _ = d.send_message(DispatcherMsg::Ack {
+                key,
+                charger: self.charger.id.clone(),
+                outcome,
+            });
+        }
+    }
+
+    /// A checkpoint commit finished: release the acknowledgements it makes true.
+    fn committed(&mut self, key: SetpointKey, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.durable = Some(self.durable.map_or(key, |d| d.max(key)));
+                let durable = self.durable;
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|(k, _)| durable.is_some_and(|d| *k <= d));
+                self.held = waiting;
+                for (k, outcome) in ready {
+                    self.ack(k, outcome);
+                }
+            }
+            Err(error) => {
+                tracing::error!(charger = %self.charger.id, key = %key, %error, "checkpoint failed: setpoint not acknowledged");
+                let (failed, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|(k, _)| *k <= key);
+                self.held = waiting;
+                for (k, _) in failed {
+                    self.ack(
+                        k,
+                        SetpointOutcome::Failed {
+                            error: format!("checkpoint: {error}"),
+                        },
+                    );
+                }
+            }
+        }
     }
 
     async fn checkpoint(&self) -> Result<(), crate::checkpoint::CheckpointError> {
@@ -210,6 +325,7 @@ impl LinkState {
                 &link_checkpoint_key(&self.charger.id),
                 &LinkCheckpoint {
                     applier: self.applier.clone(),
+                    boot: self.shared.boot,
                 },
             )
             .await
@@ -258,7 +374,10 @@ impl Actor for Link {
             .ok_or_else(|| format!("no device connection for charger {}", charger.id))?;
         // Read before write: our checkpoint, then the device's own record.
         let cp: Option<LinkCheckpoint> = shared.store.get(&link_checkpoint_key(&charger.id))?;
+        // A lease from another run of the node is a time on another clock: ended.
+        let same_run = cp.as_ref().is_some_and(|c| c.boot == shared.boot);
         let mut applier = cp.map(|c| c.applier).unwrap_or_default();
+        let durable = applier.last().map(|a| a.key);
         let now = shared.clock.now();
         let reading = io.read(now).await?;
         let mut adopted = false;
@@ -286,15 +405,21 @@ impl Actor for Link {
             io,
             charger,
             applier,
+            durable,
+            held: Vec::new(),
             metrics_path,
             myself: myself.clone(),
         };
         if adopted {
             state.checkpoint().await?;
+            state.durable = state.applier.last().map(|a| a.key);
         }
         state.publish(Some(&reading));
         // Bring the device under the current safe state and the lease rule before anything.
-        let lease_ok = state.applier.last().is_some_and(|a| a.lease_until > now);
+        // An adopted record's lease is unknown, and a lease from another run of the node is a
+        // time on another clock: both count as ended.
+        let lease_ok =
+            same_run && !adopted && state.applier.last().is_some_and(|a| a.lease_until > now);
         let target = (!lease_ok).then_some(state.seg.config.safe_default_kw);
         state.enforce(target).await?;
         Ok(state)
@@ -314,22 +439,12 @@ impl Actor for Link {
         match msg {
             LinkMsg::Setpoint(sp) => {
                 let key = sp.key;
-                let outcome = s.apply(sp).await;
-                let label = match &outcome {
-                    SetpointOutcome::Applied(_) => "applied",
-                    SetpointOutcome::Repeat(_) => "repeat",
-                    SetpointOutcome::Stale { .. } => "stale",
-                    SetpointOutcome::Failed { .. } => "failed",
-                };
-                s.shared.metrics.setpoints.with_label_values(&[label]).inc();
-                if let Some(d) = lock(&s.seg.dispatcher).as_ref() {
-                    let _ = d.send_message(DispatcherMsg::Ack {
-                        key,
-                        charger: s.charger.id.clone(),
-                        outcome,
-                    });
+                match s.apply(sp).await {
+                    Step::Now(outcome) => s.ack(key, outcome),
+                    Step::Held(outcome) => s.held.push((key, outcome)),
                 }
             }
+            LinkMsg::Committed { key, result } => s.committed(key, result),
             LinkMsg::Enforce(batch) => {
                 let r = s.enforce(None).await;
                 if let Some(b) = batch {

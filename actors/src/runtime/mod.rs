@@ -151,8 +151,15 @@ pub enum LinkMsg {
     Enforce(Option<std::sync::Arc<shared::CommandBatch>>),
     /// The lease of the applied setpoint ended: fall back to the segment's safe default.
     LeaseExpired,
-    /// Read the device and tell the session (the session's periodic reading).
+    /// Read the device and publish its state.
     Poll,
+    /// The checkpoint holding `key` committed (or failed): release the held acknowledgements.
+    Committed {
+        /// The key the checkpoint holds.
+        key: SetpointKey,
+        /// The commit's result.
+        result: Result<(), String>,
+    },
 }
 
 /// Messages to a session.

@@ -409,8 +409,8 @@ impl Node {
         self.shared.segments.get(id).map(|s| view(s))
     }
 
-    /// A vehicle's session (a session that ended is still shown until its vehicle's
-    /// charger gets a new one).
+    /// A vehicle's session while it runs (an ended session's last state is in its
+    /// checkpoint, `session/<vehicle>`).
     pub fn session(&self, vehicle: &str) -> Option<SessionView> {
         let v = self.shared.topology.vehicle(vehicle)?;
         let seg_id = self.shared.topology.charger_segment(&v.charger)?;

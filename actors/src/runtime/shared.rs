@@ -444,6 +444,9 @@ pub struct SiteShared {
     pub events: Mutex<VecDeque<Event>>,
     /// Recent "safe state changed → every device commanded" latencies, newest last.
     pub command_log: Arc<Mutex<VecDeque<Duration>>>,
+    /// This run of the node (wall-clock nanoseconds at start): checkpointed leases are times
+    /// on this run's clock, so a checkpoint from another run has no valid lease.
+    pub boot: u64,
 }
 
 impl SiteShared {
@@ -526,6 +529,10 @@ impl SiteShared {
             site: Mutex::new(None),
             events: Mutex::new(VecDeque::new()),
             command_log: Arc::new(Mutex::new(VecDeque::new())),
+            boot: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
         })
     }
 

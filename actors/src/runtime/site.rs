@@ -41,6 +41,8 @@ pub const RECEIPT_LIMIT: usize = 4_096;
 pub const ACTIVE_LIMIT: usize = 256;
 /// How long a round may wait for its segments before it is answered with what arrived.
 pub const ROUND_LIMIT: Duration = Duration::from_secs(3);
+/// Weight of a new sample in the smoothed uncontrolled-load estimate (per round).
+pub const UNCONTROLLED_SMOOTHING: f64 = 0.2;
 /// How many callers may wait on rounds at once.
 pub const WAITER_LIMIT: usize = 1_024;
 
@@ -183,6 +185,8 @@ struct Active {
     receipt_pending: bool,
     unallocated_kw: f64,
     last_command: Option<tokio::time::Instant>,
+    /// The smoothed estimate of what the meters see besides our devices, kW.
+    uncontrolled_kw: Option<f64>,
 }
 
 struct Round {
@@ -219,6 +223,7 @@ pub(crate) struct SiteState {
     round: Option<Round>,
     last_cycle: Option<tokio::time::Instant>,
     skipped_ticks: u64,
+    redispatch_pending: bool,
     timer: Option<JoinHandle<()>>,
 }
 
@@ -344,6 +349,7 @@ impl SiteState {
             segments,
             controller,
             last_command: None,
+            uncontrolled_kw: None,
             receipt_pending: true,
             unallocated_kw: 0.0,
             request: r,
@@ -411,7 +417,17 @@ impl SiteState {
                     (s.telemetry().metered_kw, d)
                 })
                 .fold((0.0, 0.0), |(m, d), (m1, d1)| (m + m1, d + d1));
-            let uncontrolled = metered - devices;
+            // The devices' powers are read when they are written, up to a cycle before the
+            // meter: smooth the difference, or a device's ramp is taken for load and fed
+            // back as an oscillation.
+            let raw = metered - devices;
+            let uncontrolled = match a.uncontrolled_kw {
+                Some(u) if raw.is_finite() => u + UNCONTROLLED_SMOOTHING * (raw - u),
+                Some(u) => u,
+                None if raw.is_finite() => raw,
+                None => 0.0,
+            };
+            a.uncontrolled_kw = Some(uncontrolled);
             // A new request's first command is its feed-forward over a whole period.
             let dt = a
                 .last_command
@@ -613,7 +629,11 @@ impl Actor for Site {
         myself: ActorRef<SiteMsg>,
         shared: Arc<SiteShared>,
     ) -> Result<SiteState, ActorProcessingErr> {
-        let dispatch_seq: u64 = shared.store.get(DISPATCH_SEQ_KEY)?.unwrap_or(0);
+        // A fresh dispatch id for this incarnation, durable before its first use: the links
+        // hold keys of the previous one, and every key we send must be newer.
+        let stored: u64 = shared.store.get(DISPATCH_SEQ_KEY)?.unwrap_or(0);
+        let dispatch_seq = stored.checked_add(1).ok_or("dispatch ids exhausted")?;
+        shared.store.put(DISPATCH_SEQ_KEY, &dispatch_seq).await?;
         *lock(&shared.site) = Some(myself.clone());
         let period = Duration::from_millis(shared.topology.site.cycle_ms);
         let timer = Some(myself.send_interval(period, || SiteMsg::Cycle));
@@ -629,6 +649,7 @@ impl Actor for Site {
             round: None,
             last_cycle: None,
             skipped_ticks: 0,
+            redispatch_pending: false,
             timer,
         })
     }
@@ -652,8 +673,20 @@ impl Actor for Site {
                 s.arrivals().await?;
                 s.cycle(&myself, RoundKind::Tick);
             }
-            SiteMsg::Redispatch => s.cycle(&myself, RoundKind::Redispatch),
-            SiteMsg::SegmentDone(r) => s.segment_done(r),
+            SiteMsg::Redispatch => {
+                // Several segments changing level at once make one new round, not one each.
+                if s.round.is_some() {
+                    s.redispatch_pending = true;
+                } else {
+                    s.cycle(&myself, RoundKind::Redispatch);
+                }
+            }
+            SiteMsg::SegmentDone(r) => {
+                s.segment_done(r);
+                if s.round.is_none() && std::mem::take(&mut s.redispatch_pending) {
+                    s.cycle(&myself, RoundKind::Redispatch);
+                }
+            }
             SiteMsg::RoundDeadline => {
                 // A round past its limit is answered with what arrived.
                 if s.round
@@ -661,6 +694,9 @@ impl Actor for Site {
                     .is_some_and(|r| r.started.elapsed() >= ROUND_LIMIT)
                 {
                     s.finish_round();
+                    if std::mem::take(&mut s.redispatch_pending) {
+                        s.cycle(&myself, RoundKind::Redispatch);
+                    }
                 }
             }
         }
