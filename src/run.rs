@@ -13,6 +13,9 @@ use gridvisor_actors::runtime::{Node, NodeOptions};
 
 use crate::server;
 
+/// How often `run` checks that the tree still runs.
+const TREE_WATCH: Duration = Duration::from_millis(500);
+
 /// Options of `gridvisor run`.
 pub struct RunOptions {
     /// A topology file; None: the embedded demo site.
@@ -122,7 +125,21 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
     );
     println!("Ctrl-C stops the tree in order.");
 
-    let why = stop_signal(o.exit_after).await;
+    // The tree can give up on its own (its root past its restart intensity): then the
+    // process ends with an error rather than serve a dead node.
+    let watched = node.clone();
+    let tree_down = async move {
+        while watched.running() {
+            tokio::time::sleep(TREE_WATCH).await;
+        }
+    };
+    let why = tokio::select! {
+        why = stop_signal(o.exit_after) => why,
+        _ = tree_down => {
+            let _ = stop_tx.send(true);
+            return Err("the supervision tree gave up (see the log above)".into());
+        }
+    };
     println!("gridvisor: {why}: stopping the APIs, then the tree in order");
     let _ = stop_tx.send(true);
     for (name, task) in [("grid API", grid), ("admin API", admin)] {

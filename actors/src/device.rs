@@ -82,6 +82,9 @@ pub struct ChargerReading {
     pub applied: Option<SetpointKey>,
     /// Whether a vehicle is plugged in.
     pub connected: bool,
+    /// Until when the device obeys the setpoint before it reverts to its failsafe power by
+    /// itself (OCPP's profile `validTo`, SunSpec 704's revert timer); None: no limit.
+    pub lease_until: Option<Duration>,
 }
 
 /// What an inverter reports.
@@ -110,11 +113,14 @@ pub struct MeterReading {
 pub trait ChargerIo: Send + Sync + 'static {
     /// Read the device's state.
     fn read(&self, now: Duration) -> BoxFuture<'_, Result<ChargerReading, DeviceError>>;
-    /// Command an absolute setpoint with its key; returns the state after the write.
+    /// Command an absolute setpoint with its key and lease (the device reverts to its
+    /// failsafe power at `lease_until` on its own, even if nobody talks to it again); returns
+    /// the state after the write.
     fn write(
         &self,
         key: SetpointKey,
         kw: f64,
+        lease_until: Option<Duration>,
         now: Duration,
     ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>>;
 }
@@ -162,6 +168,7 @@ struct ChargerPhysics {
     battery: Option<Battery>,
     writes: u64,
     older_writes: u64,
+    lease_until: Option<Duration>,
 }
 
 /// Follow `target` from `p` with a ramp for `dt` seconds: (new power, energy in kWh).
@@ -191,6 +198,7 @@ pub struct SimCharger {
     /// Whether it can discharge.
     pub bidirectional: bool,
     state: Mutex<ChargerPhysics>,
+    failsafe_kw: f64,
 }
 
 impl SimCharger {
@@ -211,7 +219,9 @@ impl SimCharger {
                 battery: None,
                 writes: 0,
                 older_writes: 0,
+                lease_until: None,
             }),
+            failsafe_kw: 0.0,
         }
     }
 
@@ -236,7 +246,25 @@ impl SimCharger {
         }
     }
 
+    /// The device reverts to this at the end of a lease (its configured failsafe).
+    pub fn with_failsafe(mut self, kw: f64) -> Self {
+        self.failsafe_kw = if kw.is_finite() { kw.max(0.0) } else { 0.0 };
+        self
+    }
+
     fn advance(&self, s: &mut ChargerPhysics, now: Duration) {
+        // The device's own revert timer: integrate up to the lease end, then fail safe.
+        if let Some(lease) = s.lease_until.filter(|l| *l <= now) {
+            if lease > s.at {
+                self.advance_plain(s, lease);
+            }
+            s.setpoint_kw = self.failsafe_kw;
+            s.lease_until = None;
+        }
+        self.advance_plain(s, now);
+    }
+
+    fn advance_plain(&self, s: &mut ChargerPhysics, now: Duration) {
         let dt = now.saturating_sub(s.at).as_secs_f64();
         s.at = s.at.max(now);
         let target = self.limit(s, s.setpoint_kw);
@@ -265,6 +293,7 @@ impl SimCharger {
             setpoint_kw: s.setpoint_kw,
             applied: s.applied,
             connected: s.battery.is_some(),
+            lease_until: s.lease_until,
         }
     }
 
@@ -335,6 +364,7 @@ impl SimCharger {
         &self,
         key: SetpointKey,
         kw: f64,
+        lease_until: Option<Duration>,
         now: Duration,
     ) -> Result<ChargerReading, DeviceError> {
         let mut s = lock(&self.state);
@@ -354,6 +384,7 @@ impl SimCharger {
             s.older_writes += 1;
         }
         s.setpoint_kw = kw;
+        s.lease_until = lease_until;
         s.applied = Some(s.applied.map_or(key, |a| a.max(key)));
         s.writes += 1;
         Ok(self.reading(&s))
@@ -370,9 +401,10 @@ impl ChargerIo for SimCharger {
         &self,
         key: SetpointKey,
         kw: f64,
+        lease_until: Option<Duration>,
         now: Duration,
     ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
-        let r = self.write_now(key, kw, now);
+        let r = self.write_now(key, kw, lease_until, now);
         Box::pin(async move { r })
     }
 }
@@ -516,6 +548,7 @@ pub struct SimMeter {
     inverters: Vec<Arc<SimInverter>>,
     base_load_kw: f64,
     grid: Arc<SimGrid>,
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for SimMeter {
@@ -525,6 +558,11 @@ impl fmt::Debug for SimMeter {
 }
 
 impl SimMeter {
+    /// Fault injection: the meter stops answering.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, Ordering::Release);
+    }
+
     fn read_now(&self, now: Duration) -> MeterReading {
         let chargers: f64 = self
             .chargers
@@ -547,7 +585,13 @@ impl SimMeter {
 
 impl MeterIo for SimMeter {
     fn read(&self, now: Duration) -> BoxFuture<'_, Result<MeterReading, DeviceError>> {
-        let r = Ok(self.read_now(now));
+        let r = if self.unreachable.load(Ordering::Acquire) {
+            Err(DeviceError::Unreachable {
+                device: self.id.clone(),
+            })
+        } else {
+            Ok(self.read_now(now))
+        };
         Box::pin(async move { r })
     }
 }
@@ -601,7 +645,12 @@ impl SimSite {
             let chargers: Vec<_> = seg
                 .chargers
                 .iter()
-                .map(|c| Arc::new(SimCharger::new(&c.id, c.max_kw, c.bidirectional)))
+                .map(|c| {
+                    Arc::new(
+                        SimCharger::new(&c.id, c.max_kw, c.bidirectional)
+                            .with_failsafe(seg.safe_default_kw),
+                    )
+                })
                 .collect();
             let inverters: Vec<_> = seg
                 .inverters
@@ -620,6 +669,7 @@ impl SimSite {
                         inverters: inverters.clone(),
                         base_load_kw: seg.base_load_kw,
                         grid: grid.clone(),
+                        unreachable: std::sync::atomic::AtomicBool::new(false),
                     }),
                 );
             }
@@ -661,7 +711,7 @@ mod tests {
     fn power_ramps_to_the_setpoint_and_energy_is_its_integral() {
         let c = SimCharger::new("c", 22.0, true);
         c.plug(ev(50.0), s(0.0));
-        let r = c.write_now(key(1, 0), -10.0, s(0.0)).unwrap();
+        let r = c.write_now(key(1, 0), -10.0, None, s(0.0)).unwrap();
         assert_eq!(r.applied, Some(key(1, 0)));
         // 10 kW at 50 kW/s: 0.2 s of ramp (1 kJ... 0.2*5 kW avg), then 10 kW.
         let r = c.read_now(s(3600.2)).unwrap();
@@ -676,18 +726,18 @@ mod tests {
     fn limits_direction_throttle_and_the_battery_bound_the_power() {
         let uni = SimCharger::new("u", 22.0, false);
         uni.plug(ev(50.0), s(0.0));
-        uni.write_now(key(1, 0), -5.0, s(0.0)).unwrap();
+        uni.write_now(key(1, 0), -5.0, None, s(0.0)).unwrap();
         assert_eq!(uni.read_now(s(10.0)).unwrap().power_kw, 0.0);
         let c = SimCharger::new("c", 22.0, true);
         c.plug(ev(50.0), s(0.0));
-        c.write_now(key(1, 0), 22.0, s(0.0)).unwrap();
+        c.write_now(key(1, 0), 22.0, None, s(0.0)).unwrap();
         assert!((c.read_now(s(10.0)).unwrap().power_kw - 11.0).abs() < 1e-9);
         c.set_throttle(Some(2.0), s(10.0));
         assert!((c.read_now(s(20.0)).unwrap().power_kw - 2.0).abs() < 1e-9);
         // Empty battery: the BMS stops discharge.
         let e = SimCharger::new("e", 22.0, true);
         e.plug(ev(0.5), s(0.0));
-        e.write_now(key(1, 0), -11.0, s(0.0)).unwrap();
+        e.write_now(key(1, 0), -11.0, None, s(0.0)).unwrap();
         let r = e.read_now(s(3600.0)).unwrap();
         assert_eq!(r.power_kw, 0.0);
         assert!((r.energy_kwh + 0.3).abs() < 1e-9);
@@ -704,7 +754,7 @@ mod tests {
         ));
         c.set_unreachable(false);
         assert!(matches!(
-            c.write_now(key(1, 0), f64::NAN, s(0.0)),
+            c.write_now(key(1, 0), f64::NAN, None, s(0.0)),
             Err(DeviceError::Refused { .. })
         ));
         assert_eq!(c.writes(), 0);
@@ -718,5 +768,24 @@ mod tests {
         assert!(i.read_now(s(0.0)).core_c > 65.0);
         i.set_cooling_fault(0.0, false, s(0.0));
         assert!(i.read_now(s(3600.0)).core_c < 36.0);
+    }
+
+    #[test]
+    fn the_device_reverts_to_its_failsafe_at_the_end_of_the_lease_on_its_own() {
+        let c = SimCharger::new("c", 22.0, true).with_failsafe(2.0);
+        c.plug(ev(50.0), s(0.0));
+        c.write_now(key(1, 0), -10.0, Some(s(60.0)), s(0.0))
+            .unwrap();
+        assert!((c.read_now(s(30.0)).unwrap().power_kw + 10.0).abs() < 1e-9);
+        let r = c.read_now(s(120.0)).unwrap();
+        assert_eq!(r.setpoint_kw, 2.0);
+        assert_eq!(r.lease_until, None);
+        assert!((r.power_kw - 2.0).abs() < 1e-9);
+        // 60 s at -10 kW (after a 0.2 s ramp), then about 60 s at +2 kW.
+        assert!(
+            r.energy_kwh < -0.13 && r.energy_kwh > -0.15,
+            "{}",
+            r.energy_kwh
+        );
     }
 }

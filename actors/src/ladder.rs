@@ -208,6 +208,9 @@ pub enum FaultKey {
     RestartIntensity(String),
     /// The level checkpointed before the node or segment restarted.
     Restored,
+    /// The segment's meter cannot be read: nothing would see islanding or the transformer's
+    /// load.
+    Metering,
 }
 
 /// An observation the ladder decides on.
@@ -240,6 +243,9 @@ pub enum Fault {
     TransformerLimit(Option<f64>),
     /// Whether this node sees a majority of the cluster.
     Quorum(bool),
+    /// Whether the segment's meter can be read (false after repeated failures): a segment
+    /// that cannot see the grid must not export.
+    Metering(bool),
     /// The level a checkpoint recorded before a restart. A restarted segment does not know
     /// whether the cause is gone, so the level is held for the hold time, as if its cause
     /// had cleared at the moment of the restart.
@@ -373,6 +379,13 @@ impl SafeStateLadder {
                     self.set(FaultKey::Restored, Some(level), now);
                     self.set(FaultKey::Restored, None, now);
                 }
+            }
+            Fault::Metering(ok) => {
+                self.set(
+                    FaultKey::Metering,
+                    (!ok).then_some(SafeState::ChargeOnly),
+                    now,
+                );
             }
             Fault::Quorum(majority) => {
                 self.set(
@@ -547,6 +560,17 @@ mod tests {
             l.observe(Fault::Restored(SafeState::Normal), ms(300_001)),
             None
         );
+    }
+
+    #[test]
+    fn a_meter_that_cannot_be_read_means_charge_only() {
+        let mut l = ladder();
+        let t = l.observe(Fault::Metering(false), ms(0)).unwrap();
+        assert_eq!(t.to, SafeState::ChargeOnly);
+        assert_eq!(t.causes, vec![FaultKey::Metering]);
+        assert_eq!(l.observe(Fault::Metering(true), ms(10)), None, "held");
+        l.observe(Fault::KeepAlive, ms(299_000));
+        assert_eq!(l.tick(ms(300_010)).map(|t| t.to), Some(SafeState::Normal));
     }
 
     #[test]

@@ -299,3 +299,96 @@ async fn an_expired_lease_falls_back_to_the_safe_default() {
     .await;
     t.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_that_cannot_be_read_is_charge_only_until_it_answers_again() {
+    let t = start(&site_toml(2, 2, "", "")).await;
+    t.node.sim.meters["m-0"].set_unreachable(true);
+    wait(&t.node, "charge only", || {
+        level(&t, "tx-0") == SafeState::ChargeOnly
+    })
+    .await;
+    assert!(t
+        .node
+        .segment("tx-0")
+        .unwrap()
+        .causes
+        .contains(&FaultKey::Metering));
+    assert_eq!(level(&t, "tx-1"), SafeState::Normal);
+    t.node.sim.meters["m-0"].set_unreachable(false);
+    wait(&t.node, "normal after the hold", || {
+        level(&t, "tx-0") == SafeState::Normal
+    })
+    .await;
+    t.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_charger_neither_stops_its_segment_nor_the_node() {
+    let t = start(&site_toml(2, 3, "", "")).await;
+    let dead = t.node.sim.chargers["evse-0"].clone();
+    dead.set_unreachable(true);
+    // Its link restarts (and keeps restarting the device connection) while it is away.
+    let link = "node/segments/tx-0/chargers/evse-0/link";
+    for _ in 0..5 {
+        if let Ok(cell) = t.node.registry().resolve(link, LIMIT).await {
+            cell.kill();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = t
+        .node
+        .request(request("r1", Scope::Site, -30.0, 60.0))
+        .await
+        .unwrap();
+    assert!(t.node.running());
+    let tx0 = r.segments.iter().find(|s| s.segment == "tx-0").unwrap();
+    let tx1 = r.segments.iter().find(|s| s.segment == "tx-1").unwrap();
+    assert_eq!(tx1.applied, 3, "{r:?}");
+    assert_eq!(tx0.applied, 2, "{r:?}");
+    assert!(tx0.failed <= 1, "{r:?}");
+    assert_eq!(level(&t, "tx-0"), SafeState::Normal);
+    // It answers again: its link comes back online and takes setpoints.
+    dead.set_unreachable(false);
+    wait(&t.node, "evse-0 back and dispatched", || {
+        dead.setpoint_kw() < 0.0
+    })
+    .await;
+    t.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_falls_back_at_the_end_of_its_lease_even_with_its_link_gone() {
+    let toml = site_toml(1, 2, "", "")
+        .replace("cycle_ms = 100", "cycle_ms = 60000")
+        .replace("lease_s = 5", "lease_s = 0.4");
+    let t = start(&toml).await;
+    discharge(&t, "r1", Scope::Site, -15.0).await;
+    let c = t.node.sim.chargers["evse-0"].clone();
+    assert!(c.setpoint_kw() < 0.0);
+    // The charger's whole subtree is stopped: nobody will tell the device anything.
+    let chargers = t
+        .node
+        .registry()
+        .resolve("node/segments/tx-0/chargers", LIMIT)
+        .await
+        .unwrap();
+    let sup = gridvisor_supervisors::SupervisorRef::from_cell(
+        chargers,
+        "node/segments/tx-0/chargers".into(),
+    )
+    .unwrap();
+    sup.terminate_child("evse-0").await.unwrap();
+    // The device's own revert timer puts it at its failsafe (the safe default, 0 kW).
+    wait(&t.node, "the device at its failsafe", || {
+        futures::executor::block_on(gridvisor_actors::device::ChargerIo::read(
+            c.as_ref(),
+            t.node.shared.clock.now(),
+        ))
+        .unwrap()
+        .setpoint_kw
+            == 0.0
+    })
+    .await;
+    t.node.shutdown().await;
+}

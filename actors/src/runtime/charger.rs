@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridvisor_supervisors::prelude::*;
-use gridvisor_supervisors::StartError;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -64,20 +63,18 @@ pub(crate) fn charger_template() -> ChildSpec<ChargerArgs> {
                     ctx.spawn(Link, (a.shared, a.seg, a.charger, path)).await
                 }
             });
-            let config = SupervisorConfig::new(&id, Strategy::RestForOne)
-                .intensity(CHARGER_MAX_RESTARTS, CHARGER_RESTART_PERIOD);
-            let cell = Supervisor::start_in(&ctx, config, vec![link]).await?;
-            // A vehicle that is plugged in gets its session back (after a restart of the charger
-            // by its parent, the session spec added at plug-in time is gone with the old
-            // supervisor).
+            let mut children = vec![link];
+            // A vehicle that is plugged in gets its session back (after a restart of the
+            // charger by its parent, the session spec added at plug-in time is gone with the
+            // old supervisor). It is part of the start, so a failed start leaves nothing
+            // running behind it.
             let plugged = args.shared.plugged.get(&id).map(|v| v.value().clone());
             if let Some(vehicle) = plugged {
-                let sup = SupervisorRef::from_cell(cell.clone(), ctx.path().clone())
-                    .map_err(|e| StartError::Failed(e.to_string()))?;
-                sup.start_child(session_spec(&args, &vehicle))
-                    .await
-                    .map_err(|e| StartError::Failed(e.to_string()))?;
+                children.push(session_spec(&args, &vehicle));
             }
+            let config = SupervisorConfig::new(&id, Strategy::RestForOne)
+                .intensity(CHARGER_MAX_RESTARTS, CHARGER_RESTART_PERIOD);
+            let cell = Supervisor::start_in(&ctx, config, children).await?;
             Ok(cell)
         },
     )
@@ -112,6 +109,11 @@ pub struct LinkCheckpoint {
     pub boot: u64,
 }
 
+/// A link whose device does not answer retries after this long, doubling ...
+pub const LINK_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// ... up to this.
+pub const LINK_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// Acknowledgements a link may hold while their checkpoints commit; past this it waits for
 /// the commit before it reads its next message.
 pub const MAX_HELD_ACKS: usize = 64;
@@ -142,16 +144,31 @@ pub(crate) struct LinkState {
     held: Vec<(SetpointKey, SetpointOutcome)>,
     metrics_path: String,
     myself: ActorRef<LinkMsg>,
+    /// Whether the checkpoint was written by this run of the node.
+    same_run: bool,
+    /// Whether the device answered the last read-before-write.
+    online: bool,
+    /// The next retry's wait while offline.
+    retry: Duration,
+    /// The setpoint whose lease end was already handled (it must not fire again).
+    lease_handled: Option<SetpointKey>,
 }
 
 impl LinkState {
     fn publish(&self, reading: Option<&ChargerReading>) {
         let last = self.applier.last();
+        let previous = self.seg.links.get(&self.charger.id).map(|e| e.status);
         let status = LinkStatus {
-            commanded_kw: reading.map(|r| r.setpoint_kw),
-            measured_kw: reading.map(|r| r.power_kw),
+            commanded_kw: reading
+                .map(|r| r.setpoint_kw)
+                .or(previous.and_then(|p| p.commanded_kw)),
+            measured_kw: reading
+                .map(|r| r.power_kw)
+                .or(previous.and_then(|p| p.measured_kw)),
             applied: last.map(|a| a.key),
-            lease_until: last.map(|a| a.lease_until),
+            lease_until: last
+                .filter(|a| Some(a.key) != self.lease_handled)
+                .map(|a| a.lease_until),
         };
         self.seg.links.insert(
             self.charger.id.clone(),
@@ -204,7 +221,7 @@ impl LinkState {
         }
         let kw = self.local_clamp(sp.kw);
         let now = self.shared.clock.now();
-        let reading = match self.io.write(sp.key, kw, now).await {
+        let reading = match self.io.write(sp.key, kw, Some(sp.lease_until), now).await {
             Ok(r) => r,
             Err(e) => {
                 return Step::Now(SetpointOutcome::Failed {
@@ -331,6 +348,50 @@ impl LinkState {
             .await
     }
 
+    /// Read the device, adopt its record of the applied key if it is newer than ours (the
+    /// previous incarnation wrote it and died before its checkpoint), and bring it under the
+    /// current safe state and the lease rule. Marks the link online.
+    async fn sync(&mut self) -> Result<(), ActorProcessingErr> {
+        let now = self.shared.clock.now();
+        let reading = self.io.read(now).await?;
+        let mut adopted = false;
+        if let Some(device_key) = reading.applied {
+            if self.applier.last().is_none_or(|a| a.key < device_key) {
+                // The device is the truth. Its lease is unknown, so it counts as ended now.
+                self.applier.record(Applied {
+                    key: device_key,
+                    requested_kw: reading.setpoint_kw,
+                    applied_kw: reading.setpoint_kw,
+                    lease_until: now,
+                })?;
+                adopted = true;
+            }
+        }
+        if adopted {
+            self.checkpoint().await?;
+            self.durable = self.applier.last().map(|a| a.key);
+        }
+        self.publish(Some(&reading));
+        // An adopted record's lease is unknown, and a lease from another run of the node is a
+        // time on another clock: both count as ended.
+        let lease_ok =
+            self.same_run && !adopted && self.applier.last().is_some_and(|a| a.lease_until > now);
+        let target = (!lease_ok).then_some(self.seg.config.safe_default_kw);
+        self.enforce(target).await?;
+        self.online = true;
+        self.retry = LINK_RETRY_FIRST;
+        Ok(())
+    }
+
+    /// Try to reach the device again after the current backoff (doubling up to
+    /// [`LINK_RETRY_MAX`]).
+    fn schedule_retry(&mut self) {
+        self.online = false;
+        let wait = self.retry;
+        self.retry = (self.retry * 2).min(LINK_RETRY_MAX);
+        drop(self.myself.send_after(wait, || LinkMsg::Poll));
+    }
+
     /// Re-apply the local clamps to what the device holds (a safe-state change, a lease
     /// that ended). The device keeps its applied key: this is a local override, not a
     /// remote setpoint.
@@ -344,7 +405,13 @@ impl LinkState {
                 dispatch: 0,
                 revision: 0,
             });
-            let r = self.io.write(key, clamped, now).await?;
+            // A clamp keeps the device's lease; the safe default itself needs none.
+            let lease = if target_kw.is_some() {
+                None
+            } else {
+                r.lease_until
+            };
+            let r = self.io.write(key, clamped, lease, now).await?;
             self.publish(Some(&r));
         }
         Ok(())
@@ -372,28 +439,13 @@ impl Actor for Link {
             .get(&charger.id)
             .cloned()
             .ok_or_else(|| format!("no device connection for charger {}", charger.id))?;
-        // Read before write: our checkpoint, then the device's own record.
+        // Read before write, part one: our checkpoint. (A corrupt checkpoint is an error: the
+        // link does not start rather than guess what it applied.)
         let cp: Option<LinkCheckpoint> = shared.store.get(&link_checkpoint_key(&charger.id))?;
         // A lease from another run of the node is a time on another clock: ended.
         let same_run = cp.as_ref().is_some_and(|c| c.boot == shared.boot);
-        let mut applier = cp.map(|c| c.applier).unwrap_or_default();
+        let applier = cp.map(|c| c.applier).unwrap_or_default();
         let durable = applier.last().map(|a| a.key);
-        let now = shared.clock.now();
-        let reading = io.read(now).await?;
-        let mut adopted = false;
-        if let Some(device_key) = reading.applied {
-            if applier.last().is_none_or(|a| a.key < device_key) {
-                // The previous incarnation wrote the device and died before its checkpoint:
-                // the device is the truth. Its lease is unknown, so it counts as ended now.
-                applier.record(Applied {
-                    key: device_key,
-                    requested_kw: reading.setpoint_kw,
-                    applied_kw: reading.setpoint_kw,
-                    lease_until: now,
-                })?;
-                adopted = true;
-            }
-        }
         let metrics_path = if shared.options.per_session_metrics {
             path
         } else {
@@ -409,19 +461,19 @@ impl Actor for Link {
             held: Vec::new(),
             metrics_path,
             myself: myself.clone(),
+            same_run,
+            online: false,
+            retry: LINK_RETRY_FIRST,
+            lease_handled: None,
         };
-        if adopted {
-            state.checkpoint().await?;
-            state.durable = state.applier.last().map(|a| a.key);
+        // Registered at once, online or not (the node counts its links to know it is up).
+        state.publish(None);
+        // Part two: the device. A device that does not answer does not stop the link (nor,
+        // through its supervisors, the segment): the link starts offline and retries.
+        if let Err(e) = state.sync().await {
+            tracing::warn!(charger = %state.charger.id, error = %e, "charger offline at start; retrying");
+            state.schedule_retry();
         }
-        state.publish(Some(&reading));
-        // Bring the device under the current safe state and the lease rule before anything.
-        // An adopted record's lease is unknown, and a lease from another run of the node is a
-        // time on another clock: both count as ended.
-        let lease_ok =
-            same_run && !adopted && state.applier.last().is_some_and(|a| a.lease_until > now);
-        let target = (!lease_ok).then_some(state.seg.config.safe_default_kw);
-        state.enforce(target).await?;
         Ok(state)
     }
 
@@ -439,39 +491,77 @@ impl Actor for Link {
         match msg {
             LinkMsg::Setpoint(sp) => {
                 let key = sp.key;
+                if !s.online {
+                    // Read before write: a link that could not read its device writes nothing.
+                    if let Err(e) = s.sync().await {
+                        s.ack(
+                            key,
+                            SetpointOutcome::Failed {
+                                error: format!("charger offline: {e}"),
+                            },
+                        );
+                        return Ok(());
+                    }
+                }
                 match s.apply(sp).await {
-                    Step::Now(outcome) => s.ack(key, outcome),
+                    Step::Now(outcome) => {
+                        if matches!(outcome, SetpointOutcome::Failed { .. }) && s.online {
+                            s.schedule_retry();
+                        }
+                        s.ack(key, outcome)
+                    }
                     Step::Held(outcome) => s.held.push((key, outcome)),
                 }
             }
             LinkMsg::Committed { key, result } => s.committed(key, result),
             LinkMsg::Enforce(batch) => {
-                let r = s.enforce(None).await;
+                let r = if s.online {
+                    s.enforce(None).await
+                } else {
+                    s.sync().await
+                };
                 if let Some(b) = batch {
                     b.done();
                 }
-                r?;
+                if let Err(e) = r {
+                    tracing::warn!(charger = %s.charger.id, error = %e, "safe-state command not delivered: charger offline");
+                    if s.online {
+                        s.schedule_retry();
+                    }
+                }
             }
             LinkMsg::LeaseExpired => {
                 let now = s.shared.clock.now();
-                let expired = s.applier.last().is_some_and(|a| a.lease_until <= now);
-                if expired {
+                let last = s.applier.last();
+                let expired = last.filter(|a| a.lease_until <= now).map(|a| a.key);
+                if expired.is_some() && expired != s.lease_handled && s.online {
                     tracing::info!(charger = %s.charger.id, "setpoint lease ended: safe default");
-                    s.enforce(Some(s.seg.config.safe_default_kw)).await?;
-                    // The lease rule must not fire again for this setpoint.
-                    let mut status = s.seg.links.get(&s.charger.id).map(|e| e.status);
-                    if let Some(st) = status.as_mut() {
-                        st.lease_until = None;
-                        if let Some(mut e) = s.seg.links.get_mut(&s.charger.id) {
-                            e.status = *st;
+                    match s.enforce(Some(s.seg.config.safe_default_kw)).await {
+                        Ok(()) => {
+                            // The lease rule must not fire again for this setpoint.
+                            s.lease_handled = expired;
+                            s.publish(None);
+                        }
+                        Err(e) => {
+                            tracing::warn!(charger = %s.charger.id, error = %e, "lease fallback not delivered: charger offline");
+                            s.schedule_retry();
                         }
                     }
                 }
             }
             LinkMsg::Poll => {
-                let now = s.shared.clock.now();
-                let r = s.io.read(now).await?;
-                s.publish(Some(&r));
+                if s.online {
+                    let now = s.shared.clock.now();
+                    match s.io.read(now).await {
+                        Ok(r) => s.publish(Some(&r)),
+                        Err(_) => s.schedule_retry(),
+                    }
+                } else if let Err(e) = s.sync().await {
+                    tracing::debug!(charger = %s.charger.id, error = %e, "charger still offline");
+                    s.schedule_retry();
+                } else {
+                    tracing::info!(charger = %s.charger.id, "charger back online");
+                }
             }
         }
         Ok(())
@@ -494,8 +584,9 @@ impl Actor for Link {
 pub struct SessionCheckpoint {
     /// The session model.
     pub session: Session,
-    /// The charger's energy register when `session` was last updated.
-    pub register_kwh: f64,
+    /// The charger's energy register when `session` was last updated; None until the
+    /// charger could be read once (a session may start while its charger is offline).
+    pub register_kwh: Option<f64>,
 }
 
 pub(crate) fn session_checkpoint_key(vehicle: &str) -> String {
@@ -543,8 +634,13 @@ impl SessionActorState {
 
     /// Integrate the register since the last reading and follow the power's direction.
     fn take(&mut self, r: &ChargerReading) -> bool {
-        let delta = r.energy_kwh - self.cp.register_kwh;
-        self.cp.register_kwh = r.energy_kwh;
+        let Some(base) = self.cp.register_kwh else {
+            // The first reading of this session: the base, nothing delivered yet.
+            self.cp.register_kwh = Some(r.energy_kwh);
+            return false;
+        };
+        let delta = r.energy_kwh - base;
+        self.cp.register_kwh = Some(r.energy_kwh);
         match self.cp.session.integrate(delta) {
             Ok(false) => {}
             // The estimate left 0..=100 %: the model and the vehicle disagree (a register
@@ -594,7 +690,15 @@ impl Actor for SessionActor {
             .cloned()
             .ok_or_else(|| format!("no device connection for charger {charger}"))?;
         let now = shared.clock.now();
-        let reading = io.read(now).await?;
+        // A charger that does not answer does not stop the session: it counts from the
+        // first reading it gets.
+        let reading = match io.read(now).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(%charger, %vehicle, error = %e, "session starts with its charger offline");
+                None
+            }
+        };
         let cp: Option<SessionCheckpoint> = shared.store.get(&session_checkpoint_key(&vehicle))?;
         let fresh = cp.is_none();
         let cp = match cp {
@@ -606,7 +710,7 @@ impl Actor for SessionActor {
                     .ok_or_else(|| format!("vehicle {vehicle} is not in the topology"))?;
                 SessionCheckpoint {
                     session: Session::from_vehicle(v),
-                    register_kwh: reading.energy_kwh,
+                    register_kwh: reading.map(|r| r.energy_kwh),
                 }
             }
         };
@@ -629,8 +733,10 @@ impl Actor for SessionActor {
             state.cp.session.apply(SessionEvent::Authorize)?;
         }
         // Count what was delivered while no session actor was running.
-        state.take(&reading);
-        state.publish(reading.power_kw);
+        if let Some(r) = &reading {
+            state.take(r);
+        }
+        state.publish(reading.map_or(0.0, |r| r.power_kw));
         if fresh || state.cp.session.state != SessionState::Ended {
             state.checkpoint().await?;
         }
@@ -657,7 +763,14 @@ impl Actor for SessionActor {
         match msg {
             SessionMsg::Tick => {
                 let now = s.shared.clock.now();
-                let r = s.io.read(now).await?;
+                let r = match s.io.read(now).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The link handles the device; the session waits for readings.
+                        tracing::debug!(vehicle = %s.cp.session.vehicle, error = %e, "no reading");
+                        return Ok(());
+                    }
+                };
                 let changed = s.take(&r);
                 s.readings += 1;
                 s.publish(r.power_kw);
@@ -700,7 +813,10 @@ impl Actor for SessionActor {
             .session_actors
             .remove_if(&s.charger, |_, r| r.get_id() == myself.get_id());
         if s.cp.session.state == SessionState::Ended {
-            s.seg.sessions.remove(&s.charger);
+            let vehicle = s.cp.session.vehicle.clone();
+            s.seg
+                .sessions
+                .remove_if(&s.charger, |_, st| st.session.vehicle == vehicle);
         }
         Ok(())
     }

@@ -40,6 +40,10 @@ pub const SEGMENT_RESTART_PERIOD: Duration = Duration::from_secs(10);
 /// The segments supervisor's intensity (segments that keep failing are restarted, with the
 /// segment held in ChargeOnly, up to this many times per period).
 pub const SEGMENTS_MAX_RESTARTS: u32 = 100;
+/// How long `Node::start` waits for every link and session to be running.
+pub const START_LIMIT: Duration = Duration::from_secs(600);
+/// How often it looks.
+const START_POLL: Duration = Duration::from_millis(10);
 /// How long a site call from the API may take.
 pub const API_CALL_LIMIT: Duration = Duration::from_secs(10);
 
@@ -132,24 +136,42 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
                         .intensity(SEGMENT_MAX_RESTARTS * 10, SEGMENT_RESTART_PERIOD);
                     let cell =
                         Supervisor::start_dynamic_in(&ctx, config, charger_template()).await?;
-                    // Every configured charger (issue 5: every charger that connects).
-                    let sup = DynamicSupervisorRef::<ChargerArgs>::from_cell(
+                    // Every configured charger (issue 5: every charger that connects), started
+                    // outside this start function so that the segment's supervisor is not
+                    // blocked while thousands of chargers start.
+                    let sup = match DynamicSupervisorRef::<ChargerArgs>::from_cell(
                         cell.clone(),
                         ctx.path().clone(),
-                    )
-                    .map_err(|e| StartError::Failed(e.to_string()))?;
-                    for c in &sg.config.chargers {
-                        sup.start_child_named(
-                            &c.id,
-                            ChargerArgs {
+                    ) {
+                        Ok(sup) => sup,
+                        Err(e) => {
+                            cell.kill();
+                            return Err(StartError::Failed(e.to_string()));
+                        }
+                    };
+                    // This supervisor runs (again): a restart-intensity cause its predecessor
+                    // raised by giving up is cleared now, and held for the hold time.
+                    sg.observe(
+                        Fault::RestartIntensity {
+                            supervisor: ctx.path().to_string(),
+                            exceeded: false,
+                        },
+                        sh.clock.now(),
+                    );
+                    let children = sg
+                        .config
+                        .chargers
+                        .iter()
+                        .map(|c| {
+                            let args = ChargerArgs {
                                 shared: sh.clone(),
                                 seg: sg.clone(),
                                 charger: c.clone(),
-                            },
-                        )
-                        .await
-                        .map_err(|e| StartError::Failed(e.to_string()))?;
-                    }
+                            };
+                            (c.id.clone(), args)
+                        })
+                        .collect();
+                    populate(sup, children);
                     Ok(cell)
                 }
             })
@@ -174,6 +196,30 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
     })
     .kind(ChildKind::Supervisor)
     .shutdown(Shutdown::Infinity)
+}
+
+/// Start the children of a dynamic supervisor from a task, one after the other (the
+/// supervisor serialises them anyway), so that the supervisor's parent is not blocked while
+/// they start. A child that is already there is fine; one that fails to start is logged and
+/// left out (its supervisor reported why); a supervisor that is gone ends the task (its next
+/// incarnation populates itself again).
+fn populate<A: Clone + Send + 'static>(sup: DynamicSupervisorRef<A>, children: Vec<(String, A)>) {
+    tokio::spawn(async move {
+        for (id, args) in children {
+            match sup.start_child_named(&id, args).await {
+                Ok(_) | Err(SupervisorError::AlreadyPresent { .. }) => {}
+                Err(e) => {
+                    if !matches!(
+                        sup.cell().get_status(),
+                        ractor::ActorStatus::Running | ractor::ActorStatus::Starting
+                    ) {
+                        return;
+                    }
+                    tracing::warn!(path = %sup.path(), child = %id, error = %e, "child did not start");
+                }
+            }
+        }
+    });
 }
 
 /// Plug `v` into its charger: the simulated battery appears, the charger supervisor gets
@@ -341,22 +387,28 @@ impl Node {
                     .hook(move |exit: &ChildExit<'_>| segments_hook(&hook_shared, exit))
                     .metrics_granularity(gridvisor_supervisors::MetricsGranularity::PerChild);
                 let cell = Supervisor::start_dynamic_in(&ctx, config, segment_spec()).await?;
-                let sup = DynamicSupervisorRef::<SegmentArgs>::from_cell(
+                let sup = match DynamicSupervisorRef::<SegmentArgs>::from_cell(
                     cell.clone(),
                     ctx.path().clone(),
-                )
-                .map_err(|e| StartError::Failed(e.to_string()))?;
-                for seg in sh.segments.values() {
-                    sup.start_child_named(
-                        &seg.id,
-                        SegmentArgs {
+                ) {
+                    Ok(sup) => sup,
+                    Err(e) => {
+                        cell.kill();
+                        return Err(StartError::Failed(e.to_string()));
+                    }
+                };
+                let children = sh
+                    .segments
+                    .values()
+                    .map(|seg| {
+                        let args = SegmentArgs {
                             shared: sh.clone(),
                             seg: seg.clone(),
-                        },
-                    )
-                    .await
-                    .map_err(|e| StartError::Failed(e.to_string()))?;
-                }
+                        };
+                        (seg.id.clone(), args)
+                    })
+                    .collect();
+                populate(sup, children);
                 Ok(cell)
             }
         })
@@ -374,7 +426,47 @@ impl Node {
             vec![segments, site],
         )
         .await?;
-        Ok(Node { shared, sim, root })
+        let node = Node { shared, sim, root };
+        node.wait_populated(START_LIMIT).await?;
+        Ok(node)
+    }
+
+    /// Wait until every configured charger has a link and every plugged vehicle a session.
+    async fn wait_populated(&self, limit: Duration) -> Result<(), NodeError> {
+        let chargers: usize = self
+            .shared
+            .segments
+            .values()
+            .map(|s| s.config.chargers.len())
+            .sum();
+        let sessions = self.shared.plugged.len();
+        let started = tokio::time::Instant::now();
+        loop {
+            let links: usize = self.shared.segments.values().map(|s| s.links.len()).sum();
+            let running: usize = self
+                .shared
+                .segments
+                .values()
+                .map(|s| s.session_actors.len())
+                .sum();
+            if links >= chargers && running >= sessions {
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                return Err(NodeError::Config(format!(
+                    "the tree did not come up within {limit:?}: {links} of {chargers} links, {running} of {sessions} sessions"
+                )));
+            }
+            tokio::time::sleep(START_POLL).await;
+        }
+    }
+
+    /// Whether the root supervisor still runs (false after the tree gave up).
+    pub fn running(&self) -> bool {
+        matches!(
+            self.root.cell().get_status(),
+            ractor::ActorStatus::Running | ractor::ActorStatus::Starting
+        )
     }
 
     fn site(&self) -> Result<ActorRef<SiteMsg>, RequestError> {
@@ -492,12 +584,11 @@ fn segments_hook(shared: &Arc<SiteShared>, exit: &ChildExit<'_>) -> HookDecision
                 shared.clock.now(),
             );
             if let Some(t) = t {
-                seg.set_level(t.to);
                 shared
                     .metrics
                     .segment_level
                     .with_label_values(&[&seg.id])
-                    .set(f64::from(t.to.severity()));
+                    .set(f64::from(seg.level().severity()));
                 shared.record(&seg.id, t);
             }
             tracing::error!(segment = %seg.id, reason = %exit.reason, "ALARM: segment supervisor gave up; segment in ChargeOnly");

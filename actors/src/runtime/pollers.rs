@@ -18,6 +18,8 @@ use super::{InverterMsg, MeterMsg, INVERTER_POLL, METER_POLL};
 use crate::device::{InverterIo, MeterIo};
 use crate::ladder::Fault;
 
+/// Consecutive failed meter reads after which the segment is put in ChargeOnly.
+pub const METER_FAILURE_LIMIT: u32 = 3;
 /// How often the meter poller steps the thermal model and reports it (every n-th poll).
 const THERMAL_EVERY_POLLS: u64 = 20;
 
@@ -31,6 +33,7 @@ pub(crate) struct MeterState {
     polls: u64,
     thermal_at: Duration,
     errors: u64,
+    failing: u32,
     timer: Option<JoinHandle<()>>,
 }
 
@@ -60,6 +63,7 @@ impl Actor for Meter {
             polls: 0,
             thermal_at: now,
             errors: 0,
+            failing: 0,
             timer,
         })
     }
@@ -80,10 +84,18 @@ impl Actor for Meter {
             Ok(r) => r,
             Err(e) => {
                 s.errors += 1;
+                s.failing += 1;
                 tracing::warn!(meter = %s.path, error = %e, errors = s.errors, "meter read failed");
+                if s.failing >= METER_FAILURE_LIMIT {
+                    s.seg.observe(Fault::Metering(false), now);
+                }
                 return Ok(());
             }
         };
+        if s.failing > 0 {
+            s.failing = 0;
+            s.seg.observe(Fault::Metering(true), now);
+        }
         s.polls += 1;
         s.seg.observe(
             Fault::GridReading {

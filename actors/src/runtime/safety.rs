@@ -19,6 +19,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use gridvisor_supervisors::SupervisorError;
+
 use super::shared::{lock, CommandBatch, SegmentShared, SiteShared};
 use super::{InverterMsg, LinkMsg, SafetyMsg, SiteMsg, LEASE_SCAN, SAFETY_TICK};
 use crate::ladder::{Fault, SafeState, Transition};
@@ -51,11 +53,12 @@ impl SafetyState {
 
     async fn transitioned(&mut self, t: Transition) -> Result<(), ActorProcessingErr> {
         let seg = &self.seg;
-        seg.set_level(t.to);
+        // The ladder's level now, not `t.to`: a transition may be older than the latest.
+        let level = seg.publish_level();
         let m = &self.shared.metrics;
         m.segment_level
             .with_label_values(&[&seg.id])
-            .set(f64::from(t.to.severity()));
+            .set(f64::from(level.severity()));
         m.transitions
             .with_label_values(&[&seg.id, level_name(t.to)])
             .inc();
@@ -72,31 +75,32 @@ impl SafetyState {
         }
         self.shared
             .store
-            .put(&checkpoint_key(&seg.id), &SafetyCheckpoint { level: t.to })
+            .put(&checkpoint_key(&seg.id), &SafetyCheckpoint { level })
             .await?;
         Ok(())
     }
 
     fn command_all(&self) {
         let seg = &self.seg;
-        let n = seg.links.len() + seg.inverters.len();
+        // Collect first, so that the batch counts exactly the devices it commands.
+        let links: Vec<_> = seg.links.iter().map(|l| l.actor.clone()).collect();
+        let inverters: Vec<_> = seg.inverters.iter().map(|i| i.value().clone()).collect();
         let batch = CommandBatch::new(
-            n,
+            links.len() + inverters.len(),
             self.shared
                 .metrics
                 .safe_command
                 .with_label_values(&[&seg.id]),
             self.shared.command_log.clone(),
         );
-        for l in seg.links.iter() {
-            if l.actor
-                .send_message(LinkMsg::Enforce(Some(batch.clone())))
+        for l in links {
+            if l.send_message(LinkMsg::Enforce(Some(batch.clone())))
                 .is_err()
             {
                 batch.done();
             }
         }
-        for i in seg.inverters.iter() {
+        for i in inverters {
             if i.send_message(InverterMsg::Enforce(batch.clone())).is_err() {
                 batch.done();
             }
@@ -214,8 +218,10 @@ impl Actor for Safety {
             }
             SafetyMsg::ChildExit(n) => {
                 tracing::info!(child = %n.path, reason = %n.reason, action = ?n.action, "segment child exited");
-                let reason = n.reason.to_string();
-                let gave_up = reason.contains("max restart intensity");
+                let gave_up = matches!(
+                    n.reason.error::<SupervisorError>(),
+                    Some(SupervisorError::ReachedMaxRestartIntensity { .. })
+                );
                 gave_up
                     .then(|| {
                         lock(&state.seg.ladder).observe(

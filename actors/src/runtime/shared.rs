@@ -61,8 +61,8 @@ pub struct LinkEntry {
 pub struct SessionStatus {
     /// The session model (state, SoC, limits).
     pub session: crate::session::Session,
-    /// The charger's energy register at the last reading.
-    pub register_kwh: f64,
+    /// The charger's energy register at the last reading (None before the first).
+    pub register_kwh: Option<f64>,
     /// Power at the last reading, kW.
     pub power_kw: f64,
 }
@@ -124,6 +124,14 @@ impl SegmentShared {
         *self.level.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publish the ladder's level now (under its lock).
+    pub(crate) fn publish_level(&self) -> SafeState {
+        let ladder = lock(&self.ladder);
+        let level = ladder.level();
+        self.set_level(level);
+        level
+    }
+
     pub(crate) fn set_level(&self, level: SafeState) {
         *self.level.write().unwrap_or_else(|p| p.into_inner()) = level;
     }
@@ -131,9 +139,17 @@ impl SegmentShared {
     /// Feed the ladder directly (from a hook or a test) and publish a change. Returns the
     /// transition; the safety actor, if running, is told to enforce it.
     pub fn observe(&self, fault: Fault, now: Duration) -> Option<Transition> {
-        let t = lock(&self.ladder).observe(fault, now);
+        let t = {
+            // The level is published under the ladder's lock, from the ladder itself: two
+            // observers on two threads can never publish their transitions out of order.
+            let mut ladder = lock(&self.ladder);
+            let t = ladder.observe(fault, now);
+            if t.is_some() {
+                self.set_level(ladder.level());
+            }
+            t
+        };
         if let Some(t) = &t {
-            self.set_level(t.to);
             if let Some(s) = lock(&self.safety).as_ref() {
                 let _ = s.send_message(SafetyMsg::Enforce(t.clone()));
             }

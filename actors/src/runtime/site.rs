@@ -189,13 +189,25 @@ struct Active {
     uncontrolled_kw: Option<f64>,
 }
 
+/// What a round needs to answer a request, kept with the round: the request may be replaced
+/// or end before the round does, and its callers are answered all the same.
+#[derive(Clone)]
+struct Answer {
+    id: String,
+    dispatch: u64,
+    target_kw: f64,
+    until: Duration,
+    segments: BTreeSet<String>,
+    unallocated_kw: f64,
+}
+
 struct Round {
     key: SetpointKey,
     expected: BTreeSet<String>,
     received: Vec<SegmentReceipt>,
     started: tokio::time::Instant,
-    /// The request answered by this round (its first revision).
-    answers: Vec<String>,
+    /// The requests answered by this round (their first revision).
+    answers: Vec<Answer>,
 }
 
 /// Why a round starts.
@@ -381,6 +393,19 @@ impl SiteState {
             }
             self.finish_round();
         }
+        // Requests not answered yet are answered by this round, even if they end now.
+        let mut answers = carried;
+        for a in self.active.iter_mut().filter(|a| a.receipt_pending) {
+            a.receipt_pending = false;
+            answers.push(Answer {
+                id: a.request.id.clone(),
+                dispatch: a.dispatch,
+                target_kw: a.request.target_kw,
+                until: a.until,
+                segments: a.segments.clone(),
+                unallocated_kw: 0.0,
+            });
+        }
         // Requests that ended: their segments go back to their safe default.
         let before = self.active.len();
         self.active.retain(|a| a.until > now);
@@ -404,7 +429,6 @@ impl SiteState {
         for seg in segs.values() {
             site_power += seg.telemetry().metered_kw;
         }
-        let mut answers = carried;
         for a in self.active.iter_mut() {
             // What the meters see that is not our devices (the building, PV, losses) is fed
             // forward, so the loop only has to correct what the devices get wrong.
@@ -480,9 +504,8 @@ impl SiteState {
                     *shares.entry(id.as_str()).or_insert(0.0) += kw;
                 }
             }
-            if a.receipt_pending {
-                a.receipt_pending = false;
-                answers.push(a.request.id.clone());
+            if let Some(ans) = answers.iter_mut().find(|x| x.id == a.request.id) {
+                ans.unallocated_kw = split.unallocated_kw;
             }
         }
         self.shared.metrics.site_target.set(site_target);
@@ -542,10 +565,8 @@ impl SiteState {
             .metrics
             .cycle
             .observe(round.started.elapsed().as_secs_f64());
-        for id in round.answers {
-            let Some(a) = self.active.iter().find(|a| a.request.id == id) else {
-                continue;
-            };
+        for a in round.answers {
+            let id = a.id.clone();
             let segments: Vec<SegmentReceipt> = round
                 .received
                 .iter()
@@ -576,7 +597,7 @@ impl SiteState {
                 request: id.clone(),
                 dispatch: a.dispatch,
                 revision: round.key.revision,
-                target_kw: a.request.target_kw,
+                target_kw: a.target_kw,
                 until_s: a.until.as_secs_f64(),
                 segments,
                 acknowledged,
