@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::shared::{lock, LinkEntry, LinkStatus, SegmentShared, SessionStatus, SiteShared};
 use super::{DispatcherMsg, LinkMsg, SessionMsg, SetpointOutcome};
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, CommitTicket};
 use crate::device::{ChargerIo, ChargerReading};
 use crate::session::{Session, SessionEvent, SessionState};
 use crate::setpoint::{Applied, Decision, IdempotentApplier, Setpoint, SetpointKey};
@@ -114,18 +114,6 @@ pub const LINK_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// ... up to this.
 pub const LINK_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Acknowledgements a link may hold while their checkpoints commit; past this it waits for
-/// the commit before it reads its next message.
-pub const MAX_HELD_ACKS: usize = 64;
-
-/// What applying a setpoint led to.
-enum Step {
-    /// Answer now.
-    Now(SetpointOutcome),
-    /// Answer when the checkpoint holding the setpoint's key is durable.
-    Held(SetpointOutcome),
-}
-
 pub(crate) fn link_checkpoint_key(charger: &str) -> String {
     format!("link/{charger}")
 }
@@ -140,8 +128,6 @@ pub(crate) struct LinkState {
     applier: IdempotentApplier,
     /// The newest key known to be durable in the checkpoint store.
     durable: Option<SetpointKey>,
-    /// Acknowledgements waiting for their checkpoint (at most [`MAX_HELD_ACKS`]).
-    held: Vec<(SetpointKey, SetpointOutcome)>,
     /// Its messages counter (looked up once: a label lookup per message costs at 100k).
     messages: prometheus::IntCounter,
     myself: ActorRef<LinkMsg>,
@@ -204,31 +190,41 @@ impl LinkState {
         kw.clamp(-self.charger.max_kw, self.charger.max_kw)
     }
 
-    /// Apply a setpoint. The device is written at once; the acknowledgement waits for the
-    /// checkpoint's durable commit without blocking the link's mailbox (a safe-state command
-    /// queued behind a setpoint must not wait for an fsync).
-    async fn apply(&mut self, sp: Setpoint) -> Step {
+    /// Apply a setpoint: decide, clamp, write the device, record, and queue the checkpoint.
+    /// The answer carries the checkpoint's commit ticket: whoever acknowledges upstream waits
+    /// for it (the dispatcher waits for a whole batch's commits at once), so the link's
+    /// mailbox is never blocked by an fsync and a safe-state command behind a setpoint is
+    /// handled at once.
+    async fn apply(&mut self, sp: Setpoint) -> (SetpointOutcome, Option<CommitTicket>) {
         match self.applier.decide(sp.key) {
             Decision::Repeat(a) => {
-                // A repeat is answered with the first result, once that result is durable.
-                return if self.durable.is_some_and(|d| d >= a.key) {
-                    Step::Now(SetpointOutcome::Repeat(a))
-                } else {
-                    Step::Held(SetpointOutcome::Repeat(a))
+                // A repeat is answered with the first result, once that result is durable:
+                // if it may not be yet, write the checkpoint again (puts commit in order).
+                if self.durable.is_some_and(|d| d >= a.key) {
+                    return (SetpointOutcome::Repeat(a), None);
+                }
+                return match self.checkpoint().await {
+                    Ok(()) => {
+                        self.durable = Some(a.key);
+                        (SetpointOutcome::Repeat(a), None)
+                    }
+                    Err(e) => (
+                        SetpointOutcome::Failed {
+                            error: e.to_string(),
+                        },
+                        None,
+                    ),
                 };
             }
-            Decision::Stale { latest } => return Step::Now(SetpointOutcome::Stale { latest }),
+            Decision::Stale { latest } => return (SetpointOutcome::Stale { latest }, None),
             Decision::Apply => {}
         }
+        let failed = |e: String| (SetpointOutcome::Failed { error: e }, None);
         let kw = self.local_clamp(sp.kw);
         let now = self.shared.clock.now();
         let reading = match self.io.write(sp.key, kw, Some(sp.lease_until), now).await {
             Ok(r) => r,
-            Err(e) => {
-                return Step::Now(SetpointOutcome::Failed {
-                    error: e.to_string(),
-                })
-            }
+            Err(e) => return failed(e.to_string()),
         };
         let applied = Applied {
             key: sp.key,
@@ -237,9 +233,7 @@ impl LinkState {
             lease_until: sp.lease_until,
         };
         if let Err(e) = self.applier.record(applied) {
-            return Step::Now(SetpointOutcome::Failed {
-                error: e.to_string(),
-            });
+            return failed(e.to_string());
         }
         self.publish(Some(&reading));
         let cp = LinkCheckpoint {
@@ -247,43 +241,28 @@ impl LinkState {
             boot: self.shared.boot,
         };
         let key = link_checkpoint_key(&self.charger.id);
-        if self.held.len() < MAX_HELD_ACKS {
-            match self.shared.store.try_put(&key, &cp) {
-                Ok(ticket) => {
-                    let me = self.myself.clone();
-                    tokio::spawn(async move {
-                        let result = ticket.await.map_err(|e| e.to_string());
-                        // A link that died meanwhile never acknowledges: the dispatcher
-                        // counts the setpoint as unanswered, which is the truth.
-                        let _ = me.send_message(LinkMsg::Committed {
-                            key: applied.key,
-                            result,
-                        });
-                    });
-                    return Step::Held(SetpointOutcome::Applied(applied));
-                }
-                Err(CheckpointError::QueueFull { .. }) => {}
-                Err(e) => {
-                    return Step::Now(SetpointOutcome::Failed {
-                        error: e.to_string(),
-                    })
+        match self.shared.store.try_put(&key, &cp) {
+            Ok(ticket) => {
+                // Durable once the ticket resolves; until then a repeat re-checkpoints.
+                self.durable = self.durable.filter(|d| *d >= applied.key);
+                (SetpointOutcome::Applied(applied), Some(ticket))
+            }
+            Err(CheckpointError::QueueFull { .. }) => {
+                // The store's queue is full: wait for the commit here, which slows this link
+                // down instead of growing a queue.
+                match self.shared.store.put(&key, &cp).await {
+                    Ok(()) => {
+                        self.durable = Some(applied.key);
+                        (SetpointOutcome::Applied(applied), None)
+                    }
+                    Err(e) => failed(e.to_string()),
                 }
             }
-        }
-        // The store's queue (or our own list of held acks) is full: wait for the commit here,
-        // which slows this link down instead of growing a queue.
-        match self.shared.store.put(&key, &cp).await {
-            Ok(()) => {
-                self.durable = Some(self.durable.map_or(applied.key, |d| d.max(applied.key)));
-                Step::Now(SetpointOutcome::Applied(applied))
-            }
-            Err(e) => Step::Now(SetpointOutcome::Failed {
-                error: e.to_string(),
-            }),
+            Err(e) => failed(e.to_string()),
         }
     }
 
-    fn ack(&self, key: SetpointKey, outcome: SetpointOutcome) {
+    fn ack(&self, key: SetpointKey, outcome: SetpointOutcome, commit: Option<CommitTicket>) {
         let label = match &outcome {
             SetpointOutcome::Applied(_) => "applied",
             SetpointOutcome::Repeat(_) => "repeat",
@@ -300,39 +279,8 @@ impl LinkState {
                 key,
                 charger: self.charger.id.clone(),
                 outcome,
+                commit,
             });
-        }
-    }
-
-    /// A checkpoint commit finished: release the acknowledgements it makes true.
-    fn committed(&mut self, key: SetpointKey, result: Result<(), String>) {
-        match result {
-            Ok(()) => {
-                self.durable = Some(self.durable.map_or(key, |d| d.max(key)));
-                let durable = self.durable;
-                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
-                    .into_iter()
-                    .partition(|(k, _)| durable.is_some_and(|d| *k <= d));
-                self.held = waiting;
-                for (k, outcome) in ready {
-                    self.ack(k, outcome);
-                }
-            }
-            Err(error) => {
-                tracing::error!(charger = %self.charger.id, key = %key, %error, "checkpoint failed: setpoint not acknowledged");
-                let (failed, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
-                    .into_iter()
-                    .partition(|(k, _)| *k <= key);
-                self.held = waiting;
-                for (k, _) in failed {
-                    self.ack(
-                        k,
-                        SetpointOutcome::Failed {
-                            error: format!("checkpoint: {error}"),
-                        },
-                    );
-                }
-            }
         }
     }
 
@@ -460,7 +408,6 @@ impl Actor for Link {
             charger,
             applier,
             durable,
-            held: Vec::new(),
             messages,
             myself: myself.clone(),
             same_run,
@@ -497,32 +444,25 @@ impl Actor for Link {
                             SetpointOutcome::Failed {
                                 error: format!("charger offline: {e}"),
                             },
+                            None,
                         );
                         return Ok(());
                     }
                 }
-                match s.apply(sp).await {
-                    Step::Now(outcome) => {
-                        if matches!(outcome, SetpointOutcome::Failed { .. }) && s.online {
-                            s.schedule_retry();
-                        }
-                        s.ack(key, outcome)
-                    }
-                    Step::Held(outcome) => s.held.push((key, outcome)),
+                let (outcome, commit) = s.apply(sp).await;
+                if matches!(outcome, SetpointOutcome::Failed { .. }) && s.online {
+                    s.schedule_retry();
                 }
+                s.ack(key, outcome, commit);
             }
-            LinkMsg::Committed { key, result } => s.committed(key, result),
-            LinkMsg::Enforce(batch) => {
+            LinkMsg::Enforce => {
                 let r = if s.online {
                     s.enforce(None).await
                 } else {
                     s.sync().await
                 };
-                if let Some(b) = batch {
-                    b.done();
-                }
                 if let Err(e) = r {
-                    tracing::warn!(charger = %s.charger.id, error = %e, "safe-state command not delivered: charger offline");
+                    tracing::warn!(charger = %s.charger.id, error = %e, "re-clamp not delivered: charger offline");
                     if s.online {
                         s.schedule_retry();
                     }
@@ -774,7 +714,7 @@ impl Actor for SessionActor {
                 let sess = &s.cp.session;
                 if r.power_kw < 0.0 && sess.discharge_limit_kw(1.0) < -r.power_kw {
                     if let Some(link) = s.seg.links.get(&s.charger) {
-                        let _ = link.actor.send_message(LinkMsg::Enforce(None));
+                        let _ = link.actor.send_message(LinkMsg::Enforce);
                     }
                 }
                 if changed || s.readings % SESSION_CHECKPOINT_EVERY == 0 {

@@ -17,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::shared::{lock, SegmentShared, SiteShared};
 use super::site::SegmentReceipt;
 use super::{DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
+use crate::checkpoint::CommitTicket;
 use crate::dispatch::{allocate, effective_limits, Candidate};
 use crate::ladder::SafeState;
 use crate::session::SessionState;
@@ -26,11 +27,13 @@ pub(crate) struct Dispatcher;
 
 struct Batch {
     key: SetpointKey,
-    target_kw: f64,
-    setpoint_kw: f64,
     expected: usize,
     receipt: SegmentReceipt,
     started: tokio::time::Instant,
+    /// Commits that make `Applied` answers durable, waited for together.
+    commits: Vec<(String, CommitTicket)>,
+    /// Every answer is in; the commits are being waited for.
+    committing: bool,
 }
 
 pub(crate) struct DispatcherState {
@@ -162,9 +165,9 @@ impl DispatcherState {
             .set(max_discharge);
         self.batch = Some(Batch {
             key,
-            target_kw,
-            setpoint_kw,
             expected: sent + failed,
+            commits: Vec::new(),
+            committing: false,
             receipt: SegmentReceipt {
                 segment: seg.id.clone(),
                 key,
@@ -230,11 +233,12 @@ impl Actor for Dispatcher {
                 key,
                 charger,
                 outcome,
+                commit,
             } => {
                 let Some(b) = s.batch.as_mut() else {
                     return Ok(());
                 };
-                if b.key != key {
+                if b.key != key || b.committing {
                     return Ok(());
                 }
                 let r = &mut b.receipt;
@@ -247,14 +251,55 @@ impl Actor for Dispatcher {
                         r.failed += 1
                     }
                 }
+                if let Some(c) = commit {
+                    b.commits.push((charger, c));
+                }
                 if r.applied + r.repeat + r.stale + r.failed >= b.expected {
-                    let _ = (b.target_kw, b.setpoint_kw);
+                    if b.commits.is_empty() {
+                        s.finish();
+                    } else {
+                        // An answer counts once its checkpoint is durable: wait for all of
+                        // them in one task (they commit in the same few group commits).
+                        b.committing = true;
+                        let commits = std::mem::take(&mut b.commits);
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            let (ids, tickets): (Vec<String>, Vec<CommitTicket>) =
+                                commits.into_iter().unzip();
+                            let results = futures::future::join_all(tickets).await;
+                            let failed = ids
+                                .into_iter()
+                                .zip(results)
+                                .filter_map(|(id, r)| r.err().map(|e| {
+                                    tracing::error!(charger = %id, error = %e, "checkpoint failed: setpoint not acknowledged");
+                                    id
+                                }))
+                                .collect();
+                            let _ = me.send_message(DispatcherMsg::Durable { key, failed });
+                        });
+                    }
+                }
+            }
+            DispatcherMsg::Durable { key, failed } => {
+                if let Some(b) = s.batch.as_mut().filter(|b| b.key == key) {
+                    let n = failed.len().min(b.receipt.applied);
+                    b.receipt.applied -= n;
+                    b.receipt.failed += n;
                     s.finish();
                 }
             }
             DispatcherMsg::Deadline(key) => {
-                if s.batch.as_ref().is_some_and(|b| b.key == key) {
-                    tracing::warn!(segment = %s.seg.id, key = %key, "acknowledgements missing at the deadline");
+                if let Some(b) = s.batch.as_mut().filter(|b| b.key == key) {
+                    tracing::warn!(segment = %s.seg.id, key = %key, committing = b.committing, "acknowledgements missing at the deadline");
+                    // Answers whose commits are still pending are not acknowledged.
+                    let pending = if b.committing {
+                        b.receipt.applied
+                    } else {
+                        b.commits.len()
+                    };
+                    let pending = pending.min(b.receipt.applied);
+                    b.receipt.applied -= pending;
+                    b.receipt.unanswered += pending;
                     s.finish();
                 }
             }

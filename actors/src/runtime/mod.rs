@@ -117,6 +117,15 @@ pub enum DispatcherMsg {
         charger: String,
         /// What happened.
         outcome: SetpointOutcome,
+        /// The checkpoint commit that makes an `Applied` outcome durable (None: it already is).
+        commit: Option<crate::checkpoint::CommitTicket>,
+    },
+    /// Every commit of a batch finished; `failed` charger ids could not be checkpointed.
+    Durable {
+        /// The batch.
+        key: SetpointKey,
+        /// Chargers whose checkpoint failed.
+        failed: Vec<String>,
     },
     /// The ack deadline of a batch passed.
     Deadline(SetpointKey),
@@ -148,18 +157,11 @@ pub enum LinkMsg {
     Setpoint(Setpoint),
     /// Apply the local clamps (the segment's safe state, the vehicle's minimum SoC) to the
     /// device now; the batch, if any, hears when it is done.
-    Enforce(Option<std::sync::Arc<shared::CommandBatch>>),
+    Enforce,
     /// The lease of the applied setpoint ended: fall back to the segment's safe default.
     LeaseExpired,
     /// Read the device and publish its state.
     Poll,
-    /// The checkpoint holding `key` committed (or failed): release the held acknowledgements.
-    Committed {
-        /// The key the checkpoint holds.
-        key: SetpointKey,
-        /// The commit's result.
-        result: Result<(), String>,
-    },
 }
 
 /// Messages to a session.
@@ -174,8 +176,6 @@ pub enum SessionMsg {
 pub enum InverterMsg {
     /// Poll now.
     Poll,
-    /// Apply the segment's safe state now.
-    Enforce(std::sync::Arc<shared::CommandBatch>),
 }
 
 /// Messages to a meter poller.

@@ -215,19 +215,6 @@ impl Actor for Inverter {
                 }
                 Err(e) => tracing::warn!(inverter = %s.path, error = %e, "inverter read failed"),
             },
-            InverterMsg::Enforce(batch) => {
-                let result = async {
-                    let r = s.io.read(now).await?;
-                    let clamped = s.seg.level().clamp(r.setpoint_kw);
-                    if clamped != r.setpoint_kw {
-                        s.io.write(clamped, now).await?;
-                    }
-                    Ok::<_, crate::device::DeviceError>(())
-                }
-                .await;
-                batch.done();
-                result?;
-            }
         }
         Ok(())
     }

@@ -21,9 +21,10 @@ use tokio::task::JoinHandle;
 
 use gridvisor_supervisors::SupervisorError;
 
-use super::shared::{lock, CommandBatch, SegmentShared, SiteShared};
-use super::{InverterMsg, LinkMsg, SafetyMsg, SiteMsg, LEASE_SCAN, SAFETY_TICK};
+use super::shared::{lock, SegmentShared, SiteShared};
+use super::{LinkMsg, SafetyMsg, SiteMsg, LEASE_SCAN, SAFETY_TICK};
 use crate::ladder::{Fault, SafeState, Transition};
+use crate::setpoint::SetpointKey;
 
 /// What the safety actor checkpoints.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -69,7 +70,7 @@ impl SafetyState {
         }
         self.shared.record(&seg.id, t.clone());
         // Command every device first: the checkpoint can wait a millisecond, the grid not.
-        self.command_all();
+        self.command_all().await;
         if let Some(site) = lock(&self.shared.site).as_ref() {
             let _ = site.send_message(SiteMsg::Redispatch);
         }
@@ -80,30 +81,51 @@ impl SafetyState {
         Ok(())
     }
 
-    fn command_all(&self) {
+    /// Command every device of the segment to the current level, directly through the
+    /// device connections and all at once: not through the links' mailboxes, where a safe
+    /// state would queue behind setpoints, and not only the devices whose link is running.
+    /// Then every link re-clamps with everything it knows (the vehicle's minimum SoC too),
+    /// which also corrects a setpoint a link computed under the old level a moment before.
+    async fn command_all(&self) {
         let seg = &self.seg;
-        // Collect first, so that the batch counts exactly the devices it commands.
-        let links: Vec<_> = seg.links.iter().map(|l| l.actor.clone()).collect();
-        let inverters: Vec<_> = seg.inverters.iter().map(|i| i.value().clone()).collect();
-        let batch = CommandBatch::new(
-            links.len() + inverters.len(),
-            self.shared
-                .metrics
-                .safe_command
-                .with_label_values(&[&seg.id]),
-            self.shared.command_log.clone(),
-        );
-        for l in links {
-            if l.send_message(LinkMsg::Enforce(Some(batch.clone())))
-                .is_err()
-            {
-                batch.done();
-            }
+        let started = tokio::time::Instant::now();
+        let level = seg.level();
+        let now = self.shared.clock.now();
+        let devices = &self.shared.devices;
+        let chargers = seg.config.chargers.iter().filter_map(|c| {
+            let io = devices.chargers.get(&c.id)?.clone();
+            Some(async move {
+                let r = io.read(now).await?;
+                let clamped = level.clamp(r.setpoint_kw);
+                if clamped != r.setpoint_kw {
+                    let key = r.applied.unwrap_or(SetpointKey::new(0, 0));
+                    io.write(key, clamped, r.lease_until, now).await?;
+                }
+                Ok::<_, crate::device::DeviceError>(())
+            })
+        });
+        let inverters = seg.config.inverters.iter().filter_map(|i| {
+            let io = devices.inverters.get(&i.id)?.clone();
+            Some(async move {
+                let r = io.read(now).await?;
+                let clamped = level.clamp(r.setpoint_kw);
+                if clamped != r.setpoint_kw {
+                    io.write(clamped, now).await?;
+                }
+                Ok::<_, crate::device::DeviceError>(())
+            })
+        });
+        let (c, i) = futures::future::join(
+            futures::future::join_all(chargers),
+            futures::future::join_all(inverters),
+        )
+        .await;
+        self.shared.record_command(&seg.id, started.elapsed());
+        for e in c.into_iter().chain(i).filter_map(Result::err) {
+            tracing::warn!(segment = %seg.id, error = %e, "safe-state command not delivered");
         }
-        for i in inverters {
-            if i.send_message(InverterMsg::Enforce(batch.clone())).is_err() {
-                batch.done();
-            }
+        for l in seg.links.iter() {
+            let _ = l.actor.send_message(LinkMsg::Enforce);
         }
     }
 

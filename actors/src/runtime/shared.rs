@@ -9,7 +9,6 @@
 //! past its restart intensity goes to ChargeOnly" can hold while the segment is down).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -205,52 +204,8 @@ impl Devices {
     }
 }
 
-/// Completion tracking for a command sent to every device of a segment: the last device to
-/// confirm records the elapsed time (how long "islanding detected → every device
-/// commanded" took).
-#[derive(Debug)]
-pub struct CommandBatch {
-    remaining: AtomicUsize,
-    started: tokio::time::Instant,
-    histogram: Histogram,
-    log: Arc<Mutex<VecDeque<Duration>>>,
-}
-
-/// How many command-batch latencies the node keeps (for the benchmark).
+/// How many command latencies the node keeps (for the benchmark).
 pub const COMMAND_LOG_LIMIT: usize = 4_096;
-
-impl CommandBatch {
-    /// A batch expecting `n` confirmations.
-    pub fn new(n: usize, histogram: Histogram, log: Arc<Mutex<VecDeque<Duration>>>) -> Arc<Self> {
-        let b = Arc::new(CommandBatch {
-            remaining: AtomicUsize::new(n),
-            started: tokio::time::Instant::now(),
-            histogram,
-            log,
-        });
-        if n == 0 {
-            b.finish();
-        }
-        b
-    }
-
-    fn finish(&self) {
-        let elapsed = self.started.elapsed();
-        self.histogram.observe(elapsed.as_secs_f64());
-        let mut log = lock(&self.log);
-        if log.len() >= COMMAND_LOG_LIMIT {
-            log.pop_front();
-        }
-        log.push_back(elapsed);
-    }
-
-    /// One device confirmed.
-    pub fn done(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.finish();
-        }
-    }
-}
 
 /// The domain metrics of a node.
 #[derive(Clone)]
@@ -557,9 +512,22 @@ impl SiteShared {
         self.sim.ptp.offset()
     }
 
-    /// Recent command-batch latencies (oldest first).
+    /// Recent "safe state changed → every device commanded" latencies (oldest first).
     pub fn command_latencies(&self) -> Vec<Duration> {
         lock(&self.command_log).iter().copied().collect()
+    }
+
+    /// Record how long commanding every device of `segment` took.
+    pub fn record_command(&self, segment: &str, elapsed: Duration) {
+        self.metrics
+            .safe_command
+            .with_label_values(&[segment])
+            .observe(elapsed.as_secs_f64());
+        let mut log = lock(&self.command_log);
+        if log.len() >= COMMAND_LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back(elapsed);
     }
 
     /// Record a transition in the event log (bounded).
