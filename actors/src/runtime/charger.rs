@@ -263,17 +263,13 @@ impl LinkState {
     }
 
     fn ack(&self, key: SetpointKey, outcome: SetpointOutcome, commit: Option<CommitTicket>) {
-        let label = match &outcome {
-            SetpointOutcome::Applied(_) => "applied",
-            SetpointOutcome::Repeat(_) => "repeat",
-            SetpointOutcome::Stale { .. } => "stale",
-            SetpointOutcome::Failed { .. } => "failed",
+        let i = match &outcome {
+            SetpointOutcome::Applied(_) => 0,
+            SetpointOutcome::Repeat(_) => 1,
+            SetpointOutcome::Stale { .. } => 2,
+            SetpointOutcome::Failed { .. } => 3,
         };
-        self.shared
-            .metrics
-            .setpoints
-            .with_label_values(&[label])
-            .inc();
+        self.shared.metrics.setpoint_outcomes[i].inc();
         if let Some(d) = lock(&self.seg.dispatcher).as_ref() {
             let _ = d.send_message(DispatcherMsg::Ack {
                 key,

@@ -9,6 +9,7 @@
 //! batch ends when every link answered or [`ACK_TIMEOUT`] passed; the site hears of it. A
 //! newer batch supersedes an unfinished one (its late answers are counted for nothing).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub(crate) struct DispatcherState {
     seg: Arc<SegmentShared>,
     path: String,
     batch: Option<Batch>,
+    /// The segment's chargers by id (built once: the topology does not change).
+    chargers: HashMap<String, crate::config::Charger>,
 }
 
 /// Clamp a segment's target with its safe state.
@@ -75,12 +78,7 @@ impl DispatcherState {
         let level = seg.level();
         let target = clamp_target(level, target_kw);
         let horizon = Duration::from_millis(self.shared.topology.site.cycle_ms);
-        let chargers: std::collections::HashMap<&str, &crate::config::Charger> = seg
-            .config
-            .chargers
-            .iter()
-            .map(|c| (c.id.as_str(), c))
-            .collect();
+        let chargers = &self.chargers;
         let mut candidates = Vec::with_capacity(seg.links.len());
         let mut targets: Vec<ActorRef<LinkMsg>> = Vec::with_capacity(seg.links.len());
         for link in seg.links.iter() {
@@ -91,7 +89,7 @@ impl DispatcherState {
             if s.state == SessionState::Ended {
                 continue;
             }
-            let Some(c) = chargers.get(link.key().as_str()) else {
+            let Some(c) = chargers.get(link.key()) else {
                 continue;
             };
             let max = c.max_kw.min(s.max_kw);
@@ -204,11 +202,18 @@ impl Actor for Dispatcher {
         (shared, seg, path): Self::Arguments,
     ) -> Result<DispatcherState, ActorProcessingErr> {
         *lock(&seg.dispatcher) = Some(myself);
+        let chargers = seg
+            .config
+            .chargers
+            .iter()
+            .map(|c| (c.id.clone(), c.clone()))
+            .collect();
         Ok(DispatcherState {
             shared,
             seg,
             path,
             batch: None,
+            chargers,
         })
     }
 

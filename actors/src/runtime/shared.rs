@@ -235,6 +235,8 @@ pub struct DomainMetrics {
     pub messages: IntCounterVec,
     /// Setpoint outcomes.
     pub setpoints: IntCounterVec,
+    /// The four setpoint outcome counters, looked up once (applied, repeat, stale, failed).
+    pub setpoint_outcomes: [prometheus::IntCounter; 4],
     /// Safe-state transitions per segment and target level.
     pub transitions: IntCounterVec,
     /// Grid request → every device acknowledged, seconds.
@@ -292,6 +294,11 @@ impl DomainMetrics {
             r.register(Box::new(c.clone()))?;
             Ok::<_, prometheus::Error>(c)
         };
+        let setpoints = counter(
+            "gridvisor_setpoints_total",
+            "Setpoints by outcome (applied, repeat, stale, failed)",
+            &["outcome"],
+        )?;
         let site_target = Gauge::new("gridvisor_site_target_kw", "Sum of active grid requests")?;
         r.register(Box::new(site_target.clone()))?;
         let site_power = Gauge::new("gridvisor_site_power_kw", "Metered site power")?;
@@ -352,11 +359,9 @@ impl DomainMetrics {
                 "Messages handled by domain actors",
                 &["path"],
             )?,
-            setpoints: counter(
-                "gridvisor_setpoints_total",
-                "Setpoints by outcome (applied, repeat, stale, failed)",
-                &["outcome"],
-            )?,
+            setpoints: setpoints.clone(),
+            setpoint_outcomes: ["applied", "repeat", "stale", "failed"]
+                .map(|o| setpoints.with_label_values(&[o])),
             transitions: counter(
                 "gridvisor_safe_state_transitions_total",
                 "Safe-state transitions by segment and level entered",
