@@ -99,6 +99,7 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
     );
 
     // Grid requests, alternating discharge and charge, each timed until every device acked.
+    let stats_before = store.stats();
     let mut acks = Vec::with_capacity(requests);
     let mut not_acked = 0usize;
     for i in 0..requests.max(1) {
@@ -120,6 +121,18 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
     line("request_ack_p50", percentile(&acks, 0.50), "ms");
     line("request_ack_p99", percentile(&acks, 0.99), "ms");
     line("request_not_acknowledged", not_acked as f64, "devices");
+    let stats = store.stats();
+    let rounds = requests.max(1) as f64;
+    line(
+        "checkpoint_writes_per_request",
+        (stats.writes - stats_before.writes) as f64 / rounds,
+        "writes",
+    );
+    line(
+        "checkpoint_commits_per_request",
+        (stats.commits - stats_before.commits) as f64 / rounds,
+        "commits",
+    );
     let cycle = &node.shared.metrics.cycle;
     line(
         "dispatch_cycle_mean",
