@@ -20,7 +20,6 @@ use super::site::SegmentReceipt;
 use super::{DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
 use crate::checkpoint::CommitTicket;
 use crate::dispatch::{allocate, effective_limits, Candidate};
-use crate::ladder::SafeState;
 use crate::session::SessionState;
 use crate::setpoint::{Setpoint, SetpointKey};
 
@@ -44,11 +43,6 @@ pub(crate) struct DispatcherState {
     batch: Option<Batch>,
     /// The segment's chargers by id (built once: the topology does not change).
     chargers: HashMap<String, crate::config::Charger>,
-}
-
-/// Clamp a segment's target with its safe state.
-pub(crate) fn clamp_target(level: SafeState, target_kw: f64) -> f64 {
-    level.clamp(target_kw)
 }
 
 impl DispatcherState {
@@ -76,7 +70,8 @@ impl DispatcherState {
         }
         let seg = &self.seg;
         let level = seg.level();
-        let target = clamp_target(level, target_kw);
+        // Local safety first: the segment's share is clamped with its level before allocating.
+        let target = level.clamp(target_kw);
         let horizon = Duration::from_millis(self.shared.topology.site.cycle_ms);
         let chargers = &self.chargers;
         let mut candidates = Vec::with_capacity(seg.links.len());

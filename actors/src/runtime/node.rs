@@ -78,13 +78,12 @@ struct SegmentArgs {
     seg: Arc<SegmentShared>,
 }
 
-fn worker_of<A, F, Fut>(id: &str, f: F) -> ChildSpec<()>
+/// A worker spec whose start function needs only its context.
+fn worker_of<F, Fut>(id: &str, f: F) -> ChildSpec<()>
 where
-    A: Send + 'static,
     F: Fn(ChildContext) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<ractor::ActorCell, StartError>> + Send + 'static,
 {
-    let _ = std::marker::PhantomData::<A>;
     ChildSpec::worker(id, move |ctx: ChildContext, ()| f(ctx))
 }
 
@@ -92,7 +91,7 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
     ChildSpec::worker("segment", |ctx: ChildContext, a: SegmentArgs| async move {
         let mut children = Vec::new();
         let (sh, sg) = (a.shared.clone(), a.seg.clone());
-        children.push(worker_of::<(), _, _>("safety", move |ctx| {
+        children.push(worker_of("safety", move |ctx| {
             let (sh, sg) = (sh.clone(), sg.clone());
             async move {
                 let p = ctx.path().to_string();
@@ -101,7 +100,7 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
         }));
         for m in &a.seg.config.meters {
             let (sh, sg, id) = (a.shared.clone(), a.seg.clone(), m.id.clone());
-            children.push(worker_of::<(), _, _>(&m.id, move |ctx| {
+            children.push(worker_of(&m.id, move |ctx| {
                 let (sh, sg, id) = (sh.clone(), sg.clone(), id.clone());
                 async move {
                     let p = ctx.path().to_string();
@@ -111,7 +110,7 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
         }
         for i in &a.seg.config.inverters {
             let (sh, sg, id, max) = (a.shared.clone(), a.seg.clone(), i.id.clone(), i.max_kw);
-            children.push(worker_of::<(), _, _>(&i.id, move |ctx| {
+            children.push(worker_of(&i.id, move |ctx| {
                 let (sh, sg, id) = (sh.clone(), sg.clone(), id.clone());
                 async move {
                     let p = ctx.path().to_string();
@@ -120,7 +119,7 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
             }));
         }
         let (sh, sg) = (a.shared.clone(), a.seg.clone());
-        children.push(worker_of::<(), _, _>("dispatcher", move |ctx| {
+        children.push(worker_of("dispatcher", move |ctx| {
             let (sh, sg) = (sh.clone(), sg.clone());
             async move {
                 let p = ctx.path().to_string();
