@@ -236,6 +236,8 @@ pub(crate) struct SiteState {
     last_cycle: Option<tokio::time::Instant>,
     skipped_ticks: u64,
     redispatch_pending: bool,
+    /// An arrivals task is running.
+    arrivals_running: Arc<std::sync::atomic::AtomicBool>,
     timer: Option<JoinHandle<()>>,
 }
 
@@ -618,25 +620,29 @@ impl SiteState {
             }
         }
     }
+}
 
-    /// Vehicles arrive and leave on the simulated site's schedule.
-    async fn arrivals(&mut self) -> Result<(), ActorProcessingErr> {
-        let now = self.shared.clock.now();
-        let now_s = now.as_secs_f64();
-        let shared = self.shared.clone();
-        for v in &shared.topology.vehicles {
-            let plugged = shared
-                .plugged
-                .get(&v.charger)
-                .is_some_and(|p| p.value() == &v.id);
-            let present = v.arrive_s <= now_s && now_s < v.depart_s;
-            if present && !plugged && !shared.plugged.contains_key(&v.charger) {
-                super::node::plug(&shared, v, now).await?;
-            } else if !present && plugged && now_s >= v.depart_s {
-                super::node::unplug(&shared, v, now).await?;
-            }
+/// Vehicles arrive and leave on the simulated site's schedule. Runs as its own task (one
+/// at a time), so that a slow charger supervisor never delays keep-alives or requests.
+async fn arrivals(shared: Arc<SiteShared>) {
+    let now = shared.clock.now();
+    let now_s = now.as_secs_f64();
+    for v in &shared.topology.vehicles {
+        let plugged = shared
+            .plugged
+            .get(&v.charger)
+            .is_some_and(|p| p.value() == &v.id);
+        let present = v.arrive_s <= now_s && now_s < v.depart_s;
+        let result = if present && !plugged && !shared.plugged.contains_key(&v.charger) {
+            super::node::plug(&shared, v, now).await
+        } else if !present && plugged && now_s >= v.depart_s {
+            super::node::unplug(&shared, v, now).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(vehicle = %v.id, error = %e, "arrival or departure failed");
         }
-        Ok(())
     }
 }
 
@@ -671,6 +677,7 @@ impl Actor for Site {
             last_cycle: None,
             skipped_ticks: 0,
             redispatch_pending: false,
+            arrivals_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             timer,
         })
     }
@@ -691,7 +698,16 @@ impl Actor for Site {
                 }
             }
             SiteMsg::Cycle => {
-                s.arrivals().await?;
+                if !s
+                    .arrivals_running
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    let (shared, flag) = (s.shared.clone(), s.arrivals_running.clone());
+                    tokio::spawn(async move {
+                        arrivals(shared).await;
+                        flag.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
                 s.cycle(&myself, RoundKind::Tick);
             }
             SiteMsg::Redispatch => {
