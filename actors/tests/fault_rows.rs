@@ -212,6 +212,8 @@ async fn a_transformer_at_its_thermal_limit_is_limited_and_its_share_moves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_past_its_restart_intensity_goes_charge_only_with_an_alarm() {
     let t = start(&site_toml(2, 2, "", "")).await;
+    discharge(&t, "r1", Scope::Site, -30.0).await;
+    exporting(&t, "tx-0").await;
     let path = "node/segments/tx-0/dispatcher";
     // Kill the dispatcher more often than the segment's intensity allows (10 in 10 s).
     for _ in 0..40 {
@@ -233,6 +235,10 @@ async fn a_segment_past_its_restart_intensity_goes_charge_only_with_an_alarm() {
     })
     .await;
     assert_eq!(level(&t, "tx-1"), SafeState::Normal);
+    wait(&t.node, "no device of tx-0 discharging", || {
+        chargers_of(&t, "tx-0").iter().all(|c| c.setpoint_kw() >= 0.0)
+    })
+    .await;
     let alarm = t
         .node
         .events()

@@ -591,6 +591,11 @@ fn segments_hook(shared: &Arc<SiteShared>, exit: &ChildExit<'_>) -> HookDecision
                 shared.record(&seg.id, t);
             }
             tracing::error!(segment = %seg.id, reason = %exit.reason, "ALARM: segment supervisor gave up; segment in ChargeOnly");
+            // Nobody in the segment runs to command its devices: do it from here.
+            let (shared, seg) = (shared.clone(), seg.clone());
+            tokio::spawn(async move {
+                super::safety::command_devices(&shared, &seg).await;
+            });
         }
     }
     HookDecision::restart()

@@ -87,44 +87,8 @@ impl SafetyState {
     /// Then every link re-clamps with everything it knows (the vehicle's minimum SoC too),
     /// which also corrects a setpoint a link computed under the old level a moment before.
     async fn command_all(&self) {
-        let seg = &self.seg;
-        let started = tokio::time::Instant::now();
-        let level = seg.level();
-        let now = self.shared.clock.now();
-        let devices = &self.shared.devices;
-        let chargers = seg.config.chargers.iter().filter_map(|c| {
-            let io = devices.chargers.get(&c.id)?.clone();
-            Some(async move {
-                let r = io.read(now).await?;
-                let clamped = level.clamp(r.setpoint_kw);
-                if clamped != r.setpoint_kw {
-                    let key = r.applied.unwrap_or(SetpointKey::new(0, 0));
-                    io.write(key, clamped, r.lease_until, now).await?;
-                }
-                Ok::<_, crate::device::DeviceError>(())
-            })
-        });
-        let inverters = seg.config.inverters.iter().filter_map(|i| {
-            let io = devices.inverters.get(&i.id)?.clone();
-            Some(async move {
-                let r = io.read(now).await?;
-                let clamped = level.clamp(r.setpoint_kw);
-                if clamped != r.setpoint_kw {
-                    io.write(clamped, now).await?;
-                }
-                Ok::<_, crate::device::DeviceError>(())
-            })
-        });
-        let (c, i) = futures::future::join(
-            futures::future::join_all(chargers),
-            futures::future::join_all(inverters),
-        )
-        .await;
-        self.shared.record_command(&seg.id, started.elapsed());
-        for e in c.into_iter().chain(i).filter_map(Result::err) {
-            tracing::warn!(segment = %seg.id, error = %e, "safe-state command not delivered");
-        }
-        for l in seg.links.iter() {
+        command_devices(&self.shared, &self.seg).await;
+        for l in self.seg.links.iter() {
             let _ = l.actor.send_message(LinkMsg::Enforce);
         }
     }
@@ -136,6 +100,48 @@ impl SafetyState {
                 let _ = l.actor.send_message(LinkMsg::LeaseExpired);
             }
         }
+    }
+}
+
+/// Command every device of `seg` to the segment's current level, all at once, directly
+/// through the device connections; records how long it took. Used by the safety actor on a
+/// change of level, and by the `segments` hook when the whole segment is down.
+pub(crate) async fn command_devices(shared: &SiteShared, seg: &SegmentShared) {
+    let started = tokio::time::Instant::now();
+    let level = seg.level();
+    let now = shared.clock.now();
+    let devices = &shared.devices;
+    let chargers = seg.config.chargers.iter().filter_map(|c| {
+        let io = devices.chargers.get(&c.id)?.clone();
+        Some(async move {
+            let r = io.read(now).await?;
+            let clamped = level.clamp(r.setpoint_kw);
+            if clamped != r.setpoint_kw {
+                let key = r.applied.unwrap_or(SetpointKey::new(0, 0));
+                io.write(key, clamped, r.lease_until, now).await?;
+            }
+            Ok::<_, crate::device::DeviceError>(())
+        })
+    });
+    let inverters = seg.config.inverters.iter().filter_map(|i| {
+        let io = devices.inverters.get(&i.id)?.clone();
+        Some(async move {
+            let r = io.read(now).await?;
+            let clamped = level.clamp(r.setpoint_kw);
+            if clamped != r.setpoint_kw {
+                io.write(clamped, now).await?;
+            }
+            Ok::<_, crate::device::DeviceError>(())
+        })
+    });
+    let (c, i) = futures::future::join(
+        futures::future::join_all(chargers),
+        futures::future::join_all(inverters),
+    )
+    .await;
+    shared.record_command(&seg.id, started.elapsed());
+    for e in c.into_iter().chain(i).filter_map(Result::err) {
+        tracing::warn!(segment = %seg.id, error = %e, "safe-state command not delivered");
     }
 }
 
