@@ -236,7 +236,9 @@ async fn a_segment_past_its_restart_intensity_goes_charge_only_with_an_alarm() {
     .await;
     assert_eq!(level(&t, "tx-1"), SafeState::Normal);
     wait(&t.node, "no device of tx-0 discharging", || {
-        chargers_of(&t, "tx-0").iter().all(|c| c.setpoint_kw() >= 0.0)
+        chargers_of(&t, "tx-0")
+            .iter()
+            .all(|c| c.setpoint_kw() >= 0.0)
     })
     .await;
     let alarm = t

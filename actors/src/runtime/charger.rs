@@ -537,6 +537,8 @@ pub(crate) struct SessionActorState {
     cp: SessionCheckpoint,
     readings: u64,
     messages: prometheus::IntCounter,
+    /// How often it reads its charger (the site's cycle).
+    period: Duration,
     timer: Option<JoinHandle<()>>,
 }
 
@@ -654,6 +656,7 @@ impl Actor for SessionActor {
             format!("{}/chargers/*/session", seg.id)
         };
         let messages = shared.metrics.messages.with_label_values(&[&metrics_path]);
+        let shared_cycle_ms = shared.topology.site.cycle_ms;
         let mut state = SessionActorState {
             shared,
             seg,
@@ -662,6 +665,7 @@ impl Actor for SessionActor {
             cp,
             readings: 0,
             messages,
+            period: Duration::from_millis(shared_cycle_ms),
             timer: None,
         };
         if state.cp.session.state == SessionState::Plugged {
@@ -679,8 +683,9 @@ impl Actor for SessionActor {
             .seg
             .session_actors
             .insert(state.charger.clone(), myself.clone());
-        let period = Duration::from_millis(state.shared.topology.site.cycle_ms);
-        state.timer = Some(myself.send_interval(period, || SessionMsg::Tick));
+        state.timer = Some(super::tick_after(&myself, state.period, || {
+            SessionMsg::Tick
+        }));
         Ok(state)
     }
 
@@ -693,6 +698,7 @@ impl Actor for SessionActor {
         s.messages.inc();
         match msg {
             SessionMsg::Tick => {
+                s.timer = Some(super::tick_after(&myself, s.period, || SessionMsg::Tick));
                 let now = s.shared.clock.now();
                 let r = match s.io.read(now).await {
                     Ok(r) => r,

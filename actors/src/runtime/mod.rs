@@ -61,6 +61,21 @@ pub const INVERTER_POLL: Duration = Duration::from_secs(1);
 /// How long a call between actors of the node may take before it is an error.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Send `msg()` to `actor` once, after `period`. Periodic work re-arms it when the previous
+/// tick is handled, so a slow handler (a device that takes long to answer) slows its own rate
+/// instead of piling ticks up in its mailbox.
+pub(crate) fn tick_after<M: ractor::Message>(
+    actor: &ractor::ActorRef<M>,
+    period: Duration,
+    msg: fn() -> M,
+) -> tokio::task::JoinHandle<()> {
+    let actor = actor.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(period).await;
+        let _ = actor.send_message(msg());
+    })
+}
+
 /// Messages to the site aggregator.
 pub enum SiteMsg {
     /// A grid request; answered when every device acknowledged.

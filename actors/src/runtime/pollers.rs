@@ -54,7 +54,7 @@ impl Actor for Meter {
             .cloned()
             .ok_or_else(|| format!("no device connection for meter {id}"))?;
         let now = shared.clock.now();
-        let timer = Some(myself.send_interval(METER_POLL, || MeterMsg::Poll));
+        let timer = Some(super::tick_after(&myself, METER_POLL, || MeterMsg::Poll));
         Ok(MeterState {
             shared,
             seg,
@@ -70,10 +70,11 @@ impl Actor for Meter {
 
     async fn handle(
         &self,
-        _myself: ActorRef<MeterMsg>,
+        myself: ActorRef<MeterMsg>,
         MeterMsg::Poll: MeterMsg,
         s: &mut MeterState,
     ) -> Result<(), ActorProcessingErr> {
+        s.timer = Some(super::tick_after(&myself, METER_POLL, || MeterMsg::Poll));
         s.shared
             .metrics
             .messages
@@ -177,7 +178,9 @@ impl Actor for Inverter {
             io.write(clamped, now).await?;
         }
         seg.inverters.insert(id.clone(), myself.clone());
-        let timer = Some(myself.send_interval(INVERTER_POLL, || InverterMsg::Poll));
+        let timer = Some(super::tick_after(&myself, INVERTER_POLL, || {
+            InverterMsg::Poll
+        }));
         Ok(InverterState {
             shared,
             seg,
@@ -191,10 +194,13 @@ impl Actor for Inverter {
 
     async fn handle(
         &self,
-        _myself: ActorRef<InverterMsg>,
+        myself: ActorRef<InverterMsg>,
         msg: InverterMsg,
         s: &mut InverterState,
     ) -> Result<(), ActorProcessingErr> {
+        s.timer = Some(super::tick_after(&myself, INVERTER_POLL, || {
+            InverterMsg::Poll
+        }));
         s.shared
             .metrics
             .messages

@@ -207,13 +207,13 @@ impl Actor for Safety {
         for t in transitions {
             state.transitioned(t).await?;
         }
-        state.timer = Some(myself.send_interval(SAFETY_TICK, || SafetyMsg::Tick));
+        state.timer = Some(super::tick_after(&myself, SAFETY_TICK, || SafetyMsg::Tick));
         Ok(state)
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<SafetyMsg>,
+        myself: ActorRef<SafetyMsg>,
         msg: SafetyMsg,
         state: &mut SafetyState,
     ) -> Result<(), ActorProcessingErr> {
@@ -228,6 +228,7 @@ impl Actor for Safety {
             SafetyMsg::Observe(f) => lock(&state.seg.ladder).observe(f, now),
             SafetyMsg::Enforce(t) => Some(t),
             SafetyMsg::Tick => {
+                state.timer = Some(super::tick_after(&myself, SAFETY_TICK, || SafetyMsg::Tick));
                 state.ticks += 1;
                 let mut ladder = lock(&state.seg.ladder);
                 let mut t = None;
