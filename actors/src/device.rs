@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -139,11 +139,7 @@ pub trait MeterIo: Send + Sync + 'static {
     fn read(&self, now: Duration) -> BoxFuture<'_, Result<MeterReading, DeviceError>>;
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a panic elsewhere while holding it; the physics state is plain
-    // data that stays consistent between statements, so reading on is safe.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock;
 
 /// A simulated vehicle battery behind a charger.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

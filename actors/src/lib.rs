@@ -18,4 +18,11 @@ pub mod session;
 pub mod setpoint;
 pub mod thermal;
 
+/// Lock a mutex whose data stays consistent between statements (every lock in this crate):
+/// a poisoned lock only means a panic elsewhere, so the data is used as it is rather than
+/// turning one panic into many.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub use ladder::{Fault, FaultKey, LadderConfig, SafeState, SafeStateLadder, Transition};

@@ -144,26 +144,33 @@ pub(crate) struct LinkState {
 impl LinkState {
     fn publish(&self, reading: Option<&ChargerReading>) {
         let last = self.applier.last();
-        let previous = self.seg.links.get(&self.charger.id).map(|e| e.status);
-        let status = LinkStatus {
-            commanded_kw: reading
-                .map(|r| r.setpoint_kw)
-                .or(previous.and_then(|p| p.commanded_kw)),
-            measured_kw: reading
-                .map(|r| r.power_kw)
-                .or(previous.and_then(|p| p.measured_kw)),
-            applied: last.map(|a| a.key),
-            lease_until: last
-                .filter(|a| Some(a.key) != self.lease_handled)
-                .map(|a| a.lease_until),
-        };
-        self.seg.links.insert(
-            self.charger.id.clone(),
-            LinkEntry {
+        // One lookup: update the entry in place (keeping the last reading when there is no
+        // new one), insert it the first time.
+        let mut entry = self
+            .seg
+            .links
+            .entry(self.charger.id.clone())
+            .or_insert_with(|| LinkEntry {
                 actor: self.myself.clone(),
-                status,
-            },
-        );
+                status: LinkStatus {
+                    commanded_kw: None,
+                    measured_kw: None,
+                    applied: None,
+                    lease_until: None,
+                },
+            });
+        if entry.actor.get_id() != self.myself.get_id() {
+            entry.actor = self.myself.clone();
+        }
+        let status = &mut entry.status;
+        if let Some(r) = reading {
+            status.commanded_kw = Some(r.setpoint_kw);
+            status.measured_kw = Some(r.power_kw);
+        }
+        status.applied = last.map(|a| a.key);
+        status.lease_until = last
+            .filter(|a| Some(a.key) != self.lease_handled)
+            .map(|a| a.lease_until);
     }
 
     /// The most this link may write now: the segment's safe state, then the vehicle's
@@ -378,12 +385,7 @@ impl Actor for Link {
         myself: ActorRef<LinkMsg>,
         (shared, seg, charger, path): Self::Arguments,
     ) -> Result<LinkState, ActorProcessingErr> {
-        let io = shared
-            .devices
-            .chargers
-            .get(&charger.id)
-            .cloned()
-            .ok_or_else(|| format!("no device connection for charger {}", charger.id))?;
+        let io = shared.devices.charger(&charger.id)?;
         // Read before write, part one: our checkpoint. (A corrupt checkpoint is an error: the
         // link does not start rather than guess what it applied.)
         let cp: Option<LinkCheckpoint> = shared.store.get(&link_checkpoint_key(&charger.id))?;
@@ -619,12 +621,7 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         (shared, seg, charger, vehicle, path): Self::Arguments,
     ) -> Result<SessionActorState, ActorProcessingErr> {
-        let io = shared
-            .devices
-            .chargers
-            .get(&charger)
-            .cloned()
-            .ok_or_else(|| format!("no device connection for charger {charger}"))?;
+        let io = shared.devices.charger(&charger)?;
         let now = shared.clock.now();
         // A charger that does not answer does not stop the session: it counts from the
         // first reading it gets.

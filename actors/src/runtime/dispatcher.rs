@@ -313,10 +313,7 @@ impl Actor for Dispatcher {
         s: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
         s.finish();
-        let mut d = lock(&s.seg.dispatcher);
-        if d.as_ref().is_some_and(|r| r.get_id() == myself.get_id()) {
-            *d = None;
-        }
+        super::shared::release(&s.seg.dispatcher, &myself);
         Ok(())
     }
 }

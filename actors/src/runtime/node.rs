@@ -133,21 +133,25 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
                 async move {
                     let config = SupervisorConfig::new("chargers", Strategy::OneForOne)
                         .intensity(SEGMENT_MAX_RESTARTS * 10, SEGMENT_RESTART_PERIOD);
-                    let cell =
-                        Supervisor::start_dynamic_in(&ctx, config, charger_template()).await?;
-                    // Every configured charger (issue 5: every charger that connects), started
-                    // outside this start function so that the segment's supervisor is not
-                    // blocked while thousands of chargers start.
-                    let sup = match DynamicSupervisorRef::<ChargerArgs>::from_cell(
-                        cell.clone(),
-                        ctx.path().clone(),
-                    ) {
-                        Ok(sup) => sup,
-                        Err(e) => {
-                            cell.kill();
-                            return Err(StartError::Failed(e.to_string()));
-                        }
-                    };
+                    // Every configured charger (issue 5: every charger that connects).
+                    let cell = start_populated(
+                        &ctx,
+                        config,
+                        charger_template(),
+                        sg.config
+                            .chargers
+                            .iter()
+                            .map(|c| {
+                                let args = ChargerArgs {
+                                    shared: sh.clone(),
+                                    seg: sg.clone(),
+                                    charger: c.clone(),
+                                };
+                                (c.id.clone(), args)
+                            })
+                            .collect(),
+                    )
+                    .await?;
                     // This supervisor runs (again): a restart-intensity cause its predecessor
                     // raised by giving up is cleared now, and held for the hold time.
                     sg.observe(
@@ -157,20 +161,6 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
                         },
                         sh.clock.now(),
                     );
-                    let children = sg
-                        .config
-                        .chargers
-                        .iter()
-                        .map(|c| {
-                            let args = ChargerArgs {
-                                shared: sh.clone(),
-                                seg: sg.clone(),
-                                charger: c.clone(),
-                            };
-                            (c.id.clone(), args)
-                        })
-                        .collect();
-                    populate(sup, children);
                     Ok(cell)
                 }
             })
@@ -197,12 +187,26 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
     .shutdown(Shutdown::Infinity)
 }
 
-/// Start the children of a dynamic supervisor from a task, one after the other (the
-/// supervisor serialises them anyway), so that the supervisor's parent is not blocked while
-/// they start. A child that is already there is fine; one that fails to start is logged and
-/// left out (its supervisor reported why); a supervisor that is gone ends the task (its next
-/// incarnation populates itself again).
-fn populate<A: Clone + Send + 'static>(sup: DynamicSupervisorRef<A>, children: Vec<(String, A)>) {
+/// Start a dynamic supervisor from a start function and give it `children`, which start
+/// from a task, one after the other (the supervisor serialises them anyway), so that the
+/// supervisor's parent is not blocked while thousands of them start. A child that is already
+/// there is fine; one that fails to start is logged and left out (its supervisor reported
+/// why); a supervisor that is gone ends the task (its next incarnation populates itself).
+async fn start_populated<A: Clone + Sync + Send + 'static>(
+    ctx: &ChildContext,
+    config: SupervisorConfig,
+    template: ChildSpec<A>,
+    children: Vec<(String, A)>,
+) -> Result<ractor::ActorCell, StartError> {
+    let cell = Supervisor::start_dynamic_in(ctx, config, template).await?;
+    let sup = match DynamicSupervisorRef::<A>::from_cell(cell.clone(), ctx.path().clone()) {
+        Ok(sup) => sup,
+        Err(e) => {
+            // Never leave a started supervisor behind a failed start.
+            cell.kill();
+            return Err(StartError::Failed(e.to_string()));
+        }
+    };
     tokio::spawn(async move {
         for (id, args) in children {
             match sup.start_child_named(&id, args).await {
@@ -219,6 +223,7 @@ fn populate<A: Clone + Send + 'static>(sup: DynamicSupervisorRef<A>, children: V
             }
         }
     });
+    Ok(cell)
 }
 
 /// Plug `v` into its charger: the simulated battery appears, the charger supervisor gets
@@ -385,17 +390,6 @@ impl Node {
                     .intensity(SEGMENTS_MAX_RESTARTS, SEGMENT_RESTART_PERIOD)
                     .hook(move |exit: &ChildExit<'_>| segments_hook(&hook_shared, exit))
                     .metrics_granularity(gridvisor_supervisors::MetricsGranularity::PerChild);
-                let cell = Supervisor::start_dynamic_in(&ctx, config, segment_spec()).await?;
-                let sup = match DynamicSupervisorRef::<SegmentArgs>::from_cell(
-                    cell.clone(),
-                    ctx.path().clone(),
-                ) {
-                    Ok(sup) => sup,
-                    Err(e) => {
-                        cell.kill();
-                        return Err(StartError::Failed(e.to_string()));
-                    }
-                };
                 let children = sh
                     .segments
                     .values()
@@ -407,7 +401,7 @@ impl Node {
                         (seg.id.clone(), args)
                     })
                     .collect();
-                populate(sup, children);
+                let cell = start_populated(&ctx, config, segment_spec(), children).await?;
                 Ok(cell)
             }
         })

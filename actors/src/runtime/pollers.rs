@@ -47,12 +47,7 @@ impl Actor for Meter {
         myself: ActorRef<MeterMsg>,
         (shared, seg, id, path): Self::Arguments,
     ) -> Result<MeterState, ActorProcessingErr> {
-        let io = shared
-            .devices
-            .meters
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| format!("no device connection for meter {id}"))?;
+        let io = shared.devices.meter(&id)?;
         let now = shared.clock.now();
         let timer = Some(super::tick_after(&myself, METER_POLL, || MeterMsg::Poll));
         Ok(MeterState {
@@ -164,12 +159,7 @@ impl Actor for Inverter {
         myself: ActorRef<InverterMsg>,
         (shared, seg, id, max_kw, path): Self::Arguments,
     ) -> Result<InverterState, ActorProcessingErr> {
-        let io = shared
-            .devices
-            .inverters
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| format!("no device connection for inverter {id}"))?;
+        let io = shared.devices.inverter(&id)?;
         // Read before write: bring the device under the segment's current level.
         let now = shared.clock.now();
         let r = io.read(now).await?;

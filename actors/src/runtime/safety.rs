@@ -278,10 +278,7 @@ impl Actor for Safety {
         if let Some(t) = state.timer.take() {
             t.abort();
         }
-        let mut s = lock(&state.seg.safety);
-        if s.as_ref().is_some_and(|r| r.get_id() == myself.get_id()) {
-            *s = None;
-        }
+        super::shared::release(&state.seg.safety, &myself);
         Ok(())
     }
 }

@@ -9,7 +9,7 @@
 //! past its restart intensity goes to ChargeOnly" can hold while the segment is down).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -29,8 +29,15 @@ use crate::thermal::{ThermalParams, TransformerThermal};
 /// How many safe-state transitions and alarms the node keeps for the API.
 pub const EVENT_LOG_LIMIT: usize = 1_024;
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+pub(crate) use crate::lock;
+
+/// Empty a "current incarnation" slot, but only if it still holds `me`: a newer incarnation
+/// may already have registered itself while the old one was stopping.
+pub(crate) fn release<M>(slot: &Mutex<Option<ActorRef<M>>>, me: &ActorRef<M>) {
+    let mut s = lock(slot);
+    if s.as_ref().is_some_and(|r| r.get_id() == me.get_id()) {
+        *s = None;
+    }
 }
 
 /// A charger link's last known state, as the dispatcher needs it.
@@ -181,7 +188,36 @@ pub struct Devices {
     pub meters: HashMap<String, Arc<dyn MeterIo>>,
 }
 
+/// A device id with no connection in [`Devices`] (a topology/transport mismatch).
+fn missing(kind: &str, id: &str) -> String {
+    format!("no device connection for {kind} {id}")
+}
+
 impl Devices {
+    /// The connection of charger `id`.
+    pub fn charger(&self, id: &str) -> Result<Arc<dyn ChargerIo>, String> {
+        self.chargers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| missing("charger", id))
+    }
+
+    /// The connection of inverter `id`.
+    pub fn inverter(&self, id: &str) -> Result<Arc<dyn InverterIo>, String> {
+        self.inverters
+            .get(id)
+            .cloned()
+            .ok_or_else(|| missing("inverter", id))
+    }
+
+    /// The connection of meter `id`.
+    pub fn meter(&self, id: &str) -> Result<Arc<dyn MeterIo>, String> {
+        self.meters
+            .get(id)
+            .cloned()
+            .ok_or_else(|| missing("meter", id))
+    }
+
     /// The simulated devices of `sim`.
     pub fn simulated(sim: &SimSite) -> Self {
         Devices {

@@ -748,10 +748,7 @@ impl Actor for Site {
         if let Some(t) = s.timer.take() {
             t.abort();
         }
-        let mut site = lock(&s.shared.site);
-        if site.as_ref().is_some_and(|r| r.get_id() == myself.get_id()) {
-            *site = None;
-        }
+        super::shared::release(&s.shared.site, &myself);
         Ok(())
     }
 }
