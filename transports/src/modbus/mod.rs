@@ -1,0 +1,1 @@
+//! Modbus TCP and SunSpec (being built).
