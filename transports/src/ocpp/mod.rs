@@ -23,7 +23,7 @@ pub mod frame;
 pub mod messages;
 pub mod schema;
 // pub mod server;
-// pub mod setpoint;
+pub mod setpoint;
 // pub mod tls;
 mod version;
 
