@@ -299,19 +299,25 @@ fn the_demo_node_over_real_http() {
     };
     assert!(status.success(), "{status}");
 
-    // Every acknowledged setpoint is in the checkpoints: each link holds a key of this
-    // dispatch (or a later revision of it).
+    // Every acknowledged setpoint is in the checkpoints: each charger's entry in its
+    // segment's applied record holds a key of this dispatch (or a later revision of it).
     let store = CheckpointStore::open(&dir.path().join("checkpoints.redb"), StoreLimits::default())
         .unwrap();
-    let links = store.keys_with_prefix("link/").unwrap();
-    assert!(!links.is_empty());
+    let records = store.keys_with_prefix("applied/").unwrap();
+    assert!(!records.is_empty());
+    let mut links = Vec::new();
     let mut with_dispatch = 0;
-    for k in &links {
-        let cp: Value = store.get(k).unwrap().unwrap();
-        if cp["applier"]["last"]["key"]["dispatch"].as_u64() == Some(dispatch) {
-            with_dispatch += 1;
+    for k in &records {
+        let record: Value = store.get(k).unwrap().unwrap();
+        for (charger, entry) in record["chargers"].as_object().unwrap() {
+            links.push(charger.clone());
+            // An entry is [applied, boot].
+            if entry[0]["key"]["dispatch"].as_u64() == Some(dispatch) {
+                with_dispatch += 1;
+            }
         }
     }
+    assert!(!links.is_empty());
     assert!(
         with_dispatch as u64
             >= receipt["acknowledged"]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use gridvisor_actors::device::{ChargerIo, SimCharger};
 use gridvisor_actors::ladder::{Fault, FaultKey, SafeState};
+use gridvisor_actors::runtime::shared::{applied_record_key, AppliedRecord};
 use gridvisor_actors::runtime::{charger_path, Node, Scope};
 use gridvisor_actors::session::SessionState;
 use gridvisor_actors::setpoint::SetpointKey;
@@ -33,11 +34,22 @@ fn checkpointed_state(t: &TestNode, vehicle: &str) -> Option<SessionState> {
     Some(serde_json::from_value(cp["session"]["state"].clone()).unwrap())
 }
 
-/// The key a charger's link checkpointed as applied last.
+/// The key checkpointed as a charger's last applied setpoint (in its segment's record).
 fn link_key(t: &TestNode, charger: &str) -> Option<SetpointKey> {
-    let cp = checkpoint(t, &format!("link/{charger}"))?;
-    let key = cp["applier"]["last"]["key"].clone();
-    (!key.is_null()).then(|| serde_json::from_value(key).unwrap())
+    applied_key(&t.store, &t.node.shared.topology, charger)
+}
+
+/// The key of `charger` in its segment's applied record in `store`.
+fn applied_key(
+    store: &gridvisor_actors::checkpoint::CheckpointStore,
+    topology: &gridvisor_actors::config::Topology,
+    charger: &str,
+) -> Option<SetpointKey> {
+    let seg = topology.charger_segment(charger).unwrap();
+    let record: AppliedRecord = store
+        .get(&applied_record_key(seg))
+        .unwrap_or_else(|e| panic!("{seg}: {e}"))?;
+    record.chargers.get(charger).map(|(a, _)| a.key)
 }
 
 /// The device's own reading now (power, register, setpoint).
@@ -260,8 +272,7 @@ async fn a_node_restarted_on_its_checkpoints_resumes() {
     let old_keys: Vec<(String, SetpointKey)> = chargers
         .iter()
         .map(|c| {
-            let cp: serde_json::Value = store.get(&format!("link/{c}")).unwrap().unwrap();
-            let key = serde_json::from_value(cp["applier"]["last"]["key"].clone()).unwrap();
+            let key = applied_key(&store, &node.shared.topology, c).unwrap();
             (c.clone(), key)
         })
         .collect();

@@ -7,11 +7,12 @@
 //!   answered with the first result, an older key is refused as stale;
 //! - the kW written is clamped by the segment's safe state and by the vehicle's minimum SoC,
 //!   whatever the dispatcher asked (local safety always clamps remote dispatch);
-//! - the applied key is checkpointed durably BEFORE the acknowledgement, so an
+//! - the applied key goes into the segment's applied map, which the dispatcher checkpoints
+//!   durably (one record per segment and batch) BEFORE the acknowledgement, so an
 //!   acknowledged setpoint survives any crash or stop;
-//! - a restarted link reads its checkpoint and the device's own record of the applied key
-//!   before it writes anything (read before write), and adopts the device's record if the
-//!   previous incarnation died between the write and the checkpoint.
+//! - a restarted link reads its entry of the applied map and the device's own record of the
+//!   applied key before it writes anything (read before write), and adopts the device's
+//!   record if the previous incarnation died between the write and the checkpoint.
 //!
 //! The session follows the ISO 15118-like state machine of [`crate::session`] and integrates
 //! SoC from the charger's energy register, not from commanded power: a restarted session
@@ -28,7 +29,6 @@ use tokio::task::JoinHandle;
 
 use super::shared::{lock, LinkEntry, LinkStatus, SegmentShared, SessionStatus, SiteShared};
 use super::{DispatcherMsg, LinkMsg, SessionMsg, SetpointOutcome};
-use crate::checkpoint::{CheckpointError, CommitTicket};
 use crate::device::{ChargerIo, ChargerReading};
 use crate::session::{Session, SessionEvent, SessionState};
 use crate::setpoint::{Applied, Decision, IdempotentApplier, Setpoint, SetpointKey};
@@ -99,24 +99,10 @@ pub(crate) fn session_spec(args: &ChargerArgs, vehicle: &str) -> ChildSpec<()> {
     .restart(Restart::Transient)
 }
 
-/// What a link checkpoints.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LinkCheckpoint {
-    /// The applier (the last applied key and its result).
-    pub applier: IdempotentApplier,
-    /// The node run that wrote it ([`SiteShared::boot`]): a lease is a time on that run's
-    /// clock, so after a node restart every checkpointed lease counts as ended.
-    pub boot: u64,
-}
-
 /// A link whose device does not answer retries after this long, doubling ...
 pub const LINK_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// ... up to this.
 pub const LINK_RETRY_MAX: Duration = Duration::from_secs(10);
-
-pub(crate) fn link_checkpoint_key(charger: &str) -> String {
-    format!("link/{charger}")
-}
 
 pub(crate) struct Link;
 
@@ -126,12 +112,10 @@ pub(crate) struct LinkState {
     io: Arc<dyn ChargerIo>,
     charger: crate::config::Charger,
     applier: IdempotentApplier,
-    /// The newest key known to be durable in the checkpoint store.
-    durable: Option<SetpointKey>,
     /// Its messages counter (looked up once: a label lookup per message costs at 100k).
     messages: prometheus::IntCounter,
     myself: ActorRef<LinkMsg>,
-    /// Whether the checkpoint was written by this run of the node.
+    /// Whether the last applied setpoint was applied by this run of the node.
     same_run: bool,
     /// Whether the device answered the last read-before-write.
     online: bool,
@@ -197,36 +181,19 @@ impl LinkState {
         kw.clamp(-self.charger.max_kw, self.charger.max_kw)
     }
 
-    /// Apply a setpoint: decide, clamp, write the device, record, and queue the checkpoint.
-    /// The answer carries the checkpoint's commit ticket: whoever acknowledges upstream waits
-    /// for it (the dispatcher waits for a whole batch's commits at once), so the link's
-    /// mailbox is never blocked by an fsync and a safe-state command behind a setpoint is
-    /// handled at once.
-    async fn apply(&mut self, sp: Setpoint) -> (SetpointOutcome, Option<CommitTicket>) {
+    /// Apply a setpoint: decide, clamp, write the device and record it in the segment's
+    /// applied map. The dispatcher checkpoints that map once per batch and acknowledges the
+    /// batch only when it is durable, so the link's mailbox never waits for an fsync and a
+    /// safe-state command behind a setpoint is handled at once.
+    async fn apply(&mut self, sp: Setpoint) -> SetpointOutcome {
         match self.applier.decide(sp.key) {
-            Decision::Repeat(a) => {
-                // A repeat is answered with the first result, once that result is durable:
-                // if it may not be yet, write the checkpoint again (puts commit in order).
-                if self.durable.is_some_and(|d| d >= a.key) {
-                    return (SetpointOutcome::Repeat(a), None);
-                }
-                return match self.checkpoint().await {
-                    Ok(()) => {
-                        self.durable = Some(a.key);
-                        (SetpointOutcome::Repeat(a), None)
-                    }
-                    Err(e) => (
-                        SetpointOutcome::Failed {
-                            error: e.to_string(),
-                        },
-                        None,
-                    ),
-                };
-            }
-            Decision::Stale { latest } => return (SetpointOutcome::Stale { latest }, None),
+            // A repeat is answered with the first result (the dispatcher's record of this
+            // batch makes it durable before it is acknowledged).
+            Decision::Repeat(a) => return SetpointOutcome::Repeat(a),
+            Decision::Stale { latest } => return SetpointOutcome::Stale { latest },
             Decision::Apply => {}
         }
-        let failed = |e: String| (SetpointOutcome::Failed { error: e }, None);
+        let failed = |e: String| SetpointOutcome::Failed { error: e };
         let kw = self.local_clamp(sp.kw);
         let now = self.shared.clock.now();
         let reading = match self.io.write(sp.key, kw, Some(sp.lease_until), now).await {
@@ -242,34 +209,14 @@ impl LinkState {
         if let Err(e) = self.applier.record(applied) {
             return failed(e.to_string());
         }
+        self.seg
+            .record_applied(&self.charger.id, applied, self.shared.boot);
+        self.same_run = true;
         self.publish(Some(&reading));
-        let cp = LinkCheckpoint {
-            applier: self.applier.clone(),
-            boot: self.shared.boot,
-        };
-        let key = link_checkpoint_key(&self.charger.id);
-        match self.shared.store.try_put(&key, &cp) {
-            Ok(ticket) => {
-                // Durable once the ticket resolves; until then a repeat re-checkpoints.
-                self.durable = self.durable.filter(|d| *d >= applied.key);
-                (SetpointOutcome::Applied(applied), Some(ticket))
-            }
-            Err(CheckpointError::QueueFull { .. }) => {
-                // The store's queue is full: wait for the commit here, which slows this link
-                // down instead of growing a queue.
-                match self.shared.store.put(&key, &cp).await {
-                    Ok(()) => {
-                        self.durable = Some(applied.key);
-                        (SetpointOutcome::Applied(applied), None)
-                    }
-                    Err(e) => failed(e.to_string()),
-                }
-            }
-            Err(e) => failed(e.to_string()),
-        }
+        SetpointOutcome::Applied(applied)
     }
 
-    fn ack(&self, key: SetpointKey, outcome: SetpointOutcome, commit: Option<CommitTicket>) {
+    fn ack(&self, key: SetpointKey, outcome: SetpointOutcome) {
         let i = match &outcome {
             SetpointOutcome::Applied(_) => 0,
             SetpointOutcome::Repeat(_) => 1,
@@ -282,22 +229,8 @@ impl LinkState {
                 key,
                 charger: self.charger.id.clone(),
                 outcome,
-                commit,
             });
         }
-    }
-
-    async fn checkpoint(&self) -> Result<(), crate::checkpoint::CheckpointError> {
-        self.shared
-            .store
-            .put(
-                &link_checkpoint_key(&self.charger.id),
-                &LinkCheckpoint {
-                    applier: self.applier.clone(),
-                    boot: self.shared.boot,
-                },
-            )
-            .await
     }
 
     /// Read the device, adopt its record of the applied key if it is newer than ours (the
@@ -316,12 +249,12 @@ impl LinkState {
                     applied_kw: reading.setpoint_kw,
                     lease_until: now,
                 })?;
+                if let Some(a) = self.applier.last() {
+                    self.seg
+                        .record_applied(&self.charger.id, a, self.shared.boot);
+                }
                 adopted = true;
             }
-        }
-        if adopted {
-            self.checkpoint().await?;
-            self.durable = self.applier.last().map(|a| a.key);
         }
         self.publish(Some(&reading));
         // An adopted record's lease is unknown, and a lease from another run of the node is a
@@ -386,13 +319,12 @@ impl Actor for Link {
         (shared, seg, charger, path): Self::Arguments,
     ) -> Result<LinkState, ActorProcessingErr> {
         let io = shared.devices.charger(&charger.id)?;
-        // Read before write, part one: our checkpoint. (A corrupt checkpoint is an error: the
-        // link does not start rather than guess what it applied.)
-        let cp: Option<LinkCheckpoint> = shared.store.get(&link_checkpoint_key(&charger.id))?;
+        // Read before write, part one: the segment's record of what this charger applied
+        // (checkpointed by the dispatcher, kept in memory while the node runs).
+        let last = seg.applied.get(&charger.id).map(|e| e.value().clone());
         // A lease from another run of the node is a time on another clock: ended.
-        let same_run = cp.as_ref().is_some_and(|c| c.boot == shared.boot);
-        let applier = cp.map(|c| c.applier).unwrap_or_default();
-        let durable = applier.last().map(|a| a.key);
+        let same_run = last.as_ref().is_some_and(|(_, boot)| *boot == shared.boot);
+        let applier = IdempotentApplier::from_last(last.map(|(a, _)| a))?;
         let metrics_path = if shared.options.per_session_metrics {
             path
         } else {
@@ -405,7 +337,6 @@ impl Actor for Link {
             io,
             charger,
             applier,
-            durable,
             messages,
             myself: myself.clone(),
             same_run,
@@ -442,16 +373,15 @@ impl Actor for Link {
                             SetpointOutcome::Failed {
                                 error: format!("charger offline: {e}"),
                             },
-                            None,
                         );
                         return Ok(());
                     }
                 }
-                let (outcome, commit) = s.apply(sp).await;
+                let outcome = s.apply(sp).await;
                 if matches!(outcome, SetpointOutcome::Failed { .. }) && s.online {
                     s.schedule_retry();
                 }
-                s.ack(key, outcome, commit);
+                s.ack(key, outcome);
             }
             LinkMsg::Enforce => {
                 let r = if s.online {

@@ -5,9 +5,13 @@
 //! a lease; the dispatcher clamps the target with the segment's safe state (local safety
 //! first), builds one [`Candidate`] per session from the segment board (SoC, departure,
 //! limits, and what the device measured against what it was commanded, so a throttled
-//! charger's missing power goes to others), allocates, and sends each link its setpoint. The
-//! batch ends when every link answered or [`ACK_TIMEOUT`] passed; the site hears of it. A
-//! newer batch supersedes an unfinished one (its late answers are counted for nothing).
+//! charger's missing power goes to others), allocates, and sends each link its setpoint.
+//!
+//! When every link has answered, the dispatcher checkpoints the segment's applied map (one
+//! [`AppliedRecord`](super::shared::AppliedRecord) per batch) and the batch's answers count
+//! as acknowledged only once that write is durable. The batch ends then, or when
+//! [`ACK_TIMEOUT`] passed; the site hears of it. A newer batch supersedes an unfinished one:
+//! answers not yet durable are reported unanswered, never acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,10 +19,10 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::shared::{lock, SegmentShared, SiteShared};
+use super::shared::{applied_record_key, lock, SegmentShared, SiteShared};
 use super::site::SegmentReceipt;
 use super::{DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
-use crate::checkpoint::CommitTicket;
+use crate::checkpoint::CheckpointError;
 use crate::dispatch::{allocate, effective_limits, Candidate};
 use crate::session::SessionState;
 use crate::setpoint::{Setpoint, SetpointKey};
@@ -30,9 +34,7 @@ struct Batch {
     expected: usize,
     receipt: SegmentReceipt,
     started: tokio::time::Instant,
-    /// Commits that make `Applied` answers durable, waited for together.
-    commits: Vec<(String, CommitTicket)>,
-    /// Every answer is in; the commits are being waited for.
+    /// Every answer is in; the segment's applied record is being committed.
     committing: bool,
 }
 
@@ -46,9 +48,16 @@ pub(crate) struct DispatcherState {
 }
 
 impl DispatcherState {
-    fn finish(&mut self) {
+    /// End the current batch and report it. `durable`: the applied record holding its
+    /// answers was committed; if not, its applied and repeated answers are unanswered.
+    fn finish(&mut self, durable: bool) {
         let Some(b) = self.batch.take() else { return };
         let mut receipt = b.receipt;
+        if !durable {
+            receipt.unanswered += receipt.applied + receipt.repeat;
+            receipt.applied = 0;
+            receipt.repeat = 0;
+        }
         receipt.elapsed_ms = b.started.elapsed().as_secs_f64() * 1e3;
         receipt.unanswered = b
             .expected
@@ -66,7 +75,7 @@ impl DispatcherState {
         lease_until: Duration,
     ) {
         if self.batch.is_some() {
-            self.finish();
+            self.finish(false);
         }
         let seg = &self.seg;
         let level = seg.level();
@@ -159,7 +168,6 @@ impl DispatcherState {
         self.batch = Some(Batch {
             key,
             expected: sent + failed,
-            commits: Vec::new(),
             committing: false,
             receipt: SegmentReceipt {
                 segment: seg.id.clone(),
@@ -178,11 +186,41 @@ impl DispatcherState {
             started: tokio::time::Instant::now(),
         });
         if sent == 0 {
-            self.finish();
+            self.finish(true);
         } else {
             // The timer task is detached: it sends once and ends.
             drop(myself.send_after(ACK_TIMEOUT, move || DispatcherMsg::Deadline(key)));
         }
+    }
+}
+
+impl DispatcherState {
+    /// Checkpoint the segment's applied map for batch `key`; `Durable` follows when the
+    /// write committed. The write is queued here, in the dispatcher's order, so a newer
+    /// batch's record always commits after an older one's; only the wait is a task.
+    async fn commit(&mut self, myself: &ActorRef<DispatcherMsg>, key: SetpointKey) {
+        let record = self.seg.applied_record();
+        let record_key = applied_record_key(&self.seg.id);
+        let result = match self.shared.store.try_put(&record_key, &record) {
+            Ok(ticket) => {
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let error = ticket.await.err().map(|e| e.to_string());
+                    let _ = me.send_message(DispatcherMsg::Durable { key, error });
+                });
+                return;
+            }
+            // The store's queue is full: wait here, which slows dispatch down instead of
+            // growing a queue.
+            Err(CheckpointError::QueueFull { .. }) => {
+                self.shared.store.put(&record_key, &record).await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = myself.send_message(DispatcherMsg::Durable {
+            key,
+            error: result.err().map(|e| e.to_string()),
+        });
     }
 }
 
@@ -233,7 +271,6 @@ impl Actor for Dispatcher {
                 key,
                 charger,
                 outcome,
-                commit,
             } => {
                 let Some(b) = s.batch.as_mut() else {
                     return Ok(());
@@ -251,56 +288,28 @@ impl Actor for Dispatcher {
                         r.failed += 1
                     }
                 }
-                if let Some(c) = commit {
-                    b.commits.push((charger, c));
+                if r.applied + r.repeat + r.stale + r.failed < b.expected {
+                    return Ok(());
                 }
-                if r.applied + r.repeat + r.stale + r.failed >= b.expected {
-                    if b.commits.is_empty() {
-                        s.finish();
-                    } else {
-                        // An answer counts once its checkpoint is durable: wait for all of
-                        // them in one task (they commit in the same few group commits).
-                        b.committing = true;
-                        let commits = std::mem::take(&mut b.commits);
-                        let me = myself.clone();
-                        tokio::spawn(async move {
-                            let (ids, tickets): (Vec<String>, Vec<CommitTicket>) =
-                                commits.into_iter().unzip();
-                            let results = futures::future::join_all(tickets).await;
-                            let failed = ids
-                                .into_iter()
-                                .zip(results)
-                                .filter_map(|(id, r)| r.err().map(|e| {
-                                    tracing::error!(charger = %id, error = %e, "checkpoint failed: setpoint not acknowledged");
-                                    id
-                                }))
-                                .collect();
-                            let _ = me.send_message(DispatcherMsg::Durable { key, failed });
-                        });
-                    }
+                if r.applied + r.repeat == 0 {
+                    s.finish(true);
+                    return Ok(());
                 }
+                b.committing = true;
+                s.commit(&myself, key).await;
             }
-            DispatcherMsg::Durable { key, failed } => {
-                if let Some(b) = s.batch.as_mut().filter(|b| b.key == key) {
-                    let n = failed.len().min(b.receipt.applied);
-                    b.receipt.applied -= n;
-                    b.receipt.failed += n;
-                    s.finish();
+            DispatcherMsg::Durable { key, error } => {
+                if s.batch.as_ref().is_some_and(|b| b.key == key) {
+                    if let Some(e) = &error {
+                        tracing::error!(segment = %s.seg.id, key = %key, error = %e, "applied record not written: batch not acknowledged");
+                    }
+                    s.finish(error.is_none());
                 }
             }
             DispatcherMsg::Deadline(key) => {
-                if let Some(b) = s.batch.as_mut().filter(|b| b.key == key) {
+                if let Some(b) = s.batch.as_ref().filter(|b| b.key == key) {
                     tracing::warn!(segment = %s.seg.id, key = %key, committing = b.committing, "acknowledgements missing at the deadline");
-                    // Answers whose commits are still pending are not acknowledged.
-                    let pending = if b.committing {
-                        b.receipt.applied
-                    } else {
-                        b.commits.len()
-                    };
-                    let pending = pending.min(b.receipt.applied);
-                    b.receipt.applied -= pending;
-                    b.receipt.unanswered += pending;
-                    s.finish();
+                    s.finish(false);
                 }
             }
         }
@@ -312,7 +321,7 @@ impl Actor for Dispatcher {
         myself: ActorRef<DispatcherMsg>,
         s: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        s.finish();
+        s.finish(false);
         super::shared::release(&s.seg.dispatcher, &myself);
         Ok(())
     }

@@ -132,15 +132,14 @@ pub enum DispatcherMsg {
         charger: String,
         /// What happened.
         outcome: SetpointOutcome,
-        /// The checkpoint commit that makes an `Applied` outcome durable (None: it already is).
-        commit: Option<crate::checkpoint::CommitTicket>,
     },
-    /// Every commit of a batch finished; `failed` charger ids could not be checkpointed.
+    /// The segment's applied record written after a batch's last answer was committed (or
+    /// could not be: `error`).
     Durable {
         /// The batch.
         key: SetpointKey,
-        /// Chargers whose checkpoint failed.
-        failed: Vec<String>,
+        /// Why the record could not be made durable.
+        error: Option<String>,
     },
     /// The ack deadline of a batch passed.
     Deadline(SetpointKey),
@@ -150,7 +149,7 @@ pub enum DispatcherMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SetpointOutcome {
-    /// Applied now (durably recorded before this answer).
+    /// Applied now (the dispatcher makes it durable before it acknowledges the batch).
     Applied(Applied),
     /// Applied before: the first result.
     Repeat(Applied),
