@@ -321,7 +321,7 @@ impl Actor for Link {
         let io = shared.devices.charger(&charger.id)?;
         // Read before write, part one: the segment's record of what this charger applied
         // (checkpointed by the dispatcher, kept in memory while the node runs).
-        let last = seg.applied.get(&charger.id).map(|e| e.value().clone());
+        let last = seg.applied.get(&charger.id).map(|e| *e.value());
         // A lease from another run of the node is a time on another clock: ended.
         let same_run = last.as_ref().is_some_and(|(_, boot)| *boot == shared.boot);
         let applier = IdempotentApplier::from_last(last.map(|(a, _)| a))?;

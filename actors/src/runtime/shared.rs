@@ -166,7 +166,7 @@ impl SegmentShared {
             chargers: self
                 .applied
                 .iter()
-                .map(|e| (e.key().clone(), e.value().clone()))
+                .map(|e| (e.key().clone(), *e.value()))
                 .collect(),
         }
     }
