@@ -16,15 +16,15 @@
 //! - [`server`]: the CSMS listener (`/ocpp/{chargePointId}`, subprotocol negotiation).
 //! - [`client`]: a small charge-point client (simulated chargers, benchmarks).
 
-// pub mod auth;
-// pub mod client;
-// pub mod connection;
+pub mod auth;
+pub mod client;
+pub mod connection;
 pub mod frame;
 pub mod messages;
 pub mod schema;
-// pub mod server;
+pub mod server;
 pub mod setpoint;
-// pub mod tls;
+pub mod tls;
 mod version;
 
 pub use version::{OcppVersion, UnsupportedSubprotocol};

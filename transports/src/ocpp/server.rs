@@ -1,1 +1,538 @@
-//! (being written)
+//! The CSMS listener: accepts charge points on `/ocpp/{chargePointId}` over ws (security
+//! profile 1) or wss (profiles 2 and 3), negotiates the OCPP version, authenticates, and hands
+//! each connection to the owner as a [`Session`].
+//!
+//! Invariants:
+//! - the whole handshake (TCP accept to WebSocket upgrade, TLS included) is bounded by
+//!   [`ServerConfig::handshake_timeout`]; at most [`ServerConfig::max_connections`] connections
+//!   (handshaking or open) exist at once, further ones are refused at accept;
+//! - a path that is not `/ocpp/{id}` with a valid id (percent-decoded, UTF-8, 1 to
+//!   [`MAX_CHARGE_POINT_ID_LEN`] characters, no `:` or control characters) is a 404; no
+//!   supported subprotocol is a 400; failed Basic authentication is a 401 — all before the
+//!   upgrade, each reported as [`ServerEvent::Rejected`] with the reason;
+//! - the version is the first of [`ServerConfig::versions`] (default: 2.1, then 2.0.1) that the
+//!   charge point offers, and the response names it;
+//! - every session ends with exactly one [`ServerEvent::Disconnected`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
+
+use super::auth::{check_basic, Authenticator, BasicAuthError};
+use super::connection::{
+    self, websocket_config, Connection, ConnectionInfo, DisconnectReason, IncomingCall, RpcConfig,
+};
+use super::messages::Initiator;
+use super::OcppVersion;
+
+/// Default port for ws (profile 1).
+pub const DEFAULT_WS_PORT: u16 = 8080;
+/// Default port for wss (profiles 2 and 3).
+pub const DEFAULT_WSS_PORT: u16 = 8443;
+/// The path prefix charge points connect to.
+pub const OCPP_PATH_PREFIX: &str = "/ocpp/";
+/// OCPP 2.0.1's limit on a charging station identity.
+pub const MAX_CHARGE_POINT_ID_LEN: usize = 48;
+/// Default bound on TCP accept → WebSocket upgrade (TLS included).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit on simultaneous connections (handshaking or open).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default capacity of the event channel to the owner.
+pub const DEFAULT_EVENT_QUEUE_CAPACITY: usize = 1024;
+
+/// How a listener secures its connections (OCPP security profiles).
+#[derive(Clone)]
+pub enum Security {
+    /// Profile 1: plain ws with HTTP Basic authentication.
+    BasicAuth(Arc<dyn Authenticator>),
+    /// Profile 2: TLS (server certificate) with HTTP Basic authentication.
+    TlsBasicAuth {
+        /// Server config without client authentication ([`super::tls::server_config`]).
+        tls: Arc<rustls::ServerConfig>,
+        /// Checks the passwords.
+        authenticator: Arc<dyn Authenticator>,
+    },
+    /// Profile 3: mutual TLS; the config must verify client certificates
+    /// ([`super::tls::server_config`] with a client CA).
+    MutualTls(Arc<rustls::ServerConfig>),
+}
+
+impl Security {
+    /// The OCPP security profile number.
+    pub fn profile(&self) -> u8 {
+        match self {
+            Security::BasicAuth(_) => 1,
+            Security::TlsBasicAuth { .. } => 2,
+            Security::MutualTls(_) => 3,
+        }
+    }
+
+    fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        match self {
+            Security::BasicAuth(_) => None,
+            Security::TlsBasicAuth { tls, .. } | Security::MutualTls(tls) => Some(tls),
+        }
+    }
+
+    fn authenticator(&self) -> Option<&Arc<dyn Authenticator>> {
+        match self {
+            Security::BasicAuth(a)
+            | Security::TlsBasicAuth {
+                authenticator: a, ..
+            } => Some(a),
+            Security::MutualTls(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Security(profile {})", self.profile())
+    }
+}
+
+/// One listening socket.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// Address to bind (port 0 picks a free port; see [`Server::local_addrs`]).
+    pub addr: SocketAddr,
+    /// Its security profile.
+    pub security: Security,
+}
+
+/// The CSMS's configuration; every limit has a named default.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The listeners (typically ws on [`DEFAULT_WS_PORT`] and wss on [`DEFAULT_WSS_PORT`]).
+    pub listeners: Vec<ListenerConfig>,
+    /// Versions accepted, most preferred first (default [`OcppVersion::PREFERENCE`]).
+    pub versions: Vec<OcppVersion>,
+    /// Per-connection limits.
+    pub rpc: RpcConfig,
+    /// Bound on the handshake ([`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub handshake_timeout: Duration,
+    /// Simultaneous connections ([`DEFAULT_MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Capacity of the event channel ([`DEFAULT_EVENT_QUEUE_CAPACITY`]); a slow owner slows
+    /// accepting, it does not lose events.
+    pub event_queue_capacity: usize,
+}
+
+impl ServerConfig {
+    /// A configuration with the given listeners and default limits.
+    pub fn new(listeners: Vec<ListenerConfig>) -> Self {
+        ServerConfig {
+            listeners,
+            versions: OcppVersion::PREFERENCE.to_vec(),
+            rpc: RpcConfig::default(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            event_queue_capacity: DEFAULT_EVENT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// A connected, authenticated charge point, handed to its owner.
+#[derive(Debug)]
+pub struct Session {
+    /// Send CALLs, close, learn that it dropped.
+    pub connection: Connection,
+    /// The charge point's CALLs, to answer (the channel closes when the connection does).
+    pub calls: mpsc::Receiver<IncomingCall>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The security profile of the listener it came through.
+    pub security_profile: u8,
+}
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeRejection {
+    /// The handshake took longer than the limit.
+    #[error("handshake not completed within {0:?}")]
+    Timeout(Duration),
+    /// TLS failed (no or untrusted client certificate, protocol error).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// The path is not `/ocpp/{chargePointId}` with a valid id (answered 404).
+    #[error("bad path {path:?}: {reason}")]
+    BadPath {
+        /// The requested path.
+        path: String,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// None of the offered subprotocols is supported (answered 400).
+    #[error("no supported OCPP subprotocol among {offered:?}")]
+    NoSubprotocol {
+        /// What the client offered.
+        offered: Vec<String>,
+    },
+    /// Basic authentication failed (answered 401).
+    #[error("charge point {charge_point_id:?}: {reason}")]
+    Unauthorized {
+        /// The id from the path.
+        charge_point_id: String,
+        /// Why.
+        reason: BasicAuthError,
+    },
+    /// The connection limit is reached (the socket is closed at once).
+    #[error("connection limit of {0} reached")]
+    TooManyConnections(usize),
+    /// The WebSocket handshake itself failed.
+    #[error("WebSocket handshake failed: {0}")]
+    WebSocket(String),
+}
+
+/// What the server tells its owner.
+#[derive(Debug)]
+pub enum ServerEvent {
+    /// A charge point connected.
+    Connected(Session),
+    /// A session ended.
+    Disconnected {
+        /// Its id.
+        charge_point_id: String,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A connection attempt was refused.
+    Rejected {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Why.
+        reason: HandshakeRejection,
+    },
+}
+
+/// A running CSMS listener set. Dropping it (or [`Server::shutdown`]) stops accepting; open
+/// sessions live on until their owners close them.
+pub struct Server {
+    local_addrs: Vec<SocketAddr>,
+    events: mpsc::Receiver<ServerEvent>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every listener and starts accepting.
+    pub async fn bind(config: ServerConfig) -> io::Result<Server> {
+        // Compile the schemas now rather than on the first frame.
+        super::schema::warm_up().map_err(|e| io::Error::other(e.to_string()))?;
+        if config.versions.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no OCPP version enabled",
+            ));
+        }
+        let (events_tx, events) = mpsc::channel(config.event_queue_capacity.max(1));
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let shared = Arc::new(config.clone());
+        let mut local_addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for (index, listener) in config.listeners.iter().enumerate() {
+            let socket = TcpListener::bind(listener.addr).await?;
+            local_addrs.push(socket.local_addr()?);
+            accept_tasks.push(tokio::spawn(accept_loop(
+                socket,
+                index,
+                Arc::clone(&shared),
+                Arc::clone(&permits),
+                events_tx.clone(),
+            )));
+        }
+        Ok(Server {
+            local_addrs,
+            events,
+            accept_tasks,
+        })
+    }
+
+    /// The bound addresses, in the order of [`ServerConfig::listeners`].
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The next event; `None` once every listener and session has ended.
+    pub async fn next_event(&mut self) -> Option<ServerEvent> {
+        self.events.recv().await
+    }
+
+    /// Stops accepting new connections.
+    pub fn shutdown(&self) {
+        for task in &self.accept_tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    index: usize,
+    config: Arc<ServerConfig>,
+    permits: Arc<Semaphore>,
+    events: mpsc::Sender<ServerEvent>,
+) {
+    loop {
+        let (tcp, peer) = match socket.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Per-connection errors (e.g. reset before accept, out of file descriptors):
+                // log and go on; the loop never spins since accept awaits the next one.
+                tracing::warn!(error = %e, "OCPP accept failed");
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            drop(tcp);
+            let reason = HandshakeRejection::TooManyConnections(config.max_connections);
+            let _ = events.send(ServerEvent::Rejected { peer, reason }).await;
+            continue;
+        };
+        let config = Arc::clone(&config);
+        let events = events.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            let listener = &config.listeners[index];
+            let accepted =
+                tokio::time::timeout(config.handshake_timeout, handshake(tcp, listener, &config))
+                    .await;
+            let accepted = match accepted {
+                Ok(Ok(a)) => a,
+                Ok(Err(reason)) => {
+                    let _ = events.send(ServerEvent::Rejected { peer, reason }).await;
+                    return;
+                }
+                Err(_) => {
+                    let reason = HandshakeRejection::Timeout(config.handshake_timeout);
+                    let _ = events.send(ServerEvent::Rejected { peer, reason }).await;
+                    return;
+                }
+            };
+            let charge_point_id = accepted.0.info().charge_point_id.clone();
+            let connection = accepted.0.clone();
+            let session = Session {
+                connection: accepted.0,
+                calls: accepted.1,
+                peer,
+                security_profile: listener.security.profile(),
+            };
+            if events.send(ServerEvent::Connected(session)).await.is_err() {
+                return; // the owner is gone; dropping the session closes the connection
+            }
+            let reason = connection.closed().await;
+            let _ = events
+                .send(ServerEvent::Disconnected {
+                    charge_point_id,
+                    reason,
+                })
+                .await;
+        });
+    }
+}
+
+type Accepted = (Connection, mpsc::Receiver<IncomingCall>);
+
+async fn handshake(
+    tcp: TcpStream,
+    listener: &ListenerConfig,
+    config: &ServerConfig,
+) -> Result<Accepted, HandshakeRejection> {
+    match listener.security.tls() {
+        None => upgrade(tcp, listener, config).await,
+        Some(tls) => {
+            let stream = TlsAcceptor::from(Arc::clone(tls))
+                .accept(tcp)
+                .await
+                .map_err(|e| HandshakeRejection::Tls(e.to_string()))?;
+            upgrade(stream, listener, config).await
+        }
+    }
+}
+
+async fn upgrade<S>(
+    stream: S,
+    listener: &ListenerConfig,
+    config: &ServerConfig,
+) -> Result<Accepted, HandshakeRejection>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let outcome: Mutex<Option<Result<ConnectionInfo, HandshakeRejection>>> = Mutex::new(None);
+    let callback = |request: &Request, response: Response| {
+        let result = check_request(request, listener, &config.versions);
+        let reply = match &result {
+            Ok(info) => Ok(with_subprotocol(response, info.version)),
+            Err(rejection) => Err(error_response(rejection)),
+        };
+        if let Ok(mut slot) = outcome.lock() {
+            *slot = Some(result);
+        }
+        reply
+    };
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config()))
+            .await;
+    let decided = outcome.lock().map(|mut s| s.take()).unwrap_or(None);
+    match (ws, decided) {
+        (Ok(ws), Some(Ok(info))) => Ok(connection::spawn(
+            ws,
+            info,
+            config.rpc.clone(),
+            Initiator::Csms,
+        )),
+        (_, Some(Err(rejection))) => Err(rejection),
+        (Err(e), _) => Err(HandshakeRejection::WebSocket(e.to_string())),
+        (Ok(_), None) => Err(HandshakeRejection::WebSocket(
+            "handshake completed without a decision".to_owned(),
+        )),
+    }
+}
+
+fn with_subprotocol(mut response: Response, version: OcppVersion) -> Response {
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(version.subprotocol()),
+    );
+    response
+}
+
+fn error_response(rejection: &HandshakeRejection) -> ErrorResponse {
+    let status = match rejection {
+        HandshakeRejection::BadPath { .. } => StatusCode::NOT_FOUND,
+        HandshakeRejection::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut response = ErrorResponse::new(Some(rejection.to_string()));
+    *response.status_mut() = status;
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"OCPP\""),
+        );
+    }
+    response
+}
+
+/// Path, subprotocol and credentials of an upgrade request.
+fn check_request(
+    request: &Request,
+    listener: &ListenerConfig,
+    versions: &[OcppVersion],
+) -> Result<ConnectionInfo, HandshakeRejection> {
+    let charge_point_id = charge_point_id_from_path(request.uri().path())?;
+    let offered: Vec<String> = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let version = versions
+        .iter()
+        .copied()
+        .find(|v| offered.iter().any(|o| o == v.subprotocol()))
+        .ok_or_else(|| HandshakeRejection::NoSubprotocol {
+            offered: offered.clone(),
+        })?;
+    if let Some(authenticator) = listener.security.authenticator() {
+        let header = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        check_basic(header, &charge_point_id, authenticator.as_ref()).map_err(|reason| {
+            HandshakeRejection::Unauthorized {
+                charge_point_id: charge_point_id.clone(),
+                reason,
+            }
+        })?;
+    }
+    Ok(ConnectionInfo {
+        charge_point_id,
+        version,
+    })
+}
+
+/// Extracts and validates the charge point id of `/ocpp/{id}`.
+pub fn charge_point_id_from_path(path: &str) -> Result<String, HandshakeRejection> {
+    let bad = |reason| HandshakeRejection::BadPath {
+        path: path.chars().take(256).collect(),
+        reason,
+    };
+    let encoded = path
+        .strip_prefix(OCPP_PATH_PREFIX)
+        .ok_or_else(|| bad("path must start with /ocpp/"))?;
+    if encoded.is_empty() || encoded.contains('/') {
+        return Err(bad("path must be /ocpp/{chargePointId}, one segment"));
+    }
+    let id = percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| bad("id is not UTF-8 once percent-decoded"))?;
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_CHARGE_POINT_ID_LEN {
+        return Err(bad("id must have 1 to 48 characters"));
+    }
+    if id.chars().any(|c| c == ':' || c == '/' || c.is_control()) {
+        return Err(bad("id must not contain ':', '/' or control characters"));
+    }
+    Ok(id.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(charge_point_id_from_path("/ocpp/CP-1").unwrap(), "CP-1");
+        assert_eq!(
+            charge_point_id_from_path("/ocpp/caf%C3%A9%20x").unwrap(),
+            "café x"
+        );
+        for bad in [
+            "/",
+            "/ocpp/",
+            "/ocpp",
+            "/other/CP",
+            "/ocpp/a/b",
+            "/ocpp/%FF",
+            "/ocpp/a%3Ab",
+            "/ocpp/a%0Ab",
+        ] {
+            assert!(
+                matches!(
+                    charge_point_id_from_path(bad),
+                    Err(HandshakeRejection::BadPath { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(charge_point_id_from_path(&format!("/ocpp/{}", "x".repeat(49))).is_err());
+        assert!(charge_point_id_from_path(&format!("/ocpp/{}", "x".repeat(48))).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn path_parsing_never_panics(path in ".*") {
+            let _ = charge_point_id_from_path(&path);
+        }
+    }
+}

@@ -198,27 +198,27 @@ string_enum! {
     /// OCPP `EnergyTransferModeEnumType`.
     EnergyTransferMode {
         /// `DC`.
-        DC = "DC",
+        Dc = "DC",
         /// `AC_single_phase`.
-        ACSinglePhase = "AC_single_phase",
+        AcSinglePhase = "AC_single_phase",
         /// `AC_two_phase`.
-        ACTwoPhase = "AC_two_phase",
+        AcTwoPhase = "AC_two_phase",
         /// `AC_three_phase`.
-        ACThreePhase = "AC_three_phase",
+        AcThreePhase = "AC_three_phase",
         /// `AC_BPT`.
-        ACBPT = "AC_BPT",
+        AcBpt = "AC_BPT",
         /// `AC_BPT_DER`.
-        ACBPTDER = "AC_BPT_DER",
+        AcBptDer = "AC_BPT_DER",
         /// `AC_DER`.
-        ACDER = "AC_DER",
+        AcDer = "AC_DER",
         /// `DC_BPT`.
-        DCBPT = "DC_BPT",
+        DcBpt = "DC_BPT",
         /// `DC_ACDP`.
-        DCACDP = "DC_ACDP",
+        DcAcdp = "DC_ACDP",
         /// `DC_ACDP_BPT`.
-        DCACDPBPT = "DC_ACDP_BPT",
+        DcAcdpBpt = "DC_ACDP_BPT",
         /// `WPT`.
-        WPT = "WPT",
+        Wpt = "WPT",
     }
 }
 
@@ -242,11 +242,11 @@ string_enum! {
     /// OCPP `HashAlgorithmEnumType`.
     HashAlgorithm {
         /// `SHA256`.
-        SHA256 = "SHA256",
+        Sha256 = "SHA256",
         /// `SHA384`.
-        SHA384 = "SHA384",
+        Sha384 = "SHA384",
         /// `SHA512`.
-        SHA512 = "SHA512",
+        Sha512 = "SHA512",
     }
 }
 
@@ -258,7 +258,7 @@ string_enum! {
         /// `Cable`.
         Cable = "Cable",
         /// `EV`.
-        EV = "EV",
+        Ev = "EV",
         /// `Inlet`.
         Inlet = "Inlet",
         /// `Outlet`.
@@ -362,9 +362,9 @@ string_enum! {
         /// `EnergyRequest.Maximum`.
         EnergyRequestMaximum = "EnergyRequest.Maximum",
         /// `EnergyRequest.Minimum.V2X`.
-        EnergyRequestMinimumV2X = "EnergyRequest.Minimum.V2X",
+        EnergyRequestMinimumV2x = "EnergyRequest.Minimum.V2X",
         /// `EnergyRequest.Maximum.V2X`.
-        EnergyRequestMaximumV2X = "EnergyRequest.Maximum.V2X",
+        EnergyRequestMaximumV2x = "EnergyRequest.Maximum.V2X",
         /// `EnergyRequest.Bulk`.
         EnergyRequestBulk = "EnergyRequest.Bulk",
         /// `Power.Active.Setpoint`.
@@ -390,15 +390,15 @@ string_enum! {
     /// OCPP `MessageFormatEnumType`.
     MessageFormat {
         /// `ASCII`.
-        ASCII = "ASCII",
+        Ascii = "ASCII",
         /// `HTML`.
-        HTML = "HTML",
+        Html = "HTML",
         /// `URI`.
-        URI = "URI",
+        Uri = "URI",
         /// `UTF8`.
-        UTF8 = "UTF8",
+        Utf8 = "UTF8",
         /// `QRCODE`.
-        QRCODE = "QRCODE",
+        Qrcode = "QRCODE",
     }
 }
 
@@ -406,9 +406,9 @@ string_enum! {
     /// OCPP `MobilityNeedsModeEnumType`.
     MobilityNeedsMode {
         /// `EVCC`.
-        EVCC = "EVCC",
+        Evcc = "EVCC",
         /// `EVCC_SECC`.
-        EVCCSECC = "EVCC_SECC",
+        EvccSecc = "EVCC_SECC",
     }
 }
 
