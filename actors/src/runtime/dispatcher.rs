@@ -44,7 +44,7 @@ pub(crate) struct DispatcherState {
     path: String,
     batch: Option<Batch>,
     /// The segment's chargers by id (built once: the topology does not change).
-    chargers: HashMap<String, crate::config::Charger>,
+    chargers: HashMap<String, crate::config::Charger, foldhash::fast::RandomState>,
 }
 
 impl DispatcherState {
