@@ -245,14 +245,8 @@ async fn subprotocol_negotiation_and_refusals() {
     only201.versions = vec![OcppVersion::V201];
     let (cp, _c) = connect(&only201).await.unwrap();
     assert_eq!(cp.info().version, OcppVersion::V201);
-    assert_eq!(
-        expect_connected(&mut csms.server)
-            .await
-            .connection
-            .info()
-            .version,
-        OcppVersion::V201
-    );
+    let s1 = expect_connected(&mut csms.server).await;
+    assert_eq!(s1.connection.info().version, OcppVersion::V201);
 
     let mut both = client(&csms, "RUST-1", "rust-secret");
     both.versions = vec![OcppVersion::V201, OcppVersion::V21];
@@ -262,20 +256,14 @@ async fn subprotocol_negotiation_and_refusals() {
         OcppVersion::V21,
         "the server prefers 2.1"
     );
-    let _ = expect_connected(&mut csms.server).await;
+    let _s2 = expect_connected(&mut csms.server).await;
 
     // Percent-encoded ids arrive decoded.
     let (_cp, _c) = connect(&client(&csms, "caf\u{e9} 7", "unicode-secret"))
         .await
         .unwrap();
-    assert_eq!(
-        expect_connected(&mut csms.server)
-            .await
-            .connection
-            .info()
-            .charge_point_id,
-        "caf\u{e9} 7"
-    );
+    let s3 = expect_connected(&mut csms.server).await;
+    assert_eq!(s3.connection.info().charge_point_id, "caf\u{e9} 7");
 
     let wrong = client(&csms, "RUST-1", "guess");
     assert!(matches!(
@@ -611,5 +599,122 @@ async fn unanswered_handler_idle_peer_and_slow_handshake_are_bounded() {
             HandshakeRejection::Timeout(Duration::from_millis(300))
         ),
         other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_session_closes_the_connection() {
+    let pki = pki();
+    let mut csms = start_csms(&pki, RpcConfig::default()).await;
+    let (cp, _calls) = connect(&client(&csms, "RUST-1", "rust-secret"))
+        .await
+        .unwrap();
+    let session = expect_connected(&mut csms.server).await;
+    drop(session);
+    assert!(matches!(
+        cp.closed().await,
+        DisconnectReason::PeerClosed {
+            code: Some(1000),
+            ..
+        }
+    ));
+    match next_event(&mut csms.server).await {
+        ServerEvent::Disconnected { reason, .. } => {
+            assert_eq!(reason, DisconnectReason::ClosedByOwner)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Many concurrent Rust charge points against one CSMS: boot, heartbeat, meter values. Scales
+/// with `GRIDVISOR_OCPP_CLIENTS` (default 200); prints the RSS growth per connection pair (both
+/// ends live in this process; only meaningful when the test runs alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_charge_points() {
+    let n: usize = std::env::var("GRIDVISOR_OCPP_CLIENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let mut config = ServerConfig::new(vec![ListenerConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        security: Security::BasicAuth(Arc::new(|id: &str, pw: &[u8]| {
+            pw == format!("pw-{id}").as_bytes()
+        })),
+    }]);
+    config.event_queue_capacity = 64;
+    let mut server = Server::bind(config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let before = rss_kib();
+    let owner = tokio::spawn(async move {
+        let mut sessions = Vec::new();
+        while sessions.len() < n {
+            match next_event(&mut server).await {
+                ServerEvent::Connected(s) => {
+                    let seen = answer_calls(s.calls);
+                    sessions.push((s.connection, seen));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        (server, sessions)
+    });
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("SIM-{i}");
+        let mut c = ClientConfig::new("127.0.0.1", addr.port(), id.clone());
+        c.password = Some(format!("pw-{id}").into_bytes());
+        clients.push(tokio::spawn(async move {
+            let (cp, calls) = connect(&c).await.unwrap();
+            cp.call(boot()).await.unwrap();
+            cp.call(HeartbeatRequest::default()).await.unwrap();
+            let t = DateTime::now();
+            cp.call(MeterValuesRequest {
+                evse_id: 1,
+                meter_value: vec![MeterValue {
+                    timestamp: t,
+                    sampled_value: vec![SampledValue {
+                        value: i as f64,
+                        measurand: None,
+                        context: None,
+                        phase: None,
+                        location: None,
+                        unit_of_measure: None,
+                        extra: Map::new(),
+                    }],
+                    extra: Map::new(),
+                }],
+                extra: Map::new(),
+            })
+            .await
+            .unwrap();
+            (cp, calls)
+        }));
+    }
+    let mut held = Vec::with_capacity(n);
+    for c in clients {
+        held.push(
+            tokio::time::timeout(WAIT, c)
+                .await
+                .expect("client in time")
+                .unwrap(),
+        );
+    }
+    let (_server, sessions) = tokio::time::timeout(WAIT, owner)
+        .await
+        .expect("owner in time")
+        .unwrap();
+    assert_eq!(sessions.len(), n);
+    if let (Some(b), Some(a)) = (before, rss_kib()) {
+        eprintln!(
+            "{n} connections (client + server ends): RSS +{} KiB, {:.1} KiB per connection pair",
+            a.saturating_sub(b),
+            a.saturating_sub(b) as f64 / n as f64
+        );
     }
 }

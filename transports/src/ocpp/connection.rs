@@ -301,8 +301,24 @@ impl Connection {
 
     /// Waits until the connection ends and says why.
     pub async fn closed(&self) -> DisconnectReason {
-        let mut rx = self.shared.closed.clone();
-        let reason = match rx.wait_for(Option::is_some).await {
+        self.closed_watch().wait().await
+    }
+
+    /// A watcher of the connection's end that does not keep the connection open (a
+    /// [`Connection`] clone would: the connection closes when every clone is dropped).
+    pub fn closed_watch(&self) -> ClosedWatch {
+        ClosedWatch(self.shared.closed.clone())
+    }
+}
+
+/// Learns why a connection ended without holding it open (see [`Connection::closed_watch`]).
+#[derive(Debug, Clone)]
+pub struct ClosedWatch(watch::Receiver<Option<DisconnectReason>>);
+
+impl ClosedWatch {
+    /// Waits until the connection ends and says why.
+    pub async fn wait(mut self) -> DisconnectReason {
+        let reason = match self.0.wait_for(Option::is_some).await {
             Ok(r) => r.clone().unwrap_or(DisconnectReason::ClosedByOwner),
             // The engine dropped its sender without a reason: only if its task was aborted.
             Err(_) => DisconnectReason::Transport("connection task ended".to_owned()),

@@ -27,4 +27,9 @@ pub mod setpoint;
 pub mod tls;
 mod version;
 
+pub use client::{connect, ClientConfig, ConnectError};
+pub use connection::{
+    serve_calls, CallError, CallHandler, Connection, DisconnectReason, IncomingCall, RpcConfig,
+};
+pub use server::{ListenerConfig, Security, Server, ServerConfig, ServerEvent, Session};
 pub use version::{OcppVersion, UnsupportedSubprotocol};

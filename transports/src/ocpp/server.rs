@@ -110,6 +110,24 @@ pub struct ListenerConfig {
     pub security: Security,
 }
 
+impl ListenerConfig {
+    /// ws on all interfaces, port [`DEFAULT_WS_PORT`], security profile 1.
+    pub fn ws_default(authenticator: Arc<dyn Authenticator>) -> Self {
+        ListenerConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_WS_PORT)),
+            security: Security::BasicAuth(authenticator),
+        }
+    }
+
+    /// wss on all interfaces, port [`DEFAULT_WSS_PORT`], with profile 2 or 3 `security`.
+    pub fn wss_default(security: Security) -> Self {
+        ListenerConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_WSS_PORT)),
+            security,
+        }
+    }
+}
+
 /// The CSMS's configuration; every limit has a named default.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -326,7 +344,7 @@ async fn accept_loop(
                 }
             };
             let charge_point_id = accepted.0.info().charge_point_id.clone();
-            let connection = accepted.0.clone();
+            let closed = accepted.0.closed_watch();
             let session = Session {
                 connection: accepted.0,
                 calls: accepted.1,
@@ -336,7 +354,7 @@ async fn accept_loop(
             if events.send(ServerEvent::Connected(session)).await.is_err() {
                 return; // the owner is gone; dropping the session closes the connection
             }
-            let reason = connection.closed().await;
+            let reason = closed.wait().await;
             let _ = events
                 .send(ServerEvent::Disconnected {
                     charge_point_id,
@@ -375,6 +393,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let outcome: Mutex<Option<Result<ConnectionInfo, HandshakeRejection>>> = Mutex::new(None);
+    // The signature is tungstenite's `Callback`; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
         let result = check_request(request, listener, &config.versions);
         let reply = match &result {
