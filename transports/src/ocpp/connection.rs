@@ -255,13 +255,8 @@ impl Connection {
         }
         let version = self.shared.info.version;
         let payload = if self.shared.config.validate_outgoing {
-            let value = Value::Object(payload);
-            schema::validate(version, action, PayloadKind::Request, &value)
-                .map_err(CallError::InvalidRequest)?;
-            match value {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            }
+            schema::validate_object(version, action, PayloadKind::Request, payload)
+                .map_err(CallError::InvalidRequest)?
         } else {
             payload
         };
@@ -279,13 +274,8 @@ impl Connection {
                 mpsc::error::TrySendError::Closed(_) => CallError::Disconnected,
             })?;
         let answer = answer.await.map_err(|_| CallError::Disconnected)??;
-        let value = Value::Object(answer);
-        schema::validate(version, action, PayloadKind::Response, &value)
-            .map_err(CallError::InvalidResponse)?;
-        match value {
-            Value::Object(m) => Ok(m),
-            _ => Ok(Map::new()),
-        }
+        schema::validate_object(version, action, PayloadKind::Response, answer)
+            .map_err(CallError::InvalidResponse)
     }
 
     /// Asks the connection to close (a normal close frame); pending CALLs fail with

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::Validator;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::frame::ErrorCode;
 use super::messages::Action;
@@ -197,6 +197,29 @@ pub fn validate(
         _ => ErrorCode::FormatViolation,
     };
     Err(violation(code, path, error.to_string()))
+}
+
+/// Validates a JSON object payload and hands it back (saves the caller a clone).
+pub fn validate_object(
+    version: OcppVersion,
+    action: Action,
+    kind: PayloadKind,
+    payload: Map<String, Value>,
+) -> Result<Map<String, Value>, SchemaViolation> {
+    let value = Value::Object(payload);
+    validate(version, action, kind, &value)?;
+    match value {
+        Value::Object(m) => Ok(m),
+        // Unreachable: `value` was built as an object above.
+        _ => Err(SchemaViolation {
+            code: ErrorCode::InternalError,
+            action,
+            kind,
+            version,
+            path: String::new(),
+            message: "payload is not an object".to_owned(),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ pub const MAX_CHARGE_POINT_ID_LEN: usize = 48;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit on simultaneous connections (handshaking or open).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Pause after a failed accept (e.g. out of file descriptors), so the loop does not spin.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Default capacity of the event channel to the owner.
 pub const DEFAULT_EVENT_QUEUE_CAPACITY: usize = 1024;
 
@@ -310,9 +312,10 @@ async fn accept_loop(
         let (tcp, peer) = match socket.accept().await {
             Ok(x) => x,
             Err(e) => {
-                // Per-connection errors (e.g. reset before accept, out of file descriptors):
-                // log and go on; the loop never spins since accept awaits the next one.
+                // Per-connection errors (reset before accept, out of file descriptors): log,
+                // pause briefly so a persistent error does not spin, and go on.
                 tracing::warn!(error = %e, "OCPP accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
         };
