@@ -27,8 +27,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use super::shared::{lock, LinkEntry, LinkStatus, SegmentShared, SessionStatus, SiteShared};
-use super::{DispatcherMsg, LinkMsg, SessionMsg, SetpointOutcome};
+use super::shared::{LinkEntry, LinkStatus, SegmentShared, SessionStatus, SiteShared};
+use super::{BatchTally, LinkMsg, SessionMsg, SetpointOutcome};
 use crate::device::{ChargerIo, ChargerReading};
 use crate::session::{Session, SessionEvent, SessionState};
 use crate::setpoint::{Applied, Decision, IdempotentApplier, Setpoint, SetpointKey};
@@ -128,21 +128,24 @@ pub(crate) struct LinkState {
 impl LinkState {
     fn publish(&self, reading: Option<&ChargerReading>) {
         let last = self.applier.last();
-        // One lookup: update the entry in place (keeping the last reading when there is no
-        // new one), insert it the first time.
-        let mut entry = self
-            .seg
-            .links
-            .entry(self.charger.id.clone())
-            .or_insert_with(|| LinkEntry {
-                actor: self.myself.clone(),
-                status: LinkStatus {
-                    commanded_kw: None,
-                    measured_kw: None,
-                    applied: None,
-                    lease_until: None,
-                },
-            });
+        // Update the entry in place (keeping the last reading when there is no new one);
+        // insert it the first time (the only time the id is copied).
+        let mut entry = match self.seg.links.get_mut(&self.charger.id) {
+            Some(e) => e,
+            None => self
+                .seg
+                .links
+                .entry(self.charger.id.clone())
+                .or_insert_with(|| LinkEntry {
+                    actor: self.myself.clone(),
+                    status: LinkStatus {
+                        commanded_kw: None,
+                        measured_kw: None,
+                        applied: None,
+                        lease_until: None,
+                    },
+                }),
+        };
         if entry.actor.get_id() != self.myself.get_id() {
             entry.actor = self.myself.clone();
         }
@@ -216,21 +219,13 @@ impl LinkState {
         SetpointOutcome::Applied(applied)
     }
 
-    fn ack(&self, key: SetpointKey, outcome: SetpointOutcome) {
-        let i = match &outcome {
-            SetpointOutcome::Applied(_) => 0,
-            SetpointOutcome::Repeat(_) => 1,
-            SetpointOutcome::Stale { .. } => 2,
-            SetpointOutcome::Failed { .. } => 3,
-        };
-        self.shared.metrics.setpoint_outcomes[i].inc();
-        if let Some(d) = lock(&self.seg.dispatcher).as_ref() {
-            let _ = d.send_message(DispatcherMsg::Ack {
-                key,
-                charger: self.charger.id.clone(),
-                outcome,
-            });
+    /// Count the answer in its batch's tally (the last one wakes the dispatcher).
+    fn ack(&self, tally: &BatchTally, outcome: SetpointOutcome) {
+        self.shared.metrics.setpoint_outcomes[outcome.index()].inc();
+        if let SetpointOutcome::Failed { error } = &outcome {
+            tracing::warn!(charger = %self.charger.id, %error, key = %tally.key(), "setpoint failed");
         }
+        tally.answer(&outcome);
     }
 
     /// Read the device, adopt its record of the applied key if it is newer than ours (the
@@ -363,13 +358,12 @@ impl Actor for Link {
     ) -> Result<(), ActorProcessingErr> {
         s.messages.inc();
         match msg {
-            LinkMsg::Setpoint(sp) => {
-                let key = sp.key;
+            LinkMsg::Setpoint(sp, tally) => {
                 if !s.online {
                     // Read before write: a link that could not read its device writes nothing.
                     if let Err(e) = s.sync().await {
                         s.ack(
-                            key,
+                            &tally,
                             SetpointOutcome::Failed {
                                 error: format!("charger offline: {e}"),
                             },
@@ -381,7 +375,7 @@ impl Actor for Link {
                 if matches!(outcome, SetpointOutcome::Failed { .. }) && s.online {
                     s.schedule_retry();
                 }
-                s.ack(key, outcome);
+                s.ack(&tally, outcome);
             }
             LinkMsg::Enforce => {
                 let r = if s.online {

@@ -21,7 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::shared::{applied_record_key, lock, SegmentShared, SiteShared};
 use super::site::SegmentReceipt;
-use super::{DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
+use super::{BatchTally, DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
 use crate::checkpoint::CheckpointError;
 use crate::dispatch::{allocate, effective_limits, Candidate};
 use crate::session::SessionState;
@@ -32,6 +32,8 @@ pub(crate) struct Dispatcher;
 struct Batch {
     key: SetpointKey,
     expected: usize,
+    /// The links' answers, counted by the links.
+    tally: Arc<BatchTally>,
     receipt: SegmentReceipt,
     started: tokio::time::Instant,
     /// Every answer is in; the segment's applied record is being committed.
@@ -53,6 +55,11 @@ impl DispatcherState {
     fn finish(&mut self, durable: bool) {
         let Some(b) = self.batch.take() else { return };
         let mut receipt = b.receipt;
+        let [applied, repeat, stale, failed] = b.tally.counts();
+        receipt.applied += applied;
+        receipt.repeat += repeat;
+        receipt.stale += stale;
+        receipt.failed += failed;
         if !durable {
             receipt.unanswered += receipt.applied + receipt.repeat;
             receipt.applied = 0;
@@ -128,6 +135,7 @@ impl DispatcherState {
             max_discharge += dis;
         }
         let allocation = allocate(target, &candidates, horizon);
+        let tally = Arc::new(BatchTally::new(key, targets.len(), myself.clone()));
         let mut sent = 0usize;
         let mut failed = 0usize;
         let mut setpoint_kw = 0.0;
@@ -138,10 +146,17 @@ impl DispatcherState {
                 kw: *kw,
                 lease_until,
             };
-            if link.send_message(LinkMsg::Setpoint(sp)).is_ok() {
+            if link
+                .send_message(LinkMsg::Setpoint(sp, Arc::clone(&tally)))
+                .is_ok()
+            {
                 sent += 1;
             } else {
+                // A link that stopped counts as answered (failed), so the tally completes.
                 failed += 1;
+                tally.answer(&SetpointOutcome::Failed {
+                    error: "link stopped".into(),
+                });
             }
         }
         {
@@ -168,6 +183,7 @@ impl DispatcherState {
         self.batch = Some(Batch {
             key,
             expected: sent + failed,
+            tally,
             committing: false,
             receipt: SegmentReceipt {
                 segment: seg.id.clone(),
@@ -179,7 +195,7 @@ impl DispatcherState {
                 applied: 0,
                 repeat: 0,
                 stale: 0,
-                failed,
+                failed: 0, // counted in the tally
                 unanswered: 0,
                 elapsed_ms: 0.0,
             },
@@ -267,31 +283,15 @@ impl Actor for Dispatcher {
                 target_kw,
                 lease_until,
             } => s.dispatch(&myself, key, target_kw, lease_until),
-            DispatcherMsg::Ack {
-                key,
-                charger,
-                outcome,
-            } => {
+            DispatcherMsg::Answered(key) => {
                 let Some(b) = s.batch.as_mut() else {
                     return Ok(());
                 };
                 if b.key != key || b.committing {
                     return Ok(());
                 }
-                let r = &mut b.receipt;
-                match outcome {
-                    SetpointOutcome::Applied(_) => r.applied += 1,
-                    SetpointOutcome::Repeat(_) => r.repeat += 1,
-                    SetpointOutcome::Stale { .. } => r.stale += 1,
-                    SetpointOutcome::Failed { error } => {
-                        tracing::warn!(%charger, %error, key = %key, "setpoint failed");
-                        r.failed += 1
-                    }
-                }
-                if r.applied + r.repeat + r.stale + r.failed < b.expected {
-                    return Ok(());
-                }
-                if r.applied + r.repeat == 0 {
+                let [applied, repeat, ..] = b.tally.counts();
+                if applied + repeat == 0 {
                     s.finish(true);
                     return Ok(());
                 }

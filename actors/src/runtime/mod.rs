@@ -19,9 +19,11 @@
 //! Flow of a grid request: the site splits it over segments by thermal headroom
 //! ([`crate::dispatch::split_by_headroom`]); each dispatcher allocates its share over its
 //! sessions ([`crate::dispatch::allocate`]) and sends keyed setpoints to the links; a link
-//! clamps with the segment's safe state, writes the device, checkpoints the applied key
-//! (durably) and only then acknowledges. The site answers the request when every device
-//! acknowledged (or a named limit passed). Every cycle the site's closed loop corrects the
+//! clamps with the segment's safe state, writes the device, records the applied key on the
+//! segment's board and counts its answer in the batch's tally; the last answer wakes the
+//! dispatcher, which checkpoints the segment's applied record (durably) and only then
+//! acknowledges. The site answers the request when every device acknowledged (or a named
+//! limit passed). Every cycle the site's closed loop corrects the
 //! command against metered power and sends the next revision.
 //!
 //! Safety flow: meters, inverters, the site's keep-alive watchdog, the PTP monitor and the
@@ -38,7 +40,7 @@ mod site;
 
 use std::time::Duration;
 
-use ractor::RpcReplyPort;
+use ractor::{ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
 use crate::ladder::{Fault, Transition};
@@ -124,15 +126,8 @@ pub enum DispatcherMsg {
         /// Lease end for every setpoint of the batch.
         lease_until: Duration,
     },
-    /// A link's answer.
-    Ack {
-        /// The batch it answers.
-        key: SetpointKey,
-        /// The charger.
-        charger: String,
-        /// What happened.
-        outcome: SetpointOutcome,
-    },
+    /// Every link of batch `key` answered (the batch's [`BatchTally`] holds the answers).
+    Answered(SetpointKey),
     /// The segment's applied record written after a batch's last answer was committed (or
     /// could not be: `error`).
     Durable {
@@ -165,10 +160,22 @@ pub enum SetpointOutcome {
     },
 }
 
+impl SetpointOutcome {
+    /// The outcome's index in the order applied, repeat, stale, failed.
+    pub(crate) fn index(&self) -> usize {
+        match self {
+            SetpointOutcome::Applied(_) => 0,
+            SetpointOutcome::Repeat(_) => 1,
+            SetpointOutcome::Stale { .. } => 2,
+            SetpointOutcome::Failed { .. } => 3,
+        }
+    }
+}
+
 /// Messages to a charger's link.
 pub enum LinkMsg {
-    /// A setpoint from the dispatcher.
-    Setpoint(Setpoint),
+    /// A setpoint from the dispatcher, and the tally of its batch to count the answer in.
+    Setpoint(Setpoint, std::sync::Arc<BatchTally>),
     /// Apply the local clamps (the segment's safe state, the vehicle's minimum SoC) to the
     /// device now; the batch, if any, hears when it is done.
     Enforce,
@@ -176,6 +183,58 @@ pub enum LinkMsg {
     LeaseExpired,
     /// Read the device and publish its state.
     Poll,
+}
+
+/// The answers of one dispatch batch, counted by the links themselves: a link adds its
+/// outcome and the last one tells the dispatcher, so a batch of 10,000 setpoints costs the
+/// dispatcher one message instead of 10,000.
+pub struct BatchTally {
+    key: SetpointKey,
+    expected: usize,
+    /// Answers by outcome: applied, repeat, stale, failed.
+    counts: [std::sync::atomic::AtomicUsize; 4],
+    answered: std::sync::atomic::AtomicUsize,
+    dispatcher: ActorRef<DispatcherMsg>,
+}
+
+impl BatchTally {
+    pub(crate) fn new(
+        key: SetpointKey,
+        expected: usize,
+        dispatcher: ActorRef<DispatcherMsg>,
+    ) -> Self {
+        BatchTally {
+            key,
+            expected,
+            counts: Default::default(),
+            answered: std::sync::atomic::AtomicUsize::new(0),
+            dispatcher,
+        }
+    }
+
+    /// Count one answer; the last expected answer tells the dispatcher.
+    pub(crate) fn answer(&self, outcome: &SetpointOutcome) {
+        use std::sync::atomic::Ordering;
+        self.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        // AcqRel: the dispatcher, woken by the last answer, sees every count before it.
+        if self.answered.fetch_add(1, Ordering::AcqRel) + 1 == self.expected {
+            let _ = self
+                .dispatcher
+                .send_message(DispatcherMsg::Answered(self.key));
+        }
+    }
+
+    /// The batch's key.
+    pub(crate) fn key(&self) -> SetpointKey {
+        self.key
+    }
+
+    /// The answers so far: applied, repeat, stale, failed.
+    pub(crate) fn counts(&self) -> [usize; 4] {
+        use std::sync::atomic::Ordering;
+        self.answered.load(Ordering::Acquire);
+        self.counts.each_ref().map(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// Messages to a session.
