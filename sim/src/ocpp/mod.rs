@@ -1,0 +1,1 @@
+//! Simulated OCPP charge points (being built).
