@@ -51,6 +51,8 @@ pub enum Effect {
         /// Why.
         reason: String,
     },
+    /// Variables were written (intervals may have changed).
+    VariablesChanged,
     /// Profiles were cleared.
     ProfilesCleared(usize),
     /// The CSMS asked for a reset: close and reconnect after answering.
@@ -114,7 +116,7 @@ pub fn answer(
                 set_variable_result: results,
                 extra: Map::new(),
             };
-            (Ok(response.into()), Effect::None)
+            (Ok(response.into()), Effect::VariablesChanged)
         }
         Request::Reset(_) => {
             let response = ResetResponse {

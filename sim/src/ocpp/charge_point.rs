@@ -26,7 +26,7 @@ use gridvisor_transports::ocpp::connection::{CallError, Connection, IncomingCall
 use gridvisor_transports::ocpp::frame::{ErrorCode, RpcError};
 use gridvisor_transports::ocpp::messages::*;
 use gridvisor_transports::ocpp::OcppVersion;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
@@ -224,6 +224,8 @@ pub struct ChargePoint {
     state: Arc<Mutex<SimState>>,
     control: mpsc::Sender<Control>,
     events: broadcast::Sender<ChargePointEvent>,
+    /// Wakes the connection loop after SetVariables changed an interval.
+    wake: Arc<Notify>,
     id: Arc<str>,
 }
 
@@ -289,6 +291,7 @@ impl ChargePoint {
             state: Arc::new(Mutex::new(state)),
             control,
             events,
+            wake: Arc::new(Notify::new()),
             id: Arc::from(config.client.charge_point_id.as_str()),
         };
         let task = tokio::spawn(run(cp.clone(), config, control_rx));
@@ -546,10 +549,16 @@ async fn session_loop(
     let status = reports::status(&lock(&cp.state), config.evse_id);
     call(cp, conn, status).await;
     start_transaction(cp, config, conn).await;
-    let mut next_heartbeat = Instant::now() + lock(&cp.state).heartbeat_interval;
-    let mut next_meter = Instant::now() + lock(&cp.state).meter_interval;
+    let mut last_heartbeat = Instant::now();
+    let mut last_meter = Instant::now();
     loop {
+        // Read each time: SetVariables may have changed them (and woken us).
+        let (hb, mv) = {
+            let s = lock(&cp.state);
+            (s.heartbeat_interval, s.meter_interval)
+        };
         tokio::select! {
+            _ = cp.wake.notified() => {}
             _ = conn.closed() => return End::Lost,
             _ = reset.recv() => {
                 cp.emit(ChargePointEvent::Reset);
@@ -582,17 +591,17 @@ async fn session_loop(
                     }
                 }
             },
-            _ = sleep_until(next_heartbeat) => {
+            _ = sleep_until(last_heartbeat + hb) => {
+                last_heartbeat = Instant::now();
                 if cp.fault() != Fault::Hang {
                     call(cp, conn, HeartbeatRequest::default()).await;
                 }
-                next_heartbeat = Instant::now() + lock(&cp.state).heartbeat_interval;
             }
-            _ = sleep_until(next_meter) => {
+            _ = sleep_until(last_meter + mv) => {
+                last_meter = Instant::now();
                 if cp.fault() != Fault::Hang {
                     send_meter(cp, config, conn).await;
                 }
-                next_meter = Instant::now() + lock(&cp.state).meter_interval;
             }
         }
     }
@@ -725,6 +734,7 @@ async fn answer_calls(
             Effect::ProfileRejected { id, reason } => {
                 cp.emit(ChargePointEvent::ProfileRejected { id, reason })
             }
+            Effect::VariablesChanged => cp.wake.notify_one(),
             Effect::Reset => {
                 let _ = reset.try_send(());
             }
