@@ -220,3 +220,48 @@ async fn an_island_shows_out_of_band_voltage_and_frequency() {
     assert_eq!(ac.connection_state, Some(ConnectionState::Connected));
     assert_eq!(ac.w, Some(4_000.0), "back at the setpoint after the ramp");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_setpoint_reverts_to_its_reversion_value() {
+    let site = Site::start().await;
+    let inv = inverter(&site).await;
+    // Charge at 40 % of 10 kW for 2 s, then -5 % (the reversion value).
+    inv.set_active_power(&ActivePowerSetpoint {
+        mode: SetpointMode::WMaxPct,
+        value: -40.0,
+        revert_after: Duration::from_secs(2),
+        revert_to: Some(-5.0),
+    })
+    .await
+    .unwrap();
+    let ctl = inv.der_controls().await.unwrap();
+    assert_eq!(ctl.setpoint.mode, Some(SetpointMode::WMaxPct));
+    assert_eq!(ctl.setpoint.pct, Some(-40.0));
+    assert_eq!(ctl.setpoint.revert_pct, Some(-5.0));
+    site.step(19, TICK);
+    assert_eq!(inv.ac_measurement().await.unwrap().w, Some(-4_000.0));
+    assert_eq!(
+        inv.der_controls()
+            .await
+            .unwrap()
+            .setpoint
+            .revert_remaining_secs,
+        Some(1)
+    );
+    site.step(1, TICK);
+    let ctl = inv.der_controls().await.unwrap();
+    assert_eq!(ctl.setpoint.pct, Some(-5.0), "reverted");
+    assert_eq!(ctl.setpoint.enabled, Some(true), "WSetEnaRvrt = 1");
+    // 3.5 kW to go at 5 kW/s, the step of the reversion included.
+    site.step(6, TICK);
+    assert_eq!(inv.ac_measurement().await.unwrap().w, Some(-500.0));
+    // Disabling the setpoint returns to the default (0 W) and stops the timer.
+    inv.write(&ctl.scales.setpoint_disable().unwrap())
+        .await
+        .unwrap();
+    site.step(2, TICK);
+    assert_eq!(inv.ac_measurement().await.unwrap().w, Some(0.0));
+    let ctl = inv.der_controls().await.unwrap();
+    assert_eq!(ctl.setpoint.enabled, Some(false));
+    assert_eq!(ctl.setpoint.revert_remaining_secs, Some(0));
+}

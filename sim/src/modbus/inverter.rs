@@ -562,4 +562,59 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        /// Whatever the controls, the grid and the steps: power within ±w_max and moving by
+        /// at most ramp × dt (unless tripped to 0), SoC within 0..=100, temperature between
+        /// the ambient and the hottest steady state, energies never decreasing.
+        #[test]
+        fn step_keeps_its_invariants(
+            sp_w in -20_000.0f64..20_000.0,
+            sp_pct in -150.0f64..150.0,
+            pct_mode in proptest::bool::ANY,
+            lim in 0.0f64..100.0,
+            lim_on in proptest::bool::ANY,
+            soc in 0.0f64..=100.0,
+            hz in 45.0f64..55.0,
+            steps in proptest::collection::vec(1u64..5_000, 1..40),
+        ) {
+            let (p, mut s, g) = setup();
+            s.soc_pct = soc;
+            s.controls.setpoint = SetpointControl {
+                enabled: true,
+                mode: if pct_mode { SetpointMode::WMaxPct } else { SetpointMode::Watts },
+                w: sp_w,
+                pct: sp_pct,
+                timer: RevertTimer { secs: 3, remaining: Some(Duration::from_secs(3)) },
+                ..SetpointControl::default()
+            };
+            s.controls.limit.enabled = lim_on;
+            s.controls.limit.pct = lim;
+            let g = GridSample { hz, ..g };
+            for ms in steps {
+                let dt = Duration::from_millis(ms);
+                let n = step(&s, &p, &g, dt);
+                proptest::prop_assert!(n.power_w.abs() <= p.w_max);
+                if n.tripped {
+                    proptest::prop_assert_eq!(n.power_w, 0.0);
+                } else {
+                    let max = p.ramp_w_per_s * dt.as_secs_f64() + 1e-9;
+                    proptest::prop_assert!((n.power_w - s.power_w).abs() <= max);
+                }
+                if lim_on && !n.tripped && n.controls.limit.enabled {
+                    let cap = lim / 100.0 * p.w_max;
+                    proptest::prop_assert!(
+                        n.power_w.abs() <= s.power_w.abs().max(cap) + 1e-9,
+                        "the limit is never crossed outward"
+                    );
+                }
+                proptest::prop_assert!((0.0..=100.0).contains(&n.soc_pct));
+                proptest::prop_assert!(n.temperature_c >= p.ambient_c - 1e-9);
+                proptest::prop_assert!(n.temperature_c <= p.ambient_c + p.heat_c_per_w * p.w_max + 1e-9);
+                proptest::prop_assert!(n.wh_injected >= s.wh_injected && n.wh_absorbed >= s.wh_absorbed);
+                proptest::prop_assert_eq!(n, step(&s, &p, &g, dt), "deterministic");
+                s = n;
+            }
+        }
+    }
 }

@@ -187,6 +187,9 @@ impl SimDevice for InverterSim {
     }
 
     fn write(&mut self, addr: u16, values: &[u16]) -> Result<(), ExceptionCode> {
+        if values.is_empty() {
+            return Err(ExceptionCode::IllegalDataValue);
+        }
         self.check_writable(addr, values.len())?;
         let mut candidate = self.image.clone();
         if !candidate.write(addr, values) {

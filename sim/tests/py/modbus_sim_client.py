@@ -18,8 +18,12 @@ import json
 import os
 import sys
 
+import pymodbus
 import sunspec2
 from pymodbus.client import ModbusTcpClient
+
+if pymodbus.__version__ != "3.16.1":
+    sys.exit(f"pymodbus 3.16.1 required (pip install -r transports/tests/py/requirements.txt), found {pymodbus.__version__}")
 
 MODEL_DIR = os.path.join(os.path.dirname(sunspec2.__file__), "models", "json")
 END = 0xFFFF
