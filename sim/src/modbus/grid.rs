@@ -16,6 +16,8 @@ use std::{
     time::Duration,
 };
 
+use super::SimError;
+
 /// Continuous operation range of IEEE 1547-2018 (category II): voltage 0.88..=1.10 pu.
 pub const BAND_V_PU: (f64, f64) = (0.88, 1.10);
 /// Continuous operation range of IEEE 1547-2018: frequency nominal -1.5 Hz (UF1 58.5 Hz at
@@ -64,6 +66,46 @@ impl GridModel {
             island_hz_rate: 1.0,
             island_hz_dev: 2.5,
         }
+    }
+}
+
+impl GridModel {
+    /// Checks the fields against what the devices' register maps can show: nominal voltage
+    /// in (0, 1000] V, nominal frequency in 40..=70 Hz, noise and drift finite and not
+    /// negative, an island at most 0.5 pu and 10 Hz away. The error names the field.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |field: &str, detail: String| {
+            Err(SimError::Config {
+                field: format!("grid.{field}"),
+                detail,
+            })
+        };
+        if !(self.nominal_v > 0.0 && self.nominal_v <= 1000.0) {
+            return bad(
+                "nominal_v",
+                format!("must be in (0, 1000] V, got {}", self.nominal_v),
+            );
+        }
+        if !(40.0..=70.0).contains(&self.nominal_hz) {
+            return bad(
+                "nominal_hz",
+                format!("must be in 40..=70 Hz, got {}", self.nominal_hz),
+            );
+        }
+        let limits = [
+            ("noise_v_pu", self.noise_v_pu, 0.1),
+            ("noise_hz", self.noise_hz, 1.0),
+            ("island_v_rate_pu", self.island_v_rate_pu, 10.0),
+            ("island_v_dev_pu", self.island_v_dev_pu, 0.5),
+            ("island_hz_rate", self.island_hz_rate, 100.0),
+            ("island_hz_dev", self.island_hz_dev, 10.0),
+        ];
+        for (field, v, max) in limits {
+            if !(0.0..=max).contains(&v) {
+                return bad(field, format!("must be in 0..={max}, got {v}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -232,5 +274,34 @@ mod tests {
         grid.reconnect();
         assert!(!grid.is_islanded());
         assert!(grid.sample(Duration::from_secs(1001)).in_band());
+    }
+
+    #[test]
+    fn models_are_validated() {
+        assert!(GridModel::new(0).validate().is_ok());
+        let bad = [
+            GridModel {
+                nominal_v: 11_000.0,
+                ..GridModel::new(0)
+            },
+            GridModel {
+                nominal_hz: 400.0,
+                ..GridModel::new(0)
+            },
+            GridModel {
+                noise_hz: f64::NAN,
+                ..GridModel::new(0)
+            },
+            GridModel {
+                island_v_dev_pu: -0.1,
+                ..GridModel::new(0)
+            },
+        ];
+        for m in bad {
+            assert!(
+                matches!(m.validate(), Err(SimError::Config { .. })),
+                "{m:?}"
+            );
+        }
     }
 }

@@ -64,6 +64,7 @@ impl InverterSim {
     /// An inverter at rest on `grid` (parameters checked).
     pub fn new(params: InverterParams, grid: Grid) -> Result<Self, SimError> {
         params.validate()?;
+        grid.model().validate()?;
         let state = InverterState::initial(&params, grid.sample(Duration::ZERO));
         let scales = Scales {
             w: sf_for(params.w_max, 32_767.0),

@@ -115,7 +115,7 @@ pub struct MeterSim {
     source: Box<dyn PowerSource>,
     grid: Grid,
     now: Duration,
-    w_sf: i8,
+    scales: Scales,
     state: MeterState,
     image: RegisterImage,
 }
@@ -137,9 +137,10 @@ impl MeterSim {
         grid: Grid,
     ) -> Result<Self, SimError> {
         params.validate()?;
-        let w_sf = (0..=10i8)
-            .find(|s| params.w_max / 10f64.powi(i32::from(*s)) <= 32_767.0)
-            .unwrap_or(10);
+        grid.model().validate()?;
+        let w_sf = sf_for(params.w_max, 0);
+        // The largest current: full power at half the nominal voltage.
+        let a_sf = sf_for(params.w_max / (0.5 * grid.model().nominal_v), -1);
         let g = grid.sample(Duration::ZERO);
         let state = step(
             &MeterState {
@@ -153,13 +154,14 @@ impl MeterSim {
             &g,
             Duration::ZERO,
         );
-        let image = build_image(&params, &state, w_sf)?;
+        let scales = Scales { w: w_sf, a: a_sf };
+        let image = build_image(&params, &state, scales)?;
         Ok(Self {
             params,
             source: Box::new(source),
             grid,
             now: Duration::ZERO,
-            w_sf,
+            scales,
             state,
             image,
         })
@@ -189,12 +191,26 @@ impl SimDevice for MeterSim {
         self.now += dt;
         let g = self.grid.sample(self.now);
         self.state = step(&self.state, &self.params, self.source.power_w(), &g, dt);
-        self.image = build_image(&self.params, &self.state, self.w_sf)?;
+        self.image = build_image(&self.params, &self.state, self.scales)?;
         Ok(())
     }
 }
 
-fn build_image(p: &MeterParams, s: &MeterState, w_sf: i8) -> Result<RegisterImage, EncodeError> {
+/// The smallest exponent `from..=10` that brings `max` within int16.
+fn sf_for(max: f64, from: i8) -> i8 {
+    (from..=10)
+        .find(|s| max / 10f64.powi(i32::from(*s)) <= 32_767.0)
+        .unwrap_or(10)
+}
+
+/// The scale factors of the map, chosen from the rating so that every value fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scales {
+    w: i8,
+    a: i8,
+}
+
+fn build_image(p: &MeterParams, s: &MeterState, sc: Scales) -> Result<RegisterImage, EncodeError> {
     let common = Common {
         manufacturer: Some("gridvisor".into()),
         model: Some("sim-meter".into()),
@@ -204,12 +220,14 @@ fn build_image(p: &MeterParams, s: &MeterState, w_sf: i8) -> Result<RegisterImag
         ..Common::default()
     };
     let v = s.grid.v;
-    let phase_a = s.w / 3.0 / v;
+    // Below half the nominal voltage the current is shown as at half (the bound its scale
+    // factor was chosen for); the grid model never goes that low.
+    let phase_a = s.w / 3.0 / v.max(0.5 * s.grid.nominal_v);
     let mut m = ModelImage::of(203)?;
-    m.set_sf("A_SF", -1)?
+    m.set_sf("A_SF", sc.a)?
         .set_sf("V_SF", -1)?
         .set_sf("Hz_SF", -2)?
-        .set_sf("W_SF", w_sf)?
+        .set_sf("W_SF", sc.w)?
         .set_sf("TotWh_SF", 0)?
         .set_scaled("A", phase_a.abs() * 3.0)?
         .set_scaled("PhV", v)?
@@ -282,6 +300,19 @@ mod tests {
         assert_eq!(r.wh_imported, None, "nothing imported: not implemented (0)");
         assert_eq!(r.hz, Some((m.state().grid.hz * 100.0).round() / 100.0));
         assert!(m.write(40_010, &[1]).is_err());
+        // A 5 MW meter: the scale factors grow with the rating.
+        let big = MeterParams {
+            w_max: 5e6,
+            ..MeterParams::new("M-2")
+        };
+        let mut m = MeterSim::new(big, || 4.9e6, Grid::new(GridModel::new(5))).unwrap();
+        m.step(Duration::from_secs(1)).unwrap();
+        let img = m.image();
+        let r =
+            AcMeter::decode(&img.block(img.walk().unwrap().find(203).unwrap()).unwrap()).unwrap();
+        assert_eq!(r.w, Some(4.9e6));
+        let a = 4.9e6 / m.state().grid.v;
+        assert!((r.a.unwrap() - a).abs() <= 10.0, "{:?} vs {a}", r.a);
         let bad = MeterParams {
             w_max: -1.0,
             ..MeterParams::new("M")

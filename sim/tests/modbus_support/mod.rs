@@ -21,8 +21,8 @@ pub struct Site {
     pub grid: Grid,
     pub inverter: ServerHandle<InverterSim>,
     pub meter: ServerHandle<MeterSim>,
-    /// The inverter's power as of the last [`Site::step`], which the meter's source reads
-    /// (the meter must not lock the inverter's server from inside its own).
+    /// The inverter's power as of the last [`Site::step`], which the meter's source reads:
+    /// the meter sees what the inverter did in the same step, whatever the order of reads.
     power: Arc<Mutex<f64>>,
 }
 
