@@ -4,9 +4,11 @@
 //!   backoff and typed exceptions, and SunSpec model discovery and decoding.
 //! - [`ocpp`]: an OCPP 2.0.1 / 2.1 CSMS over WebSocket (tokio-tungstenite) with the security
 //!   profiles 1–3 (rustls).
+//! - [`envelope`]: versioned rmp-serde frames for messages between gridvisor nodes.
 //!
 //! Every decoder returns a typed error naming what was wrong; none panics on bad input.
 #![deny(missing_docs)]
 
+pub mod envelope;
 pub mod modbus;
 pub mod ocpp;
