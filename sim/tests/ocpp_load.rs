@@ -77,6 +77,19 @@ async fn csms_child(n: usize) {
     }
 }
 
+/// The next line from the child starting with `prefix`, without it (bounded by CHILD_WAIT).
+async fn next_line(lines: &mut mpsc::UnboundedReceiver<String>, prefix: &str) -> String {
+    loop {
+        let line = tokio::time::timeout(CHILD_WAIT, lines.recv())
+            .await
+            .expect("CSMS child line within the bound")
+            .expect("CSMS child ended");
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_owned();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_engine_against_the_real_csms() {
     let n = env_or("GRIDVISOR_SIM_OCPP_CLIENTS", 200) as usize;
@@ -105,21 +118,7 @@ async fn load_engine_against_the_real_csms() {
             }
         }
     });
-    let mut next_line = |prefix: &'static str| {
-        let lines = &mut lines;
-        async move {
-            loop {
-                let line = tokio::time::timeout(CHILD_WAIT, lines.recv())
-                    .await
-                    .expect("CSMS child line within the bound")
-                    .expect("CSMS child ended");
-                if let Some(rest) = line.strip_prefix(prefix) {
-                    return rest.trim().to_owned();
-                }
-            }
-        }
-    };
-    let port: u16 = next_line("PORT ").await.parse().unwrap();
+    let port: u16 = next_line(&mut lines, "PORT ").await.parse().unwrap();
     eprintln!("CSMS child on 127.0.0.1:{port}");
 
     let mut client = ClientConfig::new("127.0.0.1", port, "template");
@@ -130,7 +129,7 @@ async fn load_engine_against_the_real_csms() {
     config.meter_interval = Duration::from_secs(1);
     config.connect_rate = env_or("GRIDVISOR_SIM_OCPP_RATE", 1000) as u32;
     let report = load::run(config).await.expect("valid load config");
-    let server_rss = next_line("RSS ").await;
+    let server_rss = next_line(&mut lines, "RSS ").await;
     eprintln!("bench ocpp, N = {n}: {report}");
     eprintln!("CSMS child RSS (before, with N open, per connection) bytes: {server_rss}");
 

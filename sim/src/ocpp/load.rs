@@ -349,9 +349,14 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         }));
     }
     drop(ready_tx);
+    // Exactly one report per client; count them (the senders live on into the steady state,
+    // so the channel does not close here). `None` only if every client task is gone.
     let mut ready = 0;
-    while let Some(ok) = ready_rx.recv().await {
-        ready += usize::from(ok);
+    for _ in 0..config.clients {
+        match ready_rx.recv().await {
+            Some(ok) => ready += usize::from(ok),
+            None => break,
+        }
     }
     let ramp = started.elapsed();
     let rss_ready = rss_bytes();
