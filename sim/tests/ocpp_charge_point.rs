@@ -495,3 +495,53 @@ async fn bad_value_is_a_typing_error_and_the_connection_lives() {
         }
     }
 }
+
+#[tokio::test]
+async fn offline_from_the_start_backs_off_and_drives_in_real_time() {
+    // A port with nothing listening: every connect is refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut client = ClientConfig::new("127.0.0.1", port, "NOBODY");
+    client.password = Some(b"x".to_vec());
+    let mut config = ChargePointConfig::new(client);
+    config.reconnect_initial = Duration::from_millis(20);
+    config.reconnect_max = Duration::from_millis(80);
+    let (cp, task) = ChargePoint::start(config, now_secs()).unwrap();
+    let mut events = cp.subscribe();
+    let mut delays = Vec::new();
+    while delays.len() < 5 {
+        if let ChargePointEvent::ConnectFailed { retry_in, .. } = until(&mut events, |e| {
+            matches!(e, ChargePointEvent::ConnectFailed { .. })
+        })
+        .await
+        {
+            delays.push(retry_in.as_millis());
+        }
+    }
+    // The first failure may have happened before we subscribed: compare the tail.
+    assert!(delays.ends_with(&[80, 80]), "{delays:?}");
+    assert!(
+        delays.windows(2).all(|w| w[1] == (w[0] * 2).min(80)),
+        "{delays:?}"
+    );
+
+    cp.plug_in(ev()).unwrap();
+    let driver = cp.spawn_realtime_driver(Duration::from_millis(5));
+    let mut attempts = 0;
+    while cp.snapshot().register.import_kwh == 0.0 {
+        attempts += 1;
+        assert!(
+            attempts < 1000,
+            "the real-time driver did not step the physics"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = cp.snapshot();
+    assert_eq!(s.power_kw, 3.7, "offline limit with no CSMS ever seen");
+    assert!(s.vehicle.unwrap().soc() > 0.8);
+    driver.abort();
+    cp.stop().unwrap();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

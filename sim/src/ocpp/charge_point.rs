@@ -53,6 +53,8 @@ pub const CONTROL_QUEUE_CAPACITY: usize = 16;
 /// for it: above OCPP's usual 30 s CALL timeout, so [`Fault::Hang`] looks like a hang to the
 /// CSMS.
 pub const SIM_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between answering a Reset and closing the connection, so the answer goes out first.
+pub const RESET_ANSWER_GRACE: Duration = Duration::from_millis(100);
 /// The shortest heartbeat interval taken from a BootNotification answer (a CSMS answering 0
 /// must not make the charger spin).
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -432,6 +434,10 @@ async fn run(cp: ChargePoint, config: ChargePointConfig, mut control: mpsc::Rece
         lock(&cp.state).offline_since = None;
         cp.emit(ChargePointEvent::Connected(conn.info().version));
         let end = session(&cp, &config, &conn, calls, &mut control, reason).await;
+        if matches!(end, End::Reset) {
+            // Let the engine write the Reset answer before the close frame.
+            tokio::time::sleep(RESET_ANSWER_GRACE).await;
+        }
         conn.close();
         {
             let mut s = lock(&cp.state);
