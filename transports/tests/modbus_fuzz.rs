@@ -306,6 +306,9 @@ proptest! {
             });
             let mut cfg = modbus_support::test_config(addr);
             cfg.request_timeout = Duration::from_millis(100);
+            // Each case waits out one back-off: keep it short (nothing here asserts on it).
+            cfg.backoff_initial = Duration::from_millis(5);
+            cfg.backoff_max = Duration::from_millis(20);
             let c = ModbusClient::new(cfg);
             match c.read_holding_registers(0, count).await {
                 Ok(regs) => assert_eq!(regs.len(), usize::from(count)),

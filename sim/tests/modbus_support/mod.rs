@@ -68,8 +68,8 @@ impl Site {
 /// Short time-outs and back-off, so that the fault tests run fast.
 pub fn test_config(addr: SocketAddr) -> ClientConfig {
     let mut c = ClientConfig::new(addr);
-    c.connect_timeout = Duration::from_millis(500);
-    c.request_timeout = Duration::from_millis(300);
+    c.connect_timeout = Duration::from_secs(2);
+    c.request_timeout = Duration::from_secs(1);
     c.backoff_initial = Duration::from_millis(20);
     c.backoff_max = Duration::from_millis(100);
     c

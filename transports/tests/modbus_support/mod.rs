@@ -126,13 +126,20 @@ impl Drop for PyServer {
     }
 }
 
-/// A client config for tests: short time-outs and back-off.
+/// The tests' request time-out: short enough for a quick run, long enough that a good peer
+/// answers in time on a loaded CI machine.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// The tests' first back-off: long enough that "the next request fails at once while backing
+/// off" holds however slowly the test itself runs.
+pub const BACKOFF: Duration = Duration::from_secs(1);
+
+/// A client config for tests: short time-outs and back-off (see the constants).
 pub fn test_config(addr: SocketAddr) -> ClientConfig {
     let mut c = ClientConfig::new(addr);
-    c.connect_timeout = Duration::from_millis(500);
-    c.request_timeout = Duration::from_millis(300);
-    c.backoff_initial = Duration::from_millis(100);
-    c.backoff_max = Duration::from_millis(400);
+    c.connect_timeout = Duration::from_secs(2);
+    c.request_timeout = REQUEST_TIMEOUT;
+    c.backoff_initial = BACKOFF;
+    c.backoff_max = 4 * BACKOFF;
     c
 }
 
