@@ -333,40 +333,13 @@ async fn controls_704_written_to_pymodbus() {
     );
 }
 
-const FIELD_PROFILE: &str = r#"
-# The field's example: a battery inverter without SunSpec.
-[[points]]
-name = "active_power"
-address = 40001
-type = "i16"
-scale = 0.1
-unit = "kW"
-
-[[points]]
-name = "reactive_power"
-address = 40002
-type = "i16"
-scale = 0.1
-unit = "kvar"
-
-[[points]]
-name = "discharge_limit"
-address = 0x4001
-type = "u16"
-scale = 0.1
-unit = "kW"
-writable = true
-min = 0.0
-max = 15.0
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_profile_against_pymodbus() {
     require_pymodbus();
     let server = PyServer::start(&["--mode", "plain", "--seed", "7"]);
     let regs = &server.info["registers"];
     let reg = |a: u16| regs[a.to_string()].as_u64().unwrap() as u16;
-    let profile: RegisterProfile = toml::from_str(FIELD_PROFILE).unwrap();
+    let profile: RegisterProfile = toml::from_str(modbus_support::FIELD_PROFILE).unwrap();
     profile.validate().unwrap();
     let c = client(server.addr());
     let values = profile.read_all(&c).await.unwrap();

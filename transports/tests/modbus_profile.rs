@@ -8,37 +8,11 @@ use gridvisor_transports::modbus::{
     profile::{Addressing, RegisterProfile, RegisterType, Table},
     DecodeError, EncodeError, RegisterWrite, WordOrder,
 };
-use modbus_support::{client, Mode, Peer};
-
-const FIELD_EXAMPLE: &str = r#"
-[[points]]
-name = "active_power"
-address = 40001
-type = "i16"
-scale = 0.1
-unit = "kW"
-
-[[points]]
-name = "reactive_power"
-address = 40002
-type = "i16"
-scale = 0.1
-unit = "kvar"
-
-[[points]]
-name = "discharge_limit"
-address = 0x4001
-type = "u16"
-scale = 0.1
-unit = "kW"
-writable = true
-min = 0.0
-max = 15.0
-"#;
+use modbus_support::{client, Mode, Peer, FIELD_PROFILE};
 
 #[test]
 fn the_field_example() {
-    let p: RegisterProfile = toml::from_str(FIELD_EXAMPLE).unwrap();
+    let p: RegisterProfile = toml::from_str(FIELD_PROFILE).unwrap();
     p.validate().unwrap();
     assert_eq!(p.addressing, Addressing::Protocol);
     let limit = p.point("discharge_limit").unwrap();
@@ -180,7 +154,7 @@ async fn the_field_example_against_a_device() {
     // The raw peer's registers hold their own address: 40001 reads 40001 (-25535 as i16).
     let peer = Peer::start(Mode::Good).await;
     let c = client(peer.addr);
-    let p: RegisterProfile = toml::from_str(FIELD_EXAMPLE).unwrap();
+    let p: RegisterProfile = toml::from_str(FIELD_PROFILE).unwrap();
     assert_eq!(
         p.read(&c, "active_power").await.unwrap(),
         f64::from(40001u16 as i16) / 10.0
