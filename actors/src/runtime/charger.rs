@@ -562,7 +562,6 @@ impl Actor for SessionActor {
             Some(cp) => cp,
             None => {
                 let v = shared
-                    .topology
                     .vehicle(&vehicle)
                     .ok_or_else(|| format!("vehicle {vehicle} is not in the topology"))?;
                 SessionCheckpoint {

@@ -251,16 +251,10 @@ pub(crate) async fn plug(
         now,
     );
     shared.plugged.insert(v.charger.clone(), v.id.clone());
-    let Some(seg_id) = shared.topology.charger_segment(&v.charger) else {
+    let Some((seg, charger)) = shared.charger(&v.charger) else {
         return Err(err(format!("charger {} is in no segment", v.charger)));
     };
-    let Some(seg) = shared.segments.get(seg_id) else {
-        return Err(err(format!("segment {seg_id} is unknown")));
-    };
-    let Some(charger) = seg.config.chargers.iter().find(|c| c.id == v.charger) else {
-        return Err(err(format!("charger {} is not in {seg_id}", v.charger)));
-    };
-    let path = charger_path(seg_id, &v.charger);
+    let path = charger_path(&seg.id, &v.charger);
     // The charger may be restarting; if it is, its start function starts the session.
     if let Ok(cell) = shared.registry.lookup(&path) {
         let sup =
@@ -284,7 +278,6 @@ pub(crate) async fn unplug(
     now: Duration,
 ) -> Result<(), NodeError> {
     let seg_id = shared
-        .topology
         .charger_segment(&v.charger)
         .unwrap_or_default()
         .to_string();
@@ -497,8 +490,8 @@ impl Node {
     /// A vehicle's session while it runs (an ended session's last state is in its
     /// checkpoint, `session/<vehicle>`).
     pub fn session(&self, vehicle: &str) -> Option<SessionView> {
-        let v = self.shared.topology.vehicle(vehicle)?;
-        let seg_id = self.shared.topology.charger_segment(&v.charger)?;
+        let v = self.shared.vehicle(vehicle)?;
+        let seg_id = self.shared.charger_segment(&v.charger)?;
         let seg = self.shared.segments.get(seg_id)?;
         let st = seg.sessions.get(&v.charger)?;
         (st.session.vehicle == vehicle).then(|| SessionView {

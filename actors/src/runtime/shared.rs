@@ -511,6 +511,11 @@ pub struct SiteShared {
     pub registry: gridvisor_supervisors::Registry,
     /// Segments by id (fixed by the topology).
     pub segments: BTreeMap<String, Arc<SegmentShared>>,
+    /// Charger id → (its segment's id, its index in that segment's `config.chargers`): the
+    /// topology's own lookups scan, which made starting 100,000 sessions quadratic.
+    charger_index: HashMap<String, (String, usize), foldhash::fast::RandomState>,
+    /// Vehicle id → its index in `topology.vehicles`.
+    vehicle_index: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Which vehicle is plugged into which charger.
     pub plugged: Board<String>,
     /// Domain metrics.
@@ -531,6 +536,23 @@ pub struct SiteShared {
 }
 
 impl SiteShared {
+    /// The segment a charger belongs to (by index, not by scanning the topology).
+    pub fn charger_segment(&self, charger: &str) -> Option<&str> {
+        self.charger_index.get(charger).map(|(seg, _)| seg.as_str())
+    }
+
+    /// A charger's segment and its configuration.
+    pub fn charger(&self, charger: &str) -> Option<(&Arc<SegmentShared>, &crate::config::Charger)> {
+        let (seg_id, i) = self.charger_index.get(charger)?;
+        let seg = self.segments.get(seg_id)?;
+        Some((seg, seg.config.chargers.get(*i)?))
+    }
+
+    /// A vehicle of the topology (by index).
+    pub fn vehicle(&self, id: &str) -> Option<&crate::config::Vehicle> {
+        self.topology.vehicles.get(*self.vehicle_index.get(id)?)
+    }
+
     /// Build the shared state for `topology`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -603,7 +625,19 @@ impl SiteShared {
             }
             segments.insert(seg.id.clone(), Arc::new(shared));
         }
+        let mut charger_index = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        for (_, seg) in topology.segments() {
+            for (i, c) in seg.chargers.iter().enumerate() {
+                charger_index.insert(c.id.clone(), (seg.id.clone(), i));
+            }
+        }
+        let mut vehicle_index = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        for (i, v) in topology.vehicles.iter().enumerate() {
+            vehicle_index.insert(v.id.clone(), i);
+        }
         Ok(SiteShared {
+            charger_index,
+            vehicle_index,
             topology,
             clock,
             store,
