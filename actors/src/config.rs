@@ -36,6 +36,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -49,6 +50,17 @@ use crate::ladder::LadderConfig;
 pub const DEMO: &str = include_str!("../../configs/demo.toml");
 /// The file name errors in [`DEMO`] are reported against.
 pub const DEMO_FILE_NAME: &str = "configs/demo.toml";
+
+/// The CSMS's ws address when `[ocpp]` names none.
+pub const DEFAULT_OCPP_LISTEN: &str = "0.0.0.0:8080";
+/// The heartbeat interval given to charge points when `[ocpp]` names none, s.
+pub const DEFAULT_OCPP_HEARTBEAT_S: u64 = 60;
+/// The longest heartbeat interval accepted, s (one day).
+pub const MAX_OCPP_HEARTBEAT_S: u64 = 86_400;
+/// A Modbus device's unit id when none is given.
+pub const DEFAULT_MODBUS_UNIT: u8 = 1;
+/// A meter's nominal voltage when none is given, V.
+pub const DEFAULT_NOMINAL_V: f64 = 230.0;
 
 /// The longest accepted id, in bytes.
 pub const MAX_ID_LEN: usize = 64;
@@ -133,6 +145,33 @@ pub struct Topology {
     pub vehicles: Vec<Vehicle>,
     /// The safe-state ladder settings of every segment.
     pub safety: Safety,
+    /// The CSMS the site's chargers connect to over OCPP (`[ocpp]`); None: the chargers are
+    /// simulated in-process.
+    pub ocpp: Option<Ocpp>,
+}
+
+/// The CSMS listener (`[ocpp]`): its presence means every charger of the site is a real
+/// OCPP charge point that connects to `ws://{listen}/ocpp/{charger id}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ocpp {
+    /// The ws address (security profile 1), default [`DEFAULT_OCPP_LISTEN`].
+    pub listen: SocketAddr,
+    /// The HTTP Basic password every charge point presents; None: any password is taken
+    /// (only for closed test networks; the check-config command warns about it).
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// The heartbeat interval the CSMS gives charge points at boot, s (default
+    /// [`DEFAULT_OCPP_HEARTBEAT_S`]).
+    pub heartbeat_s: u64,
+}
+
+/// Where a device speaks Modbus TCP (`modbus = { addr = "host:port", unit = 1 }`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModbusEndpoint {
+    /// The device's socket address.
+    pub addr: SocketAddr,
+    /// Its Modbus unit id (default [`DEFAULT_MODBUS_UNIT`]).
+    pub unit: u8,
 }
 
 /// Site-wide settings (`[site]`).
@@ -224,6 +263,8 @@ pub struct Inverter {
     pub id: String,
     /// Its rating, kW (> 0).
     pub max_kw: f64,
+    /// Its SunSpec Modbus TCP endpoint; None: simulated in-process.
+    pub modbus: Option<ModbusEndpoint>,
 }
 
 /// A meter.
@@ -231,6 +272,11 @@ pub struct Inverter {
 pub struct Meter {
     /// The meter's id.
     pub id: String,
+    /// Its SunSpec Modbus TCP endpoint; None: simulated in-process.
+    pub modbus: Option<ModbusEndpoint>,
+    /// The nominal line-to-neutral voltage its readings are divided by, V (default
+    /// [`DEFAULT_NOMINAL_V`]).
+    pub nominal_v: f64,
 }
 
 /// A vehicle's visit to a charger (`[[vehicles]]`).
@@ -537,9 +583,12 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
             inverters: vec![Inverter {
                 id: format!("inv-{s}"),
                 max_kw: GENERATED_INVERTER_KW,
+                modbus: None,
             }],
             meters: vec![Meter {
                 id: format!("meter-{s}"),
+                modbus: None,
+                nominal_v: DEFAULT_NOMINAL_V,
             }],
         })
         .collect();
@@ -591,6 +640,7 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
             hold_s: GENERATED_HOLD_S,
             ..Safety::default()
         },
+        ocpp: None,
     }
 }
 
@@ -743,7 +793,9 @@ fn join(path: &str, key: &str) -> String {
 
 type Node<'i> = Spanned<DeValue<'i>>;
 
-const ROOT_KEYS: &[&str] = &["site", "substations", "vehicles", "safety"];
+const ROOT_KEYS: &[&str] = &["site", "substations", "vehicles", "safety", "ocpp"];
+const OCPP_KEYS: &[&str] = &["listen", "password", "heartbeat_s"];
+const MODBUS_KEYS: &[&str] = &["addr", "unit"];
 const SITE_KEYS: &[&str] = &["id", "cycle_ms", "lease_s", "keepalive_required"];
 const SUBSTATION_KEYS: &[&str] = &["id", "segments"];
 const SEGMENT_KEYS: &[&str] = &[
@@ -758,8 +810,8 @@ const SEGMENT_KEYS: &[&str] = &[
 ];
 const THERMAL_KEYS: &[&str] = &["time_constant_s", "ambient_c", "rated_rise_c", "limit_c"];
 const CHARGER_KEYS: &[&str] = &["id", "max_kw", "bidirectional"];
-const INVERTER_KEYS: &[&str] = &["id", "max_kw"];
-const METER_KEYS: &[&str] = &["id"];
+const INVERTER_KEYS: &[&str] = &["id", "max_kw", "modbus"];
+const METER_KEYS: &[&str] = &["id", "modbus", "nominal_v"];
 const VEHICLE_KEYS: &[&str] = &[
     "id",
     "charger",
@@ -1033,11 +1085,13 @@ impl Reader {
             derate_start_c: self.number(&safety, "derate_start_c", Some(DEFAULT_DERATE_START_C)),
             derate_zero_c: self.number(&safety, "derate_zero_c", Some(DEFAULT_DERATE_ZERO_C)),
         };
+        let ocpp = self.ocpp(&root);
         Topology {
             site,
             substations,
             vehicles,
             safety,
+            ocpp,
         }
     }
 
@@ -1086,6 +1140,7 @@ impl Reader {
                 Inverter {
                     id: self.string(&i, "id"),
                     max_kw: self.number(&i, "max_kw", None),
+                    modbus: self.modbus(&i),
                 }
             })
             .collect();
@@ -1096,6 +1151,8 @@ impl Reader {
                 let m = self.open(path, node, METER_KEYS);
                 Meter {
                     id: self.string(&m, "id"),
+                    modbus: self.modbus(&m),
+                    nominal_v: self.number(&m, "nominal_v", Some(DEFAULT_NOMINAL_V)),
                 }
             })
             .collect();
@@ -1109,6 +1166,76 @@ impl Reader {
             inverters,
             meters,
         }
+    }
+
+    /// A socket address written as a string (`"127.0.0.1:8080"`); `default` when absent.
+    fn socket_addr(&mut self, t: &Tbl<'_, '_>, key: &str, default: Option<&str>) -> Option<SocketAddr> {
+        let (path, node) = self.lookup(t, key);
+        let text = match node {
+            None => match default {
+                Some(d) => return d.parse().ok(),
+                None => {
+                    self.missing(t, &path, &format!("key `{key}`"));
+                    return None;
+                }
+            },
+            Some(node) => match node.get_ref().as_str() {
+                Some(text) => (text, node.span().start),
+                None => {
+                    self.mismatch(&path, node, "a string \"host:port\"");
+                    return None;
+                }
+            },
+        };
+        match text.0.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let message = format!("{:?} is not an IP address and port ({e})", text.0);
+                self.problem(&path, text.1, message);
+                None
+            }
+        }
+    }
+
+    /// An optional `modbus = { addr, unit }`.
+    fn modbus(&mut self, t: &Tbl<'_, '_>) -> Option<ModbusEndpoint> {
+        let m = self.child(t, "modbus", MODBUS_KEYS);
+        m.table?;
+        let addr = self.socket_addr(&m, "addr", None);
+        let unit = self.integer(&m, "unit", u64::from(DEFAULT_MODBUS_UNIT));
+        let unit = match u8::try_from(unit) {
+            Ok(u) if u <= 247 => u,
+            _ => {
+                let (path, node) = self.lookup(&m, "unit");
+                let at = node.map(|n| n.span().start).unwrap_or(m.at);
+                self.problem(&path, at, format!("unit id {unit} is outside 0..=247"));
+                DEFAULT_MODBUS_UNIT
+            }
+        };
+        Some(ModbusEndpoint { addr: addr?, unit })
+    }
+
+    /// The optional `[ocpp]` table.
+    fn ocpp(&mut self, root: &Tbl<'_, '_>) -> Option<Ocpp> {
+        let t = self.child(root, "ocpp", OCPP_KEYS);
+        t.table?;
+        let listen = self.socket_addr(&t, "listen", Some(DEFAULT_OCPP_LISTEN));
+        let password = match self.lookup(&t, "password") {
+            (_, None) => None,
+            (path, Some(node)) => match node.get_ref().as_str() {
+                Some(p) => Some(p.to_owned()),
+                None => {
+                    self.mismatch(&path, node, "a string");
+                    None
+                }
+            },
+        };
+        let heartbeat_s = self.integer(&t, "heartbeat_s", DEFAULT_OCPP_HEARTBEAT_S);
+        Some(Ocpp {
+            listen: listen?,
+            password,
+            heartbeat_s,
+        })
     }
 
     fn vehicle(&mut self, path: String, node: &Node<'_>) -> Vehicle {
@@ -1286,6 +1413,15 @@ impl<'s> Checker<'s> {
 
     fn topology(&mut self, t: &Topology) {
         self.site(&t.site);
+        if let Some(o) = &t.ocpp {
+            if o.heartbeat_s == 0 || o.heartbeat_s > MAX_OCPP_HEARTBEAT_S {
+                self.report(
+                    "ocpp.heartbeat_s",
+                    &[],
+                    format!("must be 1..={MAX_OCPP_HEARTBEAT_S} s, got {}", o.heartbeat_s),
+                );
+            }
+        }
         self.safety(&t.safety);
         let mut substations = Registry::new("substation");
         let mut segments = Registry::new("segment");
@@ -1311,7 +1447,9 @@ impl<'s> Checker<'s> {
                     self.number(&format!("{p}.max_kw"), inv.max_kw, Lo::Above(0.0), Hi::Any);
                 }
                 for (i, m) in seg.meters.iter().enumerate() {
-                    self.unique(&mut meters, &format!("{path}.meters[{i}]"), &m.id);
+                    let p = format!("{path}.meters[{i}]");
+                    self.unique(&mut meters, &p, &m.id);
+                    self.number(&format!("{p}.nominal_v"), m.nominal_v, Lo::Above(0.0), Hi::AtMost(1_000_000.0));
                 }
             }
         }

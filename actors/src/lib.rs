@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod device;
+pub mod io;
 pub mod dispatch;
 pub mod ladder;
 pub mod runtime;

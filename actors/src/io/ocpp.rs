@@ -1,0 +1,1 @@
+//! OCPP chargers (being written).
