@@ -113,6 +113,74 @@ pub struct Evse {
     pub extra: Map<String, Value>,
 }
 
+/// An OCPP date-time that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("date-time {0:?} is not RFC 3339 (YYYY-MM-DDThh:mm:ss[.frac](Z|±hh:mm)) after 1970")]
+pub struct TimeError(pub String);
+
+/// Parses an OCPP (RFC 3339) date-time into a [`SystemTime`].
+pub fn parse_date_time(t: &DateTime) -> Result<SystemTime, TimeError> {
+    let s = t.as_str();
+    let err = || TimeError(s.chars().take(64).collect());
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(err());
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return Err(err());
+    }
+    let num = |from: usize, to: usize| -> Result<i64, TimeError> {
+        s.get(from..to)
+            .filter(|d| d.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(err)
+    };
+    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (h, mi, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return Err(err());
+    }
+    let mut rest = &s[19..];
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(err());
+        }
+        let kept = &frac[..digits.min(9)];
+        nanos = kept.parse::<u32>().map_err(|_| err())? * 10u32.pow(9 - kept.len() as u32);
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return Err(err()),
+            };
+            let oh = rest[1..3].parse::<i64>().map_err(|_| err())?;
+            let om = rest[4..6].parse::<i64>().map_err(|_| err())?;
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return Err(err()),
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    let secs = u64::try_from(secs).map_err(|_| err())?;
+    Ok(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Howard Hinnant's `days_from_civil`: days since 1970-01-01.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// OCPP `ComponentType`: a component of the device model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
