@@ -1,1 +1,768 @@
-//! OCPP chargers (being written).
+//! Chargers over OCPP 2.0.1 / 2.1: the CSMS side of the node.
+//!
+//! [`OcppHub`] holds one line per configured charger: the charge point's current connection
+//! (at most one), what it last reported (meter values, connector status, its transaction) and
+//! the setpoint keys written to it. [`OcppCharger`] is a charger's [`ChargerIo`] on that line;
+//! the link and the session of the charger use it like any other device.
+//!
+//! The CSMS listener itself runs in the `transports/csms` actor of the node's tree
+//! ([`crate::runtime`]); it hands every accepted connection to [`OcppHub::attach`].
+//!
+//! # Invariants
+//! - Only configured chargers get in: an unknown charge point id (or a wrong password) is
+//!   refused at the handshake (401), before any frame.
+//! - One connection per charger: a second connection replaces the first, which is closed
+//!   (a charger reconnecting from behind a half-open TCP connection must not be locked out).
+//! - A dropped connection restarts the charger's link ([`LinkMsg::ConnectionLost`]); the link
+//!   comes back offline and reads the device again (read before write) as soon as the charge
+//!   point reconnects ([`LinkMsg::Poll`] on attach).
+//! - A setpoint is a charging profile built by [`setpoint_profile`]: its id is a hash of the
+//!   dispatch id and its schedule id the revision, and its validity comes from the setpoint's
+//!   lease, never from the clock at write time, so re-sending a key after a restart installs a
+//!   byte-identical profile: the charger changes nothing.
+//! - Discharge profiles carry OCPP 2.1's offline limits ([`OFFLINE_DISCHARGE_LIMIT`],
+//!   `invalidAfterOfflineDuration`): a charger cut off from the CSMS stops discharging on its
+//!   own and falls back to its offline limit (charge only).
+//! - Every CALL is bounded by [`OCPP_CALL_TIMEOUT`]; nothing waits on a charge point longer.
+//!
+//! # Read-back
+//! OCPP has no synchronous "which profile is in force" request (GetChargingProfiles answers
+//! through a later ReportChargingProfiles). A read asks GetVariables for
+//! `SmartChargingCtrlr/AppliedProfile` (a profile read-back the simulated charge points
+//! implement), `EVSE/Power` and `SmartChargingCtrlr/DefaultLimit`. A charger that answers
+//! `UnknownVariable` still works: the applied key is then unknown (the link re-sends, which is
+//! harmless by the invariant above) and the power comes from its last meter values.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use gridvisor_transports::ocpp::auth::Authenticator;
+use gridvisor_transports::ocpp::connection::{serve_calls, CallError, Connection, RpcConfig};
+use gridvisor_transports::ocpp::frame::{ErrorCode, RpcError};
+use gridvisor_transports::ocpp::messages::*;
+use gridvisor_transports::ocpp::server::Session;
+use gridvisor_transports::ocpp::setpoint::{setpoint_profile, Setpoint};
+use gridvisor_transports::ocpp::OcppVersion;
+use serde::Deserialize;
+use serde_json::Map;
+
+use crate::clock::Clock;
+use crate::config::{Ocpp, Topology};
+use crate::device::{ChargerIo, ChargerReading, DeviceError};
+use crate::runtime::{LinkMsg, SiteShared};
+use crate::setpoint::SetpointKey;
+
+/// Bound on one CALL to a charge point (OCPP's usual 30 s is too long for a control loop:
+/// the link would hold its mailbox that long behind a hung charger).
+pub const OCPP_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a discharge profile stays in force while its charger is offline, s (OCPP 2.1
+/// `maxOfflineDuration`); after that the charger drops it (`invalidAfterOfflineDuration`).
+pub const OFFLINE_DISCHARGE_LIMIT: Duration = Duration::from_secs(10);
+/// The validity of a profile written without a lease (a local clamp to the safe default).
+pub const NO_LEASE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// A profile's `validFrom` lies this far before the start of its lease, so that a charger
+/// whose clock is a little behind the node's still has it in force at once.
+pub const VALID_FROM_SLACK: Duration = Duration::from_secs(60);
+/// How many written keys a line remembers to recognise them in a read-back.
+pub const WRITTEN_KEYS_KEPT: usize = 8;
+/// The EVSE every charger is addressed on (one EVSE per charge point).
+pub const EVSE_ID: i32 = 1;
+
+/// The simulator's profile read-back (see the module docs).
+const APPLIED_PROFILE: (&str, &str) = ("SmartChargingCtrlr", "AppliedProfile");
+/// The power delivered now, W.
+const EVSE_POWER: (&str, &str) = ("EVSE", "Power");
+/// The charge power without a profile, W.
+const DEFAULT_LIMIT: (&str, &str) = ("SmartChargingCtrlr", "DefaultLimit");
+
+/// What a charge point last reported about itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reported {
+    /// Power from its last meter values, kW (positive into the vehicle).
+    pub power_kw: Option<f64>,
+    /// Net energy register (import − export) from its last meter values, kWh.
+    pub energy_kwh: Option<f64>,
+    /// Whether its connector is occupied.
+    pub occupied: bool,
+    /// Its transaction, if one runs.
+    pub transaction: Option<String>,
+    /// The vehicle of that transaction (its id token is the vehicle's id).
+    pub vehicle: Option<String>,
+}
+
+#[derive(Default)]
+struct LineState {
+    connection: Option<Connection>,
+    /// Increases with every attach, so a late end of a replaced connection is ignored.
+    generation: u64,
+    reported: Reported,
+    /// (profile id, schedule id) → key, most recent last.
+    written: VecDeque<(i32, i32, SetpointKey)>,
+}
+
+/// A charger's line: its connection and what it reported.
+#[derive(Default)]
+struct Line {
+    state: Mutex<LineState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The CSMS's view of every configured charger.
+pub struct OcppHub {
+    config: Ocpp,
+    lines: HashMap<String, Line>,
+    /// Vehicle id (its id token) → the charger it is configured on.
+    vehicles: HashMap<String, String>,
+    lease_s: f64,
+    clock: Clock,
+    /// Wall-clock time at the clock's zero (profiles carry wall-clock times).
+    epoch: SystemTime,
+    site: OnceLock<Weak<SiteShared>>,
+    connected: prometheus::IntGauge,
+    local_addr: Mutex<Option<SocketAddr>>,
+}
+
+impl OcppHub {
+    /// A hub for the chargers of `topology` (which must have an `[ocpp]` table).
+    pub fn new(topology: &Topology, clock: Clock) -> Result<Arc<OcppHub>, String> {
+        let config = topology
+            .ocpp
+            .clone()
+            .ok_or("the topology has no [ocpp] table")?;
+        let lines = topology
+            .chargers()
+            .map(|(_, c)| (c.id.clone(), Line::default()))
+            .collect();
+        let vehicles = topology
+            .vehicles
+            .iter()
+            .map(|v| (v.id.clone(), v.charger.clone()))
+            .collect();
+        let now = clock.now();
+        let epoch = SystemTime::now()
+            .checked_sub(now)
+            .ok_or("the wall clock is before the node's clock zero")?;
+        let connected = prometheus::IntGauge::new(
+            "gridvisor_ocpp_connected_chargers",
+            "Charge points connected to the CSMS now",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Arc::new(OcppHub {
+            config,
+            lines,
+            vehicles,
+            lease_s: topology.site.lease_s,
+            clock,
+            epoch,
+            site: OnceLock::new(),
+            connected,
+            local_addr: Mutex::new(None),
+        }))
+    }
+
+    /// Where the CSMS listens now (None until it has bound its port).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.local_addr)
+    }
+
+    /// Record the bound address (the CSMS actor, after binding).
+    pub fn set_local_addr(&self, addr: SocketAddr) {
+        *lock(&self.local_addr) = Some(addr);
+    }
+
+    /// The `[ocpp]` settings.
+    pub fn config(&self) -> &Ocpp {
+        &self.config
+    }
+
+    /// Connect the hub to its node (for sessions and link notifications).
+    pub fn bind_site(&self, site: &Arc<SiteShared>) -> Result<(), prometheus::Error> {
+        let _ = self.site.set(Arc::downgrade(site));
+        site.prometheus.register(Box::new(self.connected.clone()))
+    }
+
+    fn site(&self) -> Option<Arc<SiteShared>> {
+        self.site.get().and_then(Weak::upgrade)
+    }
+
+    /// The per-connection limits the CSMS uses.
+    pub fn rpc_config() -> RpcConfig {
+        RpcConfig {
+            call_timeout: OCPP_CALL_TIMEOUT,
+            ..RpcConfig::default()
+        }
+    }
+
+    /// Who may connect: configured chargers only, with the configured password if any.
+    pub fn authenticator(self: &Arc<Self>) -> Arc<dyn Authenticator> {
+        let hub = Arc::downgrade(self);
+        Arc::new(move |id: &str, password: &[u8]| {
+            let Some(hub) = hub.upgrade() else {
+                return false;
+            };
+            if !hub.lines.contains_key(id) {
+                return false;
+            }
+            match &hub.config.password {
+                None => true,
+                Some(p) => {
+                    use subtle::ConstantTimeEq;
+                    bool::from(p.as_bytes().ct_eq(password))
+                }
+            }
+        })
+    }
+
+    /// Whether charger `id` is connected now.
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.lines.get(id).is_some_and(|l| {
+            lock(&l.state)
+                .connection
+                .as_ref()
+                .is_some_and(|c| !c.is_closed())
+        })
+    }
+
+    /// How many chargers are connected now.
+    pub fn connected_count(&self) -> usize {
+        self.lines.keys().filter(|id| self.is_connected(id)).count()
+    }
+
+    /// What charger `id` last reported.
+    pub fn reported(&self, id: &str) -> Option<Reported> {
+        self.lines.get(id).map(|l| lock(&l.state).reported.clone())
+    }
+
+    fn connection(&self, id: &str) -> Result<Connection, DeviceError> {
+        let unreachable = || DeviceError::Unreachable {
+            device: id.to_owned(),
+        };
+        let line = self.lines.get(id).ok_or_else(unreachable)?;
+        let c = lock(&line.state)
+            .connection
+            .clone()
+            .ok_or_else(unreachable)?;
+        if c.is_closed() {
+            return Err(unreachable());
+        }
+        Ok(c)
+    }
+
+    /// Take a charge point's new connection: answer its CALLs, tell its link.
+    pub fn attach(self: &Arc<Self>, session: Session) {
+        let id = session.connection.info().charge_point_id.clone();
+        let Some(line) = self.lines.get(&id) else {
+            // The authenticator lets only configured ids through; be safe anyway.
+            tracing::warn!(charger = %id, "unknown charge point: closing");
+            session.connection.close();
+            return;
+        };
+        let generation = {
+            let mut s = lock(&line.state);
+            if let Some(old) = s.connection.take() {
+                tracing::info!(charger = %id, "charge point reconnected: closing its old connection");
+                old.close();
+            }
+            s.connection = Some(session.connection.clone());
+            s.generation += 1;
+            s.generation
+        };
+        self.connected.set(self.connected_count() as i64);
+        tracing::info!(charger = %id, version = %session.connection.info().version, peer = %session.peer, "charge point connected");
+        let hub = Arc::clone(self);
+        let cp = id.clone();
+        serve_calls(session.calls, move |request: Request| {
+            let hub = Arc::clone(&hub);
+            let cp = cp.clone();
+            async move { hub.answer(&cp, request).await }
+        });
+        let hub = Arc::clone(self);
+        let watch = session.connection.closed_watch();
+        tokio::spawn(async move {
+            let reason = watch.wait().await;
+            hub.detach(&id, generation, &format!("{reason:?}"));
+        });
+        self.tell_link(&session.connection.info().charge_point_id, LinkMsg::Poll);
+    }
+
+    fn detach(&self, id: &str, generation: u64, reason: &str) {
+        let Some(line) = self.lines.get(id) else {
+            return;
+        };
+        {
+            let mut s = lock(&line.state);
+            if s.generation != generation {
+                return; // replaced by a newer connection
+            }
+            s.connection = None;
+        }
+        self.connected.set(self.connected_count() as i64);
+        tracing::warn!(charger = %id, %reason, "charge point disconnected: restarting its link");
+        self.tell_link(id, LinkMsg::ConnectionLost(reason.to_owned()));
+    }
+
+    /// Close every connection (the CSMS stops).
+    pub fn close_all(&self) {
+        for line in self.lines.values() {
+            if let Some(c) = lock(&line.state).connection.take() {
+                c.close();
+            }
+        }
+        self.connected.set(0);
+    }
+
+    fn tell_link(&self, charger: &str, msg: LinkMsg) {
+        let Some(site) = self.site() else { return };
+        let Some((seg, _)) = site.charger(charger) else {
+            return;
+        };
+        if let Some(link) = seg.links.get(charger).map(|e| e.actor.clone()) {
+            let _ = link.send_message(msg);
+        }
+    }
+
+    fn now_wall(&self) -> SystemTime {
+        self.epoch + self.clock.now()
+    }
+
+    /// Answer one CALL of charge point `cp`.
+    async fn answer(&self, cp: &str, request: Request) -> Result<Response, RpcError> {
+        let now = DateTime::from_system_time(self.now_wall())
+            .map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))?;
+        Ok(match request {
+            Request::BootNotification(_) => BootNotificationResponse {
+                current_time: now,
+                interval: i32::try_from(self.config.heartbeat_s).unwrap_or(i32::MAX),
+                status: RegistrationStatus::Accepted,
+                status_info: None,
+                extra: Map::new(),
+            }
+            .into(),
+            Request::Heartbeat(_) => HeartbeatResponse {
+                current_time: now,
+                extra: Map::new(),
+            }
+            .into(),
+            Request::StatusNotification(r) => {
+                if let Some(line) = self.lines.get(cp) {
+                    lock(&line.state).reported.occupied =
+                        r.connector_status == ConnectorStatus::Occupied;
+                }
+                StatusNotificationResponse::default().into()
+            }
+            Request::Authorize(r) => AuthorizeResponse {
+                id_token_info: token_info(self.token_status(cp, &r.id_token.id_token)),
+                certificate_status: None,
+                allowed_energy_transfer: None,
+                extra: Map::new(),
+            }
+            .into(),
+            Request::MeterValues(r) => {
+                self.take_meter_values(cp, &r.meter_value);
+                MeterValuesResponse::default().into()
+            }
+            Request::TransactionEvent(r) => {
+                let info = self.transaction_event(cp, &r).await;
+                TransactionEventResponse {
+                    id_token_info: info,
+                    ..Default::default()
+                }
+                .into()
+            }
+            Request::NotifyEVChargingNeeds(_) => NotifyEVChargingNeedsResponse {
+                status: NotifyEVChargingNeedsStatus::Accepted,
+                status_info: None,
+                extra: Map::new(),
+            }
+            .into(),
+            other => {
+                return Err(RpcError::new(
+                    ErrorCode::NotSupported,
+                    format!("the CSMS does not handle {}", other.action()),
+                ))
+            }
+        })
+    }
+
+    /// A vehicle is known by its id token, and only on the charger it is configured on.
+    fn token_status(&self, cp: &str, token: &str) -> AuthorizationStatus {
+        match self.vehicles.get(token) {
+            Some(charger) if charger == cp => AuthorizationStatus::Accepted,
+            Some(_) => AuthorizationStatus::Invalid,
+            None => AuthorizationStatus::Unknown,
+        }
+    }
+
+    fn take_meter_values(&self, cp: &str, values: &[MeterValue]) {
+        let Some(line) = self.lines.get(cp) else {
+            return;
+        };
+        let (mut import_w, mut export_w, mut import_wh, mut export_wh) = (None, None, None, None);
+        for v in values.iter().flat_map(|m| m.sampled_value.iter()) {
+            let scale = v
+                .unit_of_measure
+                .as_ref()
+                .and_then(|u| u.multiplier)
+                .map_or(1.0, |m| 10f64.powi(m));
+            let x = v.value * scale;
+            if !x.is_finite() {
+                continue;
+            }
+            match v.measurand.unwrap_or(Measurand::EnergyActiveImportRegister) {
+                Measurand::PowerActiveImport => import_w = Some(x),
+                Measurand::PowerActiveExport => export_w = Some(x),
+                Measurand::EnergyActiveImportRegister => import_wh = Some(x),
+                Measurand::EnergyActiveExportRegister => export_wh = Some(x),
+                _ => {}
+            }
+        }
+        let mut s = lock(&line.state);
+        if import_w.is_some() || export_w.is_some() {
+            s.reported.power_kw =
+                Some((import_w.unwrap_or(0.0) - export_w.unwrap_or(0.0)) / 1000.0);
+        }
+        if import_wh.is_some() || export_wh.is_some() {
+            s.reported.energy_kwh =
+                Some((import_wh.unwrap_or(0.0) - export_wh.unwrap_or(0.0)) / 1000.0);
+        }
+    }
+
+    /// A transaction starts or ends: the vehicle's session starts or ends with it.
+    async fn transaction_event(
+        &self,
+        cp: &str,
+        r: &TransactionEventRequest,
+    ) -> Option<IdTokenInfo> {
+        if let Some(m) = &r.meter_value {
+            self.take_meter_values(cp, m);
+        }
+        let token = r.id_token.as_ref().map(|t| t.id_token.clone());
+        let status = token.as_deref().map(|t| self.token_status(cp, t));
+        let info = status.map(token_info);
+        let line = self.lines.get(cp)?;
+        match r.event_type {
+            TransactionEventType::Started | TransactionEventType::Updated => {
+                let vehicle = token.filter(|_| status == Some(AuthorizationStatus::Accepted));
+                let start = {
+                    let mut s = lock(&line.state);
+                    s.reported.occupied = true;
+                    s.reported.transaction = Some(r.transaction_info.transaction_id.clone());
+                    match vehicle {
+                        Some(v) if s.reported.vehicle.as_deref() != Some(v.as_str()) => {
+                            s.reported.vehicle = Some(v.clone());
+                            Some(v)
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(v) = start {
+                    self.session(cp, &v, true).await;
+                }
+            }
+            TransactionEventType::Ended => {
+                let vehicle = {
+                    let mut s = lock(&line.state);
+                    s.reported.transaction = None;
+                    s.reported.occupied = false;
+                    s.reported.vehicle.take()
+                };
+                if let Some(v) = vehicle {
+                    self.session(cp, &v, false).await;
+                }
+            }
+        }
+        info
+    }
+
+    async fn session(&self, cp: &str, vehicle: &str, start: bool) {
+        let Some(site) = self.site() else { return };
+        let Some(v) = site.vehicle(vehicle).cloned() else {
+            return;
+        };
+        let now = site.clock.now();
+        let result = if start {
+            crate::runtime::plug_vehicle(&site, &v, now).await
+        } else {
+            crate::runtime::unplug_vehicle(&site, &v, now).await
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(charger = %cp, %vehicle, start, "session from OCPP transaction")
+            }
+            Err(e) => tracing::warn!(charger = %cp, %vehicle, error = %e, "session change failed"),
+        }
+    }
+
+    /// The profile for setpoint `key` at `kw` with `lease_until` (None: no lease).
+    fn profile(
+        &self,
+        version: OcppVersion,
+        key: SetpointKey,
+        kw: f64,
+        lease_until: Option<Duration>,
+        now: Duration,
+    ) -> Result<SetChargingProfileRequest, String> {
+        let lease = Duration::try_from_secs_f64(self.lease_s).map_err(|e| e.to_string())?;
+        let (from, until) = match lease_until {
+            Some(until) => (until.saturating_sub(lease), until),
+            None => (now, now + NO_LEASE_WINDOW),
+        };
+        let from = (self.epoch + from)
+            .checked_sub(VALID_FROM_SLACK)
+            .unwrap_or(self.epoch);
+        let revision = u32::try_from(key.revision)
+            .map_err(|_| format!("revision {} exceeds OCPP's range", key.revision))?;
+        let dispatch = key.dispatch.to_string();
+        let sp = Setpoint {
+            dispatch_id: &dispatch,
+            revision,
+            power_kw: kw,
+            valid_from: from,
+            valid_until: self.epoch + until,
+            evse_id: EVSE_ID,
+        };
+        let mut req = setpoint_profile(version, &sp).map_err(|e| e.to_string())?;
+        if version == OcppVersion::V21 && kw < 0.0 {
+            let secs = OFFLINE_DISCHARGE_LIMIT.as_secs();
+            req.charging_profile.max_offline_duration = Some(i32::try_from(secs).unwrap_or(0));
+            req.charging_profile.invalid_after_offline_duration = Some(true);
+        }
+        Ok(req)
+    }
+
+    fn remember(&self, id: &str, req: &SetChargingProfileRequest, key: SetpointKey) {
+        let Some(line) = self.lines.get(id) else {
+            return;
+        };
+        let schedule = req
+            .charging_profile
+            .charging_schedule
+            .first()
+            .map_or(0, |s| s.id);
+        let mut s = lock(&line.state);
+        let entry = (req.charging_profile.id, schedule, key);
+        s.written.retain(|e| (e.0, e.1) != (entry.0, entry.1));
+        s.written.push_back(entry);
+        while s.written.len() > WRITTEN_KEYS_KEPT {
+            s.written.pop_front();
+        }
+    }
+
+    fn recognise(&self, id: &str, profile: i32, schedule: Option<i32>) -> Option<SetpointKey> {
+        let line = self.lines.get(id)?;
+        let s = lock(&line.state);
+        s.written
+            .iter()
+            .rev()
+            .find(|(p, sch, _)| *p == profile && Some(*sch) == schedule)
+            .map(|e| e.2)
+            // Key (0, 0) is the "no dispatch" key of a local clamp: no applied setpoint. A
+            // profile this node did not write (another run's) is not recognised either: its
+            // lease is on another clock, so the link treats it as ended.
+            .filter(|k| k.dispatch != 0)
+    }
+}
+
+fn token_info(status: AuthorizationStatus) -> IdTokenInfo {
+    IdTokenInfo {
+        status,
+        cache_expiry_date_time: None,
+        charging_priority: None,
+        language1: None,
+        evse_id: None,
+        group_id_token: None,
+        language2: None,
+        personal_message: None,
+        extra: Map::new(),
+    }
+}
+
+/// The simulator's AppliedProfile read-back.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppliedProfile {
+    id: i32,
+    schedule_id: Option<i32>,
+    valid_to: Option<String>,
+    setpoint_w: Option<f64>,
+    limit_w: Option<f64>,
+}
+
+/// A charger over OCPP.
+pub struct OcppCharger {
+    hub: Arc<OcppHub>,
+    id: String,
+}
+
+impl OcppCharger {
+    /// Charger `id` on `hub`.
+    pub fn new(hub: Arc<OcppHub>, id: &str) -> Self {
+        OcppCharger {
+            hub,
+            id: id.to_owned(),
+        }
+    }
+
+    fn call_error(&self, e: CallError) -> DeviceError {
+        match e {
+            CallError::Disconnected | CallError::Timeout { .. } | CallError::QueueFull { .. } => {
+                DeviceError::Unreachable {
+                    device: self.id.clone(),
+                }
+            }
+            e @ (CallError::Rejected { .. } | CallError::InvalidRequest(_)) => {
+                DeviceError::Refused {
+                    device: self.id.clone(),
+                    reason: e.to_string(),
+                }
+            }
+            other => DeviceError::BadValue {
+                device: self.id.clone(),
+                field: "OCPP answer",
+                value: other.to_string(),
+            },
+        }
+    }
+
+    fn bad(&self, field: &'static str, value: impl Into<String>) -> DeviceError {
+        DeviceError::BadValue {
+            device: self.id.clone(),
+            field,
+            value: value.into(),
+        }
+    }
+
+    async fn read_now(&self, now: Duration) -> Result<ChargerReading, DeviceError> {
+        let conn = self.hub.connection(&self.id)?;
+        let var = |(c, v): (&str, &str)| GetVariableData {
+            attribute_type: None,
+            component: Component {
+                name: c.to_owned(),
+                instance: None,
+                evse: None,
+                extra: Map::new(),
+            },
+            variable: Variable {
+                name: v.to_owned(),
+                instance: None,
+                extra: Map::new(),
+            },
+            extra: Map::new(),
+        };
+        let answer = conn
+            .call(GetVariablesRequest {
+                get_variable_data: vec![var(APPLIED_PROFILE), var(EVSE_POWER), var(DEFAULT_LIMIT)],
+                extra: Map::new(),
+            })
+            .await
+            .map_err(|e| self.call_error(e))?;
+        let value = |(c, v): (&str, &str)| {
+            answer
+                .get_variable_result
+                .iter()
+                .find(|r| r.component.name == c && r.variable.name == v)
+                .filter(|r| r.attribute_status == GetVariableStatus::Accepted)
+                .and_then(|r| r.attribute_value.clone())
+        };
+        let watts =
+            |field: &'static str, text: Option<String>| -> Result<Option<f64>, DeviceError> {
+                match text {
+                    None => Ok(None),
+                    Some(t) => match t.trim().parse::<f64>() {
+                        Ok(w) if w.is_finite() => Ok(Some(w / 1000.0)),
+                        _ => Err(self.bad(field, t)),
+                    },
+                }
+            };
+        let reported = self.hub.reported(&self.id).unwrap_or_default();
+        let power_kw = watts("EVSE.Power", value(EVSE_POWER))?
+            .or(reported.power_kw)
+            .unwrap_or(0.0);
+        let default_kw = watts("DefaultLimit", value(DEFAULT_LIMIT))?;
+        let (mut applied, mut setpoint_kw, mut lease_until) = (None, None, None);
+        match value(APPLIED_PROFILE).as_deref() {
+            None | Some("none") => {}
+            Some(text) => {
+                let p: AppliedProfile = serde_json::from_str(text)
+                    .map_err(|e| self.bad("AppliedProfile", format!("{text:.200} ({e})")))?;
+                applied = self.hub.recognise(&self.id, p.id, p.schedule_id);
+                setpoint_kw = p.setpoint_w.or(p.limit_w).map(|w| w / 1000.0);
+                if let Some(t) = p.valid_to {
+                    let at = parse_date_time(&DateTime(t.clone()))
+                        .map_err(|_| self.bad("AppliedProfile.validTo", t))?;
+                    lease_until = Some(at.duration_since(self.hub.epoch).unwrap_or(Duration::ZERO));
+                }
+            }
+        }
+        let _ = now;
+        Ok(ChargerReading {
+            power_kw,
+            energy_kwh: reported.energy_kwh.unwrap_or(0.0),
+            setpoint_kw: setpoint_kw.or(default_kw).unwrap_or(power_kw),
+            applied,
+            connected: reported.occupied || reported.transaction.is_some(),
+            lease_until,
+        })
+    }
+
+    async fn write_now(
+        &self,
+        key: SetpointKey,
+        kw: f64,
+        lease_until: Option<Duration>,
+        now: Duration,
+    ) -> Result<ChargerReading, DeviceError> {
+        let conn = self.hub.connection(&self.id)?;
+        let version = conn.info().version;
+        let req = self
+            .hub
+            .profile(version, key, kw, lease_until, now)
+            .map_err(|reason| DeviceError::Refused {
+                device: self.id.clone(),
+                reason,
+            })?;
+        // Remembered before it is sent: if this actor dies before the answer, the charger
+        // may hold it, and the next read must recognise it.
+        self.hub.remember(&self.id, &req, key);
+        let answer = conn.call(req).await.map_err(|e| self.call_error(e))?;
+        if answer.status != ChargingProfileStatus::Accepted {
+            let why = answer
+                .status_info
+                .map(|i| {
+                    format!(
+                        "{} {}",
+                        i.reason_code,
+                        i.additional_info.unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            return Err(DeviceError::Refused {
+                device: self.id.clone(),
+                reason: format!("charging profile {:?}: {why}", answer.status),
+            });
+        }
+        self.read_now(now).await
+    }
+}
+
+impl ChargerIo for OcppCharger {
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        Box::pin(self.read_now(now))
+    }
+
+    fn write(
+        &self,
+        key: SetpointKey,
+        kw: f64,
+        lease_until: Option<Duration>,
+        now: Duration,
+    ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        Box::pin(self.write_now(key, kw, lease_until, now))
+    }
+}

@@ -409,6 +409,11 @@ impl Actor for Link {
                     }
                 }
             }
+            LinkMsg::ConnectionLost(reason) => {
+                // The supervisor restarts this link (and the session after it); the new one
+                // starts offline and reads the device when it is back.
+                return Err(format!("charger {}: connection lost: {reason}", s.charger.id).into());
+            }
             LinkMsg::Poll => {
                 if s.online {
                     let now = s.shared.clock.now();

@@ -37,6 +37,7 @@ mod pollers;
 mod safety;
 pub mod shared;
 mod site;
+mod transports;
 
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ use crate::ladder::{Fault, Transition};
 use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
 pub use node::{charger_path, Node, NodeError, SegmentView, ROOT};
+pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use shared::{NodeOptions, SegmentShared, SiteShared};
 pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
 
@@ -183,6 +185,9 @@ pub enum LinkMsg {
     LeaseExpired,
     /// Read the device and publish its state.
     Poll,
+    /// The device's connection dropped (an OCPP charge point went away): the link fails, so
+    /// its supervisor restarts it (and the session after it) from the device's state.
+    ConnectionLost(String),
 }
 
 /// The answers of one dispatch batch, counted by the links themselves: a link adds its

@@ -187,6 +187,24 @@ fn segment_spec() -> ChildSpec<SegmentArgs> {
     .shutdown(Shutdown::Infinity)
 }
 
+/// `node/transports`: the CSMS listener (see [`super::transports`]).
+fn transports_spec(hub: Arc<crate::io::ocpp::OcppHub>) -> ChildSpec<()> {
+    ChildSpec::worker("transports", move |ctx: ChildContext, ()| {
+        let hub = hub.clone();
+        async move {
+            let csms = worker_of("csms", move |ctx| {
+                let hub = hub.clone();
+                async move { ctx.spawn(super::transports::Csms, hub).await }
+            });
+            let config = SupervisorConfig::new("transports", Strategy::OneForOne)
+                .intensity(SEGMENT_MAX_RESTARTS, SEGMENT_RESTART_PERIOD);
+            Supervisor::start_in(&ctx, config, vec![csms]).await
+        }
+    })
+    .kind(ChildKind::Supervisor)
+    .shutdown(Shutdown::Infinity)
+}
+
 /// Start a dynamic supervisor from a start function and give it `children`, which start
 /// from a task, one after the other (the supervisor serialises them anyway), so that the
 /// supervisor's parent is not blocked while thousands of them start. A child that is already
@@ -237,19 +255,23 @@ pub(crate) async fn plug(
         vehicle: v.id.clone(),
         error: e,
     };
-    let sim = shared
-        .sim
-        .chargers
-        .get(&v.charger)
-        .ok_or_else(|| err(format!("charger {} has no simulated device", v.charger)))?;
-    sim.plug(
-        Battery {
-            capacity_kwh: v.capacity_kwh,
-            soc_pct: v.soc_pct,
-            max_kw: v.max_kw,
-        },
-        now,
-    );
+    // A simulated charger gets the vehicle's battery; a real (OCPP) one has the vehicle
+    // already: its transaction is why we are here.
+    if shared.devices.ocpp.is_none() {
+        let sim = shared
+            .sim
+            .chargers
+            .get(&v.charger)
+            .ok_or_else(|| err(format!("charger {} has no simulated device", v.charger)))?;
+        sim.plug(
+            Battery {
+                capacity_kwh: v.capacity_kwh,
+                soc_pct: v.soc_pct,
+                max_kw: v.max_kw,
+            },
+            now,
+        );
+    }
     shared.plugged.insert(v.charger.clone(), v.id.clone());
     let Some((seg, charger)) = shared.charger(&v.charger) else {
         return Err(err(format!("charger {} is in no segment", v.charger)));
@@ -300,8 +322,10 @@ pub(crate) async fn unplug(
         }
     }
     shared.plugged.remove(&v.charger);
-    if let Some(sim) = shared.sim.chargers.get(&v.charger) {
-        sim.unplug(now);
+    if shared.devices.ocpp.is_none() {
+        if let Some(sim) = shared.sim.chargers.get(&v.charger) {
+            sim.unplug(now);
+        }
     }
     Ok(())
 }
@@ -357,19 +381,28 @@ impl Node {
         let sim = Arc::new(SimSite::new(&topology));
         let tree = TreeContext::with_metrics(&prometheus)?;
         let registry = tree.registry.clone().unwrap_or_default();
+        let devices = Devices::for_topology(&topology, &sim, &clock).map_err(NodeError::Config)?;
         let shared = Arc::new(SiteShared::new(
             topology.clone(),
             clock.clone(),
             store,
-            Devices::simulated(&sim),
+            devices,
             sim.clone(),
             registry,
             prometheus,
             options,
         )?);
-        // Vehicles already there when the node starts: their sessions start with the tree.
+        if let Some(hub) = &shared.devices.ocpp {
+            hub.bind_site(&shared)?;
+        }
+        // Vehicles already there when the node starts: their sessions start with the tree
+        // (on a simulated site; OCPP chargers start sessions with their transactions).
         let now = clock.now();
-        for v in &topology.vehicles {
+        for v in topology
+            .vehicles
+            .iter()
+            .filter(|_| shared.devices.ocpp.is_none())
+        {
             if v.arrive_s <= now.as_secs_f64() && now.as_secs_f64() < v.depart_s {
                 plug(&shared, v, now).await?;
             }
@@ -405,11 +438,18 @@ impl Node {
             let sh = sh.clone();
             async move { ctx.spawn(Site, sh).await }
         });
+        let mut children = Vec::new();
+        if let Some(hub) = shared.devices.ocpp.clone() {
+            // First: the segments' links find the charge points that connect at once.
+            children.push(transports_spec(hub));
+        }
+        children.push(segments);
+        children.push(site);
         let root = Supervisor::start(
             SupervisorConfig::new(ROOT, Strategy::OneForOne)
                 .intensity(10, Duration::from_secs(10))
                 .tree(tree),
-            vec![segments, site],
+            children,
         )
         .await?;
         let node = Node { shared, sim, root };
@@ -445,6 +485,15 @@ impl Node {
             }
             tokio::time::sleep(START_POLL).await;
         }
+    }
+
+    /// Where the CSMS listens for OCPP charge points (None without `[ocpp]`).
+    pub fn ocpp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.shared
+            .devices
+            .ocpp
+            .as_ref()
+            .and_then(|h| h.local_addr())
     }
 
     /// Whether the root supervisor still runs (false after the tree gave up).

@@ -255,6 +255,8 @@ pub struct Devices {
     pub inverters: HashMap<String, Arc<dyn InverterIo>>,
     /// Meters.
     pub meters: HashMap<String, Arc<dyn MeterIo>>,
+    /// The CSMS's view of the OCPP chargers (None: every charger is simulated in-process).
+    pub ocpp: Option<Arc<crate::io::ocpp::OcppHub>>,
 }
 
 /// A device id with no connection in [`Devices`] (a topology/transport mismatch).
@@ -305,7 +307,39 @@ impl Devices {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone() as Arc<dyn MeterIo>))
                 .collect(),
+            ocpp: None,
         }
+    }
+
+    /// The devices of `topology`: chargers over OCPP when it has an `[ocpp]` table, inverters
+    /// and meters over SunSpec Modbus TCP when they name an endpoint, the rest from `sim`.
+    pub fn for_topology(topology: &Topology, sim: &SimSite, clock: &Clock) -> Result<Self, String> {
+        use crate::io::modbus::{SunSpecInverter, SunSpecMeter};
+        use crate::io::ocpp::{OcppCharger, OcppHub};
+        let mut d = Devices::simulated(sim);
+        if topology.ocpp.is_some() {
+            let hub = OcppHub::new(topology, clock.clone())?;
+            for (_, c) in topology.chargers() {
+                let io = Arc::new(OcppCharger::new(hub.clone(), &c.id)) as Arc<dyn ChargerIo>;
+                d.chargers.insert(c.id.clone(), io);
+            }
+            d.ocpp = Some(hub);
+        }
+        for (_, seg) in topology.segments() {
+            for i in &seg.inverters {
+                if let Some(ep) = &i.modbus {
+                    let io = Arc::new(SunSpecInverter::new(&i.id, ep, i.max_kw));
+                    d.inverters.insert(i.id.clone(), io as Arc<dyn InverterIo>);
+                }
+            }
+            for m in &seg.meters {
+                if let Some(ep) = &m.modbus {
+                    let io = Arc::new(SunSpecMeter::new(&m.id, ep, m.nominal_v));
+                    d.meters.insert(m.id.clone(), io as Arc<dyn MeterIo>);
+                }
+            }
+        }
+        Ok(d)
     }
 }
 

@@ -625,6 +625,10 @@ impl SiteState {
 /// Vehicles arrive and leave on the simulated site's schedule. Runs as its own task (one
 /// at a time), so that a slow charger supervisor never delays keep-alives or requests.
 async fn arrivals(shared: Arc<SiteShared>) {
+    if shared.devices.ocpp.is_some() {
+        // Real chargers report their vehicles (OCPP transactions start the sessions).
+        return;
+    }
     let now = shared.clock.now();
     let now_s = now.as_secs_f64();
     for v in &shared.topology.vehicles {

@@ -1,0 +1,97 @@
+//! The node's `transports` subtree: the CSMS listener that OCPP charge points connect to.
+//!
+//! `node/transports` (one_for_one) has one worker, `csms`. It binds the `[ocpp]` listener in
+//! its start (a port that cannot be bound fails the start, and with it the node's, naming
+//! the address), and hands every accepted charge point to the [`OcppHub`], which answers its
+//! CALLs and tells its link. The Modbus devices need no listener: each inverter and meter
+//! adapter owns its client connection (see [`crate::io::modbus`]).
+//!
+//! When the `csms` actor stops (a crash, the node's shutdown) its accept loop ends and every
+//! charge point connection is closed: a restarted CSMS starts from no connections, and the
+//! charge points reconnect (their links restart on the drop, see [`LinkMsg::ConnectionLost`]).
+//!
+//! [`LinkMsg::ConnectionLost`]: super::LinkMsg::ConnectionLost
+
+use std::sync::Arc;
+
+use gridvisor_transports::ocpp::server::{
+    ListenerConfig, Security, Server, ServerConfig, ServerEvent,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::io::ocpp::OcppHub;
+
+/// What the CSMS actor hears.
+pub(crate) enum CsmsMsg {
+    /// The accept loop ended (the listener failed).
+    Ended(String),
+}
+
+pub(crate) struct Csms;
+
+pub(crate) struct CsmsState {
+    hub: Arc<OcppHub>,
+    accept: JoinHandle<()>,
+}
+
+impl Actor for Csms {
+    type Msg = CsmsMsg;
+    type State = CsmsState;
+    type Arguments = Arc<OcppHub>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CsmsMsg>,
+        hub: Arc<OcppHub>,
+    ) -> Result<CsmsState, ActorProcessingErr> {
+        let addr = hub.config().listen;
+        let mut config = ServerConfig::new(vec![ListenerConfig {
+            addr,
+            security: Security::BasicAuth(hub.authenticator()),
+        }]);
+        config.rpc = OcppHub::rpc_config();
+        let mut server = Server::bind(config)
+            .await
+            .map_err(|e| format!("OCPP listener on {addr}: {e}"))?;
+        let bound = server.local_addrs().first().copied().unwrap_or(addr);
+        hub.set_local_addr(bound);
+        tracing::info!(%bound, "CSMS listening for OCPP charge points");
+        let loop_hub = hub.clone();
+        let accept = tokio::spawn(async move {
+            while let Some(event) = server.next_event().await {
+                match event {
+                    ServerEvent::Connected(session) => loop_hub.attach(session),
+                    // The hub watches each connection itself.
+                    ServerEvent::Disconnected { .. } => {}
+                    ServerEvent::Rejected { peer, reason } => {
+                        tracing::warn!(%peer, %reason, "charge point refused");
+                    }
+                }
+            }
+            let _ = myself.send_message(CsmsMsg::Ended("the listener ended".into()));
+        });
+        Ok(CsmsState { hub, accept })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<CsmsMsg>,
+        msg: CsmsMsg,
+        _s: &mut CsmsState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CsmsMsg::Ended(why) => Err(why.into()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<CsmsMsg>,
+        s: &mut CsmsState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.accept.abort();
+        s.hub.close_all();
+        Ok(())
+    }
+}

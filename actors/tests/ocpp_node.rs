@@ -1,0 +1,183 @@
+//! A node whose chargers are real OCPP charge points (the simulator's, over WebSocket on
+//! loopback): they connect to the node's CSMS, their transactions start the sessions, grid
+//! requests reach them as charging profiles, a resend after a link restart changes nothing on
+//! the charger, a dropped connection restarts the link and the charger is driven again after
+//! it reconnects, and an unknown charge point or a wrong password is refused.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use gridvisor_actors::runtime::{Node, Scope};
+use gridvisor_sim::ocpp::charge_point::{ChargePoint, ChargePointConfig};
+use gridvisor_sim::ocpp::fault::Fault;
+use gridvisor_sim::ocpp::vehicle::Vehicle;
+use gridvisor_transports::ocpp::client::{connect, ClientConfig};
+
+const PASSWORD: &str = "s3cret-charger-pw";
+
+fn site() -> String {
+    let mut t = site_toml(1, 2, "", "");
+    t.push_str(&format!(
+        "\n[ocpp]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\nheartbeat_s = 5\n"
+    ));
+    t
+}
+
+struct Cp {
+    cp: ChargePoint,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn client(node: &Node, id: &str, password: &str) -> ClientConfig {
+    let addr = node.ocpp_addr().expect("the CSMS is listening");
+    let mut c = ClientConfig::new("127.0.0.1", addr.port(), id);
+    c.password = Some(password.as_bytes().to_vec());
+    c
+}
+
+/// A simulated charge point for `charger` with vehicle `vehicle` plugged in, physics in real
+/// time, meter values every second.
+fn charge_point(node: &Node, charger: &str, vehicle: &str) -> Cp {
+    let mut config = ChargePointConfig::new(client(node, charger, PASSWORD));
+    config.id_token = vehicle.to_owned();
+    config.meter_interval = Duration::from_secs(1);
+    config.reconnect_initial = Duration::from_millis(100);
+    config.reconnect_max = Duration::from_millis(400);
+    config.max_power_kw = 11.0;
+    config.default_limit_kw = 11.0;
+    config.offline_limit_kw = 3.7;
+    let (cp, task) = ChargePoint::start(config, SystemTime::now()).unwrap();
+    let driver = cp.spawn_realtime_driver(Duration::from_millis(50));
+    cp.plug_in(Vehicle::new(60.0, 0.5, 0.2, 11.0, 11.0, true).unwrap())
+        .unwrap();
+    Cp {
+        cp,
+        _tasks: vec![task, driver],
+    }
+}
+
+fn link_id(t: &TestNode, charger: &str) -> Option<ractor::ActorId> {
+    let seg = t.node.shared.charger_segment(charger)?;
+    let seg = t.node.shared.segments.get(seg)?;
+    seg.links.get(charger).map(|e| e.actor.get_id())
+}
+
+fn online(t: &TestNode, charger: &str) -> bool {
+    t.node
+        .shared
+        .devices
+        .ocpp
+        .as_ref()
+        .is_some_and(|h| h.is_connected(charger))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
+    let t = start(&site()).await;
+    let a = charge_point(&t.node, "evse-0", "ev-0");
+    let b = charge_point(&t.node, "evse-1", "ev-1");
+    wait(&t.node, "both charge points connected", || {
+        online(&t, "evse-0") && online(&t, "evse-1")
+    })
+    .await;
+    // Their transactions (id token = vehicle id) start the sessions.
+    wait(&t.node, "sessions from the transactions", || {
+        t.node.session("ev-0").is_some() && t.node.session("ev-1").is_some()
+    })
+    .await;
+
+    // A discharge request reaches both as OCPP 2.1 charging profiles.
+    let started = Instant::now();
+    let r = loop {
+        let r = t
+            .node
+            .request(request("r1", Scope::Site, -10.0, 60.0))
+            .await
+            .unwrap();
+        if r.acknowledged == 2 || started.elapsed() > LIMIT {
+            break r;
+        }
+        // The links may still be reading their devices for the first time.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.acknowledged, 2, "{r:#?}");
+    for c in [&a.cp, &b.cp] {
+        let p = c.applied_profile();
+        assert!(p.contains("\"setpointW\""), "{}: {p}", c.id());
+        assert!(p.contains(&format!("\"scheduleId\":{}", r.revision)), "{p}");
+    }
+    let installed = a.cp.snapshot().profile_changes;
+
+    // The link restarts (killed): it reads the charger back (read before write) and the
+    // charger holds the same profile; nothing is installed again.
+    let before = link_id(&t, "evse-0").unwrap();
+    let seg = t.node.shared.segments.get("tx-0").unwrap();
+    seg.links.get("evse-0").unwrap().actor.kill();
+    wait(&t.node, "link restarted", || {
+        link_id(&t, "evse-0").is_some_and(|id| id != before)
+    })
+    .await;
+    assert_eq!(a.cp.snapshot().profile_changes, installed);
+
+    // The same request id again: answered from the first receipt, no write.
+    let again = t
+        .node
+        .request(request("r1", Scope::Site, -10.0, 60.0))
+        .await
+        .unwrap();
+    assert!(again.repeat);
+    assert_eq!(a.cp.snapshot().profile_changes, installed);
+
+    // The connection drops: the link restarts and is driven again once the charger is back.
+    let before = link_id(&t, "evse-0").unwrap();
+    a.cp.set_fault(Fault::Drop(Duration::from_millis(300)))
+        .unwrap();
+    wait(&t.node, "link restarted on the drop", || {
+        link_id(&t, "evse-0").is_some_and(|id| id != before)
+    })
+    .await;
+    assert!(
+        t.node.session("ev-0").is_some(),
+        "the session holds through the drop"
+    );
+    wait(&t.node, "charge point back", || online(&t, "evse-0")).await;
+    a.cp.set_fault(Fault::None).unwrap();
+    let started = Instant::now();
+    let r2 = loop {
+        let r = t
+            .node
+            .request(request(
+                &format!("r2-{}", started.elapsed().as_millis()),
+                Scope::Site,
+                5.0,
+                60.0,
+            ))
+            .await
+            .unwrap();
+        if r.acknowledged == 2 || started.elapsed() > LIMIT {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(r2.acknowledged, 2, "{r2:#?}");
+    let p = a.cp.applied_profile();
+    assert!(
+        p.contains(&format!("\"scheduleId\":{}", r2.revision)),
+        "{p}"
+    );
+    t.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_charge_points_and_wrong_passwords_are_refused() {
+    let t = start(&site()).await;
+    let unknown = connect(&client(&t.node, "evse-99", PASSWORD)).await;
+    assert!(unknown.is_err(), "an unconfigured id must not get in");
+    let wrong = connect(&client(&t.node, "evse-0", "not-the-password")).await;
+    assert!(wrong.is_err(), "a wrong password must not get in");
+    let right = connect(&client(&t.node, "evse-0", PASSWORD)).await;
+    assert!(right.is_ok(), "{:?}", right.err());
+    t.node.shutdown().await;
+}
