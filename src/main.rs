@@ -3,6 +3,7 @@
 mod alloc;
 mod bench;
 mod bench_site;
+mod demo;
 mod run;
 mod server;
 
@@ -55,6 +56,10 @@ struct RunArgs {
     /// Stop by itself after this many seconds (smoke runs); default: until Ctrl-C.
     #[arg(long)]
     exit_after: Option<f64>,
+    /// The CSMS's ws address for OCPP charge points (overrides the config's `[ocpp] listen`;
+    /// the demo's default is 127.0.0.1:8080; port 0 picks a free port).
+    #[arg(long)]
+    ocpp: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
                 grid: a.grid,
                 admin: a.admin,
                 exit_after,
+                ocpp: a.ocpp,
             };
             (None, Box::new(move || tokio::spawn(run::run(o))))
         }

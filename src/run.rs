@@ -11,6 +11,7 @@ use gridvisor_actors::clock::Clock;
 use gridvisor_actors::config;
 use gridvisor_actors::runtime::{Node, NodeOptions};
 
+use crate::demo::{DemoSite, DEMO_CONNECT_LIMIT};
 use crate::server;
 
 /// How often `run` checks that the tree still runs.
@@ -28,7 +29,15 @@ pub struct RunOptions {
     pub admin: SocketAddr,
     /// Stop by itself after this long (smoke runs).
     pub exit_after: Option<Duration>,
+    /// The CSMS's ws address (overrides `[ocpp] listen`; the demo's default is
+    /// [`DEMO_OCPP_LISTEN`]).
+    pub ocpp: Option<SocketAddr>,
 }
+
+/// Where the demo's CSMS listens unless `--ocpp` says otherwise (OCPP's usual ws port).
+pub const DEMO_OCPP_LISTEN: &str = "127.0.0.1:8080";
+/// How often the demo looks whether every charge point is connected, at start.
+const CONNECT_POLL: Duration = Duration::from_millis(20);
 
 async fn stop_signal(exit_after: Option<Duration>) -> &'static str {
     let ctrl_c = async {
@@ -60,11 +69,61 @@ async fn stop_signal(exit_after: Option<Duration>) -> &'static str {
     }
 }
 
+/// How often the demo prints its devices' state.
+const DEMO_STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// One line per segment: its level and metered power (read over Modbus), its chargers online
+/// over OCPP, and the Modbus requests served.
+fn print_status(node: &Node, reporter: &crate::demo::Reporter) {
+    let hub = node.shared.devices.ocpp.clone();
+    let served = reporter.modbus_requests();
+    for seg in node.segments() {
+        let online = node.shared.segments.get(&seg.id).map_or(0, |s| {
+            s.config
+                .chargers
+                .iter()
+                .filter(|c| hub.as_ref().is_some_and(|h| h.is_connected(&c.id)))
+                .count()
+        });
+        println!(
+            "  {:<6} {:<12} meter {:>7.1} kW (Modbus)  chargers {online}/{} online (OCPP)  sessions {}",
+            seg.id,
+            format!("{:?}", seg.level),
+            seg.telemetry.metered_kw,
+            node.shared.segments.get(&seg.id).map_or(0, |s| s.config.chargers.len()),
+            seg.sessions,
+        );
+    }
+    println!("  modbus requests served by the simulated devices: {served}");
+}
+
 /// Run a node until it is told to stop.
 pub async fn run(o: RunOptions) -> Result<(), String> {
-    let topology = match &o.config {
+    let mut topology = match &o.config {
         Some(path) => config::load(path).map_err(|e| e.to_string())?,
         None => config::demo(),
+    };
+    // The demo: its inverters and meters are Modbus TCP servers on loopback, its chargers
+    // OCPP charge points (started once the CSMS listens).
+    let mut demo = match &o.config {
+        None => {
+            let listen = match o.ocpp {
+                Some(a) => a,
+                None => DEMO_OCPP_LISTEN
+                    .parse()
+                    .map_err(|e| format!("{DEMO_OCPP_LISTEN}: {e}"))?,
+            };
+            Some(DemoSite::start_devices(&mut topology, listen).await?)
+        }
+        Some(path) => {
+            if let Some(addr) = o.ocpp {
+                let ocpp = topology.ocpp.as_mut().ok_or_else(|| {
+                    format!("--ocpp {addr}: {} has no [ocpp] table", path.display())
+                })?;
+                ocpp.listen = addr;
+            }
+            None
+        }
     };
     let topology = Arc::new(topology);
     std::fs::create_dir_all(&o.data)
@@ -85,6 +144,23 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     let node = Arc::new(node);
+    if let Some(demo) = demo.as_mut() {
+        let csms = node
+            .ocpp_addr()
+            .ok_or("the demo's CSMS did not report its address")?;
+        demo.start_chargers(&topology, csms)?;
+        // Show the site connected, not half-way: wait (bounded) for every charge point.
+        let hub = node.shared.devices.ocpp.clone();
+        let connected = |id: &str| hub.as_ref().is_some_and(|h| h.is_connected(id));
+        let started = std::time::Instant::now();
+        loop {
+            let (n, all) = demo.status(&connected).chargers_connected;
+            if n == all || started.elapsed() > DEMO_CONNECT_LIMIT {
+                break;
+            }
+            tokio::time::sleep(CONNECT_POLL).await;
+        }
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
         let mut rx = stop_rx.clone();
@@ -102,10 +178,21 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
     let sessions = topology.vehicles.len();
     let chargers: usize = topology.segments().map(|(_, s)| s.chargers.len()).sum();
     println!(
-        "gridvisor: site {} running: {} segments, {chargers} chargers, {sessions} vehicles (simulated devices)",
+        "gridvisor: site {} running: {} segments, {chargers} chargers, {sessions} vehicles",
         topology.site.id,
         topology.segments().count(),
     );
+    if let Some(addr) = node.ocpp_addr() {
+        let hub = node.shared.devices.ocpp.clone();
+        let connected = hub.as_ref().map_or(0, |h| h.connected_count());
+        println!("  ocpp       ws://{addr}/ocpp/{{chargerId}}   {connected} of {chargers} chargers connected over OCPP");
+    }
+    if let Some(demo) = &demo {
+        let status = demo.status(|_| false);
+        for (id, addr) in status.inverters.iter().chain(status.meters.iter()) {
+            println!("  modbus     {id:<10} SunSpec over Modbus TCP at {addr}");
+        }
+    }
     println!("  grid API   http://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
     println!("  metrics    http://{admin_addr}/metrics");
     println!("  tree       http://{admin_addr}/api/tree");
@@ -133,6 +220,18 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
             tokio::time::sleep(TREE_WATCH).await;
         }
     };
+    // The demo says how its devices are doing, now and then.
+    let status = demo.as_ref().map(|d| {
+        let (node, reporter) = (node.clone(), d.reporter());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(DEMO_STATUS_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                print_status(&node, &reporter);
+            }
+        })
+    });
     let why = tokio::select! {
         why = stop_signal(o.exit_after) => why,
         _ = tree_down => {
@@ -140,6 +239,9 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
             return Err("the supervision tree gave up (see the log above)".into());
         }
     };
+    if let Some(s) = status {
+        s.abort();
+    }
     println!("gridvisor: {why}: stopping the APIs, then the tree in order");
     let _ = stop_tx.send(true);
     for (name, task) in [("grid API", grid), ("admin API", admin)] {
@@ -150,6 +252,9 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         }
     }
     node.shutdown().await;
+    if let Some(demo) = demo {
+        demo.stop();
+    }
     store.close();
     println!("gridvisor: stopped; every acknowledged setpoint is in the checkpoints");
     Ok(())

@@ -167,6 +167,19 @@ async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
         p.contains(&format!("\"scheduleId\":{}", r2.revision)),
         "{p}"
     );
+    // The session integrates the energy the charger reports in its meter values.
+    wait(
+        &t.node,
+        "energy reported over OCPP reaches the session",
+        || {
+            t.node.session("ev-0").is_some_and(|s| {
+                serde_json::to_value(&s).unwrap()["register_kwh"]
+                    .as_f64()
+                    .is_some_and(|kwh| kwh > 0.0)
+            })
+        },
+    )
+    .await;
     t.node.shutdown().await;
 }
 

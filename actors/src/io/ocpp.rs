@@ -307,10 +307,13 @@ impl OcppHub {
         self.tell_link(id, LinkMsg::ConnectionLost(reason.to_owned()));
     }
 
-    /// Close every connection (the CSMS stops).
+    /// Close every connection (the CSMS stops). Their ends are not news: a link is told
+    /// only of a connection that dropped by itself.
     pub fn close_all(&self) {
         for line in self.lines.values() {
-            if let Some(c) = lock(&line.state).connection.take() {
+            let mut s = lock(&line.state);
+            s.generation += 1;
+            if let Some(c) = s.connection.take() {
                 c.close();
             }
         }
@@ -405,11 +408,15 @@ impl OcppHub {
         };
         let (mut import_w, mut export_w, mut import_wh, mut export_wh) = (None, None, None, None);
         for v in values.iter().flat_map(|m| m.sampled_value.iter()) {
-            let scale = v
-                .unit_of_measure
-                .as_ref()
+            // OCPP's default units are W and Wh; a charger may say kW or kWh instead.
+            let unit = v.unit_of_measure.as_ref();
+            let kilo = unit
+                .and_then(|u| u.unit.as_deref())
+                .is_some_and(|u| u.eq_ignore_ascii_case("kW") || u.eq_ignore_ascii_case("kWh"));
+            let scale = unit
                 .and_then(|u| u.multiplier)
-                .map_or(1.0, |m| 10f64.powi(m));
+                .map_or(1.0, |m| 10f64.powi(m.clamp(-9, 9)))
+                * if kilo { 1000.0 } else { 1.0 };
             let x = v.value * scale;
             if !x.is_finite() {
                 continue;

@@ -344,7 +344,12 @@ impl Actor for Link {
         // Part two: the device. A device that does not answer does not stop the link (nor,
         // through its supervisors, the segment): the link starts offline and retries.
         if let Err(e) = state.sync().await {
-            tracing::warn!(charger = %state.charger.id, error = %e, "charger offline at start; retrying");
+            if state.shared.devices.ocpp.is_some() {
+                // An OCPP charger connects when it connects: its link hears of it at once.
+                tracing::info!(charger = %state.charger.id, "waiting for the charge point to connect");
+            } else {
+                tracing::warn!(charger = %state.charger.id, error = %e, "charger offline at start; retrying");
+            }
             state.schedule_retry();
         }
         Ok(state)

@@ -345,6 +345,16 @@ impl ChargePoint {
 
     /// Plugs a vehicle in: Authorize and TransactionEvent(Started) follow (once connected).
     pub fn plug_in(&self, vehicle: Vehicle) -> Result<(), CommandError> {
+        self.plug_in_with_token(vehicle, None)
+    }
+
+    /// Plugs `vehicle` in; its driver presents `id_token` (None: the configured
+    /// [`ChargePointConfig::id_token`]), so one charger can serve several drivers in turn.
+    pub fn plug_in_with_token(
+        &self,
+        vehicle: Vehicle,
+        id_token: Option<String>,
+    ) -> Result<(), CommandError> {
         {
             let mut s = lock(&self.state);
             if s.vehicle.is_some() {
@@ -361,6 +371,7 @@ impl ChargePoint {
                 seq_no: 0,
                 started_sent: false,
                 began_offline,
+                id_token: id_token.map(|t| t.chars().take(36).collect()),
             });
         }
         self.send(Control::PlugIn)
@@ -643,11 +654,12 @@ async fn start_transaction(cp: &ChargePoint, config: &ChargePointConfig, conn: &
     let pending = lock(&cp.state)
         .transaction
         .as_ref()
-        .is_some_and(|t| !t.started_sent);
-    if !pending {
+        .filter(|t| !t.started_sent)
+        .map(|t| t.id_token.clone());
+    let Some(token) = pending else {
         return;
-    }
-    let token = reports::id_token(&config.id_token);
+    };
+    let token = reports::id_token(token.as_deref().unwrap_or(&config.id_token));
     let auth = AuthorizeRequest {
         id_token: token.clone(),
         certificate: None,

@@ -46,6 +46,8 @@ pub struct Transaction {
     pub started_sent: bool,
     /// Whether the vehicle was plugged in while offline.
     pub began_offline: bool,
+    /// The id token the driver presents for it (None: the charge point's configured one).
+    pub id_token: Option<String>,
 }
 
 /// The shared state (behind a mutex in [`super::charge_point::ChargePoint`]).

@@ -1,0 +1,332 @@
+//! The embedded demo's simulated site, speaking the real protocols on loopback: every
+//! inverter and meter is a SunSpec Modbus TCP server, every charger an OCPP 2.1 charge point
+//! that connects to the node's CSMS, with the demo's vehicles arriving and leaving on their
+//! schedule (each driver's id token is the vehicle's id).
+//!
+//! One task ([`DEMO_TICK`]) steps the physics in real time: the charge points, the inverters,
+//! then each segment's meter, which measures the segment's base load plus its chargers minus
+//! what its inverter injects. The grid (60 Hz, the ladder's IEEE 1547 bands) is shared, so an
+//! islanding shows on every meter and inverter at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use gridvisor_actors::config::{ModbusEndpoint, Ocpp, Topology, DEFAULT_MODBUS_UNIT};
+use gridvisor_sim::modbus::{
+    Grid, GridModel, InverterParams, InverterSim, MeterParams, MeterSim, ServerConfig,
+    ServerHandle, SimServer,
+};
+use gridvisor_sim::ocpp::charge_point::{ChargePoint, ChargePointConfig};
+use gridvisor_sim::ocpp::vehicle::Vehicle;
+use gridvisor_transports::ocpp::client::ClientConfig;
+use tokio::task::JoinHandle;
+
+/// How often the demo steps its physics.
+pub const DEMO_TICK: Duration = Duration::from_millis(100);
+/// The charge points' meter value interval.
+pub const DEMO_METER_INTERVAL: Duration = Duration::from_secs(2);
+/// The password every demo charge point presents (OCPP security profile 1).
+pub const DEMO_OCPP_PASSWORD: &str = "demo-charge-point-password";
+/// The demo grid's nominal voltage, V (the meters' `nominal_v`).
+pub const DEMO_NOMINAL_V: f64 = 230.0;
+/// The demo grid's nominal frequency, Hz (the ladder's bands are IEEE 1547 at 60 Hz).
+pub const DEMO_NOMINAL_HZ: f64 = 60.0;
+/// The demo grid's noise seed (a fixed seed: the same demo every run).
+pub const DEMO_GRID_SEED: u64 = 2026;
+/// How long `start_chargers` waits for every charge point to connect.
+pub const DEMO_CONNECT_LIMIT: Duration = Duration::from_secs(20);
+
+type Power = Arc<Mutex<f64>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The simulated devices of the demo, served on loopback.
+pub struct DemoSite {
+    /// (segment, id, server) until the world task takes them (dropping a handle stops it).
+    inverters: Vec<(String, String, ServerHandle<InverterSim>)>,
+    meters: Vec<(String, String, ServerHandle<MeterSim>)>,
+    /// (id, address) of every Modbus device.
+    inverter_addrs: Vec<(String, SocketAddr)>,
+    meter_addrs: Vec<(String, SocketAddr)>,
+    /// (segment, charger, charge point) once started.
+    chargers: Vec<(String, String, ChargePoint)>,
+    /// Each segment's power at its meter, W, written by the tick.
+    segment_power: HashMap<String, Power>,
+    /// Modbus requests the inverters and meters answered so far (updated by the tick).
+    modbus_requests: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the demo shows about its devices.
+pub struct DemoStatus {
+    /// Chargers connected over OCPP / all.
+    pub chargers_connected: (usize, usize),
+    /// Inverter ids and their Modbus addresses.
+    pub inverters: Vec<(String, SocketAddr)>,
+    /// Meter ids and their Modbus addresses.
+    pub meters: Vec<(String, SocketAddr)>,
+}
+
+impl DemoSite {
+    /// Start the Modbus devices of `topology` on loopback and write their endpoints (and the
+    /// CSMS at `ocpp_listen`) into it.
+    pub async fn start_devices(
+        topology: &mut Topology,
+        ocpp_listen: SocketAddr,
+    ) -> Result<DemoSite, String> {
+        let mut model = GridModel::new(DEMO_GRID_SEED);
+        model.nominal_v = DEMO_NOMINAL_V;
+        model.nominal_hz = DEMO_NOMINAL_HZ;
+        let grid = Grid::new(model);
+        let server = SimServer::new(ServerConfig::default());
+        let mut site = DemoSite {
+            inverters: Vec::new(),
+            meters: Vec::new(),
+            inverter_addrs: Vec::new(),
+            meter_addrs: Vec::new(),
+            chargers: Vec::new(),
+            segment_power: HashMap::new(),
+            modbus_requests: Arc::new(AtomicU64::new(0)),
+            tasks: Vec::new(),
+        };
+        for sub in &mut topology.substations {
+            for seg in &mut sub.segments {
+                let power: Power = Arc::new(Mutex::new(seg.base_load_kw * 1000.0));
+                site.segment_power.insert(seg.id.clone(), power.clone());
+                for inv in &mut seg.inverters {
+                    let mut p = InverterParams::new(&inv.id);
+                    p.w_max = inv.max_kw * 1000.0;
+                    p.ramp_w_per_s = p.w_max; // full power in a second
+                    p.capacity_wh = inv.max_kw * 2.0 * 1000.0; // a two-hour battery
+                    let device = InverterSim::new(p, grid.clone())
+                        .map_err(|e| format!("inverter {}: {e}", inv.id))?;
+                    let handle = server
+                        .start(device)
+                        .await
+                        .map_err(|e| format!("inverter {}: {e}", inv.id))?;
+                    inv.modbus = Some(ModbusEndpoint {
+                        addr: handle.addr(),
+                        unit: DEFAULT_MODBUS_UNIT,
+                    });
+                    site.inverter_addrs.push((inv.id.clone(), handle.addr()));
+                    site.inverters
+                        .push((seg.id.clone(), inv.id.clone(), handle));
+                }
+                for m in &mut seg.meters {
+                    let mut p = MeterParams::new(&m.id);
+                    p.w_max = (seg.rated_kw * 4.0).max(100.0) * 1000.0;
+                    let source = power.clone();
+                    let device = MeterSim::new(p, move || *lock(&source), grid.clone())
+                        .map_err(|e| format!("meter {}: {e}", m.id))?;
+                    let handle = server
+                        .start(device)
+                        .await
+                        .map_err(|e| format!("meter {}: {e}", m.id))?;
+                    m.modbus = Some(ModbusEndpoint {
+                        addr: handle.addr(),
+                        unit: DEFAULT_MODBUS_UNIT,
+                    });
+                    m.nominal_v = DEMO_NOMINAL_V;
+                    site.meter_addrs.push((m.id.clone(), handle.addr()));
+                    site.meters.push((seg.id.clone(), m.id.clone(), handle));
+                }
+            }
+        }
+        topology.ocpp = Some(Ocpp {
+            listen: ocpp_listen,
+            password: Some(DEMO_OCPP_PASSWORD.to_owned()),
+            heartbeat_s: gridvisor_actors::config::DEFAULT_OCPP_HEARTBEAT_S,
+        });
+        Ok(site)
+    }
+
+    /// Start a charge point for every charger of `topology`, connecting to the CSMS at
+    /// `csms`, and the task that steps the physics and brings the vehicles.
+    pub fn start_chargers(
+        &mut self,
+        topology: &Arc<Topology>,
+        csms: SocketAddr,
+    ) -> Result<(), String> {
+        let started = SystemTime::now();
+        for (seg, c) in topology.chargers() {
+            let mut client = ClientConfig::new("127.0.0.1", csms.port(), c.id.as_str());
+            client.password = Some(DEMO_OCPP_PASSWORD.as_bytes().to_vec());
+            let mut config = ChargePointConfig::new(client);
+            config.max_power_kw = c.max_kw;
+            config.default_limit_kw = c.max_kw;
+            config.offline_limit_kw = (c.max_kw / 3.0).min(c.max_kw);
+            config.meter_interval = DEMO_METER_INTERVAL;
+            let (cp, task) = ChargePoint::start(config, started)
+                .map_err(|e| format!("charger {}: {e}", c.id))?;
+            self.tasks.push(task);
+            self.chargers.push((seg.id.clone(), c.id.clone(), cp));
+        }
+        let world = World {
+            topology: topology.clone(),
+            chargers: self
+                .chargers
+                .iter()
+                .map(|(s, c, cp)| (s.clone(), c.clone(), cp.clone()))
+                .collect(),
+            plugged: HashMap::new(),
+            segment_power: self.segment_power.clone(),
+            modbus_requests: self.modbus_requests.clone(),
+            started: Instant::now(),
+        };
+        let inverters: Vec<_> = self.inverters.drain(..).map(|(s, _, h)| (s, h)).collect();
+        let meters: Vec<_> = self.meters.drain(..).map(|(_, _, h)| h).collect();
+        self.tasks.push(tokio::spawn(world.run(inverters, meters)));
+        Ok(())
+    }
+
+    /// How the devices are connected now (`connected`: whether the CSMS has charger `id`).
+    pub fn status(&self, connected: impl Fn(&str) -> bool) -> DemoStatus {
+        DemoStatus {
+            chargers_connected: (
+                self.chargers
+                    .iter()
+                    .filter(|(_, c, _)| connected(c))
+                    .count(),
+                self.chargers.len(),
+            ),
+            inverters: self.inverter_addrs.clone(),
+            meters: self.meter_addrs.clone(),
+        }
+    }
+
+    /// Stop every device (the charge points close their connections).
+    pub fn stop(self) {
+        for (_, _, cp) in &self.chargers {
+            let _ = cp.stop();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The demo's world: vehicles on their schedule, physics in real time.
+struct World {
+    topology: Arc<Topology>,
+    chargers: Vec<(String, String, ChargePoint)>,
+    /// Charger → the vehicle plugged in by the world.
+    plugged: HashMap<String, String>,
+    segment_power: HashMap<String, Power>,
+    modbus_requests: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl World {
+    async fn run(
+        mut self,
+        inverters: Vec<(String, ServerHandle<InverterSim>)>,
+        meters: Vec<ServerHandle<MeterSim>>,
+    ) {
+        let mut interval = tokio::time::interval(DEMO_TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Instant::now();
+        loop {
+            interval.tick().await;
+            let now = Instant::now();
+            let dt = now - last;
+            last = now;
+            self.vehicles();
+            let mut power: HashMap<&str, f64> = HashMap::new();
+            for (seg, _, cp) in &self.chargers {
+                cp.step(dt);
+                *power.entry(seg).or_default() += cp.snapshot().power_kw * 1000.0;
+            }
+            for (seg, inv) in &inverters {
+                if let Err(e) = inv.step(dt) {
+                    tracing::warn!(error = %e, "demo inverter step");
+                }
+                // The inverter's W is positive when it injects: the meter sees less import.
+                let w = inv.with_device(|d| d.state().power_w);
+                *power.entry(seg).or_default() -= w;
+            }
+            for sub in &self.topology.substations {
+                for seg in &sub.segments {
+                    if let Some(p) = self.segment_power.get(&seg.id) {
+                        let w =
+                            seg.base_load_kw * 1000.0 + power.get(seg.id.as_str()).unwrap_or(&0.0);
+                        *lock(p) = w;
+                    }
+                }
+            }
+            for m in &meters {
+                if let Err(e) = m.step(dt) {
+                    tracing::warn!(error = %e, "demo meter step");
+                }
+            }
+            let served: u64 = inverters.iter().map(|(_, h)| h.requests()).sum::<u64>()
+                + meters.iter().map(|h| h.requests()).sum::<u64>();
+            self.modbus_requests.store(served, Ordering::Relaxed);
+        }
+    }
+
+    /// Plug in and unplug the demo's vehicles on their schedule.
+    fn vehicles(&mut self) {
+        let t = self.started.elapsed().as_secs_f64();
+        for v in &self.topology.vehicles {
+            let Some((_, _, cp)) = self.chargers.iter().find(|(_, c, _)| *c == v.charger) else {
+                continue;
+            };
+            let present = v.arrive_s <= t && t < v.depart_s;
+            let mine = self.plugged.get(&v.charger) == Some(&v.id);
+            if present && !self.plugged.contains_key(&v.charger) {
+                let bidirectional = self
+                    .topology
+                    .charger(&v.charger)
+                    .is_some_and(|c| c.bidirectional);
+                let vehicle = Vehicle::new(
+                    v.capacity_kwh,
+                    v.soc_pct / 100.0,
+                    (v.min_soc_pct / 100.0).min(v.soc_pct / 100.0),
+                    v.max_kw,
+                    v.max_kw,
+                    bidirectional,
+                );
+                match vehicle {
+                    Ok(vehicle) => match cp.plug_in_with_token(vehicle, Some(v.id.clone())) {
+                        Ok(()) => {
+                            self.plugged.insert(v.charger.clone(), v.id.clone());
+                        }
+                        Err(e) => tracing::warn!(vehicle = %v.id, error = %e, "demo plug-in"),
+                    },
+                    Err(e) => tracing::warn!(vehicle = %v.id, error = %e, "demo vehicle"),
+                }
+            } else if mine && !present {
+                if let Err(e) = cp.unplug() {
+                    tracing::warn!(vehicle = %v.id, error = %e, "demo unplug");
+                }
+                self.plugged.remove(&v.charger);
+            }
+        }
+    }
+}
+
+/// Reads the demo's counters from another task.
+pub struct Reporter {
+    modbus_requests: Arc<AtomicU64>,
+}
+
+impl Reporter {
+    /// Modbus requests the simulated devices answered so far.
+    pub fn modbus_requests(&self) -> u64 {
+        self.modbus_requests.load(Ordering::Relaxed)
+    }
+}
+
+impl DemoSite {
+    /// A reader of the demo's counters.
+    pub fn reporter(&self) -> Reporter {
+        Reporter {
+            modbus_requests: self.modbus_requests.clone(),
+        }
+    }
+}
