@@ -31,6 +31,8 @@ impl Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
             .args([
                 "run",
+                "--ocpp",
+                "127.0.0.1:0",
                 "--grid",
                 "127.0.0.1:0",
                 "--admin",

@@ -1169,7 +1169,12 @@ impl Reader {
     }
 
     /// A socket address written as a string (`"127.0.0.1:8080"`); `default` when absent.
-    fn socket_addr(&mut self, t: &Tbl<'_, '_>, key: &str, default: Option<&str>) -> Option<SocketAddr> {
+    fn socket_addr(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        key: &str,
+        default: Option<&str>,
+    ) -> Option<SocketAddr> {
         let (path, node) = self.lookup(t, key);
         let text = match node {
             None => match default {
@@ -1418,7 +1423,10 @@ impl<'s> Checker<'s> {
                 self.report(
                     "ocpp.heartbeat_s",
                     &[],
-                    format!("must be 1..={MAX_OCPP_HEARTBEAT_S} s, got {}", o.heartbeat_s),
+                    format!(
+                        "must be 1..={MAX_OCPP_HEARTBEAT_S} s, got {}",
+                        o.heartbeat_s
+                    ),
                 );
             }
         }
@@ -1449,7 +1457,12 @@ impl<'s> Checker<'s> {
                 for (i, m) in seg.meters.iter().enumerate() {
                     let p = format!("{path}.meters[{i}]");
                     self.unique(&mut meters, &p, &m.id);
-                    self.number(&format!("{p}.nominal_v"), m.nominal_v, Lo::Above(0.0), Hi::AtMost(1_000_000.0));
+                    self.number(
+                        &format!("{p}.nominal_v"),
+                        m.nominal_v,
+                        Lo::Above(0.0),
+                        Hi::AtMost(1_000_000.0),
+                    );
                 }
             }
         }
@@ -1730,6 +1743,61 @@ max_kw = 11
             assert!(v.depart_s - v.arrive_s <= 8.0 * 3_600.0, "{}", v.id);
         }
         assert_eq!(t.validate(), Ok(()));
+    }
+
+    #[test]
+    fn ocpp_and_modbus_endpoints_parse() {
+        let meter = with(&[(
+            "id = \"m1\"\n",
+            "id = \"m1\"\nmodbus = { addr = \"127.0.0.1:1502\", unit = 3 }\nnominal_v = 120\n",
+        )]);
+        // Last, so that the table does not swallow the keys of the arrays before it.
+        let text = format!("{meter}\n[ocpp]\nlisten = \"127.0.0.1:9000\"\npassword = \"pw\"\n");
+        let t = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let m = &t.segment("tx").expect("tx").meters[0];
+        assert_eq!(
+            m.modbus,
+            Some(ModbusEndpoint {
+                addr: "127.0.0.1:1502".parse().unwrap(),
+                unit: 3
+            })
+        );
+        assert_eq!(m.nominal_v, 120.0);
+        let o = t.ocpp.expect("[ocpp]");
+        assert_eq!(o.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(o.password.as_deref(), Some("pw"));
+        assert_eq!(o.heartbeat_s, DEFAULT_OCPP_HEARTBEAT_S);
+        let bare = parse("t.toml", MINIMAL).expect("valid");
+        assert_eq!(bare.ocpp, None);
+        assert_eq!(bare.segment("tx").unwrap().meters[0].modbus, None);
+    }
+
+    #[test]
+    fn bad_endpoints_are_named() {
+        let text = with(&[(
+            "id = \"m1\"\n",
+            "id = \"m1\"\nmodbus = { addr = \"meter.local\" }\n",
+        )]);
+        one_error(
+            &text,
+            "substations[0].segments[0].meters[0].modbus.addr",
+            "meter.local",
+            "not an IP address and port",
+        );
+        let text = with(&[(
+            "id = \"m1\"\n",
+            "id = \"m1\"\nmodbus = { addr = \"127.0.0.1:502\", unit = 300 }\n",
+        )]);
+        one_error(
+            &text,
+            "substations[0].segments[0].meters[0].modbus.unit",
+            "unit = 300",
+            "outside 0..=247",
+        );
+        let text = format!("{MINIMAL}\n[ocpp]\nheartbeat_s = 0\n");
+        one_error(&text, "ocpp.heartbeat_s", "heartbeat_s = 0", "must be 1..=");
+        let text = format!("{MINIMAL}\n[ocpp]\nlisten = 8080\n");
+        one_error(&text, "ocpp.listen", "listen = 8080", "host:port");
     }
 
     #[test]
