@@ -2,6 +2,7 @@
 
 mod alloc;
 mod bench;
+mod bench_ocpp;
 mod bench_site;
 mod demo;
 mod run;
@@ -87,6 +88,52 @@ enum Bench {
         #[arg(long, default_value_t = 50)]
         requests: usize,
     },
+    /// N concurrent OCPP charge points (boot, status, heartbeats, meter values) against a
+    /// node in a child process: request latency, memory per connection on both sides.
+    Ocpp {
+        /// Charge points.
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Steady state (heartbeats and meter values) after every client is ready, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+}
+
+/// Raise this process's soft limit on open files to its hard limit (a CSMS holds one socket
+/// per charge point); an error when `needed` descriptors would still not fit.
+pub(crate) fn raise_fd_limit(needed: usize) -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!(
+            "getrlimit(RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(format!(
+                "setrlimit(RLIMIT_NOFILE, {}): {}",
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    // Room for the runtime, logs and the store besides the sockets.
+    let wanted = needed as u64 + 256;
+    if (lim.rlim_cur as u64) < wanted {
+        return Err(format!(
+            "{needed} connections need about {wanted} open files; the limit is {} (raise it with `ulimit -Hn`)",
+            lim.rlim_cur
+        ));
+    }
+    Ok(())
 }
 
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
@@ -172,6 +219,12 @@ fn main() -> ExitCode {
         } => (
             None,
             Box::new(move || tokio::spawn(bench_site::site(sessions, segments, requests))),
+        ),
+        Command::Bench {
+            which: Bench::Ocpp { clients, seconds },
+        } => (
+            None,
+            Box::new(move || tokio::spawn(bench_ocpp::ocpp(clients, seconds))),
         ),
         Command::Bench {
             which: Bench::Supervision { children, workers },

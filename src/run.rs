@@ -99,6 +99,10 @@ fn print_status(node: &Node, reporter: &crate::demo::Reporter) {
 
 /// Run a node until it is told to stop.
 pub async fn run(o: RunOptions) -> Result<(), String> {
+    // One socket per charge point: take every file descriptor the system allows.
+    if let Err(e) = crate::raise_fd_limit(0) {
+        tracing::warn!(error = %e, "file descriptor limit");
+    }
     let mut topology = match &o.config {
         Some(path) => config::load(path).map_err(|e| e.to_string())?,
         None => config::demo(),

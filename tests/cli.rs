@@ -90,6 +90,43 @@ fn check_config_accepts_the_demo_and_names_file_line_and_field_of_errors() {
     assert!(stderr.contains("/nonexistent/site.toml"), "{stderr}");
 }
 
+/// The value of figure `name` in `stdout`, checking its unit.
+fn figure(stdout: &str, name: &str, unit: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} missing from:\n{stdout}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{line}");
+    assert_eq!(fields[2], unit, "{line}");
+    fields[1].parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn bench_ocpp_drives_a_node_process_with_charge_points() {
+    let (ok, stdout, stderr) = gridvisor(&["bench", "ocpp", "--clients", "50", "--seconds", "1"]);
+    assert!(ok, "bench ocpp failed: {stderr}\n{stdout}");
+    assert_eq!(figure(&stdout, "ocpp_clients_ready", "count"), 50.0);
+    assert_eq!(figure(&stdout, "ocpp_connect_failures", "count"), 0.0);
+    assert_eq!(figure(&stdout, "ocpp_request_failures", "count"), 0.0);
+    // Boot and status per client at least.
+    assert!(
+        figure(&stdout, "ocpp_requests", "count") >= 100.0,
+        "{stdout}"
+    );
+    let p50 = figure(&stdout, "ocpp_request_p50", "ms");
+    let p99 = figure(&stdout, "ocpp_request_p99", "ms");
+    assert!(p50 > 0.0 && p50 <= p99, "{stdout}");
+    assert!(
+        figure(&stdout, "ocpp_node_memory_per_connection", "bytes") > 0.0,
+        "{stdout}"
+    );
+    // Bad input is refused with a reason.
+    let (ok, _, stderr) = gridvisor(&["bench", "ocpp", "--clients", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--clients must be"), "{stderr}");
+}
+
 #[test]
 fn bench_site_prints_its_figures() {
     let (ok, stdout, stderr) = gridvisor(&[
@@ -136,6 +173,7 @@ fn every_subcommand_has_help() {
         &["bench", "--help"],
         &["bench", "supervision", "--help"],
         &["bench", "site", "--help"],
+        &["bench", "ocpp", "--help"],
         &["check-config", "--help"],
     ] {
         let (ok, stdout, stderr) = gridvisor(args);
