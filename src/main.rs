@@ -127,7 +127,7 @@ pub(crate) fn raise_fd_limit(needed: usize) -> Result<(), String> {
     }
     // Room for the runtime, logs and the store besides the sockets.
     let wanted = needed as u64 + 256;
-    if (lim.rlim_cur as u64) < wanted {
+    if lim.rlim_cur < wanted {
         return Err(format!(
             "{needed} connections need about {wanted} open files; the limit is {} (raise it with `ulimit -Hn`)",
             lim.rlim_cur

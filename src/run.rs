@@ -158,7 +158,7 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         let connected = |id: &str| hub.as_ref().is_some_and(|h| h.is_connected(id));
         let started = std::time::Instant::now();
         loop {
-            let (n, all) = demo.status(&connected).chargers_connected;
+            let (n, all) = demo.status(connected).chargers_connected;
             if n == all || started.elapsed() > DEMO_CONNECT_LIMIT {
                 break;
             }
