@@ -103,6 +103,12 @@ async fn full_session(version: &str, transport: Transport) {
         "2.1" => ("CP-21", "pw-21-secret", OcppVersion::V21),
         _ => ("CP-201", "pw-201-secret", OcppVersion::V201),
     };
+    // Profile 3: the charge point is who its certificate says it is.
+    let cp_id = if matches!(transport, Transport::Mtls) {
+        "CP-MTLS"
+    } else {
+        cp_id
+    };
     let mut py = PyCp::spawn(&args_for(&pki, &csms, transport, cp_id, password, version));
     let session = expect_connected(&mut csms.server).await;
     assert_eq!(session.connection.info().charge_point_id, cp_id);

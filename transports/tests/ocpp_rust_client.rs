@@ -213,6 +213,33 @@ async fn rust_client_over_wss_and_mutual_tls() {
     let _seen3 = answer_calls(s3.calls);
     cp3.call(HeartbeatRequest::default()).await.unwrap();
 
+    // A valid certificate of another charge point does not open this one's path (403).
+    let mut impostor = mtls.clone();
+    impostor.charge_point_id = "CP-OTHER".to_owned();
+    assert!(
+        connect(&impostor).await.is_err(),
+        "CP-MTLS's certificate opened CP-OTHER"
+    );
+    loop {
+        match next_event(&mut csms.server).await {
+            ServerEvent::Rejected {
+                reason:
+                    HandshakeRejection::IdentityMismatch {
+                        charge_point_id,
+                        certificate,
+                    },
+                ..
+            } => {
+                assert_eq!(
+                    (charge_point_id.as_str(), certificate.as_str()),
+                    ("CP-OTHER", "CP-MTLS")
+                );
+                break;
+            }
+            ServerEvent::Disconnected { .. } => continue,
+            other => panic!("{other:?}"),
+        }
+    }
     // Without a client certificate, profile 3 refuses the connection.
     let mut anonymous = mtls.clone();
     anonymous.tls = Some(tls::client_config(pki.ca_pem.as_bytes(), None).unwrap());

@@ -10,6 +10,9 @@
 //!   [`MAX_CHARGE_POINT_ID_LEN`] characters, no `:` or control characters) is a 404; no
 //!   supported subprotocol is a 400; failed Basic authentication is a 401 — all before the
 //!   upgrade, each reported as [`ServerEvent::Rejected`] with the reason;
+//! - on a profile 3 listener the client certificate's subject common name must be the charge
+//!   point id of the path (403 otherwise): a certificate is one charge point's identity, not a
+//!   pass for any id;
 //! - the version is the first of [`ServerConfig::versions`] (default: 2.1, then 2.0.1) that the
 //!   charge point offers, and the response names it;
 //! - every session ends with exactly one [`ServerEvent::Disconnected`].
@@ -212,6 +215,15 @@ pub enum HandshakeRejection {
     /// The WebSocket handshake itself failed.
     #[error("WebSocket handshake failed: {0}")]
     WebSocket(String),
+    /// Profile 3: the client certificate was issued to another charge point than the one
+    /// in the path (answered 403), or names none.
+    #[error("charge point {charge_point_id:?} presented the certificate of {certificate:?}")]
+    IdentityMismatch {
+        /// The id from the path.
+        charge_point_id: String,
+        /// The certificate's subject common name (empty: none could be read).
+        certificate: String,
+    },
 }
 
 /// What the server tells its owner.
@@ -376,21 +388,43 @@ async fn handshake(
     config: &ServerConfig,
 ) -> Result<Accepted, HandshakeRejection> {
     match listener.security.tls() {
-        None => upgrade(tcp, listener, config).await,
+        None => upgrade(tcp, listener, config, None).await,
         Some(tls) => {
             let stream = TlsAcceptor::from(Arc::clone(tls))
                 .accept(tcp)
                 .await
                 .map_err(|e| HandshakeRejection::Tls(e.to_string()))?;
-            upgrade(stream, listener, config).await
+            // Profile 3: the certificate says who the charge point is (its subject CN, as
+            // OCPP's security whitepaper has the CSMS check); the path must agree.
+            let identity = match &listener.security {
+                Security::MutualTls(_) => Some(
+                    stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| subject_common_name(leaf.as_ref()))
+                        .unwrap_or_default(),
+                ),
+                _ => None,
+            };
+            upgrade(stream, listener, config, identity).await
         }
     }
+}
+
+/// The subject common name of a DER certificate (None: unreadable, or no CN).
+pub fn subject_common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
 }
 
 async fn upgrade<S>(
     stream: S,
     listener: &ListenerConfig,
     config: &ServerConfig,
+    identity: Option<String>,
 ) -> Result<Accepted, HandshakeRejection>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -399,7 +433,16 @@ where
     // The signature is tungstenite's `Callback`; its error type is an HTTP response.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        let result = check_request(request, listener, &config.versions);
+        let result =
+            check_request(request, listener, &config.versions).and_then(|info| match &identity {
+                Some(cn) if *cn != info.charge_point_id => {
+                    Err(HandshakeRejection::IdentityMismatch {
+                        charge_point_id: info.charge_point_id,
+                        certificate: cn.clone(),
+                    })
+                }
+                _ => Ok(info),
+            });
         let reply = match &result {
             Ok(info) => Ok(with_subprotocol(response, info.version)),
             Err(rejection) => Err(error_response(rejection)),
@@ -440,6 +483,7 @@ fn error_response(rejection: &HandshakeRejection) -> ErrorResponse {
     let status = match rejection {
         HandshakeRejection::BadPath { .. } => StatusCode::NOT_FOUND,
         HandshakeRejection::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+        HandshakeRejection::IdentityMismatch { .. } => StatusCode::FORBIDDEN,
         _ => StatusCode::BAD_REQUEST,
     };
     let mut response = ErrorResponse::new(Some(rejection.to_string()));
