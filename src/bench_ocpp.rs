@@ -69,7 +69,8 @@ fn start_node(dir: &std::path::Path, clients: usize) -> Result<(NodeChild, Socke
     let mut topology = config::generated(clients.div_ceil(CHARGERS_PER_SEGMENT), clients, 7);
     topology.site.keepalive_required = false;
     topology.ocpp = Some(Ocpp {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        tls: None,
         password: None,
         heartbeat_s: config::DEFAULT_OCPP_HEARTBEAT_S,
     });

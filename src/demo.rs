@@ -138,7 +138,8 @@ impl DemoSite {
             }
         }
         topology.ocpp = Some(Ocpp {
-            listen: ocpp_listen,
+            listen: Some(ocpp_listen),
+            tls: None,
             password: Some(DEMO_OCPP_PASSWORD.to_owned()),
             heartbeat_s: gridvisor_actors::config::DEFAULT_OCPP_HEARTBEAT_S,
         });

@@ -124,7 +124,7 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
                 let ocpp = topology.ocpp.as_mut().ok_or_else(|| {
                     format!("--ocpp {addr}: {} has no [ocpp] table", path.display())
                 })?;
-                ocpp.listen = addr;
+                ocpp.listen = Some(addr);
             }
             None
         }
@@ -186,10 +186,15 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         topology.site.id,
         topology.segments().count(),
     );
-    if let Some(addr) = node.ocpp_addr() {
-        let hub = node.shared.devices.ocpp.clone();
-        let connected = hub.as_ref().map_or(0, |h| h.connected_count());
-        println!("  ocpp       ws://{addr}/ocpp/{{chargerId}}   {connected} of {chargers} chargers connected over OCPP");
+    if let Some(hub) = node.shared.devices.ocpp.clone() {
+        let connected = hub.connected_count();
+        let (ws, wss) = hub.listeners();
+        if let Some(addr) = ws {
+            println!("  ocpp       ws://{addr}/ocpp/{{chargerId}}   {connected} of {chargers} chargers connected over OCPP");
+        }
+        if let Some(addr) = wss {
+            println!("  ocpp       wss://{addr}/ocpp/{{chargerId}}  (TLS)");
+        }
     }
     if let Some(demo) = &demo {
         let status = demo.status(|_| false);

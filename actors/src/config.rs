@@ -53,6 +53,8 @@ pub const DEMO_FILE_NAME: &str = "configs/demo.toml";
 
 /// The CSMS's ws address when `[ocpp]` names none.
 pub const DEFAULT_OCPP_LISTEN: &str = "0.0.0.0:8080";
+/// The CSMS's wss address when `[ocpp.tls]` names none.
+pub const DEFAULT_OCPP_TLS_LISTEN: &str = "0.0.0.0:8443";
 /// The heartbeat interval given to charge points when `[ocpp]` names none, s.
 pub const DEFAULT_OCPP_HEARTBEAT_S: u64 = 60;
 /// The longest heartbeat interval accepted, s (one day).
@@ -154,8 +156,9 @@ pub struct Topology {
 /// OCPP charge point that connects to `ws://{listen}/ocpp/{charger id}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ocpp {
-    /// The ws address (security profile 1), default [`DEFAULT_OCPP_LISTEN`].
-    pub listen: SocketAddr,
+    /// The ws address (security profile 1); default [`DEFAULT_OCPP_LISTEN`] when there is no
+    /// `[ocpp.tls]`, none (no plaintext listener) when there is one and `listen` is not given.
+    pub listen: Option<SocketAddr>,
     /// The HTTP Basic password every charge point presents; None: any password is taken
     /// (only for closed test networks; the check-config command warns about it).
     #[serde(skip)]
@@ -163,6 +166,23 @@ pub struct Ocpp {
     /// The heartbeat interval the CSMS gives charge points at boot, s (default
     /// [`DEFAULT_OCPP_HEARTBEAT_S`]).
     pub heartbeat_s: u64,
+    /// The wss listener (`[ocpp.tls]`), if any.
+    pub tls: Option<OcppTls>,
+}
+
+/// The CSMS's wss listener (`[ocpp.tls]`): security profile 2 (TLS and the password) or, with
+/// `client_ca`, profile 3 (mutual TLS: a charge point is who its certificate's subject CN
+/// says). Paths are read when the node starts, relative to its working directory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OcppTls {
+    /// The wss address, default [`DEFAULT_OCPP_TLS_LISTEN`].
+    pub listen: SocketAddr,
+    /// The CSMS's certificate chain (PEM).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub key: std::path::PathBuf,
+    /// The CA that issues charge point certificates (PEM); present: profile 3.
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// Where a device speaks Modbus TCP (`modbus = { addr = "host:port", unit = 1 }`).
@@ -794,7 +814,8 @@ fn join(path: &str, key: &str) -> String {
 type Node<'i> = Spanned<DeValue<'i>>;
 
 const ROOT_KEYS: &[&str] = &["site", "substations", "vehicles", "safety", "ocpp"];
-const OCPP_KEYS: &[&str] = &["listen", "password", "heartbeat_s"];
+const OCPP_KEYS: &[&str] = &["listen", "password", "heartbeat_s", "tls"];
+const OCPP_TLS_KEYS: &[&str] = &["listen", "cert", "key", "client_ca"];
 const MODBUS_KEYS: &[&str] = &["addr", "unit"];
 const SITE_KEYS: &[&str] = &["id", "cycle_ms", "lease_s", "keepalive_required"];
 const SUBSTATION_KEYS: &[&str] = &["id", "segments"];
@@ -1224,7 +1245,35 @@ impl Reader {
     fn ocpp(&mut self, root: &Tbl<'_, '_>) -> Option<Ocpp> {
         let t = self.child(root, "ocpp", OCPP_KEYS);
         t.table?;
-        let listen = self.socket_addr(&t, "listen", Some(DEFAULT_OCPP_LISTEN));
+        let tls = self.child(&t, "tls", OCPP_TLS_KEYS);
+        let tls = match tls.table {
+            None => None,
+            Some(_) => {
+                let listen = self.socket_addr(&tls, "listen", Some(DEFAULT_OCPP_TLS_LISTEN));
+                let cert = self.string(&tls, "cert");
+                let key = self.string(&tls, "key");
+                let client_ca = match self.lookup(&tls, "client_ca") {
+                    (_, None) => None,
+                    (_, Some(_)) => Some(self.string(&tls, "client_ca")),
+                };
+                Some(OcppTls {
+                    listen: listen?,
+                    cert: cert.into(),
+                    key: key.into(),
+                    client_ca: client_ca.map(Into::into),
+                })
+            }
+        };
+        // A plaintext listener only by default when there is no TLS one.
+        let listen_given = t.table.is_some_and(|table| table.get("listen").is_some());
+        let listen = if listen_given || tls.is_none() {
+            self.socket_addr(&t, "listen", Some(DEFAULT_OCPP_LISTEN))
+        } else {
+            None
+        };
+        if listen_given && listen.is_none() {
+            return None; // reported
+        }
         let password = match self.lookup(&t, "password") {
             (_, None) => None,
             (path, Some(node)) => match node.get_ref().as_str() {
@@ -1237,9 +1286,10 @@ impl Reader {
         };
         let heartbeat_s = self.integer(&t, "heartbeat_s", DEFAULT_OCPP_HEARTBEAT_S);
         Some(Ocpp {
-            listen: listen?,
+            listen,
             password,
             heartbeat_s,
+            tls,
         })
     }
 
@@ -1764,12 +1814,44 @@ max_kw = 11
         );
         assert_eq!(m.nominal_v, 120.0);
         let o = t.ocpp.expect("[ocpp]");
-        assert_eq!(o.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(o.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(o.tls, None);
         assert_eq!(o.password.as_deref(), Some("pw"));
         assert_eq!(o.heartbeat_s, DEFAULT_OCPP_HEARTBEAT_S);
         let bare = parse("t.toml", MINIMAL).expect("valid");
         assert_eq!(bare.ocpp, None);
         assert_eq!(bare.segment("tx").unwrap().meters[0].modbus, None);
+    }
+
+    #[test]
+    fn an_ocpp_tls_listener_replaces_the_plaintext_default() {
+        let text = format!(
+            "{MINIMAL}\n[ocpp]\npassword = \"pw\"\n[ocpp.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n"
+        );
+        let o = parse("t.toml", &text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .ocpp
+            .unwrap();
+        assert_eq!(o.listen, None, "no ws listener unless asked for");
+        let tls = o.tls.unwrap();
+        assert_eq!(tls.listen, DEFAULT_OCPP_TLS_LISTEN.parse().unwrap());
+        assert_eq!(tls.client_ca, Some("ca.pem".into()));
+        let both = text.replace("password = \"pw\"", "listen = \"127.0.0.1:8080\"");
+        let o = parse("t.toml", &both)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .ocpp
+            .unwrap();
+        assert_eq!(o.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        let no_key = text.replace("key = \"k.pem\"\n", "");
+        one_error(
+            &no_key,
+            "ocpp.tls.key",
+            "[ocpp.tls]",
+            "missing required key `key`",
+        );
+        let plain = format!("{MINIMAL}\n[ocpp]\n");
+        let o = parse("t.toml", &plain).unwrap().ocpp.unwrap();
+        assert_eq!(o.listen, Some(DEFAULT_OCPP_LISTEN.parse().unwrap()));
     }
 
     #[test]

@@ -194,3 +194,114 @@ async fn unknown_charge_points_and_wrong_passwords_are_refused() {
     assert!(right.is_ok(), "{:?}", right.err());
     t.node.shutdown().await;
 }
+
+/// A CA, the CSMS's certificate for 127.0.0.1 and a charge point certificate whose subject CN
+/// is `charger`, as PEM files in `dir`.
+fn pki(dir: &std::path::Path, charger: &str) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "site CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: &[&str], usage| {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        p.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf(&["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (client, client_key) = leaf(&[charger], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    for (name, text) in [
+        ("ca.pem", ca.pem()),
+        ("csms.pem", server),
+        ("csms.key", server_key),
+        ("cp.pem", client),
+        ("cp.key", client_key),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charger_over_mutual_tls_is_dispatched_and_its_certificate_is_its_identity() {
+    let certs = tempfile::tempdir().unwrap();
+    pki(certs.path(), "evse-0");
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let mut toml = site_toml(1, 1, "", "");
+    toml.push_str(&format!(
+        "\n[ocpp]\n[ocpp.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+        path("csms.pem"),
+        path("csms.key"),
+        path("ca.pem")
+    ));
+    let t = start(&toml).await;
+    let hub = t.node.shared.devices.ocpp.clone().unwrap();
+    let (ws, wss) = hub.listeners();
+    assert_eq!(ws, None, "no plaintext listener beside [ocpp.tls]");
+    let wss = wss.expect("the wss listener");
+    let read = |f: &str| std::fs::read(certs.path().join(f)).unwrap();
+    let tls_for = |id: &str| {
+        let mut c = ClientConfig::new("127.0.0.1", wss.port(), id);
+        c.tls = Some(
+            gridvisor_transports::ocpp::tls::client_config(
+                &read("ca.pem"),
+                Some((&read("cp.pem"), &read("cp.key"))),
+            )
+            .unwrap(),
+        );
+        c
+    };
+    // evse-0's certificate does not open evse-1... nor an unconfigured id.
+    assert!(connect(&tls_for("evse-99")).await.is_err());
+
+    let mut config = ChargePointConfig::new(tls_for("evse-0"));
+    config.id_token = "ev-0".to_owned();
+    config.meter_interval = Duration::from_secs(1);
+    config.max_power_kw = 11.0;
+    config.default_limit_kw = 11.0;
+    let (cp, _task) = ChargePoint::start(config, SystemTime::now()).unwrap();
+    let _driver = cp.spawn_realtime_driver(Duration::from_millis(50));
+    cp.plug_in(Vehicle::new(60.0, 0.5, 0.2, 11.0, 11.0, true).unwrap())
+        .unwrap();
+    wait(&t.node, "the session over wss", || {
+        t.node.session("ev-0").is_some()
+    })
+    .await;
+    let started = Instant::now();
+    let r = loop {
+        let r = t
+            .node
+            .request(request(
+                &format!("tls-{}", started.elapsed().as_millis()),
+                Scope::Site,
+                -4.0,
+                60.0,
+            ))
+            .await
+            .unwrap();
+        if r.acknowledged == 1 || started.elapsed() > LIMIT {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.acknowledged, 1, "{r:#?}");
+    // A discharge profile carries OCPP 2.1's offline limit: cut off, the charger drops it.
+    let installed = cp.snapshot();
+    let p = installed
+        .profiles
+        .iter()
+        .next()
+        .expect("the dispatch profile");
+    assert_eq!(p.profile.max_offline_duration, Some(10));
+    assert_eq!(p.profile.invalid_after_offline_duration, Some(true));
+    t.node.shutdown().await;
+}

@@ -125,7 +125,7 @@ pub struct OcppHub {
     epoch: SystemTime,
     site: OnceLock<Weak<SiteShared>>,
     connected: prometheus::IntGauge,
-    local_addr: Mutex<Option<SocketAddr>>,
+    local_addrs: Mutex<Vec<SocketAddr>>,
 }
 
 impl OcppHub {
@@ -162,18 +162,28 @@ impl OcppHub {
             epoch,
             site: OnceLock::new(),
             connected,
-            local_addr: Mutex::new(None),
+            local_addrs: Mutex::new(Vec::new()),
         }))
     }
 
-    /// Where the CSMS listens now (None until it has bound its port).
+    /// Where the CSMS listens now, ws first (None until it has bound its ports).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        *lock(&self.local_addr)
+        lock(&self.local_addrs).first().copied()
     }
 
-    /// Record the bound address (the CSMS actor, after binding).
-    pub fn set_local_addr(&self, addr: SocketAddr) {
-        *lock(&self.local_addr) = Some(addr);
+    /// Every bound listener: (ws address, wss address), each if configured.
+    pub fn listeners(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let addrs = lock(&self.local_addrs);
+        match (self.config.listen.is_some(), self.config.tls.is_some()) {
+            (true, true) => (addrs.first().copied(), addrs.get(1).copied()),
+            (true, false) => (addrs.first().copied(), None),
+            (false, _) => (None, addrs.first().copied()),
+        }
+    }
+
+    /// Record the bound addresses, ws first (the CSMS actor, after binding).
+    pub fn set_local_addrs(&self, addrs: Vec<SocketAddr>) {
+        *lock(&self.local_addrs) = addrs;
     }
 
     /// The `[ocpp]` settings.

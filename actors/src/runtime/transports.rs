@@ -17,10 +17,54 @@ use std::sync::Arc;
 use gridvisor_transports::ocpp::server::{
     ListenerConfig, Security, Server, ServerConfig, ServerEvent,
 };
+use gridvisor_transports::ocpp::tls;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::io::ocpp::OcppHub;
+
+/// The CSMS's listeners from `[ocpp]`: ws (profile 1) first, then wss (profile 2, or 3 with a
+/// client CA). A certificate or key that cannot be read fails the start, naming the file.
+fn listeners(hub: &Arc<OcppHub>) -> Result<ServerConfig, String> {
+    let ocpp = hub.config();
+    let mut listeners = Vec::new();
+    if let Some(addr) = ocpp.listen {
+        listeners.push(ListenerConfig {
+            addr,
+            security: Security::BasicAuth(hub.authenticator()),
+        });
+    }
+    if let Some(t) = &ocpp.tls {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| format!("[ocpp.tls] {what} {}: {e}", p.display()))
+        };
+        let cert = read(&t.cert, "cert")?;
+        let key = read(&t.key, "key")?;
+        let security = match &t.client_ca {
+            Some(ca) => {
+                let ca = read(ca, "client_ca")?;
+                let tls = tls::server_config(&cert, &key, Some(&ca))
+                    .map_err(|e| format!("[ocpp.tls]: {e}"))?;
+                Security::MutualTls(tls)
+            }
+            None => Security::TlsBasicAuth {
+                tls: tls::server_config(&cert, &key, None)
+                    .map_err(|e| format!("[ocpp.tls]: {e}"))?,
+                authenticator: hub.authenticator(),
+            },
+        };
+        listeners.push(ListenerConfig {
+            addr: t.listen,
+            security,
+        });
+    }
+    if listeners.is_empty() {
+        return Err("[ocpp] has no listener (neither listen nor [ocpp.tls])".into());
+    }
+    let mut config = ServerConfig::new(listeners);
+    config.rpc = OcppHub::rpc_config();
+    Ok(config)
+}
 
 /// What the CSMS actor hears.
 pub(crate) enum CsmsMsg {
@@ -45,18 +89,14 @@ impl Actor for Csms {
         myself: ActorRef<CsmsMsg>,
         hub: Arc<OcppHub>,
     ) -> Result<CsmsState, ActorProcessingErr> {
-        let addr = hub.config().listen;
-        let mut config = ServerConfig::new(vec![ListenerConfig {
-            addr,
-            security: Security::BasicAuth(hub.authenticator()),
-        }]);
-        config.rpc = OcppHub::rpc_config();
+        let config = listeners(&hub)?;
+        let addrs: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
         let mut server = Server::bind(config)
             .await
-            .map_err(|e| format!("OCPP listener on {addr}: {e}"))?;
-        let bound = server.local_addrs().first().copied().unwrap_or(addr);
-        hub.set_local_addr(bound);
-        tracing::info!(%bound, "CSMS listening for OCPP charge points");
+            .map_err(|e| format!("OCPP listeners on {addrs:?}: {e}"))?;
+        let bound = server.local_addrs().to_vec();
+        hub.set_local_addrs(bound.clone());
+        tracing::info!(?bound, "CSMS listening for OCPP charge points");
         let loop_hub = hub.clone();
         let accept = tokio::spawn(async move {
             while let Some(event) = server.next_event().await {

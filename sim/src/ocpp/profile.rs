@@ -190,14 +190,29 @@ pub enum Installed {
 }
 
 impl ProfileSet {
-    /// Installs (or replaces by id) a profile.
+    /// Installs a profile. As OCPP 2.x K01.FR.05 requires, it replaces the profile with the
+    /// same id, and any profile with the same stack level and purpose on the same EVSE.
     pub fn install(&mut self, p: InstalledProfile) -> Result<Installed, ProfileError> {
         let id = p.profile.id;
-        match self.profiles.get(&id) {
-            Some(old) if old.evse_id == p.evse_id && old.profile == p.profile => {
-                Ok(Installed::Unchanged)
+        if let Some(old) = self.profiles.get(&id) {
+            if old.evse_id == p.evse_id && old.profile == p.profile {
+                return Ok(Installed::Unchanged);
             }
+        }
+        let before = self.profiles.len();
+        self.profiles.retain(|other_id, o| {
+            *other_id == id
+                || !(o.evse_id == p.evse_id
+                    && o.profile.stack_level == p.profile.stack_level
+                    && o.profile.charging_profile_purpose == p.profile.charging_profile_purpose)
+        });
+        let displaced = self.profiles.len() < before;
+        match self.profiles.get(&id) {
             Some(_) => {
+                self.profiles.insert(id, p);
+                Ok(Installed::Replaced)
+            }
+            None if displaced => {
                 self.profiles.insert(id, p);
                 Ok(Installed::Replaced)
             }
@@ -337,6 +352,32 @@ mod tests {
         assert_eq!(set.command(at(1900), None), None);
         assert_eq!(set.clear(Some(req.charging_profile.id), None, None), 1);
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_profile_replaces_the_one_at_its_stack_level_and_purpose() {
+        let sp = |dispatch_id, kw| Setpoint {
+            dispatch_id,
+            revision: 0,
+            power_kw: kw,
+            valid_from: at(1000),
+            valid_until: at(1900),
+            evse_id: 1,
+        };
+        let install = |set: &mut ProfileSet, s: &Setpoint<'_>| {
+            let req = setpoint_profile(OcppVersion::V21, s).unwrap();
+            set.install(InstalledProfile::new(1, req.charging_profile, at(1000)).unwrap())
+                .unwrap()
+        };
+        let mut set = ProfileSet::default();
+        assert_eq!(install(&mut set, &sp("d1", 3.0)), Installed::New);
+        // Another dispatch: another profile id, the same stack level and purpose (K01.FR.05).
+        assert_eq!(install(&mut set, &sp("d2", 5.0)), Installed::Replaced);
+        assert_eq!(set.len(), 1);
+        assert!(matches!(
+            set.command(at(1500), None),
+            Some(Command::Setpoint { kw, .. }) if kw == 5.0
+        ));
     }
 
     #[test]
