@@ -112,6 +112,7 @@ impl DemoSite {
                     inv.modbus = Some(ModbusEndpoint {
                         addr: handle.addr(),
                         unit: DEFAULT_MODBUS_UNIT,
+                        profile: None,
                     });
                     site.inverter_addrs.push((inv.id.clone(), handle.addr()));
                     site.inverters
@@ -130,6 +131,7 @@ impl DemoSite {
                     m.modbus = Some(ModbusEndpoint {
                         addr: handle.addr(),
                         unit: DEFAULT_MODBUS_UNIT,
+                        profile: None,
                     });
                     m.nominal_v = DEMO_NOMINAL_V;
                     site.meter_addrs.push((m.id.clone(), handle.addr()));

@@ -192,6 +192,9 @@ pub struct ModbusEndpoint {
     pub addr: SocketAddr,
     /// Its Modbus unit id (default [`DEFAULT_MODBUS_UNIT`]).
     pub unit: u8,
+    /// A plain register profile (a TOML file of points, see
+    /// `gridvisor_transports::modbus::profile`) for a device without SunSpec; None: SunSpec.
+    pub profile: Option<std::path::PathBuf>,
 }
 
 /// Site-wide settings (`[site]`).
@@ -816,7 +819,7 @@ type Node<'i> = Spanned<DeValue<'i>>;
 const ROOT_KEYS: &[&str] = &["site", "substations", "vehicles", "safety", "ocpp"];
 const OCPP_KEYS: &[&str] = &["listen", "password", "heartbeat_s", "tls"];
 const OCPP_TLS_KEYS: &[&str] = &["listen", "cert", "key", "client_ca"];
-const MODBUS_KEYS: &[&str] = &["addr", "unit"];
+const MODBUS_KEYS: &[&str] = &["addr", "unit", "profile"];
 const SITE_KEYS: &[&str] = &["id", "cycle_ms", "lease_s", "keepalive_required"];
 const SUBSTATION_KEYS: &[&str] = &["id", "segments"];
 const SEGMENT_KEYS: &[&str] = &[
@@ -1238,7 +1241,15 @@ impl Reader {
                 DEFAULT_MODBUS_UNIT
             }
         };
-        Some(ModbusEndpoint { addr: addr?, unit })
+        let profile = match self.lookup(&m, "profile") {
+            (_, None) => None,
+            (_, Some(_)) => Some(self.string(&m, "profile").into()),
+        };
+        Some(ModbusEndpoint {
+            addr: addr?,
+            unit,
+            profile,
+        })
     }
 
     /// The optional `[ocpp]` table.
@@ -1809,7 +1820,8 @@ max_kw = 11
             m.modbus,
             Some(ModbusEndpoint {
                 addr: "127.0.0.1:1502".parse().unwrap(),
-                unit: 3
+                unit: 3,
+                profile: None,
             })
         );
         assert_eq!(m.nominal_v, 120.0);

@@ -44,7 +44,11 @@ fn grid() -> Grid {
 }
 
 fn endpoint(addr: SocketAddr) -> ModbusEndpoint {
-    ModbusEndpoint { addr, unit: 1 }
+    ModbusEndpoint {
+        addr,
+        unit: 1,
+        profile: None,
+    }
 }
 
 async fn start_inverter(params: InverterParams, grid: &Grid) -> ServerHandle<InverterSim> {
