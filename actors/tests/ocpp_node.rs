@@ -82,6 +82,13 @@ async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
         online(&t, "evse-0") && online(&t, "evse-1")
     })
     .await;
+    let hub = t.node.shared.devices.ocpp.clone().unwrap();
+    assert_eq!(hub.connected_count(), 2);
+    assert!(t
+        .node
+        .metrics_text()
+        .unwrap()
+        .contains("gridvisor_ocpp_connected_chargers 2"));
     // Their transactions (id token = vehicle id) start the sessions.
     wait(&t.node, "sessions from the transactions", || {
         t.node.session("ev-0").is_some() && t.node.session("ev-1").is_some()
@@ -143,6 +150,7 @@ async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
         "the session holds through the drop"
     );
     wait(&t.node, "charge point back", || online(&t, "evse-0")).await;
+    assert_eq!(hub.connected_count(), 2);
     a.cp.set_fault(Fault::None).unwrap();
     let started = Instant::now();
     let r2 = loop {

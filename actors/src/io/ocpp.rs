@@ -35,6 +35,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -126,6 +127,8 @@ pub struct OcppHub {
     site: OnceLock<Weak<SiteShared>>,
     connected: prometheus::IntGauge,
     local_addrs: Mutex<Vec<SocketAddr>>,
+    /// Lines holding a connection.
+    holding: AtomicUsize,
 }
 
 impl OcppHub {
@@ -163,6 +166,7 @@ impl OcppHub {
             site: OnceLock::new(),
             connected,
             local_addrs: Mutex::new(Vec::new()),
+            holding: AtomicUsize::new(0),
         }))
     }
 
@@ -239,9 +243,14 @@ impl OcppHub {
         })
     }
 
-    /// How many chargers are connected now.
+    /// How many chargers hold a connection now (a counter: 10,000 connections arriving
+    /// must not each count 10,000 lines).
     pub fn connected_count(&self) -> usize {
-        self.lines.keys().filter(|id| self.is_connected(id)).count()
+        self.holding.load(Ordering::Relaxed)
+    }
+
+    fn publish_count(&self) {
+        self.connected.set(self.connected_count() as i64);
     }
 
     /// What charger `id` last reported.
@@ -275,15 +284,20 @@ impl OcppHub {
         };
         let generation = {
             let mut s = lock(&line.state);
-            if let Some(old) = s.connection.take() {
-                tracing::info!(charger = %id, "charge point reconnected: closing its old connection");
-                old.close();
+            match s.connection.take() {
+                Some(old) => {
+                    tracing::info!(charger = %id, "charge point reconnected: closing its old connection");
+                    old.close();
+                }
+                None => {
+                    self.holding.fetch_add(1, Ordering::Relaxed);
+                }
             }
             s.connection = Some(session.connection.clone());
             s.generation += 1;
             s.generation
         };
-        self.connected.set(self.connected_count() as i64);
+        self.publish_count();
         tracing::info!(charger = %id, version = %session.connection.info().version, peer = %session.peer, "charge point connected");
         let hub = Arc::clone(self);
         let cp = id.clone();
@@ -310,9 +324,11 @@ impl OcppHub {
             if s.generation != generation {
                 return; // replaced by a newer connection
             }
-            s.connection = None;
+            if s.connection.take().is_some() {
+                self.holding.fetch_sub(1, Ordering::Relaxed);
+            }
         }
-        self.connected.set(self.connected_count() as i64);
+        self.publish_count();
         tracing::warn!(charger = %id, %reason, "charge point disconnected: restarting its link");
         self.tell_link(id, LinkMsg::ConnectionLost(reason.to_owned()));
     }
@@ -324,10 +340,11 @@ impl OcppHub {
             let mut s = lock(&line.state);
             s.generation += 1;
             if let Some(c) = s.connection.take() {
+                self.holding.fetch_sub(1, Ordering::Relaxed);
                 c.close();
             }
         }
-        self.connected.set(0);
+        self.publish_count();
     }
 
     fn tell_link(&self, charger: &str, msg: LinkMsg) {
