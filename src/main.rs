@@ -21,6 +21,19 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log format on stderr: `human` (default) or `json` (one object per line, for log
+    /// collectors). `RUST_LOG` sets the level (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Coloured lines for a person.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -167,18 +180,21 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 
 /// Logs go to stderr: `info` and above by default, `RUST_LOG` overrides (e.g.
 /// `RUST_LOG=gridvisor_actors=debug`).
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     // No subcommand: `run` with its defaults (the embedded demo site).
     let Some(command) = cli
         .command

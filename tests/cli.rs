@@ -128,6 +128,41 @@ fn bench_ocpp_drives_a_node_process_with_charge_points() {
 }
 
 #[test]
+fn logs_are_json_lines_with_log_format_json() {
+    let data = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = gridvisor(&[
+        "--log-format",
+        "json",
+        "run",
+        "--exit-after",
+        "1",
+        "--ocpp",
+        "127.0.0.1:0",
+        "--grid",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}\n{stdout}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no logs");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+    assert!(
+        stderr.contains("charge point connected"),
+        "the demo's chargers connect over OCPP: {stderr}"
+    );
+    let (ok, _, stderr) = gridvisor(&["--log-format", "xml", "check-config", "configs/demo.toml"]);
+    assert!(!ok);
+    assert!(stderr.contains("xml"), "{stderr}");
+}
+
+#[test]
 fn bench_site_prints_its_figures() {
     let (ok, stdout, stderr) = gridvisor(&[
         "bench",
