@@ -7,6 +7,7 @@ mod bench_site;
 mod demo;
 mod run;
 mod server;
+mod tree_cli;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,29 @@ enum Command {
     CheckConfig {
         /// The TOML topology file.
         file: std::path::PathBuf,
+    },
+    /// A running node's supervision tree in the terminal (from its admin API), coloured by
+    /// each segment's safe-state level.
+    Tree {
+        /// The node's admin API.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: std::net::SocketAddr,
+        /// The node's grid API (for the segments' levels).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        grid: std::net::SocketAddr,
+        /// Show only actors whose path contains this text (with their ancestors and
+        /// descendants).
+        #[arg(long)]
+        path: Option<String>,
+        /// Print the tree as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No colours.
+        #[arg(long)]
+        no_color: bool,
+        /// Redraw every this many seconds until Ctrl-C.
+        #[arg(long)]
+        watch: Option<f64>,
     },
     /// Benchmarks.
     Bench {
@@ -225,6 +249,31 @@ fn main() -> ExitCode {
             (None, Box::new(move || tokio::spawn(run::run(o))))
         }
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Tree {
+            admin,
+            grid,
+            path,
+            json,
+            no_color,
+            watch,
+        } => {
+            let watch = match watch {
+                Some(s) if !(s.is_finite() && s >= 0.1) => {
+                    eprintln!("gridvisor: --watch must be at least 0.1 seconds, not {s}");
+                    return ExitCode::FAILURE;
+                }
+                s => s.map(std::time::Duration::from_secs_f64),
+            };
+            let o = tree_cli::TreeOptions {
+                admin,
+                grid,
+                path,
+                json,
+                no_color,
+                watch,
+            };
+            (Some(1), Box::new(move || tokio::spawn(tree_cli::tree(o))))
+        }
         Command::Bench {
             which:
                 Bench::Site {

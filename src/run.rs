@@ -12,6 +12,15 @@ use gridvisor_actors::config;
 use gridvisor_actors::runtime::{Node, NodeOptions};
 
 use crate::demo::{DemoSite, DEMO_CONNECT_LIMIT};
+
+/// A line on stdout; a closed stdout (a log pipe that went away) must not take the node down,
+/// as `println!` would by panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
 use crate::server;
 
 /// How often `run` checks that the tree still runs.
@@ -85,7 +94,7 @@ fn print_status(node: &Node, reporter: &crate::demo::Reporter) {
                 .filter(|c| hub.as_ref().is_some_and(|h| h.is_connected(&c.id)))
                 .count()
         });
-        println!(
+        out!(
             "  {:<6} {:<12} meter {:>7.1} kW (Modbus)  chargers {online}/{} online (OCPP)  sessions {}",
             seg.id,
             format!("{:?}", seg.level),
@@ -94,7 +103,7 @@ fn print_status(node: &Node, reporter: &crate::demo::Reporter) {
             seg.sessions,
         );
     }
-    println!("  modbus requests served by the simulated devices: {served}");
+    out!("  modbus requests served by the simulated devices: {served}");
 }
 
 /// Run a node until it is told to stop.
@@ -181,7 +190,7 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
 
     let sessions = topology.vehicles.len();
     let chargers: usize = topology.segments().map(|(_, s)| s.chargers.len()).sum();
-    println!(
+    out!(
         "gridvisor: site {} running: {} segments, {chargers} chargers, {sessions} vehicles",
         topology.site.id,
         topology.segments().count(),
@@ -190,28 +199,28 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         let connected = hub.connected_count();
         let (ws, wss) = hub.listeners();
         if let Some(addr) = ws {
-            println!("  ocpp       ws://{addr}/ocpp/{{chargerId}}   {connected} of {chargers} chargers connected over OCPP");
+            out!("  ocpp       ws://{addr}/ocpp/{{chargerId}}   {connected} of {chargers} chargers connected over OCPP");
         }
         if let Some(addr) = wss {
-            println!("  ocpp       wss://{addr}/ocpp/{{chargerId}}  (TLS)");
+            out!("  ocpp       wss://{addr}/ocpp/{{chargerId}}  (TLS)");
         }
     }
     if let Some(demo) = &demo {
         let status = demo.status(|_| false);
         for (id, addr) in status.inverters.iter().chain(status.meters.iter()) {
-            println!("  modbus     {id:<10} SunSpec over Modbus TCP at {addr}");
+            out!("  modbus     {id:<10} SunSpec over Modbus TCP at {addr}");
         }
     }
-    println!("  grid API   http://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
-    println!("  metrics    http://{admin_addr}/metrics");
-    println!("  tree       http://{admin_addr}/api/tree");
-    println!("  checkpoints in {}", o.data.display());
-    println!("try:");
-    println!(
+    out!("  grid API   http://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
+    out!("  metrics    http://{admin_addr}/metrics");
+    out!("  tree       http://{admin_addr}/api/tree");
+    out!("  checkpoints in {}", o.data.display());
+    out!("try:");
+    out!(
         "  curl -s -X POST http://{grid_addr}/api/v1/dispatch -H 'content-type: application/json' \\\n       -d '{{\"id\":\"req-1\",\"scope\":\"site\",\"target_kw\":-40,\"duration_s\":600}}'"
     );
-    println!("  curl -s -X POST http://{grid_addr}/api/v1/keepalive");
-    println!(
+    out!("  curl -s -X POST http://{grid_addr}/api/v1/keepalive");
+    out!(
         "  curl -s http://{grid_addr}/api/v1/sessions/{}",
         topology
             .vehicles
@@ -219,7 +228,7 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
             .map(|v| v.id.as_str())
             .unwrap_or("ev-1")
     );
-    println!("Ctrl-C stops the tree in order.");
+    out!("Ctrl-C stops the tree in order.");
 
     // The tree can give up on its own (its root past its restart intensity): then the
     // process ends with an error rather than serve a dead node.
@@ -251,13 +260,13 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
     if let Some(s) = status {
         s.abort();
     }
-    println!("gridvisor: {why}: stopping the APIs, then the tree in order");
+    out!("gridvisor: {why}: stopping the APIs, then the tree in order");
     let _ = stop_tx.send(true);
     for (name, task) in [("grid API", grid), ("admin API", admin)] {
         match task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("gridvisor: {name} stopped with an error: {e}"),
-            Err(e) => eprintln!("gridvisor: {name} task failed: {e}"),
+            Ok(Err(e)) => eout!("gridvisor: {name} stopped with an error: {e}"),
+            Err(e) => eout!("gridvisor: {name} task failed: {e}"),
         }
     }
     node.shutdown().await;
@@ -265,6 +274,6 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         demo.stop();
     }
     store.close();
-    println!("gridvisor: stopped; every acknowledged setpoint is in the checkpoints");
+    out!("gridvisor: stopped; every acknowledged setpoint is in the checkpoints");
     Ok(())
 }

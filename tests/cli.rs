@@ -162,6 +162,120 @@ fn logs_are_json_lines_with_log_format_json() {
     assert!(stderr.contains("xml"), "{stderr}");
 }
 
+/// A demo node as a child process, killed on drop; its admin and grid API addresses.
+struct DemoNode {
+    child: std::process::Child,
+    admin: String,
+    grid: String,
+    _data: tempfile::TempDir,
+}
+
+impl DemoNode {
+    fn start() -> DemoNode {
+        use std::io::BufRead;
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
+            .args([
+                "run",
+                "--ocpp",
+                "127.0.0.1:0",
+                "--grid",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(data.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gridvisor starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut admin, mut grid) = (None, None);
+        while admin.is_none() || grid.is_none() {
+            let line = lines
+                .next()
+                .expect("the node prints its addresses")
+                .unwrap();
+            let addr = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .map(|r| r.split('/').next().unwrap().to_owned())
+            };
+            admin = admin.or_else(|| addr("  tree       http://"));
+            grid = grid.or_else(|| addr("  grid API   http://"));
+        }
+        // Keep reading: a node whose stdout pipe is closed dies on its next line.
+        std::thread::spawn(move || for _ in lines {});
+        DemoNode {
+            child,
+            admin: admin.unwrap(),
+            grid: grid.unwrap(),
+            _data: data,
+        }
+    }
+}
+
+impl Drop for DemoNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn tree_draws_a_running_nodes_tree_filtered_by_path() {
+    let node = DemoNode::start();
+    let (ok, stdout, stderr) = gridvisor(&[
+        "tree",
+        "--admin",
+        &node.admin,
+        "--grid",
+        &node.grid,
+        "--path",
+        "tx-1",
+        "--no-color",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("node  supervisor running one_for_one"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tx-1  supervisor running rest_for_one ["),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("└─ link  worker running") || stdout.contains("├─ link  worker running"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("tx-2"),
+        "the filter keeps tx-1 only: {stdout}"
+    );
+    let (ok, stdout, stderr) = gridvisor(&[
+        "tree",
+        "--admin",
+        &node.admin,
+        "--json",
+        "--path",
+        "evse-1/link",
+    ]);
+    assert!(ok, "{stderr}");
+    let tree: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(tree["path"], "node");
+    assert!(
+        stdout.contains("\"node/segments/tx-1/chargers/evse-1/link\""),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = gridvisor(&["tree", "--admin", &node.admin, "--path", "no-such-actor"]);
+    assert!(!ok);
+    assert!(stderr.contains("no actor's path contains"), "{stderr}");
+    drop(node);
+    let (ok, _, stderr) = gridvisor(&["tree", "--admin", "127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot connect to 127.0.0.1:1"), "{stderr}");
+}
+
 #[test]
 fn bench_site_prints_its_figures() {
     let (ok, stdout, stderr) = gridvisor(&[
@@ -209,6 +323,7 @@ fn every_subcommand_has_help() {
         &["bench", "supervision", "--help"],
         &["bench", "site", "--help"],
         &["bench", "ocpp", "--help"],
+        &["tree", "--help"],
         &["check-config", "--help"],
     ] {
         let (ok, stdout, stderr) = gridvisor(args);
