@@ -265,8 +265,8 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
     for (name, task) in [("grid API", grid), ("admin API", admin)] {
         match task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eout!("gridvisor: {name} stopped with an error: {e}"),
-            Err(e) => eout!("gridvisor: {name} task failed: {e}"),
+            Ok(Err(e)) => eprintln!("gridvisor: {name} stopped with an error: {e}"),
+            Err(e) => eprintln!("gridvisor: {name} task failed: {e}"),
         }
     }
     node.shutdown().await;
