@@ -8,7 +8,9 @@
 //!   device setpoint is acknowledged (durably checkpointed);
 //! - `dispatch_cycle_mean`: the site's rounds (split, allocate, send, every ack);
 //! - `islanding_commanded_p50` / `_max`: a segment's ladder trips until every device of the
-//!   segment was commanded.
+//!   segment was commanded;
+//! - `metrics_render_p50` / `_max` and `metrics_bytes`: the node's whole Prometheus text
+//!   exposition (what `/metrics` serves), rendered [`METRICS_RENDERS`] times.
 //!
 //! The control period is set to its maximum (a minute) so that the timed requests are the
 //! rounds measured;
@@ -207,10 +209,26 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
         commanded.last().copied().unwrap_or(f64::NAN),
         "ms",
     );
+    // The Prometheus exposition of the whole node (what a scrape of /metrics renders).
+    let mut renders = Vec::with_capacity(METRICS_RENDERS);
+    let mut bytes = 0;
+    for _ in 0..METRICS_RENDERS {
+        let t = Instant::now();
+        let text = node.metrics_text().map_err(|e| format!("metrics: {e}"))?;
+        renders.push(t.elapsed().as_secs_f64() * 1e3);
+        bytes = text.len();
+    }
+    renders.sort_by(f64::total_cmp);
+    line("metrics_render_p50", percentile(&renders, 0.5), "ms");
+    line("metrics_render_max", renders.last().copied().unwrap_or(f64::NAN), "ms");
+    line("metrics_bytes", bytes as f64, "bytes");
     node.shutdown().await;
     store.close();
     Ok(())
 }
+
+/// How many times the metrics exposition is rendered and timed.
+const METRICS_RENDERS: usize = 5;
 
 /// CPU time this process used so far (every thread, user and system), in milliseconds.
 fn process_cpu_ms() -> f64 {
