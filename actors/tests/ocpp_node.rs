@@ -313,3 +313,68 @@ async fn a_charger_over_mutual_tls_is_dispatched_and_its_certificate_is_its_iden
     assert_eq!(p.profile.invalid_after_offline_duration, Some(true));
     t.node.shutdown().await;
 }
+
+/// A free loopback port (bound and released: both nodes of a restart listen on it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resumes_the_session_of_a_charging_vehicle_and_ends_it_when_it_leaves() {
+    let port = free_port();
+    let mut toml = site_toml(1, 1, "", "");
+    toml.push_str(&format!(
+        "\n[ocpp]\nlisten = \"127.0.0.1:{port}\"\npassword = \"{PASSWORD}\"\n"
+    ));
+    let t = start(&toml).await;
+    let a = charge_point(&t.node, "evse-0", "ev-0");
+    wait(&t.node, "the session", || t.node.session("ev-0").is_some()).await;
+
+    // The node stops; the charge point keeps its vehicle and retries.
+    let TestNode { node, store, dir } = t;
+    node.shutdown().await;
+    let topology = node.shared.topology.clone();
+    store.close();
+    drop(node);
+    let t = start_in(topology, dir).await;
+    // The session is back from its checkpoint at once, before the charger reconnects.
+    assert!(
+        t.node.session("ev-0").is_some(),
+        "resumed from the checkpoint"
+    );
+    wait(&t.node, "the charge point reconnects", || {
+        online(&t, "evse-0")
+    })
+    .await;
+    let started = Instant::now();
+    let r = loop {
+        let r = t
+            .node
+            .request(request(
+                &format!("after-{}", started.elapsed().as_millis()),
+                Scope::Site,
+                6.0,
+                60.0,
+            ))
+            .await
+            .unwrap();
+        if r.acknowledged == 1 || started.elapsed() > LIMIT {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.acknowledged, 1, "{r:#?}");
+    assert!(t.node.session("ev-0").is_some());
+
+    // The vehicle leaves: the transaction ends, and so does the session.
+    a.cp.unplug().unwrap();
+    wait(&t.node, "the session ends with the transaction", || {
+        t.node.session("ev-0").is_none()
+    })
+    .await;
+    t.node.shutdown().await;
+}

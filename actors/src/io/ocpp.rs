@@ -333,6 +333,14 @@ impl OcppHub {
         self.tell_link(id, LinkMsg::ConnectionLost(reason.to_owned()));
     }
 
+    /// The node resumed `vehicle`'s session on `charger` from its checkpoint (after a node
+    /// restart): the line expects it, so that the charger's next Available ends it.
+    pub fn resume(&self, charger: &str, vehicle: &str) {
+        if let Some(line) = self.lines.get(charger) {
+            lock(&line.state).reported.vehicle = Some(vehicle.to_owned());
+        }
+    }
+
     /// Close every connection (the CSMS stops). Their ends are not news: a link is told
     /// only of a connection that dropped by itself.
     pub fn close_all(&self) {
@@ -380,9 +388,18 @@ impl OcppHub {
             }
             .into(),
             Request::StatusNotification(r) => {
-                if let Some(line) = self.lines.get(cp) {
-                    lock(&line.state).reported.occupied =
-                        r.connector_status == ConnectorStatus::Occupied;
+                let occupied = r.connector_status == ConnectorStatus::Occupied;
+                let left = self.lines.get(cp).and_then(|line| {
+                    let mut s = lock(&line.state);
+                    s.reported.occupied = occupied;
+                    // Available: nobody is plugged in, whatever we believed (a vehicle that
+                    // left while the CSMS was down, a transaction end we never heard).
+                    (r.connector_status == ConnectorStatus::Available)
+                        .then(|| s.reported.vehicle.take())
+                        .flatten()
+                });
+                if let Some(v) = left {
+                    self.session(cp, &v, false).await;
                 }
                 StatusNotificationResponse::default().into()
             }

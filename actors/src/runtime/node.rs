@@ -30,6 +30,7 @@ use crate::clock::Clock;
 use crate::config::{Topology, Vehicle};
 use crate::device::{Battery, SimSite};
 use crate::ladder::{Fault, SafeState, Transition};
+use crate::session::SessionState;
 
 /// The root supervisor's name (the first segment of every path).
 pub const ROOT: &str = "node";
@@ -394,6 +395,20 @@ impl Node {
         )?);
         if let Some(hub) = &shared.devices.ocpp {
             hub.bind_site(&shared)?;
+            // A vehicle whose session was running when the node stopped is still plugged in
+            // as far as we know: its session resumes from its checkpoint, and its charger's
+            // next status (Available) or transaction end ends it.
+            let now = clock.now();
+            for v in &topology.vehicles {
+                let cp: Option<super::charger::SessionCheckpoint> = shared
+                    .store
+                    .get(&super::charger::session_checkpoint_key(&v.id))?;
+                let running = cp.is_some_and(|c| c.session.state != SessionState::Ended);
+                if running && !shared.plugged.contains_key(&v.charger) {
+                    plug(&shared, v, now).await?;
+                    hub.resume(&v.charger, &v.id);
+                }
+            }
         }
         // Vehicles already there when the node starts: their sessions start with the tree
         // (on a simulated site; OCPP chargers start sessions with their transactions).
