@@ -65,6 +65,14 @@ def make_charge_point(version):
         async def on_get_variables(self, get_variable_data, **kwargs):
             results = []
             for item in get_variable_data:
+                if item["variable"]["name"] == "AppliedProfile":
+                    # Not a standard variable: a real charger does not know it.
+                    results.append({
+                        "attribute_status": "UnknownVariable",
+                        "component": item["component"],
+                        "variable": item["variable"],
+                    })
+                    continue
                 results.append({
                     "attribute_status": "Accepted",
                     "attribute_value": "42",
@@ -126,7 +134,15 @@ async def run(args):
     for raw in ["this is not json", '[2,"bad-1","BootNotification",{"reason":"PowerUp"}]',
                 '[2,"bad-2","FlyToTheMoon",{}]']:
         await ws.send(raw)
-        emit(event="raw", sent=raw, received=json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        while True:
+            got = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            # A CSMS may call us already (a node reading its new charger): note it and wait
+            # for the answer to our frame; the CALL goes unanswered, as a busy charger's may.
+            if isinstance(got, list) and got and got[0] == 2:
+                emit(event="received", message=got)
+                continue
+            break
+        emit(event="raw", sent=raw, received=got)
 
     ChargePoint, call = make_charge_point(args.version)
     cp_id = args.url.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,218 @@
+//! The node's CSMS against an independent OCPP implementation: a charge point written with
+//! the PyPI `ocpp` package (transports/tests/py/ocpp_charge_point.py, as a child process)
+//! connects to a running node over ws, for OCPP 2.0.1 and 2.1. The node's answers must satisfy
+//! the Python library (it validates them against its own copy of the schemas), its vehicle's
+//! id token starts a session, and a grid request reaches it as a SetChargingProfile the library
+//! accepts.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gridvisor_actors::runtime::Scope;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const PASSWORD: &str = "py-charger-secret";
+/// The token the Python charge point presents (a configured vehicle's id).
+const TOKEN: &str = "04A1B2C3";
+
+fn python() -> String {
+    std::env::var("GRIDVISOR_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// The Python charge point; killed on drop.
+struct PyCp {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl PyCp {
+    fn spawn(url: &str, version: &str) -> PyCp {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../transports/tests/py/ocpp_charge_point.py"
+        );
+        let mut child = Command::new(python())
+            .arg(script)
+            .args([url, version, "--password", PASSWORD])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the python charge point (python3 with `pip install -r transports/tests/py/requirements.txt`)");
+        let stdout = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| Value::String(format!("non-JSON line: {line}")));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = err.read_to_string(&mut buf);
+            *sink.lock().unwrap() = buf;
+        });
+        PyCp {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next line, within the bound.
+    async fn next(&mut self) -> Value {
+        match tokio::time::timeout(LIMIT, self.lines.recv()).await {
+            Ok(Some(v)) => {
+                assert_ne!(v["event"], "missing", "python `ocpp` is not installed: {v}");
+                v
+            }
+            _ => panic!(
+                "the python charge point said nothing more; stderr:\n{}",
+                self.stderr.lock().unwrap()
+            ),
+        }
+    }
+
+    /// Lines until one with `event` (returned last).
+    async fn until(&mut self, event: &str) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let v = self.next().await;
+            let done = v["event"] == event;
+            seen.push(v);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+impl Drop for PyCp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn site() -> String {
+    format!(
+        "[site]\nid = \"py\"\ncycle_ms = 100\nlease_s = 5\nkeepalive_required = false\n\
+         [safety]\nhold_s = 1\n[[substations]]\nid = \"sub\"\n\
+         [[substations.segments]]\nid = \"tx-0\"\nrated_kw = 100\n\
+         [[substations.segments.meters]]\nid = \"m-0\"\n\
+         [[substations.segments.chargers]]\nid = \"PY-1\"\nmax_kw = 50\nbidirectional = true\n\
+         [[vehicles]]\nid = \"{TOKEN}\"\ncharger = \"PY-1\"\ncapacity_kwh = 80\nsoc_pct = 60\ndepart_s = 36000\nmax_kw = 50\n\
+         [ocpp]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\nheartbeat_s = 42\n"
+    )
+}
+
+async fn interop(version: &str, target_kw: f64) {
+    let t = start(&site()).await;
+    let addr = t.node.ocpp_addr().unwrap();
+    let mut py = PyCp::spawn(&format!("ws://{addr}/ocpp/PY-1"), version);
+    let seen = py.until("ready").await;
+    let result = |action: &str| {
+        seen.iter()
+            .find(|v| v["event"] == "result" && v["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} result in {seen:#?}"))["payload"]
+            .clone()
+    };
+    // The node's answers, as the Python library decoded them.
+    let boot = result("BootNotification");
+    assert_eq!(boot["status"], "Accepted", "{boot}");
+    assert_eq!(boot["interval"], 42, "{boot}");
+    assert_eq!(result("Authorize")["id_token_info"]["status"], "Accepted");
+    assert_eq!(
+        result("TransactionEvent")["id_token_info"]["status"],
+        "Accepted"
+    );
+    assert_eq!(result("NotifyEVChargingNeeds")["status"], "Accepted");
+    // Malformed frames got CALLERRORs and the connection lived on.
+    let raw: Vec<&Value> = seen.iter().filter(|v| v["event"] == "raw").collect();
+    assert_eq!(raw.len(), 3, "{seen:#?}");
+    for r in raw {
+        assert_eq!(r["received"][0], 4, "a CALLERROR: {r}");
+    }
+    // The token's transaction started the vehicle's session.
+    wait(
+        &t.node,
+        "the session of the Python charge point's vehicle",
+        || t.node.session(TOKEN).is_some(),
+    )
+    .await;
+    // A grid request reaches it as a charging profile the library accepts.
+    let started = Instant::now();
+    let r = loop {
+        let r = t
+            .node
+            .request(request(
+                &format!("py-{}", started.elapsed().as_millis()),
+                Scope::Site,
+                target_kw,
+                60.0,
+            ))
+            .await
+            .unwrap();
+        if r.acknowledged == 1 || started.elapsed() > LIMIT {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.acknowledged, 1, "{r:#?}");
+    // The closed loop sends revisions (the first may be 0 kW while the session's estimate
+    // settles); look for the one carrying the request's direction.
+    let wanted = |p: &Value| {
+        let period = &p["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0];
+        if version == "2.1" {
+            period["setpoint"].as_f64().is_some_and(|w| w < 0.0)
+        } else {
+            period["limit"].as_f64().is_some_and(|w| w > 0.0)
+        }
+    };
+    let profile = loop {
+        let v = py.next().await;
+        if v["event"] == "received"
+            && v["message"][2] == "SetChargingProfile"
+            && wanted(&v["message"][3])
+        {
+            break v["message"][3].clone();
+        }
+    };
+    let p = &profile["chargingProfile"];
+    assert_eq!(p["chargingProfilePurpose"], "TxDefaultProfile", "{profile}");
+    assert!(p["id"].as_i64().unwrap() >= 1_000_000_000, "{profile}");
+    let period = &p["chargingSchedule"][0]["chargingSchedulePeriod"][0];
+    if version == "2.1" {
+        assert_eq!(period["operationMode"], "CentralSetpoint", "{profile}");
+        assert!(
+            period["setpoint"].as_f64().unwrap() < 0.0,
+            "a discharge: {profile}"
+        );
+        assert_eq!(p["invalidAfterOfflineDuration"], true, "{profile}");
+    } else {
+        assert!(period["limit"].as_f64().unwrap() > 0.0, "{profile}");
+    }
+    t.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_ocpp_21_charge_point_against_the_node() {
+    interop("2.1", -5.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_ocpp_201_charge_point_against_the_node() {
+    interop("2.0.1", 5.0).await;
+}
