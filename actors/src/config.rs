@@ -59,6 +59,19 @@ pub const DEFAULT_OCPP_TLS_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_OCPP_HEARTBEAT_S: u64 = 60;
 /// The longest heartbeat interval accepted, s (one day).
 pub const MAX_OCPP_HEARTBEAT_S: u64 = 86_400;
+/// The MQTT broker telemetry goes to when `[mqtt]` names none (1883 is MQTT's port; 8883 is
+/// the usual one with `[mqtt.tls]`).
+pub const DEFAULT_MQTT_BROKER: &str = "127.0.0.1:1883";
+/// The telemetry publish period when `[mqtt]` names none, ms.
+pub const DEFAULT_MQTT_INTERVAL_MS: u64 = 1_000;
+/// The shortest accepted telemetry publish period, ms.
+pub const MIN_MQTT_INTERVAL_MS: u64 = 100;
+/// The longest accepted telemetry publish period, ms (one hour).
+pub const MAX_MQTT_INTERVAL_MS: u64 = 3_600_000;
+/// The longest accepted MQTT topic prefix, in bytes.
+pub const MAX_MQTT_TOPIC_PREFIX_LEN: usize = 256;
+/// The longest accepted MQTT client id, in bytes.
+pub const MAX_MQTT_CLIENT_ID_LEN: usize = 256;
 /// A Modbus device's unit id when none is given.
 pub const DEFAULT_MODBUS_UNIT: u8 = 1;
 /// A meter's nominal voltage when none is given, V.
@@ -150,6 +163,44 @@ pub struct Topology {
     /// The CSMS the site's chargers connect to over OCPP (`[ocpp]`); None: the chargers are
     /// simulated in-process.
     pub ocpp: Option<Ocpp>,
+    /// Telemetry export to an MQTT broker (`[mqtt]`); None: no export.
+    pub mqtt: Option<Mqtt>,
+}
+
+/// Telemetry export to an MQTT broker (`[mqtt]`): every `interval_ms` the node publishes
+/// (QoS 0, retained) one message per segment, `{topic_prefix}/segments/{id}`, and one per
+/// charger, `{topic_prefix}/chargers/{id}` (see `crate::io::mqtt`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mqtt {
+    /// The broker's address (default [`DEFAULT_MQTT_BROKER`]; 8883 is usual with TLS).
+    pub broker: SocketAddr,
+    /// The first levels of every topic (default `gridvisor/{site id}`): not empty, at most
+    /// [`MAX_MQTT_TOPIC_PREFIX_LEN`] bytes, no wildcard (`+`, `#`), no control character, not
+    /// starting with `$` (the broker's own topics) nor ending with `/`.
+    pub topic_prefix: String,
+    /// The publish period, ms (default [`DEFAULT_MQTT_INTERVAL_MS`], within
+    /// [`MIN_MQTT_INTERVAL_MS`]..=[`MAX_MQTT_INTERVAL_MS`]).
+    pub interval_ms: u64,
+    /// The MQTT client id (default `gridvisor-{site id}`), 1 to [`MAX_MQTT_CLIENT_ID_LEN`]
+    /// bytes without control characters.
+    pub client_id: String,
+    /// TLS to the broker (`[mqtt.tls]`), if any.
+    pub tls: Option<MqttTls>,
+}
+
+/// TLS to the MQTT broker (`[mqtt.tls]`). Paths are read when the node starts, relative to
+/// its working directory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MqttTls {
+    /// The CA that issued the broker's certificate (PEM).
+    pub ca: std::path::PathBuf,
+    /// A client certificate chain (PEM) for brokers that require one; always with `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM); always with `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must carry: a DNS name or an IP address (default:
+    /// the broker's IP address).
+    pub server_name: String,
 }
 
 /// The CSMS listener (`[ocpp]`): its presence means every charger of the site is a real
@@ -664,7 +715,49 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
             ..Safety::default()
         },
         ocpp: None,
+        mqtt: None,
     }
+}
+
+/// `[mqtt] topic_prefix` when none is given.
+fn default_topic_prefix(site_id: &str) -> String {
+    format!("gridvisor/{site_id}")
+}
+
+/// `[mqtt] client_id` when none is given.
+fn default_client_id(site_id: &str) -> String {
+    format!("gridvisor-{site_id}")
+}
+
+/// What is wrong with `name` as a TLS server name (a DNS name or an IP address), if anything.
+fn server_name_problem(name: &str) -> Option<String> {
+    const MAX_DNS_NAME_LEN: usize = 253;
+    const MAX_LABEL_LEN: usize = 63;
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    if name.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if name.len() > MAX_DNS_NAME_LEN {
+        return Some(format!(
+            "is {} bytes long, more than a DNS name's {MAX_DNS_NAME_LEN}",
+            name.len()
+        ));
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let bad_label = name.split('.').find(|label| {
+        label.is_empty()
+            || label.len() > MAX_LABEL_LEN
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    });
+    bad_label.map(|label| {
+        format!(
+            "{name:?} is neither an IP address nor a DNS name (label {label:?}: 1 to {MAX_LABEL_LEN} of A-Z, a-z, 0-9 and inner `-`)"
+        )
+    })
 }
 
 fn round1(x: f64) -> f64 {
@@ -816,9 +909,11 @@ fn join(path: &str, key: &str) -> String {
 
 type Node<'i> = Spanned<DeValue<'i>>;
 
-const ROOT_KEYS: &[&str] = &["site", "substations", "vehicles", "safety", "ocpp"];
+const ROOT_KEYS: &[&str] = &["site", "substations", "vehicles", "safety", "ocpp", "mqtt"];
 const OCPP_KEYS: &[&str] = &["listen", "password", "heartbeat_s", "tls"];
 const OCPP_TLS_KEYS: &[&str] = &["listen", "cert", "key", "client_ca"];
+const MQTT_KEYS: &[&str] = &["broker", "topic_prefix", "interval_ms", "client_id", "tls"];
+const MQTT_TLS_KEYS: &[&str] = &["ca", "cert", "key", "server_name"];
 const MODBUS_KEYS: &[&str] = &["addr", "unit", "profile"];
 const SITE_KEYS: &[&str] = &["id", "cycle_ms", "lease_s", "keepalive_required"];
 const SUBSTATION_KEYS: &[&str] = &["id", "segments"];
@@ -1110,12 +1205,14 @@ impl Reader {
             derate_zero_c: self.number(&safety, "derate_zero_c", Some(DEFAULT_DERATE_ZERO_C)),
         };
         let ocpp = self.ocpp(&root);
+        let mqtt = self.mqtt(&root, &site.id);
         Topology {
             site,
             substations,
             vehicles,
             safety,
             ocpp,
+            mqtt,
         }
     }
 
@@ -1300,6 +1397,71 @@ impl Reader {
             listen,
             password,
             heartbeat_s,
+            tls,
+        })
+    }
+
+    /// An optional string key.
+    fn optional_string(&mut self, t: &Tbl<'_, '_>, key: &str) -> Option<String> {
+        match self.lookup(t, key) {
+            (_, None) => None,
+            (_, Some(_)) => Some(self.string(t, key)),
+        }
+    }
+
+    /// The optional `[mqtt]` table; `site_id` makes the defaults of the topic prefix and the
+    /// client id.
+    fn mqtt(&mut self, root: &Tbl<'_, '_>, site_id: &str) -> Option<Mqtt> {
+        let t = self.child(root, "mqtt", MQTT_KEYS);
+        t.table?;
+        let broker = self.socket_addr(&t, "broker", Some(DEFAULT_MQTT_BROKER));
+        let topic_prefix = self
+            .optional_string(&t, "topic_prefix")
+            .unwrap_or_else(|| default_topic_prefix(site_id));
+        let interval_ms = self.integer(&t, "interval_ms", DEFAULT_MQTT_INTERVAL_MS);
+        let client_id = self
+            .optional_string(&t, "client_id")
+            .unwrap_or_else(|| default_client_id(site_id));
+        let tls = self.child(&t, "tls", MQTT_TLS_KEYS);
+        let tls = match tls.table {
+            None => None,
+            Some(_) => {
+                let ca = self.string(&tls, "ca");
+                let cert = self.optional_string(&tls, "cert");
+                let key = self.optional_string(&tls, "key");
+                // A client certificate needs its key and a key its certificate.
+                for (given, other, absent) in [
+                    ("cert", "key", key.is_none()),
+                    ("key", "cert", cert.is_none()),
+                ] {
+                    if let (path, Some(node)) = self.lookup(&tls, given) {
+                        if absent {
+                            let message = format!(
+                                "`{given}` needs `{other}` (client authentication takes both)"
+                            );
+                            self.problem(&path, node.span().start, message);
+                        }
+                    }
+                }
+                let server_name = self.optional_string(&tls, "server_name");
+                let server_name = match (server_name, broker) {
+                    (Some(name), _) => name,
+                    (None, Some(b)) => b.ip().to_string(),
+                    (None, None) => String::new(), // the broker was reported
+                };
+                Some(MqttTls {
+                    ca: ca.into(),
+                    cert: cert.map(Into::into),
+                    key: key.map(Into::into),
+                    server_name,
+                })
+            }
+        };
+        Some(Mqtt {
+            broker: broker?,
+            topic_prefix,
+            interval_ms,
+            client_id,
             tls,
         })
     }
@@ -1491,6 +1653,9 @@ impl<'s> Checker<'s> {
                 );
             }
         }
+        if let Some(m) = &t.mqtt {
+            self.mqtt(&t.site, m);
+        }
         self.safety(&t.safety);
         let mut substations = Registry::new("substation");
         let mut segments = Registry::new("segment");
@@ -1547,6 +1712,86 @@ impl<'s> Checker<'s> {
         }
         let max = Hi::AtMost(MAX_DURATION_S);
         self.number("site.lease_s", site.lease_s, Lo::Above(0.0), max);
+    }
+
+    /// `[mqtt]`: the period's range, the topic prefix and client id as MQTT takes them, the
+    /// TLS server name. A prefix or client id derived from the site id is only checked through
+    /// the site id (one mistake, one error).
+    fn mqtt(&mut self, site: &Site, m: &Mqtt) {
+        if !(MIN_MQTT_INTERVAL_MS..=MAX_MQTT_INTERVAL_MS).contains(&m.interval_ms) {
+            let message = format!(
+                "must be between {MIN_MQTT_INTERVAL_MS} and {MAX_MQTT_INTERVAL_MS} ms, got {}",
+                m.interval_ms
+            );
+            self.report("mqtt.interval_ms", &[], message);
+        }
+        let sources = self.sources;
+        let derived = |field: &str, value: &str, default: String| {
+            !sources.explicit(field) && value == default
+        };
+        if !derived(
+            "mqtt.topic_prefix",
+            &m.topic_prefix,
+            default_topic_prefix(&site.id),
+        ) {
+            let p = &m.topic_prefix;
+            let message = if p.is_empty() {
+                Some("must not be empty".to_owned())
+            } else if p.len() > MAX_MQTT_TOPIC_PREFIX_LEN {
+                Some(format!(
+                    "is {} bytes long, more than {MAX_MQTT_TOPIC_PREFIX_LEN}",
+                    p.len()
+                ))
+            } else if let Some(w) = p.chars().find(|c| matches!(c, '+' | '#')) {
+                Some(format!(
+                    "{p:?} contains the wildcard {w:?}; a topic to publish to has none"
+                ))
+            } else if let Some(c) = p.chars().find(|c| c.is_control()) {
+                Some(format!("{p:?} contains the control character {c:?}"))
+            } else if p.starts_with('$') {
+                Some(format!(
+                    "{p:?} starts with `$`, which brokers keep for their own topics"
+                ))
+            } else if p.ends_with('/') {
+                Some(format!(
+                    "{p:?} ends with `/` (the topics would have an empty level)"
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = message {
+                self.report("mqtt.topic_prefix", &[], message);
+            }
+        }
+        if !derived("mqtt.client_id", &m.client_id, default_client_id(&site.id)) {
+            let id = &m.client_id;
+            let message = if id.is_empty() {
+                Some("must not be empty".to_owned())
+            } else if id.len() > MAX_MQTT_CLIENT_ID_LEN {
+                Some(format!(
+                    "is {} bytes long, more than {MAX_MQTT_CLIENT_ID_LEN}",
+                    id.len()
+                ))
+            } else {
+                id.chars()
+                    .find(|c| c.is_control())
+                    .map(|c| format!("{id:?} contains the control character {c:?}"))
+            };
+            if let Some(message) = message {
+                self.report("mqtt.client_id", &[], message);
+            }
+        }
+        if let Some(tls) = &m.tls {
+            if m.broker.is_ipv6() {
+                let message = "TLS to a broker at an IPv6 address is not supported (rumqttc \
+                               takes the address as the TLS name); use an IPv4 address"
+                    .to_owned();
+                self.report("mqtt.broker", &[], message);
+            }
+            if let Some(message) = server_name_problem(&tls.server_name) {
+                self.report("mqtt.tls.server_name", &["mqtt.broker"], message);
+            }
+        }
     }
 
     fn safety(&mut self, s: &Safety) {
@@ -1892,6 +2137,125 @@ max_kw = 11
         one_error(&text, "ocpp.heartbeat_s", "heartbeat_s = 0", "must be 1..=");
         let text = format!("{MINIMAL}\n[ocpp]\nlisten = 8080\n");
         one_error(&text, "ocpp.listen", "listen = 8080", "host:port");
+    }
+
+    #[test]
+    fn mqtt_export_parses_with_defaults() {
+        assert_eq!(parse("t.toml", MINIMAL).expect("valid").mqtt, None);
+        let text = format!("{MINIMAL}\n[mqtt]\n");
+        let m = parse("t.toml", &text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .mqtt
+            .expect("[mqtt]");
+        assert_eq!(
+            m,
+            Mqtt {
+                broker: DEFAULT_MQTT_BROKER.parse().unwrap(),
+                topic_prefix: "gridvisor/s".into(),
+                interval_ms: DEFAULT_MQTT_INTERVAL_MS,
+                client_id: "gridvisor-s".into(),
+                tls: None,
+            }
+        );
+        let text = format!(
+            "{MINIMAL}\n[mqtt]\nbroker = \"127.0.0.1:8883\"\ntopic_prefix = \"plant/north\"\n\
+             interval_ms = 250\nclient_id = \"gv-1\"\n[mqtt.tls]\nca = \"ca.pem\"\n\
+             cert = \"c.pem\"\nkey = \"k.pem\"\nserver_name = \"broker.example\"\n"
+        );
+        let t = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let m = t.mqtt.clone().expect("[mqtt]");
+        assert_eq!(m.broker, "127.0.0.1:8883".parse().unwrap());
+        assert_eq!(
+            (m.topic_prefix.as_str(), m.interval_ms),
+            ("plant/north", 250)
+        );
+        assert_eq!(m.client_id, "gv-1");
+        assert_eq!(
+            m.tls,
+            Some(MqttTls {
+                ca: "ca.pem".into(),
+                cert: Some("c.pem".into()),
+                key: Some("k.pem".into()),
+                server_name: "broker.example".into(),
+            })
+        );
+        let back = toml::to_string(&t).expect("serializes");
+        assert_eq!(parse("round-trip.toml", &back), Ok(t));
+        // Without a server name the broker's certificate must name its IP address.
+        let text =
+            format!("{MINIMAL}\n[mqtt]\nbroker = \"10.0.0.5:8883\"\n[mqtt.tls]\nca = \"ca.pem\"\n");
+        let tls = parse("t.toml", &text).unwrap().mqtt.unwrap().tls.unwrap();
+        assert_eq!(tls.server_name, "10.0.0.5");
+        assert_eq!((tls.cert, tls.key), (None, None));
+    }
+
+    #[test]
+    fn bad_mqtt_settings_are_named() {
+        let mqtt = |body: &str| format!("{MINIMAL}\n[mqtt]\n{body}\n");
+        let text = mqtt("interval_ms = 50");
+        one_error(
+            &text,
+            "mqtt.interval_ms",
+            "interval_ms = 50",
+            "between 100 and",
+        );
+        let text = mqtt("interval_ms = 3600001");
+        one_error(&text, "mqtt.interval_ms", "interval_ms", "between 100 and");
+        let text = mqtt("broker = \"localhost:1883\"");
+        one_error(
+            &text,
+            "mqtt.broker",
+            "localhost",
+            "not an IP address and port",
+        );
+        let text = mqtt("broker = \"[::1]:8883\"\n[mqtt.tls]\nca = \"ca.pem\"");
+        one_error(&text, "mqtt.broker", "broker = ", "IPv6");
+        let text = mqtt("port = 1883");
+        one_error(&text, "mqtt.port", "port = 1883", "unknown key `port`");
+        for (prefix, message) in [
+            ("a/+/b", "wildcard '+'"),
+            ("a/#", "wildcard '#'"),
+            ("", "must not be empty"),
+            ("$SYS/x", "starts with `$`"),
+            ("a/", "ends with `/`"),
+            ("a\\u0000b", "control character"),
+        ] {
+            let text = mqtt(&format!("topic_prefix = \"{prefix}\""));
+            one_error(&text, "mqtt.topic_prefix", "topic_prefix", message);
+        }
+        let long = "x".repeat(MAX_MQTT_TOPIC_PREFIX_LEN + 1);
+        let text = mqtt(&format!("topic_prefix = \"{long}\""));
+        one_error(&text, "mqtt.topic_prefix", "topic_prefix", "more than 256");
+        let text = mqtt("client_id = \"\"");
+        one_error(&text, "mqtt.client_id", "client_id", "must not be empty");
+        let text = mqtt("topic_prefix = 7");
+        one_error(
+            &text,
+            "mqtt.topic_prefix",
+            "topic_prefix = 7",
+            "expected a string",
+        );
+        let text = mqtt("[mqtt.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"");
+        one_error(
+            &text,
+            "mqtt.tls.ca",
+            "[mqtt.tls]",
+            "missing required key `ca`",
+        );
+        let text = mqtt("[mqtt.tls]\nca = \"ca.pem\"\ncert = \"c.pem\"");
+        one_error(&text, "mqtt.tls.cert", "cert = ", "`cert` needs `key`");
+        let text = mqtt("[mqtt.tls]\nca = \"ca.pem\"\nkey = \"k.pem\"");
+        one_error(&text, "mqtt.tls.key", "key = ", "`key` needs `cert`");
+        let text = mqtt("[mqtt.tls]\nca = \"ca.pem\"\nserver_name = \"bad name\"");
+        one_error(
+            &text,
+            "mqtt.tls.server_name",
+            "server_name",
+            "neither an IP address",
+        );
+        // A default made from a bad site id: one error, on the site id.
+        let text = format!("{}\n[mqtt]\n", with(&[("id = \"s\"", "id = \"s+1\"")]));
+        one_error(&text, "site.id", "s+1", "contains '+'");
     }
 
     #[test]

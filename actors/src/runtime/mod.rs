@@ -37,6 +37,7 @@ mod pollers;
 mod safety;
 pub mod shared;
 mod site;
+mod telemetry;
 mod transports;
 
 use std::time::Duration;

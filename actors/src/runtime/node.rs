@@ -460,6 +460,10 @@ impl Node {
         }
         children.push(segments);
         children.push(site);
+        if let Some(telemetry) = super::telemetry::telemetry_spec(&shared)? {
+            // Last: it watches the rest, so it starts after them and stops before them.
+            children.push(telemetry);
+        }
         let root = Supervisor::start(
             SupervisorConfig::new(ROOT, Strategy::OneForOne)
                 .intensity(10, Duration::from_secs(10))
