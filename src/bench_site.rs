@@ -220,7 +220,11 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
     }
     renders.sort_by(f64::total_cmp);
     line("metrics_render_p50", percentile(&renders, 0.5), "ms");
-    line("metrics_render_max", renders.last().copied().unwrap_or(f64::NAN), "ms");
+    line(
+        "metrics_render_max",
+        renders.last().copied().unwrap_or(f64::NAN),
+        "ms",
+    );
     line("metrics_bytes", bytes as f64, "bytes");
     node.shutdown().await;
     store.close();
