@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! node (one_for_one)
+//! ├── transports           with [ocpp]: the CSMS listener (csms), started first
+//! ├── segments (dynamic)   one child per transformer segment (drawn below)
 //! ├── site                 the aggregator: grid requests, keep-alives, the control loop
-//! └── segments (dynamic)   one child per transformer segment
+//! └── telemetry            with [mqtt]: the MQTT publisher (mqtt), started last
+//!
+//! segments
 //!     └── tx-1 (rest_for_one)
 //!         ├── safety       the segment's safe-state ladder; started first, so that every
 //!         │                later sibling starts under the current level
