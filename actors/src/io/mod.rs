@@ -6,5 +6,6 @@
 //! - [`ocpp`]: chargers over OCPP 2.0.1 / 2.1, with the CSMS that accepts them.
 
 pub mod modbus;
+pub mod modbus_profile;
 pub mod mqtt;
 pub mod ocpp;
