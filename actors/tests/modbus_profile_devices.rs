@@ -11,6 +11,8 @@
 //! Nothing waits on a clock except the client's own back-off (`wait_backoff`) and one request
 //! time-out for the hang.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -503,4 +505,59 @@ async fn faults_are_unreachable_or_refused_and_the_adapter_recovers() {
     // Nothing ever listened: construction does not care, reads are unreachable.
     let never = ProfileMeter::new("m-2", &ep, profile(METER), NOMINAL_V).unwrap();
     unreachable(never.read(T0).await);
+}
+
+/// A node whose inverter is described by the field example's profile file: the node polls
+/// it through the profile; a profile file that is missing fails the node's start, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_polls_an_inverter_through_its_profile_file() {
+    let device = field_device().await;
+    set(&device, 40_000, &[(-50i16) as u16]); // exporting 5.0 kW
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("field-inverter.toml");
+    std::fs::write(&file, FIELD_EXAMPLE).unwrap();
+    let site = |path: &std::path::Path| {
+        common::site_toml(1, 1, "", "").replace(
+            "[[substations.segments.inverters]]\nid = \"inv-0\"\nmax_kw = 50\n",
+            &format!(
+                "[[substations.segments.inverters]]\nid = \"inv-0\"\nmax_kw = {RATED_KW}\n\
+                 modbus = {{ addr = \"{}\", profile = \"{}\" }}\n",
+                device.addr(),
+                path.display()
+            ),
+        )
+    };
+    let text = site(&file);
+    assert!(
+        text.contains("profile ="),
+        "the inverter line was replaced: {text}"
+    );
+    let t = common::start(&text).await;
+    let before = device.requests();
+    common::wait(
+        &t.node,
+        "the node polls the inverter over its profile",
+        || device.requests() > before,
+    )
+    .await;
+    t.node.shutdown().await;
+
+    let missing = dir.path().join("no-such-profile.toml");
+    let topology = gridvisor_actors::config::parse("t.toml", &site(&missing)).unwrap();
+    let store = gridvisor_actors::checkpoint::CheckpointStore::open(
+        &dir.path().join("cp.redb"),
+        gridvisor_actors::checkpoint::StoreLimits::default(),
+    )
+    .unwrap();
+    let err = gridvisor_actors::runtime::Node::start(
+        std::sync::Arc::new(topology),
+        store,
+        gridvisor_actors::clock::Clock::tokio(),
+        prometheus::Registry::new(),
+        gridvisor_actors::runtime::NodeOptions::default(),
+    )
+    .await
+    .err()
+    .expect("a missing profile fails the start");
+    assert!(err.to_string().contains("no-such-profile.toml"), "{err}");
 }

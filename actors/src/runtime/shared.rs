@@ -315,6 +315,7 @@ impl Devices {
     /// and meters over SunSpec Modbus TCP when they name an endpoint, the rest from `sim`.
     pub fn for_topology(topology: &Topology, sim: &SimSite, clock: &Clock) -> Result<Self, String> {
         use crate::io::modbus::{SunSpecInverter, SunSpecMeter};
+        use crate::io::modbus_profile::{ProfileInverter, ProfileMeter};
         use crate::io::ocpp::{OcppCharger, OcppHub};
         let mut d = Devices::simulated(sim);
         if topology.ocpp.is_some() {
@@ -326,16 +327,24 @@ impl Devices {
             d.ocpp = Some(hub);
         }
         for (_, seg) in topology.segments() {
+            // A device with a register profile is read through it; the rest speak SunSpec.
+            // A profile that cannot be read fails the start here, naming the file.
             for i in &seg.inverters {
                 if let Some(ep) = &i.modbus {
-                    let io = Arc::new(SunSpecInverter::new(&i.id, ep, i.max_kw));
-                    d.inverters.insert(i.id.clone(), io as Arc<dyn InverterIo>);
+                    let io: Arc<dyn InverterIo> = match &ep.profile {
+                        Some(_) => Arc::new(ProfileInverter::load(&i.id, ep, i.max_kw)?),
+                        None => Arc::new(SunSpecInverter::new(&i.id, ep, i.max_kw)),
+                    };
+                    d.inverters.insert(i.id.clone(), io);
                 }
             }
             for m in &seg.meters {
                 if let Some(ep) = &m.modbus {
-                    let io = Arc::new(SunSpecMeter::new(&m.id, ep, m.nominal_v));
-                    d.meters.insert(m.id.clone(), io as Arc<dyn MeterIo>);
+                    let io: Arc<dyn MeterIo> = match &ep.profile {
+                        Some(_) => Arc::new(ProfileMeter::load(&m.id, ep, m.nominal_v)?),
+                        None => Arc::new(SunSpecMeter::new(&m.id, ep, m.nominal_v)),
+                    };
+                    d.meters.insert(m.id.clone(), io);
                 }
             }
         }
