@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use gridvisor_actors::runtime::{Node, Scope};
@@ -96,20 +96,7 @@ async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
     .await;
 
     // A discharge request reaches both as OCPP 2.1 charging profiles.
-    let started = Instant::now();
-    let r = loop {
-        let r = t
-            .node
-            .request(request("r1", Scope::Site, -10.0, 60.0))
-            .await
-            .unwrap();
-        if r.acknowledged == 2 || started.elapsed() > LIMIT {
-            break r;
-        }
-        // The links may still be reading their devices for the first time.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(r.acknowledged, 2, "{r:#?}");
+    let r = request_until_acked(&t.node, "r1", -10.0, 2).await;
     for c in [&a.cp, &b.cp] {
         let p = c.applied_profile();
         assert!(p.contains("\"setpointW\""), "{}: {p}", c.id());
@@ -131,7 +118,7 @@ async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
     // The same request id again: answered from the first receipt, no write.
     let again = t
         .node
-        .request(request("r1", Scope::Site, -10.0, 60.0))
+        .request(request(&r.request, Scope::Site, -10.0, 60.0))
         .await
         .unwrap();
     assert!(again.repeat);
@@ -152,24 +139,7 @@ async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
     wait(&t.node, "charge point back", || online(&t, "evse-0")).await;
     assert_eq!(hub.connected_count(), 2);
     a.cp.set_fault(Fault::None).unwrap();
-    let started = Instant::now();
-    let r2 = loop {
-        let r = t
-            .node
-            .request(request(
-                &format!("r2-{}", started.elapsed().as_millis()),
-                Scope::Site,
-                5.0,
-                60.0,
-            ))
-            .await
-            .unwrap();
-        if r.acknowledged == 2 || started.elapsed() > LIMIT {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(r2.acknowledged, 2, "{r2:#?}");
+    let r2 = request_until_acked(&t.node, "r2", 5.0, 2).await;
     let p = a.cp.applied_profile();
     assert!(
         p.contains(&format!("\"scheduleId\":{}", r2.revision)),
@@ -284,24 +254,7 @@ async fn a_charger_over_mutual_tls_is_dispatched_and_its_certificate_is_its_iden
         t.node.session("ev-0").is_some()
     })
     .await;
-    let started = Instant::now();
-    let r = loop {
-        let r = t
-            .node
-            .request(request(
-                &format!("tls-{}", started.elapsed().as_millis()),
-                Scope::Site,
-                -4.0,
-                60.0,
-            ))
-            .await
-            .unwrap();
-        if r.acknowledged == 1 || started.elapsed() > LIMIT {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(r.acknowledged, 1, "{r:#?}");
+    request_until_acked(&t.node, "tls", -4.0, 1).await;
     // A discharge profile carries OCPP 2.1's offline limit: cut off, the charger drops it.
     let installed = cp.snapshot();
     let p = installed
@@ -350,24 +303,7 @@ async fn a_restarted_node_resumes_the_session_of_a_charging_vehicle_and_ends_it_
         online(&t, "evse-0")
     })
     .await;
-    let started = Instant::now();
-    let r = loop {
-        let r = t
-            .node
-            .request(request(
-                &format!("after-{}", started.elapsed().as_millis()),
-                Scope::Site,
-                6.0,
-                60.0,
-            ))
-            .await
-            .unwrap();
-        if r.acknowledged == 1 || started.elapsed() > LIMIT {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(r.acknowledged, 1, "{r:#?}");
+    request_until_acked(&t.node, "after", 6.0, 1).await;
     assert!(t.node.session("ev-0").is_some());
 
     // The vehicle leaves: the transaction ends, and so does the session.

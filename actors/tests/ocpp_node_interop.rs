@@ -10,10 +10,9 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use common::*;
-use gridvisor_actors::runtime::Scope;
+
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -153,24 +152,7 @@ async fn interop(version: &str, target_kw: f64) {
     )
     .await;
     // A grid request reaches it as a charging profile the library accepts.
-    let started = Instant::now();
-    let r = loop {
-        let r = t
-            .node
-            .request(request(
-                &format!("py-{}", started.elapsed().as_millis()),
-                Scope::Site,
-                target_kw,
-                60.0,
-            ))
-            .await
-            .unwrap();
-        if r.acknowledged == 1 || started.elapsed() > LIMIT {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(r.acknowledged, 1, "{r:#?}");
+    request_until_acked(&t.node, "py", target_kw, 1).await;
     // The closed loop sends revisions (the first may be 0 kW while the session's estimate
     // settles); look for the one carrying the request's direction.
     let wanted = |p: &Value| {

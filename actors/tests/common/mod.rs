@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use gridvisor_actors::checkpoint::{CheckpointStore, StoreLimits};
 use gridvisor_actors::clock::Clock;
 use gridvisor_actors::config;
-use gridvisor_actors::runtime::{GridRequest, Node, NodeOptions, Scope};
+use gridvisor_actors::runtime::{DispatchReceipt, GridRequest, Node, NodeOptions, Scope};
 
 /// Every wait of a test is bounded by this.
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -93,4 +93,28 @@ pub fn site_toml(segments: usize, chargers: usize, extra_site: &str, extra_safet
     }
     t.push_str(&v);
     t
+}
+
+/// Post site requests (ids `{prefix}-{ms}`, a new one each try, for `target_kw` over 60 s)
+/// until one is acknowledged by `devices` devices, at most [`LIMIT`]: devices that just
+/// connected may still be read by their links. Returns the last receipt, checked.
+pub async fn request_until_acked(
+    node: &Node,
+    prefix: &str,
+    target_kw: f64,
+    devices: usize,
+) -> DispatchReceipt {
+    let started = Instant::now();
+    loop {
+        let id = format!("{prefix}-{}", started.elapsed().as_millis());
+        let r = node
+            .request(request(&id, Scope::Site, target_kw, 60.0))
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        if r.acknowledged == devices || started.elapsed() > LIMIT {
+            assert_eq!(r.acknowledged, devices, "{r:#?}");
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
