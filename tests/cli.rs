@@ -1,5 +1,7 @@
 //! The binary driven as a user drives it: real processes, real output.
 
+mod support;
+
 use std::process::Command;
 
 fn gridvisor(args: &[&str]) -> (bool, String, String) {
@@ -162,75 +164,17 @@ fn logs_are_json_lines_with_log_format_json() {
     assert!(stderr.contains("xml"), "{stderr}");
 }
 
-/// A demo node as a child process, killed on drop; its admin and grid API addresses.
-struct DemoNode {
-    child: std::process::Child,
-    admin: String,
-    grid: String,
-    _data: tempfile::TempDir,
-}
-
-impl DemoNode {
-    fn start() -> DemoNode {
-        use std::io::BufRead;
-        let data = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
-            .args([
-                "run",
-                "--ocpp",
-                "127.0.0.1:0",
-                "--grid",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--data",
-            ])
-            .arg(data.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("gridvisor starts");
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut admin, mut grid) = (None, None);
-        while admin.is_none() || grid.is_none() {
-            let line = lines
-                .next()
-                .expect("the node prints its addresses")
-                .unwrap();
-            let addr = |prefix: &str| {
-                line.strip_prefix(prefix)
-                    .map(|r| r.split('/').next().unwrap().to_owned())
-            };
-            admin = admin.or_else(|| addr("  tree       http://"));
-            grid = grid.or_else(|| addr("  grid API   http://"));
-        }
-        // Keep reading: a node whose stdout pipe is closed dies on its next line.
-        std::thread::spawn(move || for _ in lines {});
-        DemoNode {
-            child,
-            admin: admin.unwrap(),
-            grid: grid.unwrap(),
-            _data: data,
-        }
-    }
-}
-
-impl Drop for DemoNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn tree_draws_a_running_nodes_tree_filtered_by_path() {
-    let node = DemoNode::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut node = support::DemoNode::start(data.path());
+    let (grid, admin) = node.addresses();
     let (ok, stdout, stderr) = gridvisor(&[
         "tree",
         "--admin",
-        &node.admin,
+        &admin,
         "--grid",
-        &node.grid,
+        &grid,
         "--path",
         "tx-1",
         "--no-color",
@@ -252,14 +196,8 @@ fn tree_draws_a_running_nodes_tree_filtered_by_path() {
         !stdout.contains("tx-2"),
         "the filter keeps tx-1 only: {stdout}"
     );
-    let (ok, stdout, stderr) = gridvisor(&[
-        "tree",
-        "--admin",
-        &node.admin,
-        "--json",
-        "--path",
-        "evse-1/link",
-    ]);
+    let (ok, stdout, stderr) =
+        gridvisor(&["tree", "--admin", &admin, "--json", "--path", "evse-1/link"]);
     assert!(ok, "{stderr}");
     let tree: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(tree["path"], "node");
@@ -267,7 +205,7 @@ fn tree_draws_a_running_nodes_tree_filtered_by_path() {
         stdout.contains("\"node/segments/tx-1/chargers/evse-1/link\""),
         "{stdout}"
     );
-    let (ok, _, stderr) = gridvisor(&["tree", "--admin", &node.admin, "--path", "no-such-actor"]);
+    let (ok, _, stderr) = gridvisor(&["tree", "--admin", &admin, "--path", "no-such-actor"]);
     assert!(!ok);
     assert!(stderr.contains("no actor's path contains"), "{stderr}");
     drop(node);

@@ -6,19 +6,18 @@
 //! GRIDVISOR_REQUIRE_PROMTOOL=1, so that a missing tool fails there (as in e2e_http.rs);
 //! elsewhere the tests that need one say so and skip.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gridvisor_actors::ladder::SafeState;
 use serde_json::Value;
+use support::{try_http, DemoNode, Killed, LIMIT};
 
-/// Every wait of this file is bounded by this.
-const LIMIT: Duration = Duration::from_secs(60);
 /// How long a real Prometheus gets to show what the tests look for.
 const PROMETHEUS_LIMIT: Duration = Duration::from_secs(30);
 /// Polling period of the bounded waits for a condition.
@@ -233,142 +232,14 @@ fn the_alerts_use_the_nodes_level_encoding() {
     }
 }
 
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+/// The node's admin address (host:port), once it is serving.
+fn admin_of(node: &mut DemoNode) -> String {
+    node.addresses().1
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// The demo node on loopback, every port picked by the system.
-    fn node(data: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
-            .args([
-                "run",
-                "--ocpp",
-                "127.0.0.1:0",
-                "--grid",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--data",
-            ])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("gridvisor starts");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Wait for a stdout line containing `needle`.
-    fn line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {needle:?}; output so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// The node's admin address (host:port), once it is serving.
-    fn admin(&mut self) -> String {
-        let admin = addr_of(&self.line("metrics"));
-        self.line("Ctrl-C");
-        admin
-    }
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn addr_of(line: &str) -> String {
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("a URL");
-    url.trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("host:port")
-        .to_string()
-}
-
-/// A minimal HTTP/1.1 GET: one request per connection (as in e2e_http.rs).
+/// A minimal HTTP/1.1 GET (see `support::try_http`).
 fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(LIMIT))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status: u16 = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response: {raw}"));
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
+    try_http(addr, "GET", path, None)
 }
 
 fn scrape(admin: &str) -> String {
@@ -428,8 +299,8 @@ fn the_dashboard_and_the_rules_use_only_metrics_a_node_exports() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Proc::node(dir.path());
-    let admin = node.admin();
+    let mut node = DemoNode::start(dir.path());
+    let admin = admin_of(&mut node);
     // Some series appear with their first event (the safe-state command histogram with the
     // first change of level: the demo's keep-alive runs out after 5 s), so wait for them.
     let deadline = Instant::now() + LIMIT;
@@ -558,8 +429,8 @@ fn a_real_prometheus_scrapes_a_node_and_evaluates_the_rules() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node");
     std::fs::create_dir(&data).unwrap();
-    let mut node = Proc::node(&data);
-    let admin = node.admin();
+    let mut node = DemoNode::start(&data);
+    let admin = admin_of(&mut node);
 
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, test_config(&admin)).unwrap();

@@ -1,140 +1,16 @@
 //! End to end: the demo node as a real process, driven over real HTTP (grid API and admin),
 //! stopped with SIGINT, and its checkpoints read back: no acknowledged setpoint is lost.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod support;
+
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use support::{addr_of, http, DemoNode, LIMIT};
 
 use gridvisor_actors::checkpoint::{CheckpointStore, StoreLimits};
 use serde_json::Value;
-
-/// Every wait of this test is bounded by this.
-const LIMIT: Duration = Duration::from_secs(60);
-
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn start(data: &std::path::Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
-            .args([
-                "run",
-                "--ocpp",
-                "127.0.0.1:0",
-                "--grid",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--data",
-            ])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("gridvisor starts");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Wait for a stdout line containing `needle`.
-    fn line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {needle:?}; output so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-}
-
-fn addr_of(line: &str) -> String {
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("a URL");
-    url.trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("host:port")
-        .to_string()
-}
-
-/// A minimal HTTP/1.1 client: one request per connection.
-fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("response");
-    let status: u16 = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response: {raw}"));
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
@@ -151,7 +27,7 @@ fn sigint(child: &Child) {
 #[test]
 fn the_demo_node_over_real_http() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::start(dir.path());
+    let mut p = DemoNode::start(dir.path());
     let grid = addr_of(&p.line("grid API"));
     let admin = addr_of(&p.line("metrics"));
     p.line("Ctrl-C");
