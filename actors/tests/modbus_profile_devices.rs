@@ -36,31 +36,8 @@ const NOMINAL_V: f64 = 230.0;
 /// The field's example: a battery inverter with its active and reactive power at 40001 and
 /// 40002 (tenths of kW, positive exporting) and a writable discharge limit at 0x4001 (tenths
 /// of kW, up to 15.0 kW).
-const FIELD_EXAMPLE: &str = r#"
-[[points]]
-name = "active_power"
-address = 40001
-type = "i16"
-scale = 0.1
-unit = "kW"
-
-[[points]]
-name = "reactive_power"
-address = 40002
-type = "i16"
-scale = 0.1
-unit = "kvar"
-
-[[points]]
-name = "discharge_limit"
-address = 0x4001
-type = "u16"
-scale = 0.1
-unit = "kW"
-writable = true
-min = 0.0
-max = 15.0
-"#;
+const FIELD_EXAMPLE: &str =
+    include_str!("../../configs/modbus-profiles/field-battery-inverter.toml");
 
 /// A device of plain registers: one contiguous image (reads anywhere in it succeed, as on
 /// many devices), writes only to the registers listed as writable.

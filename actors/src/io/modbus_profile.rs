@@ -589,24 +589,8 @@ mod tests {
         toml::from_str(toml).unwrap()
     }
 
-    const FIELD: &str = r#"
-        [[points]]
-        name = "active_power"
-        address = 40001
-        type = "i16"
-        scale = 0.1
-        unit = "kW"
-
-        [[points]]
-        name = "discharge_limit"
-        address = 0x4001
-        type = "u16"
-        scale = 0.1
-        unit = "kW"
-        writable = true
-        min = 0.0
-        max = 15.0
-    "#;
+    const FIELD: &str =
+        include_str!("../../../configs/modbus-profiles/field-battery-inverter.toml");
 
     #[test]
     fn signs_flip_without_negative_zero() {

@@ -334,29 +334,5 @@ pub async fn free_addr() -> SocketAddr {
 
 /// The field's example of a plain register profile (a battery inverter without SunSpec):
 /// active and reactive power at 40001 and 40002, a discharge limit at 0x4001 up to 15.0 kW.
-pub const FIELD_PROFILE: &str = r#"
-# The field's example: a battery inverter without SunSpec.
-[[points]]
-name = "active_power"
-address = 40001
-type = "i16"
-scale = 0.1
-unit = "kW"
-
-[[points]]
-name = "reactive_power"
-address = 40002
-type = "i16"
-scale = 0.1
-unit = "kvar"
-
-[[points]]
-name = "discharge_limit"
-address = 0x4001
-type = "u16"
-scale = 0.1
-unit = "kW"
-writable = true
-min = 0.0
-max = 15.0
-"#;
+pub const FIELD_PROFILE: &str =
+    include_str!("../../../configs/modbus-profiles/field-battery-inverter.toml");
