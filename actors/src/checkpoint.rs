@@ -37,7 +37,17 @@
 //!
 //! A write whose future is dropped before it completes may still be committed (it was queued);
 //! await it, or [`CheckpointStore::flush`], to know.
+//!
+//! # In memory
+//!
+//! [`CheckpointStore::in_memory`] has the same API over a map in memory, without the writer
+//! thread: a write is applied (and "durable") when its call returns. It is for deterministic
+//! runs (the chaos simulator, on a paused current-thread runtime), where a second OS thread
+//! completing writes at wall-clock moments would make the order of events depend on the
+//! machine. Its values are encoded exactly as on disk, so a value that would not encode or
+//! decode fails the same way. It keeps nothing after the process ends.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -296,19 +306,68 @@ impl Future for CommitTicket {
     }
 }
 
+/// The in-memory backend: the values, the counters and whether it was closed.
+#[derive(Default)]
+struct Memory {
+    values: Mutex<BTreeMap<String, Vec<u8>>>,
+    closed: std::sync::atomic::AtomicBool,
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Memory {
+    /// Apply one write at once, as its own "transaction".
+    fn apply(&self, op: Op) -> Result<(), CheckpointError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CheckpointError::Closed);
+        }
+        let mut values = lock(&self.values);
+        match op {
+            Op::Put { key, bytes } => {
+                values.insert(key, bytes);
+            }
+            Op::Remove { key } => {
+                values.remove(&key);
+            }
+            Op::Barrier => return Ok(()),
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Where a store keeps its values.
+#[derive(Clone)]
+enum Backend {
+    /// A redb file and its writer thread.
+    Redb(Arc<Inner>),
+    /// A map in memory ([`CheckpointStore::in_memory`]).
+    Memory(Arc<Memory>),
+}
+
 /// A node's checkpoint store. Cheap to clone: every clone is a handle on the same store.
 #[derive(Clone)]
 pub struct CheckpointStore {
-    inner: Arc<Inner>,
+    backend: Backend,
 }
 
 impl fmt::Debug for CheckpointStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CheckpointStore")
-            .field("limits", &self.inner.limits)
+            .field("in_memory", &self.is_in_memory())
+            .field("limits", &self.limits())
             .field("stats", &self.stats())
             .finish()
     }
+}
+
+/// A ticket that is already complete (the in-memory backend's writes).
+fn completed(result: Result<(), CheckpointError>) -> CommitTicket {
+    let (done, ticket) = oneshot::channel();
+    // The receiver is right here: the send cannot fail.
+    let _ = done.send(result);
+    CommitTicket { done: ticket }
 }
 
 impl CheckpointStore {
@@ -340,19 +399,43 @@ impl CheckpointStore {
                 .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?
         };
         Ok(CheckpointStore {
-            inner: Arc::new(Inner {
+            backend: Backend::Redb(Arc::new(Inner {
                 shared,
                 sender: Mutex::new(Some(sender)),
                 permits: Arc::new(Semaphore::new(limits.queue)),
                 writer: Mutex::new(Some(writer)),
                 limits,
-            }),
+            })),
         })
     }
 
-    /// The limits the store was opened with.
+    /// An empty store in memory, without a writer thread: every write is applied when its
+    /// call returns (see the module documentation). For deterministic simulation.
+    pub fn in_memory() -> Self {
+        CheckpointStore {
+            backend: Backend::Memory(Arc::new(Memory::default())),
+        }
+    }
+
+    /// Whether this store lives in memory ([`CheckpointStore::in_memory`]).
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.backend, Backend::Memory(_))
+    }
+
+    /// The limits the store was opened with (the defaults for an in-memory store, which has
+    /// no queue).
     pub fn limits(&self) -> StoreLimits {
-        self.inner.limits
+        match &self.backend {
+            Backend::Redb(inner) => inner.limits,
+            Backend::Memory(_) => StoreLimits::default(),
+        }
+    }
+
+    fn redb(&self) -> Option<&Arc<Inner>> {
+        match &self.backend {
+            Backend::Redb(inner) => Some(inner),
+            Backend::Memory(_) => None,
+        }
     }
 
     /// Store `value` under `key`; completes once it is committed durably. Waits while the
@@ -363,6 +446,9 @@ impl CheckpointStore {
         value: &T,
     ) -> Result<(), CheckpointError> {
         let op = encode_put(key, value)?;
+        if let Backend::Memory(m) = &self.backend {
+            return m.apply(op);
+        }
         let permit = self.acquire().await?;
         self.enqueue(op, permit)?.await
     }
@@ -375,11 +461,18 @@ impl CheckpointStore {
         value: &T,
     ) -> Result<CommitTicket, CheckpointError> {
         let op = encode_put(key, value)?;
-        let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
+        let inner = match &self.backend {
+            Backend::Redb(inner) => inner,
+            Backend::Memory(m) => {
+                m.apply(op)?;
+                return Ok(completed(Ok(())));
+            }
+        };
+        let permit = match Arc::clone(&inner.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::NoPermits) => {
                 return Err(CheckpointError::QueueFull {
-                    limit: self.inner.limits.queue,
+                    limit: inner.limits.queue,
                 })
             }
             Err(TryAcquireError::Closed) => return Err(CheckpointError::Closed),
@@ -391,6 +484,11 @@ impl CheckpointStore {
     /// committed durably. Waits while the queue is full.
     pub async fn remove(&self, key: &str) -> Result<(), CheckpointError> {
         check_key(key)?;
+        if let Backend::Memory(m) = &self.backend {
+            return m.apply(Op::Remove {
+                key: key.to_owned(),
+            });
+        }
         let permit = self.acquire().await?;
         self.enqueue(
             Op::Remove {
@@ -405,8 +503,24 @@ impl CheckpointStore {
     /// [`CheckpointError::Decode`] naming the key if it does not decode.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CheckpointError> {
         check_key(key)?;
-        let txn = self
-            .inner
+        let decode = |bytes: &[u8]| {
+            rmp_serde::from_slice(bytes)
+                .map(Some)
+                .map_err(|e| CheckpointError::Decode {
+                    key: key.to_owned(),
+                    reason: e.to_string(),
+                })
+        };
+        let inner = match &self.backend {
+            Backend::Redb(inner) => inner,
+            Backend::Memory(m) => {
+                return match lock(&m.values).get(key) {
+                    Some(bytes) => decode(bytes),
+                    None => Ok(None),
+                }
+            }
+        };
+        let txn = inner
             .shared
             .db
             .begin_read()
@@ -419,18 +533,25 @@ impl CheckpointStore {
         let Some(guard) = table.get(key).map_err(|e| storage("read", e))? else {
             return Ok(None);
         };
-        rmp_serde::from_slice(guard.value())
-            .map(Some)
-            .map_err(|e| CheckpointError::Decode {
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })
+        decode(guard.value())
     }
 
     /// Every key that starts with `prefix` (a plain string prefix), in order.
     pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, CheckpointError> {
-        let txn = self
-            .inner
+        let inner = match &self.backend {
+            Backend::Redb(inner) => inner,
+            Backend::Memory(m) => {
+                return Ok(lock(&m.values)
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, _)| k.clone())
+                    .collect())
+            }
+        };
+        let txn = inner
             .shared
             .db
             .begin_read()
@@ -458,6 +579,10 @@ impl CheckpointStore {
     /// Wait until every write queued before this call has been committed (or has failed).
     /// Returns at once on a closed store, whose writes were all committed when it closed.
     pub async fn flush(&self) {
+        if self.is_in_memory() {
+            // Every write was applied when its call returned.
+            return;
+        }
         let Ok(permit) = self.acquire().await else {
             return;
         };
@@ -469,9 +594,13 @@ impl CheckpointStore {
 
     /// What the writer has done since the store was opened.
     pub fn stats(&self) -> StoreStats {
+        let (commits, writes) = match &self.backend {
+            Backend::Redb(inner) => (&inner.shared.commits, &inner.shared.writes),
+            Backend::Memory(m) => (&m.commits, &m.writes),
+        };
         StoreStats {
-            commits: self.inner.shared.commits.load(Ordering::Relaxed),
-            writes: self.inner.shared.writes.load(Ordering::Relaxed),
+            commits: commits.load(Ordering::Relaxed),
+            writes: writes.load(Ordering::Relaxed),
         }
     }
 
@@ -480,11 +609,15 @@ impl CheckpointStore {
     /// handles still work; the file is released when the last handle is dropped. Dropping
     /// the last handle closes the store the same way.
     pub fn close(self) {
-        self.inner.shutdown();
+        match &self.backend {
+            Backend::Redb(inner) => inner.shutdown(),
+            Backend::Memory(m) => m.closed.store(true, Ordering::Release),
+        }
     }
 
     async fn acquire(&self) -> Result<OwnedSemaphorePermit, CheckpointError> {
-        Arc::clone(&self.inner.permits)
+        let inner = self.redb().ok_or(CheckpointError::Closed)?;
+        Arc::clone(&inner.permits)
             .acquire_owned()
             .await
             .map_err(|_| CheckpointError::Closed)
@@ -495,13 +628,19 @@ impl CheckpointStore {
         op: Op,
         permit: OwnedSemaphorePermit,
     ) -> Result<CommitTicket, CheckpointError> {
+        let Some(inner) = self.redb() else {
+            // The in-memory backend applies its writes without a queue; nothing queues there.
+            return Err(CheckpointError::Storage(
+                "the in-memory store has no write queue".to_owned(),
+            ));
+        };
         let (done, ticket) = oneshot::channel();
         let request = Request {
             op,
             done,
             _permit: permit,
         };
-        let sender = lock(&self.inner.sender);
+        let sender = lock(&inner.sender);
         let Some(sender) = sender.as_ref() else {
             return Err(CheckpointError::Closed);
         };
@@ -510,7 +649,7 @@ impl CheckpointStore {
         match sender.try_send(request) {
             Ok(()) => Ok(CommitTicket { done: ticket }),
             Err(TrySendError::Full(_)) => Err(CheckpointError::QueueFull {
-                limit: self.inner.limits.queue,
+                limit: inner.limits.queue,
             }),
             Err(TrySendError::Disconnected(_)) => Err(CheckpointError::Closed),
         }
@@ -868,7 +1007,7 @@ mod tests {
         let limits = StoreLimits { queue: 4, batch: 2 };
         let store = CheckpointStore::open(&dir.path().join("checkpoints.redb"), limits).unwrap();
         // Occupy the whole queue.
-        let held = Arc::clone(&store.inner.permits)
+        let held = Arc::clone(&store.redb().unwrap().permits)
             .try_acquire_many_owned(4)
             .unwrap();
         assert_eq!(
@@ -953,6 +1092,67 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn in_memory_store_has_the_same_api_without_a_writer_thread() {
+        let store = CheckpointStore::in_memory();
+        assert!(store.is_in_memory());
+        assert_eq!(store.get::<Link>("site/tx-1/evse-1/link").unwrap(), None);
+        store.put("site/tx-1/evse-1/link", &link(1)).await.unwrap();
+        store.put("site/tx-1/evse-2/link", &link(2)).await.unwrap();
+        store.put("site/tx-10/evse-1/link", &link(3)).await.unwrap();
+        store
+            .try_put("site/tx-1/evse-1/link", &link(4))
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get::<Link>("site/tx-1/evse-1/link").unwrap(),
+            Some(link(4))
+        );
+        assert_eq!(
+            store.keys_with_prefix("site/tx-1/").unwrap(),
+            vec![
+                "site/tx-1/evse-1/link".to_owned(),
+                "site/tx-1/evse-2/link".to_owned()
+            ]
+        );
+        store.remove("site/tx-1/evse-2/link").await.unwrap();
+        store.remove("never-written").await.unwrap();
+        assert_eq!(store.get::<Link>("site/tx-1/evse-2/link").unwrap(), None);
+        store.flush().await;
+        assert_eq!(
+            store.stats(),
+            StoreStats {
+                commits: 6,
+                writes: 6
+            }
+        );
+        // A value of another type is a decode error naming the key, as on disk.
+        let err = store.get::<u64>("site/tx-1/evse-1/link").unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Decode { key, .. } if key == "site/tx-1/evse-1/link"),
+            "{err:?}"
+        );
+        // Bad keys and values are refused the same way.
+        assert!(matches!(
+            store.put("", &1u8).await,
+            Err(CheckpointError::InvalidKey { .. })
+        ));
+        // Clones share the store; a closed one refuses writes and still reads.
+        let other = store.clone();
+        store.close();
+        assert_eq!(other.put("k", &8u32).await, Err(CheckpointError::Closed));
+        assert_eq!(other.remove("k").await, Err(CheckpointError::Closed));
+        assert_eq!(
+            other.try_put("k", &8u32).unwrap_err(),
+            CheckpointError::Closed
+        );
+        assert_eq!(
+            other.get::<Link>("site/tx-10/evse-1/link").unwrap(),
+            Some(link(3))
+        );
     }
 
     #[test]
