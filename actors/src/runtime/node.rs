@@ -379,10 +379,24 @@ impl Node {
         prometheus: prometheus::Registry,
         options: NodeOptions,
     ) -> Result<Node, NodeError> {
+        Self::start_with_devices(topology, store, clock, prometheus, options, |d| d).await
+    }
+
+    /// Start like [`Node::start`], with the node's device connections passed through `wrap`
+    /// first (fault injection: the chaos runner wraps devices that fail, hang, lie or panic).
+    pub async fn start_with_devices(
+        topology: Arc<Topology>,
+        store: CheckpointStore,
+        clock: Clock,
+        prometheus: prometheus::Registry,
+        options: NodeOptions,
+        wrap: impl FnOnce(Devices) -> Devices + Send,
+    ) -> Result<Node, NodeError> {
         let sim = Arc::new(SimSite::new(&topology));
         let tree = TreeContext::with_metrics(&prometheus)?;
         let registry = tree.registry.clone().unwrap_or_default();
-        let devices = Devices::for_topology(&topology, &sim, &clock).map_err(NodeError::Config)?;
+        let devices =
+            wrap(Devices::for_topology(&topology, &sim, &clock).map_err(NodeError::Config)?);
         let shared = Arc::new(SiteShared::new(
             topology.clone(),
             clock.clone(),
