@@ -16,7 +16,8 @@
 //! | [`handle`] | typed handles to talk to a running supervisor |
 //! | [`registry`] | stable paths (`site/tx-17/evse-3/session`) to the current incarnation |
 //! | [`introspect`] | which_children, count_children and the tree as serde data |
-//! | [`metrics`] | starts, restarts and exits by reason per actor path |
+//! | [`metrics`] | starts, restarts, exits by reason, messages and mailbox depth per actor path |
+//! | [`exposition`] | the Prometheus text format and OpenMetrics, negotiated from `Accept` |
 //!
 //! ## Example
 //! ```
@@ -53,6 +54,7 @@
 
 pub mod escalation;
 pub mod exit;
+pub mod exposition;
 pub mod handle;
 pub mod intensity;
 pub mod introspect;
@@ -70,7 +72,7 @@ pub use exit::{ExitClass, ExitReason};
 pub use handle::{DynamicSupervisorRef, StartedChild, SupervisorRef};
 pub use intensity::{Backoff, RestartIntensity, RestartWindow};
 pub use introspect::{ChildCounts, ChildInfo, ChildState, TreeNode};
-pub use metrics::{MetricsGranularity, SupervisionMetrics};
+pub use metrics::{CountedRef, Mailbox, MailboxCounters, MetricsGranularity, SupervisionMetrics};
 pub use path::ActorPath;
 pub use registry::{AddressError, Registry};
 pub use spec::{ChildContext, ChildKind, ChildSpec, Restart, Shutdown, StartError};

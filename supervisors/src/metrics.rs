@@ -1,15 +1,38 @@
-//! Supervision metrics: starts, restarts and exits by reason, per actor path, in a
-//! Prometheus registry the caller passes in.
+//! Supervision metrics: starts, restarts and exits by reason, messages handled and mailbox
+//! depth, running children, per actor path; rendered straight from atomics in the Prometheus
+//! text format or OpenMetrics ([`crate::exposition`]).
 //!
-//! Label cardinality is bounded: the `reason` label is the [`ExitClass`] (four values), never
-//! the free-text reason. A dynamic supervisor with 100,000 children would otherwise add
-//! 100,000 series per metric, which no Prometheus server enjoys, so its children are counted
-//! under the supervisor's path with a `/*` suffix unless [`MetricsGranularity::PerChild`] is
-//! chosen; per-child series are removed when the child is removed.
+//! ## Why not `prometheus`'s vectors
+//! A node supervises 100,000 actors. `IntCounterVec::gather()` builds a protobuf-shaped
+//! object with owned label strings for every series and sorts them, then `TextEncoder` walks
+//! them: about 3 s for one scrape at that size. Here every label value (an actor path, or a
+//! group of alike actors) owns one [`ActorSeries`] of plain atomics in a sorted table, and a
+//! scrape copies the table's `Arc`s under its lock and writes each line straight into one
+//! buffer. [`SupervisionMetrics`] is still a `prometheus::core::Collector`, so a caller
+//! that keeps everything in a `prometheus::Registry` sees the same families through
+//! `gather()`.
+//!
+//! ## Cardinality
+//! - The `reason` label is the [`ExitClass`] (four values), never the free-text reason.
+//! - Children of a dynamic supervisor share one series labelled `<supervisor path>/*` unless
+//!   [`MetricsGranularity::PerChild`] is chosen; per-child series are removed with the child.
+//! - Any child can be counted under a shared label instead of its own path
+//!   (`ChildSpec::metrics_label`), and a supervisor can count its running children under one
+//!   (`SupervisorConfig::metrics_label`): 100,000 alike actors then cost one series.
+//! - A per-path series of restarts or exits appears with its first event (zeros of 100,000
+//!   healthy actors are most of a scrape and tell nothing; a shared or a supervisor's series is
+//!   always there, so `rate()` over a fleet works from the first scrape).
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::exit::ExitClass;
+use crate::exposition::{write_family_header, write_label_value, Format};
 use crate::path::ActorPath;
 
 /// How children of a dynamic supervisor are labelled.
@@ -23,123 +46,708 @@ pub enum MetricsGranularity {
     Aggregated,
 }
 
-/// The supervision metric families, registered once per Prometheus registry.
-#[derive(Clone, Debug)]
+/// The roles a label plays (which families it appears in).
+const ROLE_CHILD: u8 = 1;
+const ROLE_SUPERVISOR: u8 = 2;
+const ROLE_MAILBOX: u8 = 4;
+const ROLE_SHARED: u8 = 8;
+
+const EXIT_CLASSES: [ExitClass; 4] = [
+    ExitClass::Normal,
+    ExitClass::Shutdown,
+    ExitClass::Killed,
+    ExitClass::Failed,
+];
+
+fn exit_index(class: ExitClass) -> usize {
+    match class {
+        ExitClass::Normal => 0,
+        ExitClass::Shutdown => 1,
+        ExitClass::Killed => 2,
+        ExitClass::Failed => 3,
+    }
+}
+
+/// The counters of one label value: one actor, or a group of alike actors counted together.
+#[derive(Debug, Default)]
+pub struct ActorSeries {
+    starts: AtomicU64,
+    restarts: AtomicU64,
+    exits: [AtomicU64; 4],
+    messages: AtomicU64,
+    queued: AtomicI64,
+    children: AtomicI64,
+    intensity_exceeded: AtomicU64,
+    roles: AtomicU8,
+    /// The mailbox of the label's current incarnation, for [`MailboxCounters::reopen`].
+    current: Mutex<Option<Arc<MailboxState>>>,
+}
+
+impl ActorSeries {
+    fn add_role(&self, role: u8) {
+        self.roles.fetch_or(role, Relaxed);
+    }
+
+    fn has(&self, role: u8) -> bool {
+        self.roles.load(Relaxed) & role != 0
+    }
+
+    /// Zero-valued restarts and exits are written for shared labels and supervisors only.
+    fn eager(&self) -> bool {
+        self.has(ROLE_SHARED | ROLE_SUPERVISOR)
+    }
+}
+
+/// The family names, help texts and types, in the order they are written.
+const FAMILIES: [(&str, &str, MetricType); 7] = [
+    (
+        "gridvisor_actor_starts_total",
+        "Actor starts (first starts and restarts)",
+        MetricType::COUNTER,
+    ),
+    (
+        "gridvisor_actor_restarts_total",
+        "Restarts made by the supervisor",
+        MetricType::COUNTER,
+    ),
+    (
+        "gridvisor_actor_exits_total",
+        "Actor exits by reason class",
+        MetricType::COUNTER,
+    ),
+    (
+        "gridvisor_actor_messages_total",
+        "Messages handled by actors that count them",
+        MetricType::COUNTER,
+    ),
+    (
+        "gridvisor_actor_mailbox_depth",
+        "Messages sent to an actor and not yet handled",
+        MetricType::GAUGE,
+    ),
+    (
+        "gridvisor_supervisor_children",
+        "Running children of a supervisor",
+        MetricType::GAUGE,
+    ),
+    (
+        "gridvisor_supervisor_intensity_exceeded_total",
+        "Times a supervisor gave up because it reached its restart intensity",
+        MetricType::COUNTER,
+    ),
+];
+
+/// The supervision metric families of one tree (cheap to clone: a shared table).
+#[derive(Clone)]
 pub struct SupervisionMetrics {
-    starts: IntCounterVec,
-    restarts: IntCounterVec,
-    exits: IntCounterVec,
-    intensity_exceeded: IntCounterVec,
-    children: IntGaugeVec,
+    table: Arc<Mutex<BTreeMap<Arc<str>, Arc<ActorSeries>>>>,
+    descs: Arc<Vec<Desc>>,
+}
+
+impl std::fmt::Debug for SupervisionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisionMetrics")
+            .field("labels", &self.len())
+            .finish()
+    }
+}
+
+impl Default for SupervisionMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl SupervisionMetrics {
-    /// Create the metric families and register them in `registry`.
+    /// An empty table, not registered anywhere: render it with [`SupervisionMetrics::encode`].
+    pub fn new() -> Self {
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, help, _)| {
+                let labels = if name.ends_with("exits_total") {
+                    vec!["path".to_string(), "reason".to_string()]
+                } else {
+                    vec!["path".to_string()]
+                };
+                Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    labels,
+                    Default::default(),
+                )
+                .expect("the family names and helps are valid")
+            })
+            .collect();
+        SupervisionMetrics {
+            table: Arc::new(Mutex::new(BTreeMap::new())),
+            descs: Arc::new(descs),
+        }
+    }
+
+    /// A table registered in `registry` as a collector, so that `registry.gather()` includes
+    /// the supervision families.
     pub fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
-        let starts = IntCounterVec::new(
-            Opts::new(
-                "gridvisor_actor_starts_total",
-                "Actor starts (first starts and restarts)",
-            ),
-            &["path"],
-        )?;
-        let restarts = IntCounterVec::new(
-            Opts::new(
-                "gridvisor_actor_restarts_total",
-                "Restarts made by the supervisor",
-            ),
-            &["path"],
-        )?;
-        let exits = IntCounterVec::new(
-            Opts::new("gridvisor_actor_exits_total", "Actor exits by reason class"),
-            &["path", "reason"],
-        )?;
-        let intensity_exceeded = IntCounterVec::new(
-            Opts::new(
-                "gridvisor_supervisor_intensity_exceeded_total",
-                "Times a supervisor gave up because it reached its restart intensity",
-            ),
-            &["path"],
-        )?;
-        let children = IntGaugeVec::new(
-            Opts::new(
-                "gridvisor_supervisor_children",
-                "Running children of a supervisor",
-            ),
-            &["path"],
-        )?;
-        registry.register(Box::new(starts.clone()))?;
-        registry.register(Box::new(restarts.clone()))?;
-        registry.register(Box::new(exits.clone()))?;
-        registry.register(Box::new(intensity_exceeded.clone()))?;
-        registry.register(Box::new(children.clone()))?;
-        Ok(SupervisionMetrics {
-            starts,
-            restarts,
-            exits,
-            intensity_exceeded,
-            children,
-        })
+        let m = Self::new();
+        registry.register(Box::new(m.clone()))?;
+        Ok(m)
     }
 
-    /// Counters for one label value, resolved once and kept.
-    pub(crate) fn series(&self, path: &str) -> Series {
-        Series {
-            starts: self.starts.with_label_values(&[path]),
-            restarts: self.restarts.with_label_values(&[path]),
-            exits: [
-                self.exits
-                    .with_label_values(&[path, ExitClass::Normal.as_str()]),
-                self.exits
-                    .with_label_values(&[path, ExitClass::Shutdown.as_str()]),
-                self.exits
-                    .with_label_values(&[path, ExitClass::Killed.as_str()]),
-                self.exits
-                    .with_label_values(&[path, ExitClass::Failed.as_str()]),
-            ],
-        }
+    /// How many label values the table holds.
+    pub fn len(&self) -> usize {
+        self.lock().len()
     }
 
-    pub(crate) fn remove_series(&self, path: &str) {
-        let _ = self.starts.remove_label_values(&[path]);
-        let _ = self.restarts.remove_label_values(&[path]);
-        for class in [
-            ExitClass::Normal,
-            ExitClass::Shutdown,
-            ExitClass::Killed,
-            ExitClass::Failed,
-        ] {
-            let _ = self.exits.remove_label_values(&[path, class.as_str()]);
-        }
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Arc<str>, Arc<ActorSeries>>> {
+        // A panic while holding this lock cannot leave a map half-updated in a way that
+        // matters to counters, so a poisoned lock is used as is.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry(&self, label: &str, role: u8) -> Arc<ActorSeries> {
+        let mut t = self.lock();
+        let s = match t.get(label) {
+            Some(s) => Arc::clone(s),
+            None => {
+                let s = Arc::new(ActorSeries::default());
+                t.insert(Arc::from(label), Arc::clone(&s));
+                s
+            }
+        };
+        s.add_role(role);
+        s
+    }
+
+    /// The message counters of the actor (or group of actors) labelled `label`: its handled
+    /// messages and its mailbox depth appear from now on.
+    pub fn mailbox(&self, label: &str) -> MailboxCounters {
+        MailboxCounters(self.entry(label, ROLE_MAILBOX))
+    }
+
+    /// Counters for a child counted under `label`, resolved once and kept. `shared`: the
+    /// label is a group's, not one actor's path.
+    pub(crate) fn series(&self, label: &str, shared: bool) -> Series {
+        let role = if shared {
+            ROLE_CHILD | ROLE_SHARED
+        } else {
+            ROLE_CHILD
+        };
+        Series(self.entry(label, role))
+    }
+
+    /// Forget a per-child label (its child was removed).
+    pub(crate) fn remove_series(&self, label: &str) {
+        self.lock().remove(label);
     }
 
     pub(crate) fn intensity_exceeded(&self, supervisor: &ActorPath) {
-        self.intensity_exceeded
-            .with_label_values(&[supervisor.as_str()])
-            .inc();
+        self.entry(supervisor.as_str(), 0)
+            .intensity_exceeded
+            .fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn children_gauge(&self, supervisor: &ActorPath) -> prometheus::IntGauge {
-        self.children.with_label_values(&[supervisor.as_str()])
+    /// The running-children gauge of a supervisor counted under `label`; several supervisors
+    /// may share it (each adds its own count).
+    pub(crate) fn children_gauge(&self, label: &str, shared: bool) -> ChildrenGauge {
+        let role = if shared {
+            ROLE_SUPERVISOR | ROLE_SHARED
+        } else {
+            ROLE_SUPERVISOR
+        };
+        ChildrenGauge {
+            series: self.entry(label, role),
+            last: AtomicI64::new(0),
+        }
+    }
+
+    /// Append the table's families to `out` in `format` (without OpenMetrics' `# EOF`; see
+    /// [`crate::exposition::finish`]). The table's lock is held only to copy its `Arc`s.
+    pub fn encode(&self, format: Format, out: &mut String) {
+        let rows: Vec<(Arc<str>, Arc<ActorSeries>)> = self
+            .lock()
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect();
+        // One buffer per family, filled in one pass over the rows (each family's samples must
+        // be contiguous), then appended in order.
+        let mut bufs: [String; 7] = Default::default();
+        let line = |buf: &mut String, name: &str, path: &str, extra: Option<&str>, v: i64| {
+            buf.push_str(name);
+            buf.push_str("{path=\"");
+            write_label_value(buf, path);
+            buf.push('"');
+            if let Some(reason) = extra {
+                buf.push_str(",reason=\"");
+                buf.push_str(reason);
+                buf.push('"');
+            }
+            buf.push_str("} ");
+            let _ = write!(buf, "{v}");
+            buf.push('\n');
+        };
+        for (path, s) in &rows {
+            let roles = s.roles.load(Relaxed);
+            let eager = s.eager();
+            if roles & ROLE_CHILD != 0 {
+                let n = s.starts.load(Relaxed) as i64;
+                line(&mut bufs[0], FAMILIES[0].0, path, None, n);
+                let r = s.restarts.load(Relaxed) as i64;
+                if eager || r != 0 {
+                    line(&mut bufs[1], FAMILIES[1].0, path, None, r);
+                }
+                for (i, class) in EXIT_CLASSES.iter().enumerate() {
+                    let e = s.exits[i].load(Relaxed) as i64;
+                    if eager || e != 0 {
+                        line(&mut bufs[2], FAMILIES[2].0, path, Some(class.as_str()), e);
+                    }
+                }
+            }
+            if roles & ROLE_MAILBOX != 0 {
+                let m = s.messages.load(Relaxed) as i64;
+                line(&mut bufs[3], FAMILIES[3].0, path, None, m);
+                // A send and the handling of the same message race on the counter; a depth
+                // below zero is such a race seen half-way, not a depth.
+                let q = s.queued.load(Relaxed).max(0);
+                line(&mut bufs[4], FAMILIES[4].0, path, None, q);
+            }
+            if roles & ROLE_SUPERVISOR != 0 {
+                let c = s.children.load(Relaxed).max(0);
+                line(&mut bufs[5], FAMILIES[5].0, path, None, c);
+            }
+            let x = s.intensity_exceeded.load(Relaxed) as i64;
+            if x != 0 {
+                line(&mut bufs[6], FAMILIES[6].0, path, None, x);
+            }
+        }
+        for (i, buf) in bufs.iter().enumerate() {
+            if buf.is_empty() {
+                continue;
+            }
+            let (name, help, kind) = FAMILIES[i];
+            write_family_header(out, format, name, help, kind);
+            out.push_str(buf);
+        }
+    }
+
+    fn families(&self) -> Vec<MetricFamily> {
+        let rows: Vec<(Arc<str>, Arc<ActorSeries>)> = self
+            .lock()
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect();
+        let mut fams: Vec<MetricFamily> = FAMILIES
+            .iter()
+            .map(|(name, help, kind)| {
+                let mut f = MetricFamily::default();
+                f.set_name(name.to_string());
+                f.set_help(help.to_string());
+                f.set_field_type(*kind);
+                f
+            })
+            .collect();
+        let metric = |path: &str, reason: Option<&str>, v: i64, kind: MetricType| {
+            let mut labels = vec![label_pair("path", path)];
+            if let Some(r) = reason {
+                labels.push(label_pair("reason", r));
+            }
+            let mut m = proto::Metric::default();
+            m.set_label(labels);
+            if kind == MetricType::COUNTER {
+                let mut c = proto::Counter::default();
+                c.set_value(v as f64);
+                m.set_counter(c);
+            } else {
+                let mut g = proto::Gauge::default();
+                g.set_value(v as f64);
+                m.set_gauge(g);
+            }
+            m
+        };
+        for (path, s) in &rows {
+            let roles = s.roles.load(Relaxed);
+            let eager = s.eager();
+            let c = MetricType::COUNTER;
+            let g = MetricType::GAUGE;
+            if roles & ROLE_CHILD != 0 {
+                fams[0]
+                    .mut_metric()
+                    .push(metric(path, None, s.starts.load(Relaxed) as i64, c));
+                let r = s.restarts.load(Relaxed) as i64;
+                if eager || r != 0 {
+                    fams[1].mut_metric().push(metric(path, None, r, c));
+                }
+                for (i, class) in EXIT_CLASSES.iter().enumerate() {
+                    let e = s.exits[i].load(Relaxed) as i64;
+                    if eager || e != 0 {
+                        fams[2]
+                            .mut_metric()
+                            .push(metric(path, Some(class.as_str()), e, c));
+                    }
+                }
+            }
+            if roles & ROLE_MAILBOX != 0 {
+                fams[3]
+                    .mut_metric()
+                    .push(metric(path, None, s.messages.load(Relaxed) as i64, c));
+                fams[4]
+                    .mut_metric()
+                    .push(metric(path, None, s.queued.load(Relaxed).max(0), g));
+            }
+            if roles & ROLE_SUPERVISOR != 0 {
+                fams[5]
+                    .mut_metric()
+                    .push(metric(path, None, s.children.load(Relaxed).max(0), g));
+            }
+            let x = s.intensity_exceeded.load(Relaxed) as i64;
+            if x != 0 {
+                fams[6].mut_metric().push(metric(path, None, x, c));
+            }
+        }
+        fams.retain(|f| !f.get_metric().is_empty());
+        fams
     }
 }
 
-/// Resolved counters for one path.
+fn label_pair(name: &str, value: &str) -> proto::LabelPair {
+    let mut l = proto::LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+impl Collector for SupervisionMetrics {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.families()
+    }
+}
+
+/// Resolved counters for one child's label.
 #[derive(Clone)]
-pub(crate) struct Series {
-    pub(crate) starts: IntCounter,
-    pub(crate) restarts: IntCounter,
-    exits: [IntCounter; 4],
-}
+pub(crate) struct Series(Arc<ActorSeries>);
 
 impl Series {
+    pub(crate) fn start(&self) {
+        self.0.starts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn restart(&self) {
+        self.0.restarts.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn exit(&self, class: ExitClass) {
-        let i = match class {
-            ExitClass::Normal => 0,
-            ExitClass::Shutdown => 1,
-            ExitClass::Killed => 2,
-            ExitClass::Failed => 3,
-        };
-        self.exits[i].inc();
+        self.0.exits[exit_index(class)].fetch_add(1, Relaxed);
+    }
+}
+
+/// A supervisor's share of a running-children gauge: it adds the change of its own count,
+/// and takes its count back out when dropped (a supervisor that stops no longer has
+/// children, however it stopped).
+pub(crate) struct ChildrenGauge {
+    series: Arc<ActorSeries>,
+    last: AtomicI64,
+}
+
+impl ChildrenGauge {
+    pub(crate) fn set(&self, running: i64) {
+        let previous = self.last.swap(running, Relaxed);
+        self.series.children.fetch_add(running - previous, Relaxed);
+    }
+}
+
+impl Drop for ChildrenGauge {
+    fn drop(&mut self) {
+        let last = *self.last.get_mut();
+        self.series.children.fetch_sub(last, Relaxed);
+    }
+}
+
+/// The message counters of one label (an actor, or a group counted together): messages
+/// handled and the mailbox depth. Each incarnation of an actor opens its own [`Mailbox`] on
+/// it.
+#[derive(Clone, Debug)]
+pub struct MailboxCounters(Arc<ActorSeries>);
+
+impl MailboxCounters {
+    /// A mailbox for a new incarnation (its depth starts at zero).
+    pub fn open(&self) -> Mailbox {
+        Mailbox {
+            series: Arc::clone(&self.0),
+            state: Arc::new(MailboxState::default()),
+        }
+    }
+
+    /// A mailbox for a new incarnation of the one actor this label stands for, closing the
+    /// previous incarnation's: a killed actor never runs its `post_stop`, and what was left
+    /// in its mailbox must not stay in the depth for ever.
+    pub fn reopen(&self) -> Mailbox {
+        let mailbox = self.open();
+        let previous = self
+            .0
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(Arc::clone(&mailbox.state));
+        if let Some(state) = previous {
+            Mailbox {
+                series: Arc::clone(&self.0),
+                state,
+            }
+            .close();
+        }
+        mailbox
+    }
+
+    /// Messages handled so far, over every incarnation.
+    pub fn messages(&self) -> u64 {
+        self.0.messages.load(Relaxed)
+    }
+
+    /// The mailbox depth now, over every open mailbox of the label (never below zero).
+    pub fn depth(&self) -> i64 {
+        self.0.queued.load(Relaxed).max(0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct MailboxState {
+    depth: AtomicI64,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// One incarnation's mailbox count: what senders announced minus what the actor handled.
+///
+/// Senders call [`Mailbox::sent`] before each send and [`Mailbox::unsent`] when the send
+/// failed; the actor calls [`Mailbox::handled`] for each message, and [`Mailbox::close`]
+/// when it stops, which takes whatever was left (dropped with the incarnation) out of the
+/// label's depth. After `close`, announcements change nothing, so a send racing the stop
+/// cannot leave a phantom message behind. Clones share the count.
+#[derive(Clone, Debug)]
+pub struct Mailbox {
+    series: Arc<ActorSeries>,
+    state: Arc<MailboxState>,
+}
+
+impl Mailbox {
+    fn closed(&self) -> bool {
+        self.state.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A message is about to be sent to this incarnation.
+    pub fn sent(&self) {
+        if !self.closed() {
+            self.state.depth.fetch_add(1, Relaxed);
+            self.series.queued.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A send announced with [`Mailbox::sent`] failed.
+    pub fn unsent(&self) {
+        if !self.closed() {
+            self.state.depth.fetch_sub(1, Relaxed);
+            self.series.queued.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// The actor handled a message (counted whether or not it was announced: timers and
+    /// self-sends are messages too, but only announced ones make up the depth).
+    pub fn handled(&self) {
+        self.series.messages.fetch_add(1, Relaxed);
+        if !self.closed() {
+            // Only announced messages are in the depth; a self-send the sender did not
+            // announce would otherwise drive it below zero.
+            let _ = self
+                .state
+                .depth
+                .fetch_update(Relaxed, Relaxed, |d| (d > 0).then(|| d - 1))
+                .map(|_| self.series.queued.fetch_sub(1, Relaxed));
+        }
+    }
+
+    /// The incarnation stopped: what was left in its mailbox is gone.
+    pub fn close(&self) {
+        if !self
+            .state
+            .closed
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let left = self.state.depth.swap(0, Relaxed);
+            self.series.queued.fetch_sub(left, Relaxed);
+        }
+    }
+
+    /// This incarnation's depth now.
+    pub fn depth(&self) -> i64 {
+        self.state.depth.load(Relaxed)
+    }
+}
+
+/// An actor's address together with its incarnation's [`Mailbox`]: every send through it is
+/// counted in the receiver's mailbox depth. Dereferences to the `ActorRef` for everything
+/// else.
+pub struct CountedRef<M> {
+    actor: ractor::ActorRef<M>,
+    mailbox: Mailbox,
+}
+
+impl<M> Clone for CountedRef<M> {
+    fn clone(&self) -> Self {
+        CountedRef {
+            actor: self.actor.clone(),
+            mailbox: self.mailbox.clone(),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for CountedRef<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountedRef")
+            .field("actor", &self.actor.get_id())
+            .field("depth", &self.mailbox.depth())
+            .finish()
+    }
+}
+
+impl<M: ractor::Message> CountedRef<M> {
+    /// `actor`'s address, counting sends in `mailbox` (the one its incarnation opened).
+    pub fn new(actor: ractor::ActorRef<M>, mailbox: Mailbox) -> Self {
+        CountedRef { actor, mailbox }
+    }
+
+    /// Send `message`, counted in the receiver's mailbox depth until it is handled.
+    pub fn send_message(&self, message: M) -> Result<(), ractor::MessagingErr<M>> {
+        self.mailbox.sent();
+        let r = self.actor.send_message(message);
+        if r.is_err() {
+            self.mailbox.unsent();
+        }
+        r
+    }
+
+    /// The plain address.
+    pub fn actor(&self) -> &ractor::ActorRef<M> {
+        &self.actor
+    }
+}
+
+impl<M> std::ops::Deref for CountedRef<M> {
+    type Target = ractor::ActorRef<M>;
+    fn deref(&self) -> &Self::Target {
+        &self.actor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exposition::encode_families;
+
+    /// The fast path (straight from the table) and the collector path (`gather()` and the
+    /// generic encoder) must write the same exposition.
+    #[test]
+    fn the_table_writes_what_the_collector_gathers() {
+        let m = SupervisionMetrics::new();
+        let leaf = m.series("a/b", false);
+        leaf.start();
+        let quiet = m.series("a/c", false);
+        quiet.start();
+        let shared = m.series("a/*/s", true);
+        shared.start();
+        shared.start();
+        leaf.exit(ExitClass::Failed);
+        leaf.restart();
+        let gauge = m.children_gauge("a", false);
+        gauge.set(2);
+        let mailbox = m.mailbox("a/b").open();
+        mailbox.sent();
+        mailbox.sent();
+        mailbox.handled();
+        m.intensity_exceeded(&ActorPath::from("a"));
+        for format in [Format::Text, Format::OpenMetrics] {
+            let mut fast = String::new();
+            m.encode(format, &mut fast);
+            let mut slow = String::new();
+            encode_families(&m.families(), format, &mut slow);
+            assert_eq!(fast, slow, "{format:?}");
+        }
+        let mut text = String::new();
+        m.encode(Format::Text, &mut text);
+        // Lazy per-path series: the quiet child has a start and nothing else.
+        assert!(text.contains("gridvisor_actor_starts_total{path=\"a/c\"} 1\n"));
+        assert!(!text.contains("gridvisor_actor_restarts_total{path=\"a/c\"}"));
+        // Eager shared series: zeros are written.
+        assert!(text.contains("gridvisor_actor_restarts_total{path=\"a/*/s\"} 0\n"));
+        assert!(text.contains("gridvisor_actor_exits_total{path=\"a/*/s\",reason=\"killed\"} 0\n"));
+        assert!(text.contains("gridvisor_actor_exits_total{path=\"a/b\",reason=\"failed\"} 1\n"));
+        assert!(text.contains("gridvisor_actor_messages_total{path=\"a/b\"} 1\n"));
+        assert!(text.contains("gridvisor_actor_mailbox_depth{path=\"a/b\"} 1\n"));
+        assert!(text.contains("gridvisor_supervisor_children{path=\"a\"} 2\n"));
+        assert!(text.contains("gridvisor_supervisor_intensity_exceeded_total{path=\"a\"} 1\n"));
+        let mut om = String::new();
+        m.encode(Format::OpenMetrics, &mut om);
+        assert!(om.contains("# TYPE gridvisor_actor_starts counter\n"));
+    }
+
+    #[test]
+    fn shared_gauges_add_and_a_dropped_supervisor_takes_its_share_out() {
+        let m = SupervisionMetrics::new();
+        let a = m.children_gauge("sups/*", true);
+        let b = m.children_gauge("sups/*", true);
+        a.set(2);
+        b.set(1);
+        a.set(1);
+        let depth = || m.lock().get("sups/*").unwrap().children.load(Relaxed);
+        assert_eq!(depth(), 2);
+        drop(b);
+        assert_eq!(depth(), 1);
+    }
+
+    #[test]
+    fn a_closed_mailbox_takes_what_was_left_and_ignores_late_sends() {
+        let m = SupervisionMetrics::new();
+        let counters = m.mailbox("x");
+        let first = counters.open();
+        first.sent();
+        first.sent();
+        first.sent();
+        first.handled();
+        assert_eq!(counters.depth(), 2);
+        first.close();
+        assert_eq!(counters.depth(), 0);
+        first.sent();
+        first.unsent();
+        assert_eq!(counters.depth(), 0);
+        let second = counters.open();
+        second.sent();
+        assert_eq!(counters.depth(), 1);
+        // A timer's message, never announced, does not drive the depth below zero.
+        second.handled();
+        second.handled();
+        assert_eq!(counters.depth(), 0);
+        assert_eq!(second.depth(), 0);
+        assert_eq!(counters.messages(), 3);
+    }
+
+    #[test]
+    fn reopening_closes_a_killed_incarnations_mailbox() {
+        let m = SupervisionMetrics::new();
+        let counters = m.mailbox("link");
+        let killed = counters.reopen();
+        killed.sent();
+        killed.sent();
+        // Killed: no post_stop, no close. The next incarnation takes its leftovers out.
+        let next = counters.reopen();
+        assert_eq!(counters.depth(), 0);
+        next.sent();
+        assert_eq!(counters.depth(), 1);
+        killed.sent();
+        assert_eq!(counters.depth(), 1, "the old incarnation is closed");
     }
 }

@@ -63,6 +63,12 @@ impl From<&str> for ActorPath {
     }
 }
 
+impl From<String> for ActorPath {
+    fn from(s: String) -> Self {
+        ActorPath(Arc::from(s))
+    }
+}
+
 impl std::borrow::Borrow<str> for ActorPath {
     fn borrow(&self) -> &str {
         &self.0

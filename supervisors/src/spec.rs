@@ -119,6 +119,7 @@ pub struct ChildSpec<A = ()> {
     pub(crate) shutdown: Shutdown,
     pub(crate) kind: ChildKind,
     pub(crate) backoff: Option<Backoff>,
+    pub(crate) metrics_label: Option<ActorPath>,
 }
 
 impl<A> Clone for ChildSpec<A> {
@@ -130,6 +131,7 @@ impl<A> Clone for ChildSpec<A> {
             shutdown: self.shutdown,
             kind: self.kind,
             backoff: self.backoff.clone(),
+            metrics_label: self.metrics_label.clone(),
         }
     }
 }
@@ -162,6 +164,7 @@ impl<A: Send + 'static> ChildSpec<A> {
             shutdown: Shutdown::Timeout(DEFAULT_WORKER_SHUTDOWN),
             kind: ChildKind::Worker,
             backoff: None,
+            metrics_label: None,
         }
     }
 
@@ -181,6 +184,14 @@ impl<A: Send + 'static> ChildSpec<A> {
     /// offline must not cause a restart storm).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = Some(backoff);
+        self
+    }
+
+    /// Count this child's starts, restarts and exits under `label`, shared with every child
+    /// given the same label, instead of under its own path: many alike children (a session
+    /// per vehicle, say) then cost one series, not one each.
+    pub fn metrics_label(mut self, label: impl Into<ActorPath>) -> Self {
+        self.metrics_label = Some(label.into());
         self
     }
 

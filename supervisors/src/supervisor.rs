@@ -47,7 +47,7 @@ use crate::exit::{ExitClass, ExitReason};
 use crate::handle::{DynamicSupervisorRef, StartedChild, SupervisorRef};
 use crate::intensity::{RestartIntensity, RestartWindow, SplitMix64};
 use crate::introspect::{ChildCounts, ChildInfo, ChildState};
-use crate::metrics::{MetricsGranularity, Series, SupervisionMetrics};
+use crate::metrics::{ChildrenGauge, MetricsGranularity, Series, SupervisionMetrics};
 use crate::path::ActorPath;
 use crate::registry::Registry;
 use crate::spec::{ChildContext, ChildKind, ChildSpec, Restart, Shutdown, StartError};
@@ -113,6 +113,7 @@ pub struct SupervisorConfig {
     pub(crate) tree: Option<TreeContext>,
     pub(crate) seed: u64,
     pub(crate) granularity: Option<MetricsGranularity>,
+    pub(crate) metrics_label: Option<ActorPath>,
 }
 
 impl std::fmt::Debug for SupervisorConfig {
@@ -138,6 +139,7 @@ impl SupervisorConfig {
             tree: None,
             seed: 0x6772_6964_7669_736f,
             granularity: None,
+            metrics_label: None,
         }
     }
 
@@ -171,6 +173,14 @@ impl SupervisorConfig {
     /// How a dynamic supervisor labels its children's metrics (default: aggregated).
     pub fn metrics_granularity(mut self, g: MetricsGranularity) -> Self {
         self.granularity = Some(g);
+        self
+    }
+
+    /// Count this supervisor's running children under `label`, shared with every supervisor
+    /// given the same label (one series for 100,000 alike supervisors), instead of under
+    /// its own path.
+    pub fn metrics_label(mut self, label: impl Into<ActorPath>) -> Self {
+        self.metrics_label = Some(label.into());
         self
     }
 
@@ -370,7 +380,7 @@ pub struct SupervisorState<A> {
     running: usize,
     /// Aggregated series for dynamic children (when not per child).
     shared_series: Option<Series>,
-    children_gauge: Option<prometheus::IntGauge>,
+    children_gauge: Option<ChildrenGauge>,
 }
 
 impl<A> Drop for SupervisorState<A> {
@@ -544,14 +554,14 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         });
         let shared_series = match (&tree.metrics, granularity, dynamic) {
             (Some(m), MetricsGranularity::Aggregated, true) => {
-                Some(m.series(&format!("{}/*", config.path)))
+                Some(m.series(&format!("{}/*", config.path), true))
             }
             _ => None,
         };
-        let children_gauge = tree
-            .metrics
-            .as_ref()
-            .map(|m| m.children_gauge(&config.path));
+        let children_gauge = tree.metrics.as_ref().map(|m| match &config.metrics_label {
+            Some(label) => m.children_gauge(label.as_str(), true),
+            None => m.children_gauge(config.path.as_str(), false),
+        });
         SupervisorState {
             path: config.path,
             strategy: config.strategy,
@@ -593,15 +603,19 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         self.by_path.get(self.path.child(id).as_str()).copied()
     }
 
-    fn series_for(&self, path: &ActorPath) -> Option<Series> {
+    fn series_for(&self, spec: &ChildSpec<A>, path: &ActorPath) -> Option<Series> {
+        let m = self.tree.metrics.as_ref()?;
+        if let Some(label) = &spec.metrics_label {
+            return Some(m.series(label.as_str(), true));
+        }
         if self.shared_series.is_some() {
             return None;
         }
-        self.tree.metrics.as_ref().map(|m| m.series(path.as_str()))
+        Some(m.series(path.as_str(), false))
     }
 
     fn add_child(&mut self, spec: Arc<ChildSpec<A>>, args: A, path: ActorPath) -> usize {
-        let series = self.series_for(&path);
+        let series = self.series_for(&spec, &path);
         let child = Child {
             spec,
             args,
@@ -640,7 +654,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
             reg.table()
                 .unregister(child.path.as_str(), child.incarnation);
         }
-        if child.series.is_some() && self.is_dynamic() {
+        if child.series.is_some() && child.spec.metrics_label.is_none() && self.is_dynamic() {
             if let Some(m) = &self.tree.metrics {
                 m.remove_series(child.path.as_str());
             }
@@ -716,7 +730,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         c.state = ChildState::Running;
         c.token = 0;
         if let Some(s) = self.series(slot) {
-            s.starts.inc();
+            s.start();
         }
         self.set_running(1);
         Ok(())
@@ -888,7 +902,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         }
         self.mark_restarting(slot);
         if let Some(s) = self.series(slot) {
-            s.restarts.inc();
+            s.restart();
         }
         // Which children restart, in start order.
         let plan = match self.strategy {
@@ -934,7 +948,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
             c.state = ChildState::Restarting;
             c.restarts += 1;
             if let Some(s) = self.series(slot) {
-                s.restarts.inc();
+                s.restart();
             }
             self.mark_restarting(slot);
             group.push(slot);
