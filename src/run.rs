@@ -9,6 +9,7 @@ use std::time::Duration;
 use gridvisor_actors::checkpoint::{CheckpointStore, StoreLimits};
 use gridvisor_actors::clock::Clock;
 use gridvisor_actors::config;
+use gridvisor_actors::config::Granularity;
 use gridvisor_actors::runtime::{Node, NodeOptions};
 
 use crate::demo::{DemoSite, DEMO_CONNECT_LIMIT};
@@ -152,7 +153,9 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         store.clone(),
         Clock::tokio(),
         prometheus::Registry::new(),
-        NodeOptions::default(),
+        NodeOptions {
+            per_session_metrics: topology.metrics.sessions == Granularity::PerActor,
+        },
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -165,6 +165,29 @@ pub struct Topology {
     pub ocpp: Option<Ocpp>,
     /// Telemetry export to an MQTT broker (`[mqtt]`); None: no export.
     pub mqtt: Option<Mqtt>,
+    /// How the node labels its per-actor metrics (`[metrics]`).
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: the granularity of per-actor series. Chargers, segment actors, inverters and
+/// meters always have series per actor; sessions (one per vehicle, the many) have them per
+/// actor only when asked, since 100,000 sessions would add 100,000 series to every scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Metrics {
+    /// `sessions = "aggregated"` (the default: one series per segment) or `"per_actor"`
+    /// (each session its own series, and its vehicle's SoC).
+    pub sessions: Granularity,
+}
+
+/// Per actor, or one series for all alike actors of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One series for all.
+    #[default]
+    Aggregated,
+    /// One series each.
+    PerActor,
 }
 
 /// Telemetry export to an MQTT broker (`[mqtt]`): every `interval_ms` the node publishes
@@ -716,6 +739,7 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
         },
         ocpp: None,
         mqtt: None,
+        metrics: Metrics::default(),
     }
 }
 
@@ -909,7 +933,16 @@ fn join(path: &str, key: &str) -> String {
 
 type Node<'i> = Spanned<DeValue<'i>>;
 
-const ROOT_KEYS: &[&str] = &["site", "substations", "vehicles", "safety", "ocpp", "mqtt"];
+const ROOT_KEYS: &[&str] = &[
+    "site",
+    "substations",
+    "vehicles",
+    "safety",
+    "ocpp",
+    "mqtt",
+    "metrics",
+];
+const METRICS_KEYS: &[&str] = &["sessions"];
 const OCPP_KEYS: &[&str] = &["listen", "password", "heartbeat_s", "tls"];
 const OCPP_TLS_KEYS: &[&str] = &["listen", "cert", "key", "client_ca"];
 const MQTT_KEYS: &[&str] = &["broker", "topic_prefix", "interval_ms", "client_id", "tls"];
@@ -1206,6 +1239,7 @@ impl Reader {
         };
         let ocpp = self.ocpp(&root);
         let mqtt = self.mqtt(&root, &site.id);
+        let metrics = self.metrics(&root);
         Topology {
             site,
             substations,
@@ -1213,6 +1247,7 @@ impl Reader {
             safety,
             ocpp,
             mqtt,
+            metrics,
         }
     }
 
@@ -1407,6 +1442,32 @@ impl Reader {
             (_, None) => None,
             (_, Some(_)) => Some(self.string(t, key)),
         }
+    }
+
+    /// The optional `[metrics]` table.
+    fn metrics(&mut self, root: &Tbl<'_, '_>) -> Metrics {
+        let t = self.child(root, "metrics", METRICS_KEYS);
+        if t.table.is_none() {
+            return Metrics::default();
+        }
+        let sessions = match self.lookup(&t, "sessions") {
+            (_, None) => Granularity::default(),
+            (path, Some(node)) => match node.get_ref().as_str() {
+                Some("aggregated") => Granularity::Aggregated,
+                Some("per_actor") => Granularity::PerActor,
+                Some(other) => {
+                    let message =
+                        format!("expected \"aggregated\" or \"per_actor\", found {other:?}");
+                    self.problem(&path, node.span().start, message);
+                    Granularity::default()
+                }
+                None => {
+                    self.mismatch(&path, node, "\"aggregated\" or \"per_actor\"");
+                    Granularity::default()
+                }
+            },
+        };
+        Metrics { sessions }
     }
 
     /// The optional `[mqtt]` table; `site_id` makes the defaults of the topic prefix and the
@@ -2972,6 +3033,43 @@ max_kw = 11
         fn parse_never_panics_on_a_mutated_demo(text in mutated_demo()) {
             let result = parse("demo.toml", &text);
             check_positions(&text, &result)?;
+        }
+    }
+
+    #[test]
+    fn metrics_granularity_is_aggregated_unless_asked_and_a_bad_value_is_named() {
+        let base = demo_toml_without_metrics();
+        let t = parse("t.toml", &base).unwrap();
+        assert_eq!(t.metrics.sessions, Granularity::Aggregated);
+        let t = parse(
+            "t.toml",
+            &format!("{base}\n[metrics]\nsessions = \"per_actor\"\n"),
+        )
+        .unwrap();
+        assert_eq!(t.metrics.sessions, Granularity::PerActor);
+        let e = parse(
+            "t.toml",
+            &format!("{base}\n[metrics]\nsessions = \"each\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("metrics.sessions") && e.contains("\"each\"") && e.contains("per_actor"),
+            "{e}"
+        );
+    }
+
+    fn demo_toml_without_metrics() -> String {
+        let demo = include_str!("../../configs/demo.toml");
+        match demo.find("[metrics]") {
+            Some(i) => {
+                let rest = &demo[i + "[metrics]".len()..];
+                let end = rest
+                    .find("\n[")
+                    .map_or(demo.len(), |j| i + "[metrics]".len() + j + 1);
+                format!("{}{}", &demo[..i], &demo[end..])
+            }
+            None => demo.to_string(),
         }
     }
 }

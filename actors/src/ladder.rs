@@ -213,6 +213,37 @@ pub enum FaultKey {
     Metering,
 }
 
+impl FaultKey {
+    /// Every kind of fault source, as [`FaultKey::kind`] names it.
+    pub const KINDS: [&'static str; 9] = [
+        "islanding",
+        "clock_drift",
+        "keepalive",
+        "over_temperature",
+        "transformer_thermal",
+        "quorum",
+        "restart_intensity",
+        "restored",
+        "metering",
+    ];
+
+    /// The kind of source, without its instance (the `cause` label of
+    /// `gridvisor_segment_fault_active`: bounded, whatever the inverter or supervisor).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultKey::Islanding => Self::KINDS[0],
+            FaultKey::ClockDrift => Self::KINDS[1],
+            FaultKey::KeepAlive => Self::KINDS[2],
+            FaultKey::OverTemperature(_) => Self::KINDS[3],
+            FaultKey::TransformerThermal => Self::KINDS[4],
+            FaultKey::Quorum => Self::KINDS[5],
+            FaultKey::RestartIntensity(_) => Self::KINDS[6],
+            FaultKey::Restored => Self::KINDS[7],
+            FaultKey::Metering => Self::KINDS[8],
+        }
+    }
+}
+
 /// An observation the ladder decides on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridvisor_supervisors::prelude::*;
+use gridvisor_supervisors::{CountedRef, Mailbox};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -72,8 +73,11 @@ pub(crate) fn charger_template() -> ChildSpec<ChargerArgs> {
             if let Some(vehicle) = plugged {
                 children.push(session_spec(&args, &vehicle));
             }
+            // Its running children are counted with every other charger supervisor's of the
+            // segment (as its own starts and exits are, by its parent).
             let config = SupervisorConfig::new(&id, Strategy::RestForOne)
-                .intensity(CHARGER_MAX_RESTARTS, CHARGER_RESTART_PERIOD);
+                .intensity(CHARGER_MAX_RESTARTS, CHARGER_RESTART_PERIOD)
+                .metrics_label(super::node::charger_path(&args.seg.id, "*"));
             let cell = Supervisor::start_in(&ctx, config, children).await?;
             Ok(cell)
         },
@@ -85,9 +89,11 @@ pub(crate) fn charger_template() -> ChildSpec<ChargerArgs> {
 /// The child spec of a vehicle's session (transient: a session that ends normally, because
 /// the vehicle left, is not restarted).
 pub(crate) fn session_spec(args: &ChargerArgs, vehicle: &str) -> ChildSpec<()> {
+    let label =
+        (!args.shared.options.per_session_metrics).then(|| aggregated_session_label(&args.seg.id));
     let args = args.clone();
     let vehicle_id = vehicle.to_string();
-    ChildSpec::worker(vehicle, move |ctx: ChildContext, ()| {
+    let spec = ChildSpec::worker(vehicle, move |ctx: ChildContext, ()| {
         let a = args.clone();
         let v = vehicle_id.clone();
         async move {
@@ -96,7 +102,17 @@ pub(crate) fn session_spec(args: &ChargerArgs, vehicle: &str) -> ChildSpec<()> {
                 .await
         }
     })
-    .restart(Restart::Transient)
+    .restart(Restart::Transient);
+    match label {
+        Some(label) => spec.metrics_label(label),
+        None => spec,
+    }
+}
+
+/// The one metrics label of all a segment's sessions when sessions are not counted per
+/// actor (`node/segments/<id>/chargers/*/session`).
+pub(crate) fn aggregated_session_label(segment: &str) -> String {
+    format!("{}/session", super::node::charger_path(segment, "*"))
 }
 
 /// A link whose device does not answer retries after this long, doubling ...
@@ -112,8 +128,9 @@ pub(crate) struct LinkState {
     io: Arc<dyn ChargerIo>,
     charger: crate::config::Charger,
     applier: IdempotentApplier,
-    /// Its messages counter (looked up once: a label lookup per message costs at 100k).
-    messages: prometheus::IntCounter,
+    /// Its mailbox counts (handled messages and depth; per actor: chargers are few enough
+    /// and each matters).
+    mailbox: Mailbox,
     myself: ActorRef<LinkMsg>,
     /// Whether the last applied setpoint was applied by this run of the node.
     same_run: bool,
@@ -137,7 +154,7 @@ impl LinkState {
                 .links
                 .entry(self.charger.id.clone())
                 .or_insert_with(|| LinkEntry {
-                    actor: self.myself.clone(),
+                    actor: CountedRef::new(self.myself.clone(), self.mailbox.clone()),
                     status: LinkStatus {
                         commanded_kw: None,
                         measured_kw: None,
@@ -147,7 +164,7 @@ impl LinkState {
                 }),
         };
         if entry.actor.get_id() != self.myself.get_id() {
-            entry.actor = self.myself.clone();
+            entry.actor = CountedRef::new(self.myself.clone(), self.mailbox.clone());
         }
         let status = &mut entry.status;
         if let Some(r) = reading {
@@ -320,19 +337,14 @@ impl Actor for Link {
         // A lease from another run of the node is a time on another clock: ended.
         let same_run = last.as_ref().is_some_and(|(_, boot)| *boot == shared.boot);
         let applier = IdempotentApplier::from_last(last.map(|(a, _)| a))?;
-        let metrics_path = if shared.options.per_session_metrics {
-            path
-        } else {
-            format!("{}/chargers/*/link", seg.id)
-        };
-        let messages = shared.metrics.messages.with_label_values(&[&metrics_path]);
+        let mailbox = shared.supervision.mailbox(&path).reopen();
         let mut state = LinkState {
             shared,
             seg,
             io,
             charger,
             applier,
-            messages,
+            mailbox,
             myself: myself.clone(),
             same_run,
             online: false,
@@ -361,7 +373,7 @@ impl Actor for Link {
         msg: LinkMsg,
         s: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
-        s.messages.inc();
+        s.mailbox.handled();
         match msg {
             LinkMsg::Setpoint(sp, tally) => {
                 if !s.online {
@@ -445,6 +457,7 @@ impl Actor for Link {
         s.seg
             .links
             .remove_if(&s.charger.id, |_, e| e.actor.get_id() == myself.get_id());
+        s.mailbox.close();
         Ok(())
     }
 }
@@ -472,7 +485,7 @@ pub(crate) struct SessionActorState {
     charger: String,
     cp: SessionCheckpoint,
     readings: u64,
-    messages: prometheus::IntCounter,
+    mailbox: Mailbox,
     /// How often it reads its charger (the site's cycle).
     period: Duration,
     timer: Option<JoinHandle<()>>,
@@ -580,12 +593,14 @@ impl Actor for SessionActor {
                 }
             }
         };
-        let metrics_path = if shared.options.per_session_metrics {
-            path
+        let mailbox = if shared.options.per_session_metrics {
+            shared.supervision.mailbox(&path).reopen()
         } else {
-            format!("{}/chargers/*/session", seg.id)
+            shared
+                .supervision
+                .mailbox(&aggregated_session_label(&seg.id))
+                .open()
         };
-        let messages = shared.metrics.messages.with_label_values(&[&metrics_path]);
         let shared_cycle_ms = shared.topology.site.cycle_ms;
         let mut state = SessionActorState {
             shared,
@@ -594,7 +609,7 @@ impl Actor for SessionActor {
             charger,
             cp,
             readings: 0,
-            messages,
+            mailbox,
             period: Duration::from_millis(shared_cycle_ms),
             timer: None,
         };
@@ -625,7 +640,7 @@ impl Actor for SessionActor {
         msg: SessionMsg,
         s: &mut SessionActorState,
     ) -> Result<(), ActorProcessingErr> {
-        s.messages.inc();
+        s.mailbox.handled();
         match msg {
             SessionMsg::Tick => {
                 s.timer = Some(super::tick_after(&myself, s.period, || SessionMsg::Tick));
@@ -676,6 +691,7 @@ impl Actor for SessionActor {
         if let Some(t) = s.timer.take() {
             t.abort();
         }
+        s.mailbox.close();
         s.seg
             .session_actors
             .remove_if(&s.charger, |_, r| r.get_id() == myself.get_id());

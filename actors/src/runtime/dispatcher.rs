@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gridvisor_supervisors::{CountedRef, Mailbox};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::shared::{applied_record_key, lock, SegmentShared, SiteShared};
@@ -43,7 +44,7 @@ struct Batch {
 pub(crate) struct DispatcherState {
     shared: Arc<SiteShared>,
     seg: Arc<SegmentShared>,
-    path: String,
+    mailbox: Mailbox,
     batch: Option<Batch>,
     /// The segment's chargers by id (built once: the topology does not change).
     chargers: HashMap<String, crate::config::Charger, foldhash::fast::RandomState>,
@@ -91,7 +92,7 @@ impl DispatcherState {
         let horizon = Duration::from_millis(self.shared.topology.site.cycle_ms);
         let chargers = &self.chargers;
         let mut candidates = Vec::with_capacity(seg.links.len());
-        let mut targets: Vec<ActorRef<LinkMsg>> = Vec::with_capacity(seg.links.len());
+        let mut targets: Vec<CountedRef<LinkMsg>> = Vec::with_capacity(seg.links.len());
         for link in seg.links.iter() {
             let Some(sess) = seg.sessions.get(link.key()) else {
                 continue;
@@ -250,7 +251,8 @@ impl Actor for Dispatcher {
         myself: ActorRef<DispatcherMsg>,
         (shared, seg, path): Self::Arguments,
     ) -> Result<DispatcherState, ActorProcessingErr> {
-        *lock(&seg.dispatcher) = Some(myself);
+        let mailbox = shared.supervision.mailbox(&path).reopen();
+        *lock(&seg.dispatcher) = Some(CountedRef::new(myself, mailbox.clone()));
         let chargers = seg
             .config
             .chargers
@@ -260,7 +262,7 @@ impl Actor for Dispatcher {
         Ok(DispatcherState {
             shared,
             seg,
-            path,
+            mailbox,
             batch: None,
             chargers,
         })
@@ -272,11 +274,7 @@ impl Actor for Dispatcher {
         msg: DispatcherMsg,
         s: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        s.shared
-            .metrics
-            .messages
-            .with_label_values(&[&s.path])
-            .inc();
+        s.mailbox.handled();
         match msg {
             DispatcherMsg::Dispatch {
                 key,
@@ -323,6 +321,7 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         s.finish(false);
         super::shared::release(&s.seg.dispatcher, &myself);
+        s.mailbox.close();
         Ok(())
     }
 }

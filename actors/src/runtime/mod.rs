@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::ladder::{Fault, Transition};
 use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
-pub use node::{charger_path, Node, NodeError, SegmentView, ROOT};
+pub use node::{charger_path, Format, Node, NodeError, SegmentView, ROOT};
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use shared::{NodeOptions, SegmentShared, SiteShared};
 pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};

@@ -10,11 +10,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use gridvisor_supervisors::exposition::Format;
 use gridvisor_supervisors::prelude::*;
+use gridvisor_supervisors::{exposition, Registry, SupervisionMetrics};
 use gridvisor_supervisors::{
     ChildExit, ExitClass, HookDecision, Notifier, StartError, SupervisorError, TreeContext,
     TreeNode,
 };
+
+/// Bytes of exposition per supervision label, roughly (three or four lines of ~90 bytes):
+/// the initial size of the `/metrics` buffer.
+const EXPOSITION_BYTES_PER_LABEL: usize = 300;
 use ractor::ActorRef;
 use serde::Serialize;
 
@@ -393,8 +399,12 @@ impl Node {
         wrap: impl FnOnce(Devices) -> Devices + Send,
     ) -> Result<Node, NodeError> {
         let sim = Arc::new(SimSite::new(&topology));
-        let tree = TreeContext::with_metrics(&prometheus)?;
-        let registry = tree.registry.clone().unwrap_or_default();
+        let supervision = SupervisionMetrics::new();
+        let registry = Registry::new();
+        let tree = TreeContext {
+            registry: Some(registry.clone()),
+            metrics: Some(supervision.clone()),
+        };
         let devices =
             wrap(Devices::for_topology(&topology, &sim, &clock).map_err(NodeError::Config)?);
         let shared = Arc::new(SiteShared::new(
@@ -404,6 +414,7 @@ impl Node {
             devices,
             sim.clone(),
             registry,
+            supervision,
             prometheus,
             options,
         )?);
@@ -539,7 +550,8 @@ impl Node {
 
     fn site(&self) -> Result<ActorRef<SiteMsg>, RequestError> {
         lock(&self.shared.site)
-            .clone()
+            .as_ref()
+            .map(|r| r.actor().clone())
             .ok_or(RequestError::Unavailable)
     }
 
@@ -606,13 +618,27 @@ impl Node {
 
     /// The metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> Result<String, prometheus::Error> {
-        let mut out = Vec::new();
-        prometheus::Encoder::encode(
-            &prometheus::TextEncoder::new(),
-            &self.shared.prometheus.gather(),
-            &mut out,
-        )?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        Ok(self.metrics_exposition(Format::Text))
+    }
+
+    /// The node's whole metrics exposition in `format` (what `/metrics` serves): the
+    /// node-wide and per-segment families from the Prometheus registry, then the
+    /// supervision tree's per-actor table.
+    pub fn metrics_exposition(&self, format: Format) -> String {
+        let name = match format {
+            Format::Text => "text",
+            Format::OpenMetrics => "openmetrics",
+        };
+        self.shared.metrics.scrapes.with_label_values(&[name]).inc();
+        let families = self.shared.prometheus.gather();
+        // Sized from the table so that 100,000 actors do not regrow the buffer 20 times.
+        let mut out = String::with_capacity(
+            EXPOSITION_BYTES_PER_LABEL * self.shared.supervision.len() + 64 * 1024,
+        );
+        exposition::encode_families(&families, format, &mut out);
+        self.shared.supervision.encode(format, &mut out);
+        exposition::finish(format, &mut out);
+        out
     }
 
     /// Stop the tree in order (the aggregator first, each segment's device actors before its

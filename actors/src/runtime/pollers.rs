@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gridvisor_supervisors::Mailbox;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
@@ -30,6 +31,7 @@ pub(crate) struct MeterState {
     seg: Arc<SegmentShared>,
     io: Arc<dyn MeterIo>,
     path: String,
+    mailbox: Mailbox,
     polls: u64,
     thermal_at: Duration,
     errors: u64,
@@ -50,11 +52,13 @@ impl Actor for Meter {
         let io = shared.devices.meter(&id)?;
         let now = shared.clock.now();
         let timer = Some(super::tick_after(&myself, METER_POLL, || MeterMsg::Poll));
+        let mailbox = shared.supervision.mailbox(&path).reopen();
         Ok(MeterState {
             shared,
             seg,
             io,
             path,
+            mailbox,
             polls: 0,
             thermal_at: now,
             errors: 0,
@@ -70,11 +74,7 @@ impl Actor for Meter {
         s: &mut MeterState,
     ) -> Result<(), ActorProcessingErr> {
         s.timer = Some(super::tick_after(&myself, METER_POLL, || MeterMsg::Poll));
-        s.shared
-            .metrics
-            .messages
-            .with_label_values(&[&s.path])
-            .inc();
+        s.mailbox.handled();
         let now = s.shared.clock.now();
         let r = match s.io.read(now).await {
             Ok(r) => r,
@@ -133,6 +133,7 @@ impl Actor for Meter {
         if let Some(t) = s.timer.take() {
             t.abort();
         }
+        s.mailbox.close();
         Ok(())
     }
 }
@@ -146,6 +147,7 @@ pub(crate) struct InverterState {
     id: String,
     max_kw: f64,
     path: String,
+    mailbox: Mailbox,
     timer: Option<JoinHandle<()>>,
 }
 
@@ -171,6 +173,7 @@ impl Actor for Inverter {
         let timer = Some(super::tick_after(&myself, INVERTER_POLL, || {
             InverterMsg::Poll
         }));
+        let mailbox = shared.supervision.mailbox(&path).reopen();
         Ok(InverterState {
             shared,
             seg,
@@ -178,6 +181,7 @@ impl Actor for Inverter {
             id,
             max_kw,
             path,
+            mailbox,
             timer,
         })
     }
@@ -191,11 +195,7 @@ impl Actor for Inverter {
         s.timer = Some(super::tick_after(&myself, INVERTER_POLL, || {
             InverterMsg::Poll
         }));
-        s.shared
-            .metrics
-            .messages
-            .with_label_values(&[&s.path])
-            .inc();
+        s.mailbox.handled();
         let now = s.shared.clock.now();
         match msg {
             InverterMsg::Poll => match s.io.read(now).await {
@@ -226,6 +226,7 @@ impl Actor for Inverter {
         s.seg
             .inverters
             .remove_if(&s.id, |_, r| r.get_id() == myself.get_id());
+        s.mailbox.close();
         Ok(())
     }
 }

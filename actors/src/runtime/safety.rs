@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use gridvisor_supervisors::{CountedRef, Mailbox};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -23,7 +24,7 @@ use gridvisor_supervisors::SupervisorError;
 
 use super::shared::{lock, SegmentShared, SiteShared};
 use super::{LinkMsg, SafetyMsg, SiteMsg, LEASE_SCAN, SAFETY_TICK};
-use crate::ladder::{Fault, SafeState, Transition};
+use crate::ladder::{Fault, FaultKey, SafeState, Transition};
 use crate::setpoint::SetpointKey;
 
 /// What the safety actor checkpoints.
@@ -39,6 +40,9 @@ pub(crate) struct SafetyState {
     shared: Arc<SiteShared>,
     seg: Arc<SegmentShared>,
     path: String,
+    mailbox: Mailbox,
+    /// `gridvisor_segment_fault_active` for each of [`FaultKey::KINDS`], resolved once.
+    causes: [prometheus::Gauge; FaultKey::KINDS.len()],
     ticks: u64,
     timer: Option<JoinHandle<()>>,
 }
@@ -48,6 +52,19 @@ pub(crate) fn checkpoint_key(segment: &str) -> String {
 }
 
 impl SafetyState {
+    /// Export which kinds of fault source the ladder holds a demand for (after every message:
+    /// a tick at least every [`SAFETY_TICK`]).
+    fn publish_causes(&self) {
+        let mut active = [false; FaultKey::KINDS.len()];
+        for key in lock(&self.seg.ladder).causes() {
+            if let Some(i) = FaultKey::KINDS.iter().position(|k| *k == key.kind()) {
+                active[i] = true;
+            }
+        }
+        for (gauge, on) in self.causes.iter().zip(active) {
+            gauge.set(if on { 1.0 } else { 0.0 });
+        }
+    }
     fn now(&self) -> std::time::Duration {
         self.shared.clock.now()
     }
@@ -165,10 +182,19 @@ impl Actor for Safety {
         (shared, seg, path): Self::Arguments,
     ) -> Result<SafetyState, ActorProcessingErr> {
         let now = shared.clock.now();
+        let mailbox = shared.supervision.mailbox(&path).reopen();
+        let causes = FaultKey::KINDS.map(|kind| {
+            shared
+                .metrics
+                .fault_active
+                .with_label_values(&[&seg.id, kind])
+        });
         let mut state = SafetyState {
             shared,
             seg,
             path,
+            mailbox,
+            causes,
             ticks: 0,
             timer: None,
         };
@@ -203,7 +229,7 @@ impl Actor for Safety {
             .segment_level
             .with_label_values(&[&state.seg.id])
             .set(f64::from(state.seg.level().severity()));
-        *lock(&state.seg.safety) = Some(myself.clone());
+        *lock(&state.seg.safety) = Some(CountedRef::new(myself.clone(), state.mailbox.clone()));
         for t in transitions {
             state.transitioned(t).await?;
         }
@@ -217,12 +243,7 @@ impl Actor for Safety {
         msg: SafetyMsg,
         state: &mut SafetyState,
     ) -> Result<(), ActorProcessingErr> {
-        state
-            .shared
-            .metrics
-            .messages
-            .with_label_values(&[&state.path])
-            .inc();
+        state.mailbox.handled();
         let now = state.now();
         let transition = match msg {
             SafetyMsg::Observe(f) => lock(&state.seg.ladder).observe(f, now),
@@ -267,6 +288,7 @@ impl Actor for Safety {
         if let Some(t) = transition {
             state.transitioned(t).await?;
         }
+        state.publish_causes();
         Ok(())
     }
 
@@ -279,6 +301,7 @@ impl Actor for Safety {
             t.abort();
         }
         super::shared::release(&state.seg.safety, &myself);
+        state.mailbox.close();
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use gridvisor_supervisors::{CountedRef, SupervisionMetrics};
 use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use ractor::ActorRef;
 use serde::Serialize;
@@ -39,7 +40,7 @@ pub type Board<V> = DashMap<String, V, foldhash::fast::RandomState>;
 
 /// Empty a "current incarnation" slot, but only if it still holds `me`: a newer incarnation
 /// may already have registered itself while the old one was stopping.
-pub(crate) fn release<M>(slot: &Mutex<Option<ActorRef<M>>>, me: &ActorRef<M>) {
+pub(crate) fn release<M: ractor::Message>(slot: &Mutex<Option<CountedRef<M>>>, me: &ActorRef<M>) {
     let mut s = lock(slot);
     if s.as_ref().is_some_and(|r| r.get_id() == me.get_id()) {
         *s = None;
@@ -62,8 +63,8 @@ pub struct LinkStatus {
 /// A link in the board: its address and status.
 #[derive(Debug, Clone)]
 pub struct LinkEntry {
-    /// The link actor (the current incarnation).
-    pub actor: ActorRef<LinkMsg>,
+    /// The link actor (the current incarnation), its sends counted in its mailbox depth.
+    pub actor: CountedRef<LinkMsg>,
     /// Its status.
     pub status: LinkStatus,
 }
@@ -123,9 +124,9 @@ pub struct SegmentShared {
     /// Inverter actors by id.
     pub inverters: Board<ActorRef<InverterMsg>>,
     /// The dispatcher (current incarnation).
-    pub dispatcher: Mutex<Option<ActorRef<DispatcherMsg>>>,
+    pub dispatcher: Mutex<Option<CountedRef<DispatcherMsg>>>,
     /// The safety actor (current incarnation).
-    pub safety: Mutex<Option<ActorRef<SafetyMsg>>>,
+    pub safety: Mutex<Option<CountedRef<SafetyMsg>>>,
     /// Telemetry for the API and metrics.
     pub telemetry: Mutex<SegmentTelemetry>,
     /// Every charger's last applied setpoint and the node run ([`SiteShared::boot`]) that
@@ -374,13 +375,14 @@ pub struct DomainMetrics {
     pub session_soc: GaugeVec,
     /// Sessions per state and segment.
     pub sessions: GaugeVec,
+    /// Fault sources asking the segment's ladder for a level, by kind (1 active or holding).
+    pub fault_active: GaugeVec,
+    /// Metrics expositions rendered, by format (`text`, `openmetrics`).
+    pub scrapes: IntCounterVec,
     /// Site target.
     pub site_target: Gauge,
     /// Site metered power.
     pub site_power: Gauge,
-    /// Messages handled per actor (per path for segment-level actors, aggregated for links
-    /// and sessions unless per-session metrics are on).
-    pub messages: IntCounterVec,
     /// Setpoint outcomes.
     pub setpoints: IntCounterVec,
     /// The four setpoint outcome counters, looked up once (applied, repeat, stale, failed).
@@ -494,6 +496,18 @@ impl DomainMetrics {
                 "Vehicle state of charge, integrated from delivered energy",
                 &["vehicle", "segment"],
             )?,
+            scrapes: counter(
+                "gridvisor_metrics_scrapes_total",
+                "Metrics expositions rendered (scrapes of /metrics), by format",
+                &["format"],
+            )?,
+            fault_active: gauge_vec(
+                r,
+                "gridvisor_segment_fault_active",
+                "1 while a fault source of this kind asks the segment's ladder for a level \
+                 (present, or cleared and within the hold time); 0 otherwise",
+                &["segment", "cause"],
+            )?,
             sessions: gauge_vec(
                 r,
                 "gridvisor_sessions",
@@ -502,11 +516,6 @@ impl DomainMetrics {
             )?,
             site_target,
             site_power,
-            messages: counter(
-                "gridvisor_actor_messages_total",
-                "Messages handled by domain actors",
-                &["path"],
-            )?,
             setpoints: setpoints.clone(),
             setpoint_outcomes: ["applied", "repeat", "stale", "failed"]
                 .map(|o| setpoints.with_label_values(&[o])),
@@ -525,8 +534,9 @@ impl DomainMetrics {
 /// Options for a node.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
-    /// Per-session series (SoC, messages). Off for large sites: 100,000 sessions would add
-    /// 100,000 series per family.
+    /// Per-session series (starts, messages, SoC). Off for large sites: 100,000 sessions
+    /// would add 100,000 series per family. `gridvisor run` takes it from the topology's
+    /// `[metrics] sessions`; the default here (on) suits tests of small sites.
     pub per_session_metrics: bool,
 }
 
@@ -563,12 +573,15 @@ pub struct SiteShared {
     pub plugged: Board<String>,
     /// Domain metrics.
     pub metrics: DomainMetrics,
-    /// The Prometheus registry everything is registered in.
+    /// The supervision tree's per-actor metrics (starts, restarts, exits, messages, mailbox
+    /// depths), rendered straight from their table rather than through `prometheus`.
+    pub supervision: SupervisionMetrics,
+    /// The Prometheus registry the node-wide and per-segment families are registered in.
     pub prometheus: prometheus::Registry,
     /// Options.
     pub options: NodeOptions,
     /// The site aggregator (current incarnation).
-    pub site: Mutex<Option<ActorRef<SiteMsg>>>,
+    pub site: Mutex<Option<CountedRef<SiteMsg>>>,
     /// Recent safe-state transitions, newest last.
     pub events: Mutex<VecDeque<Event>>,
     /// Recent "safe state changed → every device commanded" latencies, newest last.
@@ -605,6 +618,7 @@ impl SiteShared {
         devices: Devices,
         sim: Arc<SimSite>,
         registry: gridvisor_supervisors::Registry,
+        supervision: SupervisionMetrics,
         prometheus: prometheus::Registry,
         options: NodeOptions,
     ) -> Result<Self, crate::runtime::NodeError> {
@@ -656,6 +670,12 @@ impl SiteShared {
             metrics.segment_setpoint.with_label_values(&id).set(0.0);
             metrics.segment_target.with_label_values(&id).set(0.0);
             metrics.segment_level.with_label_values(&id).set(0.0);
+            for cause in crate::ladder::FaultKey::KINDS {
+                metrics
+                    .fault_active
+                    .with_label_values(&[&seg.id, cause])
+                    .set(0.0);
+            }
             metrics
                 .segment_hot_spot
                 .with_label_values(&id)
@@ -690,6 +710,7 @@ impl SiteShared {
             segments,
             plugged: Board::default(),
             metrics,
+            supervision,
             prometheus,
             options,
             site: Mutex::new(None),

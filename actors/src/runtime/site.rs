@@ -18,6 +18,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gridvisor_supervisors::{CountedRef, Mailbox};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -225,6 +226,7 @@ pub(crate) struct Site;
 
 pub(crate) struct SiteState {
     shared: Arc<SiteShared>,
+    mailbox: Mailbox,
     dispatch_seq: u64,
     revision: u64,
     active: Vec<Active>,
@@ -665,11 +667,16 @@ impl Actor for Site {
         let stored: u64 = shared.store.get(DISPATCH_SEQ_KEY)?.unwrap_or(0);
         let dispatch_seq = stored.checked_add(1).ok_or("dispatch ids exhausted")?;
         shared.store.put(DISPATCH_SEQ_KEY, &dispatch_seq).await?;
-        *lock(&shared.site) = Some(myself.clone());
+        let mailbox = shared
+            .supervision
+            .mailbox(&format!("{}/site", super::node::ROOT))
+            .reopen();
+        *lock(&shared.site) = Some(CountedRef::new(myself.clone(), mailbox.clone()));
         let period = Duration::from_millis(shared.topology.site.cycle_ms);
         let timer = Some(myself.send_interval(period, || SiteMsg::Cycle));
         Ok(SiteState {
             shared,
+            mailbox,
             dispatch_seq,
             revision: 0,
             active: Vec::new(),
@@ -692,7 +699,7 @@ impl Actor for Site {
         msg: SiteMsg,
         s: &mut SiteState,
     ) -> Result<(), ActorProcessingErr> {
-        s.shared.metrics.messages.with_label_values(&["site"]).inc();
+        s.mailbox.handled();
         match msg {
             SiteMsg::Request(r, reply) => s.request(&myself, r, reply).await,
             SiteMsg::KeepAlive => {
@@ -753,6 +760,7 @@ impl Actor for Site {
             t.abort();
         }
         super::shared::release(&s.shared.site, &myself);
+        s.mailbox.close();
         Ok(())
     }
 }
