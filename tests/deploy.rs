@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gridvisor_actors::ladder::SafeState;
+use gridvisor_actors::ladder::{FaultKey, SafeState};
 use serde_json::Value;
 use support::{try_http, DemoNode, Killed, LIMIT};
 
@@ -208,8 +208,13 @@ fn the_alerts_use_the_nodes_level_encoding() {
     for expr in [
         format!("(gridvisor_segment_safe_state) == {charge_only}"),
         format!("(gridvisor_segment_safe_state) == {tripped}"),
-        format!("(gridvisor_segment_safe_state >= {charge_only})"),
     ] {
+        assert!(rules.contains(&expr), "alerts.yml has no {expr:?}");
+    }
+    // The cause labels the rules use are the ones the node exports.
+    for cause in ["keepalive", "quorum"] {
+        assert!(FaultKey::KINDS.contains(&cause), "{cause}");
+        let expr = format!("gridvisor_segment_fault_active{{cause=\"{cause}\"}}");
         assert!(rules.contains(&expr), "alerts.yml has no {expr:?}");
     }
     assert_eq!(
@@ -224,6 +229,8 @@ fn the_alerts_use_the_nodes_level_encoding() {
         "GridvisorSegmentChargeOnly",
         "GridvisorSegmentTripped",
         "GridvisorKeepAliveLost",
+        "GridvisorQuorumLost",
+        "GridvisorMailboxBacklog",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}\n")),
@@ -283,6 +290,8 @@ fn the_dashboard_and_the_rules_use_only_metrics_a_node_exports() {
         "gridvisor_safe_state_command_seconds_bucket",
         "gridvisor_ocpp_connected_chargers",
         "gridvisor_supervisor_intensity_exceeded_total",
+        "gridvisor_actor_mailbox_depth",
+        "gridvisor_segment_fault_active",
     ] {
         assert!(names.contains(wanted), "{wanted} not used: {names:?}");
     }
@@ -471,6 +480,14 @@ fn a_real_prometheus_scrapes_a_node_and_evaluates_the_rules() {
     let up = p.query("up{job=\"gridvisor\"}");
     assert_eq!(up.len(), 1, "{up:?}");
     assert_eq!(value(&up[0]), 1.0, "{up:?}");
+    // Prometheus asks for OpenMetrics first, so that is what it parsed.
+    let om = p.until("scrapes in OpenMetrics", || {
+        let s = p.query("gridvisor_metrics_scrapes_total{format=\"openmetrics\"}");
+        (s.len() == 1 && value(&s[0]) >= 1.0).then_some(s)
+    });
+    assert_eq!(om[0]["metric"]["instance"], admin.as_str(), "{om:?}");
+    let depths = p.query("gridvisor_actor_mailbox_depth{path=\"node/segments/tx-1/dispatcher\"}");
+    assert_eq!(depths.len(), 1, "{depths:?}");
 
     // The rules load and evaluate without errors, and fire on the node: the demo has no grid
     // controller, so after 5 s without a keep-alive every segment goes to ChargeOnly.
