@@ -1,0 +1,418 @@
+//! Fault-injecting device connections.
+//!
+//! Every device connection of the node (a simulated charger, inverter or meter) is wrapped
+//! in a [`Faulty`] that passes calls through while its [`Switch`] is healthy and otherwise
+//! fails the way a field device does: a Modbus-like exception (the request is refused), a
+//! timeout (the call hangs for [`INJECTED_TIMEOUT`] and then fails), or garbage (values that
+//! are not numbers, or an error naming the bad value). A switch can also make the next calls
+//! panic: the panic happens inside the actor's handler that made the call, which is how the
+//! chaos runner panics handlers without a hook in the actors. A meter's switch can add an
+//! uncontrolled load to what it measures (transformer overload).
+//!
+//! The wrappers sit between the actors and the simulated devices: the simulation stays the
+//! truth the invariants are checked against.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use gridvisor_actors::config::Topology;
+use gridvisor_actors::device::{
+    ChargerIo, ChargerReading, DeviceError, InverterIo, InverterReading, MeterIo, MeterReading,
+};
+use gridvisor_actors::runtime::shared::Devices;
+use gridvisor_actors::setpoint::SetpointKey;
+use serde::Serialize;
+
+/// How long a call to a device that times out hangs before it fails.
+pub const INJECTED_TIMEOUT: Duration = Duration::from_secs(2);
+/// The exception a device answers with (Modbus exception 0x04, server device failure).
+pub const INJECTED_EXCEPTION: &str = "Modbus exception 0x04 (server device failure)";
+/// The prefix of every injected panic's message.
+pub const PANIC_PREFIX: &str = "chaos: injected panic";
+
+/// How a device behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// It answers truthfully.
+    Healthy,
+    /// It refuses every request with an exception.
+    Exception,
+    /// It does not answer.
+    Timeout,
+    /// It answers with values that are not valid.
+    Garbage,
+}
+
+/// The fault state of one device.
+#[derive(Debug)]
+pub struct Switch {
+    id: String,
+    mode: Mutex<Mode>,
+    panics: AtomicU64,
+    /// Garbage answers so far (which kind of garbage comes next).
+    garbage: AtomicU64,
+    /// Extra load a meter measures, kW (f64 bits).
+    extra_kw: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Switch {
+    fn new(id: &str) -> Self {
+        Switch {
+            id: id.to_owned(),
+            mode: Mutex::new(Mode::Healthy),
+            panics: AtomicU64::new(0),
+            garbage: AtomicU64::new(0),
+            extra_kw: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// The device's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Set how the device behaves.
+    pub fn set_mode(&self, mode: Mode) {
+        *lock(&self.mode) = mode;
+    }
+
+    /// How the device behaves now.
+    pub fn mode(&self) -> Mode {
+        *lock(&self.mode)
+    }
+
+    /// Make the next `count` calls panic.
+    pub fn arm_panics(&self, count: u64) {
+        self.panics.store(count, Ordering::Release);
+    }
+
+    /// Panics still armed.
+    pub fn panics_left(&self) -> u64 {
+        self.panics.load(Ordering::Acquire)
+    }
+
+    /// Add `kw` of uncontrolled load to what a meter measures (0: none).
+    pub fn set_extra_kw(&self, kw: f64) {
+        self.extra_kw.store(kw.to_bits(), Ordering::Release);
+    }
+
+    /// The extra load, kW.
+    pub fn extra_kw(&self) -> f64 {
+        f64::from_bits(self.extra_kw.load(Ordering::Acquire))
+    }
+
+    /// Called before every call: panics if armed, and says how to answer.
+    fn enter(&self, call: &str) -> Mode {
+        let armed = self
+            .panics
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if armed {
+            panic!("{PANIC_PREFIX} in {}.{call}", self.id);
+        }
+        self.mode()
+    }
+
+    /// The next garbage answer: even ones are an error naming the bad value, odd ones are
+    /// readings whose numbers are not numbers.
+    fn garbage_is_error(&self) -> bool {
+        self.garbage.fetch_add(1, Ordering::AcqRel) % 2 == 0
+    }
+
+    fn exception(&self) -> DeviceError {
+        DeviceError::Refused {
+            device: self.id.clone(),
+            reason: INJECTED_EXCEPTION.to_owned(),
+        }
+    }
+
+    fn unreachable(&self) -> DeviceError {
+        DeviceError::Unreachable {
+            device: self.id.clone(),
+        }
+    }
+
+    fn bad_value(&self, field: &'static str) -> DeviceError {
+        DeviceError::BadValue {
+            device: self.id.clone(),
+            field,
+            value: "0xFFFF (not implemented)".to_owned(),
+        }
+    }
+}
+
+/// A device connection with a [`Switch`] in front of it.
+pub struct Faulty<D: ?Sized> {
+    inner: Arc<D>,
+    switch: Arc<Switch>,
+}
+
+async fn hang<T>(err: DeviceError) -> Result<T, DeviceError> {
+    tokio::time::sleep(INJECTED_TIMEOUT).await;
+    Err(err)
+}
+
+impl ChargerIo for Faulty<dyn ChargerIo> {
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        let sw = &self.switch;
+        match sw.enter("read") {
+            Mode::Healthy => self.inner.read(now),
+            Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
+            Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Garbage if sw.garbage_is_error() => {
+                Box::pin(std::future::ready(Err(sw.bad_value("power_kw"))))
+            }
+            Mode::Garbage => Box::pin(async move {
+                let r = self.inner.read(now).await?;
+                Ok(garbage_charger(r))
+            }),
+        }
+    }
+
+    fn write(
+        &self,
+        key: SetpointKey,
+        kw: f64,
+        lease_until: Option<Duration>,
+        now: Duration,
+    ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        let sw = &self.switch;
+        match sw.enter("write") {
+            Mode::Healthy => self.inner.write(key, kw, lease_until, now),
+            Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
+            Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            // The write reaches the device; what comes back is garbage.
+            Mode::Garbage if sw.garbage_is_error() => Box::pin(async move {
+                self.inner.write(key, kw, lease_until, now).await?;
+                Err(sw.bad_value("setpoint_kw"))
+            }),
+            Mode::Garbage => Box::pin(async move {
+                let r = self.inner.write(key, kw, lease_until, now).await?;
+                Ok(garbage_charger(r))
+            }),
+        }
+    }
+}
+
+fn garbage_charger(r: ChargerReading) -> ChargerReading {
+    ChargerReading {
+        power_kw: f64::NAN,
+        energy_kwh: f64::NAN,
+        setpoint_kw: f64::INFINITY,
+        ..r
+    }
+}
+
+impl InverterIo for Faulty<dyn InverterIo> {
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<InverterReading, DeviceError>> {
+        let sw = &self.switch;
+        match sw.enter("read") {
+            Mode::Healthy => self.inner.read(now),
+            Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
+            Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Garbage if sw.garbage_is_error() => {
+                Box::pin(std::future::ready(Err(sw.bad_value("core_c"))))
+            }
+            Mode::Garbage => Box::pin(async move {
+                // The device is there (an unreachable one fails as such); its values are not.
+                self.inner.read(now).await?;
+                Ok(InverterReading {
+                    power_kw: f64::NAN,
+                    core_c: f64::NAN,
+                    setpoint_kw: f64::NAN,
+                })
+            }),
+        }
+    }
+
+    fn write(&self, kw: f64, now: Duration) -> BoxFuture<'_, Result<InverterReading, DeviceError>> {
+        let sw = &self.switch;
+        match sw.enter("write") {
+            Mode::Healthy => self.inner.write(kw, now),
+            Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
+            Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Garbage => Box::pin(async move {
+                self.inner.write(kw, now).await?;
+                Err(sw.bad_value("setpoint_kw"))
+            }),
+        }
+    }
+}
+
+impl MeterIo for Faulty<dyn MeterIo> {
+    fn read(&self, now: Duration) -> BoxFuture<'_, Result<MeterReading, DeviceError>> {
+        let sw = &self.switch;
+        match sw.enter("read") {
+            Mode::Healthy => Box::pin(async move {
+                let mut r = self.inner.read(now).await?;
+                r.power_kw += sw.extra_kw();
+                Ok(r)
+            }),
+            Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
+            Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Garbage if sw.garbage_is_error() => {
+                Box::pin(std::future::ready(Err(sw.bad_value("voltage_pu"))))
+            }
+            Mode::Garbage => Box::pin(std::future::ready(Ok(MeterReading {
+                power_kw: f64::NAN,
+                voltage_pu: f64::NAN,
+                frequency_hz: f64::NAN,
+            }))),
+        }
+    }
+}
+
+/// The switches of every device of a site, by device id.
+#[derive(Debug, Clone, Default)]
+pub struct Switches {
+    by_id: BTreeMap<String, Arc<Switch>>,
+}
+
+impl Switches {
+    /// One healthy switch per charger, inverter and meter of `topology`.
+    pub fn new(topology: &Topology) -> Self {
+        let mut by_id = BTreeMap::new();
+        for (_, seg) in topology.segments() {
+            let ids = seg
+                .chargers
+                .iter()
+                .map(|c| &c.id)
+                .chain(seg.inverters.iter().map(|i| &i.id))
+                .chain(seg.meters.iter().map(|m| &m.id));
+            for id in ids {
+                by_id.insert(id.clone(), Arc::new(Switch::new(id)));
+            }
+        }
+        Switches { by_id }
+    }
+
+    /// The switch of device `id`.
+    pub fn get(&self, id: &str) -> Option<&Arc<Switch>> {
+        self.by_id.get(id)
+    }
+
+    /// Put every connection of `devices` that has a switch behind it.
+    pub fn wrap(&self, mut devices: Devices) -> Devices {
+        for (id, io) in devices.chargers.iter_mut() {
+            if let Some(sw) = self.by_id.get(id) {
+                *io = Arc::new(Faulty {
+                    inner: io.clone(),
+                    switch: sw.clone(),
+                });
+            }
+        }
+        for (id, io) in devices.inverters.iter_mut() {
+            if let Some(sw) = self.by_id.get(id) {
+                *io = Arc::new(Faulty {
+                    inner: io.clone(),
+                    switch: sw.clone(),
+                });
+            }
+        }
+        for (id, io) in devices.meters.iter_mut() {
+            if let Some(sw) = self.by_id.get(id) {
+                *io = Arc::new(Faulty {
+                    inner: io.clone(),
+                    switch: sw.clone(),
+                });
+            }
+        }
+        devices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridvisor_actors::device::{Battery, SimCharger, SimMeter};
+
+    fn charger() -> (Arc<SimCharger>, Faulty<dyn ChargerIo>, Arc<Switch>) {
+        let sim = Arc::new(SimCharger::new("c", 22.0, true));
+        sim.plug(
+            Battery {
+                capacity_kwh: 50.0,
+                soc_pct: 50.0,
+                max_kw: 11.0,
+            },
+            Duration::ZERO,
+        );
+        let sw = Arc::new(Switch::new("c"));
+        let f = Faulty {
+            inner: sim.clone() as Arc<dyn ChargerIo>,
+            switch: sw.clone(),
+        };
+        (sim, f, sw)
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn each_mode_answers_as_a_failing_device_does() {
+        let (sim, f, sw) = charger();
+        let now = Duration::ZERO;
+        assert!(f.read(now).await.unwrap().connected);
+        sw.set_mode(Mode::Exception);
+        assert!(matches!(
+            f.read(now).await,
+            Err(DeviceError::Refused { .. })
+        ));
+        assert!(f
+            .write(SetpointKey::new(1, 0), 5.0, None, now)
+            .await
+            .is_err());
+        assert_eq!(sim.writes(), 0, "an exception writes nothing");
+        sw.set_mode(Mode::Timeout);
+        let t0 = tokio::time::Instant::now();
+        assert!(matches!(
+            f.read(now).await,
+            Err(DeviceError::Unreachable { .. })
+        ));
+        assert_eq!(t0.elapsed(), INJECTED_TIMEOUT);
+        sw.set_mode(Mode::Garbage);
+        assert!(matches!(
+            f.read(now).await,
+            Err(DeviceError::BadValue { .. })
+        ));
+        assert!(f.read(now).await.unwrap().power_kw.is_nan());
+        sw.set_mode(Mode::Healthy);
+        assert!(f.read(now).await.unwrap().power_kw.is_finite());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn armed_panics_fire_that_many_times() {
+        let (_, f, sw) = charger();
+        sw.arm_panics(2);
+        for _ in 0..2 {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                drop(f.read(Duration::ZERO));
+            }));
+            let msg = r.unwrap_err();
+            let text = msg.downcast_ref::<String>().unwrap();
+            assert!(text.starts_with(PANIC_PREFIX), "{text}");
+        }
+        assert_eq!(sw.panics_left(), 0);
+        assert!(f.read(Duration::ZERO).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_meter_measures_the_extra_load() {
+        let topology = gridvisor_actors::config::demo();
+        let site = gridvisor_actors::device::SimSite::new(&topology);
+        let meter: Arc<SimMeter> = site.meters["meter-1"].clone();
+        let sw = Arc::new(Switch::new("meter-1"));
+        let f = Faulty {
+            inner: meter as Arc<dyn MeterIo>,
+            switch: sw.clone(),
+        };
+        let base = f.read(Duration::ZERO).await.unwrap().power_kw;
+        sw.set_extra_kw(40.0);
+        let more = f.read(Duration::ZERO).await.unwrap().power_kw;
+        assert!((more - base - 40.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,167 @@
+//! `gridvisor chaos FILE [--seed S] [--seeds A..B] [--report DIR]`: run a chaos scenario in
+//! the in-process, deterministic mode (gridvisor-chaos) for one seed or a range of seeds.
+//!
+//! One line per run on stdout (PASS or FAIL, the invariants, simulated and wall time); for a
+//! broken invariant its first violation and the command that replays the run. `--report`
+//! writes `<scenario>-seed-<S>.json` and `.html` per run into DIR. Exit status 0 only when
+//! every invariant of every run held; 1 when one broke; 2 when the scenario or the arguments
+//! are wrong (the errors name the file, line and field).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use gridvisor_chaos::{html, sweep, RunOutcome, Scenario};
+
+/// What `gridvisor chaos` was asked.
+pub struct ChaosOptions {
+    /// The scenario file.
+    pub file: PathBuf,
+    /// One seed.
+    pub seed: Option<u64>,
+    /// A range of seeds (`A..B` or `A..=B`).
+    pub seeds: Option<String>,
+    /// Where reports go.
+    pub report: Option<PathBuf>,
+}
+
+/// Exit status for a run whose invariants broke.
+const EXIT_VIOLATION: u8 = 1;
+/// Exit status for a bad scenario or bad arguments.
+const EXIT_USAGE: u8 = 2;
+
+fn write_report(dir: &Path, o: &RunOutcome) -> Result<(PathBuf, PathBuf), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the report folder {}: {e}", dir.display()))?;
+    let stem: String = o
+        .report
+        .scenario
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let base = dir.join(format!("{stem}-seed-{}", o.report.seed));
+    let json = base.with_extension("json");
+    let page = base.with_extension("html");
+    let text = serde_json::to_string_pretty(&o.report)
+        .map_err(|e| format!("cannot encode the report: {e}"))?;
+    std::fs::write(&json, text).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    std::fs::write(&page, html(&o.report))
+        .map_err(|e| format!("cannot write {}: {e}", page.display()))?;
+    Ok((json, page))
+}
+
+fn describe(o: &RunOutcome) -> String {
+    let r = &o.report;
+    let held = r.invariants.iter().filter(|i| i.held).count();
+    let exercised: Vec<&str> = r
+        .invariants
+        .iter()
+        .filter(|i| i.exercised)
+        .map(|i| i.name)
+        .collect();
+    format!(
+        "{} {} seed {}: {held}/{} invariants held (exercised: {}); {} s simulated in {:.2} s; history {}",
+        if r.passed { "PASS" } else { "FAIL" },
+        r.scenario,
+        r.seed,
+        r.invariants.len(),
+        if exercised.is_empty() { "none".to_owned() } else { exercised.join(", ") },
+        r.simulated_s,
+        r.wall_s,
+        r.history_digest
+    )
+}
+
+/// Run the command.
+pub fn chaos(o: ChaosOptions) -> ExitCode {
+    let scenario: Scenario = match gridvisor_chaos::load(&o.file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let seeds = match (&o.seed, &o.seeds) {
+        (Some(_), Some(_)) => {
+            eprintln!("gridvisor chaos: give --seed or --seeds, not both");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (Some(s), None) => vec![*s],
+        (None, Some(range)) => match sweep::parse_seeds(range) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("gridvisor chaos: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (None, None) => vec![scenario.seed],
+    };
+    sweep::quiet_injected_panics();
+    let bar = sweep::progress_bar(seeds.len() as u64);
+    let (mut failed, mut simulated, mut wall) = (0usize, 0.0f64, 0.0f64);
+    for &seed in &seeds {
+        bar.set_message(format!("seed {seed}"));
+        let outcome = match gridvisor_chaos::run(&scenario, seed) {
+            Ok(o) => o,
+            Err(e) => {
+                bar.abandon();
+                eprintln!("gridvisor chaos: {} seed {seed}: {e}", scenario.file);
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        simulated += outcome.report.simulated_s;
+        wall += outcome.report.wall_s;
+        let mut lines = vec![describe(&outcome)];
+        if !outcome.report.passed {
+            failed += 1;
+            for v in &outcome.report.violations {
+                lines.push(format!(
+                    "  VIOLATED {} at {:.3} s: {}",
+                    v.violation.invariant,
+                    v.violation.t_ms as f64 / 1_000.0,
+                    v.violation.message
+                ));
+            }
+            lines.push(format!("  replay: {}", outcome.report.replay));
+        }
+        if let Some(dir) = &o.report {
+            match write_report(dir, &outcome) {
+                Ok((json, page)) => {
+                    lines.push(format!("  report: {} {}", json.display(), page.display()))
+                }
+                Err(e) => {
+                    bar.abandon();
+                    eprintln!("gridvisor chaos: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+        bar.suspend(|| {
+            for l in &lines {
+                println!("{l}");
+            }
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let per_hour = if simulated > 0.0 {
+        wall / simulated * 3_600.0
+    } else {
+        0.0
+    };
+    println!(
+        "{} of {} runs passed; {simulated:.0} s simulated in {wall:.2} s ({per_hour:.2} s per simulated hour)",
+        seeds.len() - failed,
+        seeds.len()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_VIOLATION)
+    }
+}
