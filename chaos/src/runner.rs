@@ -30,6 +30,7 @@ use gridvisor_actors::runtime::{
 use gridvisor_actors::thermal::{ThermalParams, TransformerThermal};
 use gridvisor_actors::SafeState;
 use gridvisor_supervisors::path::ActorPath;
+use gridvisor_supervisors::registry::Lookup;
 use serde::Serialize;
 
 use crate::devices::{Mode, Switches};
@@ -65,7 +66,7 @@ pub struct Event {
     /// When, ms of simulated time.
     pub t_ms: u64,
     /// What kind: fault_start, fault_end, request, receipt, transition, actor_down,
-    /// actor_up, violation.
+    /// actor_up, actor_restarted, violation.
     pub kind: &'static str,
     /// What it concerns.
     pub subject: String,
@@ -204,6 +205,8 @@ struct World {
     floors: BTreeMap<String, f64>,
     permanent: Vec<String>,
     down: BTreeSet<String>,
+    /// The incarnation each permanent path ran as at the last step.
+    incarnations: BTreeMap<String, u64>,
     events_seen: usize,
     last_event: Option<(String, u64, String)>,
 }
@@ -362,18 +365,26 @@ impl World {
         chargers.sort_by(|a, b| a.id.cmp(&b.id));
         vehicles.sort_by(|a, b| a.id.cmp(&b.id));
         let registry = node.registry();
-        let down: Vec<String> = self
-            .permanent
-            .iter()
-            .filter(|p| registry.lookup(p).is_err())
-            .cloned()
-            .collect();
+        let mut down = Vec::new();
+        let mut restarted = Vec::new();
+        for p in &self.permanent {
+            match registry.lookup_incarnation(p) {
+                Lookup::Running(_, n) => {
+                    let last = self.incarnations.insert(p.clone(), n);
+                    if last.is_some_and(|l| l != n) && !self.down.contains(p) {
+                        restarted.push(p.clone());
+                    }
+                }
+                Lookup::Restarting(_) | Lookup::Unknown => down.push(p.clone()),
+            }
+        }
         Sample {
             t_ms,
             segments,
             vehicles,
             chargers,
             down,
+            restarted,
         }
     }
 }
@@ -442,6 +453,7 @@ async fn run_on_paused_clock(
         floors: BTreeMap::new(),
         permanent,
         down: BTreeSet::new(),
+        incarnations: BTreeMap::new(),
         events_seen: 0,
         last_event: None,
     };
@@ -617,6 +629,14 @@ async fn run_on_paused_clock(
                 kind: "actor_up",
                 subject: p.clone(),
                 detail: "running again".to_owned(),
+            });
+        }
+        for p in &sample.restarted {
+            history.events.push(Event {
+                t_ms,
+                kind: "actor_restarted",
+                subject: p.clone(),
+                detail: "a new incarnation, within one step".to_owned(),
             });
         }
         world.down = now_down;
