@@ -269,3 +269,108 @@ fn every_subcommand_has_help() {
         assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
     }
 }
+
+/// One grid request traced through a running node: with `--log-format json` and debug logs
+/// for the domain, every line of its dispatch id carries the `dispatch` span, and the
+/// segment batches and device writes are its children.
+#[test]
+fn one_span_per_dispatch_id_from_the_grid_api_to_each_device_write() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let log_path = data.path().join("node.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
+        .env("RUST_LOG", "info,gridvisor_actors=debug")
+        .args(["--log-format", "json", "run"])
+        .args(["--ocpp", "127.0.0.1:0", "--grid", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--data"])
+        .arg(data.path().join("cp"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("gridvisor starts");
+    let stdout = child.stdout.take().unwrap();
+    let node = support::Killed(child);
+    let mut lines = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok);
+    let grid = support::addr_of(
+        &lines
+            .by_ref()
+            .find(|l| l.contains("grid API"))
+            .expect("the node prints its grid API"),
+    );
+    assert!(lines.any(|l| l.contains("Ctrl-C")), "the node is serving");
+
+    // The demo's chargers connect over OCPP after the node starts: ask until some applied.
+    let deadline = std::time::Instant::now() + support::LIMIT;
+    let mut attempt = 0;
+    let (dispatch, request) = loop {
+        attempt += 1;
+        let id = format!("trace-{attempt}");
+        let body =
+            format!("{{\"id\":\"{id}\",\"scope\":\"site\",\"target_kw\":20,\"duration_s\":60}}");
+        let (status, answer) = support::http(&grid, "POST", "/api/v1/dispatch", Some(&body));
+        assert_eq!(status, 200, "{answer}");
+        let receipt: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        if receipt["acknowledged"].as_u64().unwrap_or(0) >= 1 {
+            break (receipt["dispatch"].as_u64().unwrap(), id);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no charger applied: {answer}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    drop(node);
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let of_dispatch = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v["spans"].as_array().cloned().unwrap_or_default()
+    };
+    let mut accepted = false;
+    let mut batches = std::collections::BTreeSet::new();
+    let mut written = std::collections::BTreeSet::new();
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        let spans = of_dispatch(&v);
+        let Some(root) = spans
+            .iter()
+            .position(|s| s["name"] == "dispatch" && s["dispatch"].as_u64() == Some(dispatch))
+        else {
+            continue;
+        };
+        let below: Vec<&str> = spans[root + 1..]
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        match v["fields"]["message"].as_str().unwrap_or_default() {
+            "grid request accepted" => {
+                assert_eq!(v["fields"]["request"], request.as_str(), "{l}");
+                accepted = true;
+            }
+            "segment batch" => {
+                assert_eq!(below, ["segment"], "{l}");
+                batches.insert(spans[root + 1]["segment"].as_str().unwrap().to_string());
+            }
+            "setpoint written" => {
+                assert_eq!(below, ["segment", "device_write"], "{l}");
+                written.insert(spans[root + 2]["charger"].as_str().unwrap().to_string());
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        accepted,
+        "no 'grid request accepted' under dispatch {dispatch}:\n{log}"
+    );
+    assert_eq!(
+        batches,
+        ["tx-1", "tx-2", "tx-3"].map(String::from).into(),
+        "every segment's batch is a child of dispatch {dispatch}"
+    );
+    assert!(
+        !written.is_empty(),
+        "no device write under dispatch {dispatch}:\n{log}"
+    );
+}

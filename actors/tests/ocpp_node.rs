@@ -254,15 +254,24 @@ async fn a_charger_over_mutual_tls_is_dispatched_and_its_certificate_is_its_iden
         t.node.session("ev-0").is_some()
     })
     .await;
-    request_until_acked(&t.node, "tls", -4.0, 1).await;
     // A discharge profile carries OCPP 2.1's offline limit: cut off, the charger drops it.
-    let installed = cp.snapshot();
-    let p = installed
-        .profiles
-        .iter()
-        .next()
-        .expect("the dispatch profile");
-    assert_eq!(p.profile.max_offline_duration, Some(10));
+    // The site's loop feeds the meter's other load forward, so a site request's first
+    // setpoint may still be a charge: ask again until the charger holds a discharge (a
+    // charge profile must carry no offline limit meanwhile).
+    let started = std::time::Instant::now();
+    let p = loop {
+        request_until_acked(&t.node, "tls", -8.0, 1).await;
+        let installed = cp.snapshot();
+        assert_eq!(installed.profiles.len(), 1, "{:#?}", installed.profiles);
+        let p = installed.profiles.iter().next().unwrap().clone();
+        let setpoint = p.profile.charging_schedule[0].charging_schedule_period[0].setpoint;
+        if setpoint.is_some_and(|w| w < 0.0) {
+            break p;
+        }
+        assert_eq!(p.profile.max_offline_duration, None, "{p:#?}");
+        assert!(started.elapsed() < LIMIT, "never a discharge: {p:#?}");
+    };
+    assert_eq!(p.profile.max_offline_duration, Some(10), "{p:#?}");
     assert_eq!(p.profile.invalid_after_offline_duration, Some(true));
     t.node.shutdown().await;
 }

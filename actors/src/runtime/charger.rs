@@ -27,6 +27,7 @@ use gridvisor_supervisors::{CountedRef, Mailbox};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::shared::{LinkEntry, LinkStatus, SegmentShared, SessionStatus, SiteShared};
 use super::{BatchTally, LinkMsg, SessionMsg, SetpointOutcome};
@@ -205,7 +206,7 @@ impl LinkState {
     /// applied map. The dispatcher checkpoints that map once per batch and acknowledges the
     /// batch only when it is durable, so the link's mailbox never waits for an fsync and a
     /// safe-state command behind a setpoint is handled at once.
-    async fn apply(&mut self, sp: Setpoint) -> SetpointOutcome {
+    async fn apply(&mut self, sp: Setpoint, batch: &tracing::Span) -> SetpointOutcome {
         match self.applier.decide(sp.key) {
             // A repeat is answered with the first result (the dispatcher's record of this
             // batch makes it durable before it is acknowledged).
@@ -216,10 +217,22 @@ impl LinkState {
         let failed = |e: String| SetpointOutcome::Failed { error: e };
         let kw = self.local_clamp(sp.kw);
         let now = self.shared.clock.now();
-        let reading = match self.io.write(sp.key, kw, Some(sp.lease_until), now).await {
+        let span = tracing::debug_span!(parent: batch, "device_write", charger = %self.charger.id);
+        let written = self
+            .io
+            .write(sp.key, kw, Some(sp.lease_until), now)
+            .instrument(span.clone())
+            .await;
+        let reading = match written {
             Ok(r) => r,
-            Err(e) => return failed(e.to_string()),
+            Err(e) => {
+                span.in_scope(|| tracing::debug!(error = %e, "device write failed"));
+                return failed(e.to_string());
+            }
         };
+        span.in_scope(|| {
+            tracing::debug!(requested_kw = sp.kw, applied_kw = kw, "setpoint written")
+        });
         let applied = Applied {
             key: sp.key,
             requested_kw: sp.kw,
@@ -388,7 +401,7 @@ impl Actor for Link {
                         return Ok(());
                     }
                 }
-                let outcome = s.apply(sp).await;
+                let outcome = s.apply(sp, tally.span()).await;
                 if matches!(outcome, SetpointOutcome::Failed { .. }) && s.online {
                     s.schedule_retry();
                 }

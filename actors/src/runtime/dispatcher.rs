@@ -81,6 +81,7 @@ impl DispatcherState {
         key: SetpointKey,
         target_kw: f64,
         lease_until: Duration,
+        round: &tracing::Span,
     ) {
         if self.batch.is_some() {
             self.finish(false);
@@ -136,7 +137,16 @@ impl DispatcherState {
             max_discharge += dis;
         }
         let allocation = allocate(target, &candidates, horizon);
-        let tally = Arc::new(BatchTally::new(key, targets.len(), myself.clone()));
+        let span = tracing::info_span!(parent: round, "segment", segment = %seg.id);
+        span.in_scope(|| {
+            tracing::debug!(
+                target_kw = target,
+                level = ?level,
+                setpoints = targets.len(),
+                "segment batch"
+            )
+        });
+        let tally = Arc::new(BatchTally::new(key, targets.len(), myself.clone(), span));
         let mut sent = 0usize;
         let mut failed = 0usize;
         let mut setpoint_kw = 0.0;
@@ -280,7 +290,8 @@ impl Actor for Dispatcher {
                 key,
                 target_kw,
                 lease_until,
-            } => s.dispatch(&myself, key, target_kw, lease_until),
+                span,
+            } => s.dispatch(&myself, key, target_kw, lease_until, &span),
             DispatcherMsg::Answered(key) => {
                 let Some(b) = s.batch.as_mut() else {
                     return Ok(());

@@ -52,7 +52,9 @@ use serde::{Deserialize, Serialize};
 use crate::ladder::{Fault, Transition};
 use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
-pub use node::{charger_path, Format, Node, NodeError, SegmentView, ROOT};
+pub use node::{
+    charger_path, EventCursor, Format, KillError, KilledActor, Node, NodeError, SegmentView, ROOT,
+};
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use shared::{NodeOptions, SegmentShared, SiteShared};
 pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
@@ -132,6 +134,9 @@ pub enum DispatcherMsg {
         target_kw: f64,
         /// Lease end for every setpoint of the batch.
         lease_until: Duration,
+        /// The round's `dispatch` span: the batch's spans are its children, so that one
+        /// dispatch id's log lines lead from the grid request to each device write.
+        span: tracing::Span,
     },
     /// Every link of batch `key` answered (the batch's [`BatchTally`] holds the answers).
     Answered(SetpointKey),
@@ -205,6 +210,9 @@ pub struct BatchTally {
     counts: [std::sync::atomic::AtomicUsize; 4],
     answered: std::sync::atomic::AtomicUsize,
     dispatcher: ActorRef<DispatcherMsg>,
+    /// The segment's span of this batch (a child of the round's `dispatch` span); each
+    /// link's device write is a child of it.
+    span: tracing::Span,
 }
 
 impl BatchTally {
@@ -212,6 +220,7 @@ impl BatchTally {
         key: SetpointKey,
         expected: usize,
         dispatcher: ActorRef<DispatcherMsg>,
+        span: tracing::Span,
     ) -> Self {
         BatchTally {
             key,
@@ -219,6 +228,7 @@ impl BatchTally {
             counts: Default::default(),
             answered: std::sync::atomic::AtomicUsize::new(0),
             dispatcher,
+            span,
         }
     }
 
@@ -237,6 +247,11 @@ impl BatchTally {
     /// The batch's key.
     pub(crate) fn key(&self) -> SetpointKey {
         self.key
+    }
+
+    /// The segment's span of this batch.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The answers so far: applied, repeat, stale, failed.

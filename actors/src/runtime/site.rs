@@ -345,6 +345,15 @@ impl SiteState {
         }
         self.dispatch_seq = next;
         self.revision = 0;
+        tracing::info_span!("dispatch", dispatch = next).in_scope(|| {
+            tracing::info!(
+                request = %r.id,
+                target_kw = r.target_kw,
+                duration_s = r.duration_s,
+                segments = segments.len(),
+                "grid request accepted"
+            )
+        });
         let now = self.shared.clock.now();
         let controller = match SiteController::new(SiteConfig::default()) {
             Ok(c) => c,
@@ -426,6 +435,11 @@ impl SiteState {
             revision: self.revision,
         };
         self.last_cycle = Some(tokio::time::Instant::now());
+        // One span per dispatch id and revision: each segment's batch and each device write
+        // of this round are its children.
+        let span =
+            tracing::info_span!("dispatch", dispatch = key.dispatch, revision = key.revision);
+        span.in_scope(|| tracing::debug!(why = ?why, active = self.active.len(), "dispatch round"));
         let segs = &self.shared.segments;
         let mut shares: HashMap<&str, f64> = HashMap::new();
         let mut site_target = 0.0;
@@ -527,6 +541,7 @@ impl SiteState {
                     key,
                     target_kw: target,
                     lease_until,
+                    span: span.clone(),
                 })
                 .is_ok()
                 {
