@@ -264,23 +264,62 @@ impl SupervisionMetrics {
         }
     }
 
-    /// Append the table's families to `out` in `format` (without OpenMetrics' `# EOF`; see
-    /// [`crate::exposition::finish`]). The table's lock is held only to copy its `Arc`s.
-    pub fn encode(&self, format: Format, out: &mut String) {
+    /// Call `sample(family, path, reason, value)` for every sample the table exposes, in
+    /// label order; `family` indexes [`FAMILIES`]. The one place that decides which series
+    /// appear (see the module docs), for both the direct encoder and the collector.
+    fn samples(&self, mut sample: impl FnMut(usize, &str, Option<&'static str>, i64)) {
+        // The lock is held only to copy the `Arc`s: a scrape never stops the tree.
         let rows: Vec<(Arc<str>, Arc<ActorSeries>)> = self
             .lock()
             .iter()
             .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
             .collect();
+        let count = |a: &AtomicU64| i64::try_from(a.load(Relaxed)).unwrap_or(i64::MAX);
+        for (path, s) in &rows {
+            let roles = s.roles.load(Relaxed);
+            let eager = s.eager();
+            if roles & ROLE_CHILD != 0 {
+                sample(0, path, None, count(&s.starts));
+                let r = count(&s.restarts);
+                if eager || r != 0 {
+                    sample(1, path, None, r);
+                }
+                for (i, class) in EXIT_CLASSES.iter().enumerate() {
+                    let e = count(&s.exits[i]);
+                    if eager || e != 0 {
+                        sample(2, path, Some(class.as_str()), e);
+                    }
+                }
+            }
+            if roles & ROLE_MAILBOX != 0 {
+                sample(3, path, None, count(&s.messages));
+                // A send and the handling of the same message race on the counter; a depth
+                // below zero is such a race seen half-way, not a depth.
+                sample(4, path, None, s.queued.load(Relaxed).max(0));
+            }
+            if roles & ROLE_SUPERVISOR != 0 {
+                sample(5, path, None, s.children.load(Relaxed).max(0));
+            }
+            let x = count(&s.intensity_exceeded);
+            if x != 0 {
+                sample(6, path, None, x);
+            }
+        }
+    }
+
+    /// Append the table's families to `out` in `format` (without OpenMetrics' `# EOF`; see
+    /// [`crate::exposition::finish`]).
+    pub fn encode(&self, format: Format, out: &mut String) {
         // One buffer per family, filled in one pass over the rows (each family's samples must
         // be contiguous), then appended in order.
-        let mut bufs: [String; 7] = Default::default();
-        let line = |buf: &mut String, name: &str, path: &str, extra: Option<&str>, v: i64| {
-            buf.push_str(name);
+        let mut bufs: [String; FAMILIES.len()] = Default::default();
+        self.samples(|family, path, reason, v| {
+            let buf = &mut bufs[family];
+            buf.push_str(FAMILIES[family].0);
             buf.push_str("{path=\"");
             write_label_value(buf, path);
             buf.push('"');
-            if let Some(reason) = extra {
+            if let Some(reason) = reason {
                 buf.push_str(",reason=\"");
                 buf.push_str(reason);
                 buf.push('"');
@@ -288,57 +327,16 @@ impl SupervisionMetrics {
             buf.push_str("} ");
             let _ = write!(buf, "{v}");
             buf.push('\n');
-        };
-        for (path, s) in &rows {
-            let roles = s.roles.load(Relaxed);
-            let eager = s.eager();
-            if roles & ROLE_CHILD != 0 {
-                let n = s.starts.load(Relaxed) as i64;
-                line(&mut bufs[0], FAMILIES[0].0, path, None, n);
-                let r = s.restarts.load(Relaxed) as i64;
-                if eager || r != 0 {
-                    line(&mut bufs[1], FAMILIES[1].0, path, None, r);
-                }
-                for (i, class) in EXIT_CLASSES.iter().enumerate() {
-                    let e = s.exits[i].load(Relaxed) as i64;
-                    if eager || e != 0 {
-                        line(&mut bufs[2], FAMILIES[2].0, path, Some(class.as_str()), e);
-                    }
-                }
+        });
+        for (buf, (name, help, kind)) in bufs.iter().zip(FAMILIES) {
+            if !buf.is_empty() {
+                write_family_header(out, format, name, help, kind);
+                out.push_str(buf);
             }
-            if roles & ROLE_MAILBOX != 0 {
-                let m = s.messages.load(Relaxed) as i64;
-                line(&mut bufs[3], FAMILIES[3].0, path, None, m);
-                // A send and the handling of the same message race on the counter; a depth
-                // below zero is such a race seen half-way, not a depth.
-                let q = s.queued.load(Relaxed).max(0);
-                line(&mut bufs[4], FAMILIES[4].0, path, None, q);
-            }
-            if roles & ROLE_SUPERVISOR != 0 {
-                let c = s.children.load(Relaxed).max(0);
-                line(&mut bufs[5], FAMILIES[5].0, path, None, c);
-            }
-            let x = s.intensity_exceeded.load(Relaxed) as i64;
-            if x != 0 {
-                line(&mut bufs[6], FAMILIES[6].0, path, None, x);
-            }
-        }
-        for (i, buf) in bufs.iter().enumerate() {
-            if buf.is_empty() {
-                continue;
-            }
-            let (name, help, kind) = FAMILIES[i];
-            write_family_header(out, format, name, help, kind);
-            out.push_str(buf);
         }
     }
 
     fn families(&self) -> Vec<MetricFamily> {
-        let rows: Vec<(Arc<str>, Arc<ActorSeries>)> = self
-            .lock()
-            .iter()
-            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
-            .collect();
         let mut fams: Vec<MetricFamily> = FAMILIES
             .iter()
             .map(|(name, help, kind)| {
@@ -349,14 +347,14 @@ impl SupervisionMetrics {
                 f
             })
             .collect();
-        let metric = |path: &str, reason: Option<&str>, v: i64, kind: MetricType| {
+        self.samples(|family, path, reason, v| {
             let mut labels = vec![label_pair("path", path)];
             if let Some(r) = reason {
                 labels.push(label_pair("reason", r));
             }
             let mut m = proto::Metric::default();
             m.set_label(labels);
-            if kind == MetricType::COUNTER {
+            if FAMILIES[family].2 == MetricType::COUNTER {
                 let mut c = proto::Counter::default();
                 c.set_value(v as f64);
                 m.set_counter(c);
@@ -365,48 +363,8 @@ impl SupervisionMetrics {
                 g.set_value(v as f64);
                 m.set_gauge(g);
             }
-            m
-        };
-        for (path, s) in &rows {
-            let roles = s.roles.load(Relaxed);
-            let eager = s.eager();
-            let c = MetricType::COUNTER;
-            let g = MetricType::GAUGE;
-            if roles & ROLE_CHILD != 0 {
-                fams[0]
-                    .mut_metric()
-                    .push(metric(path, None, s.starts.load(Relaxed) as i64, c));
-                let r = s.restarts.load(Relaxed) as i64;
-                if eager || r != 0 {
-                    fams[1].mut_metric().push(metric(path, None, r, c));
-                }
-                for (i, class) in EXIT_CLASSES.iter().enumerate() {
-                    let e = s.exits[i].load(Relaxed) as i64;
-                    if eager || e != 0 {
-                        fams[2]
-                            .mut_metric()
-                            .push(metric(path, Some(class.as_str()), e, c));
-                    }
-                }
-            }
-            if roles & ROLE_MAILBOX != 0 {
-                fams[3]
-                    .mut_metric()
-                    .push(metric(path, None, s.messages.load(Relaxed) as i64, c));
-                fams[4]
-                    .mut_metric()
-                    .push(metric(path, None, s.queued.load(Relaxed).max(0), g));
-            }
-            if roles & ROLE_SUPERVISOR != 0 {
-                fams[5]
-                    .mut_metric()
-                    .push(metric(path, None, s.children.load(Relaxed).max(0), g));
-            }
-            let x = s.intensity_exceeded.load(Relaxed) as i64;
-            if x != 0 {
-                fams[6].mut_metric().push(metric(path, None, x, c));
-            }
-        }
+            fams[family].mut_metric().push(m);
+        });
         fams.retain(|f| !f.get_metric().is_empty());
         fams
     }
