@@ -537,8 +537,7 @@ impl Checker for RestartWithin {
     fn step(&mut self, s: &Sample) -> Vec<Violation> {
         let mut out = Vec::new();
         self.episodes += s.restarted.len();
-        self.state
-            .retain(|path, _| s.down.binary_search(path).is_ok());
+        self.state.retain(|path, _| s.down.contains(path));
         for path in &s.down {
             let (since, violated) = self.state.entry(path.clone()).or_insert_with(|| {
                 self.episodes += 1;
