@@ -732,9 +732,11 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 _ => continue,
             };
             if !known && !id.is_empty() {
+                let field = format!("{path}.{key}");
+                let at = r.sources.get(&field).copied().unwrap_or(*at);
                 r.problems.push(Problem::new(
-                    &format!("{path}.{key}"),
-                    Some(*at),
+                    &field,
+                    Some(at),
                     format!("no {key} named {id:?} in the topology"),
                 ));
             }
