@@ -756,12 +756,22 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 ));
             }
         }
-        if t.ocpp.is_some() {
-            r.problems.push(Problem::new(
-                "ocpp",
-                None,
-                "the in-process mode simulates its chargers: a topology with [ocpp] needs the multi-process mode".to_owned(),
-            ));
+        let networked = t.segments().any(|(_, s)| {
+            s.inverters.iter().any(|i| i.modbus.is_some())
+                || s.meters.iter().any(|m| m.modbus.is_some())
+        });
+        for (present, what) in [
+            (t.ocpp.is_some(), "[ocpp] (chargers over the network)"),
+            (t.mqtt.is_some(), "[mqtt] (a broker on the network)"),
+            (networked, "Modbus endpoints (devices on the network)"),
+        ] {
+            if present {
+                r.problems.push(Problem::new(
+                    "",
+                    None,
+                    format!("the in-process mode simulates every device: a topology with {what} needs the multi-process mode"),
+                ));
+            }
         }
     }
     if !r.problems.is_empty() {
@@ -1258,6 +1268,17 @@ id = "m-1"
         assert!(e.0.iter().any(|x| x.field == "faults[0].bogus"), "{e}");
         let e = parse_str("[chaos\n").unwrap_err();
         assert_eq!(e.0[0].line, 1, "{e}");
+    }
+
+    #[test]
+    fn a_topology_with_network_devices_is_refused() {
+        let text =
+            format!("[chaos]\nduration_s = 10\n{SITE}\n[mqtt]\nbroker = \"127.0.0.1:1883\"\n");
+        let e = parse_str(&text).unwrap_err();
+        assert!(
+            e.to_string().contains("[mqtt]") && e.to_string().contains("multi-process"),
+            "{e}"
+        );
     }
 
     #[test]
