@@ -50,6 +50,8 @@ pub struct Point {
     pub load_kw: f64,
     /// Safe-state severity.
     pub level: u8,
+    /// The cap while Limited, kW.
+    pub cap_kw: Option<f64>,
     /// Hot spot, °C.
     pub hot_spot_c: f64,
 }
@@ -160,6 +162,7 @@ pub fn build(
                 power_kw: seg.power_kw,
                 load_kw: seg.load_kw,
                 level: seg.level,
+                cap_kw: seg.cap_kw,
                 hot_spot_c: seg.hot_spot_c,
             });
         }
@@ -293,6 +296,20 @@ fn svg(
             pts.join(" ")
         );
     }
+    // The cap while Limited, both directions, as dashed steps.
+    for (k, p) in t.points.iter().enumerate() {
+        let Some(cap) = p.cap_kw else { continue };
+        let next = t.points.get(k + 1).map_or(end_ms, |n| n.t_ms);
+        for kw in [cap, -cap] {
+            let _ = write!(
+                s,
+                r##"<line x1="{:.1}" x2="{:.1}" y1="{2:.1}" y2="{2:.1}" stroke="#e8590c" stroke-dasharray="2 2"/>"##,
+                x(p.t_ms),
+                x(next),
+                y(kw)
+            );
+        }
+    }
     for v in violations.iter().filter(|v| v.violation.subject == t.id) {
         let _ = write!(
             s,
@@ -376,7 +393,7 @@ pub fn html(r: &RunReport) -> String {
         }
         s.push_str("</table>");
     }
-    s.push_str("<h2>Timeline</h2><p>Blue: the segment's devices' power (negative: discharge); grey: the transformer's load; red dashes: its rating. Background: ");
+    s.push_str("<h2>Timeline</h2><p>Blue: the segment's devices' power (negative: discharge); grey: the transformer's load; red dashes: its rating; orange dashes: the cap while Limited. Background: ");
     for (k, name) in LEVEL_NAMES.iter().enumerate().skip(1) {
         let _ = write!(
             s,
