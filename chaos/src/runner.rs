@@ -66,7 +66,7 @@ pub struct Event {
     /// When, ms of simulated time.
     pub t_ms: u64,
     /// What kind: fault_start, fault_end, request, receipt, transition, actor_down,
-    /// actor_up, actor_restarted, violation.
+    /// actor_up, actor_restarted, vehicle_arrived, vehicle_left, violation.
     pub kind: &'static str,
     /// What it concerns.
     pub subject: String,
@@ -205,6 +205,8 @@ struct World {
     floors: BTreeMap<String, f64>,
     permanent: Vec<String>,
     down: BTreeSet<String>,
+    /// The vehicles plugged in at the last step.
+    plugged: BTreeSet<String>,
     /// The incarnation each permanent path ran as at the last step.
     incarnations: BTreeMap<String, u64>,
     events_seen: usize,
@@ -454,6 +456,7 @@ async fn run_on_paused_clock(
         permanent,
         down: BTreeSet::new(),
         incarnations: BTreeMap::new(),
+        plugged: BTreeSet::new(),
         events_seen: 0,
         last_event: None,
     };
@@ -640,6 +643,24 @@ async fn run_on_paused_clock(
             });
         }
         world.down = now_down;
+        let plugged: BTreeSet<String> = sample.vehicles.iter().map(|v| v.id.clone()).collect();
+        for v in plugged.difference(&world.plugged) {
+            history.events.push(Event {
+                t_ms,
+                kind: "vehicle_arrived",
+                subject: v.clone(),
+                detail: "plugged in".to_owned(),
+            });
+        }
+        for v in world.plugged.difference(&plugged) {
+            history.events.push(Event {
+                t_ms,
+                kind: "vehicle_left",
+                subject: v.clone(),
+                detail: "unplugged".to_owned(),
+            });
+        }
+        world.plugged = plugged;
         for c in checkers.iter_mut() {
             for v in c.step(&sample) {
                 history.events.push(Event {

@@ -33,7 +33,13 @@ fn the_same_seed_gives_the_same_history_byte_for_byte() {
     }
     assert_eq!(a.report.history_digest, b.report.history_digest);
     // The history is not a trivial one: faults, transitions, restarts and receipts are in it.
-    for kind in ["fault_start", "transition", "actor_restarted", "receipt"] {
+    for kind in [
+        "fault_start",
+        "transition",
+        "actor_restarted",
+        "receipt",
+        "vehicle_arrived",
+    ] {
         assert!(
             a.history.events.iter().any(|e| e.kind == kind),
             "no {kind} event"
