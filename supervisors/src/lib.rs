@@ -17,6 +17,7 @@
 //! | [`registry`] | stable paths (`site/tx-17/evse-3/session`) to the current incarnation |
 //! | [`introspect`] | which_children, count_children and the tree as serde data |
 //! | [`metrics`] | starts, restarts, exits by reason, messages and mailbox depth per actor path |
+//! | [`report`] | supervisor and progress reports (OTP's SASL reports) as a bounded, lossy broadcast |
 //! | [`exposition`] | the Prometheus text format and OpenMetrics, negotiated from `Accept` |
 //!
 //! ## Example
@@ -61,6 +62,7 @@ pub mod introspect;
 pub mod metrics;
 pub mod path;
 pub mod registry;
+pub mod report;
 pub mod spec;
 pub mod supervisor;
 mod sync;
@@ -75,6 +77,7 @@ pub use introspect::{ChildCounts, ChildInfo, ChildState, TreeNode};
 pub use metrics::{CountedRef, Mailbox, MailboxCounters, MetricsGranularity, SupervisionMetrics};
 pub use path::ActorPath;
 pub use registry::{AddressError, Registry};
+pub use report::{ReportEvent, ReportSubscriber, SupervisorReport, SupervisorReports};
 pub use spec::{ChildContext, ChildKind, ChildSpec, Restart, Shutdown, StartError};
 pub use supervisor::{
     Strategy, Supervisor, SupervisorConfig, SupervisorError, SupervisorMsg, TreeContext,

@@ -50,6 +50,7 @@ use crate::introspect::{ChildCounts, ChildInfo, ChildState};
 use crate::metrics::{ChildrenGauge, MetricsGranularity, Series, SupervisionMetrics};
 use crate::path::ActorPath;
 use crate::registry::Registry;
+use crate::report::{reason_text, ReportEvent, SupervisorReports};
 use crate::spec::{ChildContext, ChildKind, ChildSpec, Restart, Shutdown, StartError};
 
 /// How long a supervisor waits for a killed child to be gone before it moves on. A kill only
@@ -91,6 +92,8 @@ pub struct TreeContext {
     pub registry: Option<Registry>,
     /// Where starts, restarts and exits are counted.
     pub metrics: Option<SupervisionMetrics>,
+    /// Where supervisors publish their reports (starts, exits, restarts, giving up).
+    pub reports: Option<SupervisorReports>,
 }
 
 impl TreeContext {
@@ -99,6 +102,7 @@ impl TreeContext {
         Ok(TreeContext {
             registry: Some(Registry::new()),
             metrics: Some(SupervisionMetrics::register(prometheus)?),
+            reports: Some(SupervisorReports::with_default_capacity()),
         })
     }
 }
@@ -733,6 +737,11 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
             s.start();
         }
         self.set_running(1);
+        let c = self.child(slot);
+        self.report(&c.path, || match c.restarts {
+            0 => ReportEvent::Started,
+            restarts => ReportEvent::Restarted { restarts },
+        });
         Ok(())
     }
 
@@ -818,6 +827,13 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         }
     }
 
+    /// Publish a report about `path` (built only if someone subscribes).
+    fn report(&self, path: &ActorPath, event: impl FnOnce() -> ReportEvent) {
+        if let Some(r) = &self.tree.reports {
+            r.publish(&self.path, path, event);
+        }
+    }
+
     fn token(&mut self) -> u64 {
         let t = self.next_token;
         self.next_token += 1;
@@ -849,6 +865,10 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
             let c = self.child(slot);
             (c.spec.restart, c.path.clone())
         };
+        self.report(&path, || ReportEvent::Exited {
+            class: reason.class(),
+            reason: reason_text(&reason),
+        });
         let decision = match &self.hook {
             Some(hook) => hook(&ChildExit {
                 id: path.leaf(),
@@ -868,6 +888,9 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         let restart_it = match decision.action {
             ExitAction::Escalate => {
                 self.child_mut(slot).state = ChildState::Terminated;
+                self.report(&self.path, || ReportEvent::Escalated {
+                    reason: format!("{}: {}", path.leaf(), reason_text(&reason)),
+                });
                 self.stop_all().await;
                 return Err(SupervisorError::Escalated {
                     path: self.path.clone(),
@@ -1018,6 +1041,9 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
                 if let Some(s) = self.series(slot) {
                     s.exit(ExitClass::Failed);
                 }
+                self.report(&self.child(slot).path, || ReportEvent::StartFailed {
+                    reason: reason_text(&e),
+                });
                 if !self.window.record(Instant::now()) {
                     let reason = ExitReason::Failed(Arc::new(e));
                     return self.give_up(&id, &reason).await;
@@ -1064,8 +1090,13 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         if let Some(m) = &self.tree.metrics {
             m.intensity_exceeded(&self.path);
         }
-        self.stop_all().await;
         let limit = self.window.limit();
+        self.report(&self.path, || ReportEvent::GaveUp {
+            max_restarts: limit.max_restarts,
+            period_ms: limit.period.as_millis() as u64,
+            reason: format!("{child}: {}", reason_text(reason)),
+        });
+        self.stop_all().await;
         Err(SupervisorError::ReachedMaxRestartIntensity {
             path: self.path.clone(),
             max_restarts: limit.max_restarts,

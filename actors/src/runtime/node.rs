@@ -12,7 +12,8 @@ use std::time::Duration;
 
 pub use gridvisor_supervisors::exposition::Format;
 use gridvisor_supervisors::prelude::*;
-use gridvisor_supervisors::{exposition, Registry, SupervisionMetrics};
+use gridvisor_supervisors::registry::Lookup;
+use gridvisor_supervisors::{exposition, Registry, SupervisionMetrics, SupervisorReports};
 use gridvisor_supervisors::{
     ChildExit, ExitClass, HookDecision, Notifier, StartError, SupervisorError, TreeContext,
     TreeNode,
@@ -373,6 +374,40 @@ pub struct Node {
     /// The simulated devices (fault injection for tests and chaos runs).
     pub sim: Arc<SimSite>,
     root: SupervisorRef,
+    reports: SupervisorReports,
+}
+
+/// Why [`Node::kill`] killed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KillError {
+    /// The root supervisor has no supervisor to restart it: killing it would stop the node.
+    #[error("{0} is the root supervisor: nothing would restart it (stop the process instead)")]
+    Root(String),
+    /// Nothing is registered at the path.
+    #[error("no actor at {0}")]
+    Unknown(String),
+    /// The actor at the path is between incarnations: there is nothing to kill right now.
+    #[error("{0} is restarting")]
+    Restarting(String),
+}
+
+/// What [`Node::kill`] killed.
+#[derive(Debug, Clone, Serialize)]
+pub struct KilledActor {
+    /// The path.
+    pub path: String,
+    /// The incarnation killed (the registry's number; the next one is higher).
+    pub incarnation: u64,
+}
+
+/// Where a reader of the safe-state event log left off (see [`Node::events_since`]).
+#[derive(Debug, Clone, Default)]
+pub struct EventCursor {
+    last: Option<super::shared::Event>,
+}
+
+fn same_event(a: &super::shared::Event, b: &super::shared::Event) -> bool {
+    a.segment == b.segment && a.transition == b.transition
 }
 
 impl Node {
@@ -401,9 +436,11 @@ impl Node {
         let sim = Arc::new(SimSite::new(&topology));
         let supervision = SupervisionMetrics::new();
         let registry = Registry::new();
+        let reports = SupervisorReports::with_default_capacity();
         let tree = TreeContext {
             registry: Some(registry.clone()),
             metrics: Some(supervision.clone()),
+            reports: Some(reports.clone()),
         };
         let devices =
             wrap(Devices::for_topology(&topology, &sim, &clock).map_err(NodeError::Config)?);
@@ -496,7 +533,12 @@ impl Node {
             children,
         )
         .await?;
-        let node = Node { shared, sim, root };
+        let node = Node {
+            shared,
+            sim,
+            root,
+            reports,
+        };
         node.wait_populated(START_LIMIT).await?;
         Ok(node)
     }
@@ -600,6 +642,52 @@ impl Node {
         lock(&self.shared.events).iter().cloned().collect()
     }
 
+    /// The safe-state transitions recorded after `cursor` (at most the newest `max`), and
+    /// the cursor moved past them. A fresh cursor gets the newest `max` of the log. Costs a
+    /// scan back from the newest entry to the cursor's, under the log's lock: a reader that
+    /// polls often pays for what is new only.
+    pub fn events_since(&self, cursor: &mut EventCursor, max: usize) -> Vec<super::shared::Event> {
+        let log = lock(&self.shared.events);
+        // The cursor's entry, if it is still in the (bounded) log; if it fell out, more
+        // than the whole log is new.
+        let first_new = cursor
+            .last
+            .as_ref()
+            .and_then(|last| log.iter().rposition(|e| same_event(e, last)))
+            .map_or(0, |i| i + 1);
+        let from = first_new.max(log.len().saturating_sub(max));
+        let new = log.iter().skip(from).cloned().collect();
+        cursor.last = log.back().cloned();
+        new
+    }
+
+    /// The tree's supervisor reports (starts, exits, restarts, giving up); subscribe to
+    /// follow them. Lossy for slow subscribers, never slowing a supervisor.
+    pub fn reports(&self) -> &SupervisorReports {
+        &self.reports
+    }
+
+    /// Kill the current incarnation of the actor at `path` (Erlang's `exit(Pid, kill)`, the
+    /// observer's "kill process"): no cleanup runs, its supervisor sees a `killed` exit and
+    /// decides as for any other exit; a killed supervisor takes its subtree with it.
+    pub fn kill(&self, path: &str) -> Result<KilledActor, KillError> {
+        if path == ROOT {
+            return Err(KillError::Root(path.to_string()));
+        }
+        match self.shared.registry.lookup_incarnation(path) {
+            Lookup::Running(cell, incarnation) => {
+                tracing::warn!(%path, incarnation, "killing an actor on request");
+                cell.kill();
+                Ok(KilledActor {
+                    path: path.to_string(),
+                    incarnation,
+                })
+            }
+            Lookup::Restarting(_) => Err(KillError::Restarting(path.to_string())),
+            Lookup::Unknown => Err(KillError::Unknown(path.to_string())),
+        }
+    }
+
     /// Feed a fault observation to a segment's ladder (fault injection and tests).
     pub fn observe(&self, segment: &str, fault: Fault) -> Option<Transition> {
         let seg = self.shared.segments.get(segment)?;
@@ -609,6 +697,24 @@ impl Node {
     /// The supervision tree as data.
     pub async fn tree(&self) -> Result<TreeNode, SupervisorError> {
         self.root.tree().await
+    }
+
+    /// The subtree at `path` as data: for a running supervisor, asked of that supervisor
+    /// alone (its own `state` and `restarts` are its parent's to tell, so they read
+    /// running and 0); for anything else, found in the whole tree. `None` if no such path.
+    pub async fn subtree(&self, path: &str) -> Result<Option<TreeNode>, SupervisorError> {
+        if path != ROOT {
+            if let Lookup::Running(cell, _) = self.shared.registry.lookup_incarnation(path) {
+                if let Ok(sup) = SupervisorRef::from_cell(cell, path.into()) {
+                    // It may stop meanwhile: then the whole tree says what is there.
+                    if let Ok(t) = sup.tree().await {
+                        return Ok(Some(t));
+                    }
+                }
+            }
+        }
+        let t = self.tree().await?;
+        Ok(t.find(path).cloned())
     }
 
     /// The supervision registry (stable paths to current incarnations).
