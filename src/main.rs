@@ -6,6 +6,7 @@ mod bench_ocpp;
 mod bench_site;
 mod chaos_cli;
 mod demo;
+mod live;
 mod run;
 mod server;
 mod tree_cli;

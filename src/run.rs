@@ -189,7 +189,10 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         })
     };
     let grid = serve(grid_listener, server::grid_api(node.clone()));
-    let admin = serve(admin_listener, server::admin_api(node.clone()));
+    let admin = serve(
+        admin_listener,
+        server::admin_api(node.clone(), stop_rx.clone()),
+    );
 
     let sessions = topology.vehicles.len();
     let chargers: usize = topology.segments().map(|(_, s)| s.chargers.len()).sum();

@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gridvisor_actors::runtime::{Format, GridRequest, Node, RequestError};
+use gridvisor_actors::runtime::{Format, GridRequest, KillError, Node, RequestError};
 use serde::Serialize;
 
 /// The largest request body accepted, bytes.
@@ -158,19 +158,101 @@ async fn tree(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn admin_index() -> &'static str {
-    "gridvisor admin: /metrics (Prometheus text format), /api/tree (the supervision tree as JSON)\n"
+/// `/`: the live view (see [`crate::live`]).
+async fn admin_index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        crate::live::INDEX_HTML,
+    )
+        .into_response()
 }
 
-/// The admin router.
-pub fn admin_api(node: Arc<Node>) -> Router {
+/// The header a kill request must carry, with the value [`KILL_CONFIRM_VALUE`]. A browser
+/// sends no custom header across origins without asking first (a CORS preflight this server
+/// never grants), so a page from elsewhere cannot kill actors through an operator's browser.
+pub const KILL_CONFIRM_HEADER: &str = "x-gridvisor-confirm";
+/// The value of [`KILL_CONFIRM_HEADER`].
+pub const KILL_CONFIRM_VALUE: &str = "kill";
+
+/// `POST /api/actors/kill?path=...`: kill the actor's current incarnation (observer's "kill
+/// process"); its supervisor restarts it as after any other kill.
+async fn kill(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if headers
+        .get(KILL_CONFIRM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        != Some(KILL_CONFIRM_VALUE)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "unconfirmed",
+            format!("a kill needs the header {KILL_CONFIRM_HEADER}: {KILL_CONFIRM_VALUE}"),
+        );
+    }
+    // Same origin only: a browser names the page's origin on a cross-site request.
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let origin_host = origin
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or(origin);
+        if origin_host != host {
+            return error(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                format!("a kill from origin {origin:?} is refused on host {host:?}"),
+            );
+        }
+    }
+    if let Some(other) = params.keys().find(|k| k.as_str() != "path") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("unknown parameter {other:?} (path)"),
+        );
+    }
+    let Some(path) = params.get("path").filter(|p| !p.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "path: missing (e.g. ?path=node/segments/tx-1/safety)",
+        );
+    };
+    match node.kill(path) {
+        Ok(killed) => Json(killed).into_response(),
+        Err(e) => {
+            let status = match e {
+                KillError::Root(_) => StatusCode::BAD_REQUEST,
+                KillError::Unknown(_) => StatusCode::NOT_FOUND,
+                KillError::Restarting(_) => StatusCode::CONFLICT,
+            };
+            error(status, "kill", e.to_string())
+        }
+    }
+}
+
+/// The admin router: the live view at `/` (its streams end once `stop` turns true, so that
+/// an open page does not hold up an ordered stop), `/metrics`, `/api/tree` and
+/// `POST /api/actors/kill`.
+pub fn admin_api(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/", get(admin_index))
         .route("/metrics", get(metrics))
         .route("/api/tree", get(tree))
+        .route("/api/actors/kill", post(kill))
+        .with_state(node.clone())
+        .merge(crate::live::router(node, stop))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(node)
 }
 
 /// Bind `addr`, naming it in the error.
