@@ -712,6 +712,74 @@ mod tests {
         assert_eq!(b["node"]["more"], TREE_CHILDREN_LIMIT);
     }
 
+    /// A site of 100,000 actors: what the page gets stays small.
+    #[test]
+    fn at_100k_actors_the_page_gets_a_few_hundred_rows() {
+        const SEGMENTS: usize = 10;
+        const CHARGERS: usize = 3_333;
+        let segments = (0..SEGMENTS)
+            .map(|s| {
+                let seg = format!("node/segments/tx-{s}");
+                let chargers = (0..CHARGERS)
+                    .map(|c| {
+                        let ch = format!("{seg}/chargers/evse-{c}");
+                        node(
+                            &ch.clone(),
+                            vec![
+                                node(&format!("{ch}/link"), vec![]),
+                                node(&format!("{ch}/ev-{c}"), vec![]),
+                            ],
+                        )
+                    })
+                    .collect();
+                node(
+                    &seg.clone(),
+                    vec![
+                        node(&format!("{seg}/safety"), vec![]),
+                        node(&format!("{seg}/dispatcher"), vec![]),
+                        node(&format!("{seg}/chargers"), chargers),
+                    ],
+                )
+            })
+            .collect();
+        let t = node("node", vec![node("node/segments", segments)]);
+        let total = t.size();
+        assert!(total > 100_000, "{total}");
+        let started = std::time::Instant::now();
+        let q = tree_query(&params(&[])).unwrap();
+        let first = tree_answer(&t, &q, None).unwrap();
+        let took = started.elapsed();
+        let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(v["total"], total);
+        let chargers = &v["node"]["children"][0]["children"][0]["children"][2];
+        assert_eq!(chargers["child_count"], CHARGERS);
+        assert_eq!(chargers["descendants"], 3 * CHARGERS);
+        assert!(
+            chargers["children"].is_null(),
+            "collapsed below the segments"
+        );
+        assert!(first.len() < 16 * 1024, "{} bytes", first.len());
+        let q = tree_query(&params(&[
+            ("path", "node/segments/tx-3/chargers"),
+            ("depth", "1"),
+        ]))
+        .unwrap();
+        let open = tree_answer(&t, &q, None).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&open).unwrap();
+        assert_eq!(
+            v["node"]["children"].as_array().unwrap().len(),
+            TREE_CHILDREN_LIMIT
+        );
+        assert_eq!(v["node"]["more"], CHARGERS - TREE_CHILDREN_LIMIT);
+        assert!(open.len() < 128 * 1024, "{} bytes", open.len());
+        println!(
+            "live tree at {total} actors: first answer {} bytes in {:.1} ms, one open chargers list {} bytes",
+            first.len(),
+            took.as_secs_f64() * 1e3,
+            open.len()
+        );
+    }
+
     #[test]
     fn a_filter_finds_paths_and_caps_the_matches() {
         let t = wide(TREE_MATCH_LIMIT + 10);
