@@ -482,15 +482,21 @@
       if (Number.isFinite(p.metered)) span = Math.max(span, Math.abs(p.metered) * 1.1);
       if (Number.isFinite(p.setpoint)) span = Math.max(span, Math.abs(p.setpoint) * 1.1);
     }
-    const left = 34 * dpr;
+    const label = (v) => {
+      const a = Math.abs(v);
+      const t = a >= 1000 ? (a / 1000).toFixed(a % 1000 ? 1 : 0) + "k" : String(Math.round(a));
+      return (v < 0 ? "\u2212" : "") + t;
+    };
+    g.font = 10 * dpr + "px system-ui, sans-serif";
+    const left = Math.max(...[rated, -rated].map((v) => g.measureText(label(v)).width)) + 8 * dpr;
     const pw = w - left - 4 * dpr;
     const y = (v) => h / 2 - (v / span) * (h / 2 - 4 * dpr);
-    const x = (i) => left + (i / (CHART_POINTS - 1)) * pw;
-    g.font = 10 * dpr + "px system-ui, sans-serif";
+    // The newest point at the right edge, older ones scrolling left.
+    const x = (i) => left + ((CHART_POINTS - pts.length + i) / (CHART_POINTS - 1)) * pw;
     g.fillStyle = css("--muted");
     g.textAlign = "right";
     g.textBaseline = "middle";
-    for (const v of [rated, 0, -rated]) g.fillText(String(Math.round(v)), left - 4 * dpr, y(v));
+    for (const v of [rated, 0, -rated]) g.fillText(label(v), left - 4 * dpr, y(v));
     g.lineWidth = dpr;
     g.strokeStyle = "#e3e6eb";
     g.beginPath(); g.moveTo(left, y(0)); g.lineTo(w, y(0)); g.stroke();
