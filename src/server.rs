@@ -195,12 +195,23 @@ async fn kill(
             format!("a kill needs the header {KILL_CONFIRM_HEADER}: {KILL_CONFIRM_VALUE}"),
         );
     }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // By address only: a site's own name can be made to point at this machine (DNS
+    // rebinding), and its page would then be same-origin with the admin port.
+    if !host_is_address(host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "by_address_only",
+            format!(
+                "a kill is refused on host {host:?}: reach the admin port by its IP address or localhost"
+            ),
+        );
+    }
     // Same origin only: a browser names the page's origin on a cross-site request.
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
         let origin_host = origin
             .split_once("://")
             .map(|(_, rest)| rest)
@@ -240,6 +251,20 @@ async fn kill(
     }
 }
 
+/// True when `host` (a Host header: name or address, maybe a port) is an IP address or
+/// `localhost`.
+fn host_is_address(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split_once(']').map_or("", |(name, _)| name),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// The admin router: the live view at `/` (its streams end once `stop` turns true, so that
 /// an open page does not hold up an ordered stop), `/metrics`, `/api/tree` and
 /// `POST /api/actors/kill`.
@@ -260,4 +285,26 @@ pub async fn bind(what: &str, addr: SocketAddr) -> Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for the {what} on {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_is_address;
+
+    #[test]
+    fn kills_are_taken_by_address_only() {
+        for ok in [
+            "127.0.0.1:9464",
+            "127.0.0.1",
+            "localhost:9464",
+            "LOCALHOST",
+            "[::1]:9464",
+            "10.1.2.3:80",
+        ] {
+            assert!(host_is_address(ok), "{ok}");
+        }
+        for refused in ["evil.example:9464", "evil.example", "", "[::1", "node1:x"] {
+            assert!(!host_is_address(refused), "{refused}");
+        }
+    }
 }
