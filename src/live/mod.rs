@@ -792,6 +792,30 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_does_not_read_loses_events_counted_and_a_gone_one_ends() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut c = Client {
+            tx,
+            dropped: Dropped {
+                over_budget: 0,
+                lagged: 0,
+                queue_full: 0,
+            },
+            reported_dropped: (0, 0, 0),
+        };
+        let ev = || sse_event("segments", &1);
+        assert!(matches!(c.send(ev()), Sent::Ok));
+        assert!(matches!(c.send(ev()), Sent::Ok));
+        assert!(matches!(c.send(ev()), Sent::Full));
+        assert!(matches!(c.send(ev()), Sent::Full));
+        assert_eq!(c.dropped.queue_full, 2);
+        assert!(rx.try_recv().is_ok());
+        assert!(matches!(c.send(ev()), Sent::Ok), "room again");
+        drop(rx);
+        assert!(matches!(c.send(ev()), Sent::Gone));
+    }
+
+    #[test]
     fn bad_parameters_are_named() {
         let e = |kv: &[(&str, &str)]| tree_query(&params(kv)).unwrap_err();
         assert!(e(&[("depth", "x")]).starts_with("depth:"));
