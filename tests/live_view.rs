@@ -414,6 +414,25 @@ fn the_live_view_shows_the_tree_and_follows_a_crash_and_a_safe_state_change() {
     let file = artifacts.join("live-view.png");
     std::fs::write(&file, &png).unwrap();
 
+    // The page's own kill button (observer's "kill process"), confirmed.
+    let button = "node/segments/tx-3/safety";
+    assert_eq!(b.eval(&row_attr(button, "restarts")), json!("0"));
+    let clicked = Instant::now();
+    b.eval(&format!(
+        "window.confirm = () => true; \
+         document.querySelector('.row[data-path=\"{button}\"] .kill').click(); true"
+    ));
+    let by_button = b
+        .wait_for(
+            &format!(
+                "{} === '1' && document.getElementById('tree-note').textContent.startsWith('killed {button}')",
+                row_attr(button, "restarts")
+            ),
+            UPDATE_LIMIT,
+        )
+        .map(|_| clicked.elapsed())
+        .unwrap_or_else(|| panic!("the kill button did not restart {button} within {UPDATE_LIMIT:?}"));
+
     // The filter: matching paths only, from the whole tree.
     b.eval(
         "const f = document.getElementById('filter'); f.value = 'evse-7'; \
@@ -447,6 +466,10 @@ fn the_live_view_shows_the_tree_and_follows_a_crash_and_a_safe_state_change() {
     println!(
         "live view: safe-state change -> page (kill {kills} of {dispatcher} sent to ChargeOnly shown): {:.0} ms",
         ms(change)
+    );
+    println!(
+        "live view: the page's kill button -> restart shown: {:.0} ms",
+        ms(by_button)
     );
     println!("live view: screenshot {}", file.display());
     for c in &crashes {

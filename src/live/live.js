@@ -117,6 +117,13 @@
     if (lvl) row.append(lvl);
     if (n.descendants > 0) row.append(el("span", "kind", n.descendants + " below"));
     row.append(ex);
+    if (n.path.includes("/")) {
+      const k = el("button", "kill", "kill");
+      k.type = "button";
+      k.title = "kill the current incarnation (its supervisor restarts it)";
+      k.addEventListener("click", () => kill(n.path));
+      row.append(k);
+    }
     const kids = el("div", "children");
     kids.hidden = true;
     wrap.append(row, kids);
@@ -222,6 +229,21 @@
       status();
     } else {
       expand(e, 0);
+    }
+  }
+
+  /** Observer's "kill process": the node kills the path's current incarnation. */
+  async function kill(path) {
+    if (!window.confirm("Kill the current incarnation of " + path + "?\nIts supervisor restarts it as after a crash; a supervisor takes its subtree with it.")) return;
+    try {
+      const r = await fetch("/api/actors/kill?path=" + encodeURIComponent(path), {
+        method: "POST",
+        headers: { "x-gridvisor-confirm": "kill" },
+      });
+      const body = await r.json().catch(() => ({}));
+      note(r.ok ? "killed " + path + " (incarnation " + body.incarnation + ")" : "kill " + path + ": " + (body.message || r.statusText));
+    } catch (err) {
+      note("kill " + path + ": " + err.message);
     }
   }
 
