@@ -20,8 +20,9 @@
 //! (the `stop` signal), so that an open page never holds up an ordered stop.
 //!
 //! ## The tree
-//! `/api/live/tree` takes the same data as `/api/tree` ([`Node::tree`]) and sends only what
-//! the page shows: the subtree at `path` down to `depth` levels, at most
+//! `/api/live/tree` takes the same data as `/api/tree` ([`Node::tree`]; with `path`,
+//! [`Node::subtree`] asks that supervisor alone) and sends only what the page shows: the
+//! subtree at `path` down to `depth` levels, at most
 //! [`TREE_CHILDREN_LIMIT`] children per node (from `offset` at the top), each node with its
 //! number of children and of nodes below it; or, with `filter`, at most [`TREE_MATCH_LIMIT`]
 //! nodes whose path contains the filter. A page over 100,000 actors thus holds a few hundred
