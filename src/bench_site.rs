@@ -82,6 +82,7 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
         prometheus::Registry::new(),
         NodeOptions {
             per_session_metrics: false,
+            ..NodeOptions::default()
         },
     )
     .await

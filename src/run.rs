@@ -155,6 +155,7 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         prometheus::Registry::new(),
         NodeOptions {
             per_session_metrics: topology.metrics.sessions == Granularity::PerActor,
+            ..NodeOptions::default()
         },
     )
     .await

@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gridvisor_actors::runtime::{Format, GridRequest, KillError, Node, RequestError};
 use serde::Serialize;
+use tracing::Instrument;
 
 /// The largest request body accepted, bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -63,9 +64,15 @@ async fn dispatch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
             )
         }
     };
-    match node.request(request).await {
+    // The site assigns the dispatch id and logs it under its `dispatch` span; this span ties
+    // the HTTP request to it by the request's id.
+    let span = tracing::info_span!("grid_request", request = %request.id);
+    match node.request(request).instrument(span.clone()).await {
         Ok(receipt) => Json(receipt).into_response(),
-        Err(e) => request_error(e),
+        Err(e) => {
+            span.in_scope(|| tracing::info!(error = %e, "grid request refused"));
+            request_error(e)
+        }
     }
 }
 

@@ -204,6 +204,8 @@ pub enum FaultKey {
     TransformerThermal,
     /// This node's view of the cluster majority.
     Quorum,
+    /// The segment is changing owner (between cluster nodes): it goes through ChargeOnly.
+    Handoff,
     /// A supervisor of the segment gave up (its path).
     RestartIntensity(String),
     /// The level checkpointed before the node or segment restarted.
@@ -215,7 +217,7 @@ pub enum FaultKey {
 
 impl FaultKey {
     /// Every kind of fault source, as [`FaultKey::kind`] names it.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "islanding",
         "clock_drift",
         "keepalive",
@@ -225,6 +227,7 @@ impl FaultKey {
         "restart_intensity",
         "restored",
         "metering",
+        "handoff",
     ];
 
     /// The kind of source, without its instance (the `cause` label of
@@ -240,6 +243,7 @@ impl FaultKey {
             FaultKey::RestartIntensity(_) => Self::KINDS[6],
             FaultKey::Restored => Self::KINDS[7],
             FaultKey::Metering => Self::KINDS[8],
+            FaultKey::Handoff => Self::KINDS[9],
         }
     }
 }
@@ -274,6 +278,10 @@ pub enum Fault {
     TransformerLimit(Option<f64>),
     /// Whether this node sees a majority of the cluster.
     Quorum(bool),
+    /// Whether the segment is being handed from one node to another (`true` from the moment
+    /// the old owner lets go until the new owner has taken it): ChargeOnly meanwhile, held for
+    /// the hold time after, as any cleared cause.
+    Handoff(bool),
     /// Whether the segment's meter can be read (false after repeated failures): a segment
     /// that cannot see the grid must not export.
     Metering(bool),
@@ -422,6 +430,13 @@ impl SafeStateLadder {
                 self.set(
                     FaultKey::Quorum,
                     (!majority).then_some(SafeState::ChargeOnly),
+                    now,
+                );
+            }
+            Fault::Handoff(moving) => {
+                self.set(
+                    FaultKey::Handoff,
+                    moving.then_some(SafeState::ChargeOnly),
                     now,
                 );
             }
@@ -740,6 +755,12 @@ mod tests {
             l.observe(Fault::Quorum(false), ms(1)).unwrap().to,
             SafeState::ChargeOnly
         );
+        let mut h = ladder();
+        assert_eq!(
+            h.observe(Fault::Handoff(true), ms(1)).unwrap().to,
+            SafeState::ChargeOnly
+        );
+        assert!(h.causes().contains(&FaultKey::Handoff));
         // The supervisor giving up asks for ChargeOnly too (no change) and raises the alarm
         // on the next transition; on its own it moves the segment and alarms at once.
         let mut l = ladder();
@@ -820,6 +841,7 @@ mod properties {
             }),
             proptest::option::of(0.0f64..1000.0).prop_map(Fault::TransformerLimit),
             any::<bool>().prop_map(Fault::Quorum),
+            any::<bool>().prop_map(Fault::Handoff),
             any::<bool>().prop_map(|e| Fault::RestartIntensity {
                 supervisor: "s".into(),
                 exceeded: e

@@ -23,6 +23,7 @@ async fn node(per_session_metrics: bool, toml: &str) -> (Node, tempfile::TempDir
         prometheus::Registry::new(),
         NodeOptions {
             per_session_metrics,
+            ..NodeOptions::default()
         },
     )
     .await

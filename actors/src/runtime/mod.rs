@@ -53,7 +53,8 @@ use crate::ladder::{Fault, Transition};
 use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
 pub use node::{
-    charger_path, EventCursor, Format, KillError, KilledActor, Node, NodeError, SegmentView, ROOT,
+    charger_path, EventCursor, Format, HandoffError, KillError, KilledActor, Node, NodeError,
+    SegmentView, ROOT,
 };
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use shared::{NodeOptions, SegmentShared, SiteShared};

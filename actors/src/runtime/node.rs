@@ -7,6 +7,7 @@
 //! dispatching before any device actor stops) and then drains the checkpoint store: every
 //! acknowledged setpoint was durable before it was acknowledged, and nothing queued is lost.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -365,6 +366,30 @@ pub struct SegmentView {
     pub sessions: usize,
     /// Links running.
     pub links: usize,
+    /// Whether this node drives the segment (in a cluster, another node may).
+    pub owned: bool,
+}
+
+/// Why a segment could not change owner.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// The topology has no such segment.
+    #[error("no segment {0:?} in the topology")]
+    Unknown(String),
+    /// Releasing a segment this node does not drive.
+    #[error("segment {0:?} is not driven by this node")]
+    NotOwned(String),
+    /// Adopting a segment this node already drives.
+    #[error("segment {0:?} is already driven by this node")]
+    AlreadyOwned(String),
+    /// The `segments` supervisor refused.
+    #[error("segment {segment:?}: {error}")]
+    Tree {
+        /// The segment.
+        segment: String,
+        /// What the supervisor said.
+        error: String,
+    },
 }
 
 /// A running node.
@@ -493,9 +518,12 @@ impl Node {
                     .intensity(SEGMENTS_MAX_RESTARTS, SEGMENT_RESTART_PERIOD)
                     .hook(move |exit: &ChildExit<'_>| segments_hook(&hook_shared, exit))
                     .metrics_granularity(gridvisor_supervisors::MetricsGranularity::PerChild);
+                // Only the segments this node drives (all of them outside a cluster).
+                let owned = lock(&sh.owned).clone();
                 let children = sh
                     .segments
                     .values()
+                    .filter(|seg| owned.contains(&seg.id))
                     .map(|seg| {
                         let args = SegmentArgs {
                             shared: sh.clone(),
@@ -543,15 +571,27 @@ impl Node {
         Ok(node)
     }
 
-    /// Wait until every configured charger has a link and every plugged vehicle a session.
+    /// Wait until every configured charger of the segments this node drives has a link and
+    /// every vehicle plugged in there a session.
     async fn wait_populated(&self, limit: Duration) -> Result<(), NodeError> {
+        let owned = lock(&self.shared.owned).clone();
         let chargers: usize = self
             .shared
             .segments
             .values()
+            .filter(|s| owned.contains(&s.id))
             .map(|s| s.config.chargers.len())
             .sum();
-        let sessions = self.shared.plugged.len();
+        let sessions = self
+            .shared
+            .plugged
+            .iter()
+            .filter(|p| {
+                self.shared
+                    .charger(p.key())
+                    .is_some_and(|(seg, _)| owned.contains(&seg.id))
+            })
+            .count();
         let started = tokio::time::Instant::now();
         loop {
             let links: usize = self.shared.segments.values().map(|s| s.links.len()).sum();
@@ -615,12 +655,97 @@ impl Node {
 
     /// Every segment.
     pub fn segments(&self) -> Vec<SegmentView> {
-        self.shared.segments.values().map(|s| view(s)).collect()
+        let owned = lock(&self.shared.owned).clone();
+        self.shared
+            .segments
+            .values()
+            .map(|s| view(s, &owned))
+            .collect()
     }
 
     /// One segment.
     pub fn segment(&self, id: &str) -> Option<SegmentView> {
-        self.shared.segments.get(id).map(|s| view(s))
+        let owned = lock(&self.shared.owned).clone();
+        self.shared.segments.get(id).map(|s| view(s, &owned))
+    }
+
+    /// The segments this node drives now.
+    pub fn owned_segments(&self) -> BTreeSet<String> {
+        lock(&self.shared.owned).clone()
+    }
+
+    fn segments_supervisor(&self) -> Result<DynamicSupervisorRef<SegmentArgs>, String> {
+        let path = format!("{ROOT}/segments");
+        let cell = self
+            .shared
+            .registry
+            .lookup(&path)
+            .map_err(|e| e.to_string())?;
+        DynamicSupervisorRef::from_cell(cell, path.as_str().into()).map_err(|e| e.to_string())
+    }
+
+    /// Let segment `id` go to another node, through ChargeOnly: its ladder takes the
+    /// `Handoff` cause, every device of the segment is commanded to ChargeOnly directly (the
+    /// segment's own actors may be busy), and only then is its subtree stopped. Its devices
+    /// keep ChargeOnly until the new owner commands them; their leases end the rest.
+    pub async fn release_segment(&self, id: &str) -> Result<(), HandoffError> {
+        let seg = self
+            .shared
+            .segments
+            .get(id)
+            .ok_or_else(|| HandoffError::Unknown(id.into()))?;
+        if !lock(&self.shared.owned).contains(id) {
+            return Err(HandoffError::NotOwned(id.into()));
+        }
+        let now = self.shared.clock.now();
+        seg.observe(Fault::Handoff(true), now);
+        super::safety::command_devices(&self.shared, seg).await;
+        let tree = |error: String| HandoffError::Tree {
+            segment: id.into(),
+            error,
+        };
+        let sup = self.segments_supervisor().map_err(tree)?;
+        // Not driven from here from now on, whatever the supervisor answers: a segment half
+        // stopped must not be dispatched.
+        lock(&self.shared.owned).remove(id);
+        sup.terminate_child(id)
+            .await
+            .map_err(|e| tree(e.to_string()))?;
+        tracing::info!(segment = %id, "segment released (ChargeOnly until its new owner drives it)");
+        Ok(())
+    }
+
+    /// Start driving segment `id`, which another node let go (or lost): it starts in
+    /// ChargeOnly (the `Handoff` cause, cleared once its subtree runs and held for the hold
+    /// time like any cleared cause), from this node's checkpoints of it.
+    pub async fn adopt_segment(&self, id: &str) -> Result<(), HandoffError> {
+        let seg = self
+            .shared
+            .segments
+            .get(id)
+            .ok_or_else(|| HandoffError::Unknown(id.into()))?;
+        if lock(&self.shared.owned).contains(id) {
+            return Err(HandoffError::AlreadyOwned(id.into()));
+        }
+        seg.observe(Fault::Handoff(true), self.shared.clock.now());
+        let tree = |error: String| HandoffError::Tree {
+            segment: id.into(),
+            error,
+        };
+        let sup = self.segments_supervisor().map_err(tree)?;
+        lock(&self.shared.owned).insert(id.to_string());
+        let args = SegmentArgs {
+            shared: self.shared.clone(),
+            seg: seg.clone(),
+        };
+        if let Err(e) = sup.start_child_named(id, args).await {
+            lock(&self.shared.owned).remove(id);
+            return Err(tree(e.to_string()));
+        }
+        super::safety::command_devices(&self.shared, seg).await;
+        seg.observe(Fault::Handoff(false), self.shared.clock.now());
+        tracing::info!(segment = %id, "segment adopted (ChargeOnly for the hold time)");
+        Ok(())
     }
 
     /// A vehicle's session while it runs (an ended session's last state is in its
@@ -755,8 +880,9 @@ impl Node {
     }
 }
 
-fn view(s: &SegmentShared) -> SegmentView {
+fn view(s: &SegmentShared, owned: &BTreeSet<String>) -> SegmentView {
     SegmentView {
+        owned: owned.contains(&s.id),
         id: s.id.clone(),
         substation: s.substation.clone(),
         rated_kw: s.config.rated_kw,

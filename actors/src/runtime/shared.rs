@@ -8,7 +8,7 @@
 //! segment survives the restart of the segment's own supervisor (which is how "a segment
 //! past its restart intensity goes to ChargeOnly" can hold while the segment is down).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -538,12 +538,17 @@ pub struct NodeOptions {
     /// would add 100,000 series per family. `gridvisor run` takes it from the topology's
     /// `[metrics] sessions`; the default here (on) suits tests of small sites.
     pub per_session_metrics: bool,
+    /// The segments this node drives from the start (None: every segment of the topology).
+    /// In a cluster, the shard map gives each node its own; the others are adopted with
+    /// `Node::adopt_segment` when they move here.
+    pub segments: Option<BTreeSet<String>>,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             per_session_metrics: true,
+            segments: None,
         }
     }
 }
@@ -582,6 +587,9 @@ pub struct SiteShared {
     pub options: NodeOptions,
     /// The site aggregator (current incarnation).
     pub site: Mutex<Option<CountedRef<SiteMsg>>>,
+    /// The segments this node drives now (a subset of `segments`; all of them outside a
+    /// cluster). Changed only by a handoff (`Node::adopt_segment`, `Node::release_segment`).
+    pub owned: Mutex<BTreeSet<String>>,
     /// Recent safe-state transitions, newest last.
     pub events: Mutex<VecDeque<Event>>,
     /// Recent "safe state changed → every device commanded" latencies, newest last.
@@ -698,7 +706,19 @@ impl SiteShared {
         for (i, v) in topology.vehicles.iter().enumerate() {
             vehicle_index.insert(v.id.clone(), i);
         }
+        let owned = match &options.segments {
+            None => segments.keys().cloned().collect(),
+            Some(chosen) => {
+                if let Some(unknown) = chosen.iter().find(|id| !segments.contains_key(*id)) {
+                    return Err(crate::runtime::NodeError::Config(format!(
+                        "the node is to drive segment {unknown:?}, which the topology does not have"
+                    )));
+                }
+                chosen.clone()
+            }
+        };
         Ok(SiteShared {
+            owned: Mutex::new(owned),
             charger_index,
             vehicle_index,
             topology,
