@@ -471,6 +471,14 @@ fn the_live_view_shows_the_tree_and_follows_a_crash_and_a_safe_state_change() {
         "live view: the page's kill button -> restart shown: {:.0} ms",
         ms(by_button)
     );
+    let lag = b.eval("JSON.stringify([gv.snapshots, gv.lagTotalMs / gv.snapshots, gv.lagMaxMs])");
+    let lag: Value = serde_json::from_str(lag.as_str().unwrap()).unwrap();
+    println!(
+        "live view: segment snapshots, node tick -> page: {} snapshots, mean {:.1} ms, max {} ms",
+        lag[0],
+        lag[1].as_f64().unwrap_or(f64::NAN),
+        lag[2]
+    );
     println!("live view: screenshot {}", file.display());
     for c in &crashes {
         assert!(*c <= UPDATE_LIMIT, "a crash shown after {c:?}");

@@ -47,7 +47,7 @@
   // What the page has seen, for the status line (and for tests and the curious: window.gv).
   const gv = (window.gv = {
     hellos: 0, snapshots: 0, reports: 0, transitions: 0,
-    snapshotLagMs: 0, lastSnapshotAt: 0, dropped: null, treeLoads: 0,
+    snapshotLagMs: 0, lagMaxMs: 0, lagTotalMs: 0, lastSnapshotAt: 0, dropped: null, treeLoads: 0,
   });
 
   function el(tag, cls, text) {
@@ -463,6 +463,8 @@
     gv.snapshots++;
     gv.lastSnapshotAt = Date.now();
     gv.snapshotLagMs = gv.lastSnapshotAt - snap.at_ms;
+    gv.lagMaxMs = Math.max(gv.lagMaxMs, gv.snapshotLagMs);
+    gv.lagTotalMs += gv.snapshotLagMs;
     for (const s of snap.segments) {
       setLevel(s.id, s.level);
       const c = card(s);

@@ -8,7 +8,8 @@
 //! - `hello` once: the root's name, the tick and the limits below;
 //! - `segments` every [`LIVE_TICK`]: every segment's level, power, limits and counts;
 //! - `transition` for each safe-state transition the node records (the last
-//!   [`LIVE_BACKLOG`] first), polled every tick from the node's event log with a cursor;
+//!   [`LIVE_BACKLOG`] first), polled every [`LIVE_EVENT_POLL`] from the node's event log
+//!   with a cursor;
 //! - `report` for each supervisor report (started, exited, restarted, start failed, gave up,
 //!   escalated) as it is published, at most [`LIVE_REPORTS_PER_TICK`] per tick;
 //! - `dropped` when reports were lost (over that budget, or lagging behind the tree's
@@ -53,9 +54,11 @@ pub const LIVE_JS: &str = include_str!("live.js");
 /// The page's style.
 pub const LIVE_CSS: &str = include_str!("live.css");
 
-/// How often a client gets the segments' snapshot, and how often the node's safe-state
-/// event log is polled for new transitions.
+/// How often a client gets the segments' snapshot.
 pub const LIVE_TICK: Duration = Duration::from_millis(250);
+/// How often the node's safe-state event log is polled for new transitions (a lock and a
+/// look at the newest entry when nothing is new).
+pub const LIVE_EVENT_POLL: Duration = Duration::from_millis(50);
 /// Events queued per client; past it the client loses events (counted, never waited for).
 pub const LIVE_QUEUE: usize = 512;
 /// Streams open at once; one more is refused with 503.
@@ -287,8 +290,8 @@ impl Client {
         }
     }
 
-    /// One tick: new transitions, the snapshot, and the drop counts if they moved.
-    fn tick(&mut self, node: &Node, cursor: &mut EventCursor) -> Sent {
+    /// New safe-state transitions, if any.
+    fn transitions(&mut self, node: &Node, cursor: &mut EventCursor) -> Sent {
         let seen_ms = now_ms();
         for event in node.events_since(cursor, LIVE_BACKLOG) {
             let e = sse_event(
@@ -302,8 +305,13 @@ impl Client {
                 return Sent::Gone;
             }
         }
+        Sent::Ok
+    }
+
+    /// One tick: the segments' snapshot, and the drop counts if they moved.
+    fn tick(&mut self, node: &Node) -> Sent {
         let snap = Snapshot {
-            at_ms: seen_ms,
+            at_ms: now_ms(),
             segments: node.segments().into_iter().map(snapshot).collect(),
         };
         if let Sent::Gone = self.send(sse_event("segments", &snap)) {
@@ -348,8 +356,14 @@ async fn follow(live: Live, tx: mpsc::Sender<Event>, slot: ClientSlot) {
     if let Sent::Gone = client.send(hello) {
         return;
     }
+    // The backlog of transitions first, then the first snapshot.
+    if let Sent::Gone = client.transitions(&node, &mut cursor) {
+        return;
+    }
     let mut tick = tokio::time::interval(LIVE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut poll = tokio::time::interval(LIVE_EVENT_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut budget = LIVE_REPORTS_PER_TICK;
     loop {
         let sent = tokio::select! {
@@ -357,8 +371,9 @@ async fn follow(live: Live, tx: mpsc::Sender<Event>, slot: ClientSlot) {
             _ = client.tx.closed() => return,
             _ = tick.tick() => {
                 budget = LIVE_REPORTS_PER_TICK;
-                client.tick(&node, &mut cursor)
+                client.tick(&node)
             }
+            _ = poll.tick() => client.transitions(&node, &mut cursor),
             r = reports.recv() => match r {
                 None => return,
                 Some(Received::Lagged(n)) => {
