@@ -672,9 +672,20 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
     // keep their lines) or from its own file.
     let topology = match (&topology_path, has_inline) {
         (Some(_), true) => {
-            r.check(&chaos, "topology", false, || {
-                "a topology file and an inline topology: keep one".to_owned()
-            });
+            // With a topology file, every other root key is a mistake: name each.
+            for (key, _) in root.iter() {
+                let name: &str = key.get_ref();
+                if !SCENARIO_ROOTS.contains(&name) {
+                    r.problem(
+                        name,
+                        key.span().start,
+                        format!(
+                            "unknown table `{name}`; expected one of: {} (the topology comes from `chaos.topology`)",
+                            SCENARIO_ROOTS.join(", ")
+                        ),
+                    );
+                }
+            }
             None
         }
         (Some(p), false) => {
@@ -1301,6 +1312,15 @@ id = "m-1"
         .unwrap();
         let e = load(&dir.join("bad.toml")).unwrap_err();
         assert!(e.to_string().contains("missing.toml"), "{e}");
+        std::fs::write(
+            dir.join("typo.toml"),
+            "[chaos]\nduration_s = 5\ntopology = \"site.toml\"\n[bound]\nrestart_s = 1\n",
+        )
+        .unwrap();
+        let e = load(&dir.join("typo.toml")).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!((e.0[0].line, e.0[0].field.as_str()), (4, "bound"), "{e}");
+        assert!(e.0[0].message.contains("unknown table"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
