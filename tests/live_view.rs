@@ -7,6 +7,9 @@
 //! restart intensity: the segment gives up and goes to ChargeOnly) each within
 //! [`UPDATE_LIMIT`] of causing it; the measured latencies are printed. Without Chromium the
 //! test says so and passes, unless `GRIDVISOR_REQUIRE_CHROMIUM=1` (CI sets it).
+//!
+//! A second test reads the stream itself with a raw SSE client (no browser needed): the
+//! events and their fields, a crash as reports, the bound on clients, the tree's errors.
 
 mod support;
 
@@ -506,4 +509,219 @@ fn the_live_view_shows_the_tree_and_follows_a_crash_and_a_safe_state_change() {
     };
     assert!(exit.success(), "{exit}");
     drop(b);
+}
+
+/// A raw Server-Sent Events client: one `GET /api/live`, the chunked body read as it comes.
+struct SseClient {
+    reader: BufReader<TcpStream>,
+    pending: String,
+}
+
+/// One SSE event: its name, its data and whether it carried a `retry:` field.
+struct SseEvent {
+    name: String,
+    data: String,
+    retry: bool,
+}
+
+impl SseClient {
+    /// Connect; the response's status and, when 200, the client.
+    fn open(addr: &str) -> (u16, Option<SseClient>, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            format!("GET /api/live HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut reader = BufReader::new(s);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        if status != 200 {
+            // A plain (not streamed) error body: read what is there.
+            let mut body = String::new();
+            let _ = std::io::Read::read_to_string(&mut reader, &mut body);
+            return (status, None, body);
+        }
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{head}"
+        );
+        (
+            status,
+            Some(SseClient {
+                reader,
+                pending: String::new(),
+            }),
+            head,
+        )
+    }
+
+    /// The next chunk of the body (chunked transfer encoding).
+    fn chunk(&mut self) {
+        let mut size = String::new();
+        self.reader.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16)
+            .unwrap_or_else(|_| panic!("a chunk size, got {size:?}"));
+        assert!(n > 0, "the stream ended");
+        let mut buf = vec![0; n + 2];
+        std::io::Read::read_exact(&mut self.reader, &mut buf).unwrap();
+        self.pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+
+    /// The next event (keep-alive comments skipped).
+    fn next(&mut self) -> SseEvent {
+        loop {
+            if let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut ev = SseEvent {
+                    name: String::new(),
+                    data: String::new(),
+                    retry: false,
+                };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        ev.data.push_str(v.trim_start());
+                    } else if line.starts_with("retry:") {
+                        ev.retry = true;
+                    }
+                }
+                if !ev.name.is_empty() {
+                    return ev;
+                }
+                continue;
+            }
+            self.chunk();
+        }
+    }
+
+    /// The next event named `name` whose data satisfies `ok`, within `limit`.
+    fn until(&mut self, name: &str, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() <= limit,
+                "no {name} event as expected within {limit:?}"
+            );
+            let ev = self.next();
+            if ev.name == name {
+                let v: Value = serde_json::from_str(&ev.data).unwrap();
+                if ok(&v) {
+                    return v;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_live_stream_speaks_sse_reports_a_crash_and_bounds_its_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = DemoNode::start(dir.path());
+    let (_grid, admin) = node.addresses();
+
+    let (status, client, _) = SseClient::open(&admin);
+    assert_eq!(status, 200);
+    let mut a = client.unwrap();
+    let hello = a.next();
+    assert_eq!(hello.name, "hello");
+    assert!(
+        hello.retry,
+        "the first event tells the browser when to reconnect"
+    );
+    let hello: Value = serde_json::from_str(&hello.data).unwrap();
+    assert_eq!(hello["root"], "node");
+    assert_eq!(hello["tick_ms"], 250);
+    let max_clients = hello["max_clients"].as_u64().unwrap() as usize;
+
+    let snap = a.until("segments", LIMIT, |_| true);
+    let segs = snap["segments"].as_array().unwrap();
+    let ids: Vec<&str> = segs.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["tx-1", "tx-2", "tx-3"]);
+    for s in segs {
+        assert!(s["level"].is_string(), "{s}");
+        assert!(s["import_limit_kw"].is_number(), "{s}");
+        assert!(s["metered_kw"].is_number(), "{s}");
+    }
+
+    // A crash comes as reports: exited (killed), then restarted.
+    let meter = "node/segments/tx-3/meter-3";
+    let sent = kill_running(&admin, meter);
+    let exited = a.until("report", UPDATE_LIMIT, |r| {
+        r["path"] == meter && r["event"] == "exited"
+    });
+    assert_eq!(exited["class"], "killed");
+    assert_eq!(exited["supervisor"], "node/segments/tx-3");
+    a.until("report", UPDATE_LIMIT, |r| {
+        r["path"] == meter && r["event"] == "restarted"
+    });
+    println!(
+        "live stream: crash -> restarted report read {:.0} ms after the kill was sent",
+        ms(sent.elapsed())
+    );
+
+    // At most max_clients streams: one more is refused, naming the limit; a place freed by
+    // a client that left is taken again.
+    let mut others: Vec<SseClient> = (1..max_clients)
+        .map(|_| {
+            let (status, c, body) = SseClient::open(&admin);
+            assert_eq!(status, 200, "{body}");
+            c.unwrap()
+        })
+        .collect();
+    for c in &mut others {
+        assert_eq!(c.next().name, "hello");
+    }
+    let (status, _, body) = SseClient::open(&admin);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&format!("at most {max_clients}")), "{body}");
+    drop(others.pop());
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (status, c, body) = SseClient::open(&admin);
+        if status == 200 {
+            assert_eq!(c.unwrap().next().name, "hello");
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "a closed stream's place was not freed within {LIMIT:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+
+    // The tree endpoint names what it does not take.
+    let (status, body) = try_http(&admin, "GET", "/api/live/tree?depth=x", None).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("depth"), "{body}");
+    let (status, body) = try_http(&admin, "GET", "/api/live/tree?path=node/nope", None).unwrap();
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = try_http(
+        &admin,
+        "GET",
+        "/api/live/tree?path=node/segments/tx-1&depth=1",
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let t: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(t["node"]["path"], "node/segments/tx-1");
+    assert!(t["node"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["path"] == "node/segments/tx-1/safety"));
 }
