@@ -18,7 +18,7 @@
 //! load and builds nothing. Reasons are cut to [`REPORT_REASON_LIMIT`] bytes so that one
 //! report stays small whatever an actor's error says.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -106,6 +106,9 @@ pub struct ReportCapacityError {
 
 struct Inner {
     tx: broadcast::Sender<SupervisorReport>,
+    /// Subscribers now, kept here rather than asked of the channel (which takes its lock):
+    /// a publish without subscribers is one atomic load.
+    subscribers: AtomicUsize,
     seq: AtomicU64,
     lagged: AtomicU64,
 }
@@ -137,6 +140,7 @@ impl SupervisorReports {
         Ok(SupervisorReports {
             inner: Arc::new(Inner {
                 tx,
+                subscribers: AtomicUsize::new(0),
                 seq: AtomicU64::new(0),
                 lagged: AtomicU64::new(0),
             }),
@@ -149,6 +153,7 @@ impl SupervisorReports {
         SupervisorReports {
             inner: Arc::new(Inner {
                 tx,
+                subscribers: AtomicUsize::new(0),
                 seq: AtomicU64::new(0),
                 lagged: AtomicU64::new(0),
             }),
@@ -163,7 +168,8 @@ impl SupervisorReports {
         path: &ActorPath,
         event: impl FnOnce() -> ReportEvent,
     ) {
-        if self.inner.tx.receiver_count() == 0 {
+        // A subscriber arriving during this publish may miss it: it subscribed "after".
+        if self.inner.subscribers.load(Ordering::Acquire) == 0 {
             return;
         }
         let report = SupervisorReport {
@@ -182,15 +188,17 @@ impl SupervisorReports {
 
     /// A new subscriber; it receives the reports published from now on.
     pub fn subscribe(&self) -> ReportSubscriber {
+        let rx = self.inner.tx.subscribe();
+        self.inner.subscribers.fetch_add(1, Ordering::AcqRel);
         ReportSubscriber {
-            rx: self.inner.tx.subscribe(),
+            rx,
             inner: self.inner.clone(),
         }
     }
 
     /// Subscribers now.
     pub fn subscribers(&self) -> usize {
-        self.inner.tx.receiver_count()
+        self.inner.subscribers.load(Ordering::Acquire)
     }
 
     /// Reports published so far (only those published while someone subscribed).
@@ -225,6 +233,12 @@ impl std::fmt::Debug for ReportSubscriber {
         f.debug_struct("ReportSubscriber")
             .field("queued", &self.rx.len())
             .finish()
+    }
+}
+
+impl Drop for ReportSubscriber {
+    fn drop(&mut self) {
+        self.inner.subscribers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -290,6 +304,14 @@ mod tests {
         let p = ActorPath::root("a");
         r.publish(&p, &p, || panic!("built without a subscriber"));
         assert_eq!(r.published(), 0);
+        let sub = r.subscribe();
+        assert_eq!(r.subscribers(), 1);
+        r.publish(&p, &p, || ReportEvent::Started);
+        assert_eq!(r.published(), 1);
+        drop(sub);
+        assert_eq!(r.subscribers(), 0);
+        r.publish(&p, &p, || panic!("built after the last subscriber left"));
+        assert_eq!(r.published(), 1);
     }
 
     #[test]
