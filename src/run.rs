@@ -219,6 +219,7 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         }
     }
     out!("  grid API   http://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
+    out!("  live view  http://{admin_addr}/   (the tree, segments and events in a browser)");
     out!("  metrics    http://{admin_addr}/metrics");
     out!("  tree       http://{admin_addr}/api/tree");
     out!("  checkpoints in {}", o.data.display());
