@@ -5,7 +5,9 @@
 //! broken invariant its first violation and the command that replays the run. `--report`
 //! writes `<scenario>-seed-<S>.json` and `.html` per run into DIR. Exit status 0 only when
 //! every invariant of every run held; 1 when one broke; 2 when the scenario or the arguments
-//! are wrong (the errors name the file, line and field).
+//! are wrong (the errors name the file, line and field). The node's own log lines are left
+//! out unless `RUST_LOG` is set: the history has what happened, and a sweep would print
+//! thousands of them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -106,7 +108,15 @@ pub fn chaos(o: ChaosOptions) -> ExitCode {
     let (mut failed, mut simulated, mut wall) = (0usize, 0.0f64, 0.0f64);
     for &seed in &seeds {
         bar.set_message(format!("seed {seed}"));
-        let outcome = match gridvisor_chaos::run(&scenario, seed) {
+        let run = || gridvisor_chaos::run(&scenario, seed);
+        // The run's runtime is current-thread, on this thread: a thread-local default
+        // subscriber silences every actor of it.
+        let result = if std::env::var_os("RUST_LOG").is_some() {
+            run()
+        } else {
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), run)
+        };
+        let outcome = match result {
             Ok(o) => o,
             Err(e) => {
                 bar.abandon();
