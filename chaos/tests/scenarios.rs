@@ -85,6 +85,7 @@ scenario_tests! {
     keepalive_loss => "keepalive-loss.toml",
     kill_actors => "kill-actors.toml",
     kill_segment => "kill-segment.toml",
+    meter_loss_inline => "meter-loss-inline.toml",
     modbus_exceptions => "modbus-exceptions.toml",
     modbus_timeouts => "modbus-timeouts.toml",
     over_temperature => "over-temperature.toml",
