@@ -373,12 +373,22 @@ impl SafeStateLadder {
                 frequency_hz,
                 exporting,
             } => {
-                let islanded = self.grid_reading(voltage_pu, frequency_hz, exporting, now);
-                self.set(
-                    FaultKey::Islanding,
-                    islanded.then_some(SafeState::Tripped),
-                    now,
-                );
+                let abnormal = self.grid_abnormal(voltage_pu, frequency_hz, now);
+                // Exporting into an abnormal grid trips (IEEE 1547 cease to energize). Once
+                // tripped the segment no longer exports, but the grid is no better: the trip
+                // stays while the grid is abnormal (its hold time, the enter-service delay,
+                // starts only once the grid is back in its bands). A segment that was not
+                // exporting must not start to either: ChargeOnly.
+                let tripped = self
+                    .demands
+                    .get(&FaultKey::Islanding)
+                    .is_some_and(|d| d.cleared_at.is_none() && d.state == SafeState::Tripped);
+                let demand = abnormal.then_some(if exporting || tripped {
+                    SafeState::Tripped
+                } else {
+                    SafeState::ChargeOnly
+                });
+                self.set(FaultKey::Islanding, demand, now);
             }
             Fault::ClockOffset(offset) => {
                 let demand = if offset > self.config.ptp_trip {
@@ -462,16 +472,12 @@ impl SafeStateLadder {
     }
 
     /// True when this reading, with those before it, means the segment is islanded.
-    fn grid_reading(
-        &mut self,
-        voltage_pu: f64,
-        frequency_hz: f64,
-        exporting: bool,
-        now: Duration,
-    ) -> bool {
-        // A reading that is not a number says nothing good about the grid: treat it as lost.
+    /// Whether the grid at the point of connection is abnormal: a reading beyond a trip band
+    /// for its clearing time, a voltage under the lost threshold, or a reading that is not a
+    /// number (which says nothing good about the grid).
+    fn grid_abnormal(&mut self, voltage_pu: f64, frequency_hz: f64, now: Duration) -> bool {
         if !voltage_pu.is_finite() || !frequency_hz.is_finite() {
-            return exporting;
+            return true;
         }
         let bands = self.config.voltage_bands.iter().map(|b| (b, voltage_pu));
         let bands = bands.chain(
@@ -490,7 +496,7 @@ impl SafeStateLadder {
             }
         }
         let lost = voltage_pu < self.config.voltage_lost_pu;
-        exporting && (tripped || lost)
+        tripped || lost
     }
 
     fn derate(&self, celsius: f64, rated_kw: f64) -> Option<SafeState> {
@@ -658,11 +664,49 @@ mod tests {
     }
 
     #[test]
-    fn abnormal_grid_while_not_exporting_is_not_islanding() {
+    fn an_abnormal_grid_while_not_exporting_allows_no_discharge_but_no_trip() {
         let mut l = ladder();
-        assert_eq!(l.observe(grid(0.0, 57.0, false), ms(0)), None);
+        assert_eq!(
+            l.observe(grid(0.0, 57.0, false), ms(0)).unwrap().to,
+            SafeState::ChargeOnly
+        );
         assert_eq!(l.observe(grid(0.0, 57.0, false), S), None);
-        assert_eq!(l.level(), SafeState::Normal);
+        assert_eq!(l.level(), SafeState::ChargeOnly);
+        // Exporting into it trips.
+        assert_eq!(
+            l.observe(grid(0.0, 57.0, true), S + ms(1)).unwrap().to,
+            SafeState::Tripped
+        );
+    }
+
+    #[test]
+    fn a_trip_stays_while_the_grid_is_abnormal_and_holds_after_it_returns() {
+        // The hold (enter-service delay) is 300 s by default.
+        let mut l = ladder();
+        assert_eq!(
+            l.observe(grid(0.0, 60.0, true), ms(0)).unwrap().to,
+            SafeState::Tripped
+        );
+        // Tripped, the segment no longer exports; the grid is still gone for ten minutes.
+        for s in 1..=600 {
+            l.observe(Fault::KeepAlive, Duration::from_secs(s));
+            assert_eq!(
+                l.observe(grid(0.0, 60.0, false), Duration::from_secs(s)),
+                None,
+                "at {s} s"
+            );
+            assert_eq!(l.tick(Duration::from_secs(s)), None);
+        }
+        assert_eq!(l.level(), SafeState::Tripped);
+        // Back in its bands: the trip holds for the hold time from then, not from the trip.
+        let back = Duration::from_secs(601);
+        assert_eq!(l.observe(grid(1.0, 60.0, false), back), None);
+        l.observe(Fault::KeepAlive, back + Duration::from_secs(299));
+        assert_eq!(l.tick(back + Duration::from_secs(299)), None);
+        assert_eq!(
+            l.tick(back + Duration::from_secs(300)).unwrap().to,
+            SafeState::Normal
+        );
     }
 
     #[test]

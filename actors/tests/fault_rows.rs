@@ -66,6 +66,20 @@ async fn islanding_trips_the_segment_and_stops_every_device_then_holds() {
         seg.causes
     );
     assert!(!t.node.shared.command_latencies().is_empty());
+    // Tripped, nothing exports any more, but the grid is still gone: the trip stays for
+    // longer than the hold time (1 s), and nothing discharges into the dead grid.
+    let lost = std::time::Instant::now();
+    while lost.elapsed() < Duration::from_millis(1_500) {
+        for seg in ["tx-0", "tx-1"] {
+            assert_eq!(
+                level(&t, seg),
+                SafeState::Tripped,
+                "{seg} while the grid is lost"
+            );
+            assert!(chargers_of(&t, seg).iter().all(|c| c.setpoint_kw() >= 0.0));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The grid comes back: the level is held for hold_s (1 s), then released.
     t.node.sim.grid.set(1.0, 60.0);
     let back = std::time::Instant::now();
@@ -326,6 +340,20 @@ async fn a_meter_that_cannot_be_read_is_charge_only_until_it_answers_again() {
     t.node.sim.meters["m-0"].set_unreachable(false);
     wait(&t.node, "normal after the hold", || {
         level(&t, "tx-0") == SafeState::Normal
+    })
+    .await;
+    t.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_reading_garbage_is_a_meter_that_cannot_be_read() {
+    let t = start(&site_toml(1, 2, "", "")).await;
+    // Readings that are not numbers (the grid's voltage is what the meter reports).
+    t.node.sim.grid.set(f64::NAN, 60.0);
+    wait(&t.node, "charge only for metering", || {
+        t.node.segment("tx-0").is_some_and(|s| {
+            s.level == SafeState::ChargeOnly && s.causes.contains(&FaultKey::Metering)
+        })
     })
     .await;
     t.node.shutdown().await;

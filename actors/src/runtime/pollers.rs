@@ -76,7 +76,25 @@ impl Actor for Meter {
         s.timer = Some(super::tick_after(&myself, METER_POLL, || MeterMsg::Poll));
         s.mailbox.handled();
         let now = s.shared.clock.now();
-        let r = match s.io.read(now).await {
+        // A reading that is not a number is no reading: it counts as a failed read (a meter
+        // that alternates errors and garbage must still end in Metering, not reset its count).
+        let read = s
+            .io
+            .read(now)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                if r.power_kw.is_finite() && r.voltage_pu.is_finite() && r.frequency_hz.is_finite()
+                {
+                    Ok(r)
+                } else {
+                    Err(format!(
+                        "reading not a number: {} kW, {} pu, {} Hz",
+                        r.power_kw, r.voltage_pu, r.frequency_hz
+                    ))
+                }
+            });
+        let r = match read {
             Ok(r) => r,
             Err(e) => {
                 s.errors += 1;
