@@ -127,6 +127,29 @@ impl Actor for Meter {
                 th.step(r.power_kw, dt);
                 (th.fault(), th.hot_spot_c(), th.headroom())
             };
+            // The allowance is for everything through the transformer; the cap is for our
+            // devices. What the meter sees beyond the chargers (the building, PV, other
+            // load) takes its share first, in either direction (the cap is symmetric).
+            let fault = match fault {
+                Fault::TransformerLimit(Some(allowance)) => {
+                    // The chargers' share, never overestimated (that would underestimate the
+                    // rest and loosen the cap): the smaller of what each was last measured
+                    // at and what it was last commanded, a stale reading counting no more.
+                    let chargers: f64 = s
+                        .seg
+                        .links
+                        .iter()
+                        .map(|l| match (l.status.measured_kw, l.status.commanded_kw) {
+                            (Some(m), Some(c)) => m.min(c).max(0.0),
+                            (Some(x), None) | (None, Some(x)) => x.max(0.0),
+                            (None, None) => 0.0,
+                        })
+                        .sum();
+                    let uncontrolled = r.power_kw - chargers;
+                    Fault::TransformerLimit(Some((allowance - uncontrolled.abs()).max(0.0)))
+                }
+                other => other,
+            };
             s.seg.observe(fault, now);
             let m = &s.shared.metrics;
             m.segment_hot_spot.with_label_values(&[&s.seg.id]).set(hot);
