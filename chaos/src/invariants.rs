@@ -11,7 +11,7 @@
 //! long after it was restricted is one violation, not one per step), its worst margin over
 //! the run, and whether the run exercised it at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gridvisor_actors::setpoint::SetpointKey;
 use serde::Serialize;
@@ -41,6 +41,18 @@ pub struct Sample {
     /// Permanent actors running now as a newer incarnation than at the last step without
     /// having been seen down: restarted within one step (paths, sorted).
     pub restarted: Vec<String>,
+    /// The true grid at the point of connection is dead: beyond IEEE 1547-2018's fast trip
+    /// limits ([`grid_dead`]), where export must cease.
+    pub grid_dead: bool,
+}
+
+/// Whether a grid reading is beyond IEEE 1547-2018's fast trip limits (category II
+/// defaults): voltage under 0.45 or over 1.20 per unit, frequency under 56.5 or over 62 Hz
+/// (each with a 160 ms clearing time). A reading that is not a number counts as dead.
+pub fn grid_dead(voltage_pu: f64, frequency_hz: f64) -> bool {
+    let within = (0.45..=1.20).contains(&voltage_pu) && (56.5..=62.0).contains(&frequency_hz);
+    // A NaN is in no range, so a reading that is not a number is dead too.
+    !within
 }
 
 /// One segment at one step.
@@ -242,6 +254,88 @@ impl Checker for NoDischargeWhenRestricted {
             violations: self.seen.count,
             first: self.seen.first.clone(),
             note: "bound minus the longest discharge seen after a restriction began".to_owned(),
+        }
+    }
+}
+
+/// No discharge into a dead grid (anti-islanding): once the true grid is beyond the fast trip
+/// limits, no segment discharges after the reaction bound, for as long as it stays dead,
+/// whatever the node's own view of it.
+#[derive(Debug)]
+pub struct NoDischargeIntoDeadGrid {
+    bound_ms: u64,
+    dead_since: Option<u64>,
+    /// Segments that already violated in this dead episode.
+    violated: BTreeSet<String>,
+    longest_ms: Option<u64>,
+    exercised: bool,
+    seen: Seen,
+}
+
+impl NoDischargeIntoDeadGrid {
+    /// With the reaction bound, s.
+    pub fn new(reaction_s: f64) -> Self {
+        NoDischargeIntoDeadGrid {
+            bound_ms: (reaction_s * 1_000.0).round() as u64,
+            dead_since: None,
+            violated: BTreeSet::new(),
+            longest_ms: None,
+            exercised: false,
+            seen: Seen::default(),
+        }
+    }
+}
+
+impl Checker for NoDischargeIntoDeadGrid {
+    fn step(&mut self, s: &Sample) -> Vec<Violation> {
+        let mut out = Vec::new();
+        if !s.grid_dead {
+            self.dead_since = None;
+            self.violated.clear();
+            return out;
+        }
+        let since = *self.dead_since.get_or_insert(s.t_ms);
+        let dead_for = s.t_ms - since;
+        for seg in &s.segments {
+            if seg.discharge_kw <= DISCHARGE_EPS_KW {
+                continue;
+            }
+            self.exercised = true;
+            self.longest_ms = Some(self.longest_ms.map_or(dead_for, |l| l.max(dead_for)));
+            if dead_for > self.bound_ms && self.violated.insert(seg.id.clone()) {
+                let v = Violation {
+                    invariant: "no_discharge_into_dead_grid",
+                    t_ms: s.t_ms,
+                    subject: seg.id.clone(),
+                    message: format!(
+                        "segment {} discharges {:.3} kW into a grid dead for {:.3} s (bound {:.3} s)",
+                        seg.id,
+                        seg.discharge_kw,
+                        ms_to_s(dead_for),
+                        ms_to_s(self.bound_ms)
+                    ),
+                };
+                self.seen.add(&v);
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            name: "no_discharge_into_dead_grid",
+            statement: format!(
+                "no discharge into a dead grid (beyond IEEE 1547's fast trip limits) after {:.3} s",
+                ms_to_s(self.bound_ms)
+            ),
+            held: self.seen.count == 0,
+            exercised: self.exercised,
+            worst_margin: Some(ms_to_s(self.bound_ms) - self.longest_ms.map_or(0.0, ms_to_s)),
+            unit: "s",
+            violations: self.seen.count,
+            first: self.seen.first.clone(),
+            note: "bound minus the longest discharge seen into a dead grid".to_owned(),
         }
     }
 }
@@ -589,6 +683,7 @@ impl Checker for RestartWithin {
 pub fn all(bounds: &Bounds) -> Vec<Box<dyn Checker + Send>> {
     vec![
         Box::new(NoDischargeWhenRestricted::new(bounds.reaction_s)),
+        Box::new(NoDischargeIntoDeadGrid::new(bounds.reaction_s)),
         Box::new(MinSoc::new(bounds.soc_tolerance_pct)),
         Box::new(TransformerLimit::new(bounds.transformer_s)),
         Box::new(AppliedOnce::new()),

@@ -380,6 +380,7 @@ impl World {
                 Lookup::Restarting(_) | Lookup::Unknown => down.push(p.clone()),
             }
         }
+        let (voltage_pu, frequency_hz) = node.sim.grid.get();
         Sample {
             t_ms,
             segments,
@@ -387,6 +388,7 @@ impl World {
             chargers,
             down,
             restarted,
+            grid_dead: crate::invariants::grid_dead(voltage_pu, frequency_hz),
         }
     }
 }

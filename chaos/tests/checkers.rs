@@ -16,6 +16,7 @@ fn empty(t_ms: u64) -> Sample {
         chargers: Vec::new(),
         down: Vec::new(),
         restarted: Vec::new(),
+        grid_dead: false,
     }
 }
 
@@ -237,4 +238,39 @@ fn an_actor_down_past_the_bound_is_a_violation() {
     let mut c = RestartWithin::new(1.0);
     run(&mut c, &[down(0, &[], &[])]);
     assert!(!c.summary().exercised);
+}
+
+#[test]
+fn discharge_into_a_dead_grid_after_the_bound_is_a_violation() {
+    use gridvisor_chaos::invariants::{grid_dead, NoDischargeIntoDeadGrid};
+    assert!(grid_dead(0.0, 60.0) && grid_dead(1.0, 62.5) && grid_dead(f64::NAN, 60.0));
+    assert!(!grid_dead(1.0, 60.0) && !grid_dead(1.15, 61.0));
+    let step = |t: u64, dead: bool, dis: f64| Sample {
+        segments: vec![segment(0, dis, 50.0)],
+        grid_dead: dead,
+        ..empty(t)
+    };
+    // The grid dies at 1 s; discharge stops at 1.5 s: within a 1 s bound. It dies again at
+    // 5 s and the segment, Normal to the node, keeps discharging: a violation at 6.5 s.
+    let ok = [
+        step(0, false, 10.0),
+        step(1_000, true, 10.0),
+        step(1_500, true, 0.0),
+    ];
+    let mut c = NoDischargeIntoDeadGrid::new(1.0);
+    assert!(run(&mut c, &ok).is_empty());
+    assert!(c.summary().held && c.summary().exercised);
+    let bad = [
+        step(4_000, false, 10.0),
+        step(5_000, true, 10.0),
+        step(6_000, true, 10.0),
+        step(6_500, true, 10.0),
+        step(7_000, true, 10.0),
+        step(8_000, false, 10.0),
+    ];
+    let mut c = NoDischargeIntoDeadGrid::new(1.0);
+    assert_eq!(run(&mut c, &bad), [6_500], "one violation per episode");
+    let s = c.summary();
+    assert!(!s.held);
+    assert_eq!(s.first.unwrap().invariant, "no_discharge_into_dead_grid");
 }
