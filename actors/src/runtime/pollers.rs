@@ -101,7 +101,9 @@ impl Actor for Meter {
                 s.failing += 1;
                 tracing::warn!(meter = %s.path, error = %e, errors = s.errors, "meter read failed");
                 if s.failing >= METER_FAILURE_LIMIT {
-                    s.seg.observe(Fault::Metering(false), now);
+                    // Decided now, after a read that may have hung until its time-out: the
+                    // transition is stamped with when it was decided, not when the read began.
+                    s.seg.observe(Fault::Metering(false), s.shared.clock.now());
                 }
                 return Ok(());
             }
