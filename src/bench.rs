@@ -302,7 +302,3 @@ pub async fn supervision(n: usize) -> Result<(), String> {
     out("children", n as f64, "count");
     Ok(())
 }
-
-// ractor is built with its `cluster` feature (the cluster crate needs it), under which a
-// message type says it is one; these never leave the node, so they need no serialization.
-impl ractor::Message for ChildMsg {}

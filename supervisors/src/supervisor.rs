@@ -1463,7 +1463,3 @@ impl<A: Clone + Send + 'static> Actor for Supervisor<A> {
         Ok(())
     }
 }
-
-// ractor is built with its `cluster` feature (the cluster crate needs it), under which a
-// message type says it is one; these never leave the node, so they need no serialization.
-impl ractor::Message for SupervisorMsg {}

@@ -2030,8 +2030,3 @@ async fn metrics_count_starts_restarts_and_exits_by_reason() {
     );
     sup.shutdown().await;
 }
-
-// ractor is built with its `cluster` feature (the cluster crate needs it), under which a
-// message type says it is one; these never leave the node, so they need no serialization.
-impl ractor::Message for Cmd {}
-impl ractor::Message for Noticed {}

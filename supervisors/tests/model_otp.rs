@@ -348,7 +348,3 @@ proptest! {
         rt.block_on(run_case(strategy, restart, initial, max_restarts, period_ms, ops))?;
     }
 }
-
-// ractor is built with its `cluster` feature (the cluster crate needs it), under which a
-// message type says it is one; these never leave the node, so they need no serialization.
-impl ractor::Message for Probe {}

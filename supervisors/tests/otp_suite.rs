@@ -795,7 +795,3 @@ async fn a_panicking_start_function_is_a_failed_start_not_a_dead_supervisor() {
     );
     sup.shutdown().await;
 }
-
-// ractor is built with its `cluster` feature (the cluster crate needs it), under which a
-// message type says it is one; these never leave the node, so they need no serialization.
-impl ractor::Message for Probe {}

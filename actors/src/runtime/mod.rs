@@ -282,13 +282,3 @@ pub enum MeterMsg {
     /// Poll now.
     Poll,
 }
-
-// ractor is built with its `cluster` feature (the cluster crate needs it), under which a
-// message type says it is one; these never leave the node, so they need no serialization.
-impl ractor::Message for SiteMsg {}
-impl ractor::Message for DispatcherMsg {}
-impl ractor::Message for SafetyMsg {}
-impl ractor::Message for LinkMsg {}
-impl ractor::Message for SessionMsg {}
-impl ractor::Message for MeterMsg {}
-impl ractor::Message for InverterMsg {}

@@ -135,7 +135,3 @@ impl Actor for Csms {
         Ok(())
     }
 }
-
-// ractor is built with its `cluster` feature (the cluster crate needs it), under which a
-// message type says it is one; these never leave the node, so they need no serialization.
-impl ractor::Message for CsmsMsg {}
