@@ -111,30 +111,8 @@ pub struct RunOutcome {
     pub history: History,
 }
 
-/// SplitMix64: the runs' only source of randomness.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// Seeded.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    /// The next value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// SplitMix64 (the supervisors' jitter generator): the runs' only source of randomness.
+pub use gridvisor_supervisors::intensity::SplitMix64;
 
 /// Round to 1/1000 (and never -0).
 fn r3(x: f64) -> f64 {
@@ -470,13 +448,13 @@ async fn run_on_paused_clock(
     let mut actions: Vec<(u64, Action)> = Vec::new();
     let mut targets = Vec::new();
     for (i, q) in scenario.workload.requests.iter().enumerate() {
-        let jitter = (rng.unit() * 2.0 - 1.0) * q.jitter_kw;
+        let jitter = (rng.next_f64() * 2.0 - 1.0) * q.jitter_kw;
         targets.push(q.target_kw + jitter);
         actions.push(((q.at_s * 1_000.0).round() as u64, Action::Request(i)));
     }
     let mut windows = Vec::new();
     for (i, f) in scenario.faults.iter().enumerate() {
-        let start = ((f.at_s + rng.unit() * f.jitter_s) * 1_000.0).round() as u64;
+        let start = ((f.at_s + rng.next_f64() * f.jitter_s) * 1_000.0).round() as u64;
         let end = f.for_s.map(|d| start + (d * 1_000.0).round() as u64);
         actions.push((start, Action::FaultStart(i)));
         if let Some(end) = end {
@@ -847,7 +825,7 @@ mod tests {
         let (x, y, z) = (a.next_u64(), b.next_u64(), c.next_u64());
         assert_eq!(x, y);
         assert_ne!(x, z);
-        let u = a.unit();
+        let u = a.next_f64();
         assert!((0.0..1.0).contains(&u));
     }
 }
