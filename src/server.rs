@@ -29,7 +29,12 @@ struct ApiError {
     message: String,
 }
 
-fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
+/// A JSON error answer: `{"error": kind, "message": ...}` (shared by the admin and grid APIs).
+pub(crate) fn error(
+    status: StatusCode,
+    kind: &'static str,
+    message: impl Into<String>,
+) -> Response {
     (
         status,
         Json(ApiError {

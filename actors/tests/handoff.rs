@@ -5,33 +5,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gridvisor_actors::checkpoint::{CheckpointStore, StoreLimits};
-use gridvisor_actors::clock::Clock;
-use gridvisor_actors::config;
 use gridvisor_actors::ladder::{FaultKey, SafeState};
 use gridvisor_actors::runtime::{HandoffError, Node, NodeOptions, Scope};
 
 async fn node_owning(toml: &str, owned: &[&str]) -> Result<(Node, tempfile::TempDir), String> {
-    let topology = Arc::new(config::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}")));
-    let dir = tempfile::tempdir().unwrap();
-    let store = CheckpointStore::open(&dir.path().join("cp.redb"), StoreLimits::default()).unwrap();
-    let node = Node::start(
-        topology,
-        store,
-        Clock::tokio(),
-        prometheus::Registry::new(),
-        NodeOptions {
-            segments: Some(owned.iter().map(|s| s.to_string()).collect()),
-            ..NodeOptions::default()
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok((node, dir))
+    let options = NodeOptions {
+        segments: Some(owned.iter().map(|s| s.to_string()).collect()),
+        ..NodeOptions::default()
+    };
+    let t = start_with(toml, options).await?;
+    Ok((t.node, t.dir))
 }
 
 fn running(node: &Node, segment: &str) -> bool {

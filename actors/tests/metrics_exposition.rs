@@ -3,32 +3,19 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use gridvisor_actors::checkpoint::{CheckpointStore, StoreLimits};
-use gridvisor_actors::clock::Clock;
-use gridvisor_actors::config;
 use gridvisor_actors::ladder::FaultKey;
 use gridvisor_actors::runtime::{Format, Node, NodeOptions, Scope};
 
 async fn node(per_session_metrics: bool, toml: &str) -> (Node, tempfile::TempDir) {
-    let topology = Arc::new(config::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}")));
-    let dir = tempfile::tempdir().unwrap();
-    let store = CheckpointStore::open(&dir.path().join("cp.redb"), StoreLimits::default()).unwrap();
-    let node = Node::start(
-        topology,
-        store,
-        Clock::tokio(),
-        prometheus::Registry::new(),
-        NodeOptions {
-            per_session_metrics,
-            ..NodeOptions::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("node: {e}"));
-    (node, dir)
+    let options = NodeOptions {
+        per_session_metrics,
+        ..NodeOptions::default()
+    };
+    let t = start_with(toml, options)
+        .await
+        .unwrap_or_else(|e| panic!("node: {e}"));
+    (t.node, t.dir)
 }
 
 /// The value of the sample `line_prefix` (`name{labels}`) in `text`, if present.

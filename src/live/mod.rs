@@ -39,7 +39,7 @@ use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use gridvisor_actors::ladder::SafeState;
 use gridvisor_actors::runtime::{EventCursor, Node, SegmentView, ROOT};
 use gridvisor_supervisors::report::Received;
@@ -122,22 +122,7 @@ async fn style() -> Response {
     asset("text/css; charset=utf-8", LIVE_CSS)
 }
 
-#[derive(Serialize)]
-struct ApiError {
-    error: &'static str,
-    message: String,
-}
-
-fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(ApiError {
-            error: kind,
-            message: message.into(),
-        }),
-    )
-        .into_response()
-}
+use crate::server::error;
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -26,17 +26,33 @@ pub async fn start(toml: &str) -> TestNode {
 }
 
 pub async fn start_in(topology: Arc<config::Topology>, dir: tempfile::TempDir) -> TestNode {
+    start_in_with(topology, dir, NodeOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("node: {e}"))
+}
+
+/// A node for `toml` with `options`; a node that does not start is the error.
+pub async fn start_with(toml: &str, options: NodeOptions) -> Result<TestNode, String> {
+    let topology = config::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}"));
+    start_in_with(Arc::new(topology), tempfile::tempdir().unwrap(), options).await
+}
+
+async fn start_in_with(
+    topology: Arc<config::Topology>,
+    dir: tempfile::TempDir,
+    options: NodeOptions,
+) -> Result<TestNode, String> {
     let store = CheckpointStore::open(&dir.path().join("cp.redb"), StoreLimits::default()).unwrap();
     let node = Node::start(
         topology,
         store.clone(),
         Clock::tokio(),
         prometheus::Registry::new(),
-        NodeOptions::default(),
+        options,
     )
     .await
-    .unwrap_or_else(|e| panic!("node: {e}"));
-    TestNode { node, store, dir }
+    .map_err(|e| e.to_string())?;
+    Ok(TestNode { node, store, dir })
 }
 
 /// Wait until `cond` holds, at most [`LIMIT`]; panics with `what` and the segments.
