@@ -18,5 +18,9 @@
 
 #![deny(missing_docs)]
 
+pub mod certs;
 pub mod lease;
+pub mod membership;
 pub mod shard;
+pub mod tls;
+pub mod transport;
