@@ -3,6 +3,7 @@
 //! chosen pairs. Every wait is on a watch (view or raft metrics) with a bounded deadline.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ fn set(ns: &[&str]) -> BTreeSet<String> {
 struct Net {
     nodes: Mutex<HashMap<String, Membership>>,
     cut: Mutex<HashSet<(String, String)>>,
+    /// InstallSnapshot chunks delivered.
+    snapshot_chunks: AtomicUsize,
 }
 
 impl Net {
@@ -109,6 +112,9 @@ impl RaftRpc for Rpc {
             };
             let bytes = req.encode().map_err(|e| failed(&e))?;
             let req = RaftRequest::decode(&bytes).map_err(|e| failed(&e))?;
+            if matches!(req, RaftRequest::InstallSnapshot(_)) {
+                net.snapshot_chunks.fetch_add(1, Ordering::Relaxed);
+            }
             let resp = target.handle(&from, req).await;
             // The answer is lost too if the link was cut meanwhile.
             if net.is_cut(&from, &to) {
@@ -500,6 +506,10 @@ async fn lagging_follower_catches_up_by_snapshot() {
         .unwrap();
     net.heal();
     converge(&all, &v.members, v.epoch).await;
+    assert!(
+        net.snapshot_chunks.load(Ordering::Relaxed) > 0,
+        "the lagging follower caught up without a snapshot"
+    );
     for m in &ms {
         m.shutdown().await;
     }
@@ -559,4 +569,32 @@ async fn bad_voter_lists_are_refused() {
     assert_eq!(r.unwrap_err(), MembershipError::DuplicateVoter("a".into()));
     let r = Membership::start("x", &names(&["a", "b"]), Storage::InMemory, rpc(), config()).await;
     assert!(matches!(r.unwrap_err(), MembershipError::NotAVoter { .. }));
+}
+
+#[tokio::test]
+async fn inbound_rpcs_must_come_from_who_they_claim() {
+    use openraft::raft::VoteRequest;
+    use openraft::Vote;
+
+    let net = Arc::new(Net::default());
+    let voters = names(&["a", "b", "c"]);
+    let a = start(&net, "a", &voters, Storage::InMemory).await;
+    // "b" is raft id 1; a vote request from "b" claiming to be candidate 2 ("c") is refused.
+    let forged = RaftRequest::Vote(VoteRequest::new(Vote::new(5, 2), None));
+    assert!(matches!(
+        a.handle("b", forged.clone()).await,
+        RaftResponse::Error(_)
+    ));
+    // So is anything from a node that is not a voter.
+    assert!(matches!(
+        a.handle("zz", forged).await,
+        RaftResponse::Error(_)
+    ));
+    // The genuine one is answered.
+    let genuine = RaftRequest::Vote(VoteRequest::new(Vote::new(5, 1), None));
+    assert!(matches!(
+        a.handle("b", genuine).await,
+        RaftResponse::Vote(_)
+    ));
+    a.shutdown().await;
 }
