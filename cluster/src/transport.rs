@@ -450,6 +450,17 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
         if config.cookie.is_empty() {
             return Err(TransportError::Config("the cookie is empty".into()));
         }
+        for (peer, addr) in &config.peers {
+            // Resolved later, on every attempt; a malformed one would only ever fail.
+            let port = addr
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+                return Err(TransportError::Config(format!(
+                    "peer {peer:?}: address {addr:?} is not host:port"
+                )));
+            }
+        }
         if config.peers.contains_key(&config.node) {
             return Err(TransportError::Config(format!(
                 "peers include this node {:?}: list only the other nodes",
@@ -923,6 +934,10 @@ async fn dial_loop(shared: Arc<Shared>, peer: String, addr: String) {
         }
         match dial(&shared, &peer, &addr).await {
             Ok(stream) => {
+                if shared.stopped() {
+                    // Shut down while this dial was in flight: do not publish the link.
+                    return;
+                }
                 backoff = limits.reconnect_min;
                 last_failure.clear();
                 let (tx, rx) = mpsc::channel(limits.queue);
@@ -938,7 +953,14 @@ async fn dial_loop(shared: Arc<Shared>, peer: String, addr: String) {
                 });
             }
             Err(DialError::Connect(reason)) => {
-                tracing::debug!(node = %shared.node, %peer, %addr, %reason, "cluster peer not reachable");
+                // Said once per streak (a peer that is down stays down for a while); the
+                // runtime sees it in `connected()`.
+                if reason != last_failure {
+                    tracing::warn!(node = %shared.node, %peer, %addr, %reason, "cluster peer not reachable");
+                    last_failure.clone_from(&reason);
+                } else {
+                    tracing::debug!(node = %shared.node, %peer, %addr, %reason, "cluster peer still not reachable");
+                }
             }
             Err(DialError::Handshake(reason)) => {
                 if reason != last_failure {

@@ -704,6 +704,15 @@ async fn a_configuration_that_cannot_work_is_an_error_at_start() {
     );
     cfg.limits.queue = 0;
     assert!(Transport::<Msg>::start(cfg, bind().await, tx.clone()).is_err());
+    let mut cfg = config(
+        "node-a",
+        &[("node-b", ab)],
+        &certs.cookie,
+        tls(&certs, "node-a"),
+    );
+    cfg.peers.insert("node-b".into(), "node-b.local".into());
+    let e = Transport::<Msg>::start(cfg, bind().await, tx.clone()).unwrap_err();
+    assert!(e.to_string().contains("is not host:port"), "{e}");
     let cfg = config(
         "node-a",
         &[("node-a", ab)],
@@ -711,4 +720,57 @@ async fn a_configuration_that_cannot_work_is_an_error_at_start() {
         tls(&certs, "node-a"),
     );
     assert!(Transport::<Msg>::start(cfg, bind().await, tx).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_declared_dead_after_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let certs = generate(&names(&["node-a", "node-b"]), &[]).unwrap();
+    let (la, lb) = (bind().await, bind().await);
+    let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let mut cfg = config(
+        "node-a",
+        &[("node-b", ab)],
+        &certs.cookie,
+        tls(&certs, "node-a"),
+    );
+    cfg.limits.idle_timeout = IDLE;
+    let mut a = start(cfg, la);
+
+    // As dialer: node-b accepts and welcomes node-a, then never sends a frame.
+    let (cert, key) = &certs.nodes["node-b"];
+    let b_tls = NodeTls::from_pem(&certs.ca_pem, cert, key, "node-b").unwrap();
+    let (tcp, _) = tokio::time::timeout(DEADLINE, lb.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut silent_acceptor = tokio_rustls::TlsAcceptor::from(b_tls.server_config())
+        .accept(tcp)
+        .await
+        .unwrap();
+    let hello: Hello = envelope::read_frame(&mut silent_acceptor, DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(hello.node, "node-a");
+    let welcome = HelloReply::Welcome {
+        protocol: PROTOCOL,
+        node: "node-b".into(),
+    };
+    envelope::write_frame(&mut silent_acceptor, &welcome)
+        .await
+        .unwrap();
+    event(
+        &mut a.events,
+        "Up node-b",
+        |e| matches!(e, TransportEvent::Up { peer } if peer == "node-b"),
+    )
+    .await;
+    let reason = down(&mut a.events, "node-b", "the link is dead").await;
+    assert!(reason.contains("300ms"), "{reason}");
+    assert!(a.t.connected().is_empty());
+
+    // As acceptor: a dialer that authenticates and then goes silent is dropped.
+    let mut silent_dialer = authenticated(&certs, aa, "node-b").await;
+    closed(&mut silent_dialer).await;
+    drop(silent_acceptor);
 }
