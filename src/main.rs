@@ -5,6 +5,7 @@ mod bench;
 mod bench_ocpp;
 mod bench_site;
 mod chaos_cli;
+mod cluster;
 mod demo;
 mod live;
 mod run;
@@ -44,6 +45,24 @@ enum Command {
     /// Run a node of a site: the grid API, the admin API and the supervision tree, until
     /// Ctrl-C. Without --config: the embedded demo site (configs/demo.toml).
     Run(RunArgs),
+    /// Make a development CA, a certificate and key per node, and a cookie for a cluster
+    /// (`gridvisor run --cluster`): start a cluster in one minute. Production clusters bring
+    /// certificates from their own CA (CN or a SAN DNS name = the node's name).
+    Certs {
+        /// The folder to write into (created if needed).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The node names, comma-separated (DNS labels: they are the names the certificates
+        /// carry).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Further names or addresses every node certificate carries (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Validate a topology file; errors name the file, line and field.
     CheckConfig {
         /// The TOML topology file.
@@ -116,6 +135,13 @@ struct RunArgs {
     /// the demo's default is 127.0.0.1:8080; port 0 picks a free port).
     #[arg(long)]
     ocpp: Option<std::net::SocketAddr>,
+    /// Run as a node of a cluster: the cluster file (nodes, certificates, cookie, leases; see
+    /// configs/cluster/cluster.toml). Its entry for --node gives the grid and admin addresses.
+    #[arg(long, requires = "node")]
+    cluster: Option<std::path::PathBuf>,
+    /// This node's name in the cluster file.
+    #[arg(long, requires = "cluster")]
+    node: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -263,10 +289,30 @@ fn main() -> ExitCode {
                 admin: a.admin,
                 exit_after,
                 ocpp: a.ocpp,
+                cluster: a.cluster.zip(a.node),
             };
             (None, Box::new(move || tokio::spawn(run::run(o))))
         }
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Certs {
+            out,
+            nodes,
+            hosts,
+            force,
+        } => {
+            return match gridvisor_cluster::certs::write_dev_certs(&out, &nodes, &hosts, force) {
+                Ok(paths) => {
+                    for p in paths {
+                        println!("wrote {}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gridvisor certs: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Chaos {
             file,
             seed,

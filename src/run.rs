@@ -42,6 +42,8 @@ pub struct RunOptions {
     /// The CSMS's ws address (overrides `[ocpp] listen`; the demo's default is
     /// [`DEMO_OCPP_LISTEN`]).
     pub ocpp: Option<SocketAddr>,
+    /// A cluster file and this node's name in it: run as a node of that cluster.
+    pub cluster: Option<(PathBuf, String)>,
 }
 
 /// Where the demo's CSMS listens unless `--ocpp` says otherwise (OCPP's usual ws port).
@@ -108,11 +110,24 @@ fn print_status(node: &Node, reporter: &crate::demo::Reporter) {
 }
 
 /// Run a node until it is told to stop.
-pub async fn run(o: RunOptions) -> Result<(), String> {
+pub async fn run(mut o: RunOptions) -> Result<(), String> {
     // One socket per charge point: take every file descriptor the system allows.
     if let Err(e) = crate::raise_fd_limit(0) {
         tracing::warn!(error = %e, "file descriptor limit");
     }
+    let cluster_config = match &o.cluster {
+        Some((file, node)) => {
+            if o.config.is_none() {
+                return Err("--cluster needs --config: the site every node of the cluster runs".into());
+            }
+            let c = crate::cluster::config::load(file, node)?;
+            // The cluster file gives each node its addresses.
+            o.grid = c.me.grid;
+            o.admin = c.me.admin;
+            Some(c)
+        }
+        None => None,
+    };
     let mut topology = match &o.config {
         Some(path) => config::load(path).map_err(|e| e.to_string())?,
         None => config::demo(),
@@ -155,6 +170,8 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
         prometheus::Registry::new(),
         NodeOptions {
             per_session_metrics: topology.metrics.sessions == Granularity::PerActor,
+            // A cluster node drives only what the committed shard map and its lease give it.
+            segments: cluster_config.as_ref().map(|_| Default::default()),
             ..NodeOptions::default()
         },
     )
@@ -189,11 +206,23 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
                 .await
         })
     };
-    let grid = serve(grid_listener, server::grid_api(node.clone()));
-    let admin = serve(
-        admin_listener,
+    let cluster = match cluster_config {
+        Some(c) => Some(crate::cluster::Cluster::start(c, node.clone(), &store, &o.data).await?),
+        None => None,
+    };
+    let (grid_router, admin_router) = (
+        server::grid_api(node.clone()),
         server::admin_api(node.clone(), stop_rx.clone()),
     );
+    let (grid_router, admin_router) = match &cluster {
+        Some(c) => crate::cluster::route::routers(c, grid_router, admin_router),
+        None => (grid_router, admin_router),
+    };
+    let grid = serve(grid_listener, grid_router);
+    let admin = serve(admin_listener, admin_router);
+    if let Some(c) = &cluster {
+        out!("  cluster    node {} of {} (cluster listener {})", c.me(), c.nodes().join(", "), c.local_addr());
+    }
 
     let sessions = topology.vehicles.len();
     let chargers: usize = topology.segments().map(|(_, s)| s.chargers.len()).sum();
@@ -276,6 +305,10 @@ pub async fn run(o: RunOptions) -> Result<(), String> {
             Ok(Err(e)) => eprintln!("gridvisor: {name} stopped with an error: {e}"),
             Err(e) => eprintln!("gridvisor: {name} task failed: {e}"),
         }
+    }
+    if let Some(c) = &cluster {
+        // Its segments through ChargeOnly first, then out of the group.
+        c.shutdown().await;
     }
     node.shutdown().await;
     if let Some(demo) = demo {

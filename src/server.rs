@@ -45,15 +45,19 @@ pub(crate) fn error(
         .into_response()
 }
 
-fn request_error(e: RequestError) -> Response {
-    let status = match &e {
+/// The HTTP status of a refused grid request.
+pub(crate) fn request_status(e: &RequestError) -> StatusCode {
+    match e {
         RequestError::Invalid { .. } => StatusCode::BAD_REQUEST,
         RequestError::UnknownScope { .. } => StatusCode::NOT_FOUND,
         RequestError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         RequestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         RequestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (status, Json(e)).into_response()
+    }
+}
+
+fn request_error(e: RequestError) -> Response {
+    (request_status(&e), Json(e)).into_response()
 }
 
 async fn dispatch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
@@ -167,6 +171,20 @@ async fn tree(State(node): State<Arc<Node>>) -> Response {
     match node.tree().await {
         Ok(t) => Json(t).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "tree", e.to_string()),
+    }
+}
+
+/// `/api/ready`: 200 while the tree runs (a cluster node adds its lease and membership, see
+/// `crate::cluster::route`).
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.running() {
+        Json(serde_json::json!({"ready": true})).into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the supervision tree is not running",
+        )
     }
 }
 
@@ -285,6 +303,7 @@ pub fn admin_api(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) -> R
         .route("/", get(admin_index))
         .route("/metrics", get(metrics))
         .route("/api/tree", get(tree))
+        .route("/api/ready", get(ready))
         .route("/api/actors/kill", post(kill))
         .with_state(node.clone())
         .merge(crate::live::router(node, stop))

@@ -188,6 +188,15 @@ pub enum CheckpointError {
     /// The store was closed.
     #[error("checkpoint store is closed")]
     Closed,
+    /// The write committed here but its replica did not confirm it (see [`Replicator`]): it
+    /// must not be acknowledged as durable.
+    #[error("checkpoint {key} was not replicated: {reason}")]
+    Replication {
+        /// The key written.
+        key: String,
+        /// Why the replica did not confirm it.
+        reason: String,
+    },
     /// The queue is full ([`CheckpointStore::try_put`] only).
     #[error("checkpoint queue is full ({limit} pending writes)")]
     QueueFull {
@@ -291,19 +300,69 @@ impl Drop for Inner {
 /// The completion of one queued write: resolves once the transaction holding it has been
 /// committed durably (or has failed). Dropping it does not cancel the write.
 #[must_use = "a ticket resolves when its write is durable; dropping it does not cancel the write"]
-#[derive(Debug)]
 pub struct CommitTicket {
-    done: oneshot::Receiver<Result<(), CheckpointError>>,
+    done: TicketState,
+}
+
+enum TicketState {
+    /// The local commit only.
+    Local(oneshot::Receiver<Result<(), CheckpointError>>),
+    /// The local commit, then the replica's confirmation.
+    Replicated(futures::future::BoxFuture<'static, Result<(), CheckpointError>>),
+}
+
+impl fmt::Debug for CommitTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.done {
+            TicketState::Local(_) => "local",
+            TicketState::Replicated(_) => "replicated",
+        };
+        f.debug_struct("CommitTicket").field("kind", &kind).finish()
+    }
 }
 
 impl Future for CommitTicket {
     type Output = Result<(), CheckpointError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.done)
-            .poll(cx)
-            .map(|result| result.unwrap_or(Err(CheckpointError::Closed)))
+        match &mut self.done {
+            TicketState::Local(done) => Pin::new(done)
+                .poll(cx)
+                .map(|result| result.unwrap_or(Err(CheckpointError::Closed))),
+            TicketState::Replicated(f) => f.as_mut().poll(cx),
+        }
     }
+}
+
+impl CommitTicket {
+    /// This ticket, then `replicator`'s confirmation of `(key, value)`.
+    fn then_replicate(
+        self,
+        replicator: Arc<dyn Replicator>,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> CommitTicket {
+        CommitTicket {
+            done: TicketState::Replicated(Box::pin(async move {
+                self.await?;
+                replicator.replicate(key, value).await
+            })),
+        }
+    }
+}
+
+/// Copies a node's checkpoints to another node before they count as durable (the cluster's
+/// checkpoint replication): a write's ticket, and `put`/`remove`, complete only once the
+/// local commit *and* `replicate` succeeded. Implementations decide which keys need a copy
+/// (answering `Ok` at once for the others) and bound their own wait.
+pub trait Replicator: Send + Sync + 'static {
+    /// Copy `key`'s new value (`None`: removed) to the replica; `Err` when the replica did
+    /// not confirm it ([`CheckpointError::Replication`]).
+    fn replicate(
+        &self,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> futures::future::BoxFuture<'static, Result<(), CheckpointError>>;
 }
 
 /// The in-memory backend: the values, the counters and whether it was closed.
@@ -350,6 +409,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct CheckpointStore {
     backend: Backend,
+    /// Set once, when the node joins a cluster; shared by every clone of the handle.
+    replicator: Arc<std::sync::OnceLock<Arc<dyn Replicator>>>,
 }
 
 impl fmt::Debug for CheckpointStore {
@@ -367,7 +428,9 @@ fn completed(result: Result<(), CheckpointError>) -> CommitTicket {
     let (done, ticket) = oneshot::channel();
     // The receiver is right here: the send cannot fail.
     let _ = done.send(result);
-    CommitTicket { done: ticket }
+    CommitTicket {
+        done: TicketState::Local(ticket),
+    }
 }
 
 impl CheckpointStore {
@@ -399,6 +462,7 @@ impl CheckpointStore {
                 .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?
         };
         Ok(CheckpointStore {
+            replicator: Arc::default(),
             backend: Backend::Redb(Arc::new(Inner {
                 shared,
                 sender: Mutex::new(Some(sender)),
@@ -414,6 +478,7 @@ impl CheckpointStore {
     pub fn in_memory() -> Self {
         CheckpointStore {
             backend: Backend::Memory(Arc::new(Memory::default())),
+            replicator: Arc::default(),
         }
     }
 
@@ -438,14 +503,67 @@ impl CheckpointStore {
         }
     }
 
-    /// Store `value` under `key`; completes once it is committed durably. Waits while the
-    /// queue is full.
+    /// Replicate every later write with `replicator` (once: a store joins one cluster).
+    /// Returns false, changing nothing, if a replicator was already set.
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) -> bool {
+        self.replicator.set(replicator).is_ok()
+    }
+
+    /// The copy to hand the replicator, if there is one.
+    fn replica_of(&self, op: &Op) -> Option<(Arc<dyn Replicator>, String, Option<Vec<u8>>)> {
+        let r = self.replicator.get()?;
+        match op {
+            Op::Put { key, bytes } => Some((r.clone(), key.clone(), Some(bytes.clone()))),
+            Op::Remove { key } => Some((r.clone(), key.clone(), None)),
+            Op::Barrier => None,
+        }
+    }
+
+    /// Apply `op` and wait for it (and its replica): the body of `put` and `remove`.
+    async fn write(&self, op: Op) -> Result<(), CheckpointError> {
+        let replica = self.replica_of(&op);
+        if let Backend::Memory(m) = &self.backend {
+            m.apply(op)?;
+        } else {
+            let permit = self.acquire().await?;
+            self.enqueue(op, permit)?.await?;
+        }
+        match replica {
+            Some((r, key, value)) => r.replicate(key, value).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Store `value` under `key`; completes once it is committed durably (and, in a
+    /// cluster, confirmed by its replica). Waits while the queue is full.
     pub async fn put<T: Serialize + ?Sized>(
         &self,
         key: &str,
         value: &T,
     ) -> Result<(), CheckpointError> {
-        let op = encode_put(key, value)?;
+        self.write(encode_put(key, value)?).await
+    }
+
+    /// Store bytes another node replicated here, as they are (they were encoded there) and
+    /// without replicating them again. Completes once committed durably.
+    pub async fn put_replica(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), CheckpointError> {
+        check_key(key)?;
+        let op = match value {
+            Some(bytes) if bytes.len() > MAX_VALUE_BYTES => {
+                return Err(CheckpointError::TooLarge {
+                    key: key.to_owned(),
+                    bytes: bytes.len(),
+                    limit: MAX_VALUE_BYTES,
+                })
+            }
+            Some(bytes) => Op::Put {
+                key: key.to_owned(),
+                bytes,
+            },
+            None => Op::Remove {
+                key: key.to_owned(),
+            },
+        };
         if let Backend::Memory(m) = &self.backend {
             return m.apply(op);
         }
@@ -453,49 +571,71 @@ impl CheckpointStore {
         self.enqueue(op, permit)?.await
     }
 
+    /// The raw bytes under `key` (what [`CheckpointStore::put_replica`] takes on another node).
+    pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
+        check_key(key)?;
+        let inner = match &self.backend {
+            Backend::Redb(inner) => inner,
+            Backend::Memory(m) => return Ok(lock(&m.values).get(key).cloned()),
+        };
+        let txn = inner
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| storage("begin read", e))?;
+        let table = match txn.open_table(TABLE) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage("open table", e)),
+        };
+        Ok(table
+            .get(key)
+            .map_err(|e| storage("read", e))?
+            .map(|g| g.value().to_vec()))
+    }
+
     /// Queue `value` under `key` without waiting: [`CheckpointError::QueueFull`] if the queue
-    /// is full. The ticket resolves once the write is committed durably.
+    /// is full. The ticket resolves once the write is committed durably (and, in a cluster,
+    /// confirmed by its replica).
     pub fn try_put<T: Serialize + ?Sized>(
         &self,
         key: &str,
         value: &T,
     ) -> Result<CommitTicket, CheckpointError> {
         let op = encode_put(key, value)?;
-        let inner = match &self.backend {
-            Backend::Redb(inner) => inner,
+        let replica = self.replica_of(&op);
+        let ticket = match &self.backend {
+            Backend::Redb(inner) => {
+                let permit = match Arc::clone(&inner.permits).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(TryAcquireError::NoPermits) => {
+                        return Err(CheckpointError::QueueFull {
+                            limit: inner.limits.queue,
+                        })
+                    }
+                    Err(TryAcquireError::Closed) => return Err(CheckpointError::Closed),
+                };
+                self.enqueue(op, permit)?
+            }
             Backend::Memory(m) => {
                 m.apply(op)?;
-                return Ok(completed(Ok(())));
+                completed(Ok(()))
             }
         };
-        let permit = match Arc::clone(&inner.permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::NoPermits) => {
-                return Err(CheckpointError::QueueFull {
-                    limit: inner.limits.queue,
-                })
-            }
-            Err(TryAcquireError::Closed) => return Err(CheckpointError::Closed),
-        };
-        self.enqueue(op, permit)
+        Ok(match replica {
+            Some((r, key, value)) => ticket.then_replicate(r, key, value),
+            None => ticket,
+        })
     }
 
     /// Remove `key` (a key that is not there is fine); completes once the removal is
-    /// committed durably. Waits while the queue is full.
+    /// committed durably (and, in a cluster, confirmed by its replica). Waits while the
+    /// queue is full.
     pub async fn remove(&self, key: &str) -> Result<(), CheckpointError> {
         check_key(key)?;
-        if let Backend::Memory(m) = &self.backend {
-            return m.apply(Op::Remove {
-                key: key.to_owned(),
-            });
-        }
-        let permit = self.acquire().await?;
-        self.enqueue(
-            Op::Remove {
-                key: key.to_owned(),
-            },
-            permit,
-        )?
+        self.write(Op::Remove {
+            key: key.to_owned(),
+        })
         .await
     }
 
@@ -647,7 +787,9 @@ impl CheckpointStore {
         // A permit bounds the requests in the channel to its capacity, so `Full` cannot
         // happen; report it as what it would mean all the same.
         match sender.try_send(request) {
-            Ok(()) => Ok(CommitTicket { done: ticket }),
+            Ok(()) => Ok(CommitTicket {
+                done: TicketState::Local(ticket),
+            }),
             Err(TrySendError::Full(_)) => Err(CheckpointError::QueueFull {
                 limit: inner.limits.queue,
             }),

@@ -273,6 +273,11 @@ impl Grantor {
         true
     }
 
+    /// Whether this node has released `holder` (and so no longer acknowledges it).
+    pub fn is_released(&self, holder: NodeId) -> bool {
+        self.released.contains(&holder)
+    }
+
     /// The committed membership took `holder` back (after a handoff through ChargeOnly).
     pub fn readmit(&mut self, holder: NodeId) {
         self.released.remove(&holder);

@@ -7,7 +7,7 @@
 //! dispatching before any device actor stops) and then drains the checkpoint store: every
 //! acknowledged setpoint was durable before it was acknowledged, and nothing queued is lost.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -368,6 +368,9 @@ pub struct SegmentView {
     pub links: usize,
     /// Whether this node drives the segment (in a cluster, another node may).
     pub owned: bool,
+    /// Each charger's newest applied setpoint key, as this node knows it (in a cluster, a
+    /// node that took the segment over knows its previous owner's from the replica).
+    pub applied: BTreeMap<String, crate::setpoint::SetpointKey>,
 }
 
 /// Why a segment could not change owner.
@@ -732,6 +735,24 @@ impl Node {
             segment: id.into(),
             error,
         };
+        // What the previous owner applied (its checkpoints were replicated here): the links
+        // read it before they write, so a setpoint it applied is never applied twice, and
+        // this node's next dispatch ids move past its keys.
+        let record = self
+            .shared
+            .store
+            .get::<super::shared::AppliedRecord>(&super::shared::applied_record_key(id))
+            .map_err(|e| tree(format!("its applied record: {e}")))?;
+        if let Some(record) = record {
+            let mut highest = 0;
+            for (charger, (applied, boot)) in record.chargers {
+                highest = highest.max(applied.key.dispatch);
+                seg.record_applied(&charger, applied, boot);
+            }
+            self.shared
+                .dispatch_floor
+                .fetch_max(highest, std::sync::atomic::Ordering::AcqRel);
+        }
         let sup = self.segments_supervisor().map_err(tree)?;
         lock(&self.shared.owned).insert(id.to_string());
         let args = SegmentArgs {
@@ -892,6 +913,11 @@ fn view(s: &SegmentShared, owned: &BTreeSet<String>) -> SegmentView {
         telemetry: s.telemetry(),
         sessions: s.session_actors.len(),
         links: s.links.len(),
+        applied: s
+            .applied
+            .iter()
+            .map(|e| (e.key().clone(), e.value().0.key))
+            .collect(),
     }
 }
 

@@ -590,6 +590,10 @@ pub struct SiteShared {
     /// The segments this node drives now (a subset of `segments`; all of them outside a
     /// cluster). Changed only by a handoff (`Node::adopt_segment`, `Node::release_segment`).
     pub owned: Mutex<BTreeSet<String>>,
+    /// The highest dispatch id seen in a segment adopted from another node: the site's next
+    /// round uses a newer one, so the adopted chargers see strictly increasing keys across
+    /// nodes (each node counts its own dispatch ids).
+    pub dispatch_floor: std::sync::atomic::AtomicU64,
     /// Recent safe-state transitions, newest last.
     pub events: Mutex<VecDeque<Event>>,
     /// Recent "safe state changed → every device commanded" latencies, newest last.
@@ -719,6 +723,15 @@ impl SiteShared {
         };
         Ok(SiteShared {
             owned: Mutex::new(owned),
+            // Replicas of other nodes' segments may carry newer dispatch ids than this
+            // node's counter.
+            dispatch_floor: std::sync::atomic::AtomicU64::new(
+                segments
+                    .values()
+                    .flat_map(|s| s.applied.iter().map(|e| e.value().0.key.dispatch).collect::<Vec<_>>())
+                    .max()
+                    .unwrap_or(0),
+            ),
             charger_index,
             vehicle_index,
             topology,

@@ -270,7 +270,11 @@ impl SiteState {
                 [id.clone()].into()
             }
         };
-        Ok(segs)
+        // In a cluster each node drives only its own segments of a wider scope (the
+        // cluster's router gives each node its share of the target); the segments of other
+        // nodes must not take a share here that no device would carry.
+        let owned = lock(&self.shared.owned);
+        Ok(segs.into_iter().filter(|s| owned.contains(s)).collect())
     }
 
     fn validate(&self, r: &GridRequest) -> Result<BTreeSet<String>, RequestError> {
@@ -429,6 +433,21 @@ impl SiteState {
         // a newer revision, so that every device sees strictly increasing keys.
         if why != RoundKind::NewRequest {
             self.revision += 1;
+        }
+        // A segment adopted from another node carries that node's keys: move past them.
+        let floor = self
+            .shared
+            .dispatch_floor
+            .load(std::sync::atomic::Ordering::Acquire);
+        if self.dispatch_seq <= floor {
+            let next = floor + 1;
+            // Queued, not awaited (a round does not wait for an fsync): should it be lost, a
+            // restarted node recomputes the floor from the applied records it loads.
+            if let Err(e) = self.shared.store.try_put(DISPATCH_SEQ_KEY, &next).map(drop) {
+                tracing::warn!(error = %e, "cannot queue the dispatch counter");
+            }
+            self.dispatch_seq = next;
+            self.revision = 0;
         }
         let key = SetpointKey {
             dispatch: self.dispatch_seq,

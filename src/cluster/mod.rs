@@ -1,0 +1,1017 @@
+//! The cluster runtime: a node of a site run by several `gridvisor run` processes.
+//!
+//! It ties gridvisor-cluster's parts to one [`Node`]:
+//!
+//! - the mutual-TLS [`Transport`] carries [`Wire`] messages between nodes;
+//! - the openraft [`Membership`] commits which nodes are up; the shard map
+//!   ([`gridvisor_cluster::shard`]) places each transformer segment on one of them, its
+//!   checkpoint replica on another;
+//! - majority leases ([`gridvisor_cluster::lease`]): every node heartbeats every other; a node
+//!   drives its segments while a majority confirms it, puts them in ChargeOnly when the
+//!   confirmation gets old and stops them at the lease's end;
+//! - the raft leader takes a silent (or released) node's segments over only when a majority
+//!   released it (their promises ran out, so its lease ended), by committing its removal;
+//!   it re-admits a node that is heard again;
+//! - a node adopts a segment only when every other member's newest heartbeat, sent from a
+//!   view at least as new as its own, says it does not drive that segment (the handback);
+//! - checkpoints of a segment are copied to its replica before a write counts as durable,
+//!   so a setpoint is acknowledged only once two nodes hold it ([`ClusterReplicator`]).
+//!
+//! The state machine of a node's segments, run by [`reconcile`] every heartbeat:
+//!
+//! ```text
+//!   not driven --(owner in the committed map, lease Driving, handback seen)--> adopt (ChargeOnly for the hold time)
+//!   driven --(lease ChargeOnly)--> Quorum fault: ChargeOnly --(lease Driving)--> cleared
+//!   driven --(lease Stopped, or the map moved it)--> release (devices to ChargeOnly, subtree stopped)
+//! ```
+
+pub mod config;
+pub mod route;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use gridvisor_actors::checkpoint::{CheckpointError, CheckpointStore, Replicator};
+use gridvisor_actors::config::Topology;
+use gridvisor_actors::ladder::Fault;
+use gridvisor_actors::runtime::Node;
+use gridvisor_cluster::lease::{Grantor, Holder, LeaseState, NodeId, Takeover};
+use gridvisor_cluster::membership::{
+    Command, CommittedView, Membership, MembershipConfig, RaftRequest, RaftResponse, RaftRpc,
+    RpcError, Storage,
+};
+use gridvisor_cluster::shard;
+use gridvisor_cluster::tls::NodeTls;
+use gridvisor_cluster::transport::{
+    Inbound, Security, SendError, Transport, TransportConfig, TransportLimits,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use config::ClusterConfig;
+
+/// Longest wait for a replica to confirm a checkpoint write.
+pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for a request forwarded to another node's API.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls waiting for an answer, at most (beyond, a call fails at once: a peer that answers
+/// nothing cannot make this node hold unbounded state).
+pub const MAX_PENDING_CALLS: usize = 65_536;
+/// Inbound messages buffered between the transport and the runtime.
+pub const INBOUND_QUEUE: usize = 8_192;
+
+/// Which API a forwarded HTTP call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Api {
+    /// The grid API.
+    Grid,
+    /// The admin API.
+    Admin,
+}
+
+/// A request to another node that expects a [`Reply`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Call {
+    /// An openraft RPC ([`RaftRequest::encode`]).
+    Raft(Vec<u8>),
+    /// Store a replica of a checkpoint (`None`: removed).
+    Replicate {
+        /// The checkpoint key.
+        key: String,
+        /// Its encoded value.
+        value: Option<Vec<u8>>,
+    },
+    /// An HTTP request for the other node's own API (it answers from its own state only).
+    Http {
+        /// Which API.
+        api: Api,
+        /// GET, POST, ...
+        method: String,
+        /// The path and query.
+        path: String,
+        /// The body.
+        body: Vec<u8>,
+    },
+}
+
+/// The answer to a [`Call`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// An openraft answer ([`RaftResponse::encode`]).
+    Raft(Vec<u8>),
+    /// The replica stored it (or says why not).
+    Replicated(Result<(), String>),
+    /// The HTTP answer.
+    Http {
+        /// Status code.
+        status: u16,
+        /// Body (JSON).
+        body: Vec<u8>,
+    },
+    /// The call could not be handled.
+    Failed(String),
+}
+
+/// Every message between nodes (in versioned envelopes, see gridvisor_transports::envelope).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Wire {
+    /// A lease heartbeat round of the sender, with what it drives now and the committed
+    /// view it has applied (its epoch).
+    Heartbeat {
+        /// The round.
+        round: u64,
+        /// The sender's committed epoch.
+        epoch: u64,
+        /// The segments the sender drives.
+        driving: Vec<String>,
+    },
+    /// The receiver acknowledges a round: it promises the sender its segments for a lease.
+    HeartbeatAck {
+        /// The round.
+        round: u64,
+    },
+    /// The raft leader asks the receiver to release `holder` (vote for a takeover).
+    ReleaseAsk {
+        /// The node to take over.
+        holder: String,
+    },
+    /// The answer to [`Wire::ReleaseAsk`].
+    ReleaseVote {
+        /// The node to take over.
+        holder: String,
+        /// Whether the receiver released it.
+        granted: bool,
+    },
+    /// A call.
+    Call {
+        /// Correlates the reply.
+        id: u64,
+        /// The call.
+        call: Call,
+    },
+    /// A reply.
+    Reply {
+        /// The call's id.
+        id: u64,
+        /// The reply.
+        reply: Reply,
+    },
+}
+
+/// What one node saw of another's heartbeats.
+#[derive(Debug, Clone)]
+struct PeerSeen {
+    heard: Duration,
+    epoch: u64,
+    driving: BTreeSet<String>,
+}
+
+/// The lease bookkeeping of this node (all pure state machines, fed here).
+struct LeaseBook {
+    holder: Holder,
+    grantor: Grantor,
+    peers: BTreeMap<String, PeerSeen>,
+    takeovers: BTreeMap<String, Takeover>,
+}
+
+/// A segment as the cluster sees it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SegmentPlacement {
+    /// The segment.
+    pub segment: String,
+    /// The member the committed map gives it to.
+    pub owner: Option<String>,
+    /// Its checkpoint replica.
+    pub replica: Option<String>,
+    /// Whether this node drives it now.
+    pub driven_here: bool,
+    /// `driving`, `charge_only` (its owner's lease is ageing or the owner is silent: no
+    /// discharge until it is driven again), `handoff` (moving: nobody drives it yet).
+    pub state: &'static str,
+}
+
+/// The cluster as this node sees it (for `/api/tree`, `/api/ready` and the metrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// This node.
+    pub node: String,
+    /// Every configured node.
+    pub nodes: Vec<String>,
+    /// The committed up members.
+    pub members: BTreeSet<String>,
+    /// The committed epoch.
+    pub epoch: u64,
+    /// The raft leader, if known.
+    pub leader: Option<String>,
+    /// This node's lease.
+    pub lease: LeaseState,
+    /// Peers with an authenticated link up.
+    pub connected: BTreeSet<String>,
+    /// Members not heard from within `charge_only_after`.
+    pub silent: BTreeSet<String>,
+    /// Every segment.
+    pub segments: Vec<SegmentPlacement>,
+}
+
+/// A running cluster node. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    ids: BTreeMap<String, NodeId>,
+    node: Arc<Node>,
+    topology: Arc<Topology>,
+    transport: Transport<Wire>,
+    membership: OnceLock<Membership>,
+    started: Instant,
+    book: Mutex<LeaseBook>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_id: AtomicU64,
+    proposing: AtomicBool,
+    routers: OnceLock<(axum::Router, axum::Router)>,
+    kick: Notify,
+    stopping: AtomicBool,
+    status: watch::Sender<Option<ClusterStatus>>,
+    /// Segments this node put in ChargeOnly for its ageing lease.
+    quorum_flagged: Mutex<BTreeSet<String>>,
+    /// Placement of the owned segments' replicas when last resynchronised.
+    replicas: Mutex<BTreeMap<String, Option<String>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The raft network: calls over the cluster transport.
+struct RaftOverTransport(std::sync::Weak<Inner>);
+
+impl RaftRpc for RaftOverTransport {
+    fn call(&self, to: &str, req: RaftRequest) -> BoxFuture<'static, Result<RaftResponse, RpcError>> {
+        let inner = self.0.clone();
+        let to = to.to_string();
+        Box::pin(async move {
+            let failed = |reason: String| RpcError::Failed {
+                node: to.clone(),
+                reason,
+            };
+            let inner = inner.upgrade().ok_or_else(|| failed("the node is stopping".into()))?;
+            let bytes = req.encode().map_err(|e| failed(e.to_string()))?;
+            let timeout = MembershipConfig::default().rpc_timeout;
+            match inner.call(&to, Call::Raft(bytes), timeout).await {
+                Ok(Reply::Raft(b)) => RaftResponse::decode(&b).map_err(|e| failed(e.to_string())),
+                Ok(other) => Err(failed(format!("unexpected reply {other:?}"))),
+                Err(CallError::Unreachable(reason)) => Err(RpcError::Unreachable {
+                    node: to.clone(),
+                    reason,
+                }),
+                Err(CallError::Timeout(after)) => Err(RpcError::Timeout {
+                    node: to.clone(),
+                    after,
+                }),
+                Err(e) => Err(failed(e.to_string())),
+            }
+        })
+    }
+}
+
+/// Why a call to another node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No link to it.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Too many calls waiting.
+    #[error("{MAX_PENDING_CALLS} calls are already waiting for answers")]
+    TooMany,
+}
+
+/// The checkpoint replication of a cluster node: a segment's keys go to its replica.
+pub struct ClusterReplicator(std::sync::Weak<Inner>);
+
+impl Replicator for ClusterReplicator {
+    fn replicate(
+        &self,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> BoxFuture<'static, Result<(), CheckpointError>> {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let Some(inner) = inner.upgrade() else {
+                return Ok(());
+            };
+            let Some(segment) = inner.segment_of_key(&key) else {
+                // Node-level keys (the dispatch counter) stay on their node.
+                return Ok(());
+            };
+            let Some(replica) = inner.placement(&segment).and_then(|p| p.replica) else {
+                // A cluster of one member has nowhere to copy to.
+                return Ok(());
+            };
+            if replica == inner.config.me.name {
+                return Ok(());
+            }
+            let fail = |reason: String| CheckpointError::Replication {
+                key: key.clone(),
+                reason,
+            };
+            match inner
+                .call(
+                    &replica,
+                    Call::Replicate {
+                        key: key.clone(),
+                        value,
+                    },
+                    REPLICATION_TIMEOUT,
+                )
+                .await
+            {
+                Ok(Reply::Replicated(Ok(()))) => Ok(()),
+                Ok(Reply::Replicated(Err(e))) => Err(fail(format!("replica {replica}: {e}"))),
+                Ok(other) => Err(fail(format!("replica {replica}: unexpected reply {other:?}"))),
+                Err(e) => Err(fail(format!("replica {replica}: {e}"))),
+            }
+        })
+    }
+}
+
+impl Inner {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn me(&self) -> &str {
+        &self.config.me.name
+    }
+
+    fn view(&self) -> CommittedView {
+        match self.membership.get() {
+            Some(m) => m.view().borrow().clone(),
+            None => CommittedView {
+                members: BTreeSet::new(),
+                epoch: 0,
+                leader: None,
+            },
+        }
+    }
+
+    fn placement(&self, segment: &str) -> Option<shard::Placement> {
+        let members: Vec<String> = self.view().members.into_iter().collect();
+        shard::place(&members, segment)
+    }
+
+    /// The segment a checkpoint key belongs to (None: a node-level key).
+    fn segment_of_key(&self, key: &str) -> Option<String> {
+        let (kind, rest) = key.split_once('/')?;
+        match kind {
+            "applied" | "safety" => Some(rest.to_string()),
+            "session" => {
+                let v = self.topology.vehicles.iter().find(|v| v.id == rest)?;
+                self.topology
+                    .segments()
+                    .find(|(_, s)| s.chargers.iter().any(|c| c.id == v.charger))
+                    .map(|(_, s)| s.id.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Every checkpoint key of `segment`.
+    fn keys_of_segment(&self, segment: &str) -> Vec<String> {
+        let mut keys = vec![format!("applied/{segment}"), format!("safety/{segment}")];
+        if let Some((_, s)) = self.topology.segments().find(|(_, s)| s.id == segment) {
+            for c in &s.chargers {
+                for v in self.topology.vehicles.iter().filter(|v| v.charger == c.id) {
+                    keys.push(format!("session/{}", v.id));
+                }
+            }
+        }
+        keys
+    }
+
+    async fn call(&self, to: &str, call: Call, timeout: Duration) -> Result<Reply, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = lock(&self.pending);
+            if p.len() >= MAX_PENDING_CALLS {
+                return Err(CallError::TooMany);
+            }
+            p.insert(id, tx);
+        }
+        if let Err(e) = self.transport.send(to, Wire::Call { id, call }) {
+            lock(&self.pending).remove(&id);
+            return Err(CallError::Unreachable(e.to_string()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(CallError::Unreachable("the node is stopping".into())),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(CallError::Timeout(timeout))
+            }
+        }
+    }
+
+    fn send(&self, to: &str, msg: Wire) {
+        match self.transport.send(to, msg) {
+            Ok(()) | Err(SendError::NotConnected { .. }) => {}
+            Err(e) => tracing::debug!(peer = %to, error = %e, "cluster message not sent"),
+        }
+    }
+
+    /// One inbound message.
+    fn on_message(self: &Arc<Self>, from: String, msg: Wire) {
+        let now = self.now();
+        let Some(&from_id) = self.ids.get(&from) else {
+            return;
+        };
+        match msg {
+            Wire::Heartbeat {
+                round,
+                epoch,
+                driving,
+            } => {
+                let ack = {
+                    let mut b = lock(&self.book);
+                    b.peers.insert(
+                        from.clone(),
+                        PeerSeen {
+                            heard: now,
+                            epoch,
+                            driving: driving.into_iter().collect(),
+                        },
+                    );
+                    b.grantor.on_heartbeat(from_id, now)
+                };
+                if ack {
+                    self.send(&from, Wire::HeartbeatAck { round });
+                }
+            }
+            Wire::HeartbeatAck { round } => {
+                lock(&self.book).holder.on_ack(from_id, round);
+            }
+            Wire::ReleaseAsk { holder } => {
+                let granted = match self.ids.get(&holder) {
+                    Some(&h) => lock(&self.book).grantor.release(h, now),
+                    None => false,
+                };
+                self.send(&from, Wire::ReleaseVote { holder, granted });
+            }
+            Wire::ReleaseVote { holder, granted } => {
+                if granted {
+                    if let Some(t) = lock(&self.book).takeovers.get_mut(&holder) {
+                        t.on_vote(from_id);
+                    }
+                }
+            }
+            Wire::Reply { id, reply } => {
+                if let Some(tx) = lock(&self.pending).remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            Wire::Call { id, call } => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let reply = me.answer(&from, call).await;
+                    me.send(&from, Wire::Reply { id, reply });
+                });
+            }
+        }
+    }
+
+    async fn answer(&self, from: &str, call: Call) -> Reply {
+        match call {
+            Call::Raft(bytes) => {
+                let Some(m) = self.membership.get() else {
+                    return Reply::Failed("membership not started".into());
+                };
+                let req = match RaftRequest::decode(&bytes) {
+                    Ok(r) => r,
+                    Err(e) => return Reply::Failed(e.to_string()),
+                };
+                match m.handle(from, req).await.encode() {
+                    Ok(b) => Reply::Raft(b),
+                    Err(e) => Reply::Failed(e.to_string()),
+                }
+            }
+            Call::Replicate { key, value } => Reply::Replicated(
+                self.node
+                    .shared
+                    .store
+                    .put_replica(&key, value)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            Call::Http {
+                api,
+                method,
+                path,
+                body,
+            } => route::answer_locally(self, api, &method, &path, body).await,
+        }
+    }
+
+    /// One heartbeat period: confirm the lease, and on the leader take over or re-admit.
+    fn tick(self: &Arc<Self>) {
+        let now = self.now();
+        let view = self.view();
+        let driving: Vec<String> = self.node.owned_segments().into_iter().collect();
+        let round = lock(&self.book).holder.heartbeat(now);
+        for peer in self.config.peers() {
+            self.send(
+                &peer.name,
+                Wire::Heartbeat {
+                    round,
+                    epoch: view.epoch,
+                    driving: driving.clone(),
+                },
+            );
+        }
+        if self.membership.get().is_some_and(|m| m.is_leader()) {
+            self.lead(now, &view);
+        } else {
+            lock(&self.book).takeovers.clear();
+        }
+        self.publish(now, &view);
+    }
+
+    /// The leader's part: take over members that went silent (or that this node released),
+    /// re-admit nodes heard again.
+    fn lead(self: &Arc<Self>, now: Duration, view: &CommittedView) {
+        let suspect_after = self.config.lease.charge_only_after;
+        let grace = now < self.config.lease.grantor_promise();
+        let mut propose = None;
+        let mut asks = Vec::new();
+        {
+            let mut b = lock(&self.book);
+            let cluster = self.config.nodes.len();
+            for peer in self.config.peers() {
+                let p = peer.name.clone();
+                let pid = self.ids[&p];
+                let silent = b
+                    .peers
+                    .get(&p)
+                    .is_none_or(|s| now.saturating_sub(s.heard) > suspect_after);
+                if view.members.contains(&p) {
+                    if (silent && !grace) || b.grantor.is_released(pid) {
+                        let my_vote = b.grantor.release(pid, now);
+                        let me = self.ids[self.me()];
+                        let t = b
+                            .takeovers
+                            .entry(p.clone())
+                            .or_insert_with(|| Takeover::new(pid, cluster));
+                        if my_vote {
+                            t.on_vote(me);
+                        }
+                        if t.granted() {
+                            propose.get_or_insert(Command::Remove { node: p.clone() });
+                        } else {
+                            asks.push(p.clone());
+                        }
+                    } else {
+                        b.takeovers.remove(&p);
+                    }
+                } else {
+                    b.takeovers.remove(&p);
+                    if !silent {
+                        propose.get_or_insert(Command::Admit { node: p.clone() });
+                    }
+                }
+            }
+        }
+        for holder in asks {
+            for peer in self.config.peers().filter(|n| n.name != holder) {
+                self.send(
+                    &peer.name,
+                    Wire::ReleaseAsk {
+                        holder: holder.clone(),
+                    },
+                );
+            }
+        }
+        if let Some(cmd) = propose {
+            if !self.proposing.swap(true, Ordering::AcqRel) {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Some(m) = me.membership.get() {
+                        tracing::info!(command = ?cmd, "proposing a membership change");
+                        match m.propose(cmd.clone()).await {
+                            Ok(v) => tracing::info!(command = ?cmd, epoch = v.epoch, members = ?v.members, "membership change committed"),
+                            Err(e) => tracing::warn!(command = ?cmd, error = %e, "membership change not committed"),
+                        }
+                    }
+                    me.proposing.store(false, Ordering::Release);
+                    me.kick.notify_one();
+                });
+            }
+        }
+    }
+
+    fn lease_state(&self, now: Duration) -> LeaseState {
+        lock(&self.book).holder.state(now)
+    }
+
+    /// Whether every other member, in a view at least as new as `view`, said it does not
+    /// drive `segment`.
+    fn handed_back(&self, segment: &str, view: &CommittedView) -> bool {
+        let b = lock(&self.book);
+        view.members
+            .iter()
+            .filter(|m| m.as_str() != self.me())
+            .all(|m| {
+                b.peers
+                    .get(m)
+                    .is_some_and(|s| s.epoch >= view.epoch && !s.driving.contains(segment))
+            })
+    }
+
+    fn desired(&self, view: &CommittedView) -> BTreeSet<String> {
+        if !view.members.contains(self.me()) {
+            return BTreeSet::new();
+        }
+        let members: Vec<String> = view.members.iter().cloned().collect();
+        self.topology
+            .segments()
+            .filter(|(_, s)| {
+                shard::place(&members, &s.id).is_some_and(|p| p.owner == self.me())
+            })
+            .map(|(_, s)| s.id.clone())
+            .collect()
+    }
+
+    fn publish(&self, now: Duration, view: &CommittedView) {
+        let lease = self.lease_state(now);
+        let owned = self.node.owned_segments();
+        let members: Vec<String> = view.members.iter().cloned().collect();
+        let b = lock(&self.book);
+        let silent: BTreeSet<String> = view
+            .members
+            .iter()
+            .filter(|m| m.as_str() != self.me())
+            .filter(|m| {
+                b.peers
+                    .get(*m)
+                    .is_none_or(|s| now.saturating_sub(s.heard) > self.config.lease.charge_only_after)
+            })
+            .cloned()
+            .collect();
+        let segments = self
+            .topology
+            .segments()
+            .map(|(_, s)| {
+                let p = shard::place(&members, &s.id);
+                let owner = p.as_ref().map(|p| p.owner.clone());
+                let driven_here = owned.contains(&s.id);
+                let driven_elsewhere = b.peers.iter().any(|(n, seen)| {
+                    !silent.contains(n) && seen.driving.contains(&s.id)
+                });
+                let state = if driven_here {
+                    if lease == LeaseState::Driving {
+                        "driving"
+                    } else {
+                        "charge_only"
+                    }
+                } else if owner.as_ref().is_some_and(|o| silent.contains(o)) {
+                    "charge_only"
+                } else if driven_elsewhere {
+                    "driving"
+                } else {
+                    "handoff"
+                };
+                SegmentPlacement {
+                    segment: s.id.clone(),
+                    owner,
+                    replica: p.and_then(|p| p.replica),
+                    driven_here,
+                    state,
+                }
+            })
+            .collect();
+        drop(b);
+        let status = ClusterStatus {
+            node: self.me().to_string(),
+            nodes: self.config.names(),
+            members: view.members.clone(),
+            epoch: view.epoch,
+            leader: view.leader.clone(),
+            lease,
+            connected: self.transport.connected(),
+            silent,
+            segments,
+        };
+        self.status.send_replace(Some(status));
+    }
+
+    /// Bring the node's driven segments in line with the committed map and the lease.
+    async fn reconcile(self: &Arc<Self>) {
+        let now = self.now();
+        let view = self.view();
+        let lease = self.lease_state(now);
+        let desired = self.desired(&view);
+        let owned = self.node.owned_segments();
+        for s in &owned {
+            if lease == LeaseState::Stopped || !desired.contains(s) {
+                let why = if lease == LeaseState::Stopped {
+                    "the lease ended"
+                } else {
+                    "the committed map gives it to another node"
+                };
+                tracing::info!(segment = %s, why, "releasing a segment");
+                if let Err(e) = self.node.release_segment(s).await {
+                    tracing::warn!(segment = %s, error = %e, "release failed");
+                }
+                lock(&self.quorum_flagged).remove(s);
+                lock(&self.replicas).remove(s);
+            } else if lease == LeaseState::ChargeOnly {
+                if lock(&self.quorum_flagged).insert(s.clone()) {
+                    tracing::warn!(segment = %s, "no majority confirmed the lease lately: ChargeOnly");
+                    self.node.observe(s, Fault::Quorum(false));
+                }
+            } else if lock(&self.quorum_flagged).remove(s) {
+                tracing::info!(segment = %s, "the lease is confirmed again");
+                self.node.observe(s, Fault::Quorum(true));
+            }
+        }
+        if lease == LeaseState::Driving {
+            for s in desired.difference(&owned) {
+                if !self.handed_back(s, &view) {
+                    continue;
+                }
+                // `Quorum(true)`: a majority is there (a cause left from an earlier lease
+                // that aged here must not hold the adopted segment in ChargeOnly).
+                self.node.observe(s, Fault::Quorum(true));
+                match self.node.adopt_segment(s).await {
+                    Ok(()) => tracing::info!(segment = %s, epoch = view.epoch, "segment adopted"),
+                    Err(e) => tracing::warn!(segment = %s, error = %e, "adoption failed"),
+                }
+            }
+        }
+        // Replicas that changed (a member left or came back) get the segment's state now,
+        // not only at its next write.
+        for s in self.node.owned_segments() {
+            let replica = self.placement(&s).and_then(|p| p.replica);
+            let stale = lock(&self.replicas).get(&s) != Some(&replica);
+            if stale {
+                if let Some(r) = replica.clone() {
+                    if !self.resync(&s, &r).await {
+                        continue;
+                    }
+                }
+                lock(&self.replicas).insert(s, replica);
+            }
+        }
+    }
+
+    /// Copy every checkpoint of `segment` to `replica`; false if any copy failed.
+    async fn resync(&self, segment: &str, replica: &str) -> bool {
+        for key in self.keys_of_segment(segment) {
+            let value = match self.node.shared.store.get_raw(&key) {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "cannot read a checkpoint to resync");
+                    return false;
+                }
+            };
+            let call = Call::Replicate {
+                key: key.clone(),
+                value: Some(value),
+            };
+            match self.call(replica, call, REPLICATION_TIMEOUT).await {
+                Ok(Reply::Replicated(Ok(()))) => {}
+                other => {
+                    tracing::debug!(key, replica, result = ?other.err(), "resync failed; retried next period");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl Cluster {
+    /// Join the cluster described by `config` with `node` (started with no segments:
+    /// `NodeOptions::segments = Some(empty)`); `store` gets the cluster's replicator.
+    pub async fn start(
+        config: ClusterConfig,
+        node: Arc<Node>,
+        store: &CheckpointStore,
+        data: &std::path::Path,
+    ) -> Result<Cluster, String> {
+        let tls = NodeTls::load(&config.tls, &config.me.name).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .map_err(|e| format!("cluster listener {}: {e}", config.bind))?;
+        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        let transport = Transport::start(
+            TransportConfig {
+                node: config.me.name.clone(),
+                peers: config
+                    .peers()
+                    .map(|p| (p.name.clone(), p.cluster.clone()))
+                    .collect(),
+                cookie: config.cookie.clone(),
+                security: Security::MutualTls(tls),
+                limits: TransportLimits::default(),
+            },
+            listener,
+            tx,
+        )
+        .map_err(|e| e.to_string())?;
+        let ids: BTreeMap<String, NodeId> = config
+            .names()
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, i as NodeId))
+            .collect();
+        let me_id = ids[&config.me.name];
+        let n = config.nodes.len();
+        let book = LeaseBook {
+            holder: Holder::new(me_id, n, config.lease).map_err(|e| e.to_string())?,
+            grantor: Grantor::new(me_id, config.lease).map_err(|e| e.to_string())?,
+            peers: BTreeMap::new(),
+            takeovers: BTreeMap::new(),
+        };
+        let topology = node.shared.topology.clone();
+        let inner = Arc::new(Inner {
+            ids,
+            node,
+            topology,
+            transport,
+            membership: OnceLock::new(),
+            started: Instant::now(),
+            book: Mutex::new(book),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            proposing: AtomicBool::new(false),
+            routers: OnceLock::new(),
+            kick: Notify::new(),
+            stopping: AtomicBool::new(false),
+            status: watch::channel(None).0,
+            quorum_flagged: Mutex::new(BTreeSet::new()),
+            replicas: Mutex::new(BTreeMap::new()),
+            config,
+        });
+        // Inbound first: raft's first calls are answered as soon as the membership exists.
+        tokio::spawn(inbound_loop(Arc::downgrade(&inner), rx));
+        let membership = Membership::start(
+            &inner.config.me.name,
+            &inner.config.names(),
+            Storage::Redb(data.join("membership.redb")),
+            Arc::new(RaftOverTransport(Arc::downgrade(&inner))),
+            MembershipConfig::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let _ = inner.membership.set(membership);
+        store.set_replicator(Arc::new(ClusterReplicator(Arc::downgrade(&inner))));
+        tokio::spawn(tick_loop(Arc::downgrade(&inner)));
+        tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
+        tokio::spawn(view_loop(Arc::downgrade(&inner)));
+        tracing::info!(node = %inner.config.me.name, listen = %inner.transport.local_addr(), "cluster node started");
+        Ok(Cluster { inner })
+    }
+
+    /// Set the routers that answer calls forwarded from other nodes (the grid and admin APIs).
+    pub fn set_routers(&self, grid: axum::Router, admin: axum::Router) {
+        let _ = self.inner.routers.set((grid, admin));
+    }
+
+    /// This node's name.
+    pub fn me(&self) -> &str {
+        self.inner.me()
+    }
+
+    /// The cluster as this node sees it (None before the first heartbeat period).
+    pub fn status(&self) -> Option<ClusterStatus> {
+        self.inner.status.borrow().clone()
+    }
+
+    /// Every configured node's name.
+    pub fn nodes(&self) -> Vec<String> {
+        self.inner.config.names()
+    }
+
+    /// Where this node listens for the others.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.inner.transport.local_addr()
+    }
+
+    /// The committed view.
+    pub fn view(&self) -> CommittedView {
+        self.inner.view()
+    }
+
+    /// The owner of `segment` in the committed map.
+    pub fn owner(&self, segment: &str) -> Option<String> {
+        self.inner.placement(segment).map(|p| p.owner)
+    }
+
+    /// The node (for local answers).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.inner.node
+    }
+
+    /// Call node `to`'s API.
+    pub async fn forward(
+        &self,
+        to: &str,
+        api: Api,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let call = Call::Http {
+            api,
+            method: method.to_string(),
+            path: path.to_string(),
+            body,
+        };
+        match self.inner.call(to, call, FORWARD_TIMEOUT).await {
+            Ok(Reply::Http { status, body }) => Ok((status, body)),
+            Ok(Reply::Failed(e)) => Err(format!("node {to}: {e}")),
+            Ok(other) => Err(format!("node {to}: unexpected reply {other:?}")),
+            Err(e) => Err(format!("node {to}: {e}")),
+        }
+    }
+
+    /// Stop: release every driven segment through ChargeOnly, then leave the transport and
+    /// the raft group.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.kick.notify_one();
+        for s in self.inner.node.owned_segments() {
+            let _ = self.inner.node.release_segment(&s).await;
+        }
+        if let Some(m) = self.inner.membership.get() {
+            m.shutdown().await;
+        }
+        self.inner.transport.shutdown();
+    }
+}
+
+async fn inbound_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Inbound<Wire>>) {
+    while let Some(Inbound { from, msg }) = rx.recv().await {
+        let Some(i) = inner.upgrade() else { return };
+        i.on_message(from, msg);
+    }
+}
+
+async fn tick_loop(inner: std::sync::Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => i.config.heartbeat,
+        None => return,
+    };
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(i) = inner.upgrade() else { return };
+        if i.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        i.tick();
+        i.kick.notify_one();
+    }
+}
+
+async fn reconcile_loop(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        if i.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        i.reconcile().await;
+        // A kick during the pass is kept as a permit: the next pass follows at once.
+        i.kick.notified().await;
+    }
+}
+
+async fn view_loop(inner: std::sync::Weak<Inner>) {
+    let Some(mut rx) = inner.upgrade().and_then(|i| i.membership.get().map(|m| m.view())) else {
+        return;
+    };
+    let mut members = rx.borrow().members.clone();
+    while rx.changed().await.is_ok() {
+        let view = rx.borrow().clone();
+        let Some(i) = inner.upgrade() else { return };
+        // A node the committed membership took back is acknowledged again.
+        for m in view.members.difference(&members) {
+            if let Some(&id) = i.ids.get(m) {
+                lock(&i.book).grantor.readmit(id);
+            }
+        }
+        tracing::info!(epoch = view.epoch, members = ?view.members, leader = ?view.leader, "committed view");
+        members = view.members.clone();
+        i.kick.notify_one();
+    }
+}
