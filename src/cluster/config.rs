@@ -141,8 +141,7 @@ pub fn load(path: &Path, node: &str) -> Result<ClusterConfig, String> {
         .map_err(|e| format!("cannot read the cluster file {}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let cookie_env = std::env::var(COOKIE_ENV).ok();
-    parse(&text, base, node, cookie_env.as_deref())
-        .map_err(|e| format!("{}: {e}", path.display()))
+    parse(&text, base, node, cookie_env.as_deref()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Check a cluster file's text; relative paths are taken from `base`; `cookie_env`
@@ -172,16 +171,27 @@ pub fn parse(
         if !names.insert(n.name.clone()) {
             return Err(format!("[[nodes]]: node {:?} is listed twice", n.name));
         }
-        if n.cluster.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if n.cluster
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(format!(
                 "node {:?}: cluster = {:?} is not host:port",
                 n.name, n.cluster
             ));
         }
-        for (what, a) in [("cluster", n.cluster.clone()), ("grid", n.grid.to_string()), ("admin", n.admin.to_string())] {
+        for (what, a) in [
+            ("cluster", n.cluster.clone()),
+            ("grid", n.grid.to_string()),
+            ("admin", n.admin.to_string()),
+        ] {
             // The same address twice on one host would make two nodes fight over a port.
             if !a.starts_with("0.0.0.0") && !addrs.insert(a.clone()) {
-                return Err(format!("node {:?}: {what} address {a} is used twice", n.name));
+                return Err(format!(
+                    "node {:?}: {what} address {a} is used twice",
+                    n.name
+                ));
             }
         }
     }
@@ -288,14 +298,29 @@ admin = "0.0.0.0:9464"
 
     #[test]
     fn a_node_sees_itself_its_peers_and_its_files() {
-        let c = parse(FILE, Path::new("/etc/gv"), "node-a", Some("0123456789abcdef0123")).unwrap();
+        let c = parse(
+            FILE,
+            Path::new("/etc/gv"),
+            "node-a",
+            Some("0123456789abcdef0123"),
+        )
+        .unwrap();
         assert_eq!(c.me.name, "node-a");
         assert_eq!(c.names(), vec!["node-a", "node-b"]);
-        assert_eq!(c.peers().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["node-b"]);
+        assert_eq!(
+            c.peers().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["node-b"]
+        );
         assert_eq!(c.tls.cert, Path::new("/etc/gv/certs/node-a.pem"));
         assert_eq!(c.bind, "0.0.0.0:4697".parse::<SocketAddr>().unwrap());
         assert_eq!(c.heartbeat, Duration::from_millis(100));
-        let b = parse(FILE, Path::new("/etc/gv"), "node-b", Some("0123456789abcdef0123")).unwrap();
+        let b = parse(
+            FILE,
+            Path::new("/etc/gv"),
+            "node-b",
+            Some("0123456789abcdef0123"),
+        )
+        .unwrap();
         assert_eq!(b.bind, "127.0.0.1:4698".parse::<SocketAddr>().unwrap());
     }
 
@@ -312,8 +337,16 @@ admin = "0.0.0.0:9464"
         assert!(err(&FILE.replace("4698", "x"), "node-a", c).contains("not host:port"));
         // [lease] must come before the first [[nodes]] (after it, TOML reads it as a table
         // of that node).
-        let early = FILE.replacen("[[nodes]]", "[lease]\ncharge_only_after_ms = 2000\n\n[[nodes]]", 1);
-        assert!(err(&early, "node-a", c).contains("charge_only_after"), "{}", err(&early, "node-a", c));
+        let early = FILE.replacen(
+            "[[nodes]]",
+            "[lease]\ncharge_only_after_ms = 2000\n\n[[nodes]]",
+            1,
+        );
+        assert!(
+            err(&early, "node-a", c).contains("charge_only_after"),
+            "{}",
+            err(&early, "node-a", c)
+        );
         let hb = FILE.replacen("[[nodes]]", "[lease]\nheartbeat_ms = 400\n\n[[nodes]]", 1);
         assert!(err(&hb, "node-a", c).contains("at most half"));
         let unknown = FILE.replacen("[[nodes]]", "[lease]\nheartbeat = 4\n\n[[nodes]]", 1);

@@ -60,6 +60,8 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Calls waiting for an answer, at most (beyond, a call fails at once: a peer that answers
 /// nothing cannot make this node hold unbounded state).
 pub const MAX_PENDING_CALLS: usize = 65_536;
+/// Replication round trips kept for the latency figures in [`ClusterStatus`].
+pub const REPLICATION_SAMPLES: usize = 4096;
 /// Inbound messages buffered between the transport and the runtime.
 pub const INBOUND_QUEUE: usize = 8_192;
 
@@ -214,6 +216,39 @@ pub struct ClusterStatus {
     pub silent: BTreeSet<String>,
     /// Every segment.
     pub segments: Vec<SegmentPlacement>,
+    /// What checkpoint replication adds to a write (and so to a setpoint's
+    /// acknowledgement): the newest round trips to the replica.
+    pub replication: ReplicationLatency,
+}
+
+/// Percentiles of the newest replication round trips.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReplicationLatency {
+    /// Round trips measured (at most [`REPLICATION_SAMPLES`]).
+    pub samples: usize,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Largest, ms.
+    pub max_ms: f64,
+}
+
+impl ReplicationLatency {
+    fn of(samples: &std::collections::VecDeque<f64>) -> ReplicationLatency {
+        let mut v: Vec<f64> = samples.iter().copied().collect();
+        if v.is_empty() {
+            return ReplicationLatency::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        ReplicationLatency {
+            samples: v.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: v[v.len() - 1],
+        }
+    }
 }
 
 /// A running cluster node. Cheap to clone.
@@ -240,6 +275,8 @@ struct Inner {
     status: watch::Sender<Option<ClusterStatus>>,
     /// Segments this node put in ChargeOnly for its ageing lease.
     quorum_flagged: Mutex<BTreeSet<String>>,
+    /// The newest replication round trips, ms.
+    replication: Mutex<std::collections::VecDeque<f64>>,
     /// Placement of the owned segments' replicas when last resynchronised.
     replicas: Mutex<BTreeMap<String, Option<String>>>,
 }
@@ -252,7 +289,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct RaftOverTransport(std::sync::Weak<Inner>);
 
 impl RaftRpc for RaftOverTransport {
-    fn call(&self, to: &str, req: RaftRequest) -> BoxFuture<'static, Result<RaftResponse, RpcError>> {
+    fn call(
+        &self,
+        to: &str,
+        req: RaftRequest,
+    ) -> BoxFuture<'static, Result<RaftResponse, RpcError>> {
         let inner = self.0.clone();
         let to = to.to_string();
         Box::pin(async move {
@@ -260,7 +301,9 @@ impl RaftRpc for RaftOverTransport {
                 node: to.clone(),
                 reason,
             };
-            let inner = inner.upgrade().ok_or_else(|| failed("the node is stopping".into()))?;
+            let inner = inner
+                .upgrade()
+                .ok_or_else(|| failed("the node is stopping".into()))?;
             let bytes = req.encode().map_err(|e| failed(e.to_string()))?;
             let timeout = MembershipConfig::default().rpc_timeout;
             match inner.call(&to, Call::Raft(bytes), timeout).await {
@@ -323,7 +366,8 @@ impl Replicator for ClusterReplicator {
                 key: key.clone(),
                 reason,
             };
-            match inner
+            let started = Instant::now();
+            let answer = inner
                 .call(
                     &replica,
                     Call::Replicate {
@@ -332,11 +376,20 @@ impl Replicator for ClusterReplicator {
                     },
                     REPLICATION_TIMEOUT,
                 )
-                .await
-            {
-                Ok(Reply::Replicated(Ok(()))) => Ok(()),
+                .await;
+            match answer {
+                Ok(Reply::Replicated(Ok(()))) => {
+                    let mut r = lock(&inner.replication);
+                    if r.len() == REPLICATION_SAMPLES {
+                        r.pop_front();
+                    }
+                    r.push_back(started.elapsed().as_secs_f64() * 1e3);
+                    Ok(())
+                }
                 Ok(Reply::Replicated(Err(e))) => Err(fail(format!("replica {replica}: {e}"))),
-                Ok(other) => Err(fail(format!("replica {replica}: unexpected reply {other:?}"))),
+                Ok(other) => Err(fail(format!(
+                    "replica {replica}: unexpected reply {other:?}"
+                ))),
                 Err(e) => Err(fail(format!("replica {replica}: {e}"))),
             }
         })
@@ -605,8 +658,12 @@ impl Inner {
                     if let Some(m) = me.membership.get() {
                         tracing::info!(command = ?cmd, "proposing a membership change");
                         match m.propose(cmd.clone()).await {
-                            Ok(v) => tracing::info!(command = ?cmd, epoch = v.epoch, members = ?v.members, "membership change committed"),
-                            Err(e) => tracing::warn!(command = ?cmd, error = %e, "membership change not committed"),
+                            Ok(v) => {
+                                tracing::info!(command = ?cmd, epoch = v.epoch, members = ?v.members, "membership change committed")
+                            }
+                            Err(e) => {
+                                tracing::warn!(command = ?cmd, error = %e, "membership change not committed")
+                            }
                         }
                     }
                     me.proposing.store(false, Ordering::Release);
@@ -624,6 +681,11 @@ impl Inner {
     /// drive `segment`.
     fn handed_back(&self, segment: &str, view: &CommittedView) -> bool {
         let b = lock(&self.book);
+        // A view older than one a peer already applied (a node that restarted and has not
+        // caught up with the log yet) decides nothing.
+        if b.peers.values().any(|s| s.epoch > view.epoch) {
+            return false;
+        }
         view.members
             .iter()
             .filter(|m| m.as_str() != self.me())
@@ -641,9 +703,7 @@ impl Inner {
         let members: Vec<String> = view.members.iter().cloned().collect();
         self.topology
             .segments()
-            .filter(|(_, s)| {
-                shard::place(&members, &s.id).is_some_and(|p| p.owner == self.me())
-            })
+            .filter(|(_, s)| shard::place(&members, &s.id).is_some_and(|p| p.owner == self.me()))
             .map(|(_, s)| s.id.clone())
             .collect()
     }
@@ -658,9 +718,9 @@ impl Inner {
             .iter()
             .filter(|m| m.as_str() != self.me())
             .filter(|m| {
-                b.peers
-                    .get(*m)
-                    .is_none_or(|s| now.saturating_sub(s.heard) > self.config.lease.charge_only_after)
+                b.peers.get(*m).is_none_or(|s| {
+                    now.saturating_sub(s.heard) > self.config.lease.charge_only_after
+                })
             })
             .cloned()
             .collect();
@@ -671,9 +731,10 @@ impl Inner {
                 let p = shard::place(&members, &s.id);
                 let owner = p.as_ref().map(|p| p.owner.clone());
                 let driven_here = owned.contains(&s.id);
-                let driven_elsewhere = b.peers.iter().any(|(n, seen)| {
-                    !silent.contains(n) && seen.driving.contains(&s.id)
-                });
+                let driven_elsewhere = b
+                    .peers
+                    .iter()
+                    .any(|(n, seen)| !silent.contains(n) && seen.driving.contains(&s.id));
                 let state = if driven_here {
                     if lease == LeaseState::Driving {
                         "driving"
@@ -707,6 +768,7 @@ impl Inner {
             connected: self.transport.connected(),
             silent,
             segments,
+            replication: ReplicationLatency::of(&lock(&self.replication)),
         };
         self.status.send_replace(Some(status));
     }
@@ -746,6 +808,7 @@ impl Inner {
                 if !self.handed_back(s, &view) {
                     continue;
                 }
+                tracing::info!(segment = %s, epoch = view.epoch, "adopting a segment");
                 // `Quorum(true)`: a majority is there (a cause left from an earlier lease
                 // that aged here must not hold the adopted segment in ChargeOnly).
                 self.node.observe(s, Fault::Quorum(true));
@@ -859,6 +922,7 @@ impl Cluster {
             status: watch::channel(None).0,
             quorum_flagged: Mutex::new(BTreeSet::new()),
             replicas: Mutex::new(BTreeMap::new()),
+            replication: Mutex::new(std::collections::VecDeque::new()),
             config,
         });
         // Inbound first: raft's first calls are answered as soon as the membership exists.
@@ -997,7 +1061,10 @@ async fn reconcile_loop(inner: std::sync::Weak<Inner>) {
 }
 
 async fn view_loop(inner: std::sync::Weak<Inner>) {
-    let Some(mut rx) = inner.upgrade().and_then(|i| i.membership.get().map(|m| m.view())) else {
+    let Some(mut rx) = inner
+        .upgrade()
+        .and_then(|i| i.membership.get().map(|m| m.view()))
+    else {
         return;
     };
     let mut members = rx.borrow().members.clone();

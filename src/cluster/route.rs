@@ -110,7 +110,10 @@ async fn to_owner(cluster: &Cluster, owner: Option<String>, req: Request, next: 
         Ok(b) => b.to_vec(),
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_body", e.to_string()),
     };
-    match cluster.forward(&owner, Api::Grid, &method, &path, body).await {
+    match cluster
+        .forward(&owner, Api::Grid, &method, &path, body)
+        .await
+    {
         Ok((status, body)) => json_response(status, body),
         Err(e) => bad_gateway(e),
     }
@@ -149,7 +152,12 @@ pub async fn grid(State(cluster): State<Cluster>, req: Request, next: Next) -> R
 
 /// Send the same request to every node (this one through `next`); answer with this node's
 /// answer, or the first failure when `all_must_succeed`.
-async fn everywhere(cluster: &Cluster, req: Request, next: Next, all_must_succeed: bool) -> Response {
+async fn everywhere(
+    cluster: &Cluster,
+    req: Request,
+    next: Next,
+    all_must_succeed: bool,
+) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let (parts, body) = req.into_parts();
@@ -251,9 +259,16 @@ async fn dispatch(cluster: &Cluster, req: Request, next: Next) -> Response {
             )
             .await;
         }
-        Scope::Site => t.segments().map(|(_, s)| (s.id.clone(), s.rated_kw)).collect(),
+        Scope::Site => t
+            .segments()
+            .map(|(_, s)| (s.id.clone(), s.rated_kw))
+            .collect(),
         Scope::Substation(id) => match t.substations.iter().find(|s| &s.id == id) {
-            Some(sub) => sub.segments.iter().map(|s| (s.id.clone(), s.rated_kw)).collect(),
+            Some(sub) => sub
+                .segments
+                .iter()
+                .map(|s| (s.id.clone(), s.rated_kw))
+                .collect(),
             None => return next.run(Request::from_parts(parts, Body::from(body))).await,
         },
     };
@@ -284,7 +299,9 @@ async fn dispatch(cluster: &Cluster, req: Request, next: Next) -> Response {
                     )),
                 }
             } else {
-                cluster.forward(&owner, Api::Grid, "POST", "/api/v1/dispatch", body).await
+                cluster
+                    .forward(&owner, Api::Grid, "POST", "/api/v1/dispatch", body)
+                    .await
             };
             (owner, answer)
         }
@@ -355,7 +372,11 @@ pub async fn admin(State(cluster): State<Cluster>, req: Request, next: Next) -> 
         (Method::GET, "/api/tree") => tree(&cluster, req, next).await,
         (Method::GET, "/api/cluster") => match cluster.status() {
             Some(s) => Json(s).into_response(),
-            None => error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no heartbeat period yet"),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "no heartbeat period yet",
+            ),
         },
         (Method::GET, "/api/ready") => ready(&cluster),
         _ => next.run(req).await,
@@ -369,7 +390,10 @@ fn ready(cluster: &Cluster) -> Response {
     let why = if !cluster.node().running() {
         Some("the supervision tree is not running".to_string())
     } else if s.lease != LeaseState::Driving {
-        Some(format!("no majority confirmed this node's lease (lease {:?})", s.lease))
+        Some(format!(
+            "no majority confirmed this node's lease (lease {:?})",
+            s.lease
+        ))
     } else if !s.members.contains(&s.node) {
         Some("not a committed member yet".to_string())
     } else {
@@ -415,14 +439,17 @@ async fn tree(cluster: &Cluster, req: Request, next: Next) -> Response {
         .status()
         .map(|s| s.nodes)
         .unwrap_or_else(|| vec![cluster.me().to_string()]);
-    let calls = names.iter().filter(|n| *n != cluster.me()).map(|p| async move {
-        (
-            p.clone(),
-            cluster
-                .forward(p, Api::Admin, "GET", "/api/tree", Vec::new())
-                .await,
-        )
-    });
+    let calls = names
+        .iter()
+        .filter(|n| *n != cluster.me())
+        .map(|p| async move {
+            (
+                p.clone(),
+                cluster
+                    .forward(p, Api::Admin, "GET", "/api/tree", Vec::new())
+                    .await,
+            )
+        });
     let mut trees: BTreeMap<String, Value> = BTreeMap::new();
     trees.insert(cluster.me().to_string(), local);
     for (name, r) in futures::future::join_all(calls).await {
@@ -473,8 +500,14 @@ pub fn routers(
     grid: axum::Router,
     admin: axum::Router,
 ) -> (axum::Router, axum::Router) {
-    let grid = grid.layer(axum::middleware::from_fn_with_state(cluster.clone(), self::grid));
-    let admin = admin.layer(axum::middleware::from_fn_with_state(cluster.clone(), self::admin));
+    let grid = grid.layer(axum::middleware::from_fn_with_state(
+        cluster.clone(),
+        self::grid,
+    ));
+    let admin = admin.layer(axum::middleware::from_fn_with_state(
+        cluster.clone(),
+        self::admin,
+    ));
     cluster.set_routers(grid.clone(), admin.clone());
     (grid, admin)
 }
