@@ -116,6 +116,12 @@ impl Cluster {
     }
 
     fn start(&mut self, name: &str) {
+        self.start_with(name, &[], None);
+    }
+
+    /// Start `name` with extra environment variables and, optionally, another cluster file.
+    fn start_with(&mut self, name: &str, env: &[(&str, &str)], file: Option<&Path>) {
+        let file = file.map_or_else(|| self.dir.path().join("cluster.toml"), Path::to_path_buf);
         let n = self.nodes.get_mut(name).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -133,10 +139,11 @@ impl Cluster {
         cmd.args(["--log-format", "json", "run", "--config"])
             .arg(site())
             .arg("--cluster")
-            .arg(self.dir.path().join("cluster.toml"))
+            .arg(&file)
             .args(["--node", name, "--data"])
             .arg(&n.data)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
         n.child = Some(Killed(cmd.spawn().expect("gridvisor starts")));
@@ -716,4 +723,77 @@ fn a_partitioned_minority_goes_to_charge_only_and_the_majority_takes_over() {
         checked >= moved.len() * 2,
         "handoffs seen in the logs: {checked}"
     );
+}
+
+/// A peer with the wrong cookie, or with a certificate from another CA, cannot join: the
+/// other two run the site without it, it drives nothing and is not ready, and the nodes say
+/// why in their logs. With the right ones it joins.
+#[test]
+fn rejected_peers_cannot_join() {
+    let mut c = Cluster::new(&[
+        ("node-a", "127.0.0.1", "127.0.0.1"),
+        ("node-b", "127.0.0.1", "127.0.0.1"),
+        ("node-c", "127.0.0.1", "127.0.0.1"),
+    ]);
+    c.start("node-a");
+    c.start("node-b");
+    let two = ["node-a", "node-b"];
+    let outsider_is_out = |c: &Cluster, why: &str| {
+        c.wait_for(why, |c| {
+            let map = c.settled(&two, &two)?;
+            let s = c.status("node-c")?;
+            let drives = s["segments"]
+                .as_array()?
+                .iter()
+                .any(|x| x["driven_here"] == true);
+            let (ready, _) = try_http(&c.nodes["node-c"].admin, "GET", "/api/ready", None).ok()?;
+            (!drives && s["lease"] != "Driving" && ready == 503).then_some(map)
+        })
+    };
+    let log_of =
+        |c: &Cluster, n: &str| std::fs::read_to_string(&c.nodes[n].log).unwrap_or_default();
+
+    // The wrong cookie (GRIDVISOR_COOKIE overrides the cookie file).
+    c.start_with(
+        "node-c",
+        &[("GRIDVISOR_COOKIE", "not-the-cluster-cookie-at-all")],
+        None,
+    );
+    outsider_is_out(&c, "a and b without c (wrong cookie)");
+    c.wait_for("a's log naming the cookie", |c| {
+        log_of(c, "node-a")
+            .contains("\\\"node-c\\\" presented a wrong cookie")
+            .then_some(())
+    });
+    c.kill("node-c");
+
+    // A certificate from another CA: its own `gridvisor certs` run.
+    let other = c.dir.path().join("other");
+    let out = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
+        .args(["certs", "--out"])
+        .arg(other.join("certs"))
+        .args(["--nodes", "node-a,node-b,node-c"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The right cookie, the wrong CA.
+    std::fs::copy(
+        c.dir.path().join("certs/cookie"),
+        other.join("certs/cookie"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(c.dir.path().join("cluster.toml")).unwrap();
+    std::fs::write(other.join("cluster.toml"), text).unwrap();
+    c.start_with("node-c", &[], Some(&other.join("cluster.toml")));
+    outsider_is_out(&c, "a and b without c (foreign CA)");
+    c.wait_for("a's log naming the untrusted certificate", |c| {
+        log_of(c, "node-a").contains("UnknownIssuer").then_some(())
+    });
+    c.kill("node-c");
+
+    // The right cookie and certificate: it joins.
+    c.start("node-c");
+    let all = ["node-a", "node-b", "node-c"];
+    c.wait_for("c admitted", |c| c.settled(&all, &all));
+    c.assert_one_driver_per_segment();
 }

@@ -275,10 +275,85 @@ struct Inner {
     status: watch::Sender<Option<ClusterStatus>>,
     /// Segments this node put in ChargeOnly for its ageing lease.
     quorum_flagged: Mutex<BTreeSet<String>>,
+    metrics: ClusterMetrics,
     /// The newest replication round trips, ms.
     replication: Mutex<std::collections::VecDeque<f64>>,
     /// Placement of the owned segments' replicas when last resynchronised.
     replicas: Mutex<BTreeMap<String, Option<String>>>,
+}
+
+/// The cluster's series on the node's /metrics.
+struct ClusterMetrics {
+    lease: prometheus::IntGauge,
+    members: prometheus::IntGauge,
+    epoch: prometheus::IntGauge,
+    leader: prometheus::IntGauge,
+    peer_up: prometheus::IntGaugeVec,
+    driven: prometheus::IntGauge,
+    replication: prometheus::Histogram,
+    handoffs: prometheus::IntCounterVec,
+}
+
+impl ClusterMetrics {
+    fn register(r: &prometheus::Registry) -> Result<ClusterMetrics, prometheus::Error> {
+        use prometheus::{HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+        let lease = IntGauge::new(
+            "gridvisor_cluster_lease_state",
+            "This node's lease: 0 driving, 1 charge-only (no majority confirmed it lately), 2 stopped",
+        )?;
+        let members = IntGauge::new("gridvisor_cluster_members", "Committed up members")?;
+        let epoch = IntGauge::new(
+            "gridvisor_cluster_epoch",
+            "Log index of the last committed membership change",
+        )?;
+        let leader = IntGauge::new(
+            "gridvisor_cluster_leader",
+            "1 while this node is the raft leader",
+        )?;
+        let peer_up = IntGaugeVec::new(
+            Opts::new(
+                "gridvisor_cluster_peer_connected",
+                "1 while the authenticated link to the peer is up",
+            ),
+            &["peer"],
+        )?;
+        let driven = IntGauge::new(
+            "gridvisor_cluster_segments_driven",
+            "Segments this node drives",
+        )?;
+        let replication = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "gridvisor_cluster_replication_seconds",
+                "Checkpoint replication round trip to the segment's replica (added to a setpoint's acknowledgement)",
+            )
+            .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )?;
+        let handoffs = IntCounterVec::new(
+            Opts::new(
+                "gridvisor_cluster_handoffs_total",
+                "Segments adopted or released by this node",
+            ),
+            &["direction"],
+        )?;
+        r.register(Box::new(lease.clone()))?;
+        r.register(Box::new(members.clone()))?;
+        r.register(Box::new(epoch.clone()))?;
+        r.register(Box::new(leader.clone()))?;
+        r.register(Box::new(peer_up.clone()))?;
+        r.register(Box::new(driven.clone()))?;
+        r.register(Box::new(replication.clone()))?;
+        r.register(Box::new(handoffs.clone()))?;
+        Ok(ClusterMetrics {
+            lease,
+            members,
+            epoch,
+            leader,
+            peer_up,
+            driven,
+            replication,
+            handoffs,
+        })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -384,6 +459,10 @@ impl Replicator for ClusterReplicator {
                         r.pop_front();
                     }
                     r.push_back(started.elapsed().as_secs_f64() * 1e3);
+                    inner
+                        .metrics
+                        .replication
+                        .observe(started.elapsed().as_secs_f64());
                     Ok(())
                 }
                 Ok(Reply::Replicated(Err(e))) => Err(fail(format!("replica {replica}: {e}"))),
@@ -758,6 +837,23 @@ impl Inner {
             })
             .collect();
         drop(b);
+        let m = &self.metrics;
+        m.lease.set(match lease {
+            LeaseState::Driving => 0,
+            LeaseState::ChargeOnly => 1,
+            LeaseState::Stopped => 2,
+        });
+        m.members.set(view.members.len() as i64);
+        m.epoch.set(view.epoch as i64);
+        m.leader
+            .set(i64::from(view.leader.as_deref() == Some(self.me())));
+        let connected = self.transport.connected();
+        for p in self.config.peers() {
+            m.peer_up
+                .with_label_values(&[p.name.as_str()])
+                .set(i64::from(connected.contains(&p.name)));
+        }
+        m.driven.set(owned.len() as i64);
         let status = ClusterStatus {
             node: self.me().to_string(),
             nodes: self.config.names(),
@@ -765,7 +861,7 @@ impl Inner {
             epoch: view.epoch,
             leader: view.leader.clone(),
             lease,
-            connected: self.transport.connected(),
+            connected,
             silent,
             segments,
             replication: ReplicationLatency::of(&lock(&self.replication)),
@@ -788,8 +884,9 @@ impl Inner {
                     "the committed map gives it to another node"
                 };
                 tracing::info!(segment = %s, why, "releasing a segment");
-                if let Err(e) = self.node.release_segment(s).await {
-                    tracing::warn!(segment = %s, error = %e, "release failed");
+                match self.node.release_segment(s).await {
+                    Ok(()) => self.metrics.handoffs.with_label_values(&["release"]).inc(),
+                    Err(e) => tracing::warn!(segment = %s, error = %e, "release failed"),
                 }
                 lock(&self.quorum_flagged).remove(s);
                 lock(&self.replicas).remove(s);
@@ -813,7 +910,10 @@ impl Inner {
                 // that aged here must not hold the adopted segment in ChargeOnly).
                 self.node.observe(s, Fault::Quorum(true));
                 match self.node.adopt_segment(s).await {
-                    Ok(()) => tracing::info!(segment = %s, epoch = view.epoch, "segment adopted"),
+                    Ok(()) => {
+                        self.metrics.handoffs.with_label_values(&["adopt"]).inc();
+                        tracing::info!(segment = %s, epoch = view.epoch, "segment adopted")
+                    }
                     Err(e) => tracing::warn!(segment = %s, error = %e, "adoption failed"),
                 }
             }
@@ -905,7 +1005,10 @@ impl Cluster {
             takeovers: BTreeMap::new(),
         };
         let topology = node.shared.topology.clone();
+        let metrics = ClusterMetrics::register(&node.shared.prometheus)
+            .map_err(|e| format!("cluster metrics: {e}"))?;
         let inner = Arc::new(Inner {
+            metrics,
             ids,
             node,
             topology,
