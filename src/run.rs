@@ -118,7 +118,9 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
     let cluster_config = match &o.cluster {
         Some((file, node)) => {
             if o.config.is_none() {
-                return Err("--cluster needs --config: the site every node of the cluster runs".into());
+                return Err(
+                    "--cluster needs --config: the site every node of the cluster runs".into(),
+                );
             }
             let c = crate::cluster::config::load(file, node)?;
             // The cluster file gives each node its addresses.
@@ -172,7 +174,6 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
             per_session_metrics: topology.metrics.sessions == Granularity::PerActor,
             // A cluster node drives only what the committed shard map and its lease give it.
             segments: cluster_config.as_ref().map(|_| Default::default()),
-            ..NodeOptions::default()
         },
     )
     .await
@@ -221,7 +222,12 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
     let grid = serve(grid_listener, grid_router);
     let admin = serve(admin_listener, admin_router);
     if let Some(c) = &cluster {
-        out!("  cluster    node {} of {} (cluster listener {})", c.me(), c.nodes().join(", "), c.local_addr());
+        out!(
+            "  cluster    node {} of {} (cluster listener {})",
+            c.me(),
+            c.nodes().join(", "),
+            c.local_addr()
+        );
     }
 
     let sessions = topology.vehicles.len();

@@ -351,6 +351,9 @@ impl CommitTicket {
     }
 }
 
+/// A write to copy: the replicator, the key and the value (`None`: removed).
+type ReplicaCopy = (Arc<dyn Replicator>, String, Option<Vec<u8>>);
+
 /// Copies a node's checkpoints to another node before they count as durable (the cluster's
 /// checkpoint replication): a write's ticket, and `put`/`remove`, complete only once the
 /// local commit *and* `replicate` succeeded. Implementations decide which keys need a copy
@@ -510,7 +513,7 @@ impl CheckpointStore {
     }
 
     /// The copy to hand the replicator, if there is one.
-    fn replica_of(&self, op: &Op) -> Option<(Arc<dyn Replicator>, String, Option<Vec<u8>>)> {
+    fn replica_of(&self, op: &Op) -> Option<ReplicaCopy> {
         let r = self.replicator.get()?;
         match op {
             Op::Put { key, bytes } => Some((r.clone(), key.clone(), Some(bytes.clone()))),
@@ -546,7 +549,11 @@ impl CheckpointStore {
 
     /// Store bytes another node replicated here, as they are (they were encoded there) and
     /// without replicating them again. Completes once committed durably.
-    pub async fn put_replica(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), CheckpointError> {
+    pub async fn put_replica(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), CheckpointError> {
         check_key(key)?;
         let op = match value {
             Some(bytes) if bytes.len() > MAX_VALUE_BYTES => {

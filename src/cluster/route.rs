@@ -310,12 +310,12 @@ async fn dispatch(cluster: &Cluster, req: Request, next: Next) -> Response {
     merge_receipts(&request, answers)
 }
 
+/// A node's HTTP answer (status, body), or why there was none.
+type NodeAnswer = Result<(u16, Vec<u8>), String>;
+
 /// One receipt from the per-node receipts: counts summed, segments concatenated, each
 /// node's own receipt (or error) kept under `nodes`.
-fn merge_receipts(
-    request: &GridRequest,
-    answers: Vec<(String, Result<(u16, Vec<u8>), String>)>,
-) -> Response {
+fn merge_receipts(request: &GridRequest, answers: Vec<(String, NodeAnswer)>) -> Response {
     let mut segments = Vec::new();
     let (mut acked, mut not_acked, mut unallocated) = (0u64, 0u64, 0.0f64);
     let mut repeat = true;

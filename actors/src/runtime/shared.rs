@@ -728,7 +728,12 @@ impl SiteShared {
             dispatch_floor: std::sync::atomic::AtomicU64::new(
                 segments
                     .values()
-                    .flat_map(|s| s.applied.iter().map(|e| e.value().0.key.dispatch).collect::<Vec<_>>())
+                    .flat_map(|s| {
+                        s.applied
+                            .iter()
+                            .map(|e| e.value().0.key.dispatch)
+                            .collect::<Vec<_>>()
+                    })
                     .max()
                     .unwrap_or(0),
             ),
