@@ -81,6 +81,9 @@ fn describe(o: &RunOutcome) -> String {
 
 /// Run the command.
 pub fn chaos(o: ChaosOptions) -> ExitCode {
+    if gridvisor_chaos::cluster::is_cluster_scenario(&o.file) {
+        return chaos_cluster(o);
+    }
     let scenario: Scenario = match gridvisor_chaos::load(&o.file) {
         Ok(s) => s,
         Err(e) => {
@@ -169,6 +172,106 @@ pub fn chaos(o: ChaosOptions) -> ExitCode {
         seeds.len() - failed,
         seeds.len()
     );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_VIOLATION)
+    }
+}
+
+/// A scenario with a `[cluster]` table: the multi-process mode (gridvisor-chaos's
+/// `cluster`), this binary's `run --cluster` processes with faults between them. One line per
+/// run as in the in-process mode; the report folder also gets the nodes' logs.
+fn chaos_cluster(o: ChaosOptions) -> ExitCode {
+    use gridvisor_chaos::cluster;
+    let scenario = match cluster::load(&o.file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let seeds = match (&o.seed, &o.seeds) {
+        (Some(_), Some(_)) => {
+            eprintln!("gridvisor chaos: give --seed or --seeds, not both");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (Some(s), None) => vec![*s],
+        (None, Some(range)) => match sweep::parse_seeds(range) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("gridvisor chaos: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (None, None) => vec![scenario.seed],
+    };
+    let binary = match std::env::current_exe() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("gridvisor chaos: cannot find this binary to start the nodes: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut failed = 0usize;
+    for &seed in &seeds {
+        let stem = cluster::report::stem(&scenario.name, seed);
+        let logs = o.report.as_deref().map(|d| (d, stem.as_str()));
+        let r = match cluster::run(&scenario, seed, &binary, logs) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("gridvisor chaos: {} seed {seed}: {e}", scenario.file);
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let held = r.invariants.iter().filter(|i| i.held).count();
+        println!(
+            "{} {} seed {seed}: {held}/{} invariants held ({}); {} nodes, {} faults, settled after {}, {} s run in {:.2} s",
+            if r.passed { "PASS" } else { "FAIL" },
+            r.scenario,
+            r.invariants.len(),
+            r.invariants
+                .iter()
+                .map(|i| match i.worst_margin {
+                    Some(m) => format!("{} margin {m:.3} {}", i.name, i.unit),
+                    None => i.name.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.nodes.len(),
+            r.faults.len(),
+            r.settled_after_s
+                .map_or("never".to_string(), |s| format!("{s:.2} s")),
+            r.duration_s,
+            r.wall_s
+        );
+        if !r.passed {
+            failed += 1;
+            for v in r
+                .invariants
+                .iter()
+                .filter_map(|i| i.first_violation.as_ref())
+            {
+                println!(
+                    "  VIOLATED {} at {:.3} s: {}",
+                    v.invariant,
+                    v.t_ms as f64 / 1_000.0,
+                    v.message
+                );
+            }
+            println!("  replay: {}", r.replay);
+        }
+        if let Some(dir) = &o.report {
+            match cluster::report::write(dir, &r) {
+                Ok((json, page)) => println!("  report: {} {}", json.display(), page.display()),
+                Err(e) => {
+                    eprintln!("gridvisor chaos: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+    }
+    println!("{} of {} runs passed", seeds.len() - failed, seeds.len());
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

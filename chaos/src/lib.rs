@@ -18,6 +18,7 @@
 //! | [`sweep`] | seed ranges, the progress bar, quiet injected panics |
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod devices;
 pub mod invariants;
 pub mod report;
