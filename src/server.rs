@@ -51,7 +51,7 @@ pub(crate) fn request_status(e: &RequestError) -> StatusCode {
         RequestError::Invalid { .. } => StatusCode::BAD_REQUEST,
         RequestError::UnknownScope { .. } => StatusCode::NOT_FOUND,
         RequestError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
-        RequestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        RequestError::Unavailable | RequestError::NotDriven => StatusCode::SERVICE_UNAVAILABLE,
         RequestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

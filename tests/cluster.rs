@@ -372,20 +372,24 @@ fn three_processes_share_fail_over_and_rebalance() {
     });
     println!("segments at start: {driver:?}");
 
-    // A site request on any node reaches every segment, each owner with its share.
-    let (code, receipt) = c.http(
-        "node-b",
-        "POST",
-        "/api/v1/dispatch",
-        Some(r#"{"id":"site-1","scope":"site","target_kw":30,"duration_s":600}"#),
-    );
-    assert_eq!(code, 200, "{receipt}");
-    assert_eq!(receipt["acknowledged"], 18, "{receipt}");
+    // A site request on any node reaches every segment, each owner with its share (an
+    // adopted segment's links connect moments after its adoption: retried until every
+    // charger of the site acknowledged).
+    let mut attempt = 0;
+    let receipt = c.wait_for("a site request acknowledged by all 18 chargers", |c| {
+        attempt += 1;
+        let body =
+            format!(r#"{{"id":"site-{attempt}","scope":"site","target_kw":30,"duration_s":600}}"#);
+        let (code, receipt) = c.http("node-b", "POST", "/api/v1/dispatch", Some(&body));
+        assert_eq!(code, 200, "{receipt}");
+        (receipt["acknowledged"] == 18).then_some(receipt)
+    });
     assert_eq!(
         receipt["segments"].as_array().unwrap().len(),
         6,
         "{receipt}"
     );
+    assert_eq!(receipt["nodes"].as_object().unwrap().len(), 3, "{receipt}");
 
     // The node with the most segments is the victim. Requests for its segments, through
     // another node's API, move its dispatch ids well past the others': after the failover,

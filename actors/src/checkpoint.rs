@@ -335,29 +335,26 @@ impl Future for CommitTicket {
 }
 
 impl CommitTicket {
-    /// This ticket, then `replicator`'s confirmation of `(key, value)`.
-    fn then_replicate(
-        self,
-        replicator: Arc<dyn Replicator>,
-        key: String,
-        value: Option<Vec<u8>>,
-    ) -> CommitTicket {
+    /// This ticket, then the replica's confirmation.
+    fn then_replicate(self, copy: ReplicaCopy) -> CommitTicket {
         CommitTicket {
             done: TicketState::Replicated(Box::pin(async move {
                 self.await?;
-                replicator.replicate(key, value).await
+                copy.await
             })),
         }
     }
 }
 
-/// A write to copy: the replicator, the key and the value (`None`: removed).
-type ReplicaCopy = (Arc<dyn Replicator>, String, Option<Vec<u8>>);
+/// A write's copy to the replica, started when the write is queued.
+type ReplicaCopy = futures::future::BoxFuture<'static, Result<(), CheckpointError>>;
 
 /// Copies a node's checkpoints to another node before they count as durable (the cluster's
 /// checkpoint replication): a write's ticket, and `put`/`remove`, complete only once the
 /// local commit *and* `replicate` succeeded. Implementations decide which keys need a copy
-/// (answering `Ok` at once for the others) and bound their own wait.
+/// (answering `Ok` at once for the others) and bound their own wait. `replicate` is called when
+/// the write is queued, in write order; the copy is sent when its future is polled, after the
+/// local commit (a dropped ticket's copy is never sent, and the write is not acknowledged).
 pub trait Replicator: Send + Sync + 'static {
     /// Copy `key`'s new value (`None`: removed) to the replica; `Err` when the replica did
     /// not confirm it ([`CheckpointError::Replication`]).
@@ -512,12 +509,13 @@ impl CheckpointStore {
         self.replicator.set(replicator).is_ok()
     }
 
-    /// The copy to hand the replicator, if there is one.
+    /// The replicator's copy of `op`, if there is a replicator. Called when the write is
+    /// queued, so that the replicator sees the writes in their order (it versions them).
     fn replica_of(&self, op: &Op) -> Option<ReplicaCopy> {
         let r = self.replicator.get()?;
         match op {
-            Op::Put { key, bytes } => Some((r.clone(), key.clone(), Some(bytes.clone()))),
-            Op::Remove { key } => Some((r.clone(), key.clone(), None)),
+            Op::Put { key, bytes } => Some(r.replicate(key.clone(), Some(bytes.clone()))),
+            Op::Remove { key } => Some(r.replicate(key.clone(), None)),
             Op::Barrier => None,
         }
     }
@@ -532,7 +530,7 @@ impl CheckpointStore {
             self.enqueue(op, permit)?.await?;
         }
         match replica {
-            Some((r, key, value)) => r.replicate(key, value).await,
+            Some(copy) => copy.await,
             None => Ok(()),
         }
     }
@@ -630,7 +628,7 @@ impl CheckpointStore {
             }
         };
         Ok(match replica {
-            Some((r, key, value)) => ticket.then_replicate(r, key, value),
+            Some(copy) => ticket.then_replicate(copy),
             None => ticket,
         })
     }

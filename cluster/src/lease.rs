@@ -265,8 +265,13 @@ impl Grantor {
 
     /// A taker asks to release `holder`: true (a vote) once no promise to it is left; from
     /// then on `holder` gets no acknowledgement from this node.
+    ///
+    /// A grantor's clock starts at zero when it starts, and it keeps no promises across a
+    /// restart: until one promise's length has passed it assumes it may have promised
+    /// everyone (an acknowledgement sent just before a crash still confirms a lease), so it
+    /// votes for no release before [`LeaseConfig::grantor_promise`].
     pub fn release(&mut self, holder: NodeId, now: Duration) -> bool {
-        if holder == self.me || self.promised(holder, now) {
+        if holder == self.me || now < self.config.grantor_promise() || self.promised(holder, now) {
             return false;
         }
         self.released.insert(holder);
@@ -279,9 +284,10 @@ impl Grantor {
     }
 
     /// The committed membership took `holder` back (after a handoff through ChargeOnly).
+    /// Only the release is forgotten: a promise still running (this grantor may never have
+    /// released `holder`, and acknowledged it a moment ago) keeps binding.
     pub fn readmit(&mut self, holder: NodeId) {
         self.released.remove(&holder);
-        self.promises.remove(&holder);
     }
 }
 
@@ -372,6 +378,10 @@ mod tests {
     #[test]
     fn a_release_waits_for_the_promise_and_then_refuses_the_holder() {
         let mut g = Grantor::new(1, cfg()).unwrap();
+        assert!(
+            !g.release(2, ms(3000)),
+            "no release vote within a promise of the start"
+        );
         assert!(g.on_heartbeat(0, ms(100)));
         assert!(!g.release(0, ms(3000)), "promised until 100 + 3030 ms");
         assert!(g.release(0, ms(3130)));

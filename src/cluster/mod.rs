@@ -60,6 +60,10 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Calls waiting for an answer, at most (beyond, a call fails at once: a peer that answers
 /// nothing cannot make this node hold unbounded state).
 pub const MAX_PENDING_CALLS: usize = 65_536;
+/// Calls from other nodes handled at once (beyond, a call is answered `Failed`).
+pub const MAX_INBOUND_CALLS: usize = 256;
+/// Largest HTTP answer a node forwards to another (under the transport's frame limit).
+pub const MAX_FORWARDED_ANSWER: usize = 15 * 1024 * 1024;
 /// Replication round trips kept for the latency figures in [`ClusterStatus`].
 pub const REPLICATION_SAMPLES: usize = 4096;
 /// Inbound messages buffered between the transport and the runtime.
@@ -85,6 +89,10 @@ pub enum Call {
         key: String,
         /// Its encoded value.
         value: Option<Vec<u8>>,
+        /// Its version: the sender's committed epoch and its write counter when the write
+        /// was queued. A replica keeps only the newest version of a key (calls can arrive
+        /// out of order; an old owner's late copy must not replace the new owner's).
+        version: (u64, u64),
     },
     /// An HTTP request for the other node's own API (it answers from its own state only).
     Http {
@@ -266,7 +274,7 @@ struct Inner {
     membership: OnceLock<Membership>,
     started: Instant,
     book: Mutex<LeaseBook>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pending: Mutex<HashMap<u64, (String, oneshot::Sender<Reply>)>>,
     next_id: AtomicU64,
     proposing: AtomicBool,
     routers: OnceLock<(axum::Router, axum::Router)>,
@@ -276,6 +284,21 @@ struct Inner {
     /// Segments this node put in ChargeOnly for its ageing lease.
     quorum_flagged: Mutex<BTreeSet<String>>,
     metrics: ClusterMetrics,
+    /// Segments released here whose checkpoints the new owner has not confirmed yet: still
+    /// announced as driven, so the new owner waits for them (the handback).
+    handing_over: Mutex<BTreeSet<String>>,
+    /// The epoch whose releases the reconcile pass has carried out: what heartbeats announce.
+    applied_epoch: AtomicU64,
+    /// Writes queued for replication, counted (the second half of a replica version).
+    write_seq: AtomicU64,
+    /// Newest replica version stored per key (keys of segments only: bounded by the topology).
+    replica_versions: Mutex<HashMap<String, (u64, u64)>>,
+    /// Bounds the calls from other nodes handled at once.
+    inbound_calls: Arc<tokio::sync::Semaphore>,
+    /// What the lease allows at this moment (read by the site's dispatch rounds).
+    gate: Arc<LeaseGate>,
+    /// Held by a reconcile pass; shutdown takes it to wait for the pass.
+    pass: tokio::sync::Mutex<()>,
     /// The newest replication round trips, ms.
     replication: Mutex<std::collections::VecDeque<f64>>,
     /// Placement of the owned segments' replicas when last resynchronised.
@@ -360,6 +383,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The lease as the dispatch rounds see it: checked synchronously at every round, so a node
+/// whose lease ran out commands nothing even before its reconcile pass releases the segments.
+struct LeaseGate {
+    started: Instant,
+    /// The lease's end, ms since `started` (0: no lease).
+    deadline_ms: AtomicU64,
+    /// When ChargeOnly begins, ms since `started`.
+    charge_only_ms: AtomicU64,
+    /// The lease lapsed while segments were held: nothing is driven until the reconcile pass
+    /// released them all (they come back through the handback).
+    lapsed: AtomicBool,
+}
+
+impl LeaseGate {
+    fn update(&self, holder: &Holder, lease: &gridvisor_cluster::lease::LeaseConfig) {
+        if let (Some(c), Some(end)) = (holder.confirmed_at(), holder.lease_end()) {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            self.charge_only_ms
+                .store(ms(c + lease.charge_only_after), Ordering::Release);
+            self.deadline_ms.store(ms(end), Ordering::Release);
+        }
+    }
+}
+
+impl gridvisor_actors::runtime::DriveGate for LeaseGate {
+    fn drive(&self) -> gridvisor_actors::runtime::Drive {
+        use gridvisor_actors::runtime::Drive;
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if self.lapsed.load(Ordering::Acquire) || now >= self.deadline_ms.load(Ordering::Acquire) {
+            Drive::No
+        } else if now >= self.charge_only_ms.load(Ordering::Acquire) {
+            Drive::ChargeOnly
+        } else {
+            Drive::Yes
+        }
+    }
+}
+
+/// Removes a call's entry from `pending` however the call ends (a dropped future included).
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.pending).remove(&self.id);
+    }
+}
+
 /// The raft network: calls over the cluster transport.
 struct RaftOverTransport(std::sync::Weak<Inner>);
 
@@ -421,55 +494,51 @@ impl Replicator for ClusterReplicator {
         key: String,
         value: Option<Vec<u8>>,
     ) -> BoxFuture<'static, Result<(), CheckpointError>> {
-        let inner = self.0.clone();
+        // The version is taken now, when the write is queued, so that copies of one key
+        // compare in the order the writes were made whatever order they travel in.
+        let inner = self.0.upgrade();
+        let version = inner.as_ref().map(|i| {
+            (
+                i.view().epoch,
+                i.write_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            )
+        });
         Box::pin(async move {
-            let Some(inner) = inner.upgrade() else {
+            let (Some(inner), Some(version)) = (inner, version) else {
                 return Ok(());
             };
             let Some(segment) = inner.segment_of_key(&key) else {
                 // Node-level keys (the dispatch counter) stay on their node.
                 return Ok(());
             };
-            let Some(replica) = inner.placement(&segment).and_then(|p| p.replica) else {
+            let Some(target) = inner.copy_target(&segment) else {
                 // A cluster of one member has nowhere to copy to.
                 return Ok(());
             };
-            if replica == inner.config.me.name {
-                return Ok(());
-            }
             let fail = |reason: String| CheckpointError::Replication {
                 key: key.clone(),
                 reason,
             };
             let started = Instant::now();
-            let answer = inner
-                .call(
-                    &replica,
-                    Call::Replicate {
-                        key: key.clone(),
-                        value,
-                    },
-                    REPLICATION_TIMEOUT,
-                )
-                .await;
-            match answer {
+            let call = Call::Replicate {
+                key: key.clone(),
+                value,
+                version,
+            };
+            match inner.call(&target, call, REPLICATION_TIMEOUT).await {
                 Ok(Reply::Replicated(Ok(()))) => {
+                    let took = started.elapsed();
                     let mut r = lock(&inner.replication);
                     if r.len() == REPLICATION_SAMPLES {
                         r.pop_front();
                     }
-                    r.push_back(started.elapsed().as_secs_f64() * 1e3);
-                    inner
-                        .metrics
-                        .replication
-                        .observe(started.elapsed().as_secs_f64());
+                    r.push_back(took.as_secs_f64() * 1e3);
+                    inner.metrics.replication.observe(took.as_secs_f64());
                     Ok(())
                 }
-                Ok(Reply::Replicated(Err(e))) => Err(fail(format!("replica {replica}: {e}"))),
-                Ok(other) => Err(fail(format!(
-                    "replica {replica}: unexpected reply {other:?}"
-                ))),
-                Err(e) => Err(fail(format!("replica {replica}: {e}"))),
+                Ok(Reply::Replicated(Err(e))) => Err(fail(format!("{target}: {e}"))),
+                Ok(other) => Err(fail(format!("{target}: unexpected reply {other:?}"))),
+                Err(e) => Err(fail(format!("{target}: {e}"))),
             }
         })
     }
@@ -500,17 +569,34 @@ impl Inner {
         shard::place(&members, segment)
     }
 
+    /// Where this node's writes of `segment` are copied: its replica, or, while this node
+    /// still drives a segment the committed map gave to another node, that new owner.
+    fn copy_target(&self, segment: &str) -> Option<String> {
+        let p = self.placement(segment)?;
+        let target = if p.owner == self.me() {
+            p.replica?
+        } else {
+            p.owner
+        };
+        (target != self.me()).then_some(target)
+    }
+
     /// The segment a checkpoint key belongs to (None: a node-level key).
     fn segment_of_key(&self, key: &str) -> Option<String> {
         let (kind, rest) = key.split_once('/')?;
         match kind {
-            "applied" | "safety" => Some(rest.to_string()),
+            "applied" | "safety" => self
+                .node
+                .shared
+                .segments
+                .contains_key(rest)
+                .then(|| rest.to_string()),
             "session" => {
-                let v = self.topology.vehicles.iter().find(|v| v.id == rest)?;
-                self.topology
-                    .segments()
-                    .find(|(_, s)| s.chargers.iter().any(|c| c.id == v.charger))
-                    .map(|(_, s)| s.id.clone())
+                let v = self.node.shared.vehicle(rest)?;
+                self.node
+                    .shared
+                    .charger_segment(&v.charger)
+                    .map(str::to_string)
             }
             _ => None,
         }
@@ -537,19 +623,16 @@ impl Inner {
             if p.len() >= MAX_PENDING_CALLS {
                 return Err(CallError::TooMany);
             }
-            p.insert(id, tx);
+            p.insert(id, (to.to_string(), tx));
         }
+        let _guard = PendingGuard { inner: self, id };
         if let Err(e) = self.transport.send(to, Wire::Call { id, call }) {
-            lock(&self.pending).remove(&id);
             return Err(CallError::Unreachable(e.to_string()));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(CallError::Unreachable("the node is stopping".into())),
-            Err(_) => {
-                lock(&self.pending).remove(&id);
-                Err(CallError::Timeout(timeout))
-            }
+            Err(_) => Err(CallError::Timeout(timeout)),
         }
     }
 
@@ -589,7 +672,19 @@ impl Inner {
                 }
             }
             Wire::HeartbeatAck { round } => {
-                lock(&self.book).holder.on_ack(from_id, round);
+                let mut b = lock(&self.book);
+                let before = b.holder.state(now);
+                b.holder.on_ack(from_id, round);
+                // A lease that ended and came back while segments were held: another node
+                // may have driven them meanwhile. They go back through the handback.
+                if before == LeaseState::Stopped
+                    && b.holder.state(now) != LeaseState::Stopped
+                    && !self.node.owned_segments().is_empty()
+                {
+                    self.gate.lapsed.store(true, Ordering::Release);
+                    self.kick.notify_one();
+                }
+                self.gate.update(&b.holder, &self.config.lease);
             }
             Wire::ReleaseAsk { holder } => {
                 let granted = match self.ids.get(&holder) {
@@ -606,15 +701,36 @@ impl Inner {
                 }
             }
             Wire::Reply { id, reply } => {
-                if let Some(tx) = lock(&self.pending).remove(&id) {
-                    let _ = tx.send(reply);
+                let mut pending = lock(&self.pending);
+                // Only the node the call went to can answer it.
+                if pending.get(&id).is_some_and(|(to, _)| *to == from) {
+                    if let Some((_, tx)) = pending.remove(&id) {
+                        let _ = tx.send(reply);
+                    }
                 }
             }
             Wire::Call { id, call } => {
+                let Ok(permit) = self.inbound_calls.clone().try_acquire_owned() else {
+                    let busy = format!("{MAX_INBOUND_CALLS} calls are being handled already");
+                    self.send(
+                        &from,
+                        Wire::Reply {
+                            id,
+                            reply: Reply::Failed(busy),
+                        },
+                    );
+                    return;
+                };
                 let me = self.clone();
                 tokio::spawn(async move {
                     let reply = me.answer(&from, call).await;
-                    me.send(&from, Wire::Reply { id, reply });
+                    drop(permit);
+                    if let Err(e) = me.transport.send(&from, Wire::Reply { id, reply }) {
+                        // Most likely an answer over the frame limit: say so rather than let
+                        // the caller wait for its timeout.
+                        let reply = Reply::Failed(format!("the answer could not be sent: {e}"));
+                        me.send(&from, Wire::Reply { id, reply });
+                    }
                 });
             }
         }
@@ -635,14 +751,11 @@ impl Inner {
                     Err(e) => Reply::Failed(e.to_string()),
                 }
             }
-            Call::Replicate { key, value } => Reply::Replicated(
-                self.node
-                    .shared
-                    .store
-                    .put_replica(&key, value)
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
+            Call::Replicate {
+                key,
+                value,
+                version,
+            } => Reply::Replicated(self.store_replica(from, key, value, version).await),
             Call::Http {
                 api,
                 method,
@@ -652,18 +765,63 @@ impl Inner {
         }
     }
 
+    /// Store a checkpoint copy from `from`, unless it is older than the one held or this
+    /// node drives the segment itself.
+    async fn store_replica(
+        &self,
+        from: &str,
+        key: String,
+        value: Option<Vec<u8>>,
+        version: (u64, u64),
+    ) -> Result<(), String> {
+        let Some(segment) = self.segment_of_key(&key) else {
+            return Err(format!("{key:?} is not a segment's checkpoint"));
+        };
+        if self.node.owned_segments().contains(&segment)
+            || lock(&self.handing_over).contains(&segment)
+        {
+            return Err(format!(
+                "{} drives {segment} itself: a copy from {from} is stale",
+                self.me()
+            ));
+        }
+        {
+            let mut versions = lock(&self.replica_versions);
+            let newest = versions.entry(key.clone()).or_insert((0, 0));
+            if version <= *newest && *newest != (0, 0) {
+                // A newer copy is already here (calls arrive out of order).
+                return Ok(());
+            }
+            *newest = version;
+        }
+        self.node
+            .shared
+            .store
+            .put_replica(&key, value)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// One heartbeat period: confirm the lease, and on the leader take over or re-admit.
     fn tick(self: &Arc<Self>) {
         let now = self.now();
         let view = self.view();
-        let driving: Vec<String> = self.node.owned_segments().into_iter().collect();
-        let round = lock(&self.book).holder.heartbeat(now);
+        let mut driving = self.node.owned_segments();
+        driving.extend(lock(&self.handing_over).iter().cloned());
+        let driving: Vec<String> = driving.into_iter().collect();
+        let epoch = self.applied_epoch.load(Ordering::Acquire);
+        let round = {
+            let mut b = lock(&self.book);
+            let r = b.holder.heartbeat(now);
+            self.gate.update(&b.holder, &self.config.lease);
+            r
+        };
         for peer in self.config.peers() {
             self.send(
                 &peer.name,
                 Wire::Heartbeat {
                     round,
-                    epoch: view.epoch,
+                    epoch,
                     driving: driving.clone(),
                 },
             );
@@ -871,19 +1029,31 @@ impl Inner {
 
     /// Bring the node's driven segments in line with the committed map and the lease.
     async fn reconcile(self: &Arc<Self>) {
+        let _pass = self.pass.lock().await;
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let now = self.now();
         let view = self.view();
         let lease = self.lease_state(now);
+        let lapsed = self.gate.lapsed.load(Ordering::Acquire);
         let desired = self.desired(&view);
         let owned = self.node.owned_segments();
         for s in &owned {
-            if lease == LeaseState::Stopped || !desired.contains(s) {
-                let why = if lease == LeaseState::Stopped {
-                    "the lease ended"
-                } else {
+            let moved = !desired.contains(s);
+            if lease == LeaseState::Stopped || lapsed || moved {
+                let why = if moved {
                     "the committed map gives it to another node"
+                } else if lapsed {
+                    "the lease lapsed while it was held"
+                } else {
+                    "the lease ended"
                 };
                 tracing::info!(segment = %s, why, "releasing a segment");
+                if moved && lease != LeaseState::Stopped {
+                    // Announced as driven until the new owner has its checkpoints.
+                    lock(&self.handing_over).insert(s.clone());
+                }
                 match self.node.release_segment(s).await {
                     Ok(()) => self.metrics.handoffs.with_label_values(&["release"]).inc(),
                     Err(e) => tracing::warn!(segment = %s, error = %e, "release failed"),
@@ -900,9 +1070,35 @@ impl Inner {
                 self.node.observe(s, Fault::Quorum(true));
             }
         }
-        if lease == LeaseState::Driving {
+        if lapsed && self.node.owned_segments().is_empty() {
+            self.gate.lapsed.store(false, Ordering::Release);
+        }
+        // Hand the checkpoints of released segments to their new owners; only then do the
+        // heartbeats stop announcing them.
+        let pending: Vec<String> = lock(&self.handing_over).iter().cloned().collect();
+        for s in pending {
+            let owner = self.placement(&s).map(|p| p.owner);
+            let done = match owner {
+                _ if lease == LeaseState::Stopped || !view.members.contains(self.me()) => true,
+                None => true,
+                Some(o) if o == self.me() => true,
+                Some(o) => self.resync(&s, &o).await,
+            };
+            if done {
+                lock(&self.handing_over).remove(&s);
+            }
+        }
+        // The releases this view asks for are done: heartbeats may say so.
+        self.applied_epoch.store(view.epoch, Ordering::Release);
+        if lease == LeaseState::Driving && !lapsed {
             for s in desired.difference(&owned) {
-                if !self.handed_back(s, &view) {
+                // A view that changed during the pass decides nothing more.
+                if self.view().epoch != view.epoch
+                    || self.lease_state(self.now()) != LeaseState::Driving
+                {
+                    break;
+                }
+                if !self.handed_back(s, &view) || lock(&self.handing_over).contains(s) {
                     continue;
                 }
                 tracing::info!(segment = %s, epoch = view.epoch, "adopting a segment");
@@ -912,7 +1108,7 @@ impl Inner {
                 match self.node.adopt_segment(s).await {
                     Ok(()) => {
                         self.metrics.handoffs.with_label_values(&["adopt"]).inc();
-                        tracing::info!(segment = %s, epoch = view.epoch, "segment adopted")
+                        tracing::info!(segment = %s, epoch = view.epoch, "segment adopted");
                     }
                     Err(e) => tracing::warn!(segment = %s, error = %e, "adoption failed"),
                 }
@@ -921,7 +1117,7 @@ impl Inner {
         // Replicas that changed (a member left or came back) get the segment's state now,
         // not only at its next write.
         for s in self.node.owned_segments() {
-            let replica = self.placement(&s).and_then(|p| p.replica);
+            let replica = self.copy_target(&s);
             let stale = lock(&self.replicas).get(&s) != Some(&replica);
             if stale {
                 if let Some(r) = replica.clone() {
@@ -934,25 +1130,28 @@ impl Inner {
         }
     }
 
-    /// Copy every checkpoint of `segment` to `replica`; false if any copy failed.
-    async fn resync(&self, segment: &str, replica: &str) -> bool {
+    /// Copy every checkpoint of `segment` to `target`, as new versions; false if any copy
+    /// failed.
+    async fn resync(&self, segment: &str, target: &str) -> bool {
+        let epoch = self.view().epoch;
         for key in self.keys_of_segment(segment) {
             let value = match self.node.shared.store.get_raw(&key) {
                 Ok(Some(v)) => v,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(key, error = %e, "cannot read a checkpoint to resync");
+                    tracing::warn!(key, error = %e, "cannot read a checkpoint to copy");
                     return false;
                 }
             };
             let call = Call::Replicate {
                 key: key.clone(),
                 value: Some(value),
+                version: (epoch, self.write_seq.fetch_add(1, Ordering::Relaxed) + 1),
             };
-            match self.call(replica, call, REPLICATION_TIMEOUT).await {
+            match self.call(target, call, REPLICATION_TIMEOUT).await {
                 Ok(Reply::Replicated(Ok(()))) => {}
                 other => {
-                    tracing::debug!(key, replica, result = ?other.err(), "resync failed; retried next period");
+                    tracing::debug!(key, target, result = ?other, "copy failed; retried next period");
                     return false;
                 }
             }
@@ -1005,6 +1204,7 @@ impl Cluster {
             takeovers: BTreeMap::new(),
         };
         let topology = node.shared.topology.clone();
+        let started = Instant::now();
         let metrics = ClusterMetrics::register(&node.shared.prometheus)
             .map_err(|e| format!("cluster metrics: {e}"))?;
         let inner = Arc::new(Inner {
@@ -1014,7 +1214,7 @@ impl Cluster {
             topology,
             transport,
             membership: OnceLock::new(),
-            started: Instant::now(),
+            started,
             book: Mutex::new(book),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -1026,6 +1226,18 @@ impl Cluster {
             quorum_flagged: Mutex::new(BTreeSet::new()),
             replicas: Mutex::new(BTreeMap::new()),
             replication: Mutex::new(std::collections::VecDeque::new()),
+            handing_over: Mutex::new(BTreeSet::new()),
+            applied_epoch: AtomicU64::new(0),
+            write_seq: AtomicU64::new(0),
+            replica_versions: Mutex::new(HashMap::new()),
+            inbound_calls: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CALLS)),
+            gate: Arc::new(LeaseGate {
+                started,
+                deadline_ms: AtomicU64::new(0),
+                charge_only_ms: AtomicU64::new(0),
+                lapsed: AtomicBool::new(false),
+            }),
+            pass: tokio::sync::Mutex::new(()),
             config,
         });
         // Inbound first: raft's first calls are answered as soon as the membership exists.
@@ -1041,6 +1253,7 @@ impl Cluster {
         .map_err(|e| e.to_string())?;
         let _ = inner.membership.set(membership);
         store.set_replicator(Arc::new(ClusterReplicator(Arc::downgrade(&inner))));
+        let _ = inner.node.shared.drive_gate.set(inner.gate.clone());
         tokio::spawn(tick_loop(Arc::downgrade(&inner)));
         tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
         tokio::spawn(view_loop(Arc::downgrade(&inner)));
@@ -1116,8 +1329,22 @@ impl Cluster {
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.kick.notify_one();
+        // A pass under way finishes first (it could adopt after the releases below).
+        let _pass = self.inner.pass.lock().await;
         for s in self.inner.node.owned_segments() {
             let _ = self.inner.node.release_segment(&s).await;
+        }
+        // Tell the others at once that nothing is driven here any more.
+        let epoch = self.inner.applied_epoch.load(Ordering::Acquire);
+        for peer in self.inner.config.peers() {
+            self.inner.send(
+                &peer.name,
+                Wire::Heartbeat {
+                    round: 0,
+                    epoch,
+                    driving: Vec::new(),
+                },
+            );
         }
         if let Some(m) = self.inner.membership.get() {
             m.shutdown().await;

@@ -1,8 +1,9 @@
 //! The APIs of a cluster node: every node answers for the whole site.
 //!
 //! A request that arrives from a client is routed; one that another node forwarded (it
-//! carries [`FORWARDED`]) is answered from this node's own state, so nothing is forwarded
-//! twice. Routing:
+//! carries the [`Forwarded`] extension, which only this process can set: a client cannot
+//! claim to be a node) is answered from this node's own state, so nothing is forwarded twice.
+//! Routing:
 //!
 //! | request | where it goes |
 //! | --- | --- |
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -34,8 +35,10 @@ use tower::ServiceExt;
 use super::{Api, Cluster, Inner, Reply};
 use crate::server::{error, BODY_LIMIT};
 
-/// The header that marks a request forwarded by another node.
-pub const FORWARDED: &str = "x-gridvisor-forwarded";
+/// Marks a request another node forwarded (a request extension, set only by
+/// [`answer_locally`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
 
 /// Answer a forwarded call from this node's own routers.
 pub(super) async fn answer_locally(
@@ -58,7 +61,7 @@ pub(super) async fn answer_locally(
     let request = match Request::builder()
         .method(method)
         .uri(path)
-        .header(FORWARDED, HeaderValue::from_static("1"))
+        .extension(Forwarded)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
     {
@@ -70,12 +73,15 @@ pub(super) async fn answer_locally(
         Err(e) => match e {},
     };
     let status = response.status().as_u16();
-    match to_bytes(response.into_body(), super::route::MAX_ANSWER_BYTES).await {
+    match to_bytes(response.into_body(), super::MAX_FORWARDED_ANSWER).await {
         Ok(b) => Reply::Http {
             status,
             body: b.to_vec(),
         },
-        Err(e) => Reply::Failed(format!("answer of {path:?}: {e}")),
+        Err(e) => Reply::Failed(format!(
+            "the answer to {path:?} is over {} bytes, the most one node sends another: {e}",
+            super::MAX_FORWARDED_ANSWER
+        )),
     }
 }
 
@@ -121,7 +127,7 @@ async fn to_owner(cluster: &Cluster, owner: Option<String>, req: Request, next: 
 
 /// The grid API's routing layer (`axum::middleware::from_fn_with_state`).
 pub async fn grid(State(cluster): State<Cluster>, req: Request, next: Next) -> Response {
-    if req.headers().contains_key(FORWARDED) {
+    if req.extensions().get::<Forwarded>().is_some() {
         return next.run(req).await;
     }
     let path = req.uri().path().to_string();
@@ -365,7 +371,7 @@ fn merge_receipts(request: &GridRequest, answers: Vec<(String, NodeAnswer)>) -> 
 
 /// The admin API's routing layer.
 pub async fn admin(State(cluster): State<Cluster>, req: Request, next: Next) -> Response {
-    if req.headers().contains_key(FORWARDED) {
+    if req.extensions().get::<Forwarded>().is_some() {
         return next.run(req).await;
     }
     match (req.method().clone(), req.uri().path()) {

@@ -57,7 +57,7 @@ pub use node::{
     SegmentView, ROOT,
 };
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
-pub use shared::{NodeOptions, SegmentShared, SiteShared};
+pub use shared::{Drive, DriveGate, NodeOptions, SegmentShared, SiteShared};
 pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
 
 /// Upper bound on how long a dispatcher waits for its links' acknowledgements.

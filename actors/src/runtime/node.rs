@@ -752,6 +752,22 @@ impl Node {
             self.shared
                 .dispatch_floor
                 .fetch_max(highest, std::sync::atomic::Ordering::AcqRel);
+            // Durable before any device sees a key above it: a node that crashes after its
+            // first round past the floor must not reuse that key when it starts again.
+            let key = super::site::DISPATCH_SEQ_KEY;
+            let stored: u64 = self
+                .shared
+                .store
+                .get(key)
+                .map_err(|e| tree(format!("the dispatch counter: {e}")))?
+                .unwrap_or(0);
+            if stored <= highest {
+                self.shared
+                    .store
+                    .put(key, &(highest + 1))
+                    .await
+                    .map_err(|e| tree(format!("the dispatch counter: {e}")))?;
+            }
         }
         let sup = self.segments_supervisor().map_err(tree)?;
         lock(&self.shared.owned).insert(id.to_string());

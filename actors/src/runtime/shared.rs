@@ -168,6 +168,24 @@ impl serde::Serialize for AppliedRecordRef<'_> {
     }
 }
 
+/// What a node may do with its segments at this moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// Command them.
+    Yes,
+    /// Command them, but never to discharge.
+    ChargeOnly,
+    /// Command nothing.
+    No,
+}
+
+/// Decides, at the moment of each dispatch round, whether the node may drive (a cluster's
+/// majority lease). Must be cheap: it is asked once per round.
+pub trait DriveGate: Send + Sync + 'static {
+    /// What the node may do now.
+    fn drive(&self) -> Drive;
+}
+
 /// The checkpoint key of a segment's [`AppliedRecord`].
 pub fn applied_record_key(segment: &str) -> String {
     format!("applied/{segment}")
@@ -594,6 +612,8 @@ pub struct SiteShared {
     /// round uses a newer one, so the adopted chargers see strictly increasing keys across
     /// nodes (each node counts its own dispatch ids).
     pub dispatch_floor: std::sync::atomic::AtomicU64,
+    /// What a cluster's lease allows this node now (none: a node on its own drives always).
+    pub drive_gate: std::sync::OnceLock<Arc<dyn DriveGate>>,
     /// Recent safe-state transitions, newest last.
     pub events: Mutex<VecDeque<Event>>,
     /// Recent "safe state changed → every device commanded" latencies, newest last.
@@ -604,6 +624,12 @@ pub struct SiteShared {
 }
 
 impl SiteShared {
+    /// What the node may do with its segments now ([`DriveGate`]; always `Yes` outside a
+    /// cluster).
+    pub fn drive_gate(&self) -> Drive {
+        self.drive_gate.get().map_or(Drive::Yes, |g| g.drive())
+    }
+
     /// The segment a charger belongs to (by index, not by scanning the topology).
     pub fn charger_segment(&self, charger: &str) -> Option<&str> {
         self.charger_index.get(charger).map(|(seg, _)| seg.as_str())
@@ -725,6 +751,7 @@ impl SiteShared {
             owned: Mutex::new(owned),
             // Replicas of other nodes' segments may carry newer dispatch ids than this
             // node's counter.
+            drive_gate: std::sync::OnceLock::new(),
             dispatch_floor: std::sync::atomic::AtomicU64::new(
                 segments
                     .values()

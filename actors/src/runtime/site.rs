@@ -104,6 +104,12 @@ pub enum RequestError {
     /// The site aggregator is not running (it is restarting).
     #[error("the site aggregator is not running")]
     Unavailable,
+    /// No segment of the scope is driven by this node now (in a cluster, the segment is
+    /// moving between nodes): nothing would carry the request. Retry.
+    #[error(
+        "no segment of this scope is driven by this node now (it is moving between nodes); retry"
+    )]
+    NotDriven,
     /// The checkpoint store failed.
     #[error("checkpoint: {0}")]
     Storage(String),
@@ -274,7 +280,11 @@ impl SiteState {
         // cluster's router gives each node its share of the target); the segments of other
         // nodes must not take a share here that no device would carry.
         let owned = lock(&self.shared.owned);
-        Ok(segs.into_iter().filter(|s| owned.contains(s)).collect())
+        let driven: BTreeSet<String> = segs.into_iter().filter(|s| owned.contains(s)).collect();
+        if driven.is_empty() {
+            return Err(RequestError::NotDriven);
+        }
+        Ok(driven)
     }
 
     fn validate(&self, r: &GridRequest) -> Result<BTreeSet<String>, RequestError> {
@@ -342,7 +352,12 @@ impl SiteState {
             }));
             return;
         }
-        let next = self.dispatch_seq + 1;
+        // Past the floor too: a segment adopted from another node carries its keys.
+        let next = self.dispatch_seq.max(
+            self.shared
+                .dispatch_floor
+                .load(std::sync::atomic::Ordering::Acquire),
+        ) + 1;
         if let Err(e) = self.shared.store.put(DISPATCH_SEQ_KEY, &next).await {
             let _ = reply.send(Err(RequestError::Storage(e.to_string())));
             return;
@@ -549,11 +564,24 @@ impl SiteState {
         self.shared.metrics.site_power.set(site_power);
         let lease_until = now + Duration::from_secs_f64(self.shared.topology.site.lease_s);
         let mut expected = BTreeSet::new();
+        // In a cluster, the node's lease decides at this moment whether it may command its
+        // segments at all (the cluster's reconcile pass may run later than this round).
+        let gate = self.shared.drive_gate();
+        if gate == super::shared::Drive::No {
+            tracing::debug!("no lease: this round commands nothing");
+        }
+        let owned = lock(&self.shared.owned).clone();
         for (id, seg) in segs.iter() {
-            let target = shares
+            if gate == super::shared::Drive::No || !owned.contains(id) {
+                continue;
+            }
+            let mut target = shares
                 .get(id.as_str())
                 .copied()
                 .unwrap_or(seg.config.safe_default_kw);
+            if gate == super::shared::Drive::ChargeOnly {
+                target = target.max(0.0);
+            }
             let d = lock(&seg.dispatcher).clone();
             if let Some(d) = d {
                 if d.send_message(DispatcherMsg::Dispatch {

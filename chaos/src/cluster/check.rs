@@ -7,6 +7,7 @@
 //! | `takeover` | after a kill or a cut, every segment is driven by exactly one node of the majority within `takeover_s` |
 //! | `settles` | after a heal or a restart, the majority agrees on its members, holds its leases and drives every segment once, within `settle_limit_s` |
 //! | `acknowledged_not_lost` | at the end, each segment's chargers show applied dispatch ids no older than the newest one acknowledged for it |
+//! | `acknowledged_monotone` | (unless `acknowledged_monotone = false`) a segment's acknowledged dispatch ids never go back: a request sent after an acknowledgement gets a larger id |
 //! | `handoffs` | (with `max_handoffs`) adoptions after the first settle, at most that many |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +26,8 @@ pub const TAKEOVER: &str = "takeover";
 pub const SETTLES: &str = "settles";
 /// See the module table.
 pub const ACKNOWLEDGED: &str = "acknowledged_not_lost";
+/// See the module table.
+pub const MONOTONE: &str = "acknowledged_monotone";
 /// See the module table.
 pub const HANDOFFS: &str = "handoffs";
 
@@ -178,6 +181,8 @@ struct Obligation {
     opened_ms: u64,
     deadline_ms: u64,
     cause: String,
+    /// Its deadline passed: broken, still followed for the real latency (the margin).
+    late: bool,
 }
 
 /// The obligations faults open (ChargeOnly of a cut-off node, takeover, settling again),
@@ -279,6 +284,7 @@ impl Checks {
                 opened_ms: t_ms,
                 deadline_ms: t_ms + ms(self.bounds.charge_only_s),
                 cause: cause.to_string(),
+                late: false,
             });
         }
         // A node healed or killed before its lease aged has nothing left to prove.
@@ -292,6 +298,7 @@ impl Checks {
                 opened_ms: t_ms,
                 deadline_ms: t_ms + ms(self.bounds.takeover_s),
                 cause: cause.to_string(),
+                late: false,
             });
         }
         if after.majority.is_some() && rejoined {
@@ -301,6 +308,7 @@ impl Checks {
                 opened_ms: t_ms,
                 deadline_ms: t_ms + ms(self.settle_limit_s),
                 cause: cause.to_string(),
+                late: false,
             });
         }
         self.reach = after;
@@ -367,8 +375,7 @@ impl Checks {
                         );
                     }
                 }
-                Err(seen) if r.t_ms > o.deadline_ms => {
-                    summary.margin(bound_s - latency_s);
+                Err(seen) if r.t_ms > o.deadline_ms && !o.late => {
                     summary.violate(
                         o.deadline_ms as i64,
                         format!(
@@ -378,6 +385,7 @@ impl Checks {
                             r.t_ms as f64 / 1e3
                         ),
                     );
+                    keep.push(Obligation { late: true, ..o });
                 }
                 Err(_) => keep.push(o),
             }
@@ -387,7 +395,11 @@ impl Checks {
 
     /// The latest deadline of an open obligation, ms.
     pub fn last_deadline(&self) -> Option<u64> {
-        self.open.iter().map(|o| o.deadline_ms).max()
+        self.open
+            .iter()
+            .filter(|o| !o.late)
+            .map(|o| o.deadline_ms)
+            .max()
     }
 
     /// The run is over at `t_ms`: whatever is still open broke its bound.
@@ -399,6 +411,9 @@ impl Checks {
                 Kind::Settles => (&mut self.settles, self.settle_limit_s),
             };
             summary.margin(bound - t_ms.saturating_sub(o.opened_ms) as f64 / 1e3);
+            if o.late {
+                continue;
+            }
             summary.violate(
                 o.deadline_ms as i64,
                 format!(
@@ -613,6 +628,64 @@ pub fn acknowledged(
     s
 }
 
+/// A fully acknowledged segment receipt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    /// The segment.
+    pub segment: String,
+    /// Its dispatch id.
+    pub dispatch: u64,
+    /// The request was sent, ms.
+    pub sent_ms: u64,
+    /// Its answer came, ms.
+    pub answered_ms: u64,
+    /// The node the request went to.
+    pub node: String,
+}
+
+/// `acknowledged_monotone`: a segment's acknowledged dispatch ids never go back. A request
+/// sent after another's acknowledgement came must get a larger id for the same segment
+/// (an adopting node moves its ids past the adopted state's): a smaller one means the
+/// segment's new driver started from state older than an acknowledged setpoint, which was
+/// lost in between even if later ids climb past it again. The margin is the smallest step
+/// between such ordered pairs, in ids.
+pub fn monotone(receipts: &[Receipt]) -> Summary {
+    let mut s = Summary::new(MONOTONE, "ids never go back".into(), "dispatch ids");
+    let mut by: BTreeMap<&str, Vec<&Receipt>> = BTreeMap::new();
+    for r in receipts {
+        by.entry(&r.segment).or_default().push(r);
+    }
+    for (seg, mut list) in by {
+        list.sort_by_key(|r| r.sent_ms);
+        for (k, later) in list.iter().enumerate() {
+            let Some(before) = list[..k]
+                .iter()
+                .filter(|e| e.answered_ms < later.sent_ms)
+                .max_by_key(|e| e.dispatch)
+            else {
+                continue;
+            };
+            let step = later.dispatch as f64 - before.dispatch as f64;
+            s.margin(step);
+            if step <= 0.0 {
+                s.violate(
+                    later.answered_ms as i64,
+                    format!(
+                        "{seg}: dispatch {} acknowledged (via {}, answered at {:.3} s) after dispatch {} had been (via {}, at {:.3} s): its driver went back to older state",
+                        later.dispatch,
+                        later.node,
+                        later.answered_ms as f64 / 1e3,
+                        before.dispatch,
+                        before.node,
+                        before.answered_ms as f64 / 1e3
+                    ),
+                );
+            }
+        }
+    }
+    s
+}
+
 /// `2026-12-02T11:48:09.518350Z` → seconds since the epoch.
 pub fn parse_time(t: &str) -> Option<f64> {
     let (date, time) = t.trim_end_matches('Z').split_once('T')?;
@@ -678,6 +751,7 @@ mod tests {
             charge_only_s: 1.0,
             takeover_s: 2.0,
             max_handoffs: None,
+            acknowledged_monotone: true,
         };
         let full = Reach::compute(&names(), &all, |_, _| true);
         let mut c = Checks::new(bounds, 10.0, segs.clone(), full);
@@ -749,7 +823,8 @@ mod tests {
             .message
             .contains("tx-1 driven by []"));
         assert_eq!(t.first_violation.as_ref().unwrap().t_ms, 7_000);
-        assert!((t.worst_margin.unwrap() - -0.105).abs() < 1e-9, "{t:?}");
+        // Never taken over: the margin runs to the end of the run.
+        assert!((t.worst_margin.unwrap() - -1.0).abs() < 1e-9, "{t:?}");
         // The settle after the restart never came: broken at the end.
         let st = s.iter().find(|s| s.name == SETTLES).unwrap();
         assert!(!st.held);
@@ -853,6 +928,34 @@ mod tests {
             .contains("tx-1 driven by node-a"));
         assert!(!handoffs(&adoptions, t0 + 2.0, 0).held);
         assert!(handoffs(&adoptions, t0 + 2.0, 1).held);
+    }
+
+    #[test]
+    fn acknowledged_ids_must_not_go_back() {
+        let r = |d: u64, sent: u64, node: &str| Receipt {
+            segment: "tx-2".into(),
+            dispatch: d,
+            sent_ms: sent,
+            answered_ms: sent + 30,
+            node: node.into(),
+        };
+        assert!(
+            monotone(&[
+                r(7, 0, "node-a"),
+                r(11, 100, "node-b"),
+                r(12, 200, "node-c")
+            ])
+            .held
+        );
+        // Concurrent requests (sent before the other's answer) may come in any order.
+        assert!(monotone(&[r(8, 0, "node-a"), r(7, 10, "node-b")]).held);
+        let s = monotone(&[
+            r(11, 0, "node-a"),
+            r(5, 100, "node-c"),
+            r(13, 200, "node-c"),
+        ]);
+        assert!(!s.held && s.worst_margin == Some(-6.0), "{s:?}");
+        assert!(s.first_violation.unwrap().message.contains("dispatch 5"));
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct ClusterReport {
     pub rounds: Vec<Round>,
     /// The newest acknowledged dispatch per segment.
     pub acknowledged: BTreeMap<String, Acked>,
+    /// Every grid request answered, in the order the answers came.
+    pub requests: Vec<RequestLog>,
     /// Where the nodes' logs were kept (with `--report`).
     pub logs: Vec<String>,
 }
@@ -119,6 +121,23 @@ pub struct DispatchStats {
     pub failed: u64,
     /// Segment receipts fully acknowledged.
     pub segments_acknowledged: u64,
+}
+
+/// One grid request of the workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestLog {
+    /// Its id.
+    pub id: String,
+    /// The node it was sent to.
+    pub node: String,
+    /// Sent, ms after the settle.
+    pub sent_ms: u64,
+    /// Answered, ms after the settle.
+    pub answered_ms: u64,
+    /// The status (None: no answer).
+    pub status: Option<u16>,
+    /// Segment receipts: (segment, dispatch id, devices acknowledged, devices not).
+    pub segments: Vec<(String, u64, u64, u64)>,
 }
 
 /// Why a run could not be made (not an invariant: the setup).
@@ -385,6 +404,11 @@ impl Links {
 }
 
 struct DispatchResult {
+    id: String,
+    node: String,
+    sent_ms: u64,
+    /// Every segment receipt: (segment, dispatch, acknowledged, not).
+    segments: Vec<(String, u64, u64, u64)>,
     t_ms: u64,
     ok: Option<u16>,
     /// (segment, dispatch id, devices acknowledged) of fully acknowledged segment receipts.
@@ -432,7 +456,9 @@ fn workload(
             skipped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let addr = grid[&alive[pick]];
+        let node = alive[pick].clone();
+        let addr = grid[&node];
+        let sent_ms = t0.elapsed().as_millis() as u64;
         let body =
             format!(r#"{{"id":"chaos-{n}","scope":"site","target_kw":{target},"duration_s":600}}"#);
         let (tx, in_flight) = (tx.clone(), in_flight.clone());
@@ -446,6 +472,10 @@ fn workload(
                 DISPATCH_TIMEOUT,
             );
             let mut result = DispatchResult {
+                id: format!("chaos-{n}"),
+                node,
+                sent_ms,
+                segments: Vec::new(),
                 t_ms: t0.elapsed().as_millis() as u64,
                 ok: None,
                 acked: Vec::new(),
@@ -458,10 +488,11 @@ fn workload(
                         let count = |k: &str| s[k].as_u64().unwrap_or(0);
                         let devices = count("applied") + count("repeat");
                         let bad = count("stale") + count("failed") + count("unanswered");
-                        if devices > 0 && bad == 0 {
-                            if let (Some(seg), Some(d)) =
-                                (s["segment"].as_str(), s["key"]["dispatch"].as_u64())
-                            {
+                        if let (Some(seg), Some(d)) =
+                            (s["segment"].as_str(), s["key"]["dispatch"].as_u64())
+                        {
+                            result.segments.push((seg.to_string(), d, devices, bad));
+                            if devices > 0 && bad == 0 {
                                 result.acked.push((seg.to_string(), d, devices));
                             }
                         }
@@ -659,6 +690,7 @@ pub fn run(
         intervals: Vec::new(),
         rounds: Vec::new(),
         acknowledged: BTreeMap::new(),
+        requests: Vec::new(),
         logs: Vec::new(),
     };
     let t0 = Instant::now();
@@ -796,6 +828,14 @@ pub fn run(
                 Some(_) => report.dispatch.refused += 1,
                 None => report.dispatch.failed += 1,
             }
+            report.requests.push(RequestLog {
+                id: d.id.clone(),
+                node: d.node.clone(),
+                sent_ms: d.sent_ms,
+                answered_ms: d.t_ms,
+                status: d.ok,
+                segments: d.segments.clone(),
+            });
             for (seg, dispatch, devices) in d.acked {
                 report.dispatch.segments_acknowledged += 1;
                 let e = report.acknowledged.entry(seg).or_insert(Acked {
@@ -820,6 +860,25 @@ pub fn run(
         }
         let end_ms = t0.elapsed().as_millis() as u64;
         summaries.push(check::acknowledged(&report.acknowledged, &applied, end_ms));
+        if s.bounds.acknowledged_monotone {
+            let receipts: Vec<check::Receipt> = report
+                .requests
+                .iter()
+                .flat_map(|q| {
+                    q.segments
+                        .iter()
+                        .filter(|(_, _, ok, bad)| *ok > 0 && *bad == 0)
+                        .map(|(seg, d, _, _)| check::Receipt {
+                            segment: seg.clone(),
+                            dispatch: *d,
+                            sent_ms: q.sent_ms,
+                            answered_ms: q.answered_ms,
+                            node: q.node.clone(),
+                        })
+                })
+                .collect();
+            summaries.push(check::monotone(&receipts));
+        }
     }
 
     // Stop the processes, then read their logs.

@@ -18,6 +18,7 @@
 //! charge_only_s = 1.0               # a cut-off node's lease leaves Driving within this
 //! takeover_s = 5.0                  # a dead or cut-off node's segments driven again within this
 //! max_handoffs = 0                  # optional: adoptions after the settle, at most
+//! acknowledged_monotone = true      # default: acknowledged dispatch ids never go back
 //! [workload]
 //! dispatch_every_s = 1.0            # a site request to a seeded-random live node
 //! [[faults]]
@@ -109,6 +110,8 @@ pub struct Bounds {
     pub takeover_s: f64,
     /// Adoptions after the cluster first settled, at most (None: not checked).
     pub max_handoffs: Option<u64>,
+    /// Check `acknowledged_monotone` (a segment's acknowledged dispatch ids never go back).
+    pub acknowledged_monotone: bool,
 }
 
 impl Default for Bounds {
@@ -117,6 +120,7 @@ impl Default for Bounds {
             charge_only_s: 1.0,
             takeover_s: 5.0,
             max_handoffs: None,
+            acknowledged_monotone: true,
         }
     }
 }
