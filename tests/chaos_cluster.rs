@@ -38,7 +38,7 @@ fn a_killed_node_is_taken_over_and_readmitted_and_every_invariant_holds() {
     ]);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(
-        out.starts_with("PASS cluster-kill-node seed 1: 5/5 invariants held"),
+        out.starts_with("PASS cluster-kill-node seed 1: 6/6 invariants held"),
         "{out}"
     );
     let json = dir.path().join("cluster-kill-node-seed-1.json");
@@ -59,7 +59,8 @@ fn a_killed_node_is_taken_over_and_readmitted_and_every_invariant_holds() {
             "charge_only_when_cut_off",
             "takeover",
             "settles",
-            "acknowledged_not_lost"
+            "acknowledged_not_lost",
+            "acknowledged_monotone"
         ]
     );
     // The kill was taken over and the restart settled: each was put to the test.

@@ -606,7 +606,7 @@ pub fn run(
     if let Some(l) = &s.lease {
         lease.push_str("[lease]\n");
         for (k, v) in [
-            ("heartbeat_ms", l.heartbeat_ms.map(u64::from)),
+            ("heartbeat_ms", l.heartbeat_ms),
             ("charge_only_after_ms", l.charge_only_after_ms),
             ("lease_ms", l.lease_ms),
             ("max_drift_ppm", l.max_drift_ppm.map(u64::from)),
@@ -919,7 +919,7 @@ pub fn run(
             segment: i.segment.clone(),
             node: i.node.clone(),
             from_s: i.from - t0_epoch,
-            to_s: i.to.is_finite().then(|| i.to - t0_epoch),
+            to_s: i.to.is_finite().then_some(i.to - t0_epoch),
         })
         .collect();
     if let Some((folder, stem)) = keep_logs {
