@@ -21,6 +21,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use support::{try_http, Killed};
 
+/// The tests of this file run one at a time: each is nine processes' worth of work on a
+/// two-core machine, and their figures mean more without the others' load.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Every wait here is bounded by this.
 const LIMIT: Duration = Duration::from_secs(60);
 /// How often the tests sample the nodes' views.
@@ -358,6 +366,7 @@ fn applied_dispatch(c: &Cluster, via: &str, segment: &str) -> BTreeMap<String, u
 
 #[test]
 fn three_processes_share_fail_over_and_rebalance() {
+    let _one_at_a_time = serial();
     let mut c = Cluster::new(&[
         ("node-a", "127.0.0.1", "127.0.0.1"),
         ("node-b", "127.0.0.1", "127.0.0.1"),
@@ -653,6 +662,7 @@ impl Drop for Netns {
 
 #[test]
 fn a_partitioned_minority_goes_to_charge_only_and_the_majority_takes_over() {
+    let _one_at_a_time = serial();
     if let Err(why) = netns_available() {
         if std::env::var("GRIDVISOR_REQUIRE_NETNS").as_deref() == Ok("1") {
             panic!("network namespaces are required here: {why}");
@@ -734,6 +744,7 @@ fn a_partitioned_minority_goes_to_charge_only_and_the_majority_takes_over() {
 /// why in their logs. With the right ones it joins.
 #[test]
 fn rejected_peers_cannot_join() {
+    let _one_at_a_time = serial();
     let mut c = Cluster::new(&[
         ("node-a", "127.0.0.1", "127.0.0.1"),
         ("node-b", "127.0.0.1", "127.0.0.1"),
