@@ -5,8 +5,9 @@
 //! `gridvisor_actors::runtime::Node` — against the simulated devices, on a paused
 //! current-thread tokio runtime, so that a scenario and a seed give the same history byte
 //! for byte (TigerBeetle's simulator is the anchor). Cluster faults (killing a node, a
-//! partition, delayed or dropped links between nodes) belong to the multi-process mode, which
-//! needs the cluster of issue 6, and are not here yet.
+//! partition, delayed or dropped links between nodes) belong to the multi-process mode in
+//! [`cluster`]: real `gridvisor run --cluster` processes behind in-tree link proxies, on the
+//! real clock.
 //!
 //! | module | what lives there |
 //! | --- | --- |
