@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use gridvisor_chaos::cluster::check::parse_time;
 use serde_json::Value;
 use support::{try_http, Killed};
 
@@ -318,27 +319,6 @@ fn now_epoch() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// `2026-12-02T11:48:09.518350Z` → seconds since the epoch.
-fn parse_time(t: &str) -> Option<f64> {
-    let (date, time) = t.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut h = time.split(':');
-    let (hh, mm, ss) = (
-        h.next()?.parse::<f64>().ok()?,
-        h.next()?.parse::<f64>().ok()?,
-        h.next()?.parse::<f64>().ok()?,
-    );
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
 }
 
 /// The segments of `driver` that `node` drives.

@@ -647,38 +647,15 @@ impl CheckpointStore {
     /// Read the value under `key`, decoded as `T`: `None` if there is none,
     /// [`CheckpointError::Decode`] naming the key if it does not decode.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CheckpointError> {
-        check_key(key)?;
-        let decode = |bytes: &[u8]| {
-            rmp_serde::from_slice(bytes)
-                .map(Some)
-                .map_err(|e| CheckpointError::Decode {
-                    key: key.to_owned(),
-                    reason: e.to_string(),
-                })
-        };
-        let inner = match &self.backend {
-            Backend::Redb(inner) => inner,
-            Backend::Memory(m) => {
-                return match lock(&m.values).get(key) {
-                    Some(bytes) => decode(bytes),
-                    None => Ok(None),
-                }
-            }
-        };
-        let txn = inner
-            .shared
-            .db
-            .begin_read()
-            .map_err(|e| storage("begin read", e))?;
-        let table = match txn.open_table(TABLE) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(storage("open table", e)),
-        };
-        let Some(guard) = table.get(key).map_err(|e| storage("read", e))? else {
+        let Some(bytes) = self.get_raw(key)? else {
             return Ok(None);
         };
-        decode(guard.value())
+        rmp_serde::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CheckpointError::Decode {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     /// Every key that starts with `prefix` (a plain string prefix), in order.
