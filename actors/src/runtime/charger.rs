@@ -506,6 +506,13 @@ pub(crate) struct SessionActorState {
 
 impl SessionActorState {
     fn publish(&self, power_kw: f64) {
+        // The link's entry shows what the charger delivers. A session reads it every cycle,
+        // the link only when it writes: without this, a vehicle that left would go on
+        // counting at its last written power, which the thermal cap would take for load
+        // the meter no longer sees besides the chargers (and loosen the cap by it).
+        if let Some(mut link) = self.seg.links.get_mut(&self.charger) {
+            link.status.measured_kw = Some(power_kw);
+        }
         self.seg.sessions.insert(
             self.charger.clone(),
             SessionStatus {

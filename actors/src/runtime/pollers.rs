@@ -134,21 +134,20 @@ impl Actor for Meter {
             // load) takes its share first, in either direction (the cap is symmetric).
             let fault = match fault {
                 Fault::TransformerLimit(Some(allowance)) => {
-                    // The chargers' share, never overestimated (that would underestimate the
-                    // rest and loosen the cap): the smaller of what each was last measured
-                    // at and what it was last commanded, a stale reading counting no more.
-                    let chargers: f64 = s
-                        .seg
-                        .links
-                        .iter()
-                        .map(|l| match (l.status.measured_kw, l.status.commanded_kw) {
-                            (Some(m), Some(c)) => m.min(c).max(0.0),
-                            (Some(x), None) | (None, Some(x)) => x.max(0.0),
-                            (None, None) => 0.0,
-                        })
-                        .sum();
-                    let uncontrolled = r.power_kw - chargers;
-                    Fault::TransformerLimit(Some((allowance - uncontrolled.abs()).max(0.0)))
+                    // The chargers' share is known only between what each was last
+                    // measured at and what it was last commanded (a reading can be a cycle
+                    // old), signed: a discharging charger offsets load. The rest takes the
+                    // end of that range that makes it largest, so a stale or ramping charger
+                    // never loosens the cap.
+                    let (low, high) = s.seg.links.iter().fold((0.0, 0.0), |(lo, hi), l| {
+                        match (l.status.measured_kw, l.status.commanded_kw) {
+                            (Some(m), Some(c)) => (lo + m.min(c), hi + m.max(c)),
+                            (Some(x), None) | (None, Some(x)) => (lo + x, hi + x),
+                            (None, None) => (lo, hi),
+                        }
+                    });
+                    let uncontrolled = (r.power_kw - low).abs().max((r.power_kw - high).abs());
+                    Fault::TransformerLimit(Some((allowance - uncontrolled).max(0.0)))
                 }
                 other => other,
             };
