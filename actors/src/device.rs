@@ -317,6 +317,15 @@ impl SimCharger {
         s.throttle_kw = kw;
     }
 
+    /// The device falls back to its failsafe power now, as at the end of a lease (an OCPP
+    /// 2.1 charger offline longer than `maxOfflineDuration` drops its discharge profile).
+    pub fn revert_to_failsafe(&self, now: Duration) {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        s.setpoint_kw = self.failsafe_kw;
+        s.lease_until = None;
+    }
+
     /// Fault injection: the charger stops answering (its power stays where it is).
     pub fn set_unreachable(&self, unreachable: bool) {
         lock(&self.state).unreachable = unreachable;

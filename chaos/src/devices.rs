@@ -9,11 +9,22 @@
 //! chaos runner panics handlers without a hook in the actors. A meter's switch can add an
 //! uncontrolled load to what it measures (transformer overload).
 //!
+//! Two faults are a charge point's, as an OCPP CSMS sees them:
+//! - **disconnect** ([`Mode::Disconnected`]): the WebSocket is gone, so every call fails at
+//!   once (no hang: the CSMS knows the socket closed). The write that raced the drop reaches
+//!   the charger and its answer is lost ([`Switch::disconnect`]). The device side of being
+//!   offline (OCPP 2.1 dropping a discharge profile after `maxOfflineDuration`) is the
+//!   runner's, which owns the simulated devices.
+//! - **slow peer** ([`Switch::set_delay`]): every call takes that long to answer, half on the
+//!   way there and half back. A call longer than [`OCPP_CALL_TIMEOUT`] fails at the timeout,
+//!   as the CSMS's does, while its write still lands on the charger later. Writes land in the
+//!   order they were sent, as they would over one TCP connection.
+//!
 //! The wrappers sit between the actors and the simulated devices: the simulation stays the
 //! truth the invariants are checked against.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +33,7 @@ use gridvisor_actors::config::Topology;
 use gridvisor_actors::device::{
     ChargerIo, ChargerReading, DeviceError, InverterIo, InverterReading, MeterIo, MeterReading,
 };
+use gridvisor_actors::io::ocpp::OCPP_CALL_TIMEOUT;
 use gridvisor_actors::runtime::shared::Devices;
 use gridvisor_actors::setpoint::SetpointKey;
 use serde::Serialize;
@@ -32,6 +44,8 @@ pub const INJECTED_TIMEOUT: Duration = Duration::from_secs(2);
 pub const INJECTED_EXCEPTION: &str = "Modbus exception 0x04 (server device failure)";
 /// The prefix of every injected panic's message.
 pub const PANIC_PREFIX: &str = "chaos: injected panic";
+/// The longest delay a slow peer may be given (a scenario asking for more is refused).
+pub const MAX_PEER_DELAY: Duration = Duration::from_secs(60);
 
 /// How a device behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,6 +59,8 @@ pub enum Mode {
     Timeout,
     /// It answers with values that are not valid.
     Garbage,
+    /// Its connection is gone: every call fails at once.
+    Disconnected,
 }
 
 /// The fault state of one device.
@@ -57,6 +73,13 @@ pub struct Switch {
     garbage: AtomicU64,
     /// Extra load a meter measures, kW (f64 bits).
     extra_kw: AtomicU64,
+    /// The next write's answer is lost (it raced a disconnect): the write lands, the caller
+    /// hears "unreachable".
+    lose_next_answer: AtomicBool,
+    /// A slow peer's round trip, ms (0: answers at once).
+    delay_ms: AtomicU64,
+    /// When the last delayed write lands on the device (later writes land after it).
+    last_arrival: Mutex<Option<tokio::time::Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,6 +94,9 @@ impl Switch {
             panics: AtomicU64::new(0),
             garbage: AtomicU64::new(0),
             extra_kw: AtomicU64::new(0f64.to_bits()),
+            lose_next_answer: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
+            last_arrival: Mutex::new(None),
         }
     }
 
@@ -107,6 +133,49 @@ impl Switch {
     /// The extra load, kW.
     pub fn extra_kw(&self) -> f64 {
         f64::from_bits(self.extra_kw.load(Ordering::Acquire))
+    }
+
+    /// The connection drops: every call fails at once, and the next write, which raced the
+    /// drop, reaches the device while its answer is lost.
+    pub fn disconnect(&self) {
+        self.lose_next_answer.store(true, Ordering::Release);
+        self.set_mode(Mode::Disconnected);
+    }
+
+    /// The connection is back.
+    pub fn reconnect(&self) {
+        self.lose_next_answer.store(false, Ordering::Release);
+        self.set_mode(Mode::Healthy);
+    }
+
+    /// Make every call take `delay` to answer (zero: a prompt peer again). At most
+    /// [`MAX_PEER_DELAY`]; a longer one is that.
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = delay.min(MAX_PEER_DELAY).as_millis() as u64;
+        self.delay_ms.store(ms, Ordering::Release);
+    }
+
+    /// A slow peer's round trip (zero when it answers at once).
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms.load(Ordering::Acquire))
+    }
+
+    /// When a write sent now lands: after half the round trip, and never before a write sent
+    /// earlier (one connection delivers in order). None when it lands at once.
+    fn arrival(&self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let mut last = lock(&self.last_arrival);
+        let delay = self.delay();
+        let pending = last.is_some_and(|l| l >= now);
+        if delay.is_zero() && !pending {
+            return None;
+        }
+        let mut at = now + delay / 2;
+        if let Some(l) = *last {
+            at = at.max(l + Duration::from_millis(1));
+        }
+        *last = Some(at);
+        Some(at)
     }
 
     /// Called before every call: panics if armed, and says how to answer.
@@ -164,7 +233,18 @@ impl ChargerIo for Faulty<dyn ChargerIo> {
     fn read(&self, now: Duration) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
         let sw = &self.switch;
         match sw.enter("read") {
+            Mode::Healthy if !sw.delay().is_zero() => Box::pin(async move {
+                let delay = sw.delay();
+                if delay > OCPP_CALL_TIMEOUT {
+                    return hang_for(OCPP_CALL_TIMEOUT, sw.unreachable()).await;
+                }
+                tokio::time::sleep(delay / 2).await;
+                let r = self.inner.read(now + delay / 2).await;
+                tokio::time::sleep(delay - delay / 2).await;
+                r
+            }),
             Mode::Healthy => self.inner.read(now),
+            Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
             Mode::Garbage if sw.garbage_is_error() => {
@@ -186,7 +266,18 @@ impl ChargerIo for Faulty<dyn ChargerIo> {
     ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
         let sw = &self.switch;
         match sw.enter("write") {
-            Mode::Healthy => self.inner.write(key, kw, lease_until, now),
+            Mode::Healthy => match sw.arrival() {
+                None => self.inner.write(key, kw, lease_until, now),
+                Some(at) => self.slow_write(at, key, kw, lease_until, now),
+            },
+            Mode::Disconnected if sw.lose_next_answer.swap(false, Ordering::AcqRel) => {
+                Box::pin(async move {
+                    // The write went out as the connection dropped: the charger has it.
+                    let _ = self.inner.write(key, kw, lease_until, now).await;
+                    Err(sw.unreachable())
+                })
+            }
+            Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
             // The write reaches the device; what comes back is garbage.
@@ -200,6 +291,46 @@ impl ChargerIo for Faulty<dyn ChargerIo> {
             }),
         }
     }
+}
+
+impl Faulty<dyn ChargerIo> {
+    /// A slow peer's write: it lands on the device at `at` whether or not the caller still
+    /// waits (a CSMS that timed out does not take back what it sent); the answer comes back
+    /// as long after that again, or the call fails at [`OCPP_CALL_TIMEOUT`].
+    fn slow_write(
+        &self,
+        at: tokio::time::Instant,
+        key: SetpointKey,
+        kw: f64,
+        lease_until: Option<Duration>,
+        now: Duration,
+    ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        let sent = tokio::time::Instant::now();
+        let inner = self.inner.clone();
+        let landed = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let on_device = now + at.saturating_duration_since(sent);
+            inner.write(key, kw, lease_until, on_device).await
+        });
+        let sw = &self.switch;
+        Box::pin(async move {
+            let back = at.saturating_duration_since(sent);
+            let answer_at = at + back.min(sw.delay() / 2);
+            let deadline = sent + OCPP_CALL_TIMEOUT;
+            if answer_at > deadline {
+                tokio::time::sleep_until(deadline).await;
+                return Err(sw.unreachable());
+            }
+            let r = landed.await.map_err(|_| sw.unreachable())?;
+            tokio::time::sleep_until(answer_at).await;
+            r
+        })
+    }
+}
+
+async fn hang_for<T>(d: Duration, err: DeviceError) -> Result<T, DeviceError> {
+    tokio::time::sleep(d).await;
+    Err(err)
 }
 
 fn garbage_charger(r: ChargerReading) -> ChargerReading {
@@ -218,6 +349,7 @@ impl InverterIo for Faulty<dyn InverterIo> {
             Mode::Healthy => self.inner.read(now),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Garbage if sw.garbage_is_error() => {
                 Box::pin(std::future::ready(Err(sw.bad_value("core_c"))))
             }
@@ -239,6 +371,7 @@ impl InverterIo for Faulty<dyn InverterIo> {
             Mode::Healthy => self.inner.write(kw, now),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Garbage => Box::pin(async move {
                 self.inner.write(kw, now).await?;
                 Err(sw.bad_value("setpoint_kw"))
@@ -258,6 +391,7 @@ impl MeterIo for Faulty<dyn MeterIo> {
             }),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Garbage if sw.garbage_is_error() => {
                 Box::pin(std::future::ready(Err(sw.bad_value("voltage_pu"))))
             }
@@ -382,6 +516,75 @@ mod tests {
         assert!(f.read(now).await.unwrap().power_kw.is_nan());
         sw.set_mode(Mode::Healthy);
         assert!(f.read(now).await.unwrap().power_kw.is_finite());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_disconnect_fails_at_once_and_the_write_that_raced_it_lands() {
+        let (sim, f, sw) = charger();
+        sw.disconnect();
+        let t0 = tokio::time::Instant::now();
+        let lost = f
+            .write(SetpointKey::new(1, 0), 5.0, None, Duration::ZERO)
+            .await;
+        assert!(matches!(lost, Err(DeviceError::Unreachable { .. })));
+        assert_eq!(sim.writes(), 1, "the racing write reached the charger");
+        assert_eq!(sim.setpoint_kw(), 5.0);
+        let next = f
+            .write(SetpointKey::new(2, 0), 7.0, None, Duration::ZERO)
+            .await;
+        assert!(matches!(next, Err(DeviceError::Unreachable { .. })));
+        assert!(f.read(Duration::ZERO).await.is_err());
+        assert_eq!(
+            sim.writes(),
+            1,
+            "nothing more reaches a disconnected charger"
+        );
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "a closed socket fails at once"
+        );
+        sw.reconnect();
+        let r = f.read(Duration::ZERO).await.unwrap();
+        assert_eq!(r.applied, Some(SetpointKey::new(1, 0)));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_slow_peer_answers_late_and_applies_what_timed_out_in_order() {
+        let (sim, f, sw) = charger();
+        sw.set_delay(Duration::from_millis(800));
+        let t0 = tokio::time::Instant::now();
+        let r = f
+            .write(SetpointKey::new(1, 0), 4.0, None, Duration::ZERO)
+            .await;
+        assert_eq!(r.unwrap().applied, Some(SetpointKey::new(1, 0)));
+        assert_eq!(t0.elapsed(), Duration::from_millis(800));
+        let t0 = tokio::time::Instant::now();
+        f.read(Duration::ZERO).await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_millis(800));
+
+        // Longer than the CSMS waits: the call fails at its timeout, the write lands later.
+        sw.set_delay(Duration::from_secs(14));
+        let t0 = tokio::time::Instant::now();
+        let r = f
+            .write(SetpointKey::new(2, 0), 6.0, None, Duration::ZERO)
+            .await;
+        assert!(matches!(r, Err(DeviceError::Unreachable { .. })));
+        assert_eq!(t0.elapsed(), OCPP_CALL_TIMEOUT);
+        assert_eq!(sim.setpoint_kw(), 4.0, "not landed yet (7 s on the way)");
+        // The peer is prompt again; a newer write sent now still lands after the older one.
+        sw.set_delay(Duration::ZERO);
+        let r = f
+            .write(SetpointKey::new(3, 0), 8.0, None, Duration::ZERO)
+            .await;
+        assert_eq!(r.unwrap().setpoint_kw, 8.0);
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(7) + Duration::from_millis(1)
+        );
+        assert_eq!(sim.writes(), 3);
+        assert_eq!(sim.older_writes(), 0, "one connection delivers in order");
+        assert_eq!(sim.setpoint_kw(), 8.0);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

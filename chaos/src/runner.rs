@@ -23,6 +23,7 @@ use futures::FutureExt;
 use gridvisor_actors::checkpoint::CheckpointStore;
 use gridvisor_actors::clock::Clock;
 use gridvisor_actors::device::{ChargerIo, InverterIo, NOMINAL_HZ};
+use gridvisor_actors::io::ocpp::OFFLINE_DISCHARGE_LIMIT;
 use gridvisor_actors::runtime::shared::{applied_record_key, AppliedRecord, Event as NodeEvent};
 use gridvisor_actors::runtime::{
     DispatchReceipt, GridRequest, Node, NodeError, NodeOptions, RequestError,
@@ -66,7 +67,8 @@ pub struct Event {
     /// When, ms of simulated time.
     pub t_ms: u64,
     /// What kind: fault_start, fault_end, request, receipt, transition, actor_down,
-    /// actor_up, actor_restarted, vehicle_arrived, vehicle_left, violation.
+    /// actor_up, actor_restarted, vehicle_arrived, vehicle_left, device (a simulated
+    /// device acting on its own), violation.
     pub kind: &'static str,
     /// What it concerns.
     pub subject: String,
@@ -179,6 +181,8 @@ struct World {
     thermal: BTreeMap<String, TransformerThermal>,
     /// Extra load injected per segment, kW.
     extra_kw: BTreeMap<String, f64>,
+    /// Chargers whose OCPP connection is down, and since when (node clock).
+    offline_since: BTreeMap<String, Duration>,
     /// Vehicle → its floor, from when it was first seen plugged.
     floors: BTreeMap<String, f64>,
     permanent: Vec<String>,
@@ -432,6 +436,7 @@ async fn run_on_paused_clock(
         clock: clock.clone(),
         thermal,
         extra_kw: BTreeMap::new(),
+        offline_since: BTreeMap::new(),
         floors: BTreeMap::new(),
         permanent,
         down: BTreeSet::new(),
@@ -552,6 +557,14 @@ async fn run_on_paused_clock(
                         .set_offset(Duration::from_secs_f64(to_ms * frac / 1_000.0));
                 }
             }
+        }
+        for charger in offline_chargers(&mut world) {
+            history.events.push(Event {
+                t_ms,
+                kind: "device",
+                subject: charger,
+                detail: "offline past maxOfflineDuration: dropped its discharge profile".to_owned(),
+            });
         }
         if keepalive_ms > 0 && t_ms >= next_keepalive {
             next_keepalive = t_ms + keepalive_ms;
@@ -734,7 +747,42 @@ fn start_fault(world: &mut World, kind: &FaultKind, rng: &mut SplitMix64) -> Str
             kind.describe()
         }
         FaultKind::KeepAliveLoss => kind.describe(),
+        FaultKind::OcppDisconnect { charger } => match world.switches.get(charger) {
+            Some(sw) => {
+                sw.disconnect();
+                world.offline_since.insert(charger.clone(), now);
+                kind.describe()
+            }
+            None => format!("{charger}: no such charger"),
+        },
+        FaultKind::SlowPeer { charger, delay_ms } => match world.switches.get(charger) {
+            Some(sw) => {
+                sw.set_delay(Duration::from_millis(*delay_ms));
+                kind.describe()
+            }
+            None => format!("{charger}: no such charger"),
+        },
     }
+}
+
+/// What an OCPP 2.1 charge point does on its own while it is offline: past
+/// `maxOfflineDuration` ([`OFFLINE_DISCHARGE_LIMIT`]) it drops a discharge profile and falls
+/// back to its failsafe (`invalidAfterOfflineDuration`, as the node's profiles ask).
+fn offline_chargers(world: &mut World) -> Vec<String> {
+    let now = world.now();
+    let mut dropped = Vec::new();
+    for (id, since) in &world.offline_since {
+        if now.saturating_sub(*since) < OFFLINE_DISCHARGE_LIMIT {
+            continue;
+        }
+        if let Some(sim) = world.node.sim.chargers.get(id) {
+            if sim.setpoint_kw() < 0.0 {
+                sim.revert_to_failsafe(now);
+                dropped.push(id.clone());
+            }
+        }
+    }
+    dropped
 }
 
 fn set_extra(world: &mut World, segment: &str, kw: f64) {
@@ -786,6 +834,17 @@ fn end_fault(world: &mut World, kind: &FaultKind) {
             }
         }
         FaultKind::TransformerOverload { segment, .. } => set_extra(world, segment, 0.0),
+        FaultKind::OcppDisconnect { charger } => {
+            world.offline_since.remove(charger);
+            if let Some(sw) = world.switches.get(charger) {
+                sw.reconnect();
+            }
+        }
+        FaultKind::SlowPeer { charger, .. } => {
+            if let Some(sw) = world.switches.get(charger) {
+                sw.set_delay(Duration::ZERO);
+            }
+        }
     }
 }
 

@@ -122,6 +122,8 @@ const FAULT_KINDS: &[(&str, &[&str])] = &[
     ("over_temperature", &["inverter", "celsius"]),
     ("transformer_overload", &["segment", "extra_kw"]),
     ("keepalive_loss", &[]),
+    ("ocpp_disconnect", &["charger"]),
+    ("slow_peer", &["charger", "delay_ms"]),
 ];
 
 /// A scenario, read and checked.
@@ -258,6 +260,21 @@ pub enum FaultKind {
     },
     /// The grid controller's keep-alives stop.
     KeepAliveLoss,
+    /// A charge point's OCPP connection drops (every call fails at once; the write that
+    /// raced the drop lands with its answer lost; offline past OCPP 2.1's
+    /// `maxOfflineDuration` the charger drops a discharge profile on its own).
+    OcppDisconnect {
+        /// The charger.
+        charger: String,
+    },
+    /// A charge point answers every call after `delay_ms` (past the CSMS's call timeout the
+    /// call fails while its write still lands).
+    SlowPeer {
+        /// The charger.
+        charger: String,
+        /// The round trip, ms.
+        delay_ms: u64,
+    },
 }
 
 impl FaultKind {
@@ -276,6 +293,8 @@ impl FaultKind {
             FaultKind::OverTemperature { .. } => "over_temperature",
             FaultKind::TransformerOverload { .. } => "transformer_overload",
             FaultKind::KeepAliveLoss => "keepalive_loss",
+            FaultKind::OcppDisconnect { .. } => "ocpp_disconnect",
+            FaultKind::SlowPeer { .. } => "slow_peer",
         }
     }
 
@@ -301,6 +320,10 @@ impl FaultKind {
                 format!("{segment} overload +{extra_kw} kW")
             }
             FaultKind::KeepAliveLoss => "keep-alive loss".to_owned(),
+            FaultKind::OcppDisconnect { charger } => format!("{charger} OCPP connection lost"),
+            FaultKind::SlowPeer { charger, delay_ms } => {
+                format!("{charger} answers after {delay_ms} ms")
+            }
         }
     }
 }
@@ -624,6 +647,18 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 });
                 FaultKind::TransformerOverload { segment, extra_kw }
             }
+            "ocpp_disconnect" => FaultKind::OcppDisconnect {
+                charger: r.string(&t, "charger", true).unwrap_or_default(),
+            },
+            "slow_peer" => {
+                let charger = r.string(&t, "charger", true).unwrap_or_default();
+                let delay_ms = r.integer(&t, "delay_ms", 0);
+                let max_ms = crate::devices::MAX_PEER_DELAY.as_millis() as u64;
+                r.check(&t, "delay_ms", (1..=max_ms).contains(&delay_ms), || {
+                    format!("the round trip in ms: must be within 1..={max_ms}, not {delay_ms}")
+                });
+                FaultKind::SlowPeer { charger, delay_ms }
+            }
             _ => FaultKind::KeepAliveLoss,
         };
         faults.push((
@@ -725,6 +760,10 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
             .segments()
             .flat_map(|(_, s)| s.inverters.iter().map(|i| i.id.as_str()))
             .collect();
+        let chargers: HashSet<&str> = t
+            .segments()
+            .flat_map(|(_, s)| s.chargers.iter().map(|c| c.id.as_str()))
+            .collect();
         for (path, at, f) in &faults {
             let (key, id, known) = match &f.kind {
                 FaultKind::Panic { device, .. }
@@ -739,6 +778,9 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 }
                 FaultKind::OverTemperature { inverter, .. } => {
                     ("inverter", inverter, inverters.contains(inverter.as_str()))
+                }
+                FaultKind::OcppDisconnect { charger } | FaultKind::SlowPeer { charger, .. } => {
+                    ("charger", charger, chargers.contains(charger.as_str()))
                 }
                 _ => continue,
             };
