@@ -20,7 +20,8 @@
 //! dialer sends a [`Hello`] as the first envelope frame. The acceptor checks, in this order:
 //! the protocol version is [`PROTOCOL`]; the node is a configured peer; the client
 //! certificate names that node ([`peer_names`]); the cookie matches (compared in constant
-//! time). It answers [`HelloReply::Welcome`] or [`HelloReply::Refused`] with the reason and
+//! time); the dialer's shared settings ([`TransportConfig::settings`]: lease timings, the node
+//! list) are this node's, so two nodes configured differently never form a cluster. It answers [`HelloReply::Welcome`] or [`HelloReply::Refused`] with the reason and
 //! closes. Each refusal is a [`TransportEvent::Rejected`] on the acceptor and a
 //! [`TransportEvent::Down`] with the reason on the dialer, and a `tracing` warning naming the
 //! address and the reason.
@@ -62,13 +63,15 @@ use crate::tls::{peer_names, server_name, NodeTls};
 
 /// The handshake's version ([`Hello::protocol`]). The frames after it carry the envelope
 /// header's own version, checked on every read.
-pub const PROTOCOL: u16 = 1;
+pub const PROTOCOL: u16 = 2;
 /// Events kept for a slow [`Transport::events`] subscriber before it lags (it is told how
 /// many it missed).
 pub const EVENTS_CAPACITY: usize = 1024;
-/// Largest handshake frame body accepted: a hello is a name and a cookie, so anything
-/// larger is not a peer.
+/// Largest handshake frame body accepted: a hello is a name, a cookie and the shared
+/// settings, so anything larger is not a peer.
 pub const MAX_HANDSHAKE_BYTES: usize = 4096;
+/// Longest [`TransportConfig::settings`] (it travels in the hello).
+pub const MAX_SETTINGS_BYTES: usize = 2048;
 /// Inbound connections that may be in their TLS or hello handshake at once; more are closed
 /// at once (a flood of half-open connections cannot hold unbounded memory and tasks).
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
@@ -162,6 +165,10 @@ pub struct TransportConfig {
     pub peers: BTreeMap<String, String>,
     /// The cluster cookie every peer must present.
     pub cookie: String,
+    /// The settings every node of the cluster must share, as text the transport compares
+    /// byte for byte (the runtime puts its lease timings and the node list here). A peer
+    /// with other settings is refused, and the reason names both.
+    pub settings: String,
     /// TLS or (tests only) plaintext.
     pub security: Security,
     /// Timeouts and bounds.
@@ -276,6 +283,8 @@ pub struct Hello {
     pub node: String,
     /// The cluster cookie.
     pub cookie: String,
+    /// The dialer's shared settings ([`TransportConfig::settings`]).
+    pub settings: String,
 }
 
 impl fmt::Debug for Hello {
@@ -284,6 +293,7 @@ impl fmt::Debug for Hello {
         f.debug_struct("Hello")
             .field("protocol", &self.protocol)
             .field("node", &self.node)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -338,6 +348,7 @@ struct Shared {
     node: String,
     peers: BTreeMap<String, String>,
     cookie: String,
+    settings: String,
     tls: Option<NodeTls>,
     limits: TransportLimits,
     local_addr: SocketAddr,
@@ -450,6 +461,12 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
         if config.cookie.is_empty() {
             return Err(TransportError::Config("the cookie is empty".into()));
         }
+        if config.settings.len() > MAX_SETTINGS_BYTES {
+            return Err(TransportError::Config(format!(
+                "the shared settings are {} bytes; at most {MAX_SETTINGS_BYTES} fit in a hello",
+                config.settings.len()
+            )));
+        }
         for (peer, addr) in &config.peers {
             // Resolved later, on every attempt; a malformed one would only ever fail.
             let port = addr
@@ -490,6 +507,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
             node: config.node,
             peers: config.peers,
             cookie: config.cookie,
+            settings: config.settings,
             tls,
             limits: config.limits,
             local_addr,
@@ -720,6 +738,13 @@ fn check_hello(
     }
     if !bool::from(hello.cookie.as_bytes().ct_eq(shared.cookie.as_bytes())) {
         return Err(format!("{:?} presented a wrong cookie", hello.node));
+    }
+    // Checked after the cookie: only a member learns this node's settings.
+    if hello.settings != shared.settings {
+        return Err(format!(
+            "{:?} runs with other cluster settings: it has [{}], {:?} has [{}]",
+            hello.node, hello.settings, shared.node, shared.settings
+        ));
     }
     Ok(())
 }
@@ -1033,6 +1058,7 @@ async fn dial(shared: &Shared, peer: &str, addr: &str) -> Result<Stream, DialErr
         protocol: PROTOCOL,
         node: shared.node.clone(),
         cookie: shared.cookie.clone(),
+        settings: shared.settings.clone(),
     };
     let reply = timeout(limits.handshake_timeout, async {
         envelope::write_frame(&mut stream, &hello).await?;

@@ -2,7 +2,7 @@
 //! messages and surviving a restart, every kind of refused peer (with its reason), bad
 //! frames on an authenticated link, a full queue, and the development certificates.
 
-mod transport_support;
+use crate::transport_support;
 
 use std::time::Duration;
 
@@ -196,6 +196,7 @@ async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
                 protocol: PROTOCOL,
                 node: "node-b".into(),
                 cookie: cookie.into(),
+                settings: SETTINGS.into(),
             },
         )
         .await;
@@ -240,6 +241,36 @@ async fn a_wrong_cookie_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_other_cluster_settings_is_refused_and_both_are_named() {
+    let certs = generate(&names(&["node-a", "node-b"]), &[]).unwrap();
+    let (la, lb) = (bind().await, bind().await);
+    let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let mut a = start(
+        config(
+            "node-a",
+            &[("node-b", ab)],
+            &certs.cookie,
+            tls(&certs, "node-a"),
+        ),
+        la,
+    );
+    let mut other = config(
+        "node-b",
+        &[("node-a", aa)],
+        &certs.cookie,
+        tls(&certs, "node-b"),
+    );
+    other.settings = "lease_ms=3000 nodes=a,b".into();
+    let mut b = start(other, lb);
+    let reason = rejected(&mut a.events, "other cluster settings").await;
+    assert!(reason.contains("[lease_ms=3000 nodes=a,b]"), "{reason}");
+    assert!(reason.contains(&format!("[{SETTINGS}]")), "{reason}");
+    let reason = down(&mut b.events, "node-a", "other cluster settings").await;
+    assert!(reason.starts_with("refused by node-a"), "{reason}");
+    assert!(a.t.connected().is_empty() && b.t.connected().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_for_one_node_cannot_claim_another() {
     let certs = generate(&names(&["node-a", "node-b", "node-c"]), &[]).unwrap();
     let la = bind().await;
@@ -262,6 +293,7 @@ async fn a_certificate_for_one_node_cannot_claim_another() {
         protocol: PROTOCOL,
         node: "node-c".into(),
         cookie: certs.cookie.clone(),
+        settings: SETTINGS.into(),
     };
     envelope::write_frame(&mut s, &hello).await.unwrap();
     let reply: HelloReply = envelope::read_frame(&mut s, DEADLINE).await.unwrap();
@@ -281,11 +313,12 @@ async fn a_certificate_for_one_node_cannot_claim_another() {
         protocol: PROTOCOL + 1,
         node: "node-c".into(),
         cookie: "x".into(),
+        settings: String::new(),
     };
     envelope::write_frame(&mut s, &hello).await.unwrap();
     let reply: HelloReply = envelope::read_frame(&mut s, DEADLINE).await.unwrap();
     assert!(
-        matches!(&reply, HelloReply::Refused { reason } if reason.contains("unsupported protocol version 2")),
+        matches!(&reply, HelloReply::Refused { reason } if reason.contains(&format!("unsupported protocol version {}", PROTOCOL + 1))),
         "{reply:?}"
     );
 }
@@ -341,6 +374,7 @@ async fn a_plaintext_client_is_refused_by_the_tls_handshake() {
         protocol: PROTOCOL,
         node: "node-b".into(),
         cookie: certs.cookie.clone(),
+        settings: SETTINGS.into(),
     };
     envelope::write_frame(&mut s, &hello).await.unwrap();
     let reason = rejected(&mut a.events, "TLS handshake failed").await;
@@ -373,6 +407,7 @@ async fn authenticated(
         protocol: PROTOCOL,
         node: node.into(),
         cookie: certs.cookie.clone(),
+        settings: SETTINGS.into(),
     };
     envelope::write_frame(&mut s, &hello).await.unwrap();
     let reply: HelloReply = envelope::read_frame(&mut s, DEADLINE).await.unwrap();

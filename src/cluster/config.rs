@@ -120,6 +120,21 @@ impl ClusterConfig {
     pub fn names(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.name.clone()).collect()
     }
+
+    /// What every node of the cluster must agree on, as text: the lease timings and the
+    /// node names (not their addresses: each node may reach the others differently). The
+    /// transport refuses a peer whose text differs and names both, so a node configured with
+    /// another lease cannot count on grants computed with other numbers.
+    pub fn shared_settings(&self) -> String {
+        format!(
+            "lease_ms={} charge_only_after_ms={} max_drift_ppm={} heartbeat_ms={} nodes={}",
+            self.lease.lease.as_millis(),
+            self.lease.charge_only_after.as_millis(),
+            self.lease.max_drift_ppm,
+            self.heartbeat.as_millis(),
+            self.names().join(",")
+        )
+    }
 }
 
 fn dns_label_problem(name: &str) -> Option<String> {
@@ -322,6 +337,20 @@ admin = "0.0.0.0:9464"
         )
         .unwrap();
         assert_eq!(b.bind, "127.0.0.1:4698".parse::<SocketAddr>().unwrap());
+        // Both views of one file agree on what the transport compares; another lease does not.
+        assert_eq!(c.shared_settings(), b.shared_settings());
+        assert_eq!(
+            c.shared_settings(),
+            "lease_ms=1500 charge_only_after_ms=500 max_drift_ppm=10000 heartbeat_ms=100 nodes=node-a,node-b"
+        );
+        let longer = format!("{FILE}\n[lease]\nlease_ms = 3000\n");
+        let other = parse(
+            &longer,
+            Path::new("/etc/gv"),
+            "node-b",
+            Some("0123456789abcdef0123"),
+        );
+        assert_ne!(other.unwrap().shared_settings(), c.shared_settings());
     }
 
     #[test]

@@ -1182,6 +1182,7 @@ impl Cluster {
                     .map(|p| (p.name.clone(), p.cluster.clone()))
                     .collect(),
                 cookie: config.cookie.clone(),
+                settings: config.shared_settings(),
                 security: Security::MutualTls(tls),
                 limits: TransportLimits::default(),
             },

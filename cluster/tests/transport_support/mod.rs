@@ -86,6 +86,9 @@ pub fn tls(certs: &GeneratedCerts, node: &str) -> Security {
     Security::MutualTls(NodeTls::from_pem(&certs.ca_pem, cert, key, node).expect("node tls"))
 }
 
+/// The shared settings of the test nodes.
+pub const SETTINGS: &str = "lease_ms=1500 nodes=a,b";
+
 pub fn config(
     node: &str,
     peers: &[(&str, SocketAddr)],
@@ -99,6 +102,7 @@ pub fn config(
             .map(|(n, a)| (n.to_string(), a.to_string()))
             .collect::<BTreeMap<_, _>>(),
         cookie: cookie.into(),
+        settings: SETTINGS.into(),
         security,
         limits: limits(),
     }
