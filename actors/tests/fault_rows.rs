@@ -5,7 +5,7 @@
 //! actually do. Plus: local safety clamps remote dispatch, leaving needs the hold time, and
 //! an expired lease falls back to the safe default.
 
-mod common;
+use crate::common;
 
 use common::*;
 use gridvisor_actors::ladder::{Fault, FaultKey, SafeState};

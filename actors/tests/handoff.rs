@@ -2,7 +2,7 @@
 //! handoff): a node drives only the segments it is given, adopts one in ChargeOnly, and
 //! releases one through ChargeOnly, its devices commanded before its subtree stops.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! tolerance (never doubled, nothing lost), no device may ever receive an older setpoint key
 //! than one it applied, and no vehicle may go below its minimum SoC.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! registry), the supervisor reports a kill produces, the safe-state event log read with a
 //! cursor (`Node::events_since`), and a subtree asked of its supervisor (`Node::subtree`).
 
-mod common;
+use crate::common;
 
 use common::*;
 use gridvisor_actors::ladder::{Fault, SafeState};

@@ -1,7 +1,7 @@
 //! The node's `/metrics` exposition through `Node::metrics_exposition`: which actors get
 //! their own series at each granularity, mailbox depths and fault causes, both formats.
 
-mod common;
+use crate::common;
 
 use common::*;
 use gridvisor_actors::ladder::FaultKey;

@@ -11,7 +11,7 @@
 //! Nothing waits on a clock except the client's own back-off (`wait_backoff`) and one request
 //! time-out for the hang.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

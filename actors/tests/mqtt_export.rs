@@ -10,7 +10,7 @@
 //! otherwise they say so loudly and pass. `GRIDVISOR_MOSQUITTO` names the binary if it is not
 //! on the PATH or in /usr/sbin.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

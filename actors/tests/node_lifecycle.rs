@@ -4,7 +4,7 @@
 //! dispatch ids, keys the devices accept), and a repeated request id is answered without a
 //! second dispatch (no device is written again).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

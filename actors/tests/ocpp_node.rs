@@ -4,7 +4,7 @@
 //! the charger, a dropped connection restarts the link and the charger is driven again after
 //! it reconnects, and an unknown charge point or a wrong password is refused.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

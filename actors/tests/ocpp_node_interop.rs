@@ -5,7 +5,7 @@
 //! id token starts a session, and a grid request reaches it as a SetChargingProfile the library
 //! accepts.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};

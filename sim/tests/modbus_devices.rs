@@ -3,7 +3,7 @@
 //! state, a 704 limit that the power ramps to and that reverts when its timer runs out, a
 //! refused out-of-range write, and an island seen as out-of-band voltage and frequency.
 
-mod modbus_support;
+use crate::modbus_support;
 
 use std::time::Duration;
 

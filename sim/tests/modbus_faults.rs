@@ -4,7 +4,7 @@
 //! the typed exception, bad value → a decode error naming the point. Also the connection
 //! bound and stopping.
 
-mod modbus_support;
+use crate::modbus_support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! the packages are missing: the script checks pymodbus's version and imports pysunspec2, and
 //! any failure of it fails the test with its stderr.
 
-mod modbus_support;
+use crate::modbus_support;
 
 use std::{
     process::{Command, Stdio},

@@ -18,8 +18,7 @@ use gridvisor_transports::ocpp::{tls, OcppVersion, ServerEvent};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, mpsc};
 
-#[path = "../../transports/tests/ocpp_support/mod.rs"]
-mod ocpp_support;
+use crate::ocpp_support;
 use ocpp_support::{
     answer_calls, expect_connected, next_event, pki, recv, start_csms, Csms, Pki, WAIT,
 };

@@ -20,8 +20,7 @@ use gridvisor_transports::ocpp::server::{
 };
 use tokio::sync::mpsc;
 
-#[path = "../../transports/tests/ocpp_support/mod.rs"]
-mod ocpp_support;
+use crate::ocpp_support;
 
 /// Bound on waiting for a line from the CSMS child.
 const CHILD_WAIT: Duration = Duration::from_secs(120);
@@ -97,10 +96,15 @@ async fn load_engine_against_the_real_csms() {
         csms_child(n).await;
         return;
     }
+    // The test's full name in this binary (tests/integration.rs makes this file a module).
+    let name = format!(
+        "{}::load_engine_against_the_real_csms",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "load_engine_against_the_real_csms",
+            name.trim_start_matches("::"),
             "--nocapture",
             "--quiet",
         ])

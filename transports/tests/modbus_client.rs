@@ -2,7 +2,7 @@
 //! that answers garbage or wrong frames, one that closes, one that is slow; time-outs,
 //! reconnection with back-off, the in-flight bound, typed exceptions, cancel safety.
 
-mod modbus_support;
+use crate::modbus_support;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //!
 //! A long run: `GRIDVISOR_FUZZ_CASES=200000 cargo test --release -p gridvisor-transports --test modbus_fuzz`
 
-mod modbus_support;
+use crate::modbus_support;
 
 use std::time::Duration;
 

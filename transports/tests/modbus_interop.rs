@@ -4,7 +4,7 @@
 //! decoded point is compared to them, not-implemented points and a Modbus exception included,
 //! and the 704 control writes are checked point by point as the server received them.
 
-mod modbus_support;
+use crate::modbus_support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! 40001 and 40002, a discharge limit at 0x4001 up to 15.0 kW), Modicon addressing, and
 //! configuration errors; then the example against a raw Modbus peer.
 
-mod modbus_support;
+use crate::modbus_support;
 
 use gridvisor_transports::modbus::{
     profile::{Addressing, RegisterProfile, RegisterType, Table},

@@ -2,7 +2,7 @@
 //! offset, type, size, scale factor and access as printed by tests/py/modbus_sunspec_tables.py
 //! from pysunspec2's JSON files.
 
-mod modbus_support;
+use crate::modbus_support;
 
 use std::process::Command;
 

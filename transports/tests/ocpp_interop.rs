@@ -3,7 +3,7 @@
 //! real TLS, real frames. These tests FAIL when Python or the package is missing
 //! (`pip install -r transports/tests/py/requirements.txt`).
 
-mod ocpp_support;
+use crate::ocpp_support;
 
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -1,7 +1,7 @@
 //! Our Rust charge-point client against our CSMS, and raw WebSocket peers that misbehave:
 //! real sockets on 127.0.0.1, real TLS, real frames.
 
-mod ocpp_support;
+use crate::ocpp_support;
 
 use std::sync::Arc;
 use std::time::Duration;

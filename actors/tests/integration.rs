@@ -1,0 +1,17 @@
+//! The integration tests of this crate, built as one binary: each file of tests/ is a
+//! module here. One binary links and instantiates the dependencies once, where one per
+//! file did it 11 times (CI builds them in release on two cores).
+
+mod common;
+
+mod fault_rows;
+mod handoff;
+mod kill_restart;
+mod live_hooks;
+mod metrics_exposition;
+mod modbus_devices;
+mod modbus_profile_devices;
+mod mqtt_export;
+mod node_lifecycle;
+mod ocpp_node;
+mod ocpp_node_interop;
