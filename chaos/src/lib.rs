@@ -12,7 +12,7 @@
 //! | module | what lives there |
 //! | --- | --- |
 //! | [`scenario`] | the scenario file (topology, workload, faults, bounds, seed), errors by file, line and field |
-//! | [`devices`] | fault-injecting device connections: exceptions, timeouts, garbage, panics, extra load |
+//! | [`devices`] | fault-injecting device connections: exceptions, timeouts, garbage, panics, extra load; OCPP disconnects and slow peers |
 //! | [`invariants`] | the samples the runner takes and the checkers, each testable alone |
 //! | [`runner`] | the deterministic run: schedule, steps, sampling, history |
 //! | [`report`] | JSON and HTML reports with the timeline plot and the replay command |

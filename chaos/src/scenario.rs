@@ -43,7 +43,12 @@
 //! exception, hangs for [`crate::devices::INJECTED_TIMEOUT`], or sends values that are not
 //! valid), `islanding` (`voltage_pu`, `frequency_hz`), `ptp_drift` (`to_ms`, over `for_s`),
 //! `clock_jump` (`offset_ms`), `over_temperature` (`inverter`, `celsius` of extra heat),
-//! `transformer_overload` (`segment`, `extra_kw` of uncontrolled load) and `keepalive_loss`.
+//! `transformer_overload` (`segment`, `extra_kw` of uncontrolled load), `keepalive_loss`,
+//! `ocpp_disconnect` (`charger`: its OCPP connection drops; every call fails at once, the
+//! write that raced the drop lands with its answer lost, and offline past OCPP 2.1's
+//! `maxOfflineDuration` the charger drops a discharge profile) and `slow_peer` (`charger`,
+//! `delay_ms` up to [`crate::devices::MAX_PEER_DELAY`]: every call answers that late; past the
+//! CSMS's call timeout the call fails while its write still lands, in order).
 //!
 //! Every problem is reported at once, as `file:line:column: field: message`, like the
 //! topology's own errors (and the topology's errors, inline or in their file, come through
@@ -1298,6 +1303,35 @@ id = "m-1"
             text.lines().nth(restart.line - 1).unwrap(),
             "restart_s = -1",
             "{restart}"
+        );
+    }
+
+    #[test]
+    fn ocpp_faults_name_a_charger_and_a_bounded_delay() {
+        let text = format!(
+            "[chaos]\nduration_s = 60\n{SITE}\n[[faults]]\nat_s = 1\nkind = \"ocpp_disconnect\"\ncharger = \"evse-9\"\n[[faults]]\nat_s = 2\nkind = \"slow_peer\"\ncharger = \"evse-1\"\ndelay_ms = 600000\n[[faults]]\nat_s = 3\nkind = \"slow_peer\"\ncharger = \"evse-1\"\n"
+        );
+        let e = parse_str(&text).unwrap_err();
+        let has = |field: &str, what: &str| {
+            assert!(
+                e.0.iter()
+                    .any(|x| x.field == field && x.message.contains(what)),
+                "no {field}: {what} in {e}"
+            )
+        };
+        has("faults[0].charger", "no charger named \"evse-9\"");
+        has("faults[1].delay_ms", "within 1..=60000, not 600000");
+        has("faults[2].delay_ms", "not 0");
+        let ok = format!(
+            "[chaos]\nduration_s = 60\n{SITE}\n[[faults]]\nat_s = 2\nkind = \"slow_peer\"\ncharger = \"evse-1\"\ndelay_ms = 900\n"
+        );
+        let s = parse_str(&ok).unwrap();
+        assert_eq!(
+            s.faults[0].kind,
+            FaultKind::SlowPeer {
+                charger: "evse-1".into(),
+                delay_ms: 900
+            }
         );
     }
 
