@@ -519,7 +519,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
 fn config_validation() {
     assert_eq!(MembershipConfig::default().validate(), Ok(()));
     let c = MembershipConfig {
-        election_timeout_min: Duration::from_millis(800),
+        election_timeout_min: Duration::from_millis(1200),
         ..MembershipConfig::default()
     };
     assert!(matches!(
@@ -527,7 +527,7 @@ fn config_validation() {
         Err(MembershipConfigError::ElectionRange { .. })
     ));
     let c = MembershipConfig {
-        heartbeat: Duration::from_millis(250),
+        heartbeat: Duration::from_millis(300),
         ..MembershipConfig::default()
     };
     assert!(matches!(

@@ -62,6 +62,9 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_PENDING_CALLS: usize = 65_536;
 /// Calls from other nodes handled at once (beyond, a call is answered `Failed`).
 pub const MAX_INBOUND_CALLS: usize = 256;
+/// Checkpoint copies one resync keeps in flight to one node (well under the receiver's
+/// [`MAX_INBOUND_CALLS`]).
+pub const RESYNC_IN_FLIGHT: usize = 32;
 /// Largest HTTP answer a node forwards to another (under the transport's frame limit).
 pub const MAX_FORWARDED_ANSWER: usize = 15 * 1024 * 1024;
 /// Replication round trips kept for the latency figures in [`ClusterStatus`].
@@ -1131,9 +1134,13 @@ impl Inner {
     }
 
     /// Copy every checkpoint of `segment` to `target`, as new versions; false if any copy
-    /// failed.
+    /// failed. The copies go out together, at most [`RESYNC_IN_FLIGHT`] at a time: one
+    /// after another, a slow link's round trip times the segment's keys held the reconcile
+    /// pass (and with it every adoption) for seconds.
     async fn resync(&self, segment: &str, target: &str) -> bool {
+        use futures::stream::{self, StreamExt};
         let epoch = self.view().epoch;
+        let mut copies = Vec::new();
         for key in self.keys_of_segment(segment) {
             let value = match self.node.shared.store.get_raw(&key) {
                 Ok(Some(v)) => v,
@@ -1143,20 +1150,29 @@ impl Inner {
                     return false;
                 }
             };
-            let call = Call::Replicate {
-                key: key.clone(),
-                value: Some(value),
-                version: (epoch, self.write_seq.fetch_add(1, Ordering::Relaxed) + 1),
-            };
-            match self.call(target, call, REPLICATION_TIMEOUT).await {
-                Ok(Reply::Replicated(Ok(()))) => {}
-                other => {
-                    tracing::debug!(key, target, result = ?other, "copy failed; retried next period");
-                    return false;
-                }
-            }
+            // Versions are taken in key order, before anything is sent.
+            let version = (epoch, self.write_seq.fetch_add(1, Ordering::Relaxed) + 1);
+            copies.push((key, value, version));
         }
-        true
+        let results: Vec<bool> = stream::iter(copies)
+            .map(|(key, value, version)| async move {
+                let call = Call::Replicate {
+                    key: key.clone(),
+                    value: Some(value),
+                    version,
+                };
+                match self.call(target, call, REPLICATION_TIMEOUT).await {
+                    Ok(Reply::Replicated(Ok(()))) => true,
+                    other => {
+                        tracing::debug!(key, target, result = ?other, "copy failed; retried next period");
+                        false
+                    }
+                }
+            })
+            .buffer_unordered(RESYNC_IN_FLIGHT)
+            .collect()
+            .await;
+        results.into_iter().all(|ok| ok)
     }
 }
 

@@ -45,7 +45,8 @@ pub const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The timing of the membership group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MembershipConfig {
-    /// How often the leader sends heartbeats (also openraft's bound on one AppendEntries).
+    /// How often the leader sends heartbeats; also openraft's bound on one AppendEntries, so
+    /// it must exceed the longest round trip between nodes that must still commit.
     pub heartbeat: Duration,
     /// A follower that hears no leader for a random time between `election_timeout_min` and
     /// `election_timeout_max` starts an election (the randomness breaks ties).
@@ -66,9 +67,15 @@ pub struct MembershipConfig {
 impl Default for MembershipConfig {
     fn default() -> Self {
         MembershipConfig {
-            heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(400),
-            election_timeout_max: Duration::from_millis(800),
+            // openraft 0.9 bounds every AppendEntries (heartbeats and entries alike) by the
+            // heartbeat interval: a follower whose round trip is longer never acknowledges,
+            // and with one node down the majority cannot commit (a 100 ms interval stalled
+            // the takeover behind 100 ms of link delay; configs/chaos/cluster/combined.toml).
+            // 250 ms takes round trips up to a quarter second. Leader liveness is the
+            // election timeout's, and the cluster's own 100 ms lease heartbeats are separate.
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(600),
+            election_timeout_max: Duration::from_millis(1200),
             rpc_timeout: Duration::from_millis(300),
             propose_timeout: Duration::from_secs(2),
             snapshot_every: 1000,
