@@ -35,11 +35,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// How often the tests sample the nodes' views.
 const SAMPLE: Duration = Duration::from_millis(10);
 
+/// A free loopback port never handed out before in this test process (the kernel may hand
+/// back a port just let go: once two roles got the same one and the nodes refused the file).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    gridvisor_chaos::cluster::run::free_port().expect("a free port")
 }
 
 fn site() -> PathBuf {

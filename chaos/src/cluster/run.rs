@@ -150,11 +150,26 @@ fn now_epoch() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+/// Attempts at a port this process has not handed out yet.
+const PORT_ATTEMPTS: usize = 64;
+
+/// A free loopback port, never one this process handed out before: the kernel may give a
+/// port that was just let go again, and two nodes given one address do not start.
+pub fn free_port() -> Result<u16, String> {
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    for _ in 0..PORT_ATTEMPTS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free port: {e}"))?;
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(format!(
+        "no free port that this process has not handed out in {PORT_ATTEMPTS} attempts"
+    ))
 }
 
 /// A minimal HTTP/1.1 exchange, one request per connection, every step bounded by
