@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -336,12 +335,9 @@ fn the_dashboard_and_the_rules_use_only_metrics_a_node_exports() {
     }
 }
 
+/// A free loopback port never handed out before in this test process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    gridvisor_chaos::cluster::run::free_port().expect("a free port")
 }
 
 fn encode(q: &str) -> String {

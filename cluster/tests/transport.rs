@@ -9,7 +9,7 @@ use std::time::Duration;
 use gridvisor_cluster::certs::{self, generate, node_files, write_dev_certs};
 use gridvisor_cluster::tls::{peer_names, NodeTls};
 use gridvisor_cluster::transport::{
-    Frame, Hello, HelloReply, SendError, Transport, TransportEvent, PROTOCOL,
+    Frame, Hello, HelloReply, SendError, Transport, TransportConfig, TransportEvent, PROTOCOL,
 };
 use gridvisor_transports::envelope;
 use tokio::io::AsyncReadExt;
@@ -210,8 +210,10 @@ async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
     assert!(a.t.stats().rejected_handshakes >= 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_cookie_is_refused() {
+/// node-a configured right and node-b configured by `alter`: node-a refuses node-b with a
+/// reason containing `expected`, node-b hears that refusal, and no link comes up. Returns
+/// node-a's reason.
+async fn refused_pair(alter: impl FnOnce(&mut TransportConfig), expected: &str) -> String {
     let certs = generate(&names(&["node-a", "node-b"]), &[]).unwrap();
     let (la, lb) = (bind().await, bind().await);
     let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
@@ -224,50 +226,36 @@ async fn a_wrong_cookie_is_refused() {
         ),
         la,
     );
-    let mut b = start(
-        config(
-            "node-b",
-            &[("node-a", aa)],
-            "not-the-cookie",
-            tls(&certs, "node-b"),
-        ),
-        lb,
-    );
-    let reason = rejected(&mut a.events, "wrong cookie").await;
-    assert!(reason.contains("node-b"), "{reason}");
-    let reason = down(&mut b.events, "node-a", "wrong cookie").await;
-    assert!(reason.starts_with("refused by node-a"), "{reason}");
-    assert!(a.t.connected().is_empty() && b.t.connected().is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_with_other_cluster_settings_is_refused_and_both_are_named() {
-    let certs = generate(&names(&["node-a", "node-b"]), &[]).unwrap();
-    let (la, lb) = (bind().await, bind().await);
-    let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
-    let mut a = start(
-        config(
-            "node-a",
-            &[("node-b", ab)],
-            &certs.cookie,
-            tls(&certs, "node-a"),
-        ),
-        la,
-    );
-    let mut other = config(
+    let mut b_config = config(
         "node-b",
         &[("node-a", aa)],
         &certs.cookie,
         tls(&certs, "node-b"),
     );
-    other.settings = "lease_ms=3000 nodes=a,b".into();
-    let mut b = start(other, lb);
-    let reason = rejected(&mut a.events, "other cluster settings").await;
+    alter(&mut b_config);
+    let mut b = start(b_config, lb);
+    let reason = rejected(&mut a.events, expected).await;
+    assert!(reason.contains("node-b"), "{reason}");
+    let heard = down(&mut b.events, "node-a", expected).await;
+    assert!(heard.starts_with("refused by node-a"), "{heard}");
+    assert!(a.t.connected().is_empty() && b.t.connected().is_empty());
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_cookie_is_refused() {
+    refused_pair(|c| c.cookie = "not-the-cookie".into(), "wrong cookie").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_other_cluster_settings_is_refused_and_both_are_named() {
+    let reason = refused_pair(
+        |c| c.settings = "lease_ms=3000 nodes=a,b".into(),
+        "other cluster settings",
+    )
+    .await;
     assert!(reason.contains("[lease_ms=3000 nodes=a,b]"), "{reason}");
     assert!(reason.contains(&format!("[{SETTINGS}]")), "{reason}");
-    let reason = down(&mut b.events, "node-a", "other cluster settings").await;
-    assert!(reason.starts_with("refused by node-a"), "{reason}");
-    assert!(a.t.connected().is_empty() && b.t.connected().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
