@@ -136,11 +136,10 @@ async fn drain(
     Ok(())
 }
 
-/// Print one figure. A closed stdout (`| head`) ends the benchmark quietly instead of
-/// panicking in `println!`.
+/// Print one figure. A closed stdout (`| head`) ends the benchmark quietly: nobody reads
+/// the rest.
 fn out(name: &str, value: f64, unit: &str) {
-    use std::io::Write;
-    if writeln!(std::io::stdout().lock(), "{name} {value:.3} {unit}").is_err() {
+    if !crate::stdout::outln!("{name} {value:.3} {unit}") {
         std::process::exit(0);
     }
 }

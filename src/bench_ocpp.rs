@@ -28,6 +28,8 @@ use gridvisor_actors::config::{self, Ocpp};
 use gridvisor_sim::ocpp::load::{self, LoadConfig, MAX_LOAD_CLIENTS};
 use gridvisor_transports::ocpp::client::ClientConfig;
 
+use crate::stdout::outln;
+
 /// How long the node child may take to listen.
 pub const NODE_START_LIMIT: Duration = Duration::from_secs(300);
 /// Chargers per generated segment.
@@ -38,7 +40,7 @@ const BENCH_PASSWORD: &str = "bench";
 const OCPP_LINE: &str = "  ocpp       ws://";
 
 fn line(name: &str, value: f64, unit: &str) {
-    println!("{name} {value:.3} {unit}");
+    outln!("{name} {value:.3} {unit}");
 }
 
 /// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`), 0 where /proc is missing.

@@ -26,6 +26,7 @@ use gridvisor_actors::ladder::SafeState;
 use gridvisor_actors::runtime::{GridRequest, Node, NodeOptions, Scope};
 
 use crate::alloc;
+use crate::stdout::outln;
 
 /// The longest any phase may take before the benchmark fails.
 const PHASE_LIMIT: Duration = Duration::from_secs(120);
@@ -33,7 +34,7 @@ const PHASE_LIMIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(5);
 
 fn line(name: &str, value: f64, unit: &str) {
-    println!("{name} {value:.3} {unit}");
+    outln!("{name} {value:.3} {unit}");
 }
 
 async fn until(node: &Node, what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {

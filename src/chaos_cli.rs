@@ -14,6 +14,8 @@ use std::process::ExitCode;
 
 use gridvisor_chaos::{html, sweep, RunOutcome, Scenario};
 
+use crate::stdout::outln;
+
 /// What `gridvisor chaos` was asked.
 pub struct ChaosOptions {
     /// The scenario file.
@@ -156,7 +158,7 @@ pub fn chaos(o: ChaosOptions) -> ExitCode {
         }
         bar.suspend(|| {
             for l in &lines {
-                println!("{l}");
+                outln!("{l}");
             }
         });
         bar.inc(1);
@@ -167,7 +169,7 @@ pub fn chaos(o: ChaosOptions) -> ExitCode {
     } else {
         0.0
     };
-    println!(
+    outln!(
         "{} of {} runs passed; {simulated:.0} s simulated in {wall:.2} s ({per_hour:.2} s per simulated hour)",
         seeds.len() - failed,
         seeds.len()
@@ -225,7 +227,7 @@ fn chaos_cluster(o: ChaosOptions) -> ExitCode {
             }
         };
         let held = r.invariants.iter().filter(|i| i.held).count();
-        println!(
+        outln!(
             "{} {} seed {seed}: {held}/{} invariants held ({}); {} nodes, {} faults, settled after {}, {} s run in {:.2} s",
             if r.passed { "PASS" } else { "FAIL" },
             r.scenario,
@@ -252,18 +254,20 @@ fn chaos_cluster(o: ChaosOptions) -> ExitCode {
                 .iter()
                 .filter_map(|i| i.first_violation.as_ref())
             {
-                println!(
+                outln!(
                     "  VIOLATED {} at {:.3} s: {}",
                     v.invariant,
                     v.t_ms as f64 / 1_000.0,
                     v.message
                 );
             }
-            println!("  replay: {}", r.replay);
+            outln!("  replay: {}", r.replay);
         }
         if let Some(dir) = &o.report {
             match cluster::report::write(dir, &r) {
-                Ok((json, page)) => println!("  report: {} {}", json.display(), page.display()),
+                Ok((json, page)) => {
+                    outln!("  report: {} {}", json.display(), page.display());
+                }
                 Err(e) => {
                     eprintln!("gridvisor chaos: {e}");
                     return ExitCode::from(EXIT_USAGE);
@@ -271,7 +275,7 @@ fn chaos_cluster(o: ChaosOptions) -> ExitCode {
             }
         }
     }
-    println!("{} of {} runs passed", seeds.len() - failed, seeds.len());
+    outln!("{} of {} runs passed", seeds.len() - failed, seeds.len());
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

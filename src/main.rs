@@ -10,11 +10,14 @@ mod demo;
 mod live;
 mod run;
 mod server;
+mod stdout;
 mod tree_cli;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use stdout::outln;
 
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
@@ -229,7 +232,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match gridvisor_actors::config::load(file) {
         Ok(t) => {
             let chargers: usize = t.segments().map(|(_, s)| s.chargers.len()).sum();
-            println!(
+            outln!(
                 "{}: ok: site {}, {} substations, {} segments, {chargers} chargers, {} vehicles",
                 file.display(),
                 t.site.id,
@@ -303,7 +306,7 @@ fn main() -> ExitCode {
             return match gridvisor_cluster::certs::write_dev_certs(&out, &nodes, &hosts, force) {
                 Ok(paths) => {
                     for p in paths {
-                        println!("wrote {}", p.display());
+                        outln!("wrote {}", p.display());
                     }
                     ExitCode::SUCCESS
                 }

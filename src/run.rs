@@ -14,15 +14,8 @@ use gridvisor_actors::runtime::{Node, NodeOptions};
 
 use crate::demo::{DemoSite, DEMO_CONNECT_LIMIT};
 
-/// A line on stdout; a closed stdout (a log pipe that went away) must not take the node down,
-/// as `println!` would by panicking.
-macro_rules! out {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
-    }};
-}
 use crate::server;
+use crate::stdout::outln;
 
 /// How often `run` checks that the tree still runs.
 const TREE_WATCH: Duration = Duration::from_millis(500);
@@ -97,7 +90,7 @@ fn print_status(node: &Node, reporter: &crate::demo::Reporter) {
                 .filter(|c| hub.as_ref().is_some_and(|h| h.is_connected(&c.id)))
                 .count()
         });
-        out!(
+        outln!(
             "  {:<6} {:<12} meter {:>7.1} kW (Modbus)  chargers {online}/{} online (OCPP)  sessions {}",
             seg.id,
             format!("{:?}", seg.level),
@@ -106,7 +99,7 @@ fn print_status(node: &Node, reporter: &crate::demo::Reporter) {
             seg.sessions,
         );
     }
-    out!("  modbus requests served by the simulated devices: {served}");
+    outln!("  modbus requests served by the simulated devices: {served}");
 }
 
 /// Run a node until it is told to stop.
@@ -222,7 +215,7 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
     let grid = serve(grid_listener, grid_router);
     let admin = serve(admin_listener, admin_router);
     if let Some(c) = &cluster {
-        out!(
+        outln!(
             "  cluster    node {} of {} (cluster listener {})",
             c.me(),
             c.nodes().join(", "),
@@ -232,7 +225,7 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
 
     let sessions = topology.vehicles.len();
     let chargers: usize = topology.segments().map(|(_, s)| s.chargers.len()).sum();
-    out!(
+    outln!(
         "gridvisor: site {} running: {} segments, {chargers} chargers, {sessions} vehicles",
         topology.site.id,
         topology.segments().count(),
@@ -241,29 +234,29 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
         let connected = hub.connected_count();
         let (ws, wss) = hub.listeners();
         if let Some(addr) = ws {
-            out!("  ocpp       ws://{addr}/ocpp/{{chargerId}}   {connected} of {chargers} chargers connected over OCPP");
+            outln!("  ocpp       ws://{addr}/ocpp/{{chargerId}}   {connected} of {chargers} chargers connected over OCPP");
         }
         if let Some(addr) = wss {
-            out!("  ocpp       wss://{addr}/ocpp/{{chargerId}}  (TLS)");
+            outln!("  ocpp       wss://{addr}/ocpp/{{chargerId}}  (TLS)");
         }
     }
     if let Some(demo) = &demo {
         let status = demo.status(|_| false);
         for (id, addr) in status.inverters.iter().chain(status.meters.iter()) {
-            out!("  modbus     {id:<10} SunSpec over Modbus TCP at {addr}");
+            outln!("  modbus     {id:<10} SunSpec over Modbus TCP at {addr}");
         }
     }
-    out!("  grid API   http://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
-    out!("  live view  http://{admin_addr}/   (the tree, segments and events in a browser)");
-    out!("  metrics    http://{admin_addr}/metrics");
-    out!("  tree       http://{admin_addr}/api/tree");
-    out!("  checkpoints in {}", o.data.display());
-    out!("try:");
-    out!(
+    outln!("  grid API   http://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
+    outln!("  live view  http://{admin_addr}/   (the tree, segments and events in a browser)");
+    outln!("  metrics    http://{admin_addr}/metrics");
+    outln!("  tree       http://{admin_addr}/api/tree");
+    outln!("  checkpoints in {}", o.data.display());
+    outln!("try:");
+    outln!(
         "  curl -s -X POST http://{grid_addr}/api/v1/dispatch -H 'content-type: application/json' \\\n       -d '{{\"id\":\"req-1\",\"scope\":\"site\",\"target_kw\":-40,\"duration_s\":600}}'"
     );
-    out!("  curl -s -X POST http://{grid_addr}/api/v1/keepalive");
-    out!(
+    outln!("  curl -s -X POST http://{grid_addr}/api/v1/keepalive");
+    outln!(
         "  curl -s http://{grid_addr}/api/v1/sessions/{}",
         topology
             .vehicles
@@ -271,7 +264,7 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
             .map(|v| v.id.as_str())
             .unwrap_or("ev-1")
     );
-    out!("Ctrl-C stops the tree in order.");
+    outln!("Ctrl-C stops the tree in order.");
 
     // The tree can give up on its own (its root past its restart intensity): then the
     // process ends with an error rather than serve a dead node.
@@ -303,7 +296,7 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
     if let Some(s) = status {
         s.abort();
     }
-    out!("gridvisor: {why}: stopping the APIs, then the tree in order");
+    outln!("gridvisor: {why}: stopping the APIs, then the tree in order");
     let _ = stop_tx.send(true);
     for (name, task) in [("grid API", grid), ("admin API", admin)] {
         match task.await {
@@ -321,6 +314,6 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
         demo.stop();
     }
     store.close();
-    out!("gridvisor: stopped; every acknowledged setpoint is in the checkpoints");
+    outln!("gridvisor: stopped; every acknowledged setpoint is in the checkpoints");
     Ok(())
 }

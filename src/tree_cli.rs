@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::stdout::out;
+
 /// Bound on one HTTP exchange with the node (connect, send, read the whole answer).
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read (a 100,000-session tree is a few tens of MB).
@@ -218,13 +220,16 @@ async fn render(o: &TreeOptions) -> Result<String, String> {
 pub async fn tree(o: TreeOptions) -> Result<(), String> {
     match o.watch {
         None => {
-            print!("{}", render(&o).await?);
+            let text = render(&o).await?;
+            out!("{text}");
             Ok(())
         }
         Some(every) => loop {
             let text = render(&o).await?;
-            // Clear the screen and draw from the top.
-            print!("\x1b[2J\x1b[H{text}");
+            // Clear the screen and draw from the top; stop when nobody reads any more.
+            if !out!("\x1b[2J\x1b[H{text}") {
+                return Ok(());
+            }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = tokio::signal::ctrl_c() => return Ok(()),

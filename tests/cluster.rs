@@ -182,14 +182,28 @@ impl Cluster {
         )
     }
 
-    fn wait_for<T>(&self, what: &str, mut f: impl FnMut(&Cluster) -> Option<T>) -> T {
+    fn wait_for<T>(&self, what: &str, f: impl FnMut(&Cluster) -> Option<T>) -> T {
+        self.wait_for_or(what, f, String::new)
+    }
+
+    /// [`Cluster::wait_for`], and on a timeout what `last` says about the last try.
+    fn wait_for_or<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&Cluster) -> Option<T>,
+        last: impl Fn() -> String,
+    ) -> T {
         let deadline = Instant::now() + LIMIT;
         loop {
             if let Some(t) = f(self) {
                 return t;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}\n{}", self.logs_tail());
+                panic!(
+                    "timed out waiting for {what}\n{}\n{}",
+                    last(),
+                    self.logs_tail()
+                );
             }
             std::thread::sleep(SAMPLE);
         }
@@ -225,9 +239,19 @@ impl Cluster {
         let mut out = String::new();
         for (name, n) in &self.nodes {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            // Warnings and errors say why; the last lines say where it was.
+            let loud: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(r#""level":"WARN""#) || l.contains(r#""level":"ERROR""#))
+                .collect();
+            out.push_str(&format!("--- {name} (last 15 warnings and errors)\n"));
+            for l in &loud[loud.len().saturating_sub(15)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
             let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("--- {name} (last 15 lines)\n"));
-            for l in &lines[lines.len().saturating_sub(15)..] {
+            out.push_str(&format!("--- {name} (last 5 lines)\n"));
+            for l in &lines[lines.len().saturating_sub(5)..] {
                 out.push_str(l);
                 out.push('\n');
             }
@@ -364,14 +388,24 @@ fn three_processes_share_fail_over_and_rebalance() {
     // adopted segment's links connect moments after its adoption: retried until every
     // charger of the site acknowledged).
     let mut attempt = 0;
-    let receipt = c.wait_for("a site request acknowledged by all 18 chargers", |c| {
-        attempt += 1;
-        let body =
-            format!(r#"{{"id":"site-{attempt}","scope":"site","target_kw":30,"duration_s":600}}"#);
-        let (code, receipt) = c.http("node-b", "POST", "/api/v1/dispatch", Some(&body));
-        assert_eq!(code, 200, "{receipt}");
-        (receipt["acknowledged"] == 18).then_some(receipt)
-    });
+    let last = std::cell::RefCell::new(Value::Null);
+    let receipt = c.wait_for_or(
+        "a site request acknowledged by all 18 chargers",
+        |c| {
+            attempt += 1;
+            let body = format!(
+                r#"{{"id":"site-{attempt}","scope":"site","target_kw":30,"duration_s":600}}"#
+            );
+            let (code, receipt) = c.http("node-b", "POST", "/api/v1/dispatch", Some(&body));
+            assert_eq!(code, 200, "{receipt}");
+            if receipt["acknowledged"] == 18 {
+                return Some(receipt);
+            }
+            *last.borrow_mut() = receipt;
+            None
+        },
+        || format!("the last receipt: {}", last.borrow()),
+    );
     assert_eq!(
         receipt["segments"].as_array().unwrap().len(),
         6,

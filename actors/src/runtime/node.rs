@@ -214,11 +214,25 @@ fn transports_spec(hub: Arc<crate::io::ocpp::OcppHub>) -> ChildSpec<()> {
     .shutdown(Shutdown::Infinity)
 }
 
+/// How many rounds the population task of a dynamic supervisor starts the children that
+/// failed to start, before it gives the supervisor up.
+pub const POPULATE_TRIES: u32 = 8;
+/// The wait before the second round; doubled every round up to [`POPULATE_BACKOFF_MAX`]
+/// (8 rounds: about 7 s from the first try to the last).
+pub const POPULATE_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between two rounds.
+pub const POPULATE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// Start a dynamic supervisor from a start function and give it `children`, which start
 /// from a task, one after the other (the supervisor serialises them anyway), so that the
 /// supervisor's parent is not blocked while thousands of them start. A child that is already
-/// there is fine; one that fails to start is logged and left out (its supervisor reported
-/// why); a supervisor that is gone ends the task (its next incarnation populates itself).
+/// there is fine. A child that fails to start (a session whose first checkpoint cannot reach
+/// its replica while a peer is still connecting) is started again in the next round, after a
+/// backoff, up to [`POPULATE_TRIES`] rounds; then the supervisor is stopped with the reason,
+/// and its parent restarts it (a new incarnation populates itself) within the parent's
+/// restart intensity. This is OTP's "a child that fails to restart is retried and counts
+/// toward the intensity": a configured child is never silently left out. A supervisor that
+/// is gone ends the task.
 async fn start_populated<A: Clone + Sync + Send + 'static>(
     ctx: &ChildContext,
     config: SupervisorConfig,
@@ -234,23 +248,57 @@ async fn start_populated<A: Clone + Sync + Send + 'static>(
             return Err(StartError::Failed(e.to_string()));
         }
     };
-    tokio::spawn(async move {
-        for (id, args) in children {
-            match sup.start_child_named(&id, args).await {
+    tokio::spawn(populate(sup, children));
+    Ok(cell)
+}
+
+/// The population task of [`start_populated`].
+async fn populate<A: Clone + Sync + Send + 'static>(
+    sup: DynamicSupervisorRef<A>,
+    mut pending: Vec<(String, A)>,
+) {
+    let running = |sup: &DynamicSupervisorRef<A>| {
+        matches!(
+            sup.cell().get_status(),
+            ractor::ActorStatus::Running | ractor::ActorStatus::Starting
+        )
+    };
+    let mut backoff = POPULATE_BACKOFF;
+    for round in 1..=POPULATE_TRIES {
+        let mut failed = Vec::new();
+        let mut last_error = String::new();
+        for (id, args) in pending {
+            match sup.start_child_named(&id, args.clone()).await {
                 Ok(_) | Err(SupervisorError::AlreadyPresent { .. }) => {}
                 Err(e) => {
-                    if !matches!(
-                        sup.cell().get_status(),
-                        ractor::ActorStatus::Running | ractor::ActorStatus::Starting
-                    ) {
+                    if !running(&sup) {
                         return;
                     }
-                    tracing::warn!(path = %sup.path(), child = %id, error = %e, "child did not start");
+                    tracing::warn!(path = %sup.path(), child = %id, round, rounds = POPULATE_TRIES, error = %e, "child did not start");
+                    last_error = format!("{id}: {e}");
+                    failed.push((id, args));
                 }
             }
         }
-    });
-    Ok(cell)
+        if failed.is_empty() {
+            return;
+        }
+        if round == POPULATE_TRIES {
+            let reason = format!(
+                "{} of its children did not start in {POPULATE_TRIES} rounds (the last: {last_error})",
+                failed.len()
+            );
+            tracing::error!(path = %sup.path(), %reason, "supervisor gives up populating; its parent restarts it");
+            sup.cell().stop(Some(reason));
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(POPULATE_BACKOFF_MAX);
+        if !running(&sup) {
+            return;
+        }
+        pending = failed;
+    }
 }
 
 /// Plug `v` into its charger: the simulated battery appears, the charger supervisor gets
@@ -968,4 +1016,152 @@ fn segments_hook(shared: &Arc<SiteShared>, exit: &ChildExit<'_>) -> HookDecision
         }
     }
     HookDecision::restart()
+}
+
+#[cfg(test)]
+mod populate_tests {
+    //! [`start_populated`] on the paused clock: a child that fails to start is started again
+    //! until it runs, and a supervisor whose child never starts gives up and is restarted by
+    //! its parent.
+
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use gridvisor_supervisors::prelude::*;
+    use gridvisor_supervisors::StartError;
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+    use super::{start_populated, POPULATE_TRIES};
+
+    /// A child that does nothing but run.
+    struct Idle;
+
+    impl Actor for Idle {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<()>,
+            _args: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// Per child id, how many starts fail before one succeeds (`u32::MAX`: all of them);
+    /// counts every try and every child running.
+    #[derive(Default)]
+    struct Script {
+        refuse: Mutex<std::collections::BTreeMap<String, u32>>,
+        tries: Mutex<Vec<String>>,
+        running: AtomicU32,
+        incarnations: AtomicU32,
+    }
+
+    /// A root supervisor whose only child is a dynamic supervisor populated with
+    /// `children` by [`start_populated`].
+    async fn populated(script: &Arc<Script>, children: &[&str]) -> SupervisorRef {
+        let s = script.clone();
+        let template = ChildSpec::worker("child", move |ctx: ChildContext, id: String| {
+            let s = s.clone();
+            async move {
+                lock(&s.tries).push(id.clone());
+                let refused = match lock(&s.refuse).get_mut(&id) {
+                    Some(left) if *left > 0 => {
+                        if *left != u32::MAX {
+                            *left -= 1;
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                if refused {
+                    return Err(StartError::Failed(format!("{id} is not ready")));
+                }
+                let cell = ctx.spawn(Idle, ()).await?;
+                s.running.fetch_add(1, SeqCst);
+                Ok(cell)
+            }
+        });
+        let s = script.clone();
+        let children: Vec<(String, String)> = children
+            .iter()
+            .map(|c| (c.to_string(), c.to_string()))
+            .collect();
+        let pop = ChildSpec::worker("pop", move |ctx: ChildContext, ()| {
+            let (s, template, children) = (s.clone(), template.clone(), children.clone());
+            async move {
+                s.incarnations.fetch_add(1, SeqCst);
+                let config = SupervisorConfig::new("pop", Strategy::OneForOne);
+                start_populated(&ctx, config, template, children).await
+            }
+        })
+        .kind(ChildKind::Supervisor);
+        Supervisor::start(
+            SupervisorConfig::new("root", Strategy::OneForOne)
+                .intensity(5, Duration::from_secs(600)),
+            vec![pop],
+        )
+        .await
+        .expect("the root starts")
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Let the paused clock run until `cond` holds, at most a simulated minute.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..6_000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within a simulated minute: {what}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_child_that_fails_to_start_is_started_again_until_it_runs() {
+        let script = Arc::new(Script::default());
+        lock(&script.refuse).insert("b".into(), 3);
+        let root = populated(&script, &["a", "b", "c"]).await;
+        until("a, b and c running", || script.running.load(SeqCst) == 3).await;
+        let tries = lock(&script.tries).clone();
+        // b: three failures and the start that worked; a and c once; no give-up.
+        assert_eq!(tries.iter().filter(|t| *t == "b").count(), 4, "{tries:?}");
+        assert_eq!(tries.iter().filter(|t| *t != "b").count(), 2, "{tries:?}");
+        assert_eq!(script.incarnations.load(SeqCst), 1);
+        // The failing child did not hold up the others: a and c started in the first round.
+        assert_eq!(&tries[..3], ["a", "b", "c"]);
+        root.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_supervisor_whose_child_never_starts_gives_up_and_its_parent_restarts_it() {
+        let script = Arc::new(Script::default());
+        lock(&script.refuse).insert("b".into(), u32::MAX);
+        let root = populated(&script, &["a", "b"]).await;
+        until("the populated supervisor restarted by its parent", || {
+            script.incarnations.load(SeqCst) == 2
+        })
+        .await;
+        let tries = lock(&script.tries).clone();
+        // The first incarnation's tries end where the second one starts a again.
+        let second = tries
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| *t == "a")
+            .nth(1)
+            .map_or(tries.len(), |(i, _)| i);
+        assert_eq!(
+            tries[..second].iter().filter(|t| *t == "b").count(),
+            POPULATE_TRIES as usize,
+            "b is tried once per round before the supervisor gives up: {tries:?}"
+        );
+        root.shutdown().await;
+    }
 }
