@@ -60,7 +60,8 @@ fn a_killed_node_is_taken_over_and_readmitted_and_every_invariant_holds() {
             "takeover",
             "settles",
             "acknowledged_not_lost",
-            "acknowledged_monotone"
+            "acknowledged_monotone",
+            "supervisors_hold"
         ]
     );
     // The kill was taken over and the restart settled: each was put to the test.
