@@ -502,9 +502,6 @@ pub(crate) struct SessionActorState {
     /// How often it reads its charger (the site's cycle).
     period: Duration,
     timer: Option<JoinHandle<()>>,
-    /// The last checkpoint committed here but its replica did not confirm it: the next
-    /// tick writes again, whatever [`SESSION_CHECKPOINT_EVERY`] says.
-    unreplicated: bool,
 }
 
 impl SessionActorState {
@@ -533,32 +530,11 @@ impl SessionActorState {
         }
     }
 
-    /// Write the session's checkpoint. A write that committed here but that the replica did
-    /// not confirm (a peer that is still connecting, or dead until the cluster removes it)
-    /// is not a reason to crash: the session's state is whole in memory and on this node's
-    /// disk, and each checkpoint is a consistent snapshot (SoC with the register it was
-    /// integrated up to), so a replica that lags a few ticks resumes a session from an
-    /// older, consistent point, as if this node had died a few ticks earlier. The next tick
-    /// writes again until the replica confirms. (Acknowledged setpoints keep the strict
-    /// rule: the dispatcher acknowledges nothing its replica has not confirmed.) Any other
-    /// error, a local one, is the actor's failure.
-    async fn checkpoint(&mut self) -> Result<(), crate::checkpoint::CheckpointError> {
-        let key = session_checkpoint_key(&self.cp.session.vehicle);
-        match self.shared.store.put(&key, &self.cp).await {
-            Ok(()) => {
-                if std::mem::take(&mut self.unreplicated) {
-                    tracing::info!(%key, "session checkpoint replicated again");
-                }
-                Ok(())
-            }
-            Err(crate::checkpoint::CheckpointError::Replication { key, reason }) => {
-                if !std::mem::replace(&mut self.unreplicated, true) {
-                    tracing::warn!(%key, %reason, "session checkpoint kept here only; written again every cycle until its replica confirms");
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+    async fn checkpoint(&self) -> Result<(), crate::checkpoint::CheckpointError> {
+        self.shared
+            .store
+            .put(&session_checkpoint_key(&self.cp.session.vehicle), &self.cp)
+            .await
     }
 
     /// Integrate the register since the last reading and follow the power's direction.
@@ -656,7 +632,6 @@ impl Actor for SessionActor {
             mailbox,
             period: Duration::from_millis(shared_cycle_ms),
             timer: None,
-            unreplicated: false,
         };
         if state.cp.session.state == SessionState::Plugged {
             state.cp.session.apply(SessionEvent::Authorize)?;
@@ -709,7 +684,7 @@ impl Actor for SessionActor {
                         let _ = link.actor.send_message(LinkMsg::Enforce);
                     }
                 }
-                if changed || s.unreplicated || s.readings % SESSION_CHECKPOINT_EVERY == 0 {
+                if changed || s.readings % SESSION_CHECKPOINT_EVERY == 0 {
                     s.checkpoint().await?;
                 }
             }

@@ -9,7 +9,6 @@
 //! | `acknowledged_not_lost` | at the end, each segment's chargers show applied dispatch ids no older than the newest one acknowledged for it |
 //! | `acknowledged_monotone` | (unless `acknowledged_monotone = false`) a segment's acknowledged dispatch ids never go back: a request sent after an acknowledgement gets a larger id |
 //! | `handoffs` | (with `max_handoffs`) adoptions after the first settle, at most that many |
-//! | `supervisors_hold` | no supervisor of any node gives up (an "ALARM: safe state" for `RestartIntensity` in its log): a peer that dies, is cut off or is slow is the cluster's fault to handle, and must never crash-loop a node's actors into a safe state |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,8 +30,6 @@ pub const ACKNOWLEDGED: &str = "acknowledged_not_lost";
 pub const MONOTONE: &str = "acknowledged_monotone";
 /// See the module table.
 pub const HANDOFFS: &str = "handoffs";
-/// See the module table.
-pub const SUPERVISORS_HOLD: &str = "supervisors_hold";
 
 /// One node's `/api/cluster`, the parts the checks use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -575,41 +572,6 @@ pub fn handoffs(adoptions: &[f64], t0: f64, max: u64) -> Summary {
     s
 }
 
-/// `supervisors_hold`: no node's log has a supervisor that gave up (the safety actor's
-/// "ALARM: safe state" with a `RestartIntensity` cause); `t0` (epoch seconds) is the run's
-/// start, for the violation's time. Cluster faults must be handled by the cluster (leases,
-/// takeover, replication that retries), not by actors crashing until their supervisors stop.
-pub fn supervisors_hold(logs: &[NodeLog<'_>], t0: f64) -> Summary {
-    let mut s = Summary::new(SUPERVISORS_HOLD, "no supervisor gives up".into(), "");
-    for log in logs {
-        for line in log.text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let f = &v["fields"];
-            if f["message"].as_str() != Some("ALARM: safe state") {
-                continue;
-            }
-            s.checks += 1;
-            let causes = f["causes"].as_str().unwrap_or("");
-            if !causes.contains("RestartIntensity") {
-                continue;
-            }
-            let at = v["timestamp"].as_str().and_then(parse_time).unwrap_or(t0);
-            s.violate(
-                ((at - t0) * 1e3).round() as i64,
-                format!(
-                    "{}: {} went to {} because a supervisor gave up: {causes}",
-                    log.node,
-                    f["segment"].as_str().unwrap_or("?"),
-                    f["to"].as_str().unwrap_or("?")
-                ),
-            );
-        }
-    }
-    s
-}
-
 /// The newest acknowledged dispatch of a segment: its id, and how many devices acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Acked {
@@ -748,51 +710,6 @@ pub fn parse_time(t: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_supervisor_that_gave_up_breaks_supervisors_hold() {
-        // Lines as the nodes write them (a session crash-looping on a dead replica).
-        let gave_up = r#"{"timestamp":"2026-12-02T18:26:02.539515Z","level":"ERROR","fields":{"message":"ALARM: safe state","segment":"tx-1","to":"charge_only","causes":"[RestartIntensity(\"node/segments/tx-1/chargers\")]"},"target":"gridvisor_actors::runtime::safety"}"#;
-        let handoff = r#"{"timestamp":"2026-12-02T18:26:02.221512Z","level":"WARN","fields":{"message":"safe state","segment":"tx-3","from":"normal","to":"charge_only","causes":"[Handoff]"},"target":"gridvisor_actors::runtime::safety"}"#;
-        let other_alarm = r#"{"timestamp":"2026-12-02T18:26:03.0Z","level":"ERROR","fields":{"message":"ALARM: safe state","segment":"tx-2","to":"charge_only","causes":"[Quorum]"},"target":"gridvisor_actors::runtime::safety"}"#;
-        let t0 = parse_time("2026-12-02T18:26:00Z").unwrap();
-        let quiet = format!("{handoff}\n{other_alarm}\nnot json\n");
-        let ok = supervisors_hold(
-            &[NodeLog {
-                node: "node-a",
-                text: &quiet,
-                kills: &[],
-            }],
-            t0,
-        );
-        assert!(ok.held, "{ok:?}");
-        assert_eq!(ok.checks, 1, "one alarm looked at");
-        let loud = format!("{handoff}\n{gave_up}\n");
-        let broken = supervisors_hold(
-            &[
-                NodeLog {
-                    node: "node-a",
-                    text: &quiet,
-                    kills: &[],
-                },
-                NodeLog {
-                    node: "node-b",
-                    text: &loud,
-                    kills: &[],
-                },
-            ],
-            t0,
-        );
-        assert!(!broken.held);
-        let v = broken.first_violation.unwrap();
-        assert_eq!(v.t_ms, 2540);
-        assert!(
-            v.message
-                .starts_with("node-b: tx-1 went to charge_only because a supervisor gave up"),
-            "{}",
-            v.message
-        );
-    }
 
     fn names() -> Vec<String> {
         ["node-a", "node-b", "node-c"].map(String::from).to_vec()

@@ -923,7 +923,6 @@ pub fn run(
         .collect();
     let (intervals, adoptions) = check::intervals(&logs);
     summaries.insert(0, check::one_driver(&intervals, t0_epoch));
-    summaries.push(check::supervisors_hold(&logs, t0_epoch));
     if let Some(max) = s.bounds.max_handoffs {
         if settled_after.is_some() {
             summaries.push(check::handoffs(&adoptions, t0_epoch, max));
