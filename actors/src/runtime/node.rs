@@ -1032,7 +1032,7 @@ mod populate_tests {
     use gridvisor_supervisors::StartError;
     use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-    use super::{start_populated, POPULATE_TRIES};
+    use super::{lock, start_populated, POPULATE_TRIES};
 
     /// A child that does nothing but run.
     struct Idle;
@@ -1107,10 +1107,6 @@ mod populate_tests {
         )
         .await
         .expect("the root starts")
-    }
-
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Let the paused clock run until `cond` holds, at most a simulated minute.
