@@ -676,11 +676,7 @@ impl Drop for Netns {
 #[test]
 fn a_partitioned_minority_goes_to_charge_only_and_the_majority_takes_over() {
     let _one_at_a_time = serial();
-    if let Err(why) = netns_available() {
-        if std::env::var("GRIDVISOR_REQUIRE_NETNS").as_deref() == Ok("1") {
-            panic!("network namespaces are required here: {why}");
-        }
-        eprintln!("skipped: no network namespaces ({why})");
+    if gridvisor_testkit::probe(&gridvisor_testkit::needs::NETNS, netns_available()).is_none() {
         return;
     }
     let net = Netns::new(3);

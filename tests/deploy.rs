@@ -44,22 +44,7 @@ fn read(path: &Path) -> String {
 /// A command of Debian's prometheus package, or None (with a note) when it is not installed
 /// and GRIDVISOR_REQUIRE_PROMTOOL is not set.
 fn tool(name: &str) -> Option<Command> {
-    match Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => Some(Command::new(name)),
-        Err(e) => {
-            assert!(
-                std::env::var_os("GRIDVISOR_REQUIRE_PROMTOOL").is_none(),
-                "{name} is required here: {e}"
-            );
-            eprintln!("{name} not installed: skipping this check ({e})");
-            None
-        }
-    }
+    gridvisor_testkit::tool(&gridvisor_testkit::needs::PROMTOOL, &[name]).map(Command::new)
 }
 
 fn promtool(args: &[&str]) {

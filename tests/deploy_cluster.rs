@@ -2,16 +2,16 @@
 //! Prometheus config for Kubernetes agree with each other and with the binary. No cluster runs.
 //!
 //! The manifests are read by a small reader of the block YAML they are written in (no YAML
-//! crate in the main package). When python3 with PyYAML is there, every document is also
-//! parsed by PyYAML and must read the same; with GRIDVISOR_REQUIRE_PYYAML=1 a missing PyYAML
-//! fails the test, otherwise it is skipped with a note. promtool (Debian's `prometheus`
-//! package) and systemd-analyze likewise: GRIDVISOR_REQUIRE_PROMTOOL=1 and
-//! GRIDVISOR_REQUIRE_SYSTEMD=1 make them required.
+//! crate in the main package). Every document is also parsed by PyYAML (in the tests' own
+//! venv, gridvisor-testkit) and must read the same. promtool (Debian's `prometheus` package)
+//! and systemd-analyze are skipped with a note when missing, unless
+//! GRIDVISOR_REQUIRE_PROMTOOL=1 and GRIDVISOR_REQUIRE_SYSTEMD=1 make them required.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use gridvisor_testkit::{needs, Requirement};
 use serde_json::{json, Map, Value};
 
 fn root() -> &'static Path {
@@ -28,23 +28,8 @@ fn k8s(file: &str) -> PathBuf {
 
 /// A tool of the machine, or None (with a note) when it is not installed and `require` is not
 /// set in the environment.
-fn tool(name: &str, require: &str) -> Option<Command> {
-    match Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => Some(Command::new(name)),
-        Err(e) => {
-            assert!(
-                std::env::var_os(require).is_none(),
-                "{name} is required here ({require}): {e}"
-            );
-            eprintln!("{name} not installed: skipping this check ({e})");
-            None
-        }
-    }
+fn tool(name: &str, need: &Requirement) -> Option<Command> {
+    gridvisor_testkit::tool(need, &[name]).map(Command::new)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,43 +319,24 @@ fn the_yaml_reader_reads_what_it_must() {
     assert!(yaml_docs("a: 1\na: 2\n").is_err());
 }
 
-/// PyYAML's reading of a file, as JSON; None when python3 or PyYAML is missing (and
-/// GRIDVISOR_REQUIRE_PYYAML is not 1).
-fn pyyaml(path: &Path) -> Option<Vec<Value>> {
+/// PyYAML's reading of a file, as JSON (PyYAML is pinned in the tests' venv).
+fn pyyaml(path: &Path) -> Vec<Value> {
     const SCRIPT: &str =
         "import json, sys, yaml\nprint(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
-    let required = std::env::var("GRIDVISOR_REQUIRE_PYYAML").is_ok_and(|v| v == "1");
-    let out = match Command::new("python3")
+    let python = gridvisor_testkit::python();
+    let out = Command::new(&python)
         .arg("-c")
         .arg(SCRIPT)
         .arg(path)
         .output()
-    {
-        Ok(out) => out,
-        Err(e) => {
-            assert!(
-                !required,
-                "python3 is required (GRIDVISOR_REQUIRE_PYYAML=1): {e}"
-            );
-            eprintln!("python3 not found: PyYAML check skipped ({e})");
-            return None;
-        }
-    };
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && stderr.contains("No module named 'yaml'") {
-        assert!(
-            !required,
-            "PyYAML is required (GRIDVISOR_REQUIRE_PYYAML=1): {stderr}"
-        );
-        eprintln!("PyYAML not installed (apt-get install python3-yaml): check skipped");
-        return None;
-    }
     assert!(
         out.status.success(),
         "PyYAML rejects {}:\n{stderr}",
         path.display()
     );
-    Some(serde_json::from_slice(&out.stdout).expect("PyYAML's JSON"))
+    serde_json::from_slice(&out.stdout).expect("PyYAML's JSON")
 }
 
 #[test]
@@ -385,14 +351,13 @@ fn every_yaml_document_parses_and_pyyaml_reads_it_the_same() {
                 path.display()
             );
         }
-        if let Some(theirs) = pyyaml(&path) {
-            assert_eq!(
-                ours,
-                theirs,
-                "{}: read differently by PyYAML",
-                path.display()
-            );
-        }
+        let theirs = pyyaml(&path);
+        assert_eq!(
+            ours,
+            theirs,
+            "{}: read differently by PyYAML",
+            path.display()
+        );
     }
 }
 
@@ -696,7 +661,7 @@ fn prometheus_finds_the_pods_admin_port_as_job_gridvisor() {
 
 #[test]
 fn promtool_accepts_the_kubernetes_config() {
-    let Some(_) = tool("promtool", "GRIDVISOR_REQUIRE_PROMTOOL") else {
+    let Some(_) = tool("promtool", &needs::PROMTOOL) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -893,7 +858,7 @@ fn the_example_cluster_file_for_three_machines_is_complete() {
 
 #[test]
 fn systemd_analyze_verifies_the_unit() {
-    let Some(_) = tool("systemd-analyze", "GRIDVISOR_REQUIRE_SYSTEMD") else {
+    let Some(_) = tool("systemd-analyze", &needs::SYSTEMD) else {
         return;
     };
     // An instance of the template, with ExecStart pointing at a binary that exists here

@@ -22,37 +22,16 @@ use common::*;
 use gridvisor_actors::config::MqttTls;
 use gridvisor_actors::io::mqtt::client_tls;
 use gridvisor_actors::runtime::{Node, Scope};
+use gridvisor_testkit::{find_executable, needs, probe};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::Value;
 
-/// The broker binary, or None (after saying so) when the tests should pass without it.
+/// The broker binary (`GRIDVISOR_MOSQUITTO`, else found on PATH or in sbin), or None after
+/// the skip is recorded (a failure with `GRIDVISOR_REQUIRE_MOSQUITTO=1`, as in CI).
 fn mosquitto() -> Option<PathBuf> {
-    let found = std::env::var_os("GRIDVISOR_MOSQUITTO")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|d| d.join("mosquitto")),
-        )
-        .chain(["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"].map(PathBuf::from))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("GRIDVISOR_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
-            panic!(
-                "mosquitto not found and GRIDVISOR_REQUIRE_MOSQUITTO=1: apt-get install mosquitto"
-            );
-        }
-        eprintln!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-             !! SKIPPED: mosquitto not found; the MQTT export was NOT tested against a broker.\n\
-             !! Install it (apt-get install mosquitto) or set GRIDVISOR_REQUIRE_MOSQUITTO=1.\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-        );
-    }
-    found
+    let given = std::env::var_os("GRIDVISOR_MOSQUITTO").map(PathBuf::from);
+    let found = given.map_or_else(|| find_executable(&["mosquitto"]), Ok);
+    probe(&needs::MOSQUITTO, found)
 }
 
 fn free_port() -> u16 {

@@ -20,9 +20,7 @@ const PASSWORD: &str = "py-charger-secret";
 /// The token the Python charge point presents (a configured vehicle's id).
 const TOKEN: &str = "04A1B2C3";
 
-fn python() -> String {
-    std::env::var("GRIDVISOR_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
+use gridvisor_testkit::python;
 
 /// The Python charge point; killed on drop.
 struct PyCp {
@@ -43,7 +41,7 @@ impl PyCp {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start the python charge point (python3 with `pip install -r transports/tests/py/requirements.txt`)");
+            .expect("start the python charge point (the tests' venv, gridvisor-testkit)");
         let stdout = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::unbounded_channel();

@@ -3,8 +3,8 @@
 //! it finds "SunS", walks the models, reads 701 W and 713 SoC, which must equal what the Rust
 //! side holds; then it writes a 704 limit, which the Rust state must show, and an
 //! out-of-range one, which must come back as exception 3. Fails (never skips) when Python or
-//! the packages are missing: the script checks pymodbus's version and imports pysunspec2, and
-//! any failure of it fails the test with its stderr.
+//! the packages are missing (the tests make their own venv, gridvisor-testkit): the script
+//! checks pymodbus's version and imports pysunspec2, and any failure fails the test.
 
 use crate::modbus_support;
 
@@ -23,10 +23,7 @@ const CHILD_WAIT: Duration = Duration::from_secs(60);
 /// How often its exit is polled.
 const CHILD_POLL: Duration = Duration::from_millis(50);
 
-/// The Python interpreter: GRIDVISOR_PYTHON, else python3 (as transports' tests).
-fn python() -> String {
-    std::env::var("GRIDVISOR_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use gridvisor_testkit::python;
 
 /// Runs the Python client to its end (bounded by [`CHILD_WAIT`]); its JSON lines.
 async fn run_client(args: &[String]) -> Vec<Value> {
@@ -38,12 +35,7 @@ async fn run_client(args: &[String]) -> Vec<Value> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): install Python 3.11+ and `pip install -r transports/tests/py/requirements.txt` (or set GRIDVISOR_PYTHON)",
-                python()
-            )
-        });
+        .unwrap_or_else(|e| panic!("cannot run {} ({e})", python().display()));
     let attempts = (CHILD_WAIT.as_millis() / CHILD_POLL.as_millis()) as u32;
     for _ in 0..attempts {
         if child.try_wait().expect("poll the child").is_some() {

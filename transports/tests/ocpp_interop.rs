@@ -1,7 +1,7 @@
 //! Interop: the independent Python `ocpp` 2.1.0 charge point (OCPP 2.0.1 and 2.1) against our
 //! CSMS over ws (profile 1), wss (profile 2) and wss with mutual TLS (profile 3). Real sockets,
-//! real TLS, real frames. These tests FAIL when Python or the package is missing
-//! (`pip install -r transports/tests/py/requirements.txt`).
+//! real TLS, real frames. The charge point runs in the tests' own venv (gridvisor-testkit);
+//! these tests fail, never skip, when it cannot be made.
 
 use crate::ocpp_support;
 

@@ -20,13 +20,12 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// The Python interpreter (GRIDVISOR_PYTHON, else python3).
-pub fn python() -> String {
-    std::env::var("GRIDVISOR_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+/// The tests' Python: their own venv from the pinned requirements (`GRIDVISOR_PYTHON`
+/// overrides).
+pub use gridvisor_testkit::python;
 
-/// Fails (never skips) when Python, pymodbus 3.16.1 or pysunspec2 is missing: the interop
-/// tests are part of the suite (`pip install -r transports/tests/py/requirements.txt`).
+/// Fails (never skips) when pymodbus 3.16.1 or pysunspec2 is missing from the tests' venv:
+/// the interop tests are part of the suite.
 pub fn require_pymodbus() {
     let out = Command::new(python())
         .args([
@@ -37,12 +36,13 @@ pub fn require_pymodbus() {
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
-            "pymodbus 3.16.1 / pysunspec2 missing ({}); run `pip install -r transports/tests/py/requirements.txt`",
+            "pymodbus 3.16.1 / pysunspec2 missing from {} ({}): are they in transports/tests/py/requirements.txt?",
+            python().display(),
             String::from_utf8_lossy(&o.stderr).trim()
         ),
         Err(e) => panic!(
-            "cannot run {} ({e}); install Python 3.11+ and `pip install -r transports/tests/py/requirements.txt`",
-            python()
+            "cannot run {} ({e})",
+            python().display()
         ),
     }
 }

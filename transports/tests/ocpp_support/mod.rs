@@ -266,10 +266,9 @@ pub async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
         .expect("channel closed")
 }
 
-/// The Python interpreter (`GRIDVISOR_PYTHON`, default `python3`).
-pub fn python() -> String {
-    std::env::var("GRIDVISOR_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
+/// The tests' Python: their own venv from the pinned requirements (`GRIDVISOR_PYTHON`
+/// overrides).
+pub use gridvisor_testkit::python;
 
 /// Fails (never skips) when Python or the pinned packages are missing.
 pub fn require_python_ocpp() {
@@ -282,13 +281,14 @@ pub fn require_python_ocpp() {
     match out {
         Ok(o) if o.status.success() => {
             let v = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-            assert_eq!(v, "2.1.0", "the interop tests need ocpp==2.1.0, found {v}; run `pip install -r transports/tests/py/requirements.txt`");
+            assert_eq!(v, "2.1.0", "the interop tests need ocpp==2.1.0, found {v} in {}", python().display());
         }
         Ok(o) => panic!(
-            "python `ocpp`/`websockets` missing ({}); run `pip install -r transports/tests/py/requirements.txt`",
+            "python `ocpp`/`websockets` missing from {} ({}): are they in transports/tests/py/requirements.txt?",
+            python().display(),
             String::from_utf8_lossy(&o.stderr).trim()
         ),
-        Err(e) => panic!("cannot run {} ({e}); install Python 3.11+ and `pip install -r transports/tests/py/requirements.txt`", python()),
+        Err(e) => panic!("cannot run {} ({e})", python().display()),
     }
 }
 
@@ -343,7 +343,7 @@ impl PyCp {
         match tokio::time::timeout(WAIT, self.lines.recv()).await {
             Ok(Some(v)) => {
                 if v["event"] == "missing" {
-                    panic!("python packages missing: {v}; run `pip install -r transports/tests/py/requirements.txt`");
+                    panic!("python packages missing: {v}: are they in transports/tests/py/requirements.txt?");
                 }
                 v
             }
