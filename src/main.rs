@@ -240,6 +240,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 t.segments().count(),
                 t.vehicles.len()
             );
+            for w in t.warnings() {
+                outln!("{}: warning: {w}", file.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

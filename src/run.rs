@@ -102,6 +102,32 @@ fn print_status(node: &Node, reporter: &crate::demo::Reporter) {
     outln!("  modbus requests served by the simulated devices: {served}");
 }
 
+/// The banner's line on the clock source in force (`[safety.clock]`).
+fn clock_banner(node: &Node) -> String {
+    use gridvisor_actors::config::ClockSourceKind;
+    let c = &node.shared.time_source.config;
+    for w in node.shared.topology.warnings() {
+        tracing::warn!("{w}");
+    }
+    match c.source {
+        ClockSourceKind::Ptp4l => format!(
+            "source ptp4l at {} (poll {} ms, stale after {} ms{})",
+            c.path.display(),
+            c.poll_ms,
+            c.stale_ms,
+            if c.accept_uncalibrated {
+                ", UNCALIBRATED accepted"
+            } else {
+                ""
+            }
+        ),
+        ClockSourceKind::None => {
+            "source none: the PTP rows of the safe-state ladder are OFF".into()
+        }
+        ClockSourceKind::Simulated => "source simulated (no real PTP clock is read)".into(),
+    }
+}
+
 /// Run a node until it is told to stop.
 pub async fn run(mut o: RunOptions) -> Result<(), String> {
     // One socket per charge point: take every file descriptor the system allows.
@@ -230,6 +256,7 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
         topology.site.id,
         topology.segments().count(),
     );
+    outln!("  clock      {}", clock_banner(&node));
     if let Some(hub) = node.shared.devices.ocpp.clone() {
         let connected = hub.connected_count();
         let (ws, wss) = hub.listeners();

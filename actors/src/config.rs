@@ -46,6 +46,12 @@ use toml::Spanned;
 
 use crate::ladder::LadderConfig;
 
+mod clock;
+pub use clock::{
+    ClockConfig, ClockSourceKind, DEFAULT_CLOCK_POLL_MS, DEFAULT_CLOCK_STALE_MS,
+    DEFAULT_CLOCK_TIMEOUT_MS, DEFAULT_PTP4L_PATH, MIN_CLOCK_POLL_MS,
+};
+
 /// The embedded demo site (`configs/demo.toml`).
 pub const DEMO: &str = include_str!("../../configs/demo.toml");
 /// The file name errors in [`DEMO`] are reported against.
@@ -416,6 +422,8 @@ pub struct Safety {
     pub derate_start_c: f64,
     /// Temperature at which the derated cap reaches 0 kW, °C (> `derate_start_c`).
     pub derate_zero_c: f64,
+    /// `[safety.clock]`: where the PTP readings come from (None: see [`Topology::clock`]).
+    pub clock: Option<ClockConfig>,
 }
 
 impl Default for Safety {
@@ -427,6 +435,7 @@ impl Default for Safety {
             ptp_trip_ms: DEFAULT_PTP_TRIP_MS,
             derate_start_c: DEFAULT_DERATE_START_C,
             derate_zero_c: DEFAULT_DERATE_ZERO_C,
+            clock: None,
         }
     }
 }
@@ -982,6 +991,7 @@ const SAFETY_KEYS: &[&str] = &[
     "ptp_trip_ms",
     "derate_start_c",
     "derate_zero_c",
+    "clock",
 ];
 
 /// A table being read: its path, where it starts, and its entries (`None` when it is absent
@@ -1236,6 +1246,7 @@ impl Reader {
             ptp_trip_ms: self.number(&safety, "ptp_trip_ms", Some(DEFAULT_PTP_TRIP_MS)),
             derate_start_c: self.number(&safety, "derate_start_c", Some(DEFAULT_DERATE_START_C)),
             derate_zero_c: self.number(&safety, "derate_zero_c", Some(DEFAULT_DERATE_ZERO_C)),
+            clock: self.clock(&safety),
         };
         let ocpp = self.ocpp(&root);
         let mqtt = self.mqtt(&root, &site.id);
@@ -1872,6 +1883,9 @@ impl<'s> Checker<'s> {
         let zero_ok = self.number(zero, s.derate_zero_c, Lo::Any, Hi::Any);
         if start_ok && zero_ok {
             self.ordered((start, s.derate_start_c), (zero, s.derate_zero_c), true);
+        }
+        if let Some(c) = &s.clock {
+            self.clock(c);
         }
     }
 
@@ -2872,6 +2886,7 @@ max_kw = 11
             ptp_trip_ms: 50.0,
             derate_start_c: 60.0,
             derate_zero_c: 80.0,
+            clock: None,
         };
         let l = safety.ladder_config();
         assert_eq!(l.hold_time, Duration::from_millis(12_500));
@@ -2889,6 +2904,7 @@ max_kw = 11
             ptp_trip_ms: 1e300,
             derate_start_c: f64::NAN,
             derate_zero_c: 80.0,
+            clock: None,
         };
         let l = nonsense.ladder_config();
         let d = LadderConfig::default();

@@ -605,6 +605,7 @@ impl MeterIo for SimMeter {
 #[derive(Debug, Default)]
 pub struct SimPtp {
     offset_ns: AtomicU64,
+    unsynchronised: std::sync::atomic::AtomicBool,
 }
 
 impl SimPtp {
@@ -617,6 +618,16 @@ impl SimPtp {
     /// The measured offset.
     pub fn offset(&self) -> Duration {
         Duration::from_nanos(self.offset_ns.load(Ordering::Acquire))
+    }
+
+    /// Make the monitor unsynchronised (no grandmaster) or synchronised again.
+    pub fn set_unsynchronised(&self, unsynchronised: bool) {
+        self.unsynchronised.store(unsynchronised, Ordering::Release);
+    }
+
+    /// Whether it is unsynchronised.
+    pub fn unsynchronised(&self) -> bool {
+        self.unsynchronised.load(Ordering::Acquire)
     }
 }
 

@@ -15,6 +15,7 @@
 //! | --- | --- |
 //! | islanding: voltage or frequency outside an IEEE 1547-2018 trip band for its clearing time, or grid voltage lost, while exporting | Tripped |
 //! | PTP offset over 1 ms / over 100 ms | ChargeOnly / Tripped |
+//! | the clock source unsynchronised (no fresh reading, no grandmaster, port not following one) | ChargeOnly |
 //! | grid controller keep-alive missing for 5 s | ChargeOnly |
 //! | inverter core over 65 °C | Limited, derated linearly to 0 at 85 °C |
 //! | transformer at its thermal limit | Limited to the transformer's allowance |
@@ -196,6 +197,8 @@ pub enum FaultKey {
     Islanding,
     /// PTP clock offset.
     ClockDrift,
+    /// The clock source says the clock is not synchronised, or says nothing fresh.
+    ClockUnsynchronised,
     /// Grid controller keep-alive.
     KeepAlive,
     /// An inverter's core temperature.
@@ -217,7 +220,7 @@ pub enum FaultKey {
 
 impl FaultKey {
     /// Every kind of fault source, as [`FaultKey::kind`] names it.
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         "islanding",
         "clock_drift",
         "keepalive",
@@ -228,6 +231,7 @@ impl FaultKey {
         "restored",
         "metering",
         "handoff",
+        "clock_unsynchronised",
     ];
 
     /// The kind of source, without its instance (the `cause` label of
@@ -244,6 +248,7 @@ impl FaultKey {
             FaultKey::Restored => Self::KINDS[7],
             FaultKey::Metering => Self::KINDS[8],
             FaultKey::Handoff => Self::KINDS[9],
+            FaultKey::ClockUnsynchronised => Self::KINDS[10],
         }
     }
 }
@@ -262,6 +267,9 @@ pub enum Fault {
     },
     /// The PTP offset measured by the clock monitor.
     ClockOffset(Duration),
+    /// Whether the clock source is unsynchronised (`true`: no fresh reading, no grandmaster,
+    /// or a port that does not follow one): ChargeOnly. Its offset, if any, says nothing.
+    ClockUnsynchronised(bool),
     /// A keep-alive from the grid controller arrived.
     KeepAlive,
     /// An inverter's core temperature and its rated power.
@@ -399,6 +407,10 @@ impl SafeStateLadder {
                     None
                 };
                 self.set(FaultKey::ClockDrift, demand, now);
+            }
+            Fault::ClockUnsynchronised(unsynchronised) => {
+                let demand = unsynchronised.then_some(SafeState::ChargeOnly);
+                self.set(FaultKey::ClockUnsynchronised, demand, now);
             }
             Fault::KeepAlive => {
                 self.last_keepalive = now;
@@ -745,6 +757,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unsynchronised_clock_means_charge_only_and_keeps_the_drift_it_had() {
+        let mut l = ladder();
+        l.observe(Fault::ClockOffset(ms(150)), ms(0));
+        let t = l.observe(Fault::ClockUnsynchronised(true), ms(1));
+        assert_eq!(t, None, "already tripped by the drift");
+        assert_eq!(l.level(), SafeState::Tripped);
+        assert!(l.causes().contains(&FaultKey::ClockUnsynchronised));
+        // Synchronised again with a small offset: both causes clear and hold.
+        l.observe(Fault::ClockUnsynchronised(false), ms(2));
+        l.observe(Fault::ClockOffset(Duration::ZERO), ms(2));
+        let hold = l.config.hold_time;
+        assert_eq!(l.observe(Fault::KeepAlive, ms(1) + hold), None);
+        let t = l.observe(Fault::KeepAlive, ms(2) + hold).unwrap();
+        assert_eq!(t.to, SafeState::Normal);
+        let t = l
+            .observe(Fault::ClockUnsynchronised(true), ms(400_000))
+            .unwrap();
+        assert_eq!(
+            (t.to, t.causes),
+            (SafeState::ChargeOnly, vec![FaultKey::ClockUnsynchronised])
+        );
+        assert_eq!(FaultKey::ClockUnsynchronised.kind(), "clock_unsynchronised");
+    }
+
+    #[test]
     fn keepalive_missing_for_five_seconds_means_charge_only() {
         let mut l = ladder();
         assert_eq!(
@@ -877,6 +914,7 @@ mod properties {
                 exporting: e
             }),
             (0u64..200_000).prop_map(|us| Fault::ClockOffset(Duration::from_micros(us))),
+            any::<bool>().prop_map(Fault::ClockUnsynchronised),
             Just(Fault::KeepAlive),
             (0usize..3, 20.0f64..100.0).prop_map(|(i, c)| Fault::InverterTemperature {
                 inverter: format!("i-{i}"),

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod clock;
+pub mod clock_source;
 pub mod config;
 pub mod control;
 pub mod device;

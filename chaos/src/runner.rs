@@ -733,6 +733,10 @@ fn start_fault(world: &mut World, kind: &FaultKind, rng: &mut SplitMix64) -> Str
                 .set_offset(Duration::from_secs_f64(offset_ms / 1_000.0));
             kind.describe()
         }
+        FaultKind::ClockUnsynchronised => {
+            node.sim.ptp.set_unsynchronised(true);
+            kind.describe()
+        }
         FaultKind::OverTemperature { inverter, celsius } => {
             match node.sim.inverters.get(inverter) {
                 Some(i) => {
@@ -828,6 +832,7 @@ fn end_fault(world: &mut World, kind: &FaultKind) {
         FaultKind::PtpDrift { .. } | FaultKind::ClockJump { .. } => {
             node.sim.ptp.set_offset(Duration::ZERO)
         }
+        FaultKind::ClockUnsynchronised => node.sim.ptp.set_unsynchronised(false),
         FaultKind::OverTemperature { inverter, .. } => {
             if let Some(i) = node.sim.inverters.get(inverter) {
                 i.set_cooling_fault(0.0, false, now);

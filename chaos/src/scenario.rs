@@ -42,7 +42,8 @@
 //! `timeout`, `garbage` (`device`: a charger, inverter or meter answers with a Modbus-like
 //! exception, hangs for [`crate::devices::INJECTED_TIMEOUT`], or sends values that are not
 //! valid), `islanding` (`voltage_pu`, `frequency_hz`), `ptp_drift` (`to_ms`, over `for_s`),
-//! `clock_jump` (`offset_ms`), `over_temperature` (`inverter`, `celsius` of extra heat),
+//! `clock_jump` (`offset_ms`), `clock_unsynchronised` (the clock source loses its
+//! grandmaster for `for_s`), `over_temperature` (`inverter`, `celsius` of extra heat),
 //! `transformer_overload` (`segment`, `extra_kw` of uncontrolled load), `keepalive_loss`,
 //! `ocpp_disconnect` (`charger`: its OCPP connection drops; every call fails at once, the
 //! write that raced the drop lands with its answer lost, and offline past OCPP 2.1's
@@ -124,6 +125,7 @@ const FAULT_KINDS: &[(&str, &[&str])] = &[
     ("islanding", &["voltage_pu", "frequency_hz"]),
     ("ptp_drift", &["to_ms"]),
     ("clock_jump", &["offset_ms"]),
+    ("clock_unsynchronised", &[]),
     ("over_temperature", &["inverter", "celsius"]),
     ("transformer_overload", &["segment", "extra_kw"]),
     ("keepalive_loss", &[]),
@@ -249,6 +251,8 @@ pub enum FaultKind {
         /// The offset, ms.
         offset_ms: f64,
     },
+    /// The clock source loses its grandmaster: unsynchronised, no offset at all.
+    ClockUnsynchronised,
     /// An inverter's cooling fails.
     OverTemperature {
         /// The inverter.
@@ -295,6 +299,7 @@ impl FaultKind {
             FaultKind::Islanding { .. } => "islanding",
             FaultKind::PtpDrift { .. } => "ptp_drift",
             FaultKind::ClockJump { .. } => "clock_jump",
+            FaultKind::ClockUnsynchronised => "clock_unsynchronised",
             FaultKind::OverTemperature { .. } => "over_temperature",
             FaultKind::TransformerOverload { .. } => "transformer_overload",
             FaultKind::KeepAliveLoss => "keepalive_loss",
@@ -318,6 +323,7 @@ impl FaultKind {
             } => format!("islanding ({voltage_pu} pu, {frequency_hz} Hz)"),
             FaultKind::PtpDrift { to_ms } => format!("PTP drift to {to_ms} ms"),
             FaultKind::ClockJump { offset_ms } => format!("clock jump {offset_ms} ms"),
+            FaultKind::ClockUnsynchronised => "clock unsynchronised".to_owned(),
             FaultKind::OverTemperature { inverter, celsius } => {
                 format!("{inverter} cooling fault +{celsius} °C")
             }
@@ -636,6 +642,7 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 });
                 FaultKind::ClockJump { offset_ms }
             }
+            "clock_unsynchronised" => FaultKind::ClockUnsynchronised,
             "over_temperature" => {
                 let inverter = r.string(&t, "inverter", true).unwrap_or_default();
                 let celsius = r.number(&t, "celsius", None);

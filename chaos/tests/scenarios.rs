@@ -87,6 +87,7 @@ macro_rules! scenario_tests {
 }
 
 scenario_tests! {
+    clock_unsynchronised => "clock-unsynchronised.toml",
     garbage_values => "garbage-values.toml",
     handler_panic => "handler-panic.toml",
     heat_and_drift => "heat-and-drift.toml",

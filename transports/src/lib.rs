@@ -5,6 +5,8 @@
 //! - [`ocpp`]: an OCPP 2.0.1 / 2.1 CSMS over WebSocket (tokio-tungstenite) with the security
 //!   profiles 1–3 (rustls).
 //! - [`envelope`]: versioned rmp-serde frames for messages between gridvisor nodes.
+//! - [`ptp`]: a client of linuxptp's management socket (what `pmc -u` speaks): the PTP
+//!   clock's offset, port state and grandmaster.
 //!
 //! Every decoder returns a typed error naming what was wrong; none panics on bad input.
 #![deny(missing_docs)]
@@ -12,3 +14,4 @@
 pub mod envelope;
 pub mod modbus;
 pub mod ocpp;
+pub mod ptp;

@@ -15,3 +15,5 @@ mod modbus_sunspec_tables;
 mod ocpp_frame_fuzz;
 mod ocpp_interop;
 mod ocpp_rust_client;
+mod ptp_client;
+mod ptp_codec_fuzz;

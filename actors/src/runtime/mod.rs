@@ -3,6 +3,7 @@
 //! ```text
 //! node (one_for_one)
 //! ├── transports           with [ocpp]: the CSMS listener (csms), started first
+//! ├── clock                with [safety.clock] source = "ptp4l": the ptp4l poller
 //! ├── segments (dynamic)   one child per transformer segment (drawn below)
 //! ├── site                 the aggregator: grid requests, keep-alives, the control loop
 //! └── telemetry            with [mqtt]: the MQTT publisher (mqtt), started last
@@ -35,6 +36,7 @@
 //! commands every device of the segment at once, without waiting for the dispatcher.
 
 mod charger;
+mod clock_source;
 mod dispatcher;
 mod node;
 mod pollers;

@@ -419,6 +419,9 @@ pub struct SegmentView {
     /// Each charger's newest applied setpoint key, as this node knows it (in a cluster, a
     /// node that took the segment over knows its previous owner's from the replica).
     pub applied: BTreeMap<String, crate::setpoint::SetpointKey>,
+    /// The node's clock source and its status (the same for every segment of the node;
+    /// `source: "none"` says the PTP rows are off).
+    pub clock: crate::clock_source::ClockView,
 }
 
 /// Why a segment could not change owner.
@@ -599,6 +602,10 @@ impl Node {
             // First: the segments' links find the charge points that connect at once.
             children.push(transports_spec(hub));
         }
+        if let Some(clock) = super::clock_source::clock_spec(&shared) {
+            // Before the segments: their safety ticks read what it publishes.
+            children.push(clock);
+        }
         children.push(segments);
         children.push(site);
         if let Some(telemetry) = super::telemetry::telemetry_spec(&shared)? {
@@ -710,14 +717,15 @@ impl Node {
         self.shared
             .segments
             .values()
-            .map(|s| view(s, &owned))
+            .map(|s| view(s, &owned, self.shared.clock_view()))
             .collect()
     }
 
     /// One segment.
     pub fn segment(&self, id: &str) -> Option<SegmentView> {
         let owned = lock(&self.shared.owned).clone();
-        self.shared.segments.get(id).map(|s| view(s, &owned))
+        let clock = self.shared.clock_view();
+        self.shared.segments.get(id).map(|s| view(s, &owned, clock))
     }
 
     /// The segments this node drives now.
@@ -965,8 +973,13 @@ impl Node {
     }
 }
 
-fn view(s: &SegmentShared, owned: &BTreeSet<String>) -> SegmentView {
+fn view(
+    s: &SegmentShared,
+    owned: &BTreeSet<String>,
+    clock: crate::clock_source::ClockView,
+) -> SegmentView {
     SegmentView {
+        clock,
         owned: owned.contains(&s.id),
         id: s.id.clone(),
         substation: s.substation.clone(),

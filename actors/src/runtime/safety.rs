@@ -3,7 +3,8 @@
 //! It starts first in its segment (rest_for_one), so every device actor of the segment
 //! starts under the current level. Observations reach the ladder from the pollers (grid
 //! readings, temperatures, the thermal model, all through [`SegmentShared::observe`]), from
-//! the site (keep-alives), from the PTP monitor (read on every tick) and from the escalation
+//! the site (keep-alives), from the clock source (its status read on every tick, see
+//! [`crate::clock_source`]) and from the escalation
 //! hooks of the supervisors (a supervisor past its restart intensity). On every change of
 //! level it checkpoints the level, records the transition and commands every device of the
 //! segment at once (the links clamp their devices locally: no round trip to the dispatcher),
@@ -256,8 +257,8 @@ impl Actor for Safety {
                 if !state.shared.topology.site.keepalive_required {
                     t = t.or(ladder.observe(Fault::KeepAlive, now));
                 }
-                let offset = state.shared.ptp_offset();
-                t = ladder.observe(Fault::ClockOffset(offset), now).or(t);
+                let clock = state.shared.clock_status();
+                t = crate::clock_source::observe(&mut ladder, &clock, now).or(t);
                 t = ladder.tick(now).or(t);
                 drop(ladder);
                 let every = (LEASE_SCAN.as_millis() / SAFETY_TICK.as_millis()).max(1) as u64;

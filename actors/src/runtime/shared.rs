@@ -621,6 +621,8 @@ pub struct SiteShared {
     /// This run of the node (wall-clock nanoseconds at start): checkpointed leases are times
     /// on this run's clock, so a checkpoint from another run has no valid lease.
     pub boot: u64,
+    /// The clock source the safety ticks read (`[safety.clock]`).
+    pub time_source: crate::clock_source::TimeSource,
 }
 
 impl SiteShared {
@@ -661,6 +663,8 @@ impl SiteShared {
         options: NodeOptions,
     ) -> Result<Self, crate::runtime::NodeError> {
         let metrics = DomainMetrics::register(&prometheus)?;
+        let time_source =
+            crate::clock_source::TimeSource::new(&topology, sim.ptp.clone(), &prometheus)?;
         let now = clock.now();
         let ladder_config = topology.safety.ladder_config();
         let mut segments = BTreeMap::new();
@@ -781,6 +785,7 @@ impl SiteShared {
             site: Mutex::new(None),
             events: Mutex::new(VecDeque::new()),
             command_log: Arc::new(Mutex::new(VecDeque::new())),
+            time_source,
             boot: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -788,9 +793,14 @@ impl SiteShared {
         })
     }
 
-    /// The PTP offset the node's clock monitor measures now.
-    pub fn ptp_offset(&self) -> Duration {
-        self.sim.ptp.offset()
+    /// The clock source's status now, as the safety ticks judge it.
+    pub fn clock_status(&self) -> crate::clock_source::ClockStatus {
+        self.time_source.status(self.clock.now())
+    }
+
+    /// The clock source and its status now, as the API shows it.
+    pub fn clock_view(&self) -> crate::clock_source::ClockView {
+        self.time_source.view(self.clock.now())
     }
 
     /// Recent "safe state changed → every device commanded" latencies (oldest first).
