@@ -35,10 +35,11 @@ const HOLD_S: u64 = 2;
 
 /// Whether ptp4l and network namespaces are here; a reason when not.
 fn ptp_available() -> Result<(), String> {
-    let v = Command::new("ptp4l")
+    let ptp4l = gridvisor_testkit::find_executable(&["ptp4l"])?;
+    let v = Command::new(&ptp4l)
         .arg("-v")
         .output()
-        .map_err(|e| format!("no ptp4l (apt-get install linuxptp): {e}"))?;
+        .map_err(|e| format!("{}: {e}", ptp4l.display()))?;
     if !v.status.success() {
         return Err("ptp4l -v failed".into());
     }
@@ -54,17 +55,10 @@ fn ptp_available() -> Result<(), String> {
     Ok(())
 }
 
+/// True (after the skip is recorded) when ptp4l or network namespaces are missing; a failure
+/// instead with `GRIDVISOR_REQUIRE_PTP=1` or `GRIDVISOR_REQUIRE_ALL=1`.
 fn skip_unless_required() -> bool {
-    match ptp_available() {
-        Ok(()) => false,
-        Err(why) if std::env::var("GRIDVISOR_REQUIRE_PTP").as_deref() == Ok("1") => {
-            panic!("GRIDVISOR_REQUIRE_PTP=1 but: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped: ptp4l in network namespaces is not available here ({why})");
-            true
-        }
-    }
+    gridvisor_testkit::probe(&gridvisor_testkit::needs::PTP, ptp_available()).is_none()
 }
 
 fn sh(args: &[&str]) {
