@@ -44,7 +44,7 @@ use serde::Serialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::ladder::LadderConfig;
+use crate::ladder::{GridFrequency, LadderConfig, Stages, TripBand};
 
 /// The embedded demo site (`configs/demo.toml`).
 pub const DEMO: &str = include_str!("../../configs/demo.toml");
@@ -129,6 +129,28 @@ pub const DEFAULT_PTP_TRIP_MS: f64 = 100.0;
 pub const DEFAULT_DERATE_START_C: f64 = 65.0;
 /// Inverter temperature where the derated cap reaches 0 when none is given, °C.
 pub const DEFAULT_DERATE_ZERO_C: f64 = 85.0;
+/// The grid's nominal frequency when `[safety] nominal_hz` is not given (allowed only while
+/// no meter is read over Modbus: the in-process simulation runs at 60 Hz).
+pub const DEFAULT_NOMINAL_HZ: GridFrequency = GridFrequency::Hz60;
+/// The ROCOF trip threshold when none is given, Hz/s ([`crate::ladder::DEFAULT_ROCOF_HZ_PER_S`]).
+pub const DEFAULT_ROCOF_HZ_PER_S: f64 = crate::ladder::DEFAULT_ROCOF_HZ_PER_S;
+/// The largest accepted ROCOF threshold, Hz/s.
+pub const MAX_ROCOF_HZ_PER_S: f64 = 100.0;
+/// The ROCOF window when none is given, ms ([`crate::ladder::DEFAULT_ROCOF_WINDOW`]).
+pub const DEFAULT_ROCOF_WINDOW_MS: u64 = 500;
+/// The accepted ROCOF windows, ms: from one cycle at 50 Hz to 10 s.
+pub const ROCOF_WINDOW_MS: (u64, u64) = (20, 10_000);
+/// The bound on a segment's last good grid reading's age when none is given, ms.
+pub const DEFAULT_MAX_READING_AGE_MS: u64 = 500;
+/// The accepted reading-age bounds, ms: at least two meter polls (`runtime::METER_POLL`,
+/// 50 ms), at most 10 s (beyond IEEE 1547's 2 s to cease to energize only for a meter that
+/// cannot be polled faster, which the operator must know).
+pub const MAX_READING_AGE_MS: (u64, u64) = (100, 10_000);
+/// Failed inverter temperature reads in a row that count as over-temperature when none is
+/// given (at the 1 s inverter poll: 3 s).
+pub const DEFAULT_TEMPERATURE_READ_FAILURES: u32 = 3;
+/// The largest accepted `temperature_read_failures`.
+pub const MAX_TEMPERATURE_READ_FAILURES: u32 = 1_000;
 
 /// [`generated`]: a segment's rating as a share of its chargers' summed rating (diversity).
 pub const GENERATED_DIVERSITY: f64 = 0.6;
@@ -416,6 +438,70 @@ pub struct Safety {
     pub derate_start_c: f64,
     /// Temperature at which the derated cap reaches 0 kW, °C (> `derate_start_c`).
     pub derate_zero_c: f64,
+    /// The grid's nominal frequency, `nominal_hz = 50 | 60`: it picks the default frequency
+    /// bands. Required when a meter is read over Modbus; None: [`DEFAULT_NOMINAL_HZ`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nominal_hz: Option<GridFrequency>,
+    /// Overrides of the trip bands (`[safety.bands]`), each with its clearing time.
+    pub bands: BandOverrides,
+    /// ROCOF above which the grid counts as lost (islanding), Hz/s (> 0).
+    pub rocof_hz_per_s: f64,
+    /// The window the ROCOF is measured over, ms.
+    pub rocof_window_ms: u64,
+    /// A segment whose last good grid reading is older than this is ChargeOnly
+    /// (`meter_stale`), ms.
+    pub max_reading_age_ms: u64,
+    /// Failed temperature reads of an inverter in a row that count as over-temperature.
+    pub temperature_read_failures: u32,
+}
+
+/// A frequency band written in the topology: `of1 = { hz = 51.5, clearing_ms = 2000 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FrequencyBand {
+    /// The threshold, Hz.
+    pub hz: f64,
+    /// How long the frequency must stay beyond it, ms (> 0).
+    pub clearing_ms: f64,
+}
+
+/// A voltage band written in the topology: `ov2 = { pu = 1.2, clearing_ms = 160 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct VoltageBand {
+    /// The threshold, per unit of the meters' `nominal_v`.
+    pub pu: f64,
+    /// How long the voltage must stay beyond it, ms (> 0).
+    pub clearing_ms: f64,
+}
+
+/// `[safety.bands]`: every trip band can be replaced, each by its threshold and clearing
+/// time; an absent one keeps its default (by `nominal_hz` for frequency). Stage 2 is the
+/// fast stage further from nominal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BandOverrides {
+    /// Over-frequency, stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub of2: Option<FrequencyBand>,
+    /// Over-frequency, stage 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub of1: Option<FrequencyBand>,
+    /// Under-frequency, stage 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uf1: Option<FrequencyBand>,
+    /// Under-frequency, stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uf2: Option<FrequencyBand>,
+    /// Over-voltage, stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ov2: Option<VoltageBand>,
+    /// Over-voltage, stage 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ov1: Option<VoltageBand>,
+    /// Under-voltage, stage 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uv1: Option<VoltageBand>,
+    /// Under-voltage, stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uv2: Option<VoltageBand>,
 }
 
 impl Default for Safety {
@@ -427,6 +513,12 @@ impl Default for Safety {
             ptp_trip_ms: DEFAULT_PTP_TRIP_MS,
             derate_start_c: DEFAULT_DERATE_START_C,
             derate_zero_c: DEFAULT_DERATE_ZERO_C,
+            nominal_hz: None,
+            bands: BandOverrides::default(),
+            rocof_hz_per_s: DEFAULT_ROCOF_HZ_PER_S,
+            rocof_window_ms: DEFAULT_ROCOF_WINDOW_MS,
+            max_reading_age_ms: DEFAULT_MAX_READING_AGE_MS,
+            temperature_read_failures: DEFAULT_TEMPERATURE_READ_FAILURES,
         }
     }
 }
@@ -436,8 +528,8 @@ impl Safety {
     /// that is out of range (possible only for a topology that skipped validation) keeps the
     /// ladder's default rather than panicking.
     pub fn ladder_config(&self) -> LadderConfig {
-        let defaults = LadderConfig::default();
-        LadderConfig {
+        let defaults = LadderConfig::for_grid(self.grid());
+        let config = LadderConfig {
             hold_time: duration_s(self.hold_s).unwrap_or(defaults.hold_time),
             ptp_charge_only: duration_s(self.ptp_charge_only_ms / 1_000.0)
                 .unwrap_or(defaults.ptp_charge_only),
@@ -447,7 +539,66 @@ impl Safety {
             derate_start_c: finite_or(self.derate_start_c, defaults.derate_start_c),
             derate_zero_c: finite_or(self.derate_zero_c, defaults.derate_zero_c),
             ..defaults
+        };
+        self.grid_settings(config)
+    }
+
+    /// The grid the site is on ([`DEFAULT_NOMINAL_HZ`] when not said).
+    pub fn grid(&self) -> GridFrequency {
+        self.nominal_hz.unwrap_or(DEFAULT_NOMINAL_HZ)
+    }
+
+    /// The frequency stages in force: the grid's defaults with the overrides.
+    pub fn frequency_stages(&self) -> Stages {
+        let b = &self.bands;
+        let f = |o: Option<FrequencyBand>| o.map(|b| (b.hz, b.clearing_ms));
+        overlay(
+            self.grid().frequency_stages(),
+            [f(b.of2), f(b.of1), f(b.uf1), f(b.uf2)],
+        )
+    }
+
+    /// The voltage stages in force: the defaults with the overrides.
+    pub fn voltage_stages(&self) -> Stages {
+        let b = &self.bands;
+        let v = |o: Option<VoltageBand>| o.map(|b| (b.pu, b.clearing_ms));
+        overlay(
+            crate::ladder::VOLTAGE_STAGES,
+            [v(b.ov2), v(b.ov1), v(b.uv1), v(b.uv2)],
+        )
+    }
+
+    /// The settings of this table's grid block (bands, ROCOF, reading age) on `config`.
+    fn grid_settings(&self, config: LadderConfig) -> LadderConfig {
+        LadderConfig {
+            frequency_bands: self.frequency_stages().bands(),
+            voltage_bands: self.voltage_stages().bands(),
+            rocof_hz_per_s: finite_or(self.rocof_hz_per_s, config.rocof_hz_per_s),
+            rocof_window: Duration::from_millis(self.rocof_window_ms),
+            max_reading_age: Duration::from_millis(self.max_reading_age_ms),
+            ..config
         }
+    }
+}
+
+/// `stages` with each `Some((threshold, clearing_ms))` of `over` (over2, over1, under1,
+/// under2) in place of its default; a clearing time that is not a duration keeps the
+/// default's (possible only for a topology that skipped validation).
+fn overlay(stages: Stages, over: [Option<(f64, f64)>; 4]) -> Stages {
+    let put = |band: TripBand, o: Option<(f64, f64)>| match o {
+        None => band,
+        Some((threshold, ms)) => TripBand {
+            threshold,
+            clearing_time: duration_s(ms / 1_000.0).unwrap_or(band.clearing_time),
+            ..band
+        },
+    };
+    let [o2, o1, u1, u2] = over;
+    Stages {
+        over2: put(stages.over2, o2),
+        over1: put(stages.over1, o1),
+        under1: put(stages.under1, u1),
+        under2: put(stages.under2, u2),
     }
 }
 
@@ -982,7 +1133,16 @@ const SAFETY_KEYS: &[&str] = &[
     "ptp_trip_ms",
     "derate_start_c",
     "derate_zero_c",
+    "nominal_hz",
+    "bands",
+    "rocof_hz_per_s",
+    "rocof_window_ms",
+    "max_reading_age_ms",
+    "temperature_read_failures",
 ];
+const BANDS_KEYS: &[&str] = &["of2", "of1", "uf1", "uf2", "ov2", "ov1", "uv1", "uv2"];
+const FREQUENCY_BAND_KEYS: &[&str] = &["hz", "clearing_ms"];
+const VOLTAGE_BAND_KEYS: &[&str] = &["pu", "clearing_ms"];
 
 /// A table being read: its path, where it starts, and its entries (`None` when it is absent
 /// or failed to read; then every key reads as its default or placeholder, silently).
@@ -1236,6 +1396,21 @@ impl Reader {
             ptp_trip_ms: self.number(&safety, "ptp_trip_ms", Some(DEFAULT_PTP_TRIP_MS)),
             derate_start_c: self.number(&safety, "derate_start_c", Some(DEFAULT_DERATE_START_C)),
             derate_zero_c: self.number(&safety, "derate_zero_c", Some(DEFAULT_DERATE_ZERO_C)),
+            nominal_hz: self.nominal_hz(&safety),
+            bands: self.bands(&safety),
+            rocof_hz_per_s: self.number(&safety, "rocof_hz_per_s", Some(DEFAULT_ROCOF_HZ_PER_S)),
+            rocof_window_ms: self.integer(&safety, "rocof_window_ms", DEFAULT_ROCOF_WINDOW_MS),
+            max_reading_age_ms: self.integer(
+                &safety,
+                "max_reading_age_ms",
+                DEFAULT_MAX_READING_AGE_MS,
+            ),
+            temperature_read_failures: u32::try_from(self.integer(
+                &safety,
+                "temperature_read_failures",
+                DEFAULT_TEMPERATURE_READ_FAILURES.into(),
+            ))
+            .unwrap_or(u32::MAX),
         };
         let ocpp = self.ocpp(&root);
         let mqtt = self.mqtt(&root, &site.id);
@@ -1248,6 +1423,64 @@ impl Reader {
             ocpp,
             mqtt,
             metrics,
+        }
+    }
+
+    /// `[safety] nominal_hz`: absent, or 50 or 60.
+    fn nominal_hz(&mut self, safety: &Tbl<'_, '_>) -> Option<GridFrequency> {
+        let (path, node) = self.lookup(safety, "nominal_hz");
+        let node = node?;
+        let hz = self.number(safety, "nominal_hz", None);
+        let grid = GridFrequency::from_hz(hz);
+        if grid.is_none() && !self.sources.is_broken(&path) {
+            let message = format!("must be 50 or 60 (Hz), got {hz}");
+            self.problem(&path, node.span().start, message);
+        }
+        grid
+    }
+
+    /// `[safety.bands]`: each band given is whole (threshold and clearing time).
+    fn bands(&mut self, safety: &Tbl<'_, '_>) -> BandOverrides {
+        let t = self.child(safety, "bands", BANDS_KEYS);
+        let f = |r: &mut Self, key: &str| {
+            let (_, node) = r.lookup(&t, key);
+            node?;
+            let b = r.child(&t, key, FREQUENCY_BAND_KEYS);
+            Some(FrequencyBand {
+                hz: r.number(&b, "hz", None),
+                clearing_ms: r.number(&b, "clearing_ms", None),
+            })
+        };
+        let (of2, of1, uf1, uf2) = (
+            f(self, "of2"),
+            f(self, "of1"),
+            f(self, "uf1"),
+            f(self, "uf2"),
+        );
+        let v = |r: &mut Self, key: &str| {
+            let (_, node) = r.lookup(&t, key);
+            node?;
+            let b = r.child(&t, key, VOLTAGE_BAND_KEYS);
+            Some(VoltageBand {
+                pu: r.number(&b, "pu", None),
+                clearing_ms: r.number(&b, "clearing_ms", None),
+            })
+        };
+        let (ov2, ov1, uv1, uv2) = (
+            v(self, "ov2"),
+            v(self, "ov1"),
+            v(self, "uv1"),
+            v(self, "uv2"),
+        );
+        BandOverrides {
+            of2,
+            of1,
+            uf1,
+            uf2,
+            ov2,
+            ov1,
+            uv1,
+            uv2,
         }
     }
 
@@ -1760,6 +1993,7 @@ impl<'s> Checker<'s> {
             self.vehicle(&path, v, &chargers);
         }
         self.overlaps(&t.vehicles, &chargers);
+        self.nominal_required(t);
     }
 
     fn site(&mut self, site: &Site) {
@@ -1873,6 +2107,167 @@ impl<'s> Checker<'s> {
         if start_ok && zero_ok {
             self.ordered((start, s.derate_start_c), (zero, s.derate_zero_c), true);
         }
+        self.grid_safety(s);
+    }
+
+    /// The grid block of `[safety]`: ROCOF, reading age, temperature read failures, and
+    /// the bands in force (overrides on the defaults), each a number, ordered from stage 2
+    /// under to stage 2 over around nominal, each stage 2 clearing no later than its stage 1.
+    fn grid_safety(&mut self, s: &Safety) {
+        let rocof = Hi::AtMost(MAX_ROCOF_HZ_PER_S);
+        self.number(
+            "safety.rocof_hz_per_s",
+            s.rocof_hz_per_s,
+            Lo::Above(0.0),
+            rocof,
+        );
+        self.range_ms("safety.rocof_window_ms", s.rocof_window_ms, ROCOF_WINDOW_MS);
+        let age = s.max_reading_age_ms;
+        self.range_ms("safety.max_reading_age_ms", age, MAX_READING_AGE_MS);
+        let n = s.temperature_read_failures;
+        if !(1..=MAX_TEMPERATURE_READ_FAILURES).contains(&n) {
+            let message = format!("must be between 1 and {MAX_TEMPERATURE_READ_FAILURES}, got {n}");
+            self.report("safety.temperature_read_failures", &[], message);
+        }
+        let b = &s.bands;
+        let f = |o: Option<FrequencyBand>| o.map(|b| (b.hz, b.clearing_ms));
+        let v = |o: Option<VoltageBand>| o.map(|b| (b.pu, b.clearing_ms));
+        let freq = [f(b.of2), f(b.of1), f(b.uf1), f(b.uf2)];
+        let volt = [v(b.ov2), v(b.ov1), v(b.uv1), v(b.uv2)];
+        let nominal = ("safety.nominal_hz", s.grid().hz());
+        self.stages(
+            ["of2", "of1", "uf1", "uf2"],
+            "hz",
+            freq,
+            s.frequency_stages(),
+            nominal,
+        );
+        let one_pu = ("1 pu (nominal)", 1.0);
+        self.stages(
+            ["ov2", "ov1", "uv1", "uv2"],
+            "pu",
+            volt,
+            s.voltage_stages(),
+            one_pu,
+        );
+    }
+
+    fn range_ms(&mut self, field: &str, ms: u64, (lo, hi): (u64, u64)) {
+        if !(lo..=hi).contains(&ms) {
+            self.report(
+                field,
+                &[],
+                format!("must be between {lo} and {hi} ms, got {ms}"),
+            );
+        }
+    }
+
+    /// One quantity's four stages: `names` and `written` in the order over2, over1, under1,
+    /// under2; `stages` the ones in force.
+    fn stages(
+        &mut self,
+        names: [&str; 4],
+        unit: &str,
+        written: [Option<(f64, f64)>; 4],
+        stages: Stages,
+        nominal: (&str, f64),
+    ) {
+        let field = |i: usize, key: &str| format!("safety.bands.{}.{key}", names[i]);
+        let mut ok = true;
+        for (i, w) in written.iter().enumerate() {
+            if let Some((threshold, ms)) = *w {
+                ok &= self.number(&field(i, unit), threshold, Lo::Above(0.0), Hi::Any);
+                let max_ms = Hi::AtMost(MAX_DURATION_S * 1_000.0);
+                ok &= self.number(&field(i, "clearing_ms"), ms, Lo::Above(0.0), max_ms);
+            }
+        }
+        if !ok {
+            return;
+        }
+        let band = [stages.over2, stages.over1, stages.under1, stages.under2];
+        // From the bottom up: uf2 < uf1 < nominal < of1 < of2.
+        let chain = [
+            (field(3, unit), names[3].to_owned(), band[3].threshold),
+            (field(2, unit), names[2].to_owned(), band[2].threshold),
+            (nominal.0.to_owned(), nominal.0.to_owned(), nominal.1),
+            (field(1, unit), names[1].to_owned(), band[1].threshold),
+            (field(0, unit), names[0].to_owned(), band[0].threshold),
+        ];
+        for pair in chain.windows(2) {
+            let ((lo_field, lo_name, lo), (hi_field, hi_name, hi)) = (&pair[0], &pair[1]);
+            if hi > lo {
+                continue;
+            }
+            let message = format!("unordered: {hi_name} ({hi}) must be above {lo_name} ({lo})");
+            self.report_written(hi_field, lo_field, message);
+        }
+        for (fast, slow) in [(0, 1), (3, 2)] {
+            let (f, sl) = (band[fast].clearing_time, band[slow].clearing_time);
+            if f > sl {
+                let message = format!(
+                    "unordered: {} clears after {} ({} ms > {} ms); stage 2 must be the faster",
+                    names[fast],
+                    names[slow],
+                    f.as_millis(),
+                    sl.as_millis()
+                );
+                let (ff, sf) = (field(fast, "clearing_ms"), field(slow, "clearing_ms"));
+                self.report_written(&ff, &sf, message);
+            }
+        }
+    }
+
+    /// Report at `first` when it was written down, else at `second` (a default is wrong
+    /// only because of what was written).
+    fn report_written(&mut self, first: &str, second: &str, message: String) {
+        let at = if self.sources.explicit(first) || !self.sources.explicit(second) {
+            first
+        } else {
+            second
+        };
+        self.report(at, &[], message);
+    }
+
+    /// `[safety] nominal_hz` is required once a meter is real (read over Modbus): the
+    /// default bands of the wrong grid would trip a healthy one or miss an island.
+    fn nominal_required(&mut self, t: &Topology) {
+        if t.safety.nominal_hz.is_some() || self.sources.is_broken("safety.nominal_hz") {
+            return;
+        }
+        let real = t.segments().flat_map(|(_, seg)| {
+            let id = seg.id.clone();
+            seg.meters
+                .iter()
+                .filter(|m| m.modbus.is_some())
+                .map(move |m| (id.clone(), m.id.clone()))
+        });
+        let Some((segment, meter)) = real.into_iter().next() else {
+            return;
+        };
+        let path = self.meter_path(t, &meter).map(|p| format!("{p}.modbus"));
+        let offset = self
+            .sources
+            .locate("safety")
+            .filter(|_| self.sources.explicit("safety"))
+            .or_else(|| path.as_deref().and_then(|p| self.sources.locate(p)));
+        self.problems.push(Problem {
+            field: "safety.nominal_hz".to_owned(),
+            offset,
+            message: format!(
+                "required (50 or 60) when meters are read over Modbus: meter {meter:?} of segment {segment:?} has `modbus`"
+            ),
+        });
+    }
+
+    fn meter_path(&self, t: &Topology, meter: &str) -> Option<String> {
+        for (si, sub) in t.substations.iter().enumerate() {
+            for (gi, seg) in sub.segments.iter().enumerate() {
+                if let Some(mi) = seg.meters.iter().position(|m| m.id == meter) {
+                    return Some(format!("substations[{si}].segments[{gi}].meters[{mi}]"));
+                }
+            }
+        }
+        None
     }
 
     fn segment(&mut self, path: &str, seg: &Segment) {
@@ -2872,6 +3267,7 @@ max_kw = 11
             ptp_trip_ms: 50.0,
             derate_start_c: 60.0,
             derate_zero_c: 80.0,
+            ..Safety::default()
         };
         let l = safety.ladder_config();
         assert_eq!(l.hold_time, Duration::from_millis(12_500));
@@ -2889,6 +3285,7 @@ max_kw = 11
             ptp_trip_ms: 1e300,
             derate_start_c: f64::NAN,
             derate_zero_c: 80.0,
+            ..Safety::default()
         };
         let l = nonsense.ladder_config();
         let d = LadderConfig::default();
