@@ -2199,7 +2199,13 @@ impl<'s> Checker<'s> {
                 continue;
             }
             let message = format!("unordered: {hi_name} ({hi}) must be above {lo_name} ({lo})");
-            self.report_written(hi_field, lo_field, message);
+            // At the band rather than at the nominal frequency, which only picks defaults.
+            let (first, second) = if hi_field == nominal.0 {
+                (lo_field, hi_field)
+            } else {
+                (hi_field, lo_field)
+            };
+            self.report_written(first, second, message);
         }
         for (fast, slow) in [(0, 1), (3, 2)] {
             let (f, sl) = (band[fast].clearing_time, band[slow].clearing_time);
@@ -2514,7 +2520,9 @@ max_kw = 11
             "id = \"m1\"\nmodbus = { addr = \"127.0.0.1:1502\", unit = 3 }\nnominal_v = 120\n",
         )]);
         // Last, so that the table does not swallow the keys of the arrays before it.
-        let text = format!("{meter}\n[ocpp]\nlisten = \"127.0.0.1:9000\"\npassword = \"pw\"\n");
+        let text = format!(
+            "{meter}\n[safety]\nnominal_hz = 60\n[ocpp]\nlisten = \"127.0.0.1:9000\"\npassword = \"pw\"\n"
+        );
         let t = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
         let m = &t.segment("tx").expect("tx").meters[0];
         assert_eq!(
@@ -2583,6 +2591,7 @@ max_kw = 11
             "id = \"m1\"\n",
             "id = \"m1\"\nmodbus = { addr = \"127.0.0.1:502\", unit = 300 }\n",
         )]);
+        let text = format!("{text}\n[safety]\nnominal_hz = 60\n");
         one_error(
             &text,
             "substations[0].segments[0].meters[0].modbus.unit",
@@ -3173,6 +3182,201 @@ max_kw = 11
             "derate_start_c",
             "must be < derate_zero_c (85, the default), got 90",
         );
+    }
+
+    #[test]
+    fn nominal_hz_picks_the_default_frequency_bands() {
+        use crate::ladder::{FREQUENCY_STAGES_50HZ, FREQUENCY_STAGES_60HZ, VOLTAGE_STAGES};
+        let safety = |body: &str| format!("{MINIMAL}\n[safety]\n{body}\n");
+        let t = parse("t.toml", &safety("nominal_hz = 50")).expect("valid");
+        assert_eq!(t.safety.nominal_hz, Some(GridFrequency::Hz50));
+        let l = t.safety.ladder_config();
+        assert_eq!(l.frequency_bands, FREQUENCY_STAGES_50HZ.bands());
+        assert_eq!(
+            l.voltage_bands,
+            VOLTAGE_STAGES.bands(),
+            "voltage stays per unit"
+        );
+        let t = parse("t.toml", &safety("nominal_hz = 60.0")).expect("valid");
+        let l = t.safety.ladder_config();
+        assert_eq!(l.frequency_bands, FREQUENCY_STAGES_60HZ.bands());
+        // Not given (no real meter): 60 Hz, as the in-process simulation.
+        let t = parse("t.toml", MINIMAL).expect("valid");
+        assert_eq!(
+            (t.safety.nominal_hz, t.safety.grid()),
+            (None, GridFrequency::Hz60)
+        );
+        assert_eq!(t.safety.ladder_config(), LadderConfig::default());
+        one_error(
+            &safety("nominal_hz = 55"),
+            "safety.nominal_hz",
+            "nominal_hz",
+            "must be 50 or 60 (Hz), got 55",
+        );
+        one_error(
+            &safety("nominal_hz = \"50\""),
+            "safety.nominal_hz",
+            "nominal_hz",
+            "expected a number, found a string",
+        );
+    }
+
+    #[test]
+    fn nominal_hz_is_required_once_a_meter_is_read_over_modbus() {
+        let real = with(&[(
+            "id = \"m1\"\n",
+            "id = \"m1\"\nmodbus = { addr = \"127.0.0.1:1502\" }\n",
+        )]);
+        // No [safety] table: the error points at the meter's endpoint.
+        let e = one_error(
+            &real,
+            "safety.nominal_hz",
+            "modbus = {",
+            "required (50 or 60) when meters are read over Modbus: meter \"m1\"",
+        );
+        assert!(e.to_string().starts_with("t.toml:"), "{e}");
+        // A [safety] table without it: the error points at the table.
+        let text = format!("{real}\n[safety]\nhold_s = 10\n");
+        one_error(
+            &text,
+            "safety.nominal_hz",
+            "[safety]",
+            "required (50 or 60)",
+        );
+        let ok = format!("{real}\n[safety]\nnominal_hz = 50\n");
+        assert!(parse("t.toml", &ok).is_ok());
+    }
+
+    #[test]
+    fn every_band_can_be_overridden_with_its_clearing_time() {
+        let text = format!(
+            "{MINIMAL}\n[safety]\nnominal_hz = 50\n[safety.bands]\n\
+             uf1 = {{ hz = 47.8, clearing_ms = 500 }}\n\
+             of2 = {{ hz = 51.8, clearing_ms = 150.5 }}\n\
+             uv1 = {{ pu = 0.8, clearing_ms = 3000 }}\n"
+        );
+        let t = parse("t.toml", &text).expect("valid");
+        let f = t.safety.frequency_stages();
+        assert_eq!(f.under1, TripBand::under(47.8, 500));
+        assert_eq!(f.over2.threshold, 51.8);
+        assert_eq!(f.over2.clearing_time, Duration::from_micros(150_500));
+        assert_eq!(
+            f.over1,
+            crate::ladder::FREQUENCY_STAGES_50HZ.over1,
+            "the rest default"
+        );
+        assert_eq!(
+            t.safety.voltage_stages().under1,
+            TripBand::under(0.8, 3_000)
+        );
+        assert_eq!(t.safety.ladder_config().frequency_bands, f.bands());
+        // It reads back as written.
+        let again = toml::to_string(&t).expect("serializes");
+        assert_eq!(parse("round-trip.toml", &again), Ok(t));
+    }
+
+    #[test]
+    fn bands_must_be_ordered_and_have_a_clearing_time() {
+        let bands =
+            |body: &str| format!("{MINIMAL}\n[safety]\nnominal_hz = 50\n[safety.bands]\n{body}\n");
+        one_error(
+            &bands("uf2 = { hz = 47.0 }"),
+            "safety.bands.uf2.clearing_ms",
+            "uf2",
+            "missing required key `clearing_ms`",
+        );
+        one_error(
+            &bands("of1 = { hz = 51.0, clearing_ms = 0 }"),
+            "safety.bands.of1.clearing_ms",
+            "of1",
+            "must be > 0",
+        );
+        // UF2 above UF1 (the default 47.5 Hz): reported at what was written.
+        one_error(
+            &bands("uf2 = { hz = 47.6, clearing_ms = 100 }"),
+            "safety.bands.uf2.hz",
+            "uf2",
+            "unordered: uf1 (47.5) must be above uf2 (47.6)",
+        );
+        // An under-band above nominal.
+        one_error(
+            &bands("uf1 = { hz = 50.5, clearing_ms = 1000 }"),
+            "safety.bands.uf1.hz",
+            "uf1",
+            "unordered: safety.nominal_hz (50) must be above uf1 (50.5)",
+        );
+        // Stage 2 slower than stage 1.
+        one_error(
+            &bands("of2 = { hz = 52.0, clearing_ms = 5000 }"),
+            "safety.bands.of2.clearing_ms",
+            "of2",
+            "unordered: of2 clears after of1 (5000 ms > 2000 ms)",
+        );
+        // Voltage: an over-band below 1 pu; a band that is not a table.
+        one_error(
+            &bands("ov1 = { pu = 0.95, clearing_ms = 2000 }"),
+            "safety.bands.ov1.pu",
+            "ov1",
+            "unordered: ov1 (0.95) must be above 1 pu (nominal) (1)",
+        );
+        one_error(
+            &bands("ov2 = 1.2"),
+            "safety.bands.ov2",
+            "ov2",
+            "expected a table, found a float",
+        );
+        one_error(
+            &bands("uv3 = { pu = 0.3, clearing_ms = 100 }"),
+            "safety.bands.uv3",
+            "uv3",
+            "unknown key `uv3`",
+        );
+        // A frequency band in per unit: both the stray key and the missing one are named.
+        let errs = errors(&bands("of1 = { pu = 51.0, clearing_ms = 100 }"));
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["safety.bands.of1.hz", "safety.bands.of1.pu"]);
+        assert!(errs[1]
+            .message
+            .contains("unknown key `pu`; expected one of: hz"));
+    }
+
+    #[test]
+    fn rocof_reading_age_and_temperature_failures_are_checked() {
+        let safety = |body: &str| format!("{MINIMAL}\n[safety]\n{body}\n");
+        let t = parse(
+            "t.toml",
+            &safety(
+                "rocof_hz_per_s = 1.0\nrocof_window_ms = 200\nmax_reading_age_ms = 250\n\
+                 temperature_read_failures = 5",
+            ),
+        )
+        .expect("valid");
+        let l = t.safety.ladder_config();
+        assert_eq!(l.rocof_hz_per_s, 1.0);
+        assert_eq!(l.rocof_window, Duration::from_millis(200));
+        assert_eq!(l.max_reading_age, Duration::from_millis(250));
+        assert_eq!(t.safety.temperature_read_failures, 5);
+        for (body, field, message) in [
+            ("rocof_hz_per_s = 0", "safety.rocof_hz_per_s", "must be > 0"),
+            (
+                "rocof_window_ms = 5",
+                "safety.rocof_window_ms",
+                "between 20 and 10000 ms",
+            ),
+            (
+                "max_reading_age_ms = 50",
+                "safety.max_reading_age_ms",
+                "between 100 and 10000 ms, got 50",
+            ),
+            (
+                "temperature_read_failures = 0",
+                "safety.temperature_read_failures",
+                "between 1 and 1000",
+            ),
+        ] {
+            let marker = body.split(' ').next().expect("a key");
+            one_error(&safety(body), field, marker, message);
+        }
     }
 
     #[test]
