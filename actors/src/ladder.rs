@@ -571,12 +571,14 @@ impl SafeStateLadder {
                 // Exporting into an abnormal grid trips (IEEE 1547 cease to energize). Once
                 // tripped the segment no longer exports, but the grid is no better: the trip
                 // stays while the grid is abnormal (its hold time, the enter-service delay,
-                // starts only once the grid is back in its bands). A segment that was not
-                // exporting must not start to either: ChargeOnly.
+                // starts only once the grid is back in its bands); a new abnormal reading
+                // during that hold (the ROCOF of the grid's return, say) trips again rather
+                // than weakening the held trip. A segment that was not exporting must not
+                // start to either: ChargeOnly.
                 let tripped = self
                     .demands
                     .get(&FaultKey::Islanding)
-                    .is_some_and(|d| d.cleared_at.is_none() && d.state == SafeState::Tripped);
+                    .is_some_and(|d| d.state == SafeState::Tripped);
                 let demand = abnormal.then_some(if exporting || tripped {
                     SafeState::Tripped
                 } else {
@@ -988,6 +990,28 @@ mod tests {
         feed(&mut l, 0, 1_000, |_| 60.0);
         let fast = |at: u64| 60.0 - 2.5 * (at.saturating_sub(1_000).min(600)) as f64 / 1_000.0;
         assert!(feed(&mut l, 1_000, 2_000, fast).is_some_and(|t| t.to == SafeState::Tripped));
+    }
+
+    #[test]
+    fn an_abnormal_reading_during_a_trips_hold_keeps_it_tripped() {
+        let mut l = ladder_at(GridFrequency::Hz50);
+        feed(&mut l, 0, 1_000, |_| 50.0);
+        // A step to 51.3 Hz trips on ROCOF; steady there, the ROCOF clears and the trip holds.
+        let t = l.observe(grid(1.0, 51.3, true), ms(1_000)).unwrap();
+        assert_eq!(t.to, SafeState::Tripped);
+        for at in (1_050..3_000).step_by(50) {
+            assert_eq!(l.observe(grid(1.0, 51.3, false), ms(at)), None);
+        }
+        // The grid steps back (ROCOF again) while the trip holds: still Tripped, not
+        // ChargeOnly.
+        for at in (3_000..4_000).step_by(50) {
+            assert_eq!(
+                l.observe(grid(1.0, 50.0, false), ms(at)),
+                None,
+                "at {at} ms"
+            );
+        }
+        assert_eq!(l.level(), SafeState::Tripped);
     }
 
     #[test]
