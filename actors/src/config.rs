@@ -44,7 +44,7 @@ use serde::Serialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::ladder::LadderConfig;
+use crate::ladder::{GridFrequency, LadderConfig, Stages, TripBand};
 
 mod clock;
 pub use clock::{
@@ -135,6 +135,28 @@ pub const DEFAULT_PTP_TRIP_MS: f64 = 100.0;
 pub const DEFAULT_DERATE_START_C: f64 = 65.0;
 /// Inverter temperature where the derated cap reaches 0 when none is given, °C.
 pub const DEFAULT_DERATE_ZERO_C: f64 = 85.0;
+/// The grid's nominal frequency when `[safety] nominal_hz` is not given (allowed only while
+/// no meter is read over Modbus: the in-process simulation runs at 60 Hz).
+pub const DEFAULT_NOMINAL_HZ: GridFrequency = GridFrequency::Hz60;
+/// The ROCOF trip threshold when none is given, Hz/s ([`crate::ladder::DEFAULT_ROCOF_HZ_PER_S`]).
+pub const DEFAULT_ROCOF_HZ_PER_S: f64 = crate::ladder::DEFAULT_ROCOF_HZ_PER_S;
+/// The largest accepted ROCOF threshold, Hz/s.
+pub const MAX_ROCOF_HZ_PER_S: f64 = 100.0;
+/// The ROCOF window when none is given, ms ([`crate::ladder::DEFAULT_ROCOF_WINDOW`]).
+pub const DEFAULT_ROCOF_WINDOW_MS: u64 = 500;
+/// The accepted ROCOF windows, ms: from one cycle at 50 Hz to 10 s.
+pub const ROCOF_WINDOW_MS: (u64, u64) = (20, 10_000);
+/// The bound on a segment's last good grid reading's age when none is given, ms.
+pub const DEFAULT_MAX_READING_AGE_MS: u64 = 500;
+/// The accepted reading-age bounds, ms: at least two meter polls (`runtime::METER_POLL`,
+/// 50 ms), at most 10 s (beyond IEEE 1547's 2 s to cease to energize only for a meter that
+/// cannot be polled faster, which the operator must know).
+pub const MAX_READING_AGE_MS: (u64, u64) = (100, 10_000);
+/// Failed inverter temperature reads in a row that count as over-temperature when none is
+/// given (at the 1 s inverter poll: 3 s).
+pub const DEFAULT_TEMPERATURE_READ_FAILURES: u32 = 3;
+/// The largest accepted `temperature_read_failures`.
+pub const MAX_TEMPERATURE_READ_FAILURES: u32 = 1_000;
 
 /// [`generated`]: a segment's rating as a share of its chargers' summed rating (diversity).
 pub const GENERATED_DIVERSITY: f64 = 0.6;
@@ -424,6 +446,70 @@ pub struct Safety {
     pub derate_zero_c: f64,
     /// `[safety.clock]`: where the PTP readings come from (None: see [`Topology::clock`]).
     pub clock: Option<ClockConfig>,
+    /// The grid's nominal frequency, `nominal_hz = 50 | 60`: it picks the default frequency
+    /// bands. Required when a meter is read over Modbus; None: [`DEFAULT_NOMINAL_HZ`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nominal_hz: Option<GridFrequency>,
+    /// Overrides of the trip bands (`[safety.bands]`), each with its clearing time.
+    pub bands: BandOverrides,
+    /// ROCOF above which the grid counts as lost (islanding), Hz/s (> 0).
+    pub rocof_hz_per_s: f64,
+    /// The window the ROCOF is measured over, ms.
+    pub rocof_window_ms: u64,
+    /// A segment whose last good grid reading is older than this is ChargeOnly
+    /// (`meter_stale`), ms.
+    pub max_reading_age_ms: u64,
+    /// Failed temperature reads of an inverter in a row that count as over-temperature.
+    pub temperature_read_failures: u32,
+}
+
+/// A frequency band written in the topology: `of1 = { hz = 51.5, clearing_ms = 2000 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FrequencyBand {
+    /// The threshold, Hz.
+    pub hz: f64,
+    /// How long the frequency must stay beyond it, ms (> 0).
+    pub clearing_ms: f64,
+}
+
+/// A voltage band written in the topology: `ov2 = { pu = 1.2, clearing_ms = 160 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct VoltageBand {
+    /// The threshold, per unit of the meters' `nominal_v`.
+    pub pu: f64,
+    /// How long the voltage must stay beyond it, ms (> 0).
+    pub clearing_ms: f64,
+}
+
+/// `[safety.bands]`: every trip band can be replaced, each by its threshold and clearing
+/// time; an absent one keeps its default (by `nominal_hz` for frequency). Stage 2 is the
+/// fast stage further from nominal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BandOverrides {
+    /// Over-frequency, stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub of2: Option<FrequencyBand>,
+    /// Over-frequency, stage 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub of1: Option<FrequencyBand>,
+    /// Under-frequency, stage 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uf1: Option<FrequencyBand>,
+    /// Under-frequency, stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uf2: Option<FrequencyBand>,
+    /// Over-voltage, stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ov2: Option<VoltageBand>,
+    /// Over-voltage, stage 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ov1: Option<VoltageBand>,
+    /// Under-voltage, stage 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uv1: Option<VoltageBand>,
+    /// Under-voltage, stage 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uv2: Option<VoltageBand>,
 }
 
 impl Default for Safety {
@@ -436,6 +522,12 @@ impl Default for Safety {
             derate_start_c: DEFAULT_DERATE_START_C,
             derate_zero_c: DEFAULT_DERATE_ZERO_C,
             clock: None,
+            nominal_hz: None,
+            bands: BandOverrides::default(),
+            rocof_hz_per_s: DEFAULT_ROCOF_HZ_PER_S,
+            rocof_window_ms: DEFAULT_ROCOF_WINDOW_MS,
+            max_reading_age_ms: DEFAULT_MAX_READING_AGE_MS,
+            temperature_read_failures: DEFAULT_TEMPERATURE_READ_FAILURES,
         }
     }
 }
@@ -445,8 +537,8 @@ impl Safety {
     /// that is out of range (possible only for a topology that skipped validation) keeps the
     /// ladder's default rather than panicking.
     pub fn ladder_config(&self) -> LadderConfig {
-        let defaults = LadderConfig::default();
-        LadderConfig {
+        let defaults = LadderConfig::for_grid(self.grid());
+        let config = LadderConfig {
             hold_time: duration_s(self.hold_s).unwrap_or(defaults.hold_time),
             ptp_charge_only: duration_s(self.ptp_charge_only_ms / 1_000.0)
                 .unwrap_or(defaults.ptp_charge_only),
@@ -456,7 +548,66 @@ impl Safety {
             derate_start_c: finite_or(self.derate_start_c, defaults.derate_start_c),
             derate_zero_c: finite_or(self.derate_zero_c, defaults.derate_zero_c),
             ..defaults
+        };
+        self.grid_settings(config)
+    }
+
+    /// The grid the site is on ([`DEFAULT_NOMINAL_HZ`] when not said).
+    pub fn grid(&self) -> GridFrequency {
+        self.nominal_hz.unwrap_or(DEFAULT_NOMINAL_HZ)
+    }
+
+    /// The frequency stages in force: the grid's defaults with the overrides.
+    pub fn frequency_stages(&self) -> Stages {
+        let b = &self.bands;
+        let f = |o: Option<FrequencyBand>| o.map(|b| (b.hz, b.clearing_ms));
+        overlay(
+            self.grid().frequency_stages(),
+            [f(b.of2), f(b.of1), f(b.uf1), f(b.uf2)],
+        )
+    }
+
+    /// The voltage stages in force: the defaults with the overrides.
+    pub fn voltage_stages(&self) -> Stages {
+        let b = &self.bands;
+        let v = |o: Option<VoltageBand>| o.map(|b| (b.pu, b.clearing_ms));
+        overlay(
+            crate::ladder::VOLTAGE_STAGES,
+            [v(b.ov2), v(b.ov1), v(b.uv1), v(b.uv2)],
+        )
+    }
+
+    /// The settings of this table's grid block (bands, ROCOF, reading age) on `config`.
+    fn grid_settings(&self, config: LadderConfig) -> LadderConfig {
+        LadderConfig {
+            frequency_bands: self.frequency_stages().bands(),
+            voltage_bands: self.voltage_stages().bands(),
+            rocof_hz_per_s: finite_or(self.rocof_hz_per_s, config.rocof_hz_per_s),
+            rocof_window: Duration::from_millis(self.rocof_window_ms),
+            max_reading_age: Duration::from_millis(self.max_reading_age_ms),
+            ..config
         }
+    }
+}
+
+/// `stages` with each `Some((threshold, clearing_ms))` of `over` (over2, over1, under1,
+/// under2) in place of its default; a clearing time that is not a duration keeps the
+/// default's (possible only for a topology that skipped validation).
+fn overlay(stages: Stages, over: [Option<(f64, f64)>; 4]) -> Stages {
+    let put = |band: TripBand, o: Option<(f64, f64)>| match o {
+        None => band,
+        Some((threshold, ms)) => TripBand {
+            threshold,
+            clearing_time: duration_s(ms / 1_000.0).unwrap_or(band.clearing_time),
+            ..band
+        },
+    };
+    let [o2, o1, u1, u2] = over;
+    Stages {
+        over2: put(stages.over2, o2),
+        over1: put(stages.over1, o1),
+        under1: put(stages.under1, u1),
+        under2: put(stages.under2, u2),
     }
 }
 
@@ -992,7 +1143,16 @@ const SAFETY_KEYS: &[&str] = &[
     "derate_start_c",
     "derate_zero_c",
     "clock",
+    "nominal_hz",
+    "bands",
+    "rocof_hz_per_s",
+    "rocof_window_ms",
+    "max_reading_age_ms",
+    "temperature_read_failures",
 ];
+const BANDS_KEYS: &[&str] = &["of2", "of1", "uf1", "uf2", "ov2", "ov1", "uv1", "uv2"];
+const FREQUENCY_BAND_KEYS: &[&str] = &["hz", "clearing_ms"];
+const VOLTAGE_BAND_KEYS: &[&str] = &["pu", "clearing_ms"];
 
 /// A table being read: its path, where it starts, and its entries (`None` when it is absent
 /// or failed to read; then every key reads as its default or placeholder, silently).
@@ -1247,6 +1407,21 @@ impl Reader {
             derate_start_c: self.number(&safety, "derate_start_c", Some(DEFAULT_DERATE_START_C)),
             derate_zero_c: self.number(&safety, "derate_zero_c", Some(DEFAULT_DERATE_ZERO_C)),
             clock: self.clock(&safety),
+            nominal_hz: self.nominal_hz(&safety),
+            bands: self.bands(&safety),
+            rocof_hz_per_s: self.number(&safety, "rocof_hz_per_s", Some(DEFAULT_ROCOF_HZ_PER_S)),
+            rocof_window_ms: self.integer(&safety, "rocof_window_ms", DEFAULT_ROCOF_WINDOW_MS),
+            max_reading_age_ms: self.integer(
+                &safety,
+                "max_reading_age_ms",
+                DEFAULT_MAX_READING_AGE_MS,
+            ),
+            temperature_read_failures: u32::try_from(self.integer(
+                &safety,
+                "temperature_read_failures",
+                DEFAULT_TEMPERATURE_READ_FAILURES.into(),
+            ))
+            .unwrap_or(u32::MAX),
         };
         let ocpp = self.ocpp(&root);
         let mqtt = self.mqtt(&root, &site.id);
@@ -1259,6 +1434,64 @@ impl Reader {
             ocpp,
             mqtt,
             metrics,
+        }
+    }
+
+    /// `[safety] nominal_hz`: absent, or 50 or 60.
+    fn nominal_hz(&mut self, safety: &Tbl<'_, '_>) -> Option<GridFrequency> {
+        let (path, node) = self.lookup(safety, "nominal_hz");
+        let node = node?;
+        let hz = self.number(safety, "nominal_hz", None);
+        let grid = GridFrequency::from_hz(hz);
+        if grid.is_none() && !self.sources.is_broken(&path) {
+            let message = format!("must be 50 or 60 (Hz), got {hz}");
+            self.problem(&path, node.span().start, message);
+        }
+        grid
+    }
+
+    /// `[safety.bands]`: each band given is whole (threshold and clearing time).
+    fn bands(&mut self, safety: &Tbl<'_, '_>) -> BandOverrides {
+        let t = self.child(safety, "bands", BANDS_KEYS);
+        let f = |r: &mut Self, key: &str| {
+            let (_, node) = r.lookup(&t, key);
+            node?;
+            let b = r.child(&t, key, FREQUENCY_BAND_KEYS);
+            Some(FrequencyBand {
+                hz: r.number(&b, "hz", None),
+                clearing_ms: r.number(&b, "clearing_ms", None),
+            })
+        };
+        let (of2, of1, uf1, uf2) = (
+            f(self, "of2"),
+            f(self, "of1"),
+            f(self, "uf1"),
+            f(self, "uf2"),
+        );
+        let v = |r: &mut Self, key: &str| {
+            let (_, node) = r.lookup(&t, key);
+            node?;
+            let b = r.child(&t, key, VOLTAGE_BAND_KEYS);
+            Some(VoltageBand {
+                pu: r.number(&b, "pu", None),
+                clearing_ms: r.number(&b, "clearing_ms", None),
+            })
+        };
+        let (ov2, ov1, uv1, uv2) = (
+            v(self, "ov2"),
+            v(self, "ov1"),
+            v(self, "uv1"),
+            v(self, "uv2"),
+        );
+        BandOverrides {
+            of2,
+            of1,
+            uf1,
+            uf2,
+            ov2,
+            ov1,
+            uv1,
+            uv2,
         }
     }
 
@@ -1771,6 +2004,7 @@ impl<'s> Checker<'s> {
             self.vehicle(&path, v, &chargers);
         }
         self.overlaps(&t.vehicles, &chargers);
+        self.nominal_required(t);
     }
 
     fn site(&mut self, site: &Site) {
@@ -1887,6 +2121,173 @@ impl<'s> Checker<'s> {
         if let Some(c) = &s.clock {
             self.clock(c);
         }
+        self.grid_safety(s);
+    }
+
+    /// The grid block of `[safety]`: ROCOF, reading age, temperature read failures, and
+    /// the bands in force (overrides on the defaults), each a number, ordered from stage 2
+    /// under to stage 2 over around nominal, each stage 2 clearing no later than its stage 1.
+    fn grid_safety(&mut self, s: &Safety) {
+        let rocof = Hi::AtMost(MAX_ROCOF_HZ_PER_S);
+        self.number(
+            "safety.rocof_hz_per_s",
+            s.rocof_hz_per_s,
+            Lo::Above(0.0),
+            rocof,
+        );
+        self.range_ms("safety.rocof_window_ms", s.rocof_window_ms, ROCOF_WINDOW_MS);
+        let age = s.max_reading_age_ms;
+        self.range_ms("safety.max_reading_age_ms", age, MAX_READING_AGE_MS);
+        let n = s.temperature_read_failures;
+        if !(1..=MAX_TEMPERATURE_READ_FAILURES).contains(&n) {
+            let message = format!("must be between 1 and {MAX_TEMPERATURE_READ_FAILURES}, got {n}");
+            self.report("safety.temperature_read_failures", &[], message);
+        }
+        let b = &s.bands;
+        let f = |o: Option<FrequencyBand>| o.map(|b| (b.hz, b.clearing_ms));
+        let v = |o: Option<VoltageBand>| o.map(|b| (b.pu, b.clearing_ms));
+        let freq = [f(b.of2), f(b.of1), f(b.uf1), f(b.uf2)];
+        let volt = [v(b.ov2), v(b.ov1), v(b.uv1), v(b.uv2)];
+        let nominal = ("safety.nominal_hz", s.grid().hz());
+        self.stages(
+            ["of2", "of1", "uf1", "uf2"],
+            "hz",
+            freq,
+            s.frequency_stages(),
+            nominal,
+        );
+        let one_pu = ("1 pu (nominal)", 1.0);
+        self.stages(
+            ["ov2", "ov1", "uv1", "uv2"],
+            "pu",
+            volt,
+            s.voltage_stages(),
+            one_pu,
+        );
+    }
+
+    fn range_ms(&mut self, field: &str, ms: u64, (lo, hi): (u64, u64)) {
+        if !(lo..=hi).contains(&ms) {
+            self.report(
+                field,
+                &[],
+                format!("must be between {lo} and {hi} ms, got {ms}"),
+            );
+        }
+    }
+
+    /// One quantity's four stages: `names` and `written` in the order over2, over1, under1,
+    /// under2; `stages` the ones in force.
+    fn stages(
+        &mut self,
+        names: [&str; 4],
+        unit: &str,
+        written: [Option<(f64, f64)>; 4],
+        stages: Stages,
+        nominal: (&str, f64),
+    ) {
+        let field = |i: usize, key: &str| format!("safety.bands.{}.{key}", names[i]);
+        let mut ok = true;
+        for (i, w) in written.iter().enumerate() {
+            if let Some((threshold, ms)) = *w {
+                ok &= self.number(&field(i, unit), threshold, Lo::Above(0.0), Hi::Any);
+                let max_ms = Hi::AtMost(MAX_DURATION_S * 1_000.0);
+                ok &= self.number(&field(i, "clearing_ms"), ms, Lo::Above(0.0), max_ms);
+            }
+        }
+        if !ok {
+            return;
+        }
+        let band = [stages.over2, stages.over1, stages.under1, stages.under2];
+        // From the bottom up: uf2 < uf1 < nominal < of1 < of2.
+        let chain = [
+            (field(3, unit), names[3].to_owned(), band[3].threshold),
+            (field(2, unit), names[2].to_owned(), band[2].threshold),
+            (nominal.0.to_owned(), nominal.0.to_owned(), nominal.1),
+            (field(1, unit), names[1].to_owned(), band[1].threshold),
+            (field(0, unit), names[0].to_owned(), band[0].threshold),
+        ];
+        for pair in chain.windows(2) {
+            let ((lo_field, lo_name, lo), (hi_field, hi_name, hi)) = (&pair[0], &pair[1]);
+            if hi > lo {
+                continue;
+            }
+            let message = format!("unordered: {hi_name} ({hi}) must be above {lo_name} ({lo})");
+            // At the band rather than at the nominal frequency, which only picks defaults.
+            let (first, second) = if hi_field == nominal.0 {
+                (lo_field, hi_field)
+            } else {
+                (hi_field, lo_field)
+            };
+            self.report_written(first, second, message);
+        }
+        for (fast, slow) in [(0, 1), (3, 2)] {
+            let (f, sl) = (band[fast].clearing_time, band[slow].clearing_time);
+            if f > sl {
+                let message = format!(
+                    "unordered: {} clears after {} ({} ms > {} ms); stage 2 must be the faster",
+                    names[fast],
+                    names[slow],
+                    f.as_millis(),
+                    sl.as_millis()
+                );
+                let (ff, sf) = (field(fast, "clearing_ms"), field(slow, "clearing_ms"));
+                self.report_written(&ff, &sf, message);
+            }
+        }
+    }
+
+    /// Report at `first` when it was written down, else at `second` (a default is wrong
+    /// only because of what was written).
+    fn report_written(&mut self, first: &str, second: &str, message: String) {
+        let at = if self.sources.explicit(first) || !self.sources.explicit(second) {
+            first
+        } else {
+            second
+        };
+        self.report(at, &[], message);
+    }
+
+    /// `[safety] nominal_hz` is required once a meter is real (read over Modbus): the
+    /// default bands of the wrong grid would trip a healthy one or miss an island.
+    fn nominal_required(&mut self, t: &Topology) {
+        if t.safety.nominal_hz.is_some() || self.sources.is_broken("safety.nominal_hz") {
+            return;
+        }
+        let real = t.segments().flat_map(|(_, seg)| {
+            let id = seg.id.clone();
+            seg.meters
+                .iter()
+                .filter(|m| m.modbus.is_some())
+                .map(move |m| (id.clone(), m.id.clone()))
+        });
+        let Some((segment, meter)) = real.into_iter().next() else {
+            return;
+        };
+        let path = self.meter_path(t, &meter).map(|p| format!("{p}.modbus"));
+        let offset = self
+            .sources
+            .locate("safety")
+            .filter(|_| self.sources.explicit("safety"))
+            .or_else(|| path.as_deref().and_then(|p| self.sources.locate(p)));
+        self.problems.push(Problem {
+            field: "safety.nominal_hz".to_owned(),
+            offset,
+            message: format!(
+                "required (50 or 60) when meters are read over Modbus: meter {meter:?} of segment {segment:?} has `modbus`"
+            ),
+        });
+    }
+
+    fn meter_path(&self, t: &Topology, meter: &str) -> Option<String> {
+        for (si, sub) in t.substations.iter().enumerate() {
+            for (gi, seg) in sub.segments.iter().enumerate() {
+                if let Some(mi) = seg.meters.iter().position(|m| m.id == meter) {
+                    return Some(format!("substations[{si}].segments[{gi}].meters[{mi}]"));
+                }
+            }
+        }
+        None
     }
 
     fn segment(&mut self, path: &str, seg: &Segment) {
@@ -2133,7 +2534,9 @@ max_kw = 11
             "id = \"m1\"\nmodbus = { addr = \"127.0.0.1:1502\", unit = 3 }\nnominal_v = 120\n",
         )]);
         // Last, so that the table does not swallow the keys of the arrays before it.
-        let text = format!("{meter}\n[ocpp]\nlisten = \"127.0.0.1:9000\"\npassword = \"pw\"\n");
+        let text = format!(
+            "{meter}\n[safety]\nnominal_hz = 60\n[ocpp]\nlisten = \"127.0.0.1:9000\"\npassword = \"pw\"\n"
+        );
         let t = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
         let m = &t.segment("tx").expect("tx").meters[0];
         assert_eq!(
@@ -2202,6 +2605,7 @@ max_kw = 11
             "id = \"m1\"\n",
             "id = \"m1\"\nmodbus = { addr = \"127.0.0.1:502\", unit = 300 }\n",
         )]);
+        let text = format!("{text}\n[safety]\nnominal_hz = 60\n");
         one_error(
             &text,
             "substations[0].segments[0].meters[0].modbus.unit",
@@ -2795,6 +3199,201 @@ max_kw = 11
     }
 
     #[test]
+    fn nominal_hz_picks_the_default_frequency_bands() {
+        use crate::ladder::{FREQUENCY_STAGES_50HZ, FREQUENCY_STAGES_60HZ, VOLTAGE_STAGES};
+        let safety = |body: &str| format!("{MINIMAL}\n[safety]\n{body}\n");
+        let t = parse("t.toml", &safety("nominal_hz = 50")).expect("valid");
+        assert_eq!(t.safety.nominal_hz, Some(GridFrequency::Hz50));
+        let l = t.safety.ladder_config();
+        assert_eq!(l.frequency_bands, FREQUENCY_STAGES_50HZ.bands());
+        assert_eq!(
+            l.voltage_bands,
+            VOLTAGE_STAGES.bands(),
+            "voltage stays per unit"
+        );
+        let t = parse("t.toml", &safety("nominal_hz = 60.0")).expect("valid");
+        let l = t.safety.ladder_config();
+        assert_eq!(l.frequency_bands, FREQUENCY_STAGES_60HZ.bands());
+        // Not given (no real meter): 60 Hz, as the in-process simulation.
+        let t = parse("t.toml", MINIMAL).expect("valid");
+        assert_eq!(
+            (t.safety.nominal_hz, t.safety.grid()),
+            (None, GridFrequency::Hz60)
+        );
+        assert_eq!(t.safety.ladder_config(), LadderConfig::default());
+        one_error(
+            &safety("nominal_hz = 55"),
+            "safety.nominal_hz",
+            "nominal_hz",
+            "must be 50 or 60 (Hz), got 55",
+        );
+        one_error(
+            &safety("nominal_hz = \"50\""),
+            "safety.nominal_hz",
+            "nominal_hz",
+            "expected a number, found a string",
+        );
+    }
+
+    #[test]
+    fn nominal_hz_is_required_once_a_meter_is_read_over_modbus() {
+        let real = with(&[(
+            "id = \"m1\"\n",
+            "id = \"m1\"\nmodbus = { addr = \"127.0.0.1:1502\" }\n",
+        )]);
+        // No [safety] table: the error points at the meter's endpoint.
+        let e = one_error(
+            &real,
+            "safety.nominal_hz",
+            "modbus = {",
+            "required (50 or 60) when meters are read over Modbus: meter \"m1\"",
+        );
+        assert!(e.to_string().starts_with("t.toml:"), "{e}");
+        // A [safety] table without it: the error points at the table.
+        let text = format!("{real}\n[safety]\nhold_s = 10\n");
+        one_error(
+            &text,
+            "safety.nominal_hz",
+            "[safety]",
+            "required (50 or 60)",
+        );
+        let ok = format!("{real}\n[safety]\nnominal_hz = 50\n");
+        assert!(parse("t.toml", &ok).is_ok());
+    }
+
+    #[test]
+    fn every_band_can_be_overridden_with_its_clearing_time() {
+        let text = format!(
+            "{MINIMAL}\n[safety]\nnominal_hz = 50\n[safety.bands]\n\
+             uf1 = {{ hz = 47.8, clearing_ms = 500 }}\n\
+             of2 = {{ hz = 51.8, clearing_ms = 150.5 }}\n\
+             uv1 = {{ pu = 0.8, clearing_ms = 3000 }}\n"
+        );
+        let t = parse("t.toml", &text).expect("valid");
+        let f = t.safety.frequency_stages();
+        assert_eq!(f.under1, TripBand::under(47.8, 500));
+        assert_eq!(f.over2.threshold, 51.8);
+        assert_eq!(f.over2.clearing_time, Duration::from_micros(150_500));
+        assert_eq!(
+            f.over1,
+            crate::ladder::FREQUENCY_STAGES_50HZ.over1,
+            "the rest default"
+        );
+        assert_eq!(
+            t.safety.voltage_stages().under1,
+            TripBand::under(0.8, 3_000)
+        );
+        assert_eq!(t.safety.ladder_config().frequency_bands, f.bands());
+        // It reads back as written.
+        let again = toml::to_string(&t).expect("serializes");
+        assert_eq!(parse("round-trip.toml", &again), Ok(t));
+    }
+
+    #[test]
+    fn bands_must_be_ordered_and_have_a_clearing_time() {
+        let bands =
+            |body: &str| format!("{MINIMAL}\n[safety]\nnominal_hz = 50\n[safety.bands]\n{body}\n");
+        one_error(
+            &bands("uf2 = { hz = 47.0 }"),
+            "safety.bands.uf2.clearing_ms",
+            "uf2",
+            "missing required key `clearing_ms`",
+        );
+        one_error(
+            &bands("of1 = { hz = 51.0, clearing_ms = 0 }"),
+            "safety.bands.of1.clearing_ms",
+            "of1",
+            "must be > 0",
+        );
+        // UF2 above UF1 (the default 47.5 Hz): reported at what was written.
+        one_error(
+            &bands("uf2 = { hz = 47.6, clearing_ms = 100 }"),
+            "safety.bands.uf2.hz",
+            "uf2",
+            "unordered: uf1 (47.5) must be above uf2 (47.6)",
+        );
+        // An under-band above nominal.
+        one_error(
+            &bands("uf1 = { hz = 50.5, clearing_ms = 1000 }"),
+            "safety.bands.uf1.hz",
+            "uf1",
+            "unordered: safety.nominal_hz (50) must be above uf1 (50.5)",
+        );
+        // Stage 2 slower than stage 1.
+        one_error(
+            &bands("of2 = { hz = 52.0, clearing_ms = 5000 }"),
+            "safety.bands.of2.clearing_ms",
+            "of2",
+            "unordered: of2 clears after of1 (5000 ms > 2000 ms)",
+        );
+        // Voltage: an over-band below 1 pu; a band that is not a table.
+        one_error(
+            &bands("ov1 = { pu = 0.95, clearing_ms = 2000 }"),
+            "safety.bands.ov1.pu",
+            "ov1",
+            "unordered: ov1 (0.95) must be above 1 pu (nominal) (1)",
+        );
+        one_error(
+            &bands("ov2 = 1.2"),
+            "safety.bands.ov2",
+            "ov2",
+            "expected a table, found a float",
+        );
+        one_error(
+            &bands("uv3 = { pu = 0.3, clearing_ms = 100 }"),
+            "safety.bands.uv3",
+            "uv3",
+            "unknown key `uv3`",
+        );
+        // A frequency band in per unit: both the stray key and the missing one are named.
+        let errs = errors(&bands("of1 = { pu = 51.0, clearing_ms = 100 }"));
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["safety.bands.of1.hz", "safety.bands.of1.pu"]);
+        assert!(errs[1]
+            .message
+            .contains("unknown key `pu`; expected one of: hz"));
+    }
+
+    #[test]
+    fn rocof_reading_age_and_temperature_failures_are_checked() {
+        let safety = |body: &str| format!("{MINIMAL}\n[safety]\n{body}\n");
+        let t = parse(
+            "t.toml",
+            &safety(
+                "rocof_hz_per_s = 1.0\nrocof_window_ms = 200\nmax_reading_age_ms = 250\n\
+                 temperature_read_failures = 5",
+            ),
+        )
+        .expect("valid");
+        let l = t.safety.ladder_config();
+        assert_eq!(l.rocof_hz_per_s, 1.0);
+        assert_eq!(l.rocof_window, Duration::from_millis(200));
+        assert_eq!(l.max_reading_age, Duration::from_millis(250));
+        assert_eq!(t.safety.temperature_read_failures, 5);
+        for (body, field, message) in [
+            ("rocof_hz_per_s = 0", "safety.rocof_hz_per_s", "must be > 0"),
+            (
+                "rocof_window_ms = 5",
+                "safety.rocof_window_ms",
+                "between 20 and 10000 ms",
+            ),
+            (
+                "max_reading_age_ms = 50",
+                "safety.max_reading_age_ms",
+                "between 100 and 10000 ms, got 50",
+            ),
+            (
+                "temperature_read_failures = 0",
+                "safety.temperature_read_failures",
+                "between 1 and 1000",
+            ),
+        ] {
+            let marker = body.split(' ').next().expect("a key");
+            one_error(&safety(body), field, marker, message);
+        }
+    }
+
+    #[test]
     fn all_errors_are_reported_at_once_in_file_order() {
         let text = with(&[
             ("id = \"s\"", "id = \"s s\""),
@@ -2887,6 +3486,7 @@ max_kw = 11
             derate_start_c: 60.0,
             derate_zero_c: 80.0,
             clock: None,
+            ..Safety::default()
         };
         let l = safety.ladder_config();
         assert_eq!(l.hold_time, Duration::from_millis(12_500));
@@ -2905,6 +3505,7 @@ max_kw = 11
             derate_start_c: f64::NAN,
             derate_zero_c: 80.0,
             clock: None,
+            ..Safety::default()
         };
         let l = nonsense.ladder_config();
         let d = LadderConfig::default();

@@ -37,7 +37,8 @@ pub const INVERTER_THERMAL_TAU_S: f64 = 120.0;
 pub const INVERTER_AMBIENT_C: f64 = 35.0;
 /// A simulated inverter's core temperature rise at rated power, °C.
 pub const INVERTER_RATED_RISE_C: f64 = 25.0;
-/// Nominal grid frequency of the simulated grid, Hz.
+/// Nominal frequency of a simulated grid when none is given, Hz (a site's grid takes its
+/// topology's `[safety] nominal_hz`).
 pub const NOMINAL_HZ: f64 = 60.0;
 
 /// Why a device could not be read or written.
@@ -421,6 +422,7 @@ struct InverterPhysics {
     power_kw: f64,
     core_c: f64,
     extra_heat_c: f64,
+    unreachable: bool,
 }
 
 /// A simulated battery inverter: power follows the setpoint with a ramp, the core
@@ -446,6 +448,7 @@ impl SimInverter {
                 power_kw: 0.0,
                 core_c: INVERTER_AMBIENT_C,
                 extra_heat_c: 0.0,
+                unreachable: false,
             }),
         }
     }
@@ -471,6 +474,20 @@ impl SimInverter {
         }
     }
 
+    /// Fault injection: the inverter stops answering (its power follows its last setpoint).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        lock(&self.state).unreachable = unreachable;
+    }
+
+    fn reachable(&self) -> Result<(), DeviceError> {
+        if lock(&self.state).unreachable {
+            return Err(DeviceError::Unreachable {
+                device: self.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
     fn read_now(&self, now: Duration) -> InverterReading {
         let mut s = lock(&self.state);
         self.advance(&mut s, now);
@@ -488,12 +505,14 @@ impl SimInverter {
 
 impl InverterIo for SimInverter {
     fn read(&self, now: Duration) -> BoxFuture<'_, Result<InverterReading, DeviceError>> {
-        let r = Ok(self.read_now(now));
+        let r = self.reachable().map(|()| self.read_now(now));
         Box::pin(async move { r })
     }
 
     fn write(&self, kw: f64, now: Duration) -> BoxFuture<'_, Result<InverterReading, DeviceError>> {
-        let r = if kw.is_finite() {
+        let r = if let Err(e) = self.reachable() {
+            Err(e)
+        } else if kw.is_finite() {
             let mut s = lock(&self.state);
             self.advance(&mut s, now);
             s.setpoint_kw = kw;
@@ -510,23 +529,40 @@ impl InverterIo for SimInverter {
 }
 
 /// The simulated grid at the site's point of connection: voltage and frequency, which a
-/// fault injector can move (islanding).
+/// fault injector can move (islanding), around a nominal frequency of 50 or 60 Hz.
 #[derive(Debug)]
 pub struct SimGrid {
+    nominal_hz: f64,
     voltage_pu_bits: AtomicU64,
     frequency_hz_bits: AtomicU64,
 }
 
 impl Default for SimGrid {
     fn default() -> Self {
-        SimGrid {
-            voltage_pu_bits: AtomicU64::new(1.0f64.to_bits()),
-            frequency_hz_bits: AtomicU64::new(NOMINAL_HZ.to_bits()),
-        }
+        SimGrid::new(NOMINAL_HZ)
     }
 }
 
 impl SimGrid {
+    /// A healthy grid at 1 pu and `nominal_hz`.
+    pub fn new(nominal_hz: f64) -> Self {
+        SimGrid {
+            nominal_hz,
+            voltage_pu_bits: AtomicU64::new(1.0f64.to_bits()),
+            frequency_hz_bits: AtomicU64::new(nominal_hz.to_bits()),
+        }
+    }
+
+    /// The grid's nominal frequency, Hz.
+    pub fn nominal_hz(&self) -> f64 {
+        self.nominal_hz
+    }
+
+    /// Back to healthy: 1 pu at the nominal frequency.
+    pub fn restore(&self) {
+        self.set(1.0, self.nominal_hz);
+    }
+
     /// Set the voltage (per unit) and frequency (Hz) every meter reads from now on.
     pub fn set(&self, voltage_pu: f64, frequency_hz: f64) {
         self.voltage_pu_bits
@@ -649,7 +685,7 @@ pub struct SimSite {
 impl SimSite {
     /// Build the devices of `topology` (no vehicle plugged in yet).
     pub fn new(topology: &Topology) -> Self {
-        let grid = Arc::new(SimGrid::default());
+        let grid = Arc::new(SimGrid::new(topology.safety.grid().hz()));
         let mut site = SimSite {
             chargers: HashMap::new(),
             inverters: HashMap::new(),

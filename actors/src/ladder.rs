@@ -13,16 +13,18 @@
 //!
 //! | fault ([`Fault`]) | level (defaults, [`LadderConfig`]) |
 //! | --- | --- |
-//! | islanding: voltage or frequency outside an IEEE 1547-2018 trip band for its clearing time, or grid voltage lost, while exporting | Tripped |
+//! | islanding: voltage or frequency outside a trip band for its clearing time (IEEE 1547-2018 at 60 Hz, EN 50549-1 at 50 Hz: [`GridFrequency`]), frequency changing faster than the ROCOF threshold over its window ([`RocofWindow`]), or grid voltage lost, while exporting | Tripped |
+//! | no good grid reading for `max_reading_age` (500 ms): the segment is blind to islanding | ChargeOnly (`meter_stale`) |
 //! | PTP offset over 1 ms / over 100 ms | ChargeOnly / Tripped |
 //! | the clock source unsynchronised (no fresh reading, no grandmaster, port not following one) | ChargeOnly |
 //! | grid controller keep-alive missing for 5 s | ChargeOnly |
 //! | inverter core over 65 °C | Limited, derated linearly to 0 at 85 °C |
+//! | an inverter's temperature unread N times in a row | Limited to 0 kW, as fully derated |
 //! | transformer at its thermal limit | Limited to the transformer's allowance |
 //! | node cannot see a majority of the cluster | ChargeOnly |
 //! | a supervisor of the segment exceeded its restart intensity | ChargeOnly (and an alarm) |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -113,14 +115,16 @@ pub struct TripBand {
 }
 
 impl TripBand {
-    const fn over(threshold: f64, ms: u64) -> Self {
+    /// An over-band: trips above `threshold` after `ms` milliseconds.
+    pub const fn over(threshold: f64, ms: u64) -> Self {
         TripBand {
             threshold,
             over: true,
             clearing_time: Duration::from_millis(ms),
         }
     }
-    const fn under(threshold: f64, ms: u64) -> Self {
+    /// An under-band: trips below `threshold` after `ms` milliseconds.
+    pub const fn under(threshold: f64, ms: u64) -> Self {
         TripBand {
             threshold,
             over: false,
@@ -136,20 +140,141 @@ impl TripBand {
     }
 }
 
+/// The four trip stages of one quantity, named as the standards name them: stage 2 is the
+/// fast one further from nominal, stage 1 the slow one nearer to it. A valid set is ordered
+/// `under2 < under1 < nominal < over1 < over2`, each stage 2 clearing no later than its
+/// stage 1 (checked by the topology's validation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stages {
+    /// OV2 / OF2: the fast over-stage.
+    pub over2: TripBand,
+    /// OV1 / OF1: the slow over-stage.
+    pub over1: TripBand,
+    /// UV1 / UF1: the slow under-stage.
+    pub under1: TripBand,
+    /// UV2 / UF2: the fast under-stage.
+    pub under2: TripBand,
+}
+
+impl Stages {
+    /// The bands in the order the ladder keeps them (over2, over1, under1, under2).
+    pub fn bands(&self) -> Vec<TripBand> {
+        vec![self.over2, self.over1, self.under1, self.under2]
+    }
+}
+
+/// IEEE 1547-2018 default voltage trip settings, Category II (Table 11), per unit: OV2
+/// 1.20/0.16 s, OV1 1.10/2 s, UV1 0.70/10 s, UV2 0.45/0.16 s. Voltage is per unit of the
+/// meter's nominal, so the same defaults serve 50 Hz grids (EN 50549-1's voltage stages are
+/// DSO-set within ranges that contain these).
+pub const VOLTAGE_STAGES: Stages = Stages {
+    over2: TripBand::over(1.20, 160),
+    over1: TripBand::over(1.10, 2_000),
+    under1: TripBand::under(0.70, 10_000),
+    under2: TripBand::under(0.45, 160),
+};
+
+/// IEEE 1547-2018 default frequency trip settings for 60 Hz systems (Table 15, the same for
+/// every category): OF2 62.0 Hz/0.16 s, OF1 61.2 Hz/300 s, UF1 58.5 Hz/300 s, UF2 56.5 Hz/0.16 s.
+pub const FREQUENCY_STAGES_60HZ: Stages = Stages {
+    over2: TripBand::over(62.0, 160),
+    over1: TripBand::over(61.2, 300_000),
+    under1: TripBand::under(58.5, 300_000),
+    under2: TripBand::under(56.5, 160),
+};
+
+/// Frequency trip settings for 50 Hz systems after EN 50549-1:2019 (clause 4.9.3, interface
+/// protection). The standard gives each stage a setting range (under-frequency 47.0..=50.0 Hz,
+/// over-frequency 50.0..=52.0 Hz; stage 1 0.1..=100 s, stage 2 0.1..=5 s) and leaves the
+/// values to the DSO. These are the two-stage values common in European DSO codes and the
+/// inverters' EN 50549 grid profiles: OF2 52.0 Hz/0.1 s, OF1 51.5 Hz/2 s, UF1 47.5 Hz/2 s,
+/// UF2 47.0 Hz/0.1 s (a single-stage code such as VDE-AR-N 4105, 47.5 and 51.5 Hz at 0.1 s,
+/// is two overrides). 47.5..=51.5 Hz is also EN 50549-1's range of continued operation.
+pub const FREQUENCY_STAGES_50HZ: Stages = Stages {
+    over2: TripBand::over(52.0, 100),
+    over1: TripBand::over(51.5, 2_000),
+    under1: TripBand::under(47.5, 2_000),
+    under2: TripBand::under(47.0, 100),
+};
+
+/// The default ROCOF (rate of change of frequency) trip threshold, Hz/s, at either
+/// frequency: beyond what the standards require a plant to ride through, 2.0 Hz/s over a
+/// 500 ms window (IEEE 1547-2018 clause 6.5.2.5, Category II; EN 50549-1:2019 clause 4.5.2,
+/// ROCOF immunity). Sites under ENA EREC G99 (Great Britain) set its loss-of-mains RoCoF
+/// setting, 1 Hz/s with a 500 ms delay.
+pub const DEFAULT_ROCOF_HZ_PER_S: f64 = 2.0;
+/// The window the ROCOF is measured over (the 500 ms of the standards above); it also
+/// acts as the ROCOF's delay: a step that reverses within it counts less.
+pub const DEFAULT_ROCOF_WINDOW: Duration = Duration::from_millis(500);
+/// The default bound on the age of a segment's last good grid reading: older, the segment
+/// cannot see an island in time (IEEE 1547-2018 allows 2 s to cease to energize).
+pub const DEFAULT_MAX_READING_AGE: Duration = Duration::from_millis(500);
+/// The most frequency readings a [`RocofWindow`] keeps (a bound, whatever the poll rate).
+pub const ROCOF_MAX_SAMPLES: usize = 256;
+
+/// The nominal frequency of the grid a site is on, which picks the default frequency bands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GridFrequency {
+    /// 50 Hz (Europe, most of Asia and Africa): EN 50549-1.
+    Hz50,
+    /// 60 Hz (the Americas, parts of Asia): IEEE 1547-2018.
+    Hz60,
+}
+
+impl GridFrequency {
+    /// The nominal frequency, Hz.
+    pub fn hz(self) -> f64 {
+        match self {
+            GridFrequency::Hz50 => 50.0,
+            GridFrequency::Hz60 => 60.0,
+        }
+    }
+
+    /// The grid of a nominal frequency, if it is 50 or 60 Hz.
+    pub fn from_hz(hz: f64) -> Option<Self> {
+        if hz == 50.0 {
+            Some(GridFrequency::Hz50)
+        } else if hz == 60.0 {
+            Some(GridFrequency::Hz60)
+        } else {
+            None
+        }
+    }
+
+    /// The default frequency trip stages of this grid.
+    pub fn frequency_stages(self) -> Stages {
+        match self {
+            GridFrequency::Hz50 => FREQUENCY_STAGES_50HZ,
+            GridFrequency::Hz60 => FREQUENCY_STAGES_60HZ,
+        }
+    }
+}
+
+impl Serialize for GridFrequency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.hz() as u64)
+    }
+}
+
 /// The ladder's thresholds. Defaults follow DESIGN.md's fault table and IEEE 1547-2018's
-/// default trip settings (voltage: Category II; frequency: 60 Hz systems).
+/// default trip settings at 60 Hz ([`LadderConfig::for_grid`] for 50 Hz).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LadderConfig {
     /// How long a cleared fault keeps its level (IEEE 1547's enter-service delay).
     pub hold_time: Duration,
-    /// Voltage trip bands, per unit: OV2 1.20/0.16 s, OV1 1.10/2 s, UV1 0.70/10 s,
-    /// UV2 0.45/0.16 s.
+    /// Voltage trip bands, per unit (default [`VOLTAGE_STAGES`]).
     pub voltage_bands: Vec<TripBand>,
-    /// Frequency trip bands, Hz: OF2 62.0/0.16 s, OF1 61.2/300 s, UF1 58.5/300 s,
-    /// UF2 56.5/0.16 s.
+    /// Frequency trip bands, Hz (default [`FREQUENCY_STAGES_60HZ`]).
     pub frequency_bands: Vec<TripBand>,
     /// Below this voltage (per unit) the grid is lost: islanding at once when exporting.
     pub voltage_lost_pu: f64,
+    /// A frequency changing faster than this, Hz/s (either way), over [`Self::rocof_window`]
+    /// is a loss of mains: islanding.
+    pub rocof_hz_per_s: f64,
+    /// The window the ROCOF is measured over.
+    pub rocof_window: Duration,
+    /// A segment whose last good grid reading is older than this is blind: ChargeOnly.
+    pub max_reading_age: Duration,
     /// PTP offset above which the segment goes ChargeOnly.
     pub ptp_charge_only: Duration,
     /// PTP offset above which the segment trips.
@@ -162,29 +287,83 @@ pub struct LadderConfig {
     pub derate_zero_c: f64,
 }
 
+impl LadderConfig {
+    /// The defaults for a grid of `frequency`: its frequency stages, the rest as
+    /// [`LadderConfig::default`].
+    pub fn for_grid(frequency: GridFrequency) -> Self {
+        LadderConfig {
+            frequency_bands: frequency.frequency_stages().bands(),
+            ..LadderConfig::default()
+        }
+    }
+}
+
 impl Default for LadderConfig {
     fn default() -> Self {
         LadderConfig {
             hold_time: Duration::from_secs(300),
-            voltage_bands: vec![
-                TripBand::over(1.20, 160),
-                TripBand::over(1.10, 2_000),
-                TripBand::under(0.70, 10_000),
-                TripBand::under(0.45, 160),
-            ],
-            frequency_bands: vec![
-                TripBand::over(62.0, 160),
-                TripBand::over(61.2, 300_000),
-                TripBand::under(58.5, 300_000),
-                TripBand::under(56.5, 160),
-            ],
+            voltage_bands: VOLTAGE_STAGES.bands(),
+            frequency_bands: FREQUENCY_STAGES_60HZ.bands(),
             voltage_lost_pu: 0.10,
+            rocof_hz_per_s: DEFAULT_ROCOF_HZ_PER_S,
+            rocof_window: DEFAULT_ROCOF_WINDOW,
+            max_reading_age: DEFAULT_MAX_READING_AGE,
             ptp_charge_only: Duration::from_millis(1),
             ptp_trip: Duration::from_millis(100),
             keepalive_timeout: Duration::from_secs(5),
             derate_start_c: 65.0,
             derate_zero_c: 85.0,
         }
+    }
+}
+
+/// The rate of change of frequency over a sliding window of metered readings: pure, time is
+/// an argument. The rate is the slope from the newest reading back to the newest one at
+/// least a window older; until the readings span a window, or across a gap longer than the
+/// window (no rate is made up over a time nothing was read), there is none.
+#[derive(Debug, Clone)]
+pub struct RocofWindow {
+    window: Duration,
+    samples: VecDeque<(Duration, f64)>,
+}
+
+impl RocofWindow {
+    /// An empty window of `window` (at least 1 ms).
+    pub fn new(window: Duration) -> Self {
+        RocofWindow {
+            window: window.max(Duration::from_millis(1)),
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Add the frequency read at `at`; returns the ROCOF over the window, Hz/s (negative:
+    /// falling), once the readings span it. A reading that is not a number starts the series
+    /// again; one older than the last (two meters of a segment, answering out of order) is
+    /// left out.
+    pub fn push(&mut self, at: Duration, hz: f64) -> Option<f64> {
+        let restart = match self.samples.back() {
+            _ if !hz.is_finite() => true,
+            Some(&(last, _)) if at < last => return None,
+            Some(&(last, _)) => at - last > self.window,
+            None => false,
+        };
+        if restart {
+            self.samples.clear();
+        }
+        if !hz.is_finite() {
+            return None;
+        }
+        self.samples.push_back((at, hz));
+        let start = at.checked_sub(self.window);
+        while self.samples.len() > 1
+            && (start.is_some_and(|s| self.samples[1].0 <= s)
+                || self.samples.len() > ROCOF_MAX_SAMPLES)
+        {
+            self.samples.pop_front();
+        }
+        let &(t0, f0) = self.samples.front()?;
+        let span = at - t0;
+        (span >= self.window).then(|| (hz - f0) / span.as_secs_f64())
     }
 }
 
@@ -213,9 +392,9 @@ pub enum FaultKey {
     RestartIntensity(String),
     /// The level checkpointed before the node or segment restarted.
     Restored,
-    /// The segment's meter cannot be read: nothing would see islanding or the transformer's
-    /// load.
-    Metering,
+    /// No good grid reading for longer than the bound: nothing would see islanding (or the
+    /// transformer's load) in time.
+    MeterStale,
 }
 
 impl FaultKey {
@@ -229,7 +408,7 @@ impl FaultKey {
         "quorum",
         "restart_intensity",
         "restored",
-        "metering",
+        "meter_stale",
         "handoff",
         "clock_unsynchronised",
     ];
@@ -246,7 +425,7 @@ impl FaultKey {
             FaultKey::Quorum => Self::KINDS[5],
             FaultKey::RestartIntensity(_) => Self::KINDS[6],
             FaultKey::Restored => Self::KINDS[7],
-            FaultKey::Metering => Self::KINDS[8],
+            FaultKey::MeterStale => Self::KINDS[8],
             FaultKey::Handoff => Self::KINDS[9],
             FaultKey::ClockUnsynchronised => Self::KINDS[10],
         }
@@ -290,9 +469,13 @@ pub enum Fault {
     /// the old owner lets go until the new owner has taken it): ChargeOnly meanwhile, held for
     /// the hold time after, as any cleared cause.
     Handoff(bool),
-    /// Whether the segment's meter can be read (false after repeated failures): a segment
-    /// that cannot see the grid must not export.
-    Metering(bool),
+    /// An inverter's core temperature could not be read the configured number of times in
+    /// a row: it counts as over-temperature, fully derated (a missing reading is never a cool
+    /// one). The next good [`Fault::InverterTemperature`] replaces it.
+    InverterTemperatureLost {
+        /// The inverter's id.
+        inverter: String,
+    },
     /// The level a checkpoint recorded before a restart. A restarted segment does not know
     /// whether the cause is gone, so the level is held for the hold time, as if its cause
     /// had cleared at the moment of the restart.
@@ -341,6 +524,11 @@ pub struct SafeStateLadder {
     demands: BTreeMap<FaultKey, Demand>,
     /// Since when each trip band has been exceeded (index: voltage bands, then frequency).
     beyond_since: Vec<Option<Duration>>,
+    /// The metered frequency series the ROCOF is taken over.
+    rocof: RocofWindow,
+    /// When the last good grid reading came; None before the first reading and the first
+    /// tick (the age counts from whichever comes first).
+    last_reading: Option<Duration>,
     last_keepalive: Duration,
     level: SafeState,
 }
@@ -350,9 +538,11 @@ impl SafeStateLadder {
     pub fn new(config: LadderConfig, now: Duration) -> Self {
         let bands = config.voltage_bands.len() + config.frequency_bands.len();
         SafeStateLadder {
+            rocof: RocofWindow::new(config.rocof_window),
             config,
             demands: BTreeMap::new(),
             beyond_since: vec![None; bands],
+            last_reading: None,
             last_keepalive: now,
             level: SafeState::Normal,
         }
@@ -382,15 +572,21 @@ impl SafeStateLadder {
                 exporting,
             } => {
                 let abnormal = self.grid_abnormal(voltage_pu, frequency_hz, now);
+                if voltage_pu.is_finite() && frequency_hz.is_finite() {
+                    self.last_reading = Some(now);
+                    self.set(FaultKey::MeterStale, None, now);
+                }
                 // Exporting into an abnormal grid trips (IEEE 1547 cease to energize). Once
                 // tripped the segment no longer exports, but the grid is no better: the trip
                 // stays while the grid is abnormal (its hold time, the enter-service delay,
-                // starts only once the grid is back in its bands). A segment that was not
-                // exporting must not start to either: ChargeOnly.
+                // starts only once the grid is back in its bands); a new abnormal reading
+                // during that hold (the ROCOF of the grid's return, say) trips again rather
+                // than weakening the held trip. A segment that was not exporting must not
+                // start to either: ChargeOnly.
                 let tripped = self
                     .demands
                     .get(&FaultKey::Islanding)
-                    .is_some_and(|d| d.cleared_at.is_none() && d.state == SafeState::Tripped);
+                    .is_some_and(|d| d.state == SafeState::Tripped);
                 let demand = abnormal.then_some(if exporting || tripped {
                     SafeState::Tripped
                 } else {
@@ -441,10 +637,11 @@ impl SafeStateLadder {
                     self.set(FaultKey::Restored, None, now);
                 }
             }
-            Fault::Metering(ok) => {
+            Fault::InverterTemperatureLost { inverter } => {
+                let fully_derated = SafeState::Limited { cap_kw: 0.0 };
                 self.set(
-                    FaultKey::Metering,
-                    (!ok).then_some(SafeState::ChargeOnly),
+                    FaultKey::OverTemperature(inverter),
+                    Some(fully_derated),
                     now,
                 );
             }
@@ -473,24 +670,38 @@ impl SafeStateLadder {
         self.settle(now)
     }
 
-    /// Advance time without an observation: checks the keep-alive watchdog and the trip
-    /// bands' clearing times, and lets held faults expire.
+    /// Advance time without an observation: checks the keep-alive watchdog and the age of
+    /// the last good grid reading, and lets held faults expire.
     pub fn tick(&mut self, now: Duration) -> Option<Transition> {
         let silent = now.saturating_sub(self.last_keepalive) > self.config.keepalive_timeout;
         if silent {
             self.set(FaultKey::KeepAlive, Some(SafeState::ChargeOnly), now);
         }
+        let stale = self.reading_age(now) > self.config.max_reading_age;
+        self.set(
+            FaultKey::MeterStale,
+            stale.then_some(SafeState::ChargeOnly),
+            now,
+        );
         self.settle(now)
     }
 
-    /// True when this reading, with those before it, means the segment is islanded.
-    /// Whether the grid at the point of connection is abnormal: a reading beyond a trip band
-    /// for its clearing time, a voltage under the lost threshold, or a reading that is not a
-    /// number (which says nothing good about the grid).
+    /// How old the last good grid reading is at `now` (counted from the first tick when no
+    /// reading came yet, which starts the count).
+    pub fn reading_age(&mut self, now: Duration) -> Duration {
+        now.saturating_sub(*self.last_reading.get_or_insert(now))
+    }
+
+    /// Whether this reading, with those before it, means the grid at the point of
+    /// connection is abnormal: a reading beyond a trip band for its clearing time, a voltage
+    /// under the lost threshold, a frequency changing faster than the ROCOF threshold over
+    /// its window, or a reading that is not a number (which says nothing good about the grid).
     fn grid_abnormal(&mut self, voltage_pu: f64, frequency_hz: f64, now: Duration) -> bool {
+        let rocof = self.rocof.push(now, frequency_hz);
         if !voltage_pu.is_finite() || !frequency_hz.is_finite() {
             return true;
         }
+        let rocof_trip = rocof.is_some_and(|r| r.abs() > self.config.rocof_hz_per_s);
         let bands = self.config.voltage_bands.iter().map(|b| (b, voltage_pu));
         let bands = bands.chain(
             self.config
@@ -508,7 +719,7 @@ impl SafeStateLadder {
             }
         }
         let lost = voltage_pu < self.config.voltage_lost_pu;
-        tripped || lost
+        tripped || lost || rocof_trip
     }
 
     fn derate(&self, celsius: f64, rated_kw: f64) -> Option<SafeState> {
@@ -591,8 +802,22 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A ladder whose reading age matters only to the tests about it (the others tick
+    /// without grid readings).
     fn ladder() -> SafeStateLadder {
-        SafeStateLadder::new(LadderConfig::default(), Duration::ZERO)
+        let config = LadderConfig {
+            max_reading_age: Duration::from_secs(3600),
+            ..LadderConfig::default()
+        };
+        SafeStateLadder::new(config, Duration::ZERO)
+    }
+
+    fn ladder_at(grid: GridFrequency) -> SafeStateLadder {
+        let config = LadderConfig {
+            keepalive_timeout: Duration::from_secs(3600),
+            ..LadderConfig::for_grid(grid)
+        };
+        SafeStateLadder::new(config, Duration::ZERO)
     }
 
     fn grid(v: f64, f: f64, exporting: bool) -> Fault {
@@ -627,14 +852,208 @@ mod tests {
     }
 
     #[test]
-    fn a_meter_that_cannot_be_read_means_charge_only() {
-        let mut l = ladder();
-        let t = l.observe(Fault::Metering(false), ms(0)).unwrap();
+    fn a_grid_reading_older_than_the_bound_means_charge_only() {
+        let mut l = ladder_at(GridFrequency::Hz60);
+        assert_eq!(l.observe(grid(1.0, 60.0, true), ms(100)), None);
+        assert_eq!(l.tick(ms(600)), None, "exactly 500 ms old is still fresh");
+        let t = l.tick(ms(601)).expect("stale");
         assert_eq!(t.to, SafeState::ChargeOnly);
-        assert_eq!(t.causes, vec![FaultKey::Metering]);
-        assert_eq!(l.observe(Fault::Metering(true), ms(10)), None, "held");
-        l.observe(Fault::KeepAlive, ms(299_000));
-        assert_eq!(l.tick(ms(300_010)).map(|t| t.to), Some(SafeState::Normal));
+        assert_eq!(t.causes, vec![FaultKey::MeterStale]);
+        assert_eq!(l.clamp(-5.0), 0.0);
+        // A good reading clears the cause; it is held for the hold time like any other.
+        assert_eq!(l.observe(grid(1.0, 60.0, true), ms(700)), None, "held");
+        assert_eq!(l.tick(ms(701)), None);
+        l.observe(grid(1.0, 60.0, true), ms(300_600));
+        assert_eq!(l.tick(ms(300_700)).map(|t| t.to), Some(SafeState::Normal));
+    }
+
+    #[test]
+    fn no_reading_at_all_is_stale_counted_from_the_first_tick() {
+        let mut l = ladder_at(GridFrequency::Hz50);
+        assert_eq!(l.tick(ms(1_000)), None, "the first tick starts the count");
+        assert_eq!(l.reading_age(ms(1_400)), ms(400));
+        assert_eq!(l.tick(ms(1_500)), None);
+        assert_eq!(l.tick(ms(1_501)).map(|t| t.to), Some(SafeState::ChargeOnly));
+    }
+
+    #[test]
+    fn a_reading_that_is_not_a_number_is_no_reading() {
+        let mut l = ladder_at(GridFrequency::Hz60);
+        l.observe(grid(1.0, 60.0, false), ms(0));
+        // Garbage is unsafe (ChargeOnly, not exporting) and does not make the reading newer.
+        for at in (50..=500).step_by(50) {
+            l.observe(grid(f64::NAN, 60.0, false), ms(at));
+            l.observe(grid(1.0, f64::INFINITY, false), ms(at));
+        }
+        l.tick(ms(501));
+        assert!(
+            l.causes().contains(&FaultKey::MeterStale),
+            "{:?}",
+            l.causes()
+        );
+    }
+
+    #[test]
+    fn an_inverter_whose_temperature_cannot_be_read_counts_as_fully_derated() {
+        let mut l = ladder();
+        let lost = Fault::InverterTemperatureLost {
+            inverter: "i-1".into(),
+        };
+        let t = l.observe(lost, ms(0)).unwrap();
+        assert_eq!(t.to, SafeState::Limited { cap_kw: 0.0 });
+        assert_eq!(t.causes, vec![FaultKey::OverTemperature("i-1".into())]);
+        assert_eq!((l.clamp(-10.0), l.clamp(10.0)), (0.0, 0.0));
+        // A good, cool reading clears it (after the hold); a hot one replaces it.
+        let temp = |c: f64| Fault::InverterTemperature {
+            inverter: "i-1".into(),
+            celsius: c,
+            rated_kw: 100.0,
+        };
+        assert_eq!(
+            l.observe(temp(70.0), ms(1)).unwrap().to,
+            SafeState::Limited { cap_kw: 75.0 }
+        );
+        assert_eq!(l.observe(temp(40.0), ms(2)), None, "held");
+        l.observe(Fault::KeepAlive, ms(300_000));
+        assert_eq!(l.tick(ms(300_002)).map(|t| t.to), Some(SafeState::Normal));
+    }
+
+    /// Feed `hz` every 50 ms from `from` to `to` (exclusive) while exporting; the last
+    /// transition.
+    fn feed(
+        l: &mut SafeStateLadder,
+        from: u64,
+        to: u64,
+        hz: impl Fn(u64) -> f64,
+    ) -> Option<Transition> {
+        let mut last = None;
+        for at in (from..to).step_by(50) {
+            last = l.observe(grid(1.0, hz(at), true), ms(at)).or(last);
+        }
+        last
+    }
+
+    #[test]
+    fn a_60_hz_ladder_trips_a_healthy_50_hz_grid_which_is_why_nominal_hz_exists() {
+        let mut wrong = ladder_at(GridFrequency::Hz60);
+        let t = feed(&mut wrong, 0, 400, |_| 50.0).expect("below UF2 56.5 Hz");
+        assert_eq!(t.to, SafeState::Tripped);
+        let mut right = ladder_at(GridFrequency::Hz50);
+        assert_eq!(
+            feed(&mut right, 0, 600_000, |at| 50.0
+                + 0.01 * ((at / 100) % 3) as f64),
+            None
+        );
+        assert_eq!(right.level(), SafeState::Normal);
+    }
+
+    #[test]
+    fn each_50_hz_band_trips_after_its_clearing_time_and_not_before() {
+        // (frequency, clearing time): OF2 52.0/0.1 s, OF1 51.5/2 s, UF1 47.5/2 s, UF2 47.0/0.1 s.
+        for (hz, clearing) in [(52.1, 100), (51.6, 2_000), (47.4, 2_000), (46.9, 100)] {
+            // Steps, with ROCOF out of the way (it would trip on a step: tested below).
+            let config = LadderConfig {
+                keepalive_timeout: Duration::from_secs(3600),
+                rocof_hz_per_s: 1e9,
+                ..LadderConfig::for_grid(GridFrequency::Hz50)
+            };
+            let mut l = SafeStateLadder::new(config, Duration::ZERO);
+            let t0 = 1_000;
+            let value = |at: u64| if at < t0 { 50.0 } else { hz };
+            assert_eq!(feed(&mut l, 0, t0, value), None, "{hz} Hz: healthy first");
+            let within = feed(&mut l, t0, t0 + clearing, value);
+            assert_eq!(within, None, "{hz} Hz within {clearing} ms");
+            let t = feed(&mut l, t0 + clearing, t0 + clearing + 50, value);
+            assert_eq!(t.map(|t| t.to), Some(SafeState::Tripped), "{hz} Hz");
+            assert_eq!(l.causes(), vec![FaultKey::Islanding]);
+        }
+    }
+
+    #[test]
+    fn voltage_bands_stay_per_unit_at_50_hz() {
+        let mut l = ladder_at(GridFrequency::Hz50);
+        assert_eq!(feed(&mut l, 0, 1_000, |_| 50.0), None);
+        l.observe(grid(1.25, 50.0, true), ms(1_000));
+        assert_eq!(l.observe(grid(1.25, 50.0, true), ms(1_159)), None);
+        let t = l.observe(grid(1.25, 50.0, true), ms(1_160));
+        assert_eq!(
+            t.map(|t| t.to),
+            Some(SafeState::Tripped),
+            "OV2 1.20 pu / 0.16 s"
+        );
+    }
+
+    #[test]
+    fn rocof_beyond_the_threshold_trips_within_the_bands() {
+        // 3 Hz/s from 50 Hz for 400 ms: 51.2 Hz, inside every band, but a loss of mains.
+        let mut l = ladder_at(GridFrequency::Hz50);
+        assert_eq!(feed(&mut l, 0, 1_000, |_| 50.0), None);
+        let ramp = |at: u64| 50.0 + 3.0 * (at.saturating_sub(1_000).min(400)) as f64 / 1_000.0;
+        let t = feed(&mut l, 1_000, 1_500, ramp).expect("ROCOF trip");
+        assert_eq!(t.to, SafeState::Tripped);
+        assert_eq!(t.causes, vec![FaultKey::Islanding]);
+        // 1.5 Hz/s (below 2.0) for 1 s at 60 Hz: no trip (61.5 Hz is beyond OF1 only after 300 s).
+        let mut l = ladder_at(GridFrequency::Hz60);
+        assert_eq!(feed(&mut l, 0, 1_000, |_| 60.0), None);
+        let slow = |at: u64| 60.0 + 1.5 * (at.saturating_sub(1_000).min(1_000)) as f64 / 1_000.0;
+        assert_eq!(feed(&mut l, 1_000, 5_000, slow), None);
+        // The same change at 2.5 Hz/s trips.
+        let mut l = ladder_at(GridFrequency::Hz60);
+        feed(&mut l, 0, 1_000, |_| 60.0);
+        let fast = |at: u64| 60.0 - 2.5 * (at.saturating_sub(1_000).min(600)) as f64 / 1_000.0;
+        assert!(feed(&mut l, 1_000, 2_000, fast).is_some_and(|t| t.to == SafeState::Tripped));
+    }
+
+    #[test]
+    fn an_abnormal_reading_during_a_trips_hold_keeps_it_tripped() {
+        let mut l = ladder_at(GridFrequency::Hz50);
+        feed(&mut l, 0, 1_000, |_| 50.0);
+        // A step to 51.3 Hz trips on ROCOF; steady there, the ROCOF clears and the trip holds.
+        let t = l.observe(grid(1.0, 51.3, true), ms(1_000)).unwrap();
+        assert_eq!(t.to, SafeState::Tripped);
+        for at in (1_050..3_000).step_by(50) {
+            assert_eq!(l.observe(grid(1.0, 51.3, false), ms(at)), None);
+        }
+        // The grid steps back (ROCOF again) while the trip holds: still Tripped, not
+        // ChargeOnly.
+        for at in (3_000..4_000).step_by(50) {
+            assert_eq!(
+                l.observe(grid(1.0, 50.0, false), ms(at)),
+                None,
+                "at {at} ms"
+            );
+        }
+        assert_eq!(l.level(), SafeState::Tripped);
+    }
+
+    #[test]
+    fn the_rocof_window_needs_a_span_and_starts_again_after_a_gap() {
+        let mut w = RocofWindow::new(ms(500));
+        assert_eq!(w.push(ms(0), 50.0), None);
+        assert_eq!(w.push(ms(250), 50.5), None, "half a window");
+        let r = w.push(ms(500), 51.0).expect("a whole window");
+        assert!((r - 2.0).abs() < 1e-9, "{r}");
+        // The anchor is the newest reading at least a window older.
+        let r = w.push(ms(750), 51.0).unwrap();
+        assert!((r - 1.0).abs() < 1e-9, "(51 - 50.5) / 0.5 s: {r}");
+        // Out of order: left out.
+        assert_eq!(w.push(ms(700), 99.0), None);
+        // A gap longer than the window: no rate across it.
+        assert_eq!(w.push(ms(1_300), 40.0), None);
+        assert_eq!(w.push(ms(1_500), 40.0), None);
+        assert_eq!(w.push(ms(1_800), 40.0), Some(0.0));
+        // Not a number: starts again.
+        assert_eq!(w.push(ms(1_850), f64::NAN), None);
+        assert_eq!(w.push(ms(1_900), 40.0), None);
+    }
+
+    #[test]
+    fn the_rocof_window_keeps_a_bounded_series() {
+        let mut w = RocofWindow::new(Duration::from_secs(10));
+        for us in 0..10_000u64 {
+            w.push(Duration::from_micros(us * 100), 50.0);
+        }
+        assert!(w.samples.len() <= ROCOF_MAX_SAMPLES);
     }
 
     #[test]
@@ -928,10 +1347,74 @@ mod properties {
                 supervisor: "s".into(),
                 exceeded: e
             }),
+            (0usize..3).prop_map(|i| Fault::InverterTemperatureLost {
+                inverter: format!("i-{i}")
+            }),
         ]
     }
 
+    /// Increasing times with steps of 1..=`max_step_ms`.
+    fn times(max_step_ms: u64) -> impl Strategy<Value = Vec<Duration>> {
+        prop::collection::vec(1..=max_step_ms, 2..80).prop_map(|steps| {
+            let mut t = 0;
+            steps
+                .into_iter()
+                .map(|s| {
+                    t += s;
+                    Duration::from_millis(t)
+                })
+                .collect()
+        })
+    }
+
     proptest! {
+        /// Over a linear ramp read at any times (no gap longer than the window), the ROCOF is
+        /// the ramp's slope whenever there is one, and there is one once a window is spanned.
+        #[test]
+        fn rocof_of_a_ramp_is_its_slope(
+            slope in -10.0f64..10.0,
+            start in 45.0f64..65.0,
+            at in times(500),
+        ) {
+            let mut w = RocofWindow::new(Duration::from_millis(500));
+            let first = at[0];
+            for t in &at {
+                let hz = start + slope * (*t - first).as_secs_f64();
+                let r = w.push(*t, hz);
+                if *t - first >= Duration::from_millis(500) {
+                    let r = r.expect("a window is spanned");
+                    prop_assert!((r - slope).abs() < 1e-6, "{} vs {}", r, slope);
+                } else {
+                    prop_assert_eq!(r, None);
+                }
+            }
+        }
+
+        /// A healthy grid (nominal within noise, voltage 1 pu) read at any rate never takes a
+        /// segment out of Normal at either frequency, and a reading every poll keeps it fresh.
+        #[test]
+        fn a_healthy_grid_stays_normal(
+            fifty in any::<bool>(),
+            noise in prop::collection::vec(-0.02f64..0.02, 80),
+            at in times(450),
+        ) {
+            let grid = if fifty { GridFrequency::Hz50 } else { GridFrequency::Hz60 };
+            let config = LadderConfig {
+                keepalive_timeout: Duration::from_secs(3600),
+                ..LadderConfig::for_grid(grid)
+            };
+            let mut l = SafeStateLadder::new(config, Duration::ZERO);
+            for (t, n) in at.iter().zip(noise.iter().cycle()) {
+                let reading = Fault::GridReading {
+                    voltage_pu: 1.0 + n,
+                    frequency_hz: grid.hz() + n,
+                    exporting: true,
+                };
+                prop_assert_eq!(l.observe(reading, *t), None);
+                prop_assert_eq!(l.tick(*t + Duration::from_millis(40)), None);
+            }
+        }
+
         /// Whatever happens, a clamped setpoint never exceeds what the level allows, the level
         /// is the most restrictive demand, and transitions report the level they leave.
         #[test]

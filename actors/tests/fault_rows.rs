@@ -335,7 +335,7 @@ async fn a_meter_that_cannot_be_read_is_charge_only_until_it_answers_again() {
         .segment("tx-0")
         .unwrap()
         .causes
-        .contains(&FaultKey::Metering));
+        .contains(&FaultKey::MeterStale));
     assert_eq!(level(&t, "tx-1"), SafeState::Normal);
     t.node.sim.meters["m-0"].set_unreachable(false);
     wait(&t.node, "normal after the hold", || {
@@ -350,9 +350,9 @@ async fn a_meter_reading_garbage_is_a_meter_that_cannot_be_read() {
     let t = start(&site_toml(1, 2, "", "")).await;
     // Readings that are not numbers (the grid's voltage is what the meter reports).
     t.node.sim.grid.set(f64::NAN, 60.0);
-    wait(&t.node, "charge only for metering", || {
+    wait(&t.node, "charge only for a stale reading", || {
         t.node.segment("tx-0").is_some_and(|s| {
-            s.level == SafeState::ChargeOnly && s.causes.contains(&FaultKey::Metering)
+            s.level == SafeState::ChargeOnly && s.causes.contains(&FaultKey::MeterStale)
         })
     })
     .await;

@@ -5,6 +5,7 @@
 mod common;
 
 mod fault_rows;
+mod grid_safety;
 mod handoff;
 mod kill_restart;
 mod live_hooks;

@@ -41,8 +41,8 @@ pub struct Sample {
     /// Permanent actors running now as a newer incarnation than at the last step without
     /// having been seen down: restarted within one step (paths, sorted).
     pub restarted: Vec<String>,
-    /// The true grid at the point of connection is dead: beyond IEEE 1547-2018's fast trip
-    /// limits ([`grid_dead`]), where export must cease.
+    /// The true grid at the point of connection is dead: beyond the fast trip limits of its
+    /// grid ([`grid_dead_at`]), where export must cease.
     pub grid_dead: bool,
 }
 
@@ -50,7 +50,26 @@ pub struct Sample {
 /// defaults): voltage under 0.45 or over 1.20 per unit, frequency under 56.5 or over 62 Hz
 /// (each with a 160 ms clearing time). A reading that is not a number counts as dead.
 pub fn grid_dead(voltage_pu: f64, frequency_hz: f64) -> bool {
-    let within = (0.45..=1.20).contains(&voltage_pu) && (56.5..=62.0).contains(&frequency_hz);
+    grid_dead_at(60.0, voltage_pu, frequency_hz)
+}
+
+/// The fast (stage 2) frequency trip limits of a grid, Hz: IEEE 1547-2018 at 60 Hz (56.5 and
+/// 62 Hz), EN 50549-1 as commonly set at 50 Hz (47 and 52 Hz). Written out here rather than
+/// taken from the node's configuration: the checker judges the truth on its own.
+pub fn fast_frequency_limits(nominal_hz: f64) -> (f64, f64) {
+    if nominal_hz < 55.0 {
+        (47.0, 52.0)
+    } else {
+        (56.5, 62.0)
+    }
+}
+
+/// [`grid_dead`] on a grid of `nominal_hz` (50 or 60): voltage under 0.45 or over 1.20 per
+/// unit, or frequency beyond [`fast_frequency_limits`]. A reading that is not a number
+/// counts as dead.
+pub fn grid_dead_at(nominal_hz: f64, voltage_pu: f64, frequency_hz: f64) -> bool {
+    let (lo, hi) = fast_frequency_limits(nominal_hz);
+    let within = (0.45..=1.20).contains(&voltage_pu) && (lo..=hi).contains(&frequency_hz);
     // A NaN is in no range, so a reading that is not a number is dead too.
     !within
 }
@@ -326,7 +345,7 @@ impl Checker for NoDischargeIntoDeadGrid {
         Summary {
             name: "no_discharge_into_dead_grid",
             statement: format!(
-                "no discharge into a dead grid (beyond IEEE 1547's fast trip limits) after {:.3} s",
+                "no discharge into a dead grid (beyond its fast trip limits) after {:.3} s",
                 ms_to_s(self.bound_ms)
             ),
             held: self.seen.count == 0,

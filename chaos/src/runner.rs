@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use gridvisor_actors::checkpoint::CheckpointStore;
 use gridvisor_actors::clock::Clock;
-use gridvisor_actors::device::{ChargerIo, InverterIo, NOMINAL_HZ};
+use gridvisor_actors::device::{ChargerIo, InverterIo};
 use gridvisor_actors::io::ocpp::OFFLINE_DISCHARGE_LIMIT;
 use gridvisor_actors::runtime::shared::{applied_record_key, AppliedRecord, Event as NodeEvent};
 use gridvisor_actors::runtime::{
@@ -370,7 +370,11 @@ impl World {
             chargers,
             down,
             restarted,
-            grid_dead: crate::invariants::grid_dead(voltage_pu, frequency_hz),
+            grid_dead: crate::invariants::grid_dead_at(
+                node.sim.grid.nominal_hz(),
+                voltage_pu,
+                frequency_hz,
+            ),
         }
     }
 }
@@ -828,7 +832,7 @@ fn end_fault(world: &mut World, kind: &FaultKind) {
                 sw.set_mode(Mode::Healthy);
             }
         }
-        FaultKind::Islanding { .. } => node.sim.grid.set(1.0, NOMINAL_HZ),
+        FaultKind::Islanding { .. } => node.sim.grid.restore(),
         FaultKind::PtpDrift { .. } | FaultKind::ClockJump { .. } => {
             node.sim.ptp.set_offset(Duration::ZERO)
         }

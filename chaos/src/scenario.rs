@@ -41,9 +41,10 @@
 //! `count` calls panic inside the actor's handler), `kill_segment` (`segment`), `exception`,
 //! `timeout`, `garbage` (`device`: a charger, inverter or meter answers with a Modbus-like
 //! exception, hangs for [`crate::devices::INJECTED_TIMEOUT`], or sends values that are not
-//! valid), `islanding` (`voltage_pu`, `frequency_hz`), `ptp_drift` (`to_ms`, over `for_s`),
-//! `clock_jump` (`offset_ms`), `clock_unsynchronised` (the clock source loses its
-//! grandmaster for `for_s`), `over_temperature` (`inverter`, `celsius` of extra heat),
+//! valid), `islanding` (`voltage_pu`, default 0; `frequency_hz`, default the topology's
+//! `nominal_hz`), `ptp_drift` (`to_ms`, over `for_s`), `clock_jump` (`offset_ms`),
+//! `clock_unsynchronised` (the clock source loses its grandmaster for `for_s`),
+//! `over_temperature` (`inverter`, `celsius` of extra heat),
 //! `transformer_overload` (`segment`, `extra_kw` of uncontrolled load), `keepalive_loss`,
 //! `ocpp_disconnect` (`charger`: its OCPP connection drops; every call fails at once, the
 //! write that raced the drop lands with its answer lost, and offline past OCPP 2.1's
@@ -619,11 +620,8 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
             },
             "islanding" => FaultKind::Islanding {
                 voltage_pu: r.number(&t, "voltage_pu", Some(0.0)),
-                frequency_hz: r.number(
-                    &t,
-                    "frequency_hz",
-                    Some(gridvisor_actors::device::NOMINAL_HZ),
-                ),
+                // Not given: the grid's nominal frequency, once the topology is read.
+                frequency_hz: r.optional_number(&t, "frequency_hz").unwrap_or(f64::NAN),
             },
             "ptp_drift" => {
                 let to_ms = r.number(&t, "to_ms", None);
@@ -845,6 +843,13 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
     let Some(topology) = topology else {
         return Err(locator.errors(vec![Problem::new("", None, "no topology".to_owned())]));
     };
+    for (_, _, f) in &mut faults {
+        if let FaultKind::Islanding { frequency_hz, .. } = &mut f.kind {
+            if frequency_hz.is_nan() {
+                *frequency_hz = topology.safety.grid().hz();
+            }
+        }
+    }
     Ok(Scenario {
         file: file.to_owned(),
         name,

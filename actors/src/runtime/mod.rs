@@ -68,8 +68,16 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SAFETY_TICK: Duration = Duration::from_millis(50);
 /// How often the safety actor scans the links for expired leases.
 pub const LEASE_SCAN: Duration = Duration::from_millis(500);
-/// How often a meter is polled (islanding detection needs a fast poll).
+/// How often a meter is polled (islanding detection needs a fast poll, well inside the
+/// reading-age bound `[safety] max_reading_age_ms`, 500 ms by default).
 pub const METER_POLL: Duration = Duration::from_millis(50);
+/// A meter read is given at most this share of the reading-age bound (1/2: 250 ms of the
+/// default 500 ms), so that a hung read ends, and the next one is tried, before the age
+/// alone decides. The age, not a count of failures, is what the safety tick checks.
+pub const METER_READ_TIMEOUT_DIVISOR: u32 = 2;
+/// How long one inverter read may take (its poll period: a hung inverter is counted as a
+/// failed temperature read every period, not every Modbus operation time-out).
+pub const INVERTER_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an inverter is polled.
 pub const INVERTER_POLL: Duration = Duration::from_secs(1);
 /// How long a call between actors of the node may take before it is an error.

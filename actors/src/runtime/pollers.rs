@@ -2,8 +2,17 @@
 //!
 //! A meter poller reads the transformer's power and the grid's voltage and frequency every
 //! [`METER_POLL`]; it steps the transformer's thermal model and feeds the ladder the grid
-//! reading (islanding) and the thermal verdict. An inverter poller reads the core temperature
-//! every [`INVERTER_POLL`] and feeds the ladder (derating). Both feed the ladder through
+//! reading (islanding, ROCOF) and the thermal verdict. Only a good reading (every value a
+//! number, within the read's time-out) reaches the ladder: the ladder keeps its age, and the
+//! safety tick puts the segment in ChargeOnly (`meter_stale`) once it is older than
+//! `[safety] max_reading_age_ms`. A failed read is logged, never turned into a value. Each
+//! read is bounded by a share of that age ([`METER_READ_TIMEOUT_DIVISOR`]), so a hung meter
+//! is asked again in time to count, and its staleness does not wait for any time-out.
+//!
+//! An inverter poller reads the core temperature every [`INVERTER_POLL`] (each read bounded
+//! by [`INVERTER_READ_TIMEOUT`]) and feeds the ladder (derating); `[safety]
+//! temperature_read_failures` failed reads in a row count as over-temperature for that
+//! inverter ([`Fault::InverterTemperatureLost`]). Both feed the ladder through
 //! [`SegmentShared::observe`], which tells the safety actor of any change: detection costs no
 //! mailbox hop.
 
@@ -15,14 +24,28 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use super::shared::{SegmentShared, SiteShared};
-use super::{InverterMsg, MeterMsg, INVERTER_POLL, METER_POLL};
-use crate::device::{InverterIo, MeterIo};
+use super::{
+    InverterMsg, MeterMsg, INVERTER_POLL, INVERTER_READ_TIMEOUT, METER_POLL,
+    METER_READ_TIMEOUT_DIVISOR,
+};
+use crate::device::{InverterIo, InverterReading, MeterIo, MeterReading};
 use crate::ladder::Fault;
 
-/// Consecutive failed meter reads after which the segment is put in ChargeOnly.
-pub const METER_FAILURE_LIMIT: u32 = 3;
 /// How often the meter poller steps the thermal model and reports it (every n-th poll).
 const THERMAL_EVERY_POLLS: u64 = 20;
+/// A meter or inverter that keeps failing is logged at warning level on its first failure
+/// in a row and every this many after (at [`METER_POLL`], once a second), at debug between.
+const WARN_EVERY_FAILURES: u32 = 20;
+
+/// The time-out of one meter read for a reading-age bound of `max_reading_age`.
+pub fn meter_read_timeout(max_reading_age: Duration) -> Duration {
+    max_reading_age / METER_READ_TIMEOUT_DIVISOR
+}
+
+/// Whether the `failing`-th failure in a row is logged as a warning.
+fn warn_now(failing: u32) -> bool {
+    failing % WARN_EVERY_FAILURES == 1
+}
 
 pub(crate) struct Meter;
 
@@ -36,7 +59,38 @@ pub(crate) struct MeterState {
     thermal_at: Duration,
     errors: u64,
     failing: u32,
+    read_timeout: Duration,
     timer: Option<JoinHandle<()>>,
+}
+
+impl MeterState {
+    /// One read within the time-out; a reading that is not a number is a failed read (a
+    /// meter that alternates errors and garbage is as blind as one that never answers).
+    async fn read(&self, now: Duration) -> Result<MeterReading, String> {
+        let r = match tokio::time::timeout(self.read_timeout, self.io.read(now)).await {
+            Err(_) => return Err(format!("no answer within {:?}", self.read_timeout)),
+            Ok(r) => r.map_err(|e| e.to_string())?,
+        };
+        if r.power_kw.is_finite() && r.voltage_pu.is_finite() && r.frequency_hz.is_finite() {
+            Ok(r)
+        } else {
+            Err(format!(
+                "reading not a number: {} kW, {} pu, {} Hz",
+                r.power_kw, r.voltage_pu, r.frequency_hz
+            ))
+        }
+    }
+
+    fn failed(&mut self, error: &str) {
+        self.errors += 1;
+        self.failing += 1;
+        let (path, errors, failing) = (&self.path, self.errors, self.failing);
+        if warn_now(failing) {
+            tracing::warn!(meter = %path, %error, errors, failing, "meter read failed");
+        } else {
+            tracing::debug!(meter = %path, %error, errors, failing, "meter read failed");
+        }
+    }
 }
 
 impl Actor for Meter {
@@ -53,6 +107,7 @@ impl Actor for Meter {
         let now = shared.clock.now();
         let timer = Some(super::tick_after(&myself, METER_POLL, || MeterMsg::Poll));
         let mailbox = shared.supervision.mailbox(&path).reopen();
+        let max_age = shared.topology.safety.ladder_config().max_reading_age;
         Ok(MeterState {
             shared,
             seg,
@@ -63,6 +118,7 @@ impl Actor for Meter {
             thermal_at: now,
             errors: 0,
             failing: 0,
+            read_timeout: meter_read_timeout(max_age),
             timer,
         })
     }
@@ -76,43 +132,21 @@ impl Actor for Meter {
         s.timer = Some(super::tick_after(&myself, METER_POLL, || MeterMsg::Poll));
         s.mailbox.handled();
         let now = s.shared.clock.now();
-        // A reading that is not a number is no reading: it counts as a failed read (a meter
-        // that alternates errors and garbage must still end in Metering, not reset its count).
-        let read = s
-            .io
-            .read(now)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                if r.power_kw.is_finite() && r.voltage_pu.is_finite() && r.frequency_hz.is_finite()
-                {
-                    Ok(r)
-                } else {
-                    Err(format!(
-                        "reading not a number: {} kW, {} pu, {} Hz",
-                        r.power_kw, r.voltage_pu, r.frequency_hz
-                    ))
-                }
-            });
-        let r = match read {
+        // Nothing is observed for a failed read: the safety tick sees the reading's age.
+        let r = match s.read(now).await {
             Ok(r) => r,
             Err(e) => {
-                s.errors += 1;
-                s.failing += 1;
-                tracing::warn!(meter = %s.path, error = %e, errors = s.errors, "meter read failed");
-                if s.failing >= METER_FAILURE_LIMIT {
-                    // Decided now, after a read that may have hung until its time-out: the
-                    // transition is stamped with when it was decided, not when the read began.
-                    s.seg.observe(Fault::Metering(false), s.shared.clock.now());
-                }
+                s.failed(&e);
                 return Ok(());
             }
         };
         if s.failing > 0 {
+            tracing::info!(meter = %s.path, after = s.failing, "meter answers again");
             s.failing = 0;
-            s.seg.observe(Fault::Metering(true), now);
         }
         s.polls += 1;
+        // Stamped with when the reading was taken: a reading that took long to arrive is
+        // as old as its request, so a slow meter ages.
         s.seg.observe(
             Fault::GridReading {
                 voltage_pu: r.voltage_pu,
@@ -190,7 +224,38 @@ pub(crate) struct InverterState {
     max_kw: f64,
     path: String,
     mailbox: Mailbox,
+    /// Failed temperature reads in a row.
+    failing: u32,
+    /// After this many the inverter counts as over-temperature.
+    failure_limit: u32,
     timer: Option<JoinHandle<()>>,
+}
+
+impl InverterState {
+    async fn read(&self, now: Duration) -> Result<InverterReading, String> {
+        match tokio::time::timeout(INVERTER_READ_TIMEOUT, self.io.read(now)).await {
+            Err(_) => Err(format!("no answer within {INVERTER_READ_TIMEOUT:?}")),
+            Ok(r) => r.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// A failed temperature read: past the limit in a row, the inverter's temperature is
+    /// unknown, which counts as over-temperature (decided now, after the read's time-out).
+    fn failed(&mut self, error: &str) {
+        self.failing = self.failing.saturating_add(1);
+        let (path, failing) = (&self.path, self.failing);
+        if warn_now(failing) {
+            tracing::warn!(inverter = %path, %error, failing, "inverter read failed");
+        } else {
+            tracing::debug!(inverter = %path, %error, failing, "inverter read failed");
+        }
+        if self.failing >= self.failure_limit {
+            let lost = Fault::InverterTemperatureLost {
+                inverter: self.id.clone(),
+            };
+            self.seg.observe(lost, self.shared.clock.now());
+        }
+    }
 }
 
 impl Actor for Inverter {
@@ -216,6 +281,7 @@ impl Actor for Inverter {
             InverterMsg::Poll
         }));
         let mailbox = shared.supervision.mailbox(&path).reopen();
+        let failure_limit = shared.topology.safety.temperature_read_failures.max(1);
         Ok(InverterState {
             shared,
             seg,
@@ -224,6 +290,8 @@ impl Actor for Inverter {
             max_kw,
             path,
             mailbox,
+            failing: 0,
+            failure_limit,
             timer,
         })
     }
@@ -240,8 +308,9 @@ impl Actor for Inverter {
         s.mailbox.handled();
         let now = s.shared.clock.now();
         match msg {
-            InverterMsg::Poll => match s.io.read(now).await {
+            InverterMsg::Poll => match s.read(now).await {
                 Ok(r) => {
+                    s.failing = 0;
                     s.seg.observe(
                         Fault::InverterTemperature {
                             inverter: s.id.clone(),
@@ -251,7 +320,7 @@ impl Actor for Inverter {
                         now,
                     );
                 }
-                Err(e) => tracing::warn!(inverter = %s.path, error = %e, "inverter read failed"),
+                Err(e) => s.failed(&e),
             },
         }
         Ok(())

@@ -6,10 +6,12 @@
 //!   islanding state and the simulated time asked for: the same seed and the same times give
 //!   the same samples, so a chaos run replays exactly and may run faster than real time.
 //! - Connected, a sample stays within the noise amplitudes of nominal, well inside the
-//!   IEEE 1547-2018 continuous operation range ([`GridSample::in_band`]).
+//!   continuous operation range of its grid ([`GridSample::in_band`]: IEEE 1547-2018 at
+//!   60 Hz, EN 50549-1 at 50 Hz).
 //! - Islanded, voltage and frequency drift away from nominal at the configured rates up to
-//!   the configured deviations, which default to beyond the must-trip limits (1.20 pu and
-//!   +2 Hz), so a device or a protection relay sees the island.
+//!   the configured deviations, which default to beyond the must-trip limits of both grids
+//!   (1.20 pu, and +2 Hz: 62 Hz at 60 Hz, 52 Hz at 50 Hz), so a device or a protection relay
+//!   sees the island.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -20,9 +22,14 @@ use super::SimError;
 
 /// Continuous operation range of IEEE 1547-2018 (category II): voltage 0.88..=1.10 pu.
 pub const BAND_V_PU: (f64, f64) = (0.88, 1.10);
-/// Continuous operation range of IEEE 1547-2018: frequency nominal -1.5 Hz (UF1 58.5 Hz at
-/// 60 Hz) ..= nominal +1.2 Hz (OF1 61.2 Hz at 60 Hz).
+/// Continuous operation range of IEEE 1547-2018 (60 Hz systems): frequency nominal -1.5 Hz
+/// (UF1 58.5 Hz) ..= nominal +1.2 Hz (OF1 61.2 Hz).
 pub const BAND_HZ: (f64, f64) = (-1.5, 1.2);
+/// Operating range of EN 50549-1:2019 (50 Hz systems, clause 4.4.2): 47.5 ..= 51.5 Hz, as
+/// offsets from nominal.
+pub const BAND_HZ_50: (f64, f64) = (-2.5, 1.5);
+/// Below this nominal frequency a grid is a 50 Hz one (its bands are [`BAND_HZ_50`]).
+const SPLIT_50_60_HZ: f64 = 55.0;
 /// Noise changes value once per this much simulated time (a sample-and-hold noise: two reads
 /// within one period agree).
 pub const NOISE_PERIOD: Duration = Duration::from_millis(100);
@@ -123,13 +130,19 @@ pub struct GridSample {
 }
 
 impl GridSample {
-    /// Whether voltage and frequency are inside the IEEE 1547 continuous operation range
-    /// ([`BAND_V_PU`], [`BAND_HZ`]); outside, a DER must cease to energize (after the
-    /// standard's clearing time, which the simulation does not model).
+    /// Whether voltage and frequency are inside the continuous operation range
+    /// ([`BAND_V_PU`], and [`BAND_HZ`] at 60 Hz or [`BAND_HZ_50`] at 50 Hz); outside, a DER
+    /// must cease to energize (after the standard's clearing time, which the simulation does
+    /// not model).
     pub fn in_band(&self) -> bool {
         let pu = self.v / self.nominal_v;
         let dhz = self.hz - self.nominal_hz;
-        (BAND_V_PU.0..=BAND_V_PU.1).contains(&pu) && (BAND_HZ.0..=BAND_HZ.1).contains(&dhz)
+        let band = if self.nominal_hz < SPLIT_50_60_HZ {
+            BAND_HZ_50
+        } else {
+            BAND_HZ
+        };
+        (BAND_V_PU.0..=BAND_V_PU.1).contains(&pu) && (band.0..=band.1).contains(&dhz)
     }
 }
 
@@ -274,6 +287,31 @@ mod tests {
         grid.reconnect();
         assert!(!grid.is_islanded());
         assert!(grid.sample(Duration::from_secs(1001)).in_band());
+    }
+
+    #[test]
+    fn each_grid_has_its_own_frequency_band() {
+        let at = |nominal_hz: f64, hz: f64| GridSample {
+            v: 230.0,
+            hz,
+            nominal_v: 230.0,
+            nominal_hz,
+        };
+        // 50 Hz: EN 50549-1's 47.5..=51.5 Hz.
+        assert!(at(50.0, 50.0).in_band() && at(50.0, 47.6).in_band() && at(50.0, 51.4).in_band());
+        assert!(!at(50.0, 47.4).in_band() && !at(50.0, 51.6).in_band());
+        // 60 Hz: IEEE 1547's 58.5..=61.2 Hz; a 50 Hz reading on a 60 Hz grid is far out.
+        assert!(at(60.0, 58.6).in_band() && at(60.0, 61.1).in_band());
+        assert!(!at(60.0, 58.4).in_band() && !at(60.0, 61.3).in_band());
+        assert!(!at(60.0, 50.0).in_band());
+        // A 60 Hz grid with noise stays in band, as the 50 Hz one does.
+        let m = GridModel {
+            nominal_hz: 60.0,
+            ..GridModel::new(3)
+        };
+        for ms in (0..10_000).step_by(50) {
+            assert!(sample(&m, None, Duration::from_millis(ms)).in_band());
+        }
     }
 
     #[test]
