@@ -60,7 +60,7 @@ pub fn probe<T>(req: &Requirement, found: Result<T, String>) -> Option<T> {
                 skips::REQUIRE_ALL,
                 req.install
             );
-            skips::record(req.what, &format!("{why}; {}", req.install));
+            skips::record(&format!("{} [{}]", req.what, req.install), &why);
             None
         }
     }
