@@ -22,7 +22,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::clock::Clock;
 use crate::config::{Segment, Topology};
 use crate::device::{ChargerIo, InverterIo, MeterIo, SimSite};
-use crate::ladder::{Fault, SafeState, SafeStateLadder, Transition};
+use crate::ladder::{Fault, LadderConfig, SafeState, SafeStateLadder, Transition};
 use crate::runtime::{DispatcherMsg, InverterMsg, LinkMsg, SafetyMsg, SessionMsg, SiteMsg};
 use crate::setpoint::{Applied, SetpointKey};
 use crate::thermal::{ThermalParams, TransformerThermal};
@@ -679,7 +679,13 @@ impl SiteShared {
                 id: seg.id.clone(),
                 substation: sub.id.clone(),
                 config: seg.clone(),
-                ladder: Mutex::new(SafeStateLadder::new(ladder_config.clone(), now)),
+                ladder: Mutex::new(SafeStateLadder::new(
+                    LadderConfig {
+                        auto_reclose: seg.trip.as_ref().and_then(|t| t.auto_reclose()),
+                        ..ladder_config.clone()
+                    },
+                    now,
+                )),
                 level: RwLock::new(SafeState::Normal),
                 thermal: Mutex::new(thermal),
                 links: Board::default(),
