@@ -13,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gridvisor_actors::runtime::{Format, GridRequest, KillError, Node, RequestError};
+use gridvisor_actors::runtime::{Format, GridRequest, KillError, Node, RequestError, ResetError};
 use serde::Serialize;
 use tracing::Instrument;
 
@@ -114,6 +114,38 @@ async fn segment(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Respo
     }
 }
 
+/// `POST /api/v1/segments/{id}/reset`: 200 with the segment, 404, 409 saying why not
+/// (`causes_present`, `holding` with `until_ms`, `not_locked_out`), 503.
+async fn reset(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    use gridvisor_actors::ladder::ResetRefused;
+    let e = match node.reset_segment(&id) {
+        Ok(view) => return Json(view).into_response(),
+        Err(e) => e,
+    };
+    let message = e.to_string();
+    let body = match e {
+        ResetError::Unknown(_) => return error(StatusCode::NOT_FOUND, "not_found", message),
+        ResetError::NotDriven(_) | ResetError::Unavailable(_) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+        ResetError::Refused(ResetRefused::CausesPresent(causes)) => serde_json::json!({
+            "error": "causes_present", "message": message, "causes": kinds(&causes),
+        }),
+        ResetError::Refused(ResetRefused::Holding { causes, until }) => serde_json::json!({
+            "error": "holding", "message": message, "causes": kinds(&causes),
+            "until_ms": until.as_millis() as u64,
+        }),
+        ResetError::Refused(ResetRefused::NotLockedOut(level)) => serde_json::json!({
+            "error": "not_locked_out", "message": message, "level": level,
+        }),
+    };
+    (StatusCode::CONFLICT, Json(body)).into_response()
+}
+
+fn kinds(causes: &[gridvisor_actors::FaultKey]) -> Vec<&'static str> {
+    causes.iter().map(|c| c.kind()).collect()
+}
+
 async fn session(State(node): State<Arc<Node>>, Path(vehicle): Path<String>) -> Response {
     match node.session(&vehicle) {
         Some(s) => Json(s).into_response(),
@@ -144,6 +176,7 @@ pub fn grid_api(node: Arc<Node>) -> Router {
         .route("/api/v1/keepalive", post(keepalive))
         .route("/api/v1/segments", get(segments))
         .route("/api/v1/segments/{id}", get(segment))
+        .route("/api/v1/segments/{id}/reset", post(reset))
         .route("/api/v1/sessions/{vehicle}", get(session))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.yaml", get(openapi))

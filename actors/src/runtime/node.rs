@@ -1021,6 +1021,10 @@ impl Node {
 }
 
 fn view(s: &SegmentShared, owned: &BTreeSet<String>) -> SegmentView {
+    let (causes, locked_out) = {
+        let ladder = lock(&s.ladder);
+        (ladder.causes(), ladder.locked_out())
+    };
     SegmentView {
         owned: owned.contains(&s.id),
         id: s.id.clone(),
@@ -1028,8 +1032,8 @@ fn view(s: &SegmentShared, owned: &BTreeSet<String>) -> SegmentView {
         rated_kw: s.config.rated_kw,
         safe_default_kw: s.config.safe_default_kw,
         level: s.level(),
-        causes: lock(&s.ladder).causes(),
-        locked_out: lock(&s.ladder).locked_out(),
+        causes,
+        locked_out,
         trip_relay: s.relay.as_ref().map(|r| match lock(r).state() {
             RelayState::Open => "open",
             RelayState::Closed => "closed",
