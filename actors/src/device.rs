@@ -913,6 +913,34 @@ mod tests {
     }
 
     #[test]
+    fn an_open_relay_cuts_its_devices_from_the_grid_whatever_they_were_told() {
+        let c = Arc::new(SimCharger::new("c", 22.0, true));
+        c.plug(ev(60.0), s(0.0));
+        let i = Arc::new(SimInverter::new("i", 30.0));
+        let relay = SimRelay::new(&relay_id("tx"), vec![c.clone()], vec![i.clone()]);
+        c.write_now(key(1, 0), -11.0, None, s(0.0)).unwrap();
+        futures::executor::block_on(InverterIo::write(i.as_ref(), -20.0, s(0.0))).unwrap();
+        assert!(c.read_now(s(10.0)).unwrap().power_kw < -10.0);
+        let soc = c.battery(s(10.0)).unwrap().soc_pct;
+        relay.set_now(true, s(10.0)).unwrap();
+        assert!(relay.open());
+        let r = c.read_now(s(20.0)).unwrap();
+        assert_eq!(
+            (r.power_kw, r.setpoint_kw),
+            (0.0, -11.0),
+            "told to export, exports nothing"
+        );
+        assert_eq!(c.battery(s(20.0)).unwrap().soc_pct, soc, "no energy flows");
+        assert_eq!(i.read_now(s(20.0)).power_kw, 0.0);
+        relay.set_now(false, s(20.0)).unwrap();
+        assert!(c.read_now(s(30.0)).unwrap().power_kw < -10.0, "reconnected");
+        relay.set_unreachable(true);
+        assert!(relay.set_now(true, s(30.0)).is_err());
+        assert!(!relay.open());
+        assert_eq!(relay.writes(), 2);
+    }
+
+    #[test]
     fn the_device_reverts_to_its_failsafe_at_the_end_of_the_lease_on_its_own() {
         let c = SimCharger::new("c", 22.0, true).with_failsafe(2.0);
         c.plug(ev(50.0), s(0.0));

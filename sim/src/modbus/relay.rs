@@ -269,3 +269,42 @@ impl Drop for RelayHandle {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridvisor_transports::modbus::{
+        ClientConfig, ExceptionCode as Code, ModbusClient, ModbusError,
+    };
+
+    #[tokio::test]
+    async fn coils_are_written_read_back_and_bounded() {
+        let relay = start_relay("127.0.0.1:0".parse().unwrap(), ServerConfig::default())
+            .await
+            .unwrap();
+        let client = ModbusClient::new(ClientConfig::new(relay.addr()));
+        client.write_single_coil(5, true).await.unwrap();
+        assert_eq!(relay.coil(5), Some(true));
+        assert_eq!(relay.writes(5), 1);
+        assert_eq!(client.read_coils(4, 3).await.unwrap(), [false, true, false]);
+        let outside = client.read_coils(RELAY_COILS - 1, 2).await.unwrap_err();
+        assert!(
+            matches!(
+                outside,
+                ModbusError::Exception {
+                    code: Code::IllegalDataAddress,
+                    ..
+                }
+            ),
+            "{outside}"
+        );
+        relay
+            .set_fault(Fault::Exception(Code::ServerDeviceFailure))
+            .unwrap();
+        assert!(client.write_single_coil(5, false).await.is_err());
+        assert_eq!(relay.coil(5), Some(true), "a refused write changes nothing");
+        let bad = crate::modbus::BadValue::scale_factor(1, "x");
+        assert!(relay.set_fault(Fault::BadValue(bad)).is_err());
+        relay.stop().await.unwrap();
+    }
+}
