@@ -173,10 +173,13 @@ impl RelayOutput {
 
     /// What the relay last acknowledged.
     pub fn state(&self) -> RelayState {
-        match self.open.get() {
-            v if v == 1.0 => RelayState::Open,
-            v if v == 0.0 => RelayState::Closed,
-            _ => RelayState::Unknown,
+        let v = self.open.get();
+        if v == 1.0 {
+            RelayState::Open
+        } else if v == 0.0 {
+            RelayState::Closed
+        } else {
+            RelayState::Unknown
         }
     }
 
