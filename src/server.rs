@@ -13,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gridvisor_actors::runtime::{Format, GridRequest, KillError, Node, RequestError};
+use gridvisor_actors::runtime::{Format, GridRequest, KillError, Node, RequestError, ResetError};
 use serde::Serialize;
 use tracing::Instrument;
 
@@ -114,6 +114,38 @@ async fn segment(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Respo
     }
 }
 
+/// `POST /api/v1/segments/{id}/reset`: 200 with the segment, 404, 409 saying why not
+/// (`causes_present`, `holding` with `until_ms`, `not_locked_out`), 503.
+async fn reset(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    use gridvisor_actors::ladder::ResetRefused;
+    let e = match node.reset_segment(&id) {
+        Ok(view) => return Json(view).into_response(),
+        Err(e) => e,
+    };
+    let message = e.to_string();
+    let body = match e {
+        ResetError::Unknown(_) => return error(StatusCode::NOT_FOUND, "not_found", message),
+        ResetError::NotDriven(_) | ResetError::Unavailable(_) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+        ResetError::Refused(ResetRefused::CausesPresent(causes)) => serde_json::json!({
+            "error": "causes_present", "message": message, "causes": kinds(&causes),
+        }),
+        ResetError::Refused(ResetRefused::Holding { causes, until }) => serde_json::json!({
+            "error": "holding", "message": message, "causes": kinds(&causes),
+            "until_ms": until.as_millis() as u64,
+        }),
+        ResetError::Refused(ResetRefused::NotLockedOut(level)) => serde_json::json!({
+            "error": "not_locked_out", "message": message, "level": level,
+        }),
+    };
+    (StatusCode::CONFLICT, Json(body)).into_response()
+}
+
+fn kinds(causes: &[gridvisor_actors::FaultKey]) -> Vec<&'static str> {
+    causes.iter().map(|c| c.kind()).collect()
+}
+
 async fn session(State(node): State<Arc<Node>>, Path(vehicle): Path<String>) -> Response {
     match node.session(&vehicle) {
         Some(s) => Json(s).into_response(),
@@ -144,6 +176,7 @@ pub fn grid_api(node: Arc<Node>) -> Router {
         .route("/api/v1/keepalive", post(keepalive))
         .route("/api/v1/segments", get(segments))
         .route("/api/v1/segments/{id}", get(segment))
+        .route("/api/v1/segments/{id}/reset", post(reset))
         .route("/api/v1/sessions/{vehicle}", get(session))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.yaml", get(openapi))
@@ -321,6 +354,119 @@ pub async fn bind(what: &str, addr: SocketAddr) -> Result<tokio::net::TcpListene
 #[cfg(test)]
 mod tests {
     use super::host_is_address;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use gridvisor_actors::checkpoint::CheckpointStore;
+    use gridvisor_actors::clock::Clock;
+    use gridvisor_actors::runtime::{Node, NodeOptions};
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Every wait of these tests is bounded by this.
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    const SITE: &str = "[site]\nid = \"h\"\nkeepalive_required = false\n[safety]\nhold_s = 0.3\n\
+        [[substations]]\nid = \"sub\"\n[[substations.segments]]\nid = \"tx\"\nrated_kw = 50\n\
+        trip = {}\n[[substations.segments.chargers]]\nid = \"c1\"\nmax_kw = 11\n\
+        [[substations.segments.meters]]\nid = \"m1\"\n";
+
+    /// One HTTP/1.1 request over a real socket; the status and the JSON body.
+    async fn call(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Value) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        tokio::time::timeout(LIMIT, s.read_to_string(&mut text))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let status = text[9..12].parse().unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reset_endpoint_answers_404_409_with_the_reason_then_200() {
+        let topology = gridvisor_actors::config::parse("h.toml", SITE).unwrap();
+        let node = Node::start(
+            Arc::new(topology),
+            CheckpointStore::in_memory(),
+            Clock::tokio(),
+            prometheus::Registry::new(),
+            NodeOptions::default(),
+        )
+        .await
+        .unwrap();
+        let node = Arc::new(node);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = super::grid_api(node.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let reset = "/api/v1/segments/tx/reset";
+
+        let (status, body) = call(addr, "POST", "/api/v1/segments/nope/reset").await;
+        assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+        let (status, body) = call(addr, "POST", reset).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (409, Some("not_locked_out")),
+            "{body}"
+        );
+
+        node.sim.ptp.set_offset(Duration::from_millis(150));
+        let started = Instant::now();
+        let body = loop {
+            let (status, body) = call(addr, "POST", reset).await;
+            if body["error"] == "causes_present" {
+                assert_eq!(status, 409);
+                break body;
+            }
+            assert!(started.elapsed() < LIMIT, "never tripped: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(body["causes"], serde_json::json!(["clock_drift"]), "{body}");
+        let (_, seg) = call(addr, "GET", "/api/v1/segments/tx").await;
+        assert_eq!(
+            (seg["locked_out"].as_bool(), seg["trip_relay"].as_str()),
+            (Some(true), Some("open")),
+            "{seg}"
+        );
+
+        node.sim.ptp.set_offset(Duration::ZERO);
+        let mut holding = false;
+        let seg = loop {
+            let (status, body) = call(addr, "POST", reset).await;
+            match (status, body["error"].as_str()) {
+                (200, _) => break body,
+                (409, Some("holding")) => {
+                    holding = true;
+                    assert!(body["until_ms"].as_u64().is_some(), "{body}");
+                }
+                (409, Some("causes_present")) => assert!(!holding, "{body}"),
+                _ => panic!("{status} {body}"),
+            }
+            assert!(started.elapsed() < LIMIT, "never reset");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(holding, "the hold was never reported");
+        assert_eq!(
+            (seg["level"]["level"].as_str(), seg["locked_out"].as_bool()),
+            (Some("normal"), Some(false)),
+            "{seg}"
+        );
+        let (_, events) = call(addr, "GET", "/api/v1/events").await;
+        let last = events
+            .as_array()
+            .and_then(|e| e.last())
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(last["transition"]["reset"], "operator", "{events}");
+        server.abort();
+        node.shutdown().await;
+    }
 
     #[test]
     fn kills_are_taken_by_address_only() {

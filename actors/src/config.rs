@@ -344,6 +344,46 @@ pub struct Segment {
     pub inverters: Vec<Inverter>,
     /// The meters on the segment (at least one).
     pub meters: Vec<Meter>,
+    /// The segment's trip output (`trip = { ... }`): a relay or breaker the node opens when
+    /// the segment trips; None: Tripped writes 0 kW setpoints only.
+    pub trip: Option<Trip>,
+}
+
+/// A segment's trip output (`trip = { modbus = { addr, unit, coil }, auto_reclose_s = N }`):
+/// a relay or breaker behind a Modbus I/O module. The coil's polarity: **on (1) = trip
+/// asserted, the breaker open**; off (0) = trip released, the breaker may close. See
+/// `crate::io::relay`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trip {
+    /// Where the coil is; None: a relay simulated in-process (the demo, tests, chaos), as for
+    /// an inverter or meter without `modbus`.
+    pub modbus: Option<CoilEndpoint>,
+    /// Automatic reclose: the segment leaves its lockout by itself this long after its trip's
+    /// causes cleared and held for the hold time, s (0..=[`MAX_DURATION_S`]). None (the
+    /// default): a tripped segment stays locked out until an operator resets it.
+    pub auto_reclose_s: Option<f64>,
+}
+
+/// One coil of a Modbus TCP device (`modbus = { addr = "host:port", unit = 1, coil = 0 }`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CoilEndpoint {
+    /// The I/O module's socket address.
+    pub addr: SocketAddr,
+    /// Its Modbus unit id (default [`DEFAULT_MODBUS_UNIT`]).
+    pub unit: u8,
+    /// The coil's protocol address (0-based, as on the wire; required: a wrong coil trips
+    /// something else).
+    pub coil: u16,
+}
+
+impl Trip {
+    /// The automatic reclose delay, if any (None also for a value out of range, possible only
+    /// for a topology that skipped validation: no reclose is the safe reading).
+    pub fn auto_reclose(&self) -> Option<Duration> {
+        self.auto_reclose_s
+            .filter(|s| *s <= MAX_DURATION_S)
+            .and_then(duration_s)
+    }
 }
 
 /// A transformer's thermal model parameters (`[substations.segments.thermal]`).
@@ -847,6 +887,7 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
                 modbus: None,
                 nominal_v: DEFAULT_NOMINAL_V,
             }],
+            trip: None,
         })
         .collect();
     let mut vehicles = Vec::with_capacity(sessions);
@@ -1108,6 +1149,8 @@ const OCPP_TLS_KEYS: &[&str] = &["listen", "cert", "key", "client_ca"];
 const MQTT_KEYS: &[&str] = &["broker", "topic_prefix", "interval_ms", "client_id", "tls"];
 const MQTT_TLS_KEYS: &[&str] = &["ca", "cert", "key", "server_name"];
 const MODBUS_KEYS: &[&str] = &["addr", "unit", "profile"];
+const TRIP_KEYS: &[&str] = &["modbus", "auto_reclose_s"];
+const COIL_KEYS: &[&str] = &["addr", "unit", "coil"];
 const SITE_KEYS: &[&str] = &["id", "cycle_ms", "lease_s", "keepalive_required"];
 const SUBSTATION_KEYS: &[&str] = &["id", "segments"];
 const SEGMENT_KEYS: &[&str] = &[
@@ -1119,6 +1162,7 @@ const SEGMENT_KEYS: &[&str] = &[
     "chargers",
     "inverters",
     "meters",
+    "trip",
 ];
 const THERMAL_KEYS: &[&str] = &["time_constant_s", "ambient_c", "rated_rise_c", "limit_c"];
 const CHARGER_KEYS: &[&str] = &["id", "max_kw", "bidirectional"];
@@ -1556,6 +1600,7 @@ impl Reader {
                 }
             })
             .collect();
+        let trip = self.trip(&t);
         Segment {
             id,
             rated_kw,
@@ -1565,6 +1610,69 @@ impl Reader {
             chargers,
             inverters,
             meters,
+            trip,
+        }
+    }
+
+    /// An optional `trip = { modbus = { addr, unit, coil }, auto_reclose_s }`.
+    fn trip(&mut self, t: &Tbl<'_, '_>) -> Option<Trip> {
+        let trip = self.child(t, "trip", TRIP_KEYS);
+        trip.table?;
+        let modbus = self.coil(&trip);
+        let auto_reclose_s = match self.lookup(&trip, "auto_reclose_s") {
+            (_, None) => None,
+            (_, Some(_)) => Some(self.number(&trip, "auto_reclose_s", None)),
+        };
+        Some(Trip {
+            modbus,
+            auto_reclose_s,
+        })
+    }
+
+    /// An optional `modbus = { addr, unit, coil }` (the coil required).
+    fn coil(&mut self, t: &Tbl<'_, '_>) -> Option<CoilEndpoint> {
+        let m = self.child(t, "modbus", COIL_KEYS);
+        m.table?;
+        let addr = self.socket_addr(&m, "addr", None);
+        let unit = self.unit(&m);
+        let coil = match self.lookup(&m, "coil") {
+            (path, None) => {
+                self.missing(&m, &path, "key `coil` (the coil's 0-based address)");
+                None
+            }
+            (path, Some(node)) => {
+                let at = node.span().start;
+                let reported = self.problems.len();
+                let n = self.integer(&m, "coil", 0);
+                match u16::try_from(n) {
+                    // A value that did not read as an integer is reported already.
+                    _ if self.problems.len() > reported => None,
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        self.problem(&path, at, format!("coil {n} is outside 0..=65535"));
+                        None
+                    }
+                }
+            }
+        };
+        Some(CoilEndpoint {
+            addr: addr?,
+            unit,
+            coil: coil?,
+        })
+    }
+
+    /// A table's `unit` (default [`DEFAULT_MODBUS_UNIT`]), 0..=247.
+    fn unit(&mut self, m: &Tbl<'_, '_>) -> u8 {
+        let unit = self.integer(m, "unit", u64::from(DEFAULT_MODBUS_UNIT));
+        match u8::try_from(unit) {
+            Ok(u) if u <= 247 => u,
+            _ => {
+                let (path, node) = self.lookup(m, "unit");
+                let at = node.map(|n| n.span().start).unwrap_or(m.at);
+                self.problem(&path, at, format!("unit id {unit} is outside 0..=247"));
+                DEFAULT_MODBUS_UNIT
+            }
         }
     }
 
@@ -1607,16 +1715,7 @@ impl Reader {
         let m = self.child(t, "modbus", MODBUS_KEYS);
         m.table?;
         let addr = self.socket_addr(&m, "addr", None);
-        let unit = self.integer(&m, "unit", u64::from(DEFAULT_MODBUS_UNIT));
-        let unit = match u8::try_from(unit) {
-            Ok(u) if u <= 247 => u,
-            _ => {
-                let (path, node) = self.lookup(&m, "unit");
-                let at = node.map(|n| n.span().start).unwrap_or(m.at);
-                self.problem(&path, at, format!("unit id {unit} is outside 0..=247"));
-                DEFAULT_MODBUS_UNIT
-            }
-        };
+        let unit = self.unit(&m);
         let profile = match self.lookup(&m, "profile") {
             (_, None) => None,
             (_, Some(_)) => Some(self.string(&m, "profile").into()),
@@ -2321,6 +2420,10 @@ impl<'s> Checker<'s> {
             let message = "every segment needs at least one meter".to_owned();
             self.report(&format!("{path}.meters"), &[], message);
         }
+        if let Some(reclose) = seg.trip.as_ref().and_then(|t| t.auto_reclose_s) {
+            let field = format!("{path}.trip.auto_reclose_s");
+            self.number(&field, reclose, Lo::AtLeast(0.0), max_s);
+        }
     }
 
     fn vehicle(&mut self, path: &str, v: &Vehicle, chargers: &Registry<'_>) {
@@ -2616,6 +2719,80 @@ max_kw = 11
         one_error(&text, "ocpp.heartbeat_s", "heartbeat_s = 0", "must be 1..=");
         let text = format!("{MINIMAL}\n[ocpp]\nlisten = 8080\n");
         one_error(&text, "ocpp.listen", "listen = 8080", "host:port");
+    }
+
+    #[test]
+    fn a_trip_output_parses_and_its_mistakes_are_named() {
+        let seg_line = "rated_kw = 100\n";
+        let trip = |t: &str| with(&[(seg_line, &format!("rated_kw = 100\ntrip = {t}\n"))]);
+        let text = trip("{ modbus = { addr = \"127.0.0.1:1502\", unit = 3, coil = 7 } }");
+        let t = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let tr = t
+            .segment("tx")
+            .unwrap()
+            .trip
+            .clone()
+            .expect("a trip output");
+        assert_eq!(
+            tr.modbus,
+            Some(CoilEndpoint {
+                addr: "127.0.0.1:1502".parse().unwrap(),
+                unit: 3,
+                coil: 7
+            })
+        );
+        assert_eq!(tr.auto_reclose(), None, "no reclose unless configured");
+        assert_eq!(
+            parse("t.toml", MINIMAL)
+                .unwrap()
+                .segment("tx")
+                .unwrap()
+                .trip,
+            None
+        );
+        let sim = parse("t.toml", &trip("{ auto_reclose_s = 2.5 }")).unwrap();
+        let tr = sim.segment("tx").unwrap().trip.clone().unwrap();
+        assert_eq!(
+            (&tr.modbus, tr.auto_reclose()),
+            (&None, Some(Duration::from_millis(2500)))
+        );
+        let field = "substations[0].segments[0].trip";
+        one_error(
+            &trip("{ modbus = { addr = \"127.0.0.1:1502\" } }"),
+            &format!("{field}.modbus.coil"),
+            "modbus = {",
+            "missing required key `coil`",
+        );
+        one_error(
+            &trip("{ modbus = { addr = \"127.0.0.1:1502\", coil = 70000 } }"),
+            &format!("{field}.modbus.coil"),
+            "coil = 70000",
+            "outside 0..=65535",
+        );
+        one_error(
+            &trip("{ modbus = { addr = \"127.0.0.1:1502\", coil = \"x\" } }"),
+            &format!("{field}.modbus.coil"),
+            "coil = \"x\"",
+            "expected an integer",
+        );
+        one_error(
+            &trip("{ modbus = { addr = \"relay\", coil = 1 } }"),
+            &format!("{field}.modbus.addr"),
+            "addr = \"relay\"",
+            "not an IP address and port",
+        );
+        one_error(
+            &trip("{ auto_reclose_s = -1 }"),
+            &format!("{field}.auto_reclose_s"),
+            "auto_reclose_s = -1",
+            "must be",
+        );
+        one_error(
+            &trip("{ reclose = true }"),
+            &format!("{field}.reclose"),
+            "reclose = true",
+            "unknown key `reclose`",
+        );
     }
 
     #[test]

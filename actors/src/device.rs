@@ -140,6 +140,23 @@ pub trait MeterIo: Send + Sync + 'static {
     fn read(&self, now: Duration) -> BoxFuture<'_, Result<MeterReading, DeviceError>>;
 }
 
+/// A segment's trip output as the safety actor sees it: a relay or breaker between the
+/// segment's devices and the grid (over Modbus in `crate::io::relay`, simulated here).
+pub trait RelayIo: Send + Sync + 'static {
+    /// Command the output: `open` true asserts the trip (the breaker opens, the segment's
+    /// devices are cut from the grid), false releases it. Absolute and idempotent: the same
+    /// command again changes nothing.
+    fn set_open(&self, open: bool, now: Duration) -> BoxFuture<'_, Result<(), DeviceError>>;
+    /// Read the output back: true while the trip is asserted.
+    fn is_open(&self, now: Duration) -> BoxFuture<'_, Result<bool, DeviceError>>;
+}
+
+/// The id of segment `segment`'s trip relay as a device (fault injection, logs): `/` is
+/// never in a configured id, so it names no other device.
+pub fn relay_id(segment: &str) -> String {
+    format!("{segment}/trip")
+}
+
 use crate::lock;
 
 /// A simulated vehicle battery behind a charger.
@@ -166,6 +183,8 @@ struct ChargerPhysics {
     writes: u64,
     older_writes: u64,
     lease_until: Option<Duration>,
+    /// Cut from the grid by an open relay: no power flows, whatever the setpoint.
+    isolated: bool,
 }
 
 /// Follow `target` from `p` with a ramp for `dt` seconds: (new power, energy in kWh).
@@ -217,6 +236,7 @@ impl SimCharger {
                 writes: 0,
                 older_writes: 0,
                 lease_until: None,
+                isolated: false,
             }),
             failsafe_kw: 0.0,
         }
@@ -264,6 +284,10 @@ impl SimCharger {
     fn advance_plain(&self, s: &mut ChargerPhysics, now: Duration) {
         let dt = now.saturating_sub(s.at).as_secs_f64();
         s.at = s.at.max(now);
+        if s.isolated {
+            s.power_kw = 0.0;
+            return;
+        }
         let target = self.limit(s, s.setpoint_kw);
         let (p1, mut e) = ramp(s.power_kw, target, CHARGER_RAMP_KW_PER_S, dt);
         s.power_kw = p1;
@@ -325,6 +349,17 @@ impl SimCharger {
         self.advance(&mut s, now);
         s.setpoint_kw = self.failsafe_kw;
         s.lease_until = None;
+    }
+
+    /// The segment's relay opened (`true`: from `now` on no power flows, whatever the
+    /// charger was told) or closed again (power ramps from 0 toward the setpoint).
+    pub fn set_isolated(&self, isolated: bool, now: Duration) {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        s.isolated = isolated;
+        if isolated {
+            s.power_kw = 0.0;
+        }
     }
 
     /// Fault injection: the charger stops answering (its power stays where it is).
@@ -423,6 +458,8 @@ struct InverterPhysics {
     core_c: f64,
     extra_heat_c: f64,
     unreachable: bool,
+    /// Cut from the grid by an open relay.
+    isolated: bool,
 }
 
 /// A simulated battery inverter: power follows the setpoint with a ramp, the core
@@ -449,6 +486,7 @@ impl SimInverter {
                 core_c: INVERTER_AMBIENT_C,
                 extra_heat_c: 0.0,
                 unreachable: false,
+                isolated: false,
             }),
         }
     }
@@ -457,7 +495,11 @@ impl SimInverter {
         let dt = now.saturating_sub(s.at).as_secs_f64();
         s.at = s.at.max(now);
         let target = s.setpoint_kw.clamp(-self.max_kw, self.max_kw);
-        s.power_kw = ramp(s.power_kw, target, INVERTER_RAMP_KW_PER_S, dt).0;
+        s.power_kw = if s.isolated {
+            0.0
+        } else {
+            ramp(s.power_kw, target, INVERTER_RAMP_KW_PER_S, dt).0
+        };
         let load = (s.power_kw.abs() / self.max_kw).min(2.0);
         let steady = INVERTER_AMBIENT_C + INVERTER_RATED_RISE_C * load * load + s.extra_heat_c;
         s.core_c = steady + (s.core_c - steady) * (-dt / INVERTER_THERMAL_TAU_S).exp();
@@ -486,6 +528,16 @@ impl SimInverter {
             });
         }
         Ok(())
+    }
+
+    /// The segment's relay opened or closed (see [`SimCharger::set_isolated`]).
+    pub fn set_isolated(&self, isolated: bool, now: Duration) {
+        let mut s = lock(&self.state);
+        self.advance(&mut s, now);
+        s.isolated = isolated;
+        if isolated {
+            s.power_kw = 0.0;
+        }
     }
 
     fn read_now(&self, now: Duration) -> InverterReading {
@@ -637,6 +689,84 @@ impl MeterIo for SimMeter {
     }
 }
 
+/// A segment's trip relay, simulated: opening it cuts every charger and inverter of the
+/// segment from the grid at once (they deliver nothing, whatever they were told), closing it
+/// reconnects them.
+#[derive(Debug)]
+pub struct SimRelay {
+    /// The relay's device id ([`relay_id`]).
+    pub id: String,
+    open: std::sync::atomic::AtomicBool,
+    writes: AtomicU64,
+    unreachable: std::sync::atomic::AtomicBool,
+    chargers: Vec<Arc<SimCharger>>,
+    inverters: Vec<Arc<SimInverter>>,
+}
+
+impl SimRelay {
+    /// A closed relay in front of these devices.
+    pub fn new(id: &str, chargers: Vec<Arc<SimCharger>>, inverters: Vec<Arc<SimInverter>>) -> Self {
+        SimRelay {
+            id: id.to_owned(),
+            open: std::sync::atomic::AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            unreachable: std::sync::atomic::AtomicBool::new(false),
+            chargers,
+            inverters,
+        }
+    }
+
+    /// Whether the relay is open now (the truth, for tests and invariant checks).
+    pub fn open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Commands the relay accepted.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
+    /// Fault injection: the relay's I/O module stops answering (the relay stays as it is).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, Ordering::Release);
+    }
+
+    fn check(&self) -> Result<(), DeviceError> {
+        if self.unreachable.load(Ordering::Acquire) {
+            return Err(DeviceError::Unreachable {
+                device: self.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn set_now(&self, open: bool, now: Duration) -> Result<(), DeviceError> {
+        self.check()?;
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        if self.open.swap(open, Ordering::AcqRel) != open {
+            for c in &self.chargers {
+                c.set_isolated(open, now);
+            }
+            for i in &self.inverters {
+                i.set_isolated(open, now);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RelayIo for SimRelay {
+    fn set_open(&self, open: bool, now: Duration) -> BoxFuture<'_, Result<(), DeviceError>> {
+        let r = self.set_now(open, now);
+        Box::pin(async move { r })
+    }
+
+    fn is_open(&self, _now: Duration) -> BoxFuture<'_, Result<bool, DeviceError>> {
+        let r = self.check().map(|()| self.open());
+        Box::pin(async move { r })
+    }
+}
+
 /// The node's PTP clock monitor, simulated: the offset a fault injector sets.
 #[derive(Debug, Default)]
 pub struct SimPtp {
@@ -680,6 +810,8 @@ pub struct SimSite {
     pub grid: Arc<SimGrid>,
     /// The PTP clock monitor.
     pub ptp: Arc<SimPtp>,
+    /// Trip relays by segment id (segments with a `trip` output).
+    pub relays: HashMap<String, Arc<SimRelay>>,
 }
 
 impl SimSite {
@@ -692,6 +824,7 @@ impl SimSite {
             meters: HashMap::new(),
             grid: grid.clone(),
             ptp: Arc::new(SimPtp::default()),
+            relays: HashMap::new(),
         };
         for (_, seg) in topology.segments() {
             let chargers: Vec<_> = seg
@@ -724,6 +857,10 @@ impl SimSite {
                         unreachable: std::sync::atomic::AtomicBool::new(false),
                     }),
                 );
+            }
+            if seg.trip.is_some() {
+                let relay = SimRelay::new(&relay_id(&seg.id), chargers.clone(), inverters.clone());
+                site.relays.insert(seg.id.clone(), Arc::new(relay));
             }
             for c in chargers {
                 site.chargers.insert(c.id.clone(), c);
@@ -820,6 +957,34 @@ mod tests {
         assert!(i.read_now(s(0.0)).core_c > 65.0);
         i.set_cooling_fault(0.0, false, s(0.0));
         assert!(i.read_now(s(3600.0)).core_c < 36.0);
+    }
+
+    #[test]
+    fn an_open_relay_cuts_its_devices_from_the_grid_whatever_they_were_told() {
+        let c = Arc::new(SimCharger::new("c", 22.0, true));
+        c.plug(ev(60.0), s(0.0));
+        let i = Arc::new(SimInverter::new("i", 30.0));
+        let relay = SimRelay::new(&relay_id("tx"), vec![c.clone()], vec![i.clone()]);
+        c.write_now(key(1, 0), -11.0, None, s(0.0)).unwrap();
+        futures::executor::block_on(InverterIo::write(i.as_ref(), -20.0, s(0.0))).unwrap();
+        assert!(c.read_now(s(10.0)).unwrap().power_kw < -10.0);
+        let soc = c.battery(s(10.0)).unwrap().soc_pct;
+        relay.set_now(true, s(10.0)).unwrap();
+        assert!(relay.open());
+        let r = c.read_now(s(20.0)).unwrap();
+        assert_eq!(
+            (r.power_kw, r.setpoint_kw),
+            (0.0, -11.0),
+            "told to export, exports nothing"
+        );
+        assert_eq!(c.battery(s(20.0)).unwrap().soc_pct, soc, "no energy flows");
+        assert_eq!(i.read_now(s(20.0)).power_kw, 0.0);
+        relay.set_now(false, s(20.0)).unwrap();
+        assert!(c.read_now(s(30.0)).unwrap().power_kw < -10.0, "reconnected");
+        relay.set_unreachable(true);
+        assert!(relay.set_now(true, s(30.0)).is_err());
+        assert!(!relay.open());
+        assert_eq!(relay.writes(), 2);
     }
 
     #[test]

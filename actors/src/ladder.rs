@@ -23,6 +23,12 @@
 //! | transformer at its thermal limit | Limited to the transformer's allowance |
 //! | node cannot see a majority of the cluster | ChargeOnly |
 //! | a supervisor of the segment exceeded its restart intensity | ChargeOnly (and an alarm) |
+//!
+//! **Tripped locks out**, as protection relays do: whatever tripped the segment, it stays
+//! Tripped (the cause [`FaultKey::Lockout`]) after its causes cleared and held, until an
+//! operator resets it ([`SafeStateLadder::reset`], refused while a cause of the trip is
+//! present or holding) or, when configured ([`LadderConfig::auto_reclose`]), until the
+//! reclose delay has passed after the hold.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -285,6 +291,9 @@ pub struct LadderConfig {
     pub derate_start_c: f64,
     /// Temperature at which the derated cap reaches 0 kW, °C.
     pub derate_zero_c: f64,
+    /// Automatic reclose: how long after a trip's causes cleared and held the lockout ends
+    /// by itself. None (the default): only an operator's reset ends it.
+    pub auto_reclose: Option<Duration>,
 }
 
 impl LadderConfig {
@@ -313,6 +322,7 @@ impl Default for LadderConfig {
             keepalive_timeout: Duration::from_secs(5),
             derate_start_c: 65.0,
             derate_zero_c: 85.0,
+            auto_reclose: None,
         }
     }
 }
@@ -395,11 +405,14 @@ pub enum FaultKey {
     /// No good grid reading for longer than the bound: nothing would see islanding (or the
     /// transformer's load) in time.
     MeterStale,
+    /// The segment tripped and is locked out: Tripped until an operator resets it (or the
+    /// configured automatic reclose), after the trip's causes cleared and held.
+    Lockout,
 }
 
 impl FaultKey {
     /// Every kind of fault source, as [`FaultKey::kind`] names it.
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 12] = [
         "islanding",
         "clock_drift",
         "keepalive",
@@ -411,6 +424,7 @@ impl FaultKey {
         "meter_stale",
         "handoff",
         "clock_unsynchronised",
+        "lockout",
     ];
 
     /// The kind of source, without its instance (the `cause` label of
@@ -428,6 +442,7 @@ impl FaultKey {
             FaultKey::MeterStale => Self::KINDS[8],
             FaultKey::Handoff => Self::KINDS[9],
             FaultKey::ClockUnsynchronised => Self::KINDS[10],
+            FaultKey::Lockout => Self::KINDS[11],
         }
     }
 }
@@ -504,6 +519,43 @@ pub struct Transition {
     pub causes: Vec<FaultKey>,
     /// True when a supervisor gave up: operators must be alarmed, not only informed.
     pub alarm: bool,
+    /// Set when this transition ends a lockout: who ended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset: Option<Reset>,
+}
+
+/// Who ended a lockout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reset {
+    /// An operator ([`SafeStateLadder::reset`]).
+    Operator,
+    /// The configured automatic reclose ([`LadderConfig::auto_reclose`]).
+    AutoReclose,
+}
+
+/// Why [`SafeStateLadder::reset`] refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResetRefused {
+    /// The segment is not locked out: there is nothing to reset.
+    #[error("the segment is not locked out (its level is {0})")]
+    NotLockedOut(SafeState),
+    /// A cause of the trip is still present.
+    #[error("the trip's causes have not cleared: {}", kinds(.0))]
+    CausesPresent(Vec<FaultKey>),
+    /// The trip's causes cleared, but their hold time has not passed.
+    #[error("the trip's causes cleared, but their hold time runs until {} ms: {}", .until.as_millis(), kinds(.causes))]
+    Holding {
+        /// The causes still holding.
+        causes: Vec<FaultKey>,
+        /// When the last of them ends (the injected clock).
+        until: Duration,
+    },
+}
+
+fn kinds(keys: &[FaultKey]) -> String {
+    let names: Vec<&str> = keys.iter().map(FaultKey::kind).collect();
+    names.join(", ")
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -531,6 +583,8 @@ pub struct SafeStateLadder {
     last_reading: Option<Duration>,
     last_keepalive: Duration,
     level: SafeState,
+    /// Set by whatever ends a lockout, taken by the transition that follows.
+    released: Option<Reset>,
 }
 
 impl SafeStateLadder {
@@ -545,6 +599,7 @@ impl SafeStateLadder {
             last_reading: None,
             last_keepalive: now,
             level: SafeState::Normal,
+            released: None,
         }
     }
 
@@ -670,8 +725,57 @@ impl SafeStateLadder {
         self.settle(now)
     }
 
-    /// Advance time without an observation: checks the keep-alive watchdog and the age of
-    /// the last good grid reading, and lets held faults expire.
+    /// Whether the segment is locked out (Tripped until a reset or the automatic reclose).
+    pub fn locked_out(&self) -> bool {
+        self.demands.contains_key(&FaultKey::Lockout)
+    }
+
+    /// An operator's reset of a lockout at `now`: refused while a cause of the trip is present
+    /// or still holding (which, and until when), and when there is no lockout. Returns the
+    /// transition out of Tripped (None if other causes keep the segment Tripped: impossible,
+    /// since those would refuse the reset).
+    pub fn reset(&mut self, now: Duration) -> Result<Option<Transition>, ResetRefused> {
+        if !self.locked_out() {
+            return Err(ResetRefused::NotLockedOut(self.level));
+        }
+        // Holds that ended by now are gone first. While locked out that moves nothing, unless
+        // the automatic reclose ended the lockout at this very moment.
+        if let Some(t) = self.settle(now) {
+            return Ok(Some(t));
+        }
+        let tripping = |d: &Demand| d.state == SafeState::Tripped;
+        let causes = |present: bool| -> Vec<FaultKey> {
+            self.demands
+                .iter()
+                .filter(|(k, d)| **k != FaultKey::Lockout && tripping(d))
+                .filter(|(_, d)| d.cleared_at.is_none() == present)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        let present = causes(true);
+        if !present.is_empty() {
+            return Err(ResetRefused::CausesPresent(present));
+        }
+        let holding = causes(false);
+        if !holding.is_empty() {
+            let hold = self.config.hold_time;
+            let until = holding
+                .iter()
+                .filter_map(|k| self.demands.get(k)?.cleared_at)
+                .max()
+                .map_or(now, |t| t + hold);
+            return Err(ResetRefused::Holding {
+                causes: holding,
+                until,
+            });
+        }
+        self.demands.remove(&FaultKey::Lockout);
+        self.released = Some(Reset::Operator);
+        Ok(self.settle(now))
+    }
+
+    /// Advance time without an observation: checks the keep-alive watchdog, the age of the
+    /// last good grid reading and the trip bands' clearing times, and lets held faults expire.
     pub fn tick(&mut self, now: Duration) -> Option<Transition> {
         let silent = now.saturating_sub(self.last_keepalive) > self.config.keepalive_timeout;
         if silent {
@@ -760,17 +864,48 @@ impl SafeStateLadder {
         }
     }
 
+    /// A demand for Tripped (present or holding) locks the segment out; once none is left,
+    /// the lockout ends only by a reset, or by the automatic reclose `auto_reclose` after.
+    fn lock_out(&mut self, now: Duration) {
+        let tripping = self
+            .demands
+            .iter()
+            .any(|(k, d)| *k != FaultKey::Lockout && d.state == SafeState::Tripped);
+        let lockout = Demand {
+            state: SafeState::Tripped,
+            cleared_at: None,
+        };
+        if tripping {
+            self.demands.insert(FaultKey::Lockout, lockout);
+            return;
+        }
+        let Some(reclose) = self.config.auto_reclose else {
+            return;
+        };
+        if let Some(d) = self.demands.get_mut(&FaultKey::Lockout) {
+            let since = *d.cleared_at.get_or_insert(now);
+            if now.saturating_sub(since) >= reclose {
+                self.demands.remove(&FaultKey::Lockout);
+                self.released = Some(Reset::AutoReclose);
+            }
+        }
+    }
+
     fn settle(&mut self, now: Duration) -> Option<Transition> {
         let hold = self.config.hold_time;
-        self.demands
-            .retain(|_, d| d.cleared_at.is_none_or(|t| now.saturating_sub(t) < hold));
+        self.demands.retain(|k, d| {
+            *k == FaultKey::Lockout || d.cleared_at.is_none_or(|t| now.saturating_sub(t) < hold)
+        });
+        self.lock_out(now);
         let level = self
             .demands
             .values()
             .fold(SafeState::Normal, |acc, d| acc.most_restrictive(d.state));
+        let released = self.released.take();
         if level == self.level {
             return None;
         }
+        let reset = released.filter(|_| self.level == SafeState::Tripped);
         let from = std::mem::replace(&mut self.level, level);
         let mut causes: Vec<(u8, FaultKey)> = self
             .demands
@@ -788,6 +923,7 @@ impl SafeStateLadder {
             to: level,
             causes: causes.into_iter().map(|(_, k)| k).collect(),
             alarm,
+            reset,
         })
     }
 }
@@ -1064,7 +1200,7 @@ mod tests {
             .observe(grid(0.0, 60.0, true), ms(1))
             .expect("a transition");
         assert_eq!((t.from, t.to), (SafeState::Normal, SafeState::Tripped));
-        assert_eq!(t.causes, vec![FaultKey::Islanding]);
+        assert_eq!(t.causes, vec![FaultKey::Islanding, FaultKey::Lockout]);
         assert_eq!(l.clamp(-50.0), 0.0);
         assert_eq!(l.clamp(11.0), 0.0);
     }
@@ -1134,10 +1270,119 @@ mod tests {
         assert_eq!(l.observe(grid(1.0, 60.0, false), back), None);
         l.observe(Fault::KeepAlive, back + Duration::from_secs(299));
         assert_eq!(l.tick(back + Duration::from_secs(299)), None);
+        let early = l.reset(back + Duration::from_secs(299));
         assert_eq!(
-            l.tick(back + Duration::from_secs(300)).unwrap().to,
-            SafeState::Normal
+            early,
+            Err(ResetRefused::Holding {
+                causes: vec![FaultKey::Islanding],
+                until: back + Duration::from_secs(300)
+            })
         );
+        // The hold passed: still Tripped, locked out until a reset.
+        assert_eq!(l.tick(back + Duration::from_secs(300)), None);
+        assert_eq!(l.causes(), vec![FaultKey::Lockout]);
+        let t = l.reset(back + Duration::from_secs(300)).unwrap().unwrap();
+        assert_eq!((t.from, t.to), (SafeState::Tripped, SafeState::Normal));
+        assert_eq!(t.reset, Some(Reset::Operator));
+    }
+
+    #[test]
+    fn a_trip_locks_out_until_an_operator_resets_it() {
+        let mut l = ladder();
+        let alive = |l: &mut SafeStateLadder, s: u64| l.observe(Fault::KeepAlive, S * s as u32);
+        assert_eq!(
+            l.reset(ms(0)),
+            Err(ResetRefused::NotLockedOut(SafeState::Normal))
+        );
+        let t = l.observe(Fault::ClockOffset(ms(150)), ms(0)).unwrap();
+        assert_eq!(t.to, SafeState::Tripped);
+        assert!(l.locked_out());
+        assert_eq!(
+            t.causes,
+            vec![FaultKey::ClockDrift, FaultKey::Lockout],
+            "the lockout is a cause from the trip on"
+        );
+        let refused = l.reset(ms(1)).unwrap_err();
+        assert_eq!(
+            refused,
+            ResetRefused::CausesPresent(vec![FaultKey::ClockDrift])
+        );
+        assert!(refused.to_string().contains("clock_drift"), "{refused}");
+        // Down to the ChargeOnly band: a cause of the trip still asks for ChargeOnly, and the
+        // Tripped demand it made holds; the level stays Tripped long after the hold.
+        l.observe(Fault::ClockOffset(ms(5)), S);
+        for s in 2..=900 {
+            assert_eq!(alive(&mut l, s), None, "at {s} s");
+        }
+        assert_eq!(l.level(), SafeState::Tripped);
+        // The reset leaves the lockout; what is left asks for ChargeOnly.
+        let t = l.reset(S * 900).unwrap().unwrap();
+        assert_eq!((t.from, t.to), (SafeState::Tripped, SafeState::ChargeOnly));
+        assert_eq!(t.causes, vec![FaultKey::ClockDrift]);
+        assert!(!l.locked_out());
+        assert_eq!(
+            l.reset(S * 901),
+            Err(ResetRefused::NotLockedOut(SafeState::ChargeOnly))
+        );
+    }
+
+    #[test]
+    fn a_lesser_level_does_not_lock_out() {
+        let mut l = ladder();
+        l.observe(Fault::Quorum(false), ms(0));
+        assert!(!l.locked_out());
+        l.observe(Fault::Quorum(true), ms(1));
+        l.observe(Fault::KeepAlive, S * 300);
+        assert_eq!(l.tick(S * 300 + ms(1)).unwrap().to, SafeState::Normal);
+    }
+
+    #[test]
+    fn a_restored_trip_is_locked_out_again() {
+        // A node that restarts while locked out does not forget it: the checkpointed level
+        // is restored, and a restored Tripped locks out like any trip.
+        let mut l = ladder();
+        l.observe(Fault::Restored(SafeState::Tripped), ms(0));
+        assert!(l.locked_out());
+        l.observe(Fault::KeepAlive, S * 400);
+        assert_eq!(l.tick(S * 400), None);
+        assert_eq!(l.level(), SafeState::Tripped);
+        assert_eq!(l.reset(S * 400).unwrap().unwrap().to, SafeState::Normal);
+    }
+
+    #[test]
+    fn automatic_reclose_ends_the_lockout_after_its_delay() {
+        let config = LadderConfig {
+            hold_time: S * 10,
+            auto_reclose: Some(S * 5),
+            keepalive_timeout: S * 3600,
+            ..LadderConfig::default()
+        };
+        let mut l = SafeStateLadder::new(config, Duration::ZERO);
+        l.observe(grid(0.0, 60.0, true), ms(0));
+        l.observe(grid(1.0, 60.0, false), S);
+        // Cleared at 1 s, held until 11 s; the reclose delay runs from then.
+        assert_eq!(l.tick(S * 11), None);
+        assert_eq!(l.tick(S * 16 - ms(1)), None);
+        let t = l.tick(S * 16).expect("reclosed");
+        assert_eq!(
+            (t.to, t.reset),
+            (SafeState::Normal, Some(Reset::AutoReclose))
+        );
+        // A trip that comes back during the reclose delay starts it again.
+        let mut l = SafeStateLadder::new(
+            LadderConfig {
+                auto_reclose: Some(Duration::ZERO),
+                ..LadderConfig::default()
+            },
+            Duration::ZERO,
+        );
+        l.observe(Fault::ClockOffset(ms(150)), ms(0));
+        l.observe(Fault::ClockOffset(ms(0)), ms(1));
+        l.observe(Fault::KeepAlive, S * 300);
+        let t = l
+            .tick(S * 300 + ms(1))
+            .expect("a zero delay recloses at the hold's end");
+        assert_eq!(t.to, SafeState::Normal);
     }
 
     #[test]
@@ -1426,7 +1671,24 @@ mod properties {
             for (f, dt_ms, setpoint) in steps {
                 now += Duration::from_millis(dt_ms);
                 let before = l.level();
-                let t = if dt_ms % 3 == 0 { l.tick(now) } else { l.observe(f, now) };
+                let t = match dt_ms % 7 {
+                    0 | 3 => l.tick(now),
+                    // An operator's reset: it ends the lockout only, never a present cause.
+                    1 => match l.reset(now) {
+                        Ok(t) => {
+                            prop_assert!(l.level() != SafeState::Tripped && !l.locked_out());
+                            t
+                        }
+                        Err(_) => {
+                            prop_assert_eq!(l.level(), before);
+                            None
+                        }
+                    },
+                    _ => l.observe(f, now),
+                };
+                if l.level() == SafeState::Tripped {
+                    prop_assert!(l.locked_out(), "every trip locks out");
+                }
                 if let Some(t) = &t {
                     prop_assert_eq!(t.from, before);
                     prop_assert_eq!(t.to, l.level());

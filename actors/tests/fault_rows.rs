@@ -80,17 +80,26 @@ async fn islanding_trips_the_segment_and_stops_every_device_then_holds() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The grid comes back: the level is held for hold_s (1 s), then released.
+    // The grid comes back: the cause holds for hold_s (1 s); then the segment stays locked
+    // out (Tripped, cause `lockout` only) until an operator resets it.
     t.node.sim.grid.set(1.0, 60.0);
     let back = std::time::Instant::now();
-    wait(&t.node, "back to normal", || {
-        level(&t, "tx-0") == SafeState::Normal
+    wait(&t.node, "the hold passed, locked out", || {
+        t.node.segment("tx-0").unwrap().causes == vec![FaultKey::Lockout]
     })
     .await;
     assert!(
         back.elapsed() >= Duration::from_millis(900),
         "{:?}",
         back.elapsed()
+    );
+    assert_eq!(level(&t, "tx-0"), SafeState::Tripped);
+    let view = t.node.reset_segment("tx-0").expect("the reset");
+    assert_eq!(view.level, SafeState::Normal);
+    assert_eq!(
+        level(&t, "tx-1"),
+        SafeState::Tripped,
+        "each segment its own reset"
     );
     t.node.shutdown().await;
 }
@@ -116,7 +125,14 @@ async fn over_frequency_while_exporting_trips_after_the_clearing_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ptp_offset_over_1ms_is_charge_only_and_over_100ms_trips() {
-    let t = start(&site_toml(1, 3, "", "")).await;
+    // With automatic reclose (0.3 s after the hold): the trip ends without a reset.
+    let toml = site_toml(1, 3, "", "").replacen(
+        "id = \"tx-0\"\nrated_kw = 66",
+        "id = \"tx-0\"\nrated_kw = 66\ntrip = { auto_reclose_s = 0.3 }",
+        1,
+    );
+    assert!(toml.contains("auto_reclose_s"));
+    let t = start(&toml).await;
     discharge(&t, "r1", Scope::Site, -20.0).await;
     exporting(&t, "tx-0").await;
     t.node.sim.ptp.set_offset(Duration::from_millis(2));
@@ -136,10 +152,22 @@ async fn ptp_offset_over_1ms_is_charge_only_and_over_100ms_trips() {
     })
     .await;
     t.node.sim.ptp.set_offset(Duration::from_micros(10));
-    wait(&t.node, "normal after the hold", || {
-        level(&t, "tx-0") == SafeState::Normal
-    })
+    wait(
+        &t.node,
+        "normal after the hold and the reclose delay",
+        || level(&t, "tx-0") == SafeState::Normal,
+    )
     .await;
+    let reclosed = t
+        .node
+        .events()
+        .into_iter()
+        .rev()
+        .find(|e| e.transition.from == SafeState::Tripped);
+    assert_eq!(
+        reclosed.expect("the reclose in the log").transition.reset,
+        Some(gridvisor_actors::ladder::Reset::AutoReclose)
+    );
     t.node.shutdown().await;
 }
 

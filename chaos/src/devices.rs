@@ -31,7 +31,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use gridvisor_actors::config::Topology;
 use gridvisor_actors::device::{
-    ChargerIo, ChargerReading, DeviceError, InverterIo, InverterReading, MeterIo, MeterReading,
+    relay_id, ChargerIo, ChargerReading, DeviceError, InverterIo, InverterReading, MeterIo,
+    MeterReading, RelayIo,
 };
 use gridvisor_actors::io::ocpp::OCPP_CALL_TIMEOUT;
 use gridvisor_actors::runtime::shared::Devices;
@@ -404,6 +405,36 @@ impl MeterIo for Faulty<dyn MeterIo> {
     }
 }
 
+/// A trip relay's I/O module that fails: an exception refuses the command, a timeout hangs
+/// it, a dropped connection fails it at once, garbage is a write that lands while its answer
+/// is not understood (the relay moves; the caller hears an error).
+impl RelayIo for Faulty<dyn RelayIo> {
+    fn set_open(&self, open: bool, now: Duration) -> BoxFuture<'_, Result<(), DeviceError>> {
+        let sw = &self.switch;
+        match sw.enter("set_open") {
+            Mode::Healthy => self.inner.set_open(open, now),
+            Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
+            Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
+            Mode::Garbage => Box::pin(async move {
+                self.inner.set_open(open, now).await?;
+                Err(sw.bad_value("coil"))
+            }),
+        }
+    }
+
+    fn is_open(&self, now: Duration) -> BoxFuture<'_, Result<bool, DeviceError>> {
+        let sw = &self.switch;
+        match sw.enter("is_open") {
+            Mode::Healthy => self.inner.is_open(now),
+            Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
+            Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
+            Mode::Garbage => Box::pin(std::future::ready(Err(sw.bad_value("coil")))),
+        }
+    }
+}
+
 /// The switches of every device of a site, by device id.
 #[derive(Debug, Clone, Default)]
 pub struct Switches {
@@ -411,10 +442,15 @@ pub struct Switches {
 }
 
 impl Switches {
-    /// One healthy switch per charger, inverter and meter of `topology`.
+    /// One healthy switch per charger, inverter, meter and trip relay (id
+    /// [`relay_id`]: `<segment>/trip`) of `topology`.
     pub fn new(topology: &Topology) -> Self {
         let mut by_id = BTreeMap::new();
         for (_, seg) in topology.segments() {
+            if seg.trip.is_some() {
+                let id = relay_id(&seg.id);
+                by_id.insert(id.clone(), Arc::new(Switch::new(&id)));
+            }
             let ids = seg
                 .chargers
                 .iter()
@@ -453,6 +489,14 @@ impl Switches {
         }
         for (id, io) in devices.meters.iter_mut() {
             if let Some(sw) = self.by_id.get(id) {
+                *io = Arc::new(Faulty {
+                    inner: io.clone(),
+                    switch: sw.clone(),
+                });
+            }
+        }
+        for (segment, io) in devices.relays.iter_mut() {
+            if let Some(sw) = self.by_id.get(&relay_id(segment)) {
                 *io = Arc::new(Faulty {
                     inner: io.clone(),
                     switch: sw.clone(),

@@ -44,6 +44,23 @@ pub struct Sample {
     /// The true grid at the point of connection is dead: beyond the fast trip limits of its
     /// grid ([`grid_dead_at`]), where export must cease.
     pub grid_dead: bool,
+    /// Devices (chargers, inverters) exporting now by the truth (power below
+    /// -[`DISCHARGE_EPS_KW`]), by id.
+    pub exporting: Vec<ExportSample>,
+    /// Segments whose trip relay is open now by the truth (their devices are cut from the
+    /// grid), sorted.
+    pub relays_open: Vec<String>,
+}
+
+/// One device exporting at one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportSample {
+    /// Its id.
+    pub id: String,
+    /// Its segment.
+    pub segment: String,
+    /// How much it exports, kW (magnitude).
+    pub kw: f64,
 }
 
 /// Whether a grid reading is beyond IEEE 1547-2018's fast trip limits (category II
@@ -355,6 +372,106 @@ impl Checker for NoDischargeIntoDeadGrid {
             violations: self.seen.count,
             first: self.seen.first.clone(),
             note: "bound minus the longest discharge seen into a dead grid".to_owned(),
+        }
+    }
+}
+
+/// IEEE 1547-2018's bound on ceasing to energize an island: 2 s (its unintentional
+/// islanding clause), whatever a scenario's own reaction bound is.
+pub const ISLAND_CEASE_MS: u64 = 2_000;
+
+/// No device exports into an islanded (dead) grid beyond [`ISLAND_CEASE_MS`], and a device
+/// behind an open trip relay exports nothing at all. Per device: a charger that cannot be
+/// commanded (its connection dropped, it answers late) is caught here by name, and only its
+/// segment's relay can stop it.
+#[derive(Debug)]
+pub struct NoExportIntoIsland {
+    dead_since: Option<u64>,
+    /// Devices that already violated in this dead episode.
+    violated: BTreeSet<String>,
+    longest_ms: Option<u64>,
+    exercised: bool,
+    seen: Seen,
+}
+
+impl Default for NoExportIntoIsland {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NoExportIntoIsland {
+    /// A checker with IEEE 1547's bound.
+    pub fn new() -> Self {
+        NoExportIntoIsland {
+            dead_since: None,
+            violated: BTreeSet::new(),
+            longest_ms: None,
+            exercised: false,
+            seen: Seen::default(),
+        }
+    }
+
+    fn violation(&mut self, s: &Sample, d: &ExportSample, message: String) -> Option<Violation> {
+        if !self.violated.insert(d.id.clone()) {
+            return None;
+        }
+        let v = Violation {
+            invariant: "no_export_into_island",
+            t_ms: s.t_ms,
+            subject: d.id.clone(),
+            message,
+        };
+        self.seen.add(&v);
+        Some(v)
+    }
+}
+
+impl Checker for NoExportIntoIsland {
+    fn step(&mut self, s: &Sample) -> Vec<Violation> {
+        let mut out = Vec::new();
+        if !s.grid_dead {
+            self.dead_since = None;
+            self.violated.clear();
+            return out;
+        }
+        let since = *self.dead_since.get_or_insert(s.t_ms);
+        let dead_for = s.t_ms - since;
+        self.exercised |= !s.relays_open.is_empty();
+        for d in &s.exporting {
+            self.exercised = true;
+            self.longest_ms = Some(self.longest_ms.map_or(dead_for, |l| l.max(dead_for)));
+            let (id, seg, kw) = (&d.id, &d.segment, d.kw);
+            let message = if s.relays_open.binary_search(seg).is_ok() {
+                format!("{id} exports {kw:.3} kW behind the open trip relay of {seg}")
+            } else if dead_for > ISLAND_CEASE_MS {
+                format!(
+                    "{id} ({seg}) exports {kw:.3} kW into a grid dead for {:.3} s (IEEE 1547: {:.3} s)",
+                    ms_to_s(dead_for),
+                    ms_to_s(ISLAND_CEASE_MS)
+                )
+            } else {
+                continue;
+            };
+            out.extend(self.violation(s, d, message));
+        }
+        out
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            name: "no_export_into_island",
+            statement: format!(
+                "no device exports into a dead grid after {:.3} s (IEEE 1547-2018), none behind an open trip relay",
+                ms_to_s(ISLAND_CEASE_MS)
+            ),
+            held: self.seen.count == 0,
+            exercised: self.exercised,
+            worst_margin: Some(ms_to_s(ISLAND_CEASE_MS) - self.longest_ms.map_or(0.0, ms_to_s)),
+            unit: "s",
+            violations: self.seen.count,
+            first: self.seen.first.clone(),
+            note: "bound minus the longest export of one device into a dead grid".to_owned(),
         }
     }
 }
@@ -707,5 +824,6 @@ pub fn all(bounds: &Bounds) -> Vec<Box<dyn Checker + Send>> {
         Box::new(TransformerLimit::new(bounds.transformer_s)),
         Box::new(AppliedOnce::new()),
         Box::new(RestartWithin::new(bounds.restart_s)),
+        Box::new(NoExportIntoIsland::new()),
     ]
 }

@@ -35,7 +35,9 @@ use gridvisor_supervisors::registry::Lookup;
 use serde::Serialize;
 
 use crate::devices::{Mode, Switches};
-use crate::invariants::{self, ChargerSample, Sample, SegmentSample, VehicleSample, Violation};
+use crate::invariants::{
+    self, ChargerSample, ExportSample, Sample, SegmentSample, VehicleSample, Violation,
+};
 use crate::report::{FaultWindow, RunReport};
 use crate::scenario::{FaultKind, Scenario};
 
@@ -266,6 +268,16 @@ impl World {
         let mut segments = Vec::new();
         let mut chargers = Vec::new();
         let mut vehicles = Vec::new();
+        let mut exporting = Vec::new();
+        let mut export = |id: &str, segment: &str, kw: f64| {
+            if kw < -invariants::DISCHARGE_EPS_KW {
+                exporting.push(ExportSample {
+                    id: id.to_owned(),
+                    segment: segment.to_owned(),
+                    kw: r3(-kw),
+                });
+            }
+        };
         for (id, seg) in node.shared.segments.iter() {
             let level = seg.level();
             let record: Option<AppliedRecord> = node
@@ -281,6 +293,7 @@ impl World {
                 };
                 let reading = ChargerIo::read(sim.as_ref(), now).now_or_never();
                 if let Some(Ok(r)) = reading {
+                    export(&c.id, id, r.power_kw);
                     power += r.power_kw;
                     if r.power_kw < 0.0 {
                         discharge -= r.power_kw;
@@ -314,6 +327,7 @@ impl World {
             for i in &seg.config.inverters {
                 if let Some(sim) = node.sim.inverters.get(&i.id) {
                     if let Some(Ok(r)) = InverterIo::read(sim.as_ref(), now).now_or_never() {
+                        export(&i.id, id, r.power_kw);
                         power += r.power_kw;
                         if r.power_kw < 0.0 {
                             discharge -= r.power_kw;
@@ -363,6 +377,12 @@ impl World {
             }
         }
         let (voltage_pu, frequency_hz) = node.sim.grid.get();
+        let mut relays_open: Vec<String> = (node.sim.relays.iter())
+            .filter(|(_, r)| r.open())
+            .map(|(seg, _)| seg.clone())
+            .collect();
+        relays_open.sort();
+        exporting.sort_by(|a, b| a.id.cmp(&b.id));
         Sample {
             t_ms,
             segments,
@@ -375,6 +395,8 @@ impl World {
                 voltage_pu,
                 frequency_hz,
             ),
+            exporting,
+            relays_open,
         }
     }
 }

@@ -766,6 +766,12 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                     .chain(s.meters.iter().map(|m| m.id.as_str()))
             })
             .collect();
+        // Trip relays are devices too (`<segment>/trip`), for faults of their I/O module.
+        let relays: HashSet<String> = t
+            .segments()
+            .filter(|(_, s)| s.trip.is_some())
+            .map(|(_, s)| gridvisor_actors::device::relay_id(&s.id))
+            .collect();
         let inverters: HashSet<&str> = t
             .segments()
             .flat_map(|(_, s)| s.inverters.iter().map(|i| i.id.as_str()))
@@ -780,7 +786,8 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 | FaultKind::Exception { device }
                 | FaultKind::Timeout { device }
                 | FaultKind::Garbage { device } => {
-                    ("device", device, devices.contains(device.as_str()))
+                    let known = devices.contains(device.as_str()) || relays.contains(device);
+                    ("device", device, known)
                 }
                 FaultKind::KillSegment { segment }
                 | FaultKind::TransformerOverload { segment, .. } => {

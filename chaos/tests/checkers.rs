@@ -4,8 +4,8 @@
 
 use gridvisor_actors::setpoint::SetpointKey;
 use gridvisor_chaos::invariants::{
-    AppliedOnce, ChargerSample, Checker, MinSoc, NoDischargeWhenRestricted, RestartWithin, Sample,
-    SegmentSample, TransformerLimit, VehicleSample,
+    AppliedOnce, ChargerSample, Checker, ExportSample, MinSoc, NoDischargeWhenRestricted,
+    NoExportIntoIsland, RestartWithin, Sample, SegmentSample, TransformerLimit, VehicleSample,
 };
 
 fn empty(t_ms: u64) -> Sample {
@@ -17,6 +17,8 @@ fn empty(t_ms: u64) -> Sample {
         down: Vec::new(),
         restarted: Vec::new(),
         grid_dead: false,
+        exporting: Vec::new(),
+        relays_open: Vec::new(),
     }
 }
 
@@ -273,4 +275,62 @@ fn discharge_into_a_dead_grid_after_the_bound_is_a_violation() {
     let s = c.summary();
     assert!(!s.held);
     assert_eq!(s.first.unwrap().invariant, "no_discharge_into_dead_grid");
+}
+
+/// A dead grid from 1 s: evse-1 (tx-1) exports until `stops_ms`; tx-1's relay opens at
+/// `opens_ms` (and, with `model_broken`, evse-1 still exports behind it).
+fn island(stops_ms: u64, opens_ms: Option<u64>, model_broken: bool) -> Vec<Sample> {
+    (0..=8)
+        .map(|i| i * 500)
+        .map(|t| {
+            let open = opens_ms.is_some_and(|o| t >= o);
+            let exports = t < stops_ms && (!open || model_broken);
+            Sample {
+                grid_dead: t >= 1_000,
+                exporting: if exports {
+                    vec![ExportSample {
+                        id: "evse-1".into(),
+                        segment: "tx-1".into(),
+                        kw: 22.0,
+                    }]
+                } else {
+                    Vec::new()
+                },
+                relays_open: if open {
+                    vec!["tx-1".into()]
+                } else {
+                    Vec::new()
+                },
+                ..empty(t)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_device_exporting_into_an_island_past_two_seconds_or_behind_an_open_relay_is_a_violation() {
+    // It stops 1.5 s into the island: within IEEE 1547's 2 s.
+    let mut c = NoExportIntoIsland::new();
+    assert!(run(&mut c, &island(2_500, None, false)).is_empty());
+    assert!(c.summary().held && c.summary().exercised);
+    // It exports on (a charger nobody can command): a violation at 3.5 s, named.
+    let mut c = NoExportIntoIsland::new();
+    assert_eq!(run(&mut c, &island(10_000, None, false)), [3_500]);
+    let first = c.summary().first.unwrap();
+    assert_eq!(
+        (first.invariant, first.subject.as_str()),
+        ("no_export_into_island", "evse-1")
+    );
+    // The relay opens at 2 s: it exports nothing from then, which holds.
+    let mut c = NoExportIntoIsland::new();
+    assert!(run(&mut c, &island(10_000, Some(2_000), false)).is_empty());
+    // A device that exports behind an open relay breaks it at once.
+    let mut c = NoExportIntoIsland::new();
+    assert_eq!(run(&mut c, &island(10_000, Some(1_500), true)), [1_500]);
+    assert!(c
+        .summary()
+        .first
+        .unwrap()
+        .message
+        .contains("behind the open trip relay"));
 }

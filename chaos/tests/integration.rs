@@ -4,4 +4,5 @@
 
 mod checkers;
 mod determinism;
+mod relay;
 mod scenarios;

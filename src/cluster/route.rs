@@ -12,6 +12,7 @@
 //! | `POST /api/v1/keepalive` | every node |
 //! | `GET /api/v1/segments` | every node; each segment from the node that drives it |
 //! | `GET /api/v1/segments/{id}` | the segment's owner |
+//! | `POST /api/v1/segments/{id}/reset` | the segment's owner |
 //! | `GET /api/v1/sessions/{vehicle}` | the owner of the vehicle's segment |
 //! | admin `GET /api/tree` | every node, under one `cluster` root |
 //! | admin `GET /api/cluster` | this node's view of the cluster |
@@ -136,6 +137,10 @@ pub async fn grid(State(cluster): State<Cluster>, req: Request, next: Next) -> R
         (Method::POST, "/api/v1/dispatch") => dispatch(&cluster, req, next).await,
         (Method::POST, "/api/v1/keepalive") => everywhere(&cluster, req, next, true).await,
         (Method::GET, "/api/v1/segments") => segments(&cluster, req, next).await,
+        (Method::POST, p) if reset_target(p).is_some() => {
+            let owner = reset_target(p).and_then(|id| cluster.owner(id));
+            to_owner(&cluster, owner, req, next).await
+        }
         (Method::GET, p) if p.starts_with("/api/v1/segments/") => {
             let id = p.trim_start_matches("/api/v1/segments/").to_string();
             let owner = cluster.owner(&id);
@@ -154,6 +159,13 @@ pub async fn grid(State(cluster): State<Cluster>, req: Request, next: Next) -> R
         }
         _ => next.run(req).await,
     }
+}
+
+/// The segment of `POST /api/v1/segments/{id}/reset`.
+fn reset_target(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/v1/segments/")?
+        .strip_suffix("/reset")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Send the same request to every node (this one through `next`); answer with this node's

@@ -386,3 +386,39 @@ async fn register_profile_against_pymodbus() {
         Some(ExceptionCode::IllegalDataAddress)
     );
 }
+
+/// The coil calls (0x05 write single coil, 0x01 read coils) against a pymodbus relay module
+/// (tests/py/modbus_relay.py): what the server received, and what it reads back.
+#[tokio::test]
+async fn coils_against_a_pymodbus_relay_module() {
+    require_pymodbus();
+    let py = PyServer::start_script("modbus_relay.py", &[]);
+    let c = client(py.addr());
+    c.write_single_coil(3, true).await.unwrap();
+    c.write_single_coil(7, true).await.unwrap();
+    let mut expected = vec![false; 16];
+    expected[3] = true;
+    expected[7] = true;
+    assert_eq!(c.read_coils(0, 16).await.unwrap(), expected);
+    assert_eq!(c.read_coils(3, 1).await.unwrap(), [true]);
+    c.write_single_coil(3, false).await.unwrap();
+    assert_eq!(c.read_coils(2, 3).await.unwrap(), [false, false, false]);
+    let writes = py.writes(3, Duration::from_secs(10));
+    assert_eq!(
+        writes,
+        [
+            json!({"function": 5, "address": 3, "values": [true]}),
+            json!({"function": 5, "address": 7, "values": [true]}),
+            json!({"function": 5, "address": 3, "values": [false]}),
+        ]
+    );
+    let outside = c.read_coils(16, 1).await.unwrap_err();
+    assert!(
+        matches!(outside, ModbusError::Exception { .. }),
+        "{outside}"
+    );
+    assert!(matches!(
+        c.read_coils(0, 0).await,
+        Err(ModbusError::InvalidRequest(_))
+    ));
+}

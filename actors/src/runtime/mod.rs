@@ -56,7 +56,7 @@ use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
 pub use node::{
     charger_path, EventCursor, Format, HandoffError, KillError, KilledActor, Node, NodeError,
-    SegmentView, ROOT,
+    ResetError, SegmentView, ROOT,
 };
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use shared::{Drive, DriveGate, NodeOptions, SegmentShared, SiteShared};

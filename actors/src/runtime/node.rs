@@ -37,6 +37,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::clock::Clock;
 use crate::config::{Topology, Vehicle};
 use crate::device::{Battery, SimSite};
+use crate::io::relay::RelayState;
 use crate::ladder::{Fault, SafeState, Transition};
 use crate::session::SessionState;
 
@@ -407,6 +408,13 @@ pub struct SegmentView {
     pub level: SafeState,
     /// Active causes.
     pub causes: Vec<crate::ladder::FaultKey>,
+    /// Tripped and locked out: only an operator's reset (or the configured automatic
+    /// reclose) ends it, once the trip's causes cleared and held.
+    pub locked_out: bool,
+    /// What the segment's trip relay last acknowledged (`open`, `closed`, `unknown`); absent
+    /// without a trip output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trip_relay: Option<&'static str>,
     /// Telemetry.
     #[serde(flatten)]
     pub telemetry: SegmentTelemetry,
@@ -422,6 +430,24 @@ pub struct SegmentView {
     /// The node's clock source and its status (the same for every segment of the node;
     /// `source: "none"` says the PTP rows are off).
     pub clock: crate::clock_source::ClockView,
+}
+
+/// Why [`Node::reset_segment`] reset nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResetError {
+    /// The topology has no such segment.
+    #[error("no segment {0:?}")]
+    Unknown(String),
+    /// Another node drives the segment (or none: it is being handed over).
+    #[error("segment {0:?} is not driven by this node")]
+    NotDriven(String),
+    /// The segment's safety actor is not running (it is restarting): nobody would command
+    /// its devices, release its relay or checkpoint the reset.
+    #[error("segment {0:?}: its safety actor is not running; try again")]
+    Unavailable(String),
+    /// The ladder refused: not locked out, or the trip's causes are present or holding.
+    #[error(transparent)]
+    Refused(#[from] crate::ladder::ResetRefused),
 }
 
 /// Why a segment could not change owner.
@@ -906,6 +932,36 @@ impl Node {
         }
     }
 
+    /// An operator's reset of segment `id`'s lockout (`POST /api/v1/segments/{id}/reset`):
+    /// refused unless the segment is locked out and the trip's causes have cleared and held.
+    /// The safety actor then commands the devices, releases the trip relay, records the
+    /// transition in the event log (with `reset: operator`) and checkpoints the level.
+    pub fn reset_segment(&self, id: &str) -> Result<SegmentView, ResetError> {
+        let seg = self
+            .shared
+            .segments
+            .get(id)
+            .ok_or_else(|| ResetError::Unknown(id.into()))?;
+        if !lock(&self.shared.owned).contains(id) {
+            return Err(ResetError::NotDriven(id.into()));
+        }
+        if lock(&seg.safety).is_none() {
+            return Err(ResetError::Unavailable(id.into()));
+        }
+        match seg.reset(self.shared.clock.now()) {
+            Ok(t) => {
+                let to = t.map_or(seg.level(), |t| t.to);
+                tracing::warn!(segment = %id, %to, "operator reset: the segment's lockout ended");
+                let clock = self.shared.clock_view();
+                Ok(view(seg, &lock(&self.shared.owned), clock))
+            }
+            Err(e) => {
+                tracing::info!(segment = %id, error = %e, "operator reset refused");
+                Err(e.into())
+            }
+        }
+    }
+
     /// Feed a fault observation to a segment's ladder (fault injection and tests).
     pub fn observe(&self, segment: &str, fault: Fault) -> Option<Transition> {
         let seg = self.shared.segments.get(segment)?;
@@ -978,6 +1034,10 @@ fn view(
     owned: &BTreeSet<String>,
     clock: crate::clock_source::ClockView,
 ) -> SegmentView {
+    let (causes, locked_out) = {
+        let ladder = lock(&s.ladder);
+        (ladder.causes(), ladder.locked_out())
+    };
     SegmentView {
         clock,
         owned: owned.contains(&s.id),
@@ -986,7 +1046,13 @@ fn view(
         rated_kw: s.config.rated_kw,
         safe_default_kw: s.config.safe_default_kw,
         level: s.level(),
-        causes: lock(&s.ladder).causes(),
+        causes,
+        locked_out,
+        trip_relay: s.relay.as_ref().map(|r| match lock(r).state() {
+            RelayState::Open => "open",
+            RelayState::Closed => "closed",
+            RelayState::Unknown => "unknown",
+        }),
         telemetry: s.telemetry(),
         sessions: s.session_actors.len(),
         links: s.links.len(),

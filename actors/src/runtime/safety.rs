@@ -87,6 +87,7 @@ impl SafetyState {
             tracing::warn!(segment = %seg.id, from = %t.from, to = %t.to, causes = ?t.causes, "safe state");
         }
         self.shared.record(&seg.id, t.clone());
+        self.drive_relay(Some(t.from));
         // Command every device first: the checkpoint can wait a millisecond, the grid not.
         self.command_all().await;
         if let Some(site) = lock(&self.shared.site).as_ref() {
@@ -108,6 +109,15 @@ impl SafetyState {
         command_devices(&self.shared, &self.seg).await;
         for l in self.seg.links.iter() {
             let _ = l.actor.send_message(LinkMsg::Enforce);
+        }
+    }
+
+    /// The trip relay, if the segment has one, follows the level (`crate::io::relay`): the
+    /// trip asserted on a transition to Tripped and re-asserted on every tick while Tripped
+    /// (`from` None), released by the transition that ends the lockout. Never waits for it.
+    fn drive_relay(&self, from: Option<SafeState>) {
+        if let Some(relay) = &self.seg.relay {
+            lock(relay).follow(self.seg.level(), from, self.now());
         }
     }
 
@@ -265,6 +275,7 @@ impl Actor for Safety {
                 if state.ticks % every == 0 {
                     state.scan_leases();
                 }
+                state.drive_relay(None);
                 t
             }
             SafetyMsg::ChildExit(n) => {

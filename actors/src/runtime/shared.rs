@@ -21,8 +21,8 @@ use serde::Serialize;
 use crate::checkpoint::CheckpointStore;
 use crate::clock::Clock;
 use crate::config::{Segment, Topology};
-use crate::device::{ChargerIo, InverterIo, MeterIo, SimSite};
-use crate::ladder::{Fault, SafeState, SafeStateLadder, Transition};
+use crate::device::{ChargerIo, InverterIo, MeterIo, RelayIo, SimSite};
+use crate::ladder::{Fault, LadderConfig, SafeState, SafeStateLadder, Transition};
 use crate::runtime::{DispatcherMsg, InverterMsg, LinkMsg, SafetyMsg, SessionMsg, SiteMsg};
 use crate::setpoint::{Applied, SetpointKey};
 use crate::thermal::{ThermalParams, TransformerThermal};
@@ -129,6 +129,8 @@ pub struct SegmentShared {
     pub safety: Mutex<Option<CountedRef<SafetyMsg>>>,
     /// Telemetry for the API and metrics.
     pub telemetry: Mutex<SegmentTelemetry>,
+    /// The segment's trip output (with a `trip` in the topology), driven by the safety actor.
+    pub relay: Option<Mutex<crate::io::relay::RelayOutput>>,
     /// Every charger's last applied setpoint and the node run ([`SiteShared::boot`]) that
     /// applied it. A link writes its entry when it applies (or adopts the device's record);
     /// the dispatcher makes the whole map durable as one [`AppliedRecord`] per batch, before
@@ -251,6 +253,27 @@ impl SegmentShared {
         t
     }
 
+    /// An operator's reset of the segment's lockout at `now` (see
+    /// [`SafeStateLadder::reset`]); the transition, published like any other, goes to the
+    /// safety actor, which commands the devices, releases the trip relay and checkpoints the
+    /// level.
+    pub fn reset(&self, now: Duration) -> Result<Option<Transition>, crate::ladder::ResetRefused> {
+        let t = {
+            let mut ladder = lock(&self.ladder);
+            let t = ladder.reset(now)?;
+            if t.is_some() {
+                self.set_level(ladder.level());
+            }
+            t
+        };
+        if let Some(t) = &t {
+            if let Some(s) = lock(&self.safety).as_ref() {
+                let _ = s.send_message(SafetyMsg::Enforce(t.clone()));
+            }
+        }
+        Ok(t)
+    }
+
     /// The telemetry now.
     pub fn telemetry(&self) -> SegmentTelemetry {
         *lock(&self.telemetry)
@@ -274,6 +297,8 @@ pub struct Devices {
     pub inverters: HashMap<String, Arc<dyn InverterIo>>,
     /// Meters.
     pub meters: HashMap<String, Arc<dyn MeterIo>>,
+    /// Trip relays, by segment id.
+    pub relays: HashMap<String, Arc<dyn RelayIo>>,
     /// The CSMS's view of the OCPP chargers (None: every charger is simulated in-process).
     pub ocpp: Option<Arc<crate::io::ocpp::OcppHub>>,
 }
@@ -326,6 +351,11 @@ impl Devices {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone() as Arc<dyn MeterIo>))
                 .collect(),
+            relays: sim
+                .relays
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone() as Arc<dyn RelayIo>))
+                .collect(),
             ocpp: None,
         }
     }
@@ -356,6 +386,11 @@ impl Devices {
                     };
                     d.inverters.insert(i.id.clone(), io);
                 }
+            }
+            if let Some(ep) = seg.trip.as_ref().and_then(|t| t.modbus.as_ref()) {
+                let id = crate::device::relay_id(&seg.id);
+                let relay = crate::io::relay::ModbusRelay::new(&id, ep);
+                d.relays.insert(seg.id.clone(), Arc::new(relay));
             }
             for m in &seg.meters {
                 if let Some(ep) = &m.modbus {
@@ -413,6 +448,10 @@ pub struct DomainMetrics {
     pub cycle: Histogram,
     /// A safe-state change → every device of the segment commanded, seconds.
     pub safe_command: HistogramVec,
+    /// Trip relay commands that failed, per segment.
+    pub relay_failures: IntCounterVec,
+    /// What each trip relay last acknowledged: 1 trip asserted (open), 0 released, NaN not yet.
+    pub relay_open: GaugeVec,
 }
 
 fn gauge_vec(
@@ -545,6 +584,19 @@ impl DomainMetrics {
             request_ack,
             cycle,
             safe_command,
+            relay_failures: counter(
+                "gridvisor_trip_relay_failures_total",
+                "Commands to a segment's trip relay that failed (each is retried on the next \
+                 safety tick while the segment is tripped)",
+                &["segment"],
+            )?,
+            relay_open: gauge_vec(
+                r,
+                "gridvisor_trip_relay_open",
+                "What the segment's trip relay last acknowledged: 1 trip asserted (breaker \
+                 open), 0 released; NaN before its first answer",
+                &["segment"],
+            )?,
         })
     }
 }
@@ -683,7 +735,13 @@ impl SiteShared {
                 id: seg.id.clone(),
                 substation: sub.id.clone(),
                 config: seg.clone(),
-                ladder: Mutex::new(SafeStateLadder::new(ladder_config.clone(), now)),
+                ladder: Mutex::new(SafeStateLadder::new(
+                    LadderConfig {
+                        auto_reclose: seg.trip.as_ref().and_then(|t| t.auto_reclose()),
+                        ..ladder_config.clone()
+                    },
+                    now,
+                )),
                 level: RwLock::new(SafeState::Normal),
                 thermal: Mutex::new(thermal),
                 links: Board::default(),
@@ -698,6 +756,14 @@ impl SiteShared {
                 }),
                 // What this segment's chargers applied before the node stopped (a corrupt
                 // record stops the node from starting rather than guess what was applied).
+                relay: devices.relays.get(&seg.id).map(|io| {
+                    Mutex::new(crate::io::relay::RelayOutput::new(
+                        &seg.id,
+                        io.clone(),
+                        metrics.relay_failures.with_label_values(&[&seg.id]),
+                        metrics.relay_open.with_label_values(&[&seg.id]),
+                    ))
+                }),
                 applied: store
                     .get::<AppliedRecord>(&applied_record_key(&seg.id))?
                     .unwrap_or_default()

@@ -11,6 +11,8 @@
 //! - [`fault`]: [`Fault`], how a device misbehaves on purpose.
 //! - [`server`]: [`SimServer`], a Modbus TCP server on tokio-modbus serving one device, and
 //!   its [`ServerHandle`].
+//! - [`relay`]: a trip relay's I/O module (coils), readable and told to fail
+//!   ([`start_relay`], [`RelayHandle`]).
 //!
 //! The register maps are built with `gridvisor_transports`' [`SunSpecMapBuilder`] and read
 //! back in the tests with its client and decoders, so the two sides check each other.
@@ -23,6 +25,7 @@ pub mod grid;
 pub mod inverter;
 pub mod inverter_device;
 pub mod meter;
+pub mod relay;
 pub mod server;
 
 pub use device::SimDevice;
@@ -31,6 +34,7 @@ pub use grid::{Grid, GridModel, GridSample};
 pub use inverter::{InverterParams, InverterState};
 pub use inverter_device::InverterSim;
 pub use meter::{MeterParams, MeterSim, MeterState, PowerSource};
+pub use relay::{start_relay, RelayHandle, RELAY_COILS};
 pub use server::{ServerConfig, ServerHandle, SimServer};
 
 use gridvisor_transports::modbus::EncodeError;

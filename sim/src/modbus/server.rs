@@ -162,14 +162,14 @@ impl<D: SimDevice> Service for ConnService<D> {
 
 /// A connection's stream that ends (EOF to the reader, an error to the writer) when the
 /// server's kill signal changes: how `Fault::Drop` closes connections that are idle.
-struct KillableStream {
+pub(crate) struct KillableStream {
     inner: TcpStream,
     killed: Pin<Box<dyn future::Future<Output = ()> + Send>>,
     dead: bool,
 }
 
 impl KillableStream {
-    fn new(inner: TcpStream, mut kill: watch::Receiver<u64>) -> Self {
+    pub(crate) fn new(inner: TcpStream, mut kill: watch::Receiver<u64>) -> Self {
         Self {
             inner,
             killed: Box::pin(async move {

@@ -188,6 +188,8 @@ fn check_range(what: &str, addr: u16, count: usize, max: usize) -> Result<u16, M
 
 /// Registers one read request may ask for.
 pub const MAX_READ: usize = 125;
+/// Coils one read request may ask for (the Modbus limit of function 0x01).
+pub const MAX_READ_COILS: usize = 2000;
 /// Registers one write request may carry.
 pub const MAX_WRITE: usize = 123;
 
@@ -468,6 +470,34 @@ impl ModbusClient {
         let req = Request::WriteMultipleRegisters(addr, Cow::Owned(values.to_vec()));
         self.call(op, req, |answer| match answer {
             Response::WriteMultipleRegisters(a, n) if (a, n) == (addr, count) => Ok(()),
+            other => Err(format!("answer {other:?}")),
+        })
+        .await
+    }
+
+    /// Reads `count` (1..=2000) coils at `addr` (function 0x01). The answer carries whole
+    /// bytes; the padding past `count` is dropped, an answer with fewer coils is a protocol
+    /// error.
+    pub async fn read_coils(&self, addr: u16, count: u16) -> Result<Vec<bool>, ModbusError> {
+        let count = check_range("read coils", addr, count.into(), MAX_READ_COILS)?;
+        let op = Operation::ReadCoils { addr, count };
+        let req = Request::ReadCoils(addr, count);
+        self.call(op, req, |answer| match answer {
+            Response::ReadCoils(mut coils) if coils.len() >= usize::from(count) => {
+                coils.truncate(usize::from(count));
+                Ok(coils)
+            }
+            other => Err(format!("answer {other:?}")),
+        })
+        .await
+    }
+
+    /// Writes one coil (function 0x05: 0xFF00 on, 0x0000 off); the device's echo is checked.
+    pub async fn write_single_coil(&self, addr: u16, on: bool) -> Result<(), ModbusError> {
+        let op = Operation::WriteSingleCoil { addr };
+        let req = Request::WriteSingleCoil(addr, on);
+        self.call(op, req, |answer| match answer {
+            Response::WriteSingleCoil(a, v) if (a, v) == (addr, on) => Ok(()),
             other => Err(format!("answer {other:?}")),
         })
         .await

@@ -126,6 +126,18 @@ pub enum Operation {
         /// Number of registers.
         count: u16,
     },
+    /// Read coils (0x01).
+    ReadCoils {
+        /// First coil address.
+        addr: u16,
+        /// Number of coils.
+        count: u16,
+    },
+    /// Write single coil (0x05).
+    WriteSingleCoil {
+        /// Coil address.
+        addr: u16,
+    },
 }
 
 impl fmt::Display for Operation {
@@ -142,6 +154,8 @@ impl fmt::Display for Operation {
             Self::WriteMultipleRegisters { addr, count } => {
                 write!(f, "write {count} registers at {addr}")
             }
+            Self::ReadCoils { addr, count } => write!(f, "read {count} coils at {addr}"),
+            Self::WriteSingleCoil { addr } => write!(f, "write coil {addr}"),
         }
     }
 }

@@ -61,22 +61,28 @@ pub struct PyServer {
 
 impl PyServer {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_script("modbus_server.py", args)
+    }
+
+    /// Another server script of tests/py (e.g. `modbus_relay.py`), with the same protocol:
+    /// a first JSON line with the port, then one line per write.
+    pub fn start_script(script: &str, args: &[&str]) -> Self {
         let mut child = Command::new(python())
-            .arg(py_dir().join("modbus_server.py"))
+            .arg(py_dir().join(script))
             .args(args)
             .args(["--timeout", "120"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start modbus_server.py");
+            .unwrap_or_else(|e| panic!("start {script}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("modbus_server.py printed {line:?}: {e}"));
+                    .unwrap_or_else(|e| panic!("a test server printed {line:?}: {e}"));
                 if tx.send(v).is_err() {
                     break;
                 }
@@ -86,7 +92,7 @@ impl PyServer {
             Ok(v) => v,
             Err(e) => {
                 let _ = child.kill();
-                panic!("modbus_server.py did not start within 30 s: {e}");
+                panic!("{script} did not start within 30 s: {e}");
             }
         };
         Self {
