@@ -1101,7 +1101,7 @@ mod tests {
             assert_eq!(within, None, "{hz} Hz within {clearing} ms");
             let t = feed(&mut l, t0 + clearing, t0 + clearing + 50, value);
             assert_eq!(t.map(|t| t.to), Some(SafeState::Tripped), "{hz} Hz");
-            assert_eq!(l.causes(), vec![FaultKey::Islanding]);
+            assert_eq!(l.causes(), vec![FaultKey::Islanding, FaultKey::Lockout]);
         }
     }
 
@@ -1127,7 +1127,7 @@ mod tests {
         let ramp = |at: u64| 50.0 + 3.0 * (at.saturating_sub(1_000).min(400)) as f64 / 1_000.0;
         let t = feed(&mut l, 1_000, 1_500, ramp).expect("ROCOF trip");
         assert_eq!(t.to, SafeState::Tripped);
-        assert_eq!(t.causes, vec![FaultKey::Islanding]);
+        assert_eq!(t.causes, vec![FaultKey::Islanding, FaultKey::Lockout]);
         // 1.5 Hz/s (below 2.0) for 1 s at 60 Hz: no trip (61.5 Hz is beyond OF1 only after 300 s).
         let mut l = ladder_at(GridFrequency::Hz60);
         assert_eq!(feed(&mut l, 0, 1_000, |_| 60.0), None);
@@ -1355,6 +1355,8 @@ mod tests {
             hold_time: S * 10,
             auto_reclose: Some(S * 5),
             keepalive_timeout: S * 3600,
+            // No readings after the trip: staleness would hold ChargeOnly past the reclose.
+            max_reading_age: S * 3600,
             ..LadderConfig::default()
         };
         let mut l = SafeStateLadder::new(config, Duration::ZERO);
@@ -1433,7 +1435,9 @@ mod tests {
         l.observe(Fault::ClockOffset(Duration::ZERO), ms(2));
         let hold = l.config.hold_time;
         assert_eq!(l.observe(Fault::KeepAlive, ms(1) + hold), None);
-        let t = l.observe(Fault::KeepAlive, ms(2) + hold).unwrap();
+        // The drift tripped: locked out until the operator's reset.
+        assert_eq!(l.observe(Fault::KeepAlive, ms(2) + hold), None, "locked out");
+        let t = l.reset(ms(2) + hold).unwrap().unwrap();
         assert_eq!(t.to, SafeState::Normal);
         let t = l
             .observe(Fault::ClockUnsynchronised(true), ms(400_000))

@@ -72,7 +72,7 @@ impl ClockSourceKind {
 }
 
 /// `[safety.clock]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClockConfig {
     /// Where readings come from.
     pub source: ClockSourceKind,
@@ -95,6 +95,29 @@ pub struct ClockConfig {
     pub accept_uncalibrated: bool,
     /// Where the node's client socket is made (None: the system's temporary directory).
     pub socket_dir: Option<PathBuf>,
+}
+
+/// Written as it is read: the ptp4l settings only with `source = "ptp4l"` (the reader refuses
+/// them with another source), so a serialized topology reads back equal.
+impl Serialize for ClockConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let ptp = self.source == ClockSourceKind::Ptp4l;
+        let mut t = s.serialize_struct("ClockConfig", 8)?;
+        t.serialize_field("source", &self.source)?;
+        if ptp {
+            t.serialize_field("path", &self.path)?;
+            t.serialize_field("poll_ms", &self.poll_ms)?;
+            t.serialize_field("stale_ms", &self.stale_ms)?;
+            t.serialize_field("timeout_ms", &self.timeout_ms)?;
+            t.serialize_field("domain", &self.domain)?;
+            t.serialize_field("accept_uncalibrated", &self.accept_uncalibrated)?;
+            if let Some(dir) = &self.socket_dir {
+                t.serialize_field("socket_dir", dir)?;
+            }
+        }
+        t.end()
+    }
 }
 
 impl ClockConfig {
