@@ -254,7 +254,7 @@ struct PyRelay {
 
 impl PyRelay {
     fn start() -> Self {
-        let python = std::env::var("GRIDVISOR_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = gridvisor_testkit::python();
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../transports/tests/py/modbus_relay.py"
@@ -266,7 +266,7 @@ impl PyRelay {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run {python} ({e}): pip install -r transports/tests/py/requirements.txt")
+                panic!("cannot run {} ({e})", python.display())
             });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
