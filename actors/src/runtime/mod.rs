@@ -38,6 +38,7 @@ mod charger;
 mod dispatcher;
 mod node;
 mod pollers;
+pub mod safe_command;
 mod safety;
 pub mod shared;
 mod site;
