@@ -569,6 +569,11 @@ impl SimInverter {
         }
     }
 
+    /// The setpoint the inverter holds now, kW.
+    pub fn setpoint_kw(&self) -> f64 {
+        lock(&self.state).setpoint_kw
+    }
+
     fn read_now(&self, now: Duration) -> InverterReading {
         let mut s = lock(&self.state);
         self.advance(&mut s, now);

@@ -15,3 +15,4 @@ mod mqtt_export;
 mod node_lifecycle;
 mod ocpp_node;
 mod ocpp_node_interop;
+mod safety_path;

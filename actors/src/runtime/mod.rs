@@ -58,6 +58,7 @@ pub use node::{
     SegmentView, ROOT,
 };
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
+pub use safety::SafetyCheckpoint;
 pub use shared::{Drive, DriveGate, NodeOptions, SegmentShared, SiteShared};
 pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
 
