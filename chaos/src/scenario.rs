@@ -41,7 +41,7 @@
 //! `count` calls panic inside the actor's handler), `kill_segment` (`segment`), `exception`,
 //! `timeout`, `garbage` (`device`: a charger, inverter or meter answers with a Modbus-like
 //! exception, hangs for [`crate::devices::INJECTED_TIMEOUT`], or sends values that are not
-//! valid), `islanding` (`voltage_pu`, `frequency_hz`), `ptp_drift` (`to_ms`, over `for_s`),
+//! valid), `hang` (`device`: never answers while the fault lasts; a call then fails), `islanding` (`voltage_pu`, `frequency_hz`), `ptp_drift` (`to_ms`, over `for_s`),
 //! `clock_jump` (`offset_ms`), `over_temperature` (`inverter`, `celsius` of extra heat),
 //! `transformer_overload` (`segment`, `extra_kw` of uncontrolled load), `keepalive_loss`,
 //! `ocpp_disconnect` (`charger`: its OCPP connection drops; every call fails at once, the
@@ -120,6 +120,7 @@ const FAULT_KINDS: &[(&str, &[&str])] = &[
     ("kill_segment", &["segment"]),
     ("exception", &["device"]),
     ("timeout", &["device"]),
+    ("hang", &["device"]),
     ("garbage", &["device"]),
     ("islanding", &["voltage_pu", "frequency_hz"]),
     ("ptp_drift", &["to_ms"]),
@@ -227,6 +228,12 @@ pub enum FaultKind {
         /// The device id.
         device: String,
     },
+    /// The device never answers: a call waits until the fault ends (then fails as
+    /// unreachable); only the caller's own deadline ends it sooner.
+    Hang {
+        /// The device id.
+        device: String,
+    },
     /// The device answers with values that are not valid.
     Garbage {
         /// The device id.
@@ -291,6 +298,7 @@ impl FaultKind {
             FaultKind::KillSegment { .. } => "kill_segment",
             FaultKind::Exception { .. } => "exception",
             FaultKind::Timeout { .. } => "timeout",
+            FaultKind::Hang { .. } => "hang",
             FaultKind::Garbage { .. } => "garbage",
             FaultKind::Islanding { .. } => "islanding",
             FaultKind::PtpDrift { .. } => "ptp_drift",
@@ -311,6 +319,7 @@ impl FaultKind {
             FaultKind::KillSegment { segment } => format!("kill segment {segment}"),
             FaultKind::Exception { device } => format!("exceptions from {device}"),
             FaultKind::Timeout { device } => format!("timeouts from {device}"),
+            FaultKind::Hang { device } => format!("{device} hangs"),
             FaultKind::Garbage { device } => format!("garbage from {device}"),
             FaultKind::Islanding {
                 voltage_pu,
@@ -608,6 +617,9 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
             "timeout" => FaultKind::Timeout {
                 device: r.string(&t, "device", true).unwrap_or_default(),
             },
+            "hang" => FaultKind::Hang {
+                device: r.string(&t, "device", true).unwrap_or_default(),
+            },
             "garbage" => FaultKind::Garbage {
                 device: r.string(&t, "device", true).unwrap_or_default(),
             },
@@ -774,6 +786,7 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 FaultKind::Panic { device, .. }
                 | FaultKind::Exception { device }
                 | FaultKind::Timeout { device }
+                | FaultKind::Hang { device }
                 | FaultKind::Garbage { device } => {
                     ("device", device, devices.contains(device.as_str()))
                 }
