@@ -383,18 +383,28 @@ async fn run(
             }
             Attempt::Failed(error) => {
                 report.count(1);
-                tracing::warn!(segment = %report.segment, device = %id, %error, retry_in = ?retry, "safe-state command failed");
+                if retry == SAFE_COMMAND_RETRY_FIRST {
+                    tracing::warn!(segment = %report.segment, device = %id, %error, "safe-state command failed; retrying (counted in gridvisor_safe_commands_total)");
+                } else {
+                    tracing::debug!(segment = %report.segment, device = %id, %error, retry_in = ?retry, "safe-state command failed again");
+                }
                 backoff(&mut retry, &order, &mut rx).await
             }
             Attempt::Missed => {
                 report.count(2);
-                tracing::warn!(segment = %report.segment, device = %id, deadline = ?SAFE_COMMAND_DEADLINE, retry_in = ?retry, "safe-state command missed its deadline");
+                if retry == SAFE_COMMAND_RETRY_FIRST {
+                    tracing::warn!(segment = %report.segment, device = %id, deadline = ?SAFE_COMMAND_DEADLINE, "safe-state command missed its deadline; retrying (counted in gridvisor_safe_commands_total)");
+                } else {
+                    tracing::debug!(segment = %report.segment, device = %id, retry_in = ?retry, "safe-state command missed its deadline again");
+                }
                 backoff(&mut retry, &order, &mut rx).await
             }
         };
         let Some(newer) = newer else { return };
         if !Arc::ptr_eq(&newer.round, &order.round) {
+            // A new level: its first attempt settles its round, and a failure is news again.
             first = true;
+            retry = SAFE_COMMAND_RETRY_FIRST;
         }
         order = newer;
     }
