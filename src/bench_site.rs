@@ -207,17 +207,13 @@ pub async fn site(
         &node,
         "every exporting segment tripped and its responsive devices commanded",
         || {
-            node.shared
-                .segments
-                .values()
-                .zip(&before)
-                .all(|(s, &b)| {
-                    let level = s.level();
-                    let tripped = level == SafeState::Tripped || !exporters.contains(&s.id);
-                    tripped
-                        && level != SafeState::Normal
-                        && s.commander.delivered().len() >= b + responsive(s)
-                })
+            node.shared.segments.values().zip(&before).all(|(s, &b)| {
+                let level = s.level();
+                let tripped = level == SafeState::Tripped || !exporters.contains(&s.id);
+                tripped
+                    && level != SafeState::Normal
+                    && s.commander.delivered().len() >= b + responsive(s)
+            })
         },
     )
     .await?;
@@ -238,7 +234,11 @@ pub async fn site(
     );
     commanded.sort_by(f64::total_cmp);
     line("islanding_commanded_p50", percentile(&commanded, 0.5), "ms");
-    line("islanding_commanded_p99", percentile(&commanded, 0.99), "ms");
+    line(
+        "islanding_commanded_p99",
+        percentile(&commanded, 0.99),
+        "ms",
+    );
     line(
         "islanding_commanded_max",
         commanded.last().copied().unwrap_or(f64::NAN),

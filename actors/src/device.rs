@@ -135,9 +135,7 @@ pub trait ChargerIo: Send + Sync + 'static {
         known: Option<KnownSetpoint>,
         now: Duration,
     ) -> BoxFuture<'_, Result<(), DeviceError>> {
-        let (key, lease) = known.map_or((SetpointKey::new(0, 0), None), |k| {
-            (k.key, k.lease_until)
-        });
+        let (key, lease) = known.map_or((SetpointKey::new(0, 0), None), |k| (k.key, k.lease_until));
         Box::pin(async move { self.write(key, kw, lease, now).await.map(|_| ()) })
     }
 }
@@ -866,6 +864,42 @@ mod tests {
             Err(DeviceError::Refused { .. })
         ));
         assert_eq!(c.writes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_charger_answers_nothing_until_released_then_unreachable() {
+        let c = Arc::new(SimCharger::new("c", 22.0, true));
+        c.plug(ev(50.0), s(0.0));
+        c.set_hung(true);
+        let read = tokio::spawn({
+            let c = c.clone();
+            async move { c.read(s(0.0)).await }
+        });
+        let override_ = tokio::spawn({
+            let c = c.clone();
+            async move { c.write_safe(0.0, None, s(0.0)).await }
+        });
+        // An hour of simulated time: still no answer.
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+        assert!(!read.is_finished() && !override_.is_finished());
+        c.set_hung(false);
+        assert!(matches!(
+            read.await.unwrap(),
+            Err(DeviceError::Unreachable { .. })
+        ));
+        assert!(matches!(
+            override_.await.unwrap(),
+            Err(DeviceError::Unreachable { .. })
+        ));
+        assert_eq!(c.writes(), 0);
+        // Released: the override lands and keeps the applied key.
+        c.write_now(key(3, 1), -10.0, Some(s(60.0)), s(0.0))
+            .unwrap();
+        c.write_safe(0.0, None, s(1.0)).await.unwrap();
+        let r = c.read(s(1.0)).await.unwrap();
+        assert_eq!((r.setpoint_kw, r.applied), (0.0, Some(key(3, 1))));
+        assert_eq!(r.lease_until, Some(s(60.0)));
+        assert_eq!(c.older_writes(), 0);
     }
 
     #[test]

@@ -114,7 +114,10 @@ async fn a_hung_charger_stalls_neither_its_segment_nor_the_next_level() {
     // Islanding, seen by the tick's and the meter's work while the ChargeOnly to evse-0 is
     // still in flight: Tripped overtakes it, and every other device is at 0 kW at once.
     node.sim.grid.set(0.0, 60.0);
-    let detected = sim_wait(&node, "tripped", || level(&node, "tx-0") == SafeState::Tripped).await;
+    let detected = sim_wait(&node, "tripped", || {
+        level(&node, "tx-0") == SafeState::Tripped
+    })
+    .await;
     assert!(detected < SAFE_COMMAND_DEADLINE, "{detected:?}");
     let took = sim_wait(&node, "the responsive chargers at 0 kW", || {
         others_hold(&node, "evse-0", |kw| kw == 0.0)
@@ -142,7 +145,10 @@ async fn a_hung_charger_stalls_neither_its_segment_nor_the_next_level() {
     // latencies are bounded by it.
     let rounds = node.shared.command_latencies();
     assert!(!rounds.is_empty());
-    assert!(rounds.iter().all(|d| *d <= SAFE_COMMAND_DEADLINE), "{rounds:?}");
+    assert!(
+        rounds.iter().all(|d| *d <= SAFE_COMMAND_DEADLINE),
+        "{rounds:?}"
+    );
     node.shutdown().await;
 }
 

@@ -389,12 +389,16 @@ impl World {
     /// promptly (see [`OutputSample::responsive`]).
     fn outputs(&self, seg: &gridvisor_actors::runtime::SegmentShared) -> Vec<OutputSample> {
         let sim = &self.node.sim;
-        let chargers = seg.config.chargers.iter().filter_map(|c| {
-            Some((c.id.as_str(), sim.chargers.get(&c.id)?.setpoint_kw()))
-        });
-        let inverters = seg.config.inverters.iter().filter_map(|i| {
-            Some((i.id.as_str(), sim.inverters.get(&i.id)?.setpoint_kw()))
-        });
+        let chargers = seg
+            .config
+            .chargers
+            .iter()
+            .filter_map(|c| Some((c.id.as_str(), sim.chargers.get(&c.id)?.setpoint_kw())));
+        let inverters = seg
+            .config
+            .inverters
+            .iter()
+            .filter_map(|i| Some((i.id.as_str(), sim.inverters.get(&i.id)?.setpoint_kw())));
         chargers
             .chain(inverters)
             .map(|(id, setpoint_kw)| OutputSample {

@@ -41,7 +41,8 @@
 //! `count` calls panic inside the actor's handler), `kill_segment` (`segment`), `exception`,
 //! `timeout`, `garbage` (`device`: a charger, inverter or meter answers with a Modbus-like
 //! exception, hangs for [`crate::devices::INJECTED_TIMEOUT`], or sends values that are not
-//! valid), `hang` (`device`: never answers while the fault lasts; a call then fails), `islanding` (`voltage_pu`, `frequency_hz`), `ptp_drift` (`to_ms`, over `for_s`),
+//! valid), `hang` (`device`: never answers while the fault lasts; a call then fails),
+//! `islanding` (`voltage_pu`, `frequency_hz`), `ptp_drift` (`to_ms`, over `for_s`),
 //! `clock_jump` (`offset_ms`), `over_temperature` (`inverter`, `celsius` of extra heat),
 //! `transformer_overload` (`segment`, `extra_kw` of uncontrolled load), `keepalive_loss`,
 //! `ocpp_disconnect` (`charger`: its OCPP connection drops; every call fails at once, the

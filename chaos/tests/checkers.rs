@@ -305,10 +305,34 @@ fn a_responsive_device_exporting_past_100_ms_of_an_islanded_segment_is_a_violati
     // The grid dies at 1.0 s, the segment trips at 1.16 s; evse-1 answers and holds 0 kW by
     // 1.2 s; evse-2 hangs and exports on: left out, not a violation.
     let ok = samples(&[
-        (900, false, 0, 0, &[("evse-1", -10.0, true), ("evse-2", -10.0, true)]),
-        (1_000, true, 0, 0, &[("evse-1", -10.0, true), ("evse-2", -10.0, false)]),
-        (1_200, true, 3, 1_160, &[("evse-1", 0.0, true), ("evse-2", -10.0, false)]),
-        (1_400, true, 3, 1_160, &[("evse-1", 0.0, true), ("evse-2", -10.0, true)]),
+        (
+            900,
+            false,
+            0,
+            0,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, true)],
+        ),
+        (
+            1_000,
+            true,
+            0,
+            0,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_200,
+            true,
+            3,
+            1_160,
+            &[("evse-1", 0.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_400,
+            true,
+            3,
+            1_160,
+            &[("evse-1", 0.0, true), ("evse-2", -10.0, true)],
+        ),
     ]);
     let mut c = ResponsiveStopOnIslanding::new();
     assert!(run(&mut c, &ok).is_empty());
@@ -316,16 +340,49 @@ fn a_responsive_device_exporting_past_100_ms_of_an_islanded_segment_is_a_violati
     // The same, but evse-1 answers and still holds -10 kW at 1.3 s (140 ms after the trip):
     // one violation, at 1.3 s, for evse-1 only.
     let bad = samples(&[
-        (900, false, 0, 0, &[("evse-1", -10.0, true), ("evse-2", -10.0, true)]),
-        (1_000, true, 0, 0, &[("evse-1", -10.0, true), ("evse-2", -10.0, false)]),
-        (1_200, true, 3, 1_160, &[("evse-1", -10.0, true), ("evse-2", -10.0, false)]),
-        (1_300, true, 3, 1_160, &[("evse-1", -10.0, true), ("evse-2", -10.0, false)]),
-        (1_400, true, 3, 1_160, &[("evse-1", -10.0, true), ("evse-2", -10.0, false)]),
+        (
+            900,
+            false,
+            0,
+            0,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, true)],
+        ),
+        (
+            1_000,
+            true,
+            0,
+            0,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_200,
+            true,
+            3,
+            1_160,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_300,
+            true,
+            3,
+            1_160,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_400,
+            true,
+            3,
+            1_160,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
     ]);
     let mut c = ResponsiveStopOnIslanding::new();
     let violations: Vec<_> = bad.iter().flat_map(|s| c.step(s)).collect();
     assert_eq!(violations.len(), 1, "{violations:?}");
-    assert_eq!((violations[0].t_ms, violations[0].subject.as_str()), (1_300, "evse-1"));
+    assert_eq!(
+        (violations[0].t_ms, violations[0].subject.as_str()),
+        (1_300, "evse-1")
+    );
     assert_eq!(violations[0].invariant, "responsive_stop_on_islanding");
     assert!(!c.summary().held);
     // A live grid asks nothing, whatever the devices hold.

@@ -46,7 +46,7 @@ fn passes(name: &str) {
             "{name} seed {seed} broke an invariant:\n{}",
             serde_json::to_string_pretty(&r.violations).unwrap()
         );
-        assert_eq!(r.invariants.len(), 6);
+        assert_eq!(r.invariants.len(), 7);
         assert!(out.history.samples.len() as u64 == r.steps && r.steps > 0);
         // The fault under test happened: at least one fault started.
         assert!(
@@ -91,6 +91,7 @@ scenario_tests! {
     handler_panic => "handler-panic.toml",
     heat_and_drift => "heat-and-drift.toml",
     islanding => "islanding.toml",
+    islanding_hung_chargers => "islanding-hung-chargers.toml",
     keepalive_loss => "keepalive-loss.toml",
     kill_actors => "kill-actors.toml",
     kill_segment => "kill-segment.toml",

@@ -164,11 +164,12 @@ impl Report {
         self.outcomes[outcome].inc();
     }
 
+    /// A write landed (an order with nothing to write is not counted).
     fn delivered(&self, order: &Order) {
-        self.count(0);
         if order.kw.is_none() {
             return;
         }
+        self.count(0);
         let took = order.round.issued.elapsed();
         self.device_latency.observe(took.as_secs_f64());
         push_bounded(&self.delivered, took, DELIVERY_LOG_LIMIT);
@@ -308,6 +309,24 @@ pub(crate) fn command(seg: &SegmentShared, now: Duration) -> Arc<Round> {
     round
 }
 
+/// Stop commanding the outputs of `seg`: every task drops what it is writing or retrying and
+/// waits for the next level. For a segment this node no longer drives (handed off, or the
+/// node stops), so that a retry never lands after another owner took over.
+pub(crate) fn cancel(seg: &SegmentShared, now: Duration) {
+    let Some(slots) = seg.commander.slots.get() else {
+        return;
+    };
+    let round = Arc::new(Round::new(SafeState::Normal, slots.len()));
+    for slot in slots {
+        slot.tx.send_replace(Some(Order {
+            kw: None,
+            known: None,
+            now,
+            round: round.clone(),
+        }));
+    }
+}
+
 /// What a charger is written at `level`, from what the node knows it holds (no read).
 fn charger_target(
     seg: &SegmentShared,
@@ -330,9 +349,11 @@ fn charger_target(
             key,
             lease_until: status.and_then(|s| s.lease_until),
         }),
+        // The record may come from another run of the node, whose lease times are on
+        // another clock: the safe state holds without one.
         (None, Some(a)) => Some(KnownSetpoint {
             key: a.key,
-            lease_until: Some(a.lease_until),
+            lease_until: None,
         }),
         (None, None) => None,
     };
@@ -455,9 +476,7 @@ async fn attempt(
 }
 
 /// A device call whose panic is an error, not the end of the output's task.
-async fn caught(
-    f: impl Future<Output = Result<(), DeviceError>>,
-) -> Result<(), String> {
+async fn caught(f: impl Future<Output = Result<(), DeviceError>>) -> Result<(), String> {
     match AssertUnwindSafe(f).catch_unwind().await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(panic) => {

@@ -26,8 +26,8 @@ use gridvisor_supervisors::SupervisorError;
 
 use super::safe_command;
 use super::shared::{lock, SegmentShared, SiteShared};
-use crate::checkpoint::CheckpointStore;
 use super::{LinkMsg, SafetyMsg, SiteMsg, LEASE_SCAN, SAFETY_TICK};
+use crate::checkpoint::CheckpointStore;
 use crate::ladder::{Fault, FaultKey, SafeState, Transition};
 
 /// What the safety actor checkpoints.

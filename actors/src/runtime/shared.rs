@@ -740,9 +740,7 @@ impl SiteShared {
                         .collect(),
                     seg.inverters
                         .iter()
-                        .filter_map(|i| {
-                            Some((i.id.clone(), devices.inverters.get(&i.id)?.clone()))
-                        })
+                        .filter_map(|i| Some((i.id.clone(), devices.inverters.get(&i.id)?.clone())))
                         .collect(),
                     &metrics,
                     command_log.clone(),
