@@ -336,7 +336,7 @@ fn charger_target(
     if level == SafeState::Normal {
         return (None, None);
     }
-    let status = seg.links.get(id).map(|l| l.status.clone());
+    let status = seg.links.get(id).map(|l| l.status);
     let applied = seg.applied.get(id).map(|e| e.0);
     let kw = status
         .as_ref()
