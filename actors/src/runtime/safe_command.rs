@@ -463,7 +463,14 @@ async fn attempt(
     rx: &mut watch::Receiver<Option<Order>>,
 ) -> Attempt {
     // The call inside the future: a device that panics as it is called is caught too.
-    let write = caught(async move { output.write(order).await });
+    let mut write = std::pin::pin!(caught(async move { output.write(order).await }));
+    // A device that answers at once (in-process, or an answer already there) needs no timer.
+    if let Some(r) = (&mut write).now_or_never() {
+        return match r {
+            Ok(()) => Attempt::Delivered,
+            Err(e) => Attempt::Failed(e),
+        };
+    }
     tokio::select! {
         biased;
         newer = next(rx) => Attempt::Superseded(newer),

@@ -74,8 +74,8 @@ impl SafetyState {
     }
 
     /// Enforce a transition: publish it, command every device (each by its own task: this
-    /// returns at once), ask for a fresh dispatch and checkpoint the level (in the background,
-    /// retried). Nothing here waits on a device or the store.
+    /// returns at once), then the links' re-clamp and a fresh dispatch, and checkpoint the
+    /// level (in the background, retried). Nothing here waits on a device or the store.
     fn transitioned(&mut self, t: Transition) {
         let seg = &self.seg;
         // The ladder's level now, not `t.to`: a transition may be older than the latest.
@@ -95,9 +95,6 @@ impl SafetyState {
         self.shared.record(&seg.id, t.clone());
         // Command every device first: the checkpoint can wait a millisecond, the grid not.
         self.command_all();
-        if let Some(site) = lock(&self.shared.site).as_ref() {
-            let _ = site.send_message(SiteMsg::Redispatch);
-        }
         self.checkpoint.write(level);
     }
 
@@ -106,12 +103,24 @@ impl SafetyState {
     /// mailboxes, where a safe state would queue behind setpoints, and not only the devices
     /// whose link is running. Then every link re-clamps with everything it knows (the
     /// vehicle's minimum SoC too), which also corrects a setpoint a link computed under the
-    /// old level a moment before.
+    /// old level a moment before, and the site dispatches again so that power moves to where
+    /// it is allowed. Those follow-ups wait until every device's first attempt ended, at
+    /// most [`FOLLOW_UP_WAIT`]: thousands of link handlers and a dispatch round over every
+    /// session must not take the workers before the safe-state writes (they did, by tens of
+    /// milliseconds, in `bench site`).
     fn command_all(&self) {
-        safe_command::command(&self.seg, self.now());
-        for l in self.seg.links.iter() {
-            let _ = l.actor.send_message(LinkMsg::Enforce);
-        }
+        let round = safe_command::command(&self.seg, self.now());
+        let seg = self.seg.clone();
+        let site = lock(&self.shared.site).clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(FOLLOW_UP_WAIT, round.settled()).await;
+            for l in seg.links.iter() {
+                let _ = l.actor.send_message(LinkMsg::Enforce);
+            }
+            if let Some(site) = site {
+                let _ = site.send_message(SiteMsg::Redispatch);
+            }
+        });
     }
 
     fn scan_leases(&self) {
@@ -145,6 +154,10 @@ pub const SETTLE_LIMIT: Duration = Duration::from_millis(
     safe_command::SAFE_COMMAND_DEADLINE.as_millis() as u64
         + safe_command::SAFE_COMMAND_RETRY_FIRST.as_millis() as u64,
 );
+
+/// How long the follow-ups of a safe-state command (the links' re-clamp, a fresh dispatch)
+/// wait for the devices' first attempts to end (one safety tick).
+pub const FOLLOW_UP_WAIT: Duration = super::SAFETY_TICK;
 
 /// The first wait before a safe-state checkpoint that failed is written again.
 pub const CHECKPOINT_RETRY_FIRST: Duration = Duration::from_millis(100);
