@@ -370,10 +370,10 @@ impl SimCharger {
     /// The call of a hung charger: answers (unreachable) only once released. None when the
     /// charger is not hung.
     fn hung_call<T: Send + 'static>(&self) -> Option<BoxFuture<'static, Result<T, DeviceError>>> {
-        let mut rx = self.hung.subscribe();
-        if !*rx.borrow_and_update() {
+        if !*self.hung.borrow() {
             return None;
         }
+        let mut rx = self.hung.subscribe();
         let err = DeviceError::Unreachable {
             device: self.id.clone(),
         };
