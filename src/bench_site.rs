@@ -7,8 +7,10 @@
 //! - `request_ack_p50` / `request_ack_p99`: a grid request posted to the node until every
 //!   device setpoint is acknowledged (durably checkpointed);
 //! - `dispatch_cycle_mean`: the site's rounds (split, allocate, send, every ack);
-//! - `islanding_commanded_p50` / `_max`: a segment's ladder trips until every device of the
-//!   segment was commanded;
+//! - the islanding run, with `--hung-pct` % of the chargers hung (never answering; 10 by
+//!   default): `islanding_commanded_p50` / `_p99` / `_max`, a segment's ladder trips until
+//!   one *responsive* device of it was commanded (each device by its own task: the hung ones
+//!   hold nobody back), and `islanding_hung_chargers` / `islanding_responsive_devices`;
 //! - `metrics_render_p50` / `_max` and `metrics_bytes`: the node's whole Prometheus text
 //!   exposition (what `/metrics` serves), rendered [`METRICS_RENDERS`] times.
 //!
@@ -60,9 +62,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Run the site benchmark.
-pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(), String> {
+pub async fn site(
+    sessions: usize,
+    segments: usize,
+    requests: usize,
+    hung_pct: u8,
+) -> Result<(), String> {
     if sessions == 0 || segments == 0 {
         return Err("--sessions and --segments must be at least 1".into());
+    }
+    if hung_pct > 100 {
+        return Err(format!("--hung-pct {hung_pct}: at most 100"));
     }
     let mut topology = config::generated(segments, sessions, 42);
     // The longest period the configuration allows: the timed requests are (almost) the only
@@ -176,41 +186,68 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
             .all(|s| s.telemetry.metered_kw < 0.0)
     })
     .await?;
-    let hist = node.shared.metrics.safe_command.clone();
-    let logged = node.shared.command_latencies().len();
-    let before: Vec<u64> = node
-        .segments()
-        .iter()
-        .map(|s| hist.with_label_values(&[&s.id]).get_sample_count())
+    let hung = hang_chargers(&node, hung_pct);
+    let responsive = |s: &gridvisor_actors::runtime::SegmentShared| {
+        let hung_here = s
+            .config
+            .chargers
+            .iter()
+            .filter(|c| hung.contains(&c.id))
+            .count();
+        s.commander.outputs() - hung_here
+    };
+    let before: Vec<usize> = node
+        .shared
+        .segments
+        .values()
+        .map(|s| s.commander.delivered().len())
         .collect();
     node.sim.grid.set(0.0, 60.0);
     until(
         &node,
-        "every exporting segment tripped and commanded",
+        "every exporting segment tripped and its responsive devices commanded",
         || {
-            node.segments().iter().enumerate().all(|(i, s)| {
-                !exporting(s)
-                    || (s.level == SafeState::Tripped
-                        && hist.with_label_values(&[&s.id]).get_sample_count() > before[i])
+            node.shared.segments.values().zip(&before).all(|(s, &b)| {
+                let level = s.level();
+                let tripped = level == SafeState::Tripped || !exporters.contains(&s.id);
+                tripped
+                    && level != SafeState::Normal
+                    && s.commander.delivered().len() >= b + responsive(s)
             })
         },
     )
     .await?;
     line("islanded_segments", exporters.len() as f64, "count");
+    line("islanding_hung_chargers", hung.len() as f64, "count");
     let mut commanded: Vec<f64> = node
         .shared
-        .command_latencies()
-        .into_iter()
-        .skip(logged.min(gridvisor_actors::runtime::shared::COMMAND_LOG_LIMIT - 1))
+        .segments
+        .values()
+        .zip(&before)
+        .flat_map(|(s, &b)| s.commander.delivered().into_iter().skip(b))
         .map(|d| d.as_secs_f64() * 1e3)
         .collect();
+    line(
+        "islanding_responsive_devices",
+        commanded.len() as f64,
+        "count",
+    );
     commanded.sort_by(f64::total_cmp);
     line("islanding_commanded_p50", percentile(&commanded, 0.5), "ms");
+    line(
+        "islanding_commanded_p99",
+        percentile(&commanded, 0.99),
+        "ms",
+    );
     line(
         "islanding_commanded_max",
         commanded.last().copied().unwrap_or(f64::NAN),
         "ms",
     );
+    // The hung chargers answer again (their calls fail), so that the node can stop.
+    for id in &hung {
+        node.sim.chargers[id].set_hung(false);
+    }
     // The Prometheus exposition of the whole node (what a scrape of /metrics renders).
     let mut renders = Vec::with_capacity(METRICS_RENDERS);
     let mut bytes = 0;
@@ -231,6 +268,27 @@ pub async fn site(sessions: usize, segments: usize, requests: usize) -> Result<(
     node.shutdown().await;
     store.close();
     Ok(())
+}
+
+/// Hang `pct` % of the site's chargers, spread evenly over them in topology order; returns
+/// their ids.
+fn hang_chargers(node: &Node, pct: u8) -> std::collections::HashSet<String> {
+    let ids: Vec<&String> = node
+        .shared
+        .topology
+        .segments()
+        .flat_map(|(_, s)| s.chargers.iter().map(|c| &c.id))
+        .collect();
+    let pct = usize::from(pct);
+    let mut hung = std::collections::HashSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        // Charger i hangs when the running count of hung chargers steps up at it.
+        if (i + 1) * pct / 100 > i * pct / 100 {
+            node.sim.chargers[*id].set_hung(true);
+            hung.insert((*id).clone());
+        }
+    }
+    hung
 }
 
 /// How many times the metrics exposition is rendered and timed.

@@ -171,6 +171,9 @@ enum Bench {
         /// Grid requests to time.
         #[arg(long, default_value_t = 50)]
         requests: usize,
+        /// Percent of the chargers that hang (never answer) during the islanding run.
+        #[arg(long, default_value_t = 10)]
+        hung_pct: u8,
     },
     /// N concurrent OCPP charge points (boot, status, heartbeats, meter values) against a
     /// node in a child process: request latency, memory per connection on both sides.
@@ -364,10 +367,13 @@ fn main() -> ExitCode {
                     sessions,
                     segments,
                     requests,
+                    hung_pct,
                 },
         } => (
             None,
-            Box::new(move || tokio::spawn(bench_site::site(sessions, segments, requests))),
+            Box::new(move || {
+                tokio::spawn(bench_site::site(sessions, segments, requests, hung_pct))
+            }),
         ),
         Command::Bench {
             which: Bench::Ocpp { clients, seconds },

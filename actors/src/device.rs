@@ -124,6 +124,31 @@ pub trait ChargerIo: Send + Sync + 'static {
         lease_until: Option<Duration>,
         now: Duration,
     ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>>;
+    /// A safe-state command: hold `kw` (absolute) from now on, written without a read first,
+    /// so that a device that does not answer cannot hold the safety path back behind a read
+    /// (issue 19). It is a local override, not a remote setpoint: a device that records keys
+    /// keeps the one it applied. `known` is what the node last knew the device applied (its
+    /// key and lease), for adapters that must send a key (OCPP's charging profile ids): the
+    /// default writes `kw` under that key, or under key (0, 0) when nothing was applied.
+    fn write_safe(
+        &self,
+        kw: f64,
+        known: Option<KnownSetpoint>,
+        now: Duration,
+    ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        let (key, lease) = known.map_or((SetpointKey::new(0, 0), None), |k| (k.key, k.lease_until));
+        Box::pin(async move { self.write(key, kw, lease, now).await.map(|_| ()) })
+    }
+}
+
+/// What the node last knew a charger applied (its segment's board), for a safe-state command
+/// that does not read the device first ([`ChargerIo::write_safe`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KnownSetpoint {
+    /// The key of the last setpoint applied.
+    pub key: SetpointKey,
+    /// Its lease (None: no limit).
+    pub lease_until: Option<Duration>,
 }
 
 /// An inverter as its actor sees it (Modbus/SunSpec in issue 5).
@@ -215,6 +240,8 @@ pub struct SimCharger {
     pub bidirectional: bool,
     state: Mutex<ChargerPhysics>,
     failsafe_kw: f64,
+    /// Fault injection: true while the charger never answers ([`SimCharger::set_hung`]).
+    hung: tokio::sync::watch::Sender<bool>,
 }
 
 impl SimCharger {
@@ -239,6 +266,7 @@ impl SimCharger {
                 isolated: false,
             }),
             failsafe_kw: 0.0,
+            hung: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -367,6 +395,30 @@ impl SimCharger {
         lock(&self.state).unreachable = unreachable;
     }
 
+    /// Fault injection: the charger hangs (true): no call gets an answer, neither an error
+    /// nor a value, until it is released (false); the calls that were waiting then fail as
+    /// unreachable. Its power stays where it is meanwhile. Unlike [`Self::set_unreachable`]
+    /// (a closed connection, which fails at once), only a caller's own deadline ends a call.
+    pub fn set_hung(&self, hung: bool) {
+        self.hung.send_replace(hung);
+    }
+
+    /// The call of a hung charger: answers (unreachable) only once released. None when the
+    /// charger is not hung.
+    fn hung_call<T: Send + 'static>(&self) -> Option<BoxFuture<'static, Result<T, DeviceError>>> {
+        if !*self.hung.borrow() {
+            return None;
+        }
+        let mut rx = self.hung.subscribe();
+        let err = DeviceError::Unreachable {
+            device: self.id.clone(),
+        };
+        Some(Box::pin(async move {
+            let _ = rx.wait_for(|hung| !*hung).await;
+            Err(err)
+        }))
+    }
+
     /// The simulated battery's true state at `now` (for tests and invariant checks).
     pub fn battery(&self, now: Duration) -> Option<Battery> {
         let mut s = lock(&self.state);
@@ -432,8 +484,34 @@ impl SimCharger {
     }
 }
 
+impl SimCharger {
+    fn override_now(&self, kw: f64, now: Duration) -> Result<(), DeviceError> {
+        let mut s = lock(&self.state);
+        if s.unreachable {
+            return Err(DeviceError::Unreachable {
+                device: self.id.clone(),
+            });
+        }
+        if !kw.is_finite() {
+            return Err(DeviceError::Refused {
+                device: self.id.clone(),
+                reason: format!("setpoint {kw} is not a number"),
+            });
+        }
+        self.advance(&mut s, now);
+        if s.setpoint_kw != kw {
+            s.setpoint_kw = kw;
+            s.writes += 1;
+        }
+        Ok(())
+    }
+}
+
 impl ChargerIo for SimCharger {
     fn read(&self, now: Duration) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        if let Some(hung) = self.hung_call() {
+            return hung;
+        }
         let r = self.read_now(now);
         Box::pin(async move { r })
     }
@@ -445,7 +523,25 @@ impl ChargerIo for SimCharger {
         lease_until: Option<Duration>,
         now: Duration,
     ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        if let Some(hung) = self.hung_call() {
+            return hung;
+        }
         let r = self.write_now(key, kw, lease_until, now);
+        Box::pin(async move { r })
+    }
+
+    /// The override keeps the applied key and lease (the device's own record of what was
+    /// dispatched); a write that changes nothing is not counted as one.
+    fn write_safe(
+        &self,
+        kw: f64,
+        _known: Option<KnownSetpoint>,
+        now: Duration,
+    ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        if let Some(hung) = self.hung_call() {
+            return hung;
+        }
+        let r = self.override_now(kw, now);
         Box::pin(async move { r })
     }
 }
@@ -538,6 +634,11 @@ impl SimInverter {
         if isolated {
             s.power_kw = 0.0;
         }
+    }
+
+    /// The setpoint the inverter holds now, kW.
+    pub fn setpoint_kw(&self) -> f64 {
+        lock(&self.state).setpoint_kw
     }
 
     fn read_now(&self, now: Duration) -> InverterReading {
@@ -947,6 +1048,42 @@ mod tests {
             Err(DeviceError::Refused { .. })
         ));
         assert_eq!(c.writes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_charger_answers_nothing_until_released_then_unreachable() {
+        let c = Arc::new(SimCharger::new("c", 22.0, true));
+        c.plug(ev(50.0), s(0.0));
+        c.set_hung(true);
+        let read = tokio::spawn({
+            let c = c.clone();
+            async move { c.read(s(0.0)).await }
+        });
+        let override_ = tokio::spawn({
+            let c = c.clone();
+            async move { c.write_safe(0.0, None, s(0.0)).await }
+        });
+        // An hour of simulated time: still no answer.
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+        assert!(!read.is_finished() && !override_.is_finished());
+        c.set_hung(false);
+        assert!(matches!(
+            read.await.unwrap(),
+            Err(DeviceError::Unreachable { .. })
+        ));
+        assert!(matches!(
+            override_.await.unwrap(),
+            Err(DeviceError::Unreachable { .. })
+        ));
+        assert_eq!(c.writes(), 0);
+        // Released: the override lands and keeps the applied key.
+        c.write_now(key(3, 1), -10.0, Some(s(60.0)), s(0.0))
+            .unwrap();
+        c.write_safe(0.0, None, s(1.0)).await.unwrap();
+        let r = c.read(s(1.0)).await.unwrap();
+        assert_eq!((r.setpoint_kw, r.applied), (0.0, Some(key(3, 1))));
+        assert_eq!(r.lease_until, Some(s(60.0)));
+        assert_eq!(c.older_writes(), 0);
     }
 
     #[test]

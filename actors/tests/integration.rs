@@ -17,3 +17,4 @@ mod node_lifecycle;
 mod ocpp_node;
 mod ocpp_node_interop;
 mod relay;
+mod safety_path;

@@ -31,8 +31,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use gridvisor_actors::config::Topology;
 use gridvisor_actors::device::{
-    relay_id, ChargerIo, ChargerReading, DeviceError, InverterIo, InverterReading, MeterIo,
-    MeterReading, RelayIo,
+    relay_id, ChargerIo, ChargerReading, DeviceError, InverterIo, InverterReading, KnownSetpoint,
+    MeterIo, MeterReading, RelayIo,
 };
 use gridvisor_actors::io::ocpp::OCPP_CALL_TIMEOUT;
 use gridvisor_actors::runtime::shared::Devices;
@@ -62,13 +62,18 @@ pub enum Mode {
     Garbage,
     /// Its connection is gone: every call fails at once.
     Disconnected,
+    /// It never answers: a call waits, without an answer or an error, until the device
+    /// leaves this mode (the call then fails as unreachable). Only the caller's own deadline
+    /// ends it sooner. A charger that hangs is not "responsive" to the invariants.
+    Hung,
 }
 
 /// The fault state of one device.
 #[derive(Debug)]
 pub struct Switch {
     id: String,
-    mode: Mutex<Mode>,
+    /// How it behaves (a watch: a hung call waits for the mode to change).
+    mode: tokio::sync::watch::Sender<Mode>,
     panics: AtomicU64,
     /// Garbage answers so far (which kind of garbage comes next).
     garbage: AtomicU64,
@@ -91,7 +96,7 @@ impl Switch {
     fn new(id: &str) -> Self {
         Switch {
             id: id.to_owned(),
-            mode: Mutex::new(Mode::Healthy),
+            mode: tokio::sync::watch::Sender::new(Mode::Healthy),
             panics: AtomicU64::new(0),
             garbage: AtomicU64::new(0),
             extra_kw: AtomicU64::new(0f64.to_bits()),
@@ -108,12 +113,22 @@ impl Switch {
 
     /// Set how the device behaves.
     pub fn set_mode(&self, mode: Mode) {
-        *lock(&self.mode) = mode;
+        self.mode.send_replace(mode);
     }
 
     /// How the device behaves now.
     pub fn mode(&self) -> Mode {
-        *lock(&self.mode)
+        *self.mode.borrow()
+    }
+
+    /// A call to a hung device: no answer until it is no longer hung, then unreachable.
+    fn hung<T: Send + 'static>(&self) -> BoxFuture<'static, Result<T, DeviceError>> {
+        let mut rx = self.mode.subscribe();
+        let err = self.unreachable();
+        Box::pin(async move {
+            let _ = rx.wait_for(|m| *m != Mode::Hung).await;
+            Err(err)
+        })
     }
 
     /// Make the next `count` calls panic.
@@ -248,6 +263,7 @@ impl ChargerIo for Faulty<dyn ChargerIo> {
             Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Hung => sw.hung(),
             Mode::Garbage if sw.garbage_is_error() => {
                 Box::pin(std::future::ready(Err(sw.bad_value("power_kw"))))
             }
@@ -281,6 +297,7 @@ impl ChargerIo for Faulty<dyn ChargerIo> {
             Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Hung => sw.hung(),
             // The write reaches the device; what comes back is garbage.
             Mode::Garbage if sw.garbage_is_error() => Box::pin(async move {
                 self.inner.write(key, kw, lease_until, now).await?;
@@ -289,6 +306,39 @@ impl ChargerIo for Faulty<dyn ChargerIo> {
             Mode::Garbage => Box::pin(async move {
                 let r = self.inner.write(key, kw, lease_until, now).await?;
                 Ok(garbage_charger(r))
+            }),
+        }
+    }
+
+    /// The safe-state override passes the switch like a write does (a slow peer delivers it
+    /// in order with the writes before it).
+    fn write_safe(
+        &self,
+        kw: f64,
+        known: Option<KnownSetpoint>,
+        now: Duration,
+    ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        let sw = &self.switch;
+        match sw.enter("write") {
+            Mode::Healthy => match sw.arrival() {
+                None => self.inner.write_safe(kw, known, now),
+                Some(at) => self.slow(at, now, move |inner, on_device| {
+                    Box::pin(async move { inner.write_safe(kw, known, on_device).await })
+                }),
+            },
+            Mode::Disconnected if sw.lose_next_answer.swap(false, Ordering::AcqRel) => {
+                Box::pin(async move {
+                    let _ = self.inner.write_safe(kw, known, now).await;
+                    Err(sw.unreachable())
+                })
+            }
+            Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
+            Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
+            Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Hung => sw.hung(),
+            Mode::Garbage => Box::pin(async move {
+                self.inner.write_safe(kw, known, now).await?;
+                Err(sw.bad_value("setpoint_kw"))
             }),
         }
     }
@@ -306,12 +356,29 @@ impl Faulty<dyn ChargerIo> {
         lease_until: Option<Duration>,
         now: Duration,
     ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
+        self.slow(at, now, move |inner, on_device| {
+            Box::pin(async move { inner.write(key, kw, lease_until, on_device).await })
+        })
+    }
+
+    /// A slow peer's call that lands on the device at `at` (`land`, given the device's time
+    /// then) whether or not the caller still waits (a CSMS that timed out does not take back
+    /// what it sent); the answer comes back as long after that again, or the call fails at
+    /// [`OCPP_CALL_TIMEOUT`].
+    fn slow<T: Send + 'static>(
+        &self,
+        at: tokio::time::Instant,
+        now: Duration,
+        land: impl FnOnce(Arc<dyn ChargerIo>, Duration) -> BoxFuture<'static, Result<T, DeviceError>>
+            + Send
+            + 'static,
+    ) -> BoxFuture<'_, Result<T, DeviceError>> {
         let sent = tokio::time::Instant::now();
         let inner = self.inner.clone();
         let landed = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let on_device = now + at.saturating_duration_since(sent);
-            inner.write(key, kw, lease_until, on_device).await
+            land(inner, on_device).await
         });
         let sw = &self.switch;
         Box::pin(async move {
@@ -350,6 +417,7 @@ impl InverterIo for Faulty<dyn InverterIo> {
             Mode::Healthy => self.inner.read(now),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Hung => sw.hung(),
             Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Garbage if sw.garbage_is_error() => {
                 Box::pin(std::future::ready(Err(sw.bad_value("core_c"))))
@@ -372,6 +440,7 @@ impl InverterIo for Faulty<dyn InverterIo> {
             Mode::Healthy => self.inner.write(kw, now),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Hung => sw.hung(),
             Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Garbage => Box::pin(async move {
                 self.inner.write(kw, now).await?;
@@ -392,6 +461,7 @@ impl MeterIo for Faulty<dyn MeterIo> {
             }),
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
+            Mode::Hung => sw.hung(),
             Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
             Mode::Garbage if sw.garbage_is_error() => {
                 Box::pin(std::future::ready(Err(sw.bad_value("voltage_pu"))))
@@ -416,6 +486,7 @@ impl RelayIo for Faulty<dyn RelayIo> {
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
             Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
+            Mode::Hung => sw.hung(),
             Mode::Garbage => Box::pin(async move {
                 self.inner.set_open(open, now).await?;
                 Err(sw.bad_value("coil"))
@@ -430,6 +501,7 @@ impl RelayIo for Faulty<dyn RelayIo> {
             Mode::Exception => Box::pin(std::future::ready(Err(sw.exception()))),
             Mode::Timeout => Box::pin(hang(sw.unreachable())),
             Mode::Disconnected => Box::pin(std::future::ready(Err(sw.unreachable()))),
+            Mode::Hung => sw.hung(),
             Mode::Garbage => Box::pin(std::future::ready(Err(sw.bad_value("coil")))),
         }
     }

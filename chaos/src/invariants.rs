@@ -24,6 +24,10 @@ pub const DISCHARGE_EPS_KW: f64 = 0.01;
 pub const EXERCISE_BAND_C: f64 = 5.0;
 /// Safe-state severity from which no discharge is allowed (ChargeOnly).
 pub const CHARGE_ONLY_SEVERITY: u8 = 2;
+/// Every responsive device of an islanded segment holds a setpoint that exports nothing
+/// within this of the segment's reaction, simulated ms (issue 19: no device stalls the
+/// safety path; [`ResponsiveStopOnIslanding`]).
+pub const ISLANDING_COMMAND_BOUND_MS: u64 = 100;
 
 /// The state of the world at one step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,6 +54,8 @@ pub struct Sample {
     /// Segments whose trip relay is open now by the truth (their devices are cut from the
     /// grid), sorted.
     pub relays_open: Vec<String>,
+    /// The devices the safety path commands (chargers and inverters), by id.
+    pub outputs: Vec<OutputSample>,
 }
 
 /// One device exporting at one step.
@@ -61,6 +67,20 @@ pub struct ExportSample {
     pub segment: String,
     /// How much it exports, kW (magnitude).
     pub kw: f64,
+}
+
+/// One device the safety path commands, at one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputSample {
+    /// Its id.
+    pub id: String,
+    /// Its segment.
+    pub segment: String,
+    /// The setpoint the device holds (its own record), kW (negative: export).
+    pub setpoint_kw: f64,
+    /// It answers promptly: healthy, without an injected delay or panic. A device that
+    /// hangs, times out, is disconnected, refuses, sends garbage or answers slowly is not.
+    pub responsive: bool,
 }
 
 /// Whether a grid reading is beyond IEEE 1547-2018's fast trip limits (category II
@@ -114,6 +134,8 @@ pub struct SegmentSample {
     pub hot_spot_c: f64,
     /// The transformer's limit, °C.
     pub limit_c: f64,
+    /// When the segment entered its current level (the node's transition), ms.
+    pub level_since_ms: u64,
 }
 
 /// One plugged vehicle at one step.
@@ -815,6 +837,119 @@ impl Checker for RestartWithin {
     }
 }
 
+/// Every responsive device of an islanded segment exports nothing within
+/// [`ISLANDING_COMMAND_BOUND_MS`]: once the true grid is dead and the segment restricted
+/// (ChargeOnly or Tripped), each device that stayed responsive since holds a setpoint that
+/// exports nothing within the bound of the segment's reaction (its transition, or the grid's
+/// death if it was restricted before). What a device *holds* is checked, not its power,
+/// which follows with its ramp. A device that hangs, is disconnected or is otherwise not
+/// responsive at any step of the episode is left out (the trip relay is what stops those).
+#[derive(Debug, Default)]
+pub struct ResponsiveStopOnIslanding {
+    dead_since: Option<u64>,
+    /// Per islanded segment: when its reaction began.
+    since: BTreeMap<String, u64>,
+    /// Devices left out of this episode (unresponsive at a step of it), or already reported.
+    excluded: BTreeSet<String>,
+    /// Devices exporting at the last step (to tell whether the check was exercised).
+    exporting: BTreeSet<String>,
+    longest_ms: Option<u64>,
+    exercised: bool,
+    seen: Seen,
+}
+
+impl ResponsiveStopOnIslanding {
+    /// A fresh checker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn check(&mut self, t_ms: u64, start: u64, o: &OutputSample) -> Option<Violation> {
+        let exports = o.setpoint_kw < -DISCHARGE_EPS_KW;
+        if !o.responsive || self.excluded.contains(&o.id) {
+            self.excluded.insert(o.id.clone());
+            return None;
+        }
+        self.exercised |= exports || self.exporting.contains(&o.id);
+        if !exports {
+            return None;
+        }
+        let lasted = t_ms.saturating_sub(start);
+        self.longest_ms = Some(self.longest_ms.map_or(lasted, |l| l.max(lasted)));
+        if lasted <= ISLANDING_COMMAND_BOUND_MS {
+            return None;
+        }
+        self.excluded.insert(o.id.clone());
+        let v = Violation {
+            invariant: "responsive_stop_on_islanding",
+            t_ms,
+            subject: o.id.clone(),
+            message: format!(
+                "{} of islanded segment {} answers but still holds {:.3} kW {:.3} s after the segment's reaction (bound {:.3} s)",
+                o.id,
+                o.segment,
+                o.setpoint_kw,
+                ms_to_s(lasted),
+                ms_to_s(ISLANDING_COMMAND_BOUND_MS)
+            ),
+        };
+        self.seen.add(&v);
+        Some(v)
+    }
+}
+
+impl Checker for ResponsiveStopOnIslanding {
+    fn step(&mut self, s: &Sample) -> Vec<Violation> {
+        let mut out = Vec::new();
+        if !s.grid_dead {
+            self.dead_since = None;
+            self.since.clear();
+            self.excluded.clear();
+        } else {
+            let dead = *self.dead_since.get_or_insert(s.t_ms);
+            for seg in &s.segments {
+                if seg.level < CHARGE_ONLY_SEVERITY {
+                    self.since.remove(&seg.id);
+                    continue;
+                }
+                let start = *self
+                    .since
+                    .entry(seg.id.clone())
+                    .or_insert(seg.level_since_ms.max(dead));
+                for o in s.outputs.iter().filter(|o| o.segment == seg.id) {
+                    out.extend(self.check(s.t_ms, start, o));
+                }
+            }
+        }
+        self.exporting = s
+            .outputs
+            .iter()
+            .filter(|o| o.setpoint_kw < -DISCHARGE_EPS_KW)
+            .map(|o| o.id.clone())
+            .collect();
+        out
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            name: "responsive_stop_on_islanding",
+            statement: format!(
+                "every responsive device of an islanded segment exports nothing within {:.3} s",
+                ms_to_s(ISLANDING_COMMAND_BOUND_MS)
+            ),
+            held: self.seen.count == 0,
+            exercised: self.exercised,
+            worst_margin: Some(
+                ms_to_s(ISLANDING_COMMAND_BOUND_MS) - self.longest_ms.map_or(0.0, ms_to_s),
+            ),
+            unit: "s",
+            violations: self.seen.count,
+            first: self.seen.first.clone(),
+            note: "bound minus the longest a responsive device held an exporting setpoint after its segment reacted to a dead grid (steps are the sampling grain)".to_owned(),
+        }
+    }
+}
+
 /// Every checker of the in-process mode, with the scenario's bounds.
 pub fn all(bounds: &Bounds) -> Vec<Box<dyn Checker + Send>> {
     vec![
@@ -825,5 +960,6 @@ pub fn all(bounds: &Bounds) -> Vec<Box<dyn Checker + Send>> {
         Box::new(AppliedOnce::new()),
         Box::new(RestartWithin::new(bounds.restart_s)),
         Box::new(NoExportIntoIsland::new()),
+        Box::new(ResponsiveStopOnIslanding::new()),
     ]
 }

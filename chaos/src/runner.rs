@@ -36,7 +36,8 @@ use serde::Serialize;
 
 use crate::devices::{Mode, Switches};
 use crate::invariants::{
-    self, ChargerSample, ExportSample, Sample, SegmentSample, VehicleSample, Violation,
+    self, ChargerSample, ExportSample, OutputSample, Sample, SegmentSample, VehicleSample,
+    Violation,
 };
 use crate::report::{FaultWindow, RunReport};
 use crate::scenario::{FaultKind, Scenario};
@@ -278,8 +279,11 @@ impl World {
                 });
             }
         };
+        let mut outputs = Vec::new();
+        let since = level_since(node);
         for (id, seg) in node.shared.segments.iter() {
             let level = seg.level();
+            outputs.extend(self.outputs(seg));
             let record: Option<AppliedRecord> = node
                 .shared
                 .store
@@ -358,6 +362,11 @@ impl World {
                 rated_kw: seg.config.rated_kw,
                 hot_spot_c: r3(hot),
                 limit_c: seg.config.thermal.limit_c,
+                // The transition into this level, once the node recorded it; just now before.
+                level_since_ms: since
+                    .get(id.as_str())
+                    .filter(|(to, _)| *to == level)
+                    .map_or(t_ms, |(_, at)| *at),
             });
         }
         chargers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -397,8 +406,47 @@ impl World {
             ),
             exporting,
             relays_open,
+            outputs,
         }
     }
+
+    /// The safe-state outputs of `seg` as the devices hold them, and whether each answers
+    /// promptly (see [`OutputSample::responsive`]).
+    fn outputs(&self, seg: &gridvisor_actors::runtime::SegmentShared) -> Vec<OutputSample> {
+        let sim = &self.node.sim;
+        let chargers = seg
+            .config
+            .chargers
+            .iter()
+            .filter_map(|c| Some((c.id.as_str(), sim.chargers.get(&c.id)?.setpoint_kw())));
+        let inverters = seg
+            .config
+            .inverters
+            .iter()
+            .filter_map(|i| Some((i.id.as_str(), sim.inverters.get(&i.id)?.setpoint_kw())));
+        chargers
+            .chain(inverters)
+            .map(|(id, setpoint_kw)| OutputSample {
+                id: id.to_owned(),
+                segment: seg.id.clone(),
+                setpoint_kw: r3(setpoint_kw),
+                responsive: self.switches.get(id).is_none_or(|sw| {
+                    sw.mode() == Mode::Healthy && sw.delay().is_zero() && sw.panics_left() == 0
+                }),
+            })
+            .collect()
+    }
+}
+
+/// Each segment's newest recorded transition: the level entered and when, ms.
+fn level_since(node: &Node) -> BTreeMap<String, (SafeState, u64)> {
+    node.events()
+        .into_iter()
+        .map(|e| {
+            let at = e.transition.at.as_millis() as u64;
+            (e.segment, (e.transition.to, at))
+        })
+        .collect()
 }
 
 type Pending = Vec<(
@@ -744,6 +792,7 @@ fn start_fault(world: &mut World, kind: &FaultKind, rng: &mut SplitMix64) -> Str
         },
         FaultKind::Exception { device } => set_mode(device, Mode::Exception),
         FaultKind::Timeout { device } => set_mode(device, Mode::Timeout),
+        FaultKind::Hang { device } => set_mode(device, Mode::Hung),
         FaultKind::Garbage { device } => set_mode(device, Mode::Garbage),
         FaultKind::Islanding {
             voltage_pu,
@@ -849,6 +898,7 @@ fn end_fault(world: &mut World, kind: &FaultKind) {
         }
         FaultKind::Exception { device }
         | FaultKind::Timeout { device }
+        | FaultKind::Hang { device }
         | FaultKind::Garbage { device } => {
             if let Some(sw) = world.switches.get(device) {
                 sw.set_mode(Mode::Healthy);

@@ -41,7 +41,8 @@
 //! `count` calls panic inside the actor's handler), `kill_segment` (`segment`), `exception`,
 //! `timeout`, `garbage` (`device`: a charger, inverter or meter answers with a Modbus-like
 //! exception, hangs for [`crate::devices::INJECTED_TIMEOUT`], or sends values that are not
-//! valid), `islanding` (`voltage_pu`, default 0; `frequency_hz`, default the topology's
+//! valid), `hang` (`device`: never answers while the fault lasts; a call then fails),
+//! `islanding` (`voltage_pu`, default 0; `frequency_hz`, default the topology's
 //! `nominal_hz`), `ptp_drift` (`to_ms`, over `for_s`), `clock_jump` (`offset_ms`),
 //! `clock_unsynchronised` (the clock source loses its grandmaster for `for_s`),
 //! `over_temperature` (`inverter`, `celsius` of extra heat),
@@ -122,6 +123,7 @@ const FAULT_KINDS: &[(&str, &[&str])] = &[
     ("kill_segment", &["segment"]),
     ("exception", &["device"]),
     ("timeout", &["device"]),
+    ("hang", &["device"]),
     ("garbage", &["device"]),
     ("islanding", &["voltage_pu", "frequency_hz"]),
     ("ptp_drift", &["to_ms"]),
@@ -230,6 +232,12 @@ pub enum FaultKind {
         /// The device id.
         device: String,
     },
+    /// The device never answers: a call waits until the fault ends (then fails as
+    /// unreachable); only the caller's own deadline ends it sooner.
+    Hang {
+        /// The device id.
+        device: String,
+    },
     /// The device answers with values that are not valid.
     Garbage {
         /// The device id.
@@ -296,6 +304,7 @@ impl FaultKind {
             FaultKind::KillSegment { .. } => "kill_segment",
             FaultKind::Exception { .. } => "exception",
             FaultKind::Timeout { .. } => "timeout",
+            FaultKind::Hang { .. } => "hang",
             FaultKind::Garbage { .. } => "garbage",
             FaultKind::Islanding { .. } => "islanding",
             FaultKind::PtpDrift { .. } => "ptp_drift",
@@ -317,6 +326,7 @@ impl FaultKind {
             FaultKind::KillSegment { segment } => format!("kill segment {segment}"),
             FaultKind::Exception { device } => format!("exceptions from {device}"),
             FaultKind::Timeout { device } => format!("timeouts from {device}"),
+            FaultKind::Hang { device } => format!("{device} hangs"),
             FaultKind::Garbage { device } => format!("garbage from {device}"),
             FaultKind::Islanding {
                 voltage_pu,
@@ -615,6 +625,9 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
             "timeout" => FaultKind::Timeout {
                 device: r.string(&t, "device", true).unwrap_or_default(),
             },
+            "hang" => FaultKind::Hang {
+                device: r.string(&t, "device", true).unwrap_or_default(),
+            },
             "garbage" => FaultKind::Garbage {
                 device: r.string(&t, "device", true).unwrap_or_default(),
             },
@@ -785,6 +798,7 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 FaultKind::Panic { device, .. }
                 | FaultKind::Exception { device }
                 | FaultKind::Timeout { device }
+                | FaultKind::Hang { device }
                 | FaultKind::Garbage { device } => {
                     let known = devices.contains(device.as_str()) || relays.contains(device);
                     ("device", device, known)

@@ -19,6 +19,7 @@ fn empty(t_ms: u64) -> Sample {
         grid_dead: false,
         exporting: Vec::new(),
         relays_open: Vec::new(),
+        outputs: Vec::new(),
     }
 }
 
@@ -34,6 +35,7 @@ fn segment(level: u8, discharge_kw: f64, hot_spot_c: f64) -> SegmentSample {
         rated_kw: 100.0,
         hot_spot_c,
         limit_c: 110.0,
+        level_since_ms: 0,
     }
 }
 
@@ -333,4 +335,119 @@ fn a_device_exporting_into_an_island_past_two_seconds_or_behind_an_open_relay_is
         .unwrap()
         .message
         .contains("behind the open trip relay"));
+}
+
+#[test]
+fn a_responsive_device_exporting_past_100_ms_of_an_islanded_segment_is_a_violation() {
+    use gridvisor_chaos::invariants::{OutputSample, ResponsiveStopOnIslanding};
+    let out = |id: &str, kw: f64, responsive: bool| OutputSample {
+        id: id.into(),
+        segment: "tx-1".into(),
+        setpoint_kw: kw,
+        responsive,
+    };
+    // (t, grid dead, level, level since, [(device, kW, responsive)])
+    type Step<'a> = (u64, bool, u8, u64, &'a [(&'a str, f64, bool)]);
+    let samples = |steps: &[Step]| -> Vec<Sample> {
+        steps
+            .iter()
+            .map(|&(t, dead, level, since, outs)| Sample {
+                segments: vec![SegmentSample {
+                    level_since_ms: since,
+                    ..segment(level, 0.0, 50.0)
+                }],
+                grid_dead: dead,
+                outputs: outs.iter().map(|&(id, kw, r)| out(id, kw, r)).collect(),
+                ..empty(t)
+            })
+            .collect()
+    };
+    // The grid dies at 1.0 s, the segment trips at 1.16 s; evse-1 answers and holds 0 kW by
+    // 1.2 s; evse-2 hangs and exports on: left out, not a violation.
+    let ok = samples(&[
+        (
+            900,
+            false,
+            0,
+            0,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, true)],
+        ),
+        (
+            1_000,
+            true,
+            0,
+            0,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_200,
+            true,
+            3,
+            1_160,
+            &[("evse-1", 0.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_400,
+            true,
+            3,
+            1_160,
+            &[("evse-1", 0.0, true), ("evse-2", -10.0, true)],
+        ),
+    ]);
+    let mut c = ResponsiveStopOnIslanding::new();
+    assert!(run(&mut c, &ok).is_empty());
+    assert!(c.summary().held && c.summary().exercised);
+    // The same, but evse-1 answers and still holds -10 kW at 1.3 s (140 ms after the trip):
+    // one violation, at 1.3 s, for evse-1 only.
+    let bad = samples(&[
+        (
+            900,
+            false,
+            0,
+            0,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, true)],
+        ),
+        (
+            1_000,
+            true,
+            0,
+            0,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_200,
+            true,
+            3,
+            1_160,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_300,
+            true,
+            3,
+            1_160,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+        (
+            1_400,
+            true,
+            3,
+            1_160,
+            &[("evse-1", -10.0, true), ("evse-2", -10.0, false)],
+        ),
+    ]);
+    let mut c = ResponsiveStopOnIslanding::new();
+    let violations: Vec<_> = bad.iter().flat_map(|s| c.step(s)).collect();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(
+        (violations[0].t_ms, violations[0].subject.as_str()),
+        (1_300, "evse-1")
+    );
+    assert_eq!(violations[0].invariant, "responsive_stop_on_islanding");
+    assert!(!c.summary().held);
+    // A live grid asks nothing, whatever the devices hold.
+    let live = samples(&[(1_000, false, 3, 0, &[("evse-1", -10.0, true)])]);
+    let mut c = ResponsiveStopOnIslanding::new();
+    assert!(run(&mut c, &live).is_empty());
+    assert!(!c.summary().exercised);
 }

@@ -95,6 +95,7 @@ scenario_tests! {
     islanding_50hz => "islanding-50hz.toml",
     islanding_charger_dropped => "islanding-charger-dropped.toml",
     islanding_charger_late => "islanding-charger-late.toml",
+    islanding_hung_chargers => "islanding-hung-chargers.toml",
     keepalive_loss => "keepalive-loss.toml",
     kill_actors => "kill-actors.toml",
     kill_segment => "kill-segment.toml",

@@ -40,6 +40,7 @@ mod clock_source;
 mod dispatcher;
 mod node;
 mod pollers;
+pub mod safe_command;
 mod safety;
 pub mod shared;
 mod site;
@@ -59,6 +60,7 @@ pub use node::{
     ResetError, SegmentView, ROOT,
 };
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
+pub use safety::SafetyCheckpoint;
 pub use shared::{Drive, DriveGate, NodeOptions, SegmentShared, SiteShared};
 pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
 

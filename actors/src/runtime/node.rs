@@ -796,6 +796,8 @@ impl Node {
         sup.terminate_child(id)
             .await
             .map_err(|e| tree(e.to_string()))?;
+        // No retry of this node's may land once the new owner drives the devices.
+        super::safe_command::cancel(seg, self.shared.clock.now());
         tracing::info!(segment = %id, "segment released (ChargeOnly until its new owner drives it)");
         Ok(())
     }
@@ -1025,6 +1027,9 @@ impl Node {
     /// safety actor), then drain the checkpoint store.
     pub async fn shutdown(&self) {
         self.root.shutdown().await;
+        for seg in self.shared.segments.values() {
+            super::safe_command::cancel(seg, self.shared.clock.now());
+        }
         self.shared.store.flush().await;
     }
 }

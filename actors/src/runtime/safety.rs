@@ -15,18 +15,21 @@
 //! holds it for the hold time ([`Fault::Restored`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gridvisor_supervisors::{CountedRef, Mailbox};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use gridvisor_supervisors::SupervisorError;
 
+use super::safe_command;
 use super::shared::{lock, SegmentShared, SiteShared};
 use super::{LinkMsg, SafetyMsg, SiteMsg, LEASE_SCAN, SAFETY_TICK};
+use crate::checkpoint::CheckpointStore;
 use crate::ladder::{Fault, FaultKey, SafeState, Transition};
-use crate::setpoint::SetpointKey;
 
 /// What the safety actor checkpoints.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -46,6 +49,7 @@ pub(crate) struct SafetyState {
     causes: [prometheus::Gauge; FaultKey::KINDS.len()],
     ticks: u64,
     timer: Option<JoinHandle<()>>,
+    checkpoint: CheckpointWriter,
 }
 
 pub(crate) fn checkpoint_key(segment: &str) -> String {
@@ -70,7 +74,10 @@ impl SafetyState {
         self.shared.clock.now()
     }
 
-    async fn transitioned(&mut self, t: Transition) -> Result<(), ActorProcessingErr> {
+    /// Enforce a transition: publish it, command every device (each by its own task: this
+    /// returns at once), then the links' re-clamp and a fresh dispatch, and checkpoint the
+    /// level (in the background, retried). Nothing here waits on a device or the store.
+    fn transitioned(&mut self, t: Transition) {
         let seg = &self.seg;
         // The ladder's level now, not `t.to`: a transition may be older than the latest.
         let level = seg.publish_level();
@@ -89,27 +96,33 @@ impl SafetyState {
         self.shared.record(&seg.id, t.clone());
         self.drive_relay(Some(t.from));
         // Command every device first: the checkpoint can wait a millisecond, the grid not.
-        self.command_all().await;
-        if let Some(site) = lock(&self.shared.site).as_ref() {
-            let _ = site.send_message(SiteMsg::Redispatch);
-        }
-        self.shared
-            .store
-            .put(&checkpoint_key(&seg.id), &SafetyCheckpoint { level })
-            .await?;
-        Ok(())
+        self.command_all();
+        self.checkpoint.write(level);
     }
 
     /// Command every device of the segment to the current level, directly through the
-    /// device connections and all at once: not through the links' mailboxes, where a safe
-    /// state would queue behind setpoints, and not only the devices whose link is running.
-    /// Then every link re-clamps with everything it knows (the vehicle's minimum SoC too),
-    /// which also corrects a setpoint a link computed under the old level a moment before.
-    async fn command_all(&self) {
-        command_devices(&self.shared, &self.seg).await;
-        for l in self.seg.links.iter() {
-            let _ = l.actor.send_message(LinkMsg::Enforce);
-        }
+    /// device connections, each by its own task ([`safe_command`]): not through the links'
+    /// mailboxes, where a safe state would queue behind setpoints, and not only the devices
+    /// whose link is running. Then every link re-clamps with everything it knows (the
+    /// vehicle's minimum SoC too), which also corrects a setpoint a link computed under the
+    /// old level a moment before, and the site dispatches again so that power moves to where
+    /// it is allowed. Those follow-ups wait until every device's first attempt ended, at
+    /// most [`FOLLOW_UP_WAIT`]: thousands of link handlers and a dispatch round over every
+    /// session must not take the workers before the safe-state writes (they did, by tens of
+    /// milliseconds, in `bench site`).
+    fn command_all(&self) {
+        let round = safe_command::command(&self.seg, self.now());
+        let seg = self.seg.clone();
+        let site = lock(&self.shared.site).clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(FOLLOW_UP_WAIT, round.settled()).await;
+            for l in seg.links.iter() {
+                let _ = l.actor.send_message(LinkMsg::Enforce);
+            }
+            if let Some(site) = site {
+                let _ = site.send_message(SiteMsg::Redispatch);
+            }
+        });
     }
 
     /// The trip relay, if the segment has one, follows the level (`crate::io::relay`): the
@@ -131,45 +144,110 @@ impl SafetyState {
     }
 }
 
-/// Command every device of `seg` to the segment's current level, all at once, directly
-/// through the device connections; records how long it took. Used by the safety actor on a
-/// change of level, and by the `segments` hook when the whole segment is down.
+/// Command every device of `seg` to the segment's current level, each by its own task, and
+/// wait until every device's first attempt ended (delivered, failed or missed its deadline),
+/// at most [`SETTLE_LIMIT`]. For the callers outside the safety actor (a segment handed
+/// off, a segment whose supervisor gave up), which want the devices commanded before they go
+/// on; the safety actor itself never waits.
 pub(crate) async fn command_devices(shared: &SiteShared, seg: &SegmentShared) {
-    let started = tokio::time::Instant::now();
-    let level = seg.level();
-    let now = shared.clock.now();
-    let devices = &shared.devices;
-    let chargers = seg.config.chargers.iter().filter_map(|c| {
-        let io = devices.chargers.get(&c.id)?.clone();
-        Some(async move {
-            let r = io.read(now).await?;
-            let clamped = level.clamp(r.setpoint_kw);
-            if clamped != r.setpoint_kw {
-                let key = r.applied.unwrap_or(SetpointKey::new(0, 0));
-                io.write(key, clamped, r.lease_until, now).await?;
+    let round = safe_command::command(seg, shared.clock.now());
+    if tokio::time::timeout(SETTLE_LIMIT, round.settled())
+        .await
+        .is_err()
+    {
+        tracing::warn!(segment = %seg.id, limit = ?SETTLE_LIMIT, "safe-state command not settled (a newer level replaced it)");
+    }
+}
+
+/// How long [`command_devices`] waits for a round: every first attempt ends within the
+/// deadline, so only a round that a newer level replaced takes longer.
+pub const SETTLE_LIMIT: Duration = Duration::from_millis(
+    safe_command::SAFE_COMMAND_DEADLINE.as_millis() as u64
+        + safe_command::SAFE_COMMAND_RETRY_FIRST.as_millis() as u64,
+);
+
+/// How long the follow-ups of a safe-state command (the links' re-clamp, a fresh dispatch)
+/// wait for the devices' first attempts to end (one safety tick).
+pub const FOLLOW_UP_WAIT: Duration = super::SAFETY_TICK;
+
+/// The first wait before a safe-state checkpoint that failed is written again.
+pub const CHECKPOINT_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a checkpoint that keeps failing (the wait doubles
+/// from [`CHECKPOINT_RETRY_FIRST`]); it is tried until written or replaced by a newer level.
+pub const CHECKPOINT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The safety actor's checkpoint of its level, written by a task of its own: the newest
+/// level in a latest-value slot, a failed write logged, counted
+/// (`gridvisor_safe_state_checkpoint_failures_total`) and retried with a backoff. A store
+/// that fails never stops the actor (it used to crash it, which restarted the segment).
+struct CheckpointWriter {
+    tx: watch::Sender<Option<SafeState>>,
+    task: JoinHandle<()>,
+}
+
+impl CheckpointWriter {
+    fn start(shared: &SiteShared, segment: &str) -> Self {
+        let (tx, rx) = watch::channel(None);
+        let store = shared.store.clone();
+        let failures = shared
+            .metrics
+            .safe_checkpoint_failures
+            .with_label_values(&[segment]);
+        let task = tokio::spawn(write_levels(store, segment.to_owned(), failures, rx));
+        CheckpointWriter { tx, task }
+    }
+
+    /// Checkpoint `level` (replaces a level not written yet).
+    fn write(&self, level: SafeState) {
+        self.tx.send_replace(Some(level));
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The checkpoint writer's task.
+async fn write_levels(
+    store: CheckpointStore,
+    segment: String,
+    failures: prometheus::IntCounter,
+    mut rx: watch::Receiver<Option<SafeState>>,
+) {
+    let key = checkpoint_key(&segment);
+    let mut pending = None;
+    loop {
+        let level = match pending.take() {
+            Some(level) => level,
+            None => match next_level(&mut rx).await {
+                Some(level) => level,
+                None => return,
+            },
+        };
+        let mut retry = CHECKPOINT_RETRY_FIRST;
+        while let Err(error) = store.put(&key, &SafetyCheckpoint { level }).await {
+            failures.inc();
+            tracing::warn!(%segment, %level, %error, retry_in = ?retry, "safe-state checkpoint failed");
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                newer = next_level(&mut rx) => match newer {
+                    Some(newer) => { pending = Some(newer); break; }
+                    None => return,
+                },
             }
-            Ok::<_, crate::device::DeviceError>(())
-        })
-    });
-    let inverters = seg.config.inverters.iter().filter_map(|i| {
-        let io = devices.inverters.get(&i.id)?.clone();
-        Some(async move {
-            let r = io.read(now).await?;
-            let clamped = level.clamp(r.setpoint_kw);
-            if clamped != r.setpoint_kw {
-                io.write(clamped, now).await?;
-            }
-            Ok::<_, crate::device::DeviceError>(())
-        })
-    });
-    let (c, i) = futures::future::join(
-        futures::future::join_all(chargers),
-        futures::future::join_all(inverters),
-    )
-    .await;
-    shared.record_command(&seg.id, started.elapsed());
-    for e in c.into_iter().chain(i).filter_map(Result::err) {
-        tracing::warn!(segment = %seg.id, error = %e, "safe-state command not delivered");
+            retry = (retry * 2).min(CHECKPOINT_RETRY_MAX);
+        }
+    }
+}
+
+async fn next_level(rx: &mut watch::Receiver<Option<SafeState>>) -> Option<SafeState> {
+    loop {
+        rx.changed().await.ok()?;
+        if let Some(level) = *rx.borrow_and_update() {
+            return Some(level);
+        }
     }
 }
 
@@ -200,6 +278,7 @@ impl Actor for Safety {
                 .fault_active
                 .with_label_values(&[&seg.id, kind])
         });
+        let checkpoint = CheckpointWriter::start(&shared, &seg.id);
         let mut state = SafetyState {
             shared,
             seg,
@@ -208,6 +287,7 @@ impl Actor for Safety {
             causes,
             ticks: 0,
             timer: None,
+            checkpoint,
         };
         // After a node restart the in-memory ladder is fresh: restore the checkpointed level
         // and hold it. After an actor restart the ladder kept its state; restoring is then a
@@ -241,8 +321,13 @@ impl Actor for Safety {
             .with_label_values(&[&state.seg.id])
             .set(f64::from(state.seg.level().severity()));
         *lock(&state.seg.safety) = Some(CountedRef::new(myself.clone(), state.mailbox.clone()));
+        let restarted_quietly = transitions.is_empty();
         for t in transitions {
-            state.transitioned(t).await?;
+            state.transitioned(t);
+        }
+        if restarted_quietly {
+            // A write the previous incarnation could not finish is not lost.
+            state.checkpoint.write(state.seg.level());
         }
         state.timer = Some(super::tick_after(&myself, SAFETY_TICK, || SafetyMsg::Tick));
         Ok(state)
@@ -298,7 +383,7 @@ impl Actor for Safety {
             }
         };
         if let Some(t) = transition {
-            state.transitioned(t).await?;
+            state.transitioned(t);
         }
         state.publish_causes();
         Ok(())

@@ -137,6 +137,9 @@ pub struct SegmentShared {
     /// the batch is acknowledged; a restarted link starts from its entry. Seeded from the
     /// store when the node starts.
     pub applied: Board<(Applied, u64)>,
+    /// The safe-state outputs of the segment: one task per device, the newest level first
+    /// ([`super::safe_command`]).
+    pub commander: super::safe_command::SafeCommander,
 }
 
 /// The checkpoint of a segment's applied setpoints: one record per segment, written once per
@@ -452,6 +455,13 @@ pub struct DomainMetrics {
     pub relay_failures: IntCounterVec,
     /// What each trip relay last acknowledged: 1 trip asserted (open), 0 released, NaN not yet.
     pub relay_open: GaugeVec,
+    /// A safe-state change → one device commanded, seconds (delivered commands only).
+    pub safe_command_device: HistogramVec,
+    /// Safe-state commands to devices by segment and outcome (delivered, failed, missed,
+    /// superseded).
+    pub safe_commands: IntCounterVec,
+    /// Safe-state checkpoints that could not be written (each is retried), by segment.
+    pub safe_checkpoint_failures: IntCounterVec,
 }
 
 fn gauge_vec(
@@ -492,10 +502,19 @@ impl DomainMetrics {
                 "gridvisor_safe_state_command_seconds",
                 "Safe-state change to every device of the segment commanded",
             )
-            .buckets(latency_buckets),
+            .buckets(latency_buckets.clone()),
             &["segment"],
         )?;
         r.register(Box::new(safe_command.clone()))?;
+        let safe_command_device = HistogramVec::new(
+            HistogramOpts::new(
+                "gridvisor_safe_command_device_seconds",
+                "Safe-state change to one device of the segment commanded (delivered only)",
+            )
+            .buckets(latency_buckets),
+            &["segment"],
+        )?;
+        r.register(Box::new(safe_command_device.clone()))?;
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
             r.register(Box::new(c.clone()))?;
@@ -595,6 +614,18 @@ impl DomainMetrics {
                 "gridvisor_trip_relay_open",
                 "What the segment's trip relay last acknowledged: 1 trip asserted (breaker \
                  open), 0 released; NaN before its first answer",
+                &["segment"],
+            )?,
+            safe_command_device,
+            safe_commands: counter(
+                "gridvisor_safe_commands_total",
+                "Safe-state commands to devices by outcome: delivered, failed, missed (its \
+                 deadline), superseded (a newer level first); failed and missed are retried",
+                &["segment", "outcome"],
+            )?,
+            safe_checkpoint_failures: counter(
+                "gridvisor_safe_state_checkpoint_failures_total",
+                "Safe-state checkpoints that could not be written (each is retried)",
                 &["segment"],
             )?,
         })
@@ -719,6 +750,7 @@ impl SiteShared {
             crate::clock_source::TimeSource::new(&topology, sim.ptp.clone(), &prometheus)?;
         let now = clock.now();
         let ladder_config = topology.safety.ladder_config();
+        let command_log = Arc::new(Mutex::new(VecDeque::new()));
         let mut segments = BTreeMap::new();
         for (sub, seg) in topology.segments() {
             let thermal = TransformerThermal::new(ThermalParams {
@@ -770,6 +802,19 @@ impl SiteShared {
                     .chargers
                     .into_iter()
                     .collect(),
+                commander: super::safe_command::SafeCommander::new(
+                    &seg.id,
+                    seg.chargers
+                        .iter()
+                        .filter_map(|c| Some((c.id.clone(), devices.chargers.get(&c.id)?.clone())))
+                        .collect(),
+                    seg.inverters
+                        .iter()
+                        .filter_map(|i| Some((i.id.clone(), devices.inverters.get(&i.id)?.clone())))
+                        .collect(),
+                    &metrics,
+                    command_log.clone(),
+                ),
             };
             // Every series exists from the start, so that a scrape right after start shows
             // every segment (at zero) rather than nothing.
@@ -850,7 +895,7 @@ impl SiteShared {
             options,
             site: Mutex::new(None),
             events: Mutex::new(VecDeque::new()),
-            command_log: Arc::new(Mutex::new(VecDeque::new())),
+            command_log,
             time_source,
             boot: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
