@@ -1349,7 +1349,7 @@ impl Cluster {
         tokio::spawn(tick_loop(Arc::downgrade(&inner)));
         tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
         tokio::spawn(view_loop(Arc::downgrade(&inner)));
-        tracing::info!(node = %inner.config.me.name, listen = %inner.transport.local_addr(), "cluster node started");
+        tracing::info!(node = %inner.config.me.name, listen = %inner.transport.local_addr(), boot = inner.sequencer.boot(), "cluster node started");
         Ok(Cluster { inner })
     }
 
