@@ -15,7 +15,10 @@
 //! - a node adopts a segment only when every other member's newest heartbeat, sent from a
 //!   view at least as new as its own, says it does not drive that segment (the handback);
 //! - checkpoints of a segment are copied to its replica before a write counts as durable,
-//!   so a setpoint is acknowledged only once two nodes hold it ([`ClusterReplicator`]).
+//!   so a setpoint is acknowledged only once two nodes hold it ([`ClusterReplicator`]); the
+//!   copies carry versions that no restart can make look old, one key's copies go one at a
+//!   time, and a replica takes them only from the segment's owner in its own view, answering
+//!   a stale or unauthorised copy with an error ([`replica`]).
 //!
 //! The state machine of a node's segments, run by [`reconcile`] every heartbeat:
 //!
@@ -26,6 +29,7 @@
 //! ```
 
 pub mod config;
+pub mod replica;
 pub mod route;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use config::ClusterConfig;
+use replica::{Refusal, ReplicaBook, Sequencer, Version};
 
 /// Longest wait for a replica to confirm a checkpoint write.
 pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(1);
@@ -92,10 +97,11 @@ pub enum Call {
         key: String,
         /// Its encoded value.
         value: Option<Vec<u8>>,
-        /// Its version: the sender's committed epoch and its write counter when the write
-        /// was queued. A replica keeps only the newest version of a key (calls can arrive
-        /// out of order; an old owner's late copy must not replace the new owner's).
-        version: (u64, u64),
+        /// Its version ([`replica::Version`]: epoch, the sender's boot number, its copy
+        /// counter). A replica stores only a strictly newer version than it holds and
+        /// refuses the others ([`Refusal::Stale`]): calls can arrive out of order, and an
+        /// old owner's late copy must not replace the new owner's.
+        version: Version,
     },
     /// An HTTP request for the other node's own API (it answers from its own state only).
     Http {
@@ -115,8 +121,8 @@ pub enum Call {
 pub enum Reply {
     /// An openraft answer ([`RaftResponse::encode`]).
     Raft(Vec<u8>),
-    /// The replica stored it (or says why not).
-    Replicated(Result<(), String>),
+    /// The replica stored it, or why it did not.
+    Replicated(Result<(), Refusal>),
     /// The HTTP answer.
     Http {
         /// Status code.
@@ -292,10 +298,10 @@ struct Inner {
     handing_over: Mutex<BTreeSet<String>>,
     /// The epoch whose releases the reconcile pass has carried out: what heartbeats announce.
     applied_epoch: AtomicU64,
-    /// Writes queued for replication, counted (the second half of a replica version).
-    write_seq: AtomicU64,
-    /// Newest replica version stored per key (keys of segments only: bounded by the topology).
-    replica_versions: Mutex<HashMap<String, (u64, u64)>>,
+    /// Versions and per-key turns of this node's checkpoint copies.
+    sequencer: Sequencer,
+    /// The versions of the copies this node holds for others, per key.
+    held: ReplicaBook,
     /// Bounds the calls from other nodes handled at once.
     inbound_calls: Arc<tokio::sync::Semaphore>,
     /// What the lease allows at this moment (read by the site's dispatch rounds).
@@ -318,6 +324,10 @@ struct ClusterMetrics {
     driven: prometheus::IntGauge,
     replication: prometheus::Histogram,
     handoffs: prometheus::IntCounterVec,
+    /// This node's copies that a replica refused, by reason.
+    refused: prometheus::IntCounterVec,
+    /// Copies from other nodes that this node refused, by reason.
+    refusals: prometheus::IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -361,6 +371,22 @@ impl ClusterMetrics {
             ),
             &["direction"],
         )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "gridvisor_cluster_replication_refused_total",
+                "Checkpoint copies of this node that the replica refused (the write failed), by reason",
+            ),
+            &["reason"],
+        )?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "gridvisor_cluster_replica_refusals_total",
+                "Checkpoint copies from other nodes that this node refused, by reason",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(refused.clone()))?;
+        r.register(Box::new(refusals.clone()))?;
         r.register(Box::new(lease.clone()))?;
         r.register(Box::new(members.clone()))?;
         r.register(Box::new(epoch.clone()))?;
@@ -378,6 +404,8 @@ impl ClusterMetrics {
             driven,
             replication,
             handoffs,
+            refused,
+            refusals,
         })
     }
 }
@@ -495,59 +523,98 @@ impl Replicator for ClusterReplicator {
     fn replicate(
         &self,
         key: String,
-        value: Option<Vec<u8>>,
+        _value: Option<Vec<u8>>,
     ) -> BoxFuture<'static, Result<(), CheckpointError>> {
-        // The version is taken now, when the write is queued, so that copies of one key
-        // compare in the order the writes were made whatever order they travel in.
+        // The version and the key's turn are taken now, when the write is queued, so that
+        // one key's copies go, and compare, in the order its writes were made. The copy
+        // carries the key's committed value when it is sent (see `replica`).
         let inner = self.0.upgrade();
-        let version = inner.as_ref().map(|i| {
-            (
-                i.view().epoch,
-                i.write_seq.fetch_add(1, Ordering::Relaxed) + 1,
-            )
+        let ticket = inner.as_ref().and_then(|i| {
+            let segment = i.segment_of_key(&key)?;
+            let (version, turn) = i.sequencer.next(&key, || i.view().epoch);
+            Some((segment, version, turn))
         });
         Box::pin(async move {
-            let (Some(inner), Some(version)) = (inner, version) else {
+            let (Some(inner), Some((segment, version, mut turn))) = (inner, ticket) else {
+                // Node-level keys (the dispatch counter, the boot number) stay on their node.
                 return Ok(());
             };
-            let Some(segment) = inner.segment_of_key(&key) else {
-                // Node-level keys (the dispatch counter) stay on their node.
-                return Ok(());
-            };
-            let Some(target) = inner.copy_target(&segment) else {
-                // A cluster of one member has nowhere to copy to.
-                return Ok(());
-            };
-            let fail = |reason: String| CheckpointError::Replication {
-                key: key.clone(),
-                reason,
-            };
-            let started = Instant::now();
-            let call = Call::Replicate {
-                key: key.clone(),
-                value,
-                version,
-            };
-            match inner.call(&target, call, REPLICATION_TIMEOUT).await {
-                Ok(Reply::Replicated(Ok(()))) => {
-                    let took = started.elapsed();
-                    let mut r = lock(&inner.replication);
-                    if r.len() == REPLICATION_SAMPLES {
-                        r.pop_front();
-                    }
-                    r.push_back(took.as_secs_f64() * 1e3);
-                    inner.metrics.replication.observe(took.as_secs_f64());
-                    Ok(())
-                }
-                Ok(Reply::Replicated(Err(e))) => Err(fail(format!("{target}: {e}"))),
-                Ok(other) => Err(fail(format!("{target}: unexpected reply {other:?}"))),
-                Err(e) => Err(fail(format!("{target}: {e}"))),
+            let result = (inner.copy(&segment, &key, (version, &mut turn), None)).await;
+            if let Err(e) = &result {
+                tracing::warn!(segment, key, %version, error = %e, "a checkpoint copy failed: the write is not acknowledged");
             }
+            result
         })
     }
 }
 
 impl Inner {
+    /// Send `key`'s committed local value at `version` to `target` (None: the segment's copy
+    /// target when the copy goes), once the key's previous copy ended (at most
+    /// [`replica::PREDECESSOR_WAIT`]). A refusal fails the write, is counted, and marks the
+    /// segment for a full resync.
+    async fn copy(
+        &self,
+        segment: &str,
+        key: &str,
+        (version, turn): (Version, &mut replica::Turn),
+        target: Option<&str>,
+    ) -> Result<(), CheckpointError> {
+        let fail = |reason: String| CheckpointError::Replication {
+            key: key.to_string(),
+            reason,
+        };
+        if !turn.wait(replica::PREDECESSOR_WAIT).await {
+            tracing::warn!(
+                key,
+                "the previous copy of this key is still running; this one goes first"
+            );
+        }
+        let Some(target) = target
+            .map(str::to_string)
+            .or_else(|| self.copy_target(segment))
+        else {
+            // A cluster of one member has nowhere to copy to.
+            return Ok(());
+        };
+        let value = (self.node.shared.store.get_raw(key))
+            .map_err(|e| fail(format!("reading the committed value: {e}")))?;
+        let started = Instant::now();
+        let call = Call::Replicate {
+            key: key.to_string(),
+            value,
+            version,
+        };
+        match self.call(&target, call, REPLICATION_TIMEOUT).await {
+            Ok(Reply::Replicated(Ok(()))) => {
+                self.record_replication(started.elapsed());
+                Ok(())
+            }
+            Ok(Reply::Replicated(Err(refusal))) => {
+                self.metrics
+                    .refused
+                    .with_label_values(&[refusal.label()])
+                    .inc();
+                if refusal.wants_resync() {
+                    // The next reconcile pass copies every key of the segment again.
+                    lock(&self.replicas).remove(segment);
+                }
+                Err(fail(format!("{target} refused it: {refusal}")))
+            }
+            Ok(other) => Err(fail(format!("{target}: unexpected reply {other:?}"))),
+            Err(e) => Err(fail(format!("{target}: {e}"))),
+        }
+    }
+
+    fn record_replication(&self, took: Duration) {
+        let mut r = lock(&self.replication);
+        if r.len() == REPLICATION_SAMPLES {
+            r.pop_front();
+        }
+        r.push_back(took.as_secs_f64() * 1e3);
+        self.metrics.replication.observe(took.as_secs_f64());
+    }
+
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
@@ -758,7 +825,17 @@ impl Inner {
                 key,
                 value,
                 version,
-            } => Reply::Replicated(self.store_replica(from, key, value, version).await),
+            } => {
+                let result = self.store_replica(from, key, value, version).await;
+                if let Err(refusal) = &result {
+                    self.metrics
+                        .refusals
+                        .with_label_values(&[refusal.label()])
+                        .inc();
+                    tracing::debug!(from, %version, reason = %refusal, "refused a checkpoint copy");
+                }
+                Reply::Replicated(result)
+            }
             Call::Http {
                 api,
                 method,
@@ -768,41 +845,41 @@ impl Inner {
         }
     }
 
-    /// Store a checkpoint copy from `from`, unless it is older than the one held or this
-    /// node drives the segment itself.
+    /// Store a checkpoint copy from `from` if `from` may send it and it is newer than the
+    /// one held (see [`replica`]); otherwise say why not.
     async fn store_replica(
         &self,
         from: &str,
         key: String,
         value: Option<Vec<u8>>,
-        version: (u64, u64),
-    ) -> Result<(), String> {
-        let Some(segment) = self.segment_of_key(&key) else {
-            return Err(format!("{key:?} is not a segment's checkpoint"));
-        };
-        if self.node.owned_segments().contains(&segment)
-            || lock(&self.handing_over).contains(&segment)
-        {
-            return Err(format!(
-                "{} drives {segment} itself: a copy from {from} is stale",
-                self.me()
-            ));
-        }
-        {
-            let mut versions = lock(&self.replica_versions);
-            let newest = versions.entry(key.clone()).or_insert((0, 0));
-            if version <= *newest && *newest != (0, 0) {
-                // A newer copy is already here (calls arrive out of order).
-                return Ok(());
-            }
-            *newest = version;
-        }
-        self.node
-            .shared
-            .store
-            .put_replica(&key, value)
-            .await
-            .map_err(|e| e.to_string())
+        version: Version,
+    ) -> Result<(), Refusal> {
+        let segment =
+            (self.segment_of_key(&key)).ok_or_else(|| Refusal::NotSegmentKey(key.clone()))?;
+        let view = self.view();
+        let members: Vec<String> = view.members.iter().cloned().collect();
+        let placement = shard::place(&members, &segment);
+        let driven_here = self.node.owned_segments().contains(&segment)
+            || lock(&self.handing_over).contains(&segment);
+        let sender_announces =
+            (lock(&self.book).peers.get(from)).is_some_and(|p| p.driving.contains(&segment));
+        replica::authorize(&replica::Arrival {
+            me: self.me(),
+            from,
+            segment: &segment,
+            placement: placement.as_ref(),
+            epoch: view.epoch,
+            driven_here,
+            sender_announces,
+        })?;
+        // One copy of a key at a time: checked, stored, and only then recorded as held.
+        let slot = self.held.slot(&key);
+        let mut held = slot.lock().await;
+        replica::admit(&key, *held, version)?;
+        (self.node.shared.store.put_replica(&key, value).await)
+            .map_err(|e| Refusal::Store(e.to_string()))?;
+        *held = Some(version);
+        Ok(())
     }
 
     /// One heartbeat period: confirm the lease, and on the leader take over or re-admit.
@@ -1139,32 +1216,26 @@ impl Inner {
     /// pass (and with it every adoption) for seconds.
     async fn resync(&self, segment: &str, target: &str) -> bool {
         use futures::stream::{self, StreamExt};
-        let epoch = self.view().epoch;
         let mut copies = Vec::new();
         for key in self.keys_of_segment(segment) {
-            let value = match self.node.shared.store.get_raw(&key) {
-                Ok(Some(v)) => v,
+            match self.node.shared.store.get_raw(&key) {
+                Ok(Some(_)) => {}
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(key, error = %e, "cannot read a checkpoint to copy");
                     return false;
                 }
-            };
-            // Versions are taken in key order, before anything is sent.
-            let version = (epoch, self.write_seq.fetch_add(1, Ordering::Relaxed) + 1);
-            copies.push((key, value, version));
+            }
+            // Versions and turns are taken in key order, before anything is sent.
+            let (version, turn) = self.sequencer.next(&key, || self.view().epoch);
+            copies.push((key, version, turn));
         }
         let results: Vec<bool> = stream::iter(copies)
-            .map(|(key, value, version)| async move {
-                let call = Call::Replicate {
-                    key: key.clone(),
-                    value: Some(value),
-                    version,
-                };
-                match self.call(target, call, REPLICATION_TIMEOUT).await {
-                    Ok(Reply::Replicated(Ok(()))) => true,
-                    other => {
-                        tracing::debug!(key, target, result = ?other, "copy failed; retried next period");
+            .map(|(key, version, mut turn)| async move {
+                match (self.copy(segment, &key, (version, &mut turn), Some(target))).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(key, target, error = %e, "copy failed; retried next period");
                         false
                     }
                 }
@@ -1186,6 +1257,10 @@ impl Cluster {
         data: &std::path::Path,
     ) -> Result<Cluster, String> {
         let tls = NodeTls::load(&config.tls, &config.me.name).map_err(|e| e.to_string())?;
+        // Before the replicator is set: every copy of this process carries this boot number.
+        let boot = replica::bump_boot(store)
+            .await
+            .map_err(|e| format!("the boot number in the checkpoint store: {e}"))?;
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
             .map_err(|e| format!("cluster listener {}: {e}", config.bind))?;
@@ -1245,8 +1320,8 @@ impl Cluster {
             replication: Mutex::new(std::collections::VecDeque::new()),
             handing_over: Mutex::new(BTreeSet::new()),
             applied_epoch: AtomicU64::new(0),
-            write_seq: AtomicU64::new(0),
-            replica_versions: Mutex::new(HashMap::new()),
+            sequencer: Sequencer::new(boot),
+            held: ReplicaBook::default(),
             inbound_calls: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CALLS)),
             gate: Arc::new(LeaseGate {
                 started,
@@ -1274,7 +1349,7 @@ impl Cluster {
         tokio::spawn(tick_loop(Arc::downgrade(&inner)));
         tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
         tokio::spawn(view_loop(Arc::downgrade(&inner)));
-        tracing::info!(node = %inner.config.me.name, listen = %inner.transport.local_addr(), "cluster node started");
+        tracing::info!(node = %inner.config.me.name, listen = %inner.transport.local_addr(), boot = inner.sequencer.boot(), "cluster node started");
         Ok(Cluster { inner })
     }
 
