@@ -1436,7 +1436,11 @@ mod tests {
         let hold = l.config.hold_time;
         assert_eq!(l.observe(Fault::KeepAlive, ms(1) + hold), None);
         // The drift tripped: locked out until the operator's reset.
-        assert_eq!(l.observe(Fault::KeepAlive, ms(2) + hold), None, "locked out");
+        assert_eq!(
+            l.observe(Fault::KeepAlive, ms(2) + hold),
+            None,
+            "locked out"
+        );
         let t = l.reset(ms(2) + hold).unwrap().unwrap();
         assert_eq!(t.to, SafeState::Normal);
         let t = l

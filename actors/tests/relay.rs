@@ -265,9 +265,7 @@ impl PyRelay {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {} ({e})", python.display())
-            });
+            .unwrap_or_else(|e| panic!("cannot run {} ({e})", python.display()));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
