@@ -115,10 +115,25 @@ fn demo_with(edits: &[(&str, &str)]) -> String {
 /// before a 2 s band clears (the reading age has its own tests below).
 const PATIENT: (&str, &str) = ("max_reading_age_ms = 500", "max_reading_age_ms = 10000");
 
-/// The demo with ROCOF out of the way: a step into a band trips by the band alone.
+/// The demo with ROCOF out of the way (a step into a band trips by the band alone), and the
+/// stage-1 frequency bands overridden to clear in [`STAGE_1_CLEARING`] (EN 50549-1's 2 s
+/// defaults are checked in the ladder's unit tests): a trip is due only while exporting, and
+/// on a machine busy with parallel tests the dispatcher's first re-dispatch, about a second
+/// after the request, can read a measurement older than its command as throttling and stop
+/// the export before a 2 s band clears (see the closing note of issue 19).
 fn bands_only() -> String {
-    demo_with(&[PATIENT, ("rocof_hz_per_s = 2.0", "rocof_hz_per_s = 100")])
+    demo_with(&[
+        PATIENT,
+        ("rocof_hz_per_s = 2.0", "rocof_hz_per_s = 100"),
+        (
+            "[safety.bands]\n",
+            "[safety.bands]\nuf1 = { hz = 47.5, clearing_ms = 400 }\nof1 = { hz = 51.5, clearing_ms = 400 }\n",
+        ),
+    ])
 }
+
+/// The stage-1 clearing time of [`bands_only`].
+const STAGE_1_CLEARING: Duration = Duration::from_millis(400);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_frequency_stage_2_trips_after_its_clearing_time() {
@@ -127,7 +142,7 @@ async fn under_frequency_stage_2_trips_after_its_clearing_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_frequency_stage_1_trips_after_its_clearing_time() {
-    trips_on(&bands_only(), 1.0, 47.3, Duration::from_secs(2)).await;
+    trips_on(&bands_only(), 1.0, 47.3, STAGE_1_CLEARING).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +152,7 @@ async fn over_frequency_stage_2_trips_after_its_clearing_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_frequency_stage_1_trips_after_its_clearing_time() {
-    trips_on(&bands_only(), 1.0, 51.7, Duration::from_secs(2)).await;
+    trips_on(&bands_only(), 1.0, 51.7, STAGE_1_CLEARING).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,8 +226,13 @@ async fn a_failing_checkpoint_is_retried_and_the_enforcer_keeps_running() {
         written() == Some(SafeState::Tripped)
     })
     .await;
-    // The same actor goes on: the grid returns, Normal after the hold, checkpointed.
+    // The same actor goes on: the grid returns; after the hold the operator's reset ends
+    // the lockout: Normal, checkpointed.
     node.sim.grid.set(1.0, 60.0);
+    sim_wait(&node, "the reset accepted after the hold", || {
+        node.reset_segment("tx-0").is_ok()
+    })
+    .await;
     sim_wait(&node, "normal again, checkpointed", || {
         level(&node, "tx-0") == SafeState::Normal && written() == Some(SafeState::Normal)
     })

@@ -46,7 +46,7 @@ fn passes(name: &str) {
             "{name} seed {seed} broke an invariant:\n{}",
             serde_json::to_string_pretty(&r.violations).unwrap()
         );
-        assert_eq!(r.invariants.len(), 7);
+        assert_eq!(r.invariants.len(), 8);
         assert!(out.history.samples.len() as u64 == r.steps && r.steps > 0);
         // The fault under test happened: at least one fault started.
         assert!(
