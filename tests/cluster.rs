@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gridvisor_chaos::cluster::check::parse_time;
+use gridvisor_testkit::net::{self, sh};
 use serde_json::Value;
 use support::{try_http, Killed};
 
@@ -542,31 +543,6 @@ fn three_processes_share_fail_over_and_rebalance() {
     );
 }
 
-/// Root, `ip` and network namespaces, or a reason to skip (fatal when
-/// GRIDVISOR_REQUIRE_NETNS=1, as in CI).
-fn netns_available() -> Result<(), String> {
-    let ok = Command::new("ip")
-        .args(["netns", "add", "gv-probe"])
-        .output()
-        .map_err(|e| format!("no `ip`: {e}"))?;
-    if !ok.status.success() {
-        return Err(String::from_utf8_lossy(&ok.stderr).into_owned());
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", "gv-probe"])
-        .status();
-    Ok(())
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Namespaces gv<tag>-<n> with a cluster link (10.77.1.n, bridge gv<tag>c) and an API link
 /// (10.77.2.n, bridge gv<tag>a, reachable from the test at 10.77.2.254); removed on drop.
 struct Netns {
@@ -676,7 +652,8 @@ impl Drop for Netns {
 #[test]
 fn a_partitioned_minority_goes_to_charge_only_and_the_majority_takes_over() {
     let _one_at_a_time = serial();
-    if gridvisor_testkit::probe(&gridvisor_testkit::needs::NETNS, netns_available()).is_none() {
+    if gridvisor_testkit::probe(&gridvisor_testkit::needs::NETNS, net::netns_available()).is_none()
+    {
         return;
     }
     let net = Netns::new(3);

@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use gridvisor_testkit::net::sh;
 use serde_json::Value;
 use support::{addr_of, try_http, Killed, LIMIT};
 
@@ -43,31 +44,13 @@ fn ptp_available() -> Result<(), String> {
     if !v.status.success() {
         return Err("ptp4l -v failed".into());
     }
-    let probe = format!("gvptp-probe-{}", std::process::id());
-    let ok = Command::new("ip")
-        .args(["netns", "add", &probe])
-        .output()
-        .map_err(|e| format!("no `ip`: {e}"))?;
-    if !ok.status.success() {
-        return Err(String::from_utf8_lossy(&ok.stderr).into_owned());
-    }
-    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    Ok(())
+    gridvisor_testkit::net::netns_available()
 }
 
 /// True (after the skip is recorded) when ptp4l or network namespaces are missing; a failure
 /// instead with `GRIDVISOR_REQUIRE_PTP=1` or `GRIDVISOR_REQUIRE_ALL=1`.
 fn skip_unless_required() -> bool {
     gridvisor_testkit::probe(&gridvisor_testkit::needs::PTP, ptp_available()).is_none()
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Two namespaces (grandmaster, slave) joined by a veth pair, 10.78.0.1 and .2; removed on

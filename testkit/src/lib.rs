@@ -7,6 +7,7 @@
 //! - [`tool`] and [`probe`]: a system tool (Chromium, mosquitto, promtool, `ip netns`, ...)
 //!   found, or the test skipped, saying why. `GRIDVISOR_REQUIRE_<NAME>=1` (or
 //!   `GRIDVISOR_REQUIRE_ALL=1`) turns that skip into a failure; CI sets them.
+//! - [`net`]: network namespaces for tests of several hosts on one machine.
 //! - [`skips`]: every skip of one `cargo test` run is written to a file under `target/`, and a
 //!   test binary that skipped something prints, as it exits, one line listing every skip of
 //!   the run so far: the last such line of a run lists them all.
@@ -25,6 +26,7 @@
 //! println!("{}", broker.display());
 //! ```
 
+pub mod net;
 mod python;
 pub mod skips;
 mod tools;
