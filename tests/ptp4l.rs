@@ -19,7 +19,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -27,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use gridvisor_testkit::net::sh;
 use serde_json::Value;
-use support::{addr_of, try_http, Killed, LIMIT};
+use support::{addr_of, stdout_lines, try_http, Killed, LIMIT};
 
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(100);
@@ -169,15 +168,7 @@ impl NodeProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("gridvisor starts");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stdout_lines(&mut child);
         NodeProcess {
             _child: Killed(child),
             lines,

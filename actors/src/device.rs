@@ -461,17 +461,7 @@ impl SimCharger {
         now: Duration,
     ) -> Result<ChargerReading, DeviceError> {
         let mut s = lock(&self.state);
-        if s.unreachable {
-            return Err(DeviceError::Unreachable {
-                device: self.id.clone(),
-            });
-        }
-        if !kw.is_finite() {
-            return Err(DeviceError::Refused {
-                device: self.id.clone(),
-                reason: format!("setpoint {kw} is not a number"),
-            });
-        }
+        self.accepts(&s, kw)?;
         self.advance(&mut s, now);
         if s.applied.is_some_and(|a| key < a) {
             s.older_writes += 1;
@@ -485,8 +475,8 @@ impl SimCharger {
 }
 
 impl SimCharger {
-    fn override_now(&self, kw: f64, now: Duration) -> Result<(), DeviceError> {
-        let mut s = lock(&self.state);
+    /// Whether a write of `kw` reaches the charger: it answers, and `kw` is a number.
+    fn accepts(&self, s: &ChargerPhysics, kw: f64) -> Result<(), DeviceError> {
         if s.unreachable {
             return Err(DeviceError::Unreachable {
                 device: self.id.clone(),
@@ -498,6 +488,12 @@ impl SimCharger {
                 reason: format!("setpoint {kw} is not a number"),
             });
         }
+        Ok(())
+    }
+
+    fn override_now(&self, kw: f64, now: Duration) -> Result<(), DeviceError> {
+        let mut s = lock(&self.state);
+        self.accepts(&s, kw)?;
         self.advance(&mut s, now);
         if s.setpoint_kw != kw {
             s.setpoint_kw = kw;

@@ -59,15 +59,7 @@ impl DemoNode {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("gridvisor starts");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stdout_lines(&mut child);
         DemoNode {
             child,
             lines,
@@ -210,4 +202,18 @@ pub fn try_http_with(
         body.to_string()
     };
     Ok((status, body))
+}
+
+/// The lines `child` writes to its (piped) stdout, read by a thread of their own.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("a piped stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
