@@ -42,6 +42,7 @@ mod node;
 mod pollers;
 pub mod safe_command;
 mod safety;
+pub mod safety_executor;
 pub mod shared;
 mod site;
 mod telemetry;

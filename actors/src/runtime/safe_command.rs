@@ -32,7 +32,8 @@
 //! for the responsive devices is made of.
 //!
 //! The tasks hold their device connection and a slot, never the segment: they end when the
-//! segment's shared state (the slots' senders) is dropped.
+//! segment's shared state (the slots' senders) is dropped. They run on the safety threads
+//! ([`super::safety_executor`]), where no dispatch cycle or actor burst can hold them back.
 //!
 //! [`ChargerIo::write_safe`]: crate::device::ChargerIo::write_safe
 //! [`InverterIo::write`]: crate::device::InverterIo::write
@@ -267,12 +268,13 @@ impl SafeCommander {
 
     fn slots(&self) -> &[Slot] {
         self.slots.get_or_init(|| {
+            let executor = super::safety_executor::handle(&tokio::runtime::Handle::current());
             self.outputs
                 .iter()
                 .map(|(id, output)| {
                     let (tx, rx) = watch::channel(None);
                     let task = run(id.clone(), output.clone(), rx, self.report.clone());
-                    tokio::spawn(task);
+                    executor.spawn(task);
                     Slot {
                         id: id.clone(),
                         output: output.clone(),
