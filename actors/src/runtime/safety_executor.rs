@@ -100,6 +100,9 @@ mod tests {
         let h = handle(&Handle::current());
         assert_eq!(thread_name(&h).await.as_deref(), Some("gridvisor-safety"));
         let again = handle(&Handle::current());
-        assert_eq!(thread_name(&again).await.as_deref(), Some("gridvisor-safety"));
+        assert_eq!(
+            thread_name(&again).await.as_deref(),
+            Some("gridvisor-safety")
+        );
     }
 }
