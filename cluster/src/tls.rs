@@ -20,6 +20,7 @@ use std::sync::Arc;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -147,7 +148,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut &*pem)
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             what: what.to_string(),
@@ -162,14 +163,15 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 fn private_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    rustls_pemfile::private_key(&mut &*pem)
-        .map_err(|e| TlsError::Pem {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            what: what.to_string(),
+        },
+        e => TlsError::Pem {
             what: what.to_string(),
             reason: e.to_string(),
-        })?
-        .ok_or_else(|| TlsError::NoPrivateKey {
-            what: what.to_string(),
-        })
+        },
+    })
 }
 
 fn rustls_err(what: impl Into<String>) -> impl FnOnce(rustls::Error) -> TlsError {

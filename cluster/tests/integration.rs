@@ -4,6 +4,7 @@
 
 mod transport_support;
 
+mod handshake_flood;
 mod lease_sim;
 mod membership;
 mod transport;

@@ -12,6 +12,8 @@ use gridvisor_cluster::transport::{
     Frame, Hello, HelloReply, SendError, Transport, TransportConfig, TransportEvent, PROTOCOL,
 };
 use gridvisor_transports::envelope;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncReadExt;
 use transport_support::*;
 
@@ -643,8 +645,8 @@ fn dev_certs_are_written_private_and_not_overwritten() {
     for node in ["node-a", "node-b"] {
         let t = NodeTls::load(&node_files(&out, node), node).unwrap();
         assert_eq!(t.node(), node);
-        let pem = std::fs::read(out.join(format!("{node}.pem"))).unwrap();
-        let der = rustls_pemfile::certs(&mut pem.as_slice())
+        let der = CertificateDer::pem_file_iter(out.join(format!("{node}.pem")))
+            .unwrap()
             .next()
             .unwrap()
             .unwrap();
