@@ -8,3 +8,4 @@ mod handshake_flood;
 mod lease_sim;
 mod membership;
 mod transport;
+mod wire_fuzz;
