@@ -668,6 +668,21 @@ fn dev_certs_are_written_private_and_not_overwritten() {
     missing.key = out.join("nope-key.pem");
     let e = NodeTls::load(&missing, "node-a").unwrap_err().to_string();
     assert!(e.contains("nope-key.pem"), "{e}");
+    // A certificate file cut short, and a key file with no key: the file and what is wrong.
+    let cut = out.join("cut.pem");
+    let pem = std::fs::read_to_string(out.join("node-a.pem")).unwrap();
+    std::fs::write(&cut, &pem[..pem.len() / 2]).unwrap();
+    let mut truncated = node_files(&out, "node-a");
+    truncated.cert = cut.clone();
+    let e = NodeTls::load(&truncated, "node-a").unwrap_err().to_string();
+    assert!(
+        e.contains("cut.pem") && e.contains("`-----END CERTIFICATE-----`"),
+        "{e}"
+    );
+    let mut keyless = node_files(&out, "node-a");
+    keyless.key = out.join("node-a.pem");
+    let e = NodeTls::load(&keyless, "node-a").unwrap_err().to_string();
+    assert!(e.contains("node-a.pem") && e.contains("key"), "{e}");
     // The key of another node does not match the certificate.
     let mut swapped = node_files(&out, "node-a");
     swapped.key = out.join("node-b-key.pem");

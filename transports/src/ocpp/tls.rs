@@ -44,6 +44,22 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The PEM parser's error in words (its `Display` prints a missing end marker as a list of
+/// byte values).
+fn pem_reason(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no end line `-----END {}-----`",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "malformed section start line `{}`",
+            String::from_utf8_lossy(line)
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Reads every certificate of a PEM bundle.
 pub fn certificates(
     pem: &[u8],
@@ -53,7 +69,7 @@ pub fn certificates(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             what,
-            reason: e.to_string(),
+            reason: pem_reason(&e),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(what));
@@ -67,7 +83,7 @@ pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
         pem::Error::NoItemsFound => TlsError::NoPrivateKey,
         e => TlsError::Pem {
             what: "private key",
-            reason: e.to_string(),
+            reason: pem_reason(&e),
         },
     })
 }
@@ -162,7 +178,7 @@ mod tests {
         let cut = b"-----BEGIN CERTIFICATE-----\nMIIB\n";
         let e = certificates(cut, "server CA").unwrap_err().to_string();
         assert!(
-            e.starts_with("server CA: invalid PEM") && e.contains("END"),
+            e.starts_with("server CA: invalid PEM") && e.contains("`-----END CERTIFICATE-----`"),
             "{e}"
         );
         let e = private_key(b"-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----\n")
