@@ -547,30 +547,35 @@ fn the_statefulset_agrees_with_the_cluster_file_and_the_services() {
     let claims = spec["volumeClaimTemplates"].as_array().unwrap();
     assert!(claims.iter().any(|t| t["metadata"]["name"] == data["name"]));
 
-    // The certificate paths of the cluster file land in the mounted Secret.
+    // The cookie lands in the mounted Secret gridvisor-cookie; the TLS files in the pod's own
+    // certificate volume (cert-manager's CSI driver), the same paths in every pod.
     let cluster_dir = Path::new(flag(&args, "--cluster")).parent().unwrap();
-    let certs = mounts
-        .iter()
-        .find(|v| {
-            pod["volumes"].as_array().unwrap().iter().any(|vol| {
-                vol["name"] == v["name"] && vol["secret"]["secretName"] == "gridvisor-certs"
-            })
-        })
-        .expect("the Secret gridvisor-certs is mounted");
-    let certs_dir = Path::new(certs["mountPath"].as_str().unwrap());
+    let mounted_dir = |volume_name: &str| -> &Path {
+        let m = mounts
+            .iter()
+            .find(|v| v["name"] == volume_name)
+            .unwrap_or_else(|| panic!("volume {volume_name} is not mounted"));
+        assert_eq!(m["readOnly"], true, "{volume_name} is mounted writable");
+        Path::new(m["mountPath"].as_str().unwrap())
+    };
+    assert_eq!(volume("cookie")["secret"]["secretName"], "gridvisor-cookie");
+    let cookie = cluster_dir.join(cluster["cookie_file"].as_str().unwrap());
+    assert_eq!(cookie.parent(), Some(mounted_dir("cookie")));
     let tls = cluster["tls"].as_table().expect("[tls]");
-    let mut files = vec![cluster["cookie_file"].as_str().unwrap()];
-    files.extend(["ca", "cert", "key"].map(|k| tls[k].as_str().unwrap()));
-    for f in files {
-        let at = cluster_dir.join(f);
-        assert_eq!(
-            at.parent(),
-            Some(certs_dir),
-            "{f} is not in the Secret's mount"
+    for k in ["ca", "cert", "key"] {
+        let f = tls[k].as_str().unwrap();
+        assert!(
+            !f.contains("{node}"),
+            "[tls] {k}: the pod's volume has only its own files"
         );
+        let at = cluster_dir.join(f);
+        assert_eq!(at.parent(), Some(mounted_dir("tls")), "[tls] {k} = {f}");
     }
-    assert_eq!(tls["cert"].as_str(), Some("certs/{node}.pem"));
-    assert_eq!(tls["key"].as_str(), Some("certs/{node}-key.pem"));
+    pod_certificate(&m, pod, volume("tls"), headless_name, &tls["key"]);
+    // The grid API's certificate and tokens: their own Secret, where site.toml says.
+    assert_eq!(volume("api")["secret"]["secretName"], "gridvisor-api");
+    assert_eq!(mounted_dir("api"), Path::new("/etc/gridvisor/api"));
+    assert!(read(&k8s("site.toml")).contains("/etc/gridvisor/api/"));
 
     // Probes on the admin port.
     let ready = &c["readinessProbe"]["httpGet"];
@@ -598,6 +603,133 @@ fn the_statefulset_agrees_with_the_cluster_file_and_the_services() {
     );
     let max_unavailable = pdb["spec"]["maxUnavailable"].as_u64().unwrap();
     assert!(max_unavailable >= 1 && replicas - max_unavailable > replicas / 2);
+}
+
+/// The pod's certificate volume: cert-manager's CSI driver makes the key inside the pod's own
+/// volume and has it signed by the CA Issuer for the pod's name, so no Secret and no other pod
+/// holds it. The Issuer's CA Secret is mounted by no pod, and no volume is a Secret with keys.
+fn pod_certificate(m: &Manifests, pod: &Value, tls: &Value, headless: &str, key: &toml::Value) {
+    let csi = &tls["csi"];
+    assert_eq!(csi["driver"], "csi.cert-manager.io");
+    assert_eq!(csi["readOnly"], true);
+    let attr = |k: &str| -> &str {
+        csi["volumeAttributes"][format!("csi.cert-manager.io/{k}")]
+            .as_str()
+            .unwrap_or_else(|| panic!("no CSI attribute {k}"))
+    };
+    assert_eq!(attr("issuer-kind"), "Issuer");
+    let issuer = m.one("Issuer", attr("issuer-name"));
+    let ca_secret = issuer["spec"]["ca"]["secretName"]
+        .as_str()
+        .expect("a CA Issuer");
+    // The certificate names the node (its CN and first DNS name, as NodeTls::load checks) and
+    // the pod's DNS name under the headless Service; both TLS roles.
+    assert_eq!(attr("common-name"), "${POD_NAME}");
+    let dns: Vec<&str> = attr("dns-names").split(',').collect();
+    assert_eq!(dns[0], "${POD_NAME}");
+    assert!(
+        dns.contains(&&*format!("${{POD_NAME}}.{headless}")),
+        "{dns:?}"
+    );
+    let usages: Vec<&str> = attr("key-usages").split(',').collect();
+    for u in ["server auth", "client auth", "digital signature"] {
+        assert!(usages.contains(&u), "key-usages lack {u}: {usages:?}");
+    }
+    assert_eq!(attr("key-encoding"), "PKCS8");
+    assert_eq!(
+        key.as_str(),
+        Some("tls/tls.key"),
+        "the CSI driver's key file"
+    );
+    assert_eq!(
+        attr("fs-group"),
+        pod["securityContext"]["fsGroup"].to_string(),
+        "the key readable by the pod's group"
+    );
+    for v in pod["volumes"].as_array().unwrap() {
+        let secret = v["secret"]["secretName"].as_str().unwrap_or("");
+        assert!(
+            secret != ca_secret && secret != "gridvisor-certs",
+            "volume {} mounts the Secret {secret}, which holds keys the pod must not have",
+            v["name"]
+        );
+    }
+}
+
+#[test]
+fn the_network_policy_lets_only_peers_prometheus_and_controllers_in() {
+    let m = Manifests::load();
+    let np = m.one("NetworkPolicy", "gridvisor");
+    let sts = m.one("StatefulSet", "gridvisor");
+    let spec = &np["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        json!({"app": "gridvisor"})
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let ports: BTreeSet<&str> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let mut covered = BTreeSet::new();
+    let mut from_of = std::collections::BTreeMap::new();
+    for rule in spec["ingress"].as_array().expect("ingress rules") {
+        // A rule without `from` or `ports` would let anyone in, or onto every port.
+        let from = rule["from"]
+            .as_array()
+            .expect("every rule names its sources");
+        let rule_ports = rule["ports"]
+            .as_array()
+            .expect("every rule names its ports");
+        assert_eq!(rule_ports.len(), 1, "one port per rule: {rule}");
+        let port = rule_ports[0]["port"].as_str().expect("a named port");
+        assert_eq!(rule_ports[0]["protocol"], "TCP");
+        assert!(ports.contains(port), "{port} is not a container port");
+        assert!(covered.insert(port), "{port} in two rules");
+        assert_eq!(from.len(), 1, "one source per port: {rule}");
+        assert!(from[0].get("ipBlock").is_none(), "{rule}");
+        from_of.insert(port, from[0].clone());
+    }
+    assert_eq!(covered, ["admin", "cluster", "grid"].into());
+    // The cluster port: the gridvisor pods of this namespace only.
+    assert_eq!(
+        from_of["cluster"],
+        json!({"podSelector": {"matchLabels": {"app": "gridvisor"}}})
+    );
+    // /metrics: Prometheus, by namespace and pod label.
+    let admin = &from_of["admin"];
+    assert_eq!(
+        admin["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert_eq!(
+        admin["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "prometheus"
+    );
+    // The grid API: the controllers' namespace and pods (both selectors, so neither alone).
+    let grid = &from_of["grid"];
+    assert!(grid["namespaceSelector"]["matchLabels"]
+        .as_object()
+        .is_some_and(|m| !m.is_empty()));
+    assert_eq!(
+        grid["podSelector"]["matchLabels"]["gridvisor.io/role"],
+        "grid-controller"
+    );
+    // The README names the labels an operator must set.
+    let readme = read(&root().join("deploy/README.md"));
+    for label in [
+        "gridvisor.io/grid-controllers",
+        "gridvisor.io/role",
+        "app.kubernetes.io/name=prometheus",
+    ] {
+        assert!(
+            readme.contains(label),
+            "deploy/README.md does not name {label}"
+        );
+    }
 }
 
 #[test]
@@ -849,7 +981,7 @@ fn the_example_cluster_file_for_three_machines_is_complete() {
     assert!(readme.contains("## A three-node cluster"));
     for s in [
         "gridvisor@node-a",
-        "gridvisor-certs",
+        "gridvisor-cookie",
         "apply -k deploy/kubernetes",
     ] {
         assert!(readme.contains(s), "deploy/README.md does not mention {s}");

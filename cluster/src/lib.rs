@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod certs;
+pub mod handshake;
 pub mod lease;
 pub mod membership;
 pub mod shard;

@@ -26,6 +26,16 @@
 //! [`TransportEvent::Down`] with the reason on the dialer, and a `tracing` warning naming the
 //! address and the reason.
 //!
+//! # The handshake budget
+//!
+//! Until its hello is welcomed, an inbound connection is *pending*: it holds a place in the
+//! handshake budget ([`crate::handshake`]): at most [`TransportLimits::pending_handshakes`]
+//! at once, at most [`TransportLimits::pending_handshakes_per_ip`] from one address (more are
+//! refused at once), the oldest evicted when a new connection finds the budget full, and the
+//! whole handshake bounded by [`TransportLimits::handshake_timeout`]. A flood of connections
+//! that never finish their TLS handshake or never send a hello therefore cannot keep a real
+//! peer out, and holds bounded memory.
+//!
 //! # Invariants
 //!
 //! - [`Transport::send`] never blocks and never queues for a peer without an authenticated
@@ -54,11 +64,12 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::{timeout, MissedTickBehavior};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::handshake::{Admission, HandshakeBudget};
 use crate::tls::{peer_names, server_name, NodeTls};
 
 /// The handshake's version ([`Hello::protocol`]). The frames after it carry the envelope
@@ -72,9 +83,15 @@ pub const EVENTS_CAPACITY: usize = 1024;
 pub const MAX_HANDSHAKE_BYTES: usize = 4096;
 /// Longest [`TransportConfig::settings`] (it travels in the hello).
 pub const MAX_SETTINGS_BYTES: usize = 2048;
-/// Inbound connections that may be in their TLS or hello handshake at once; more are closed
-/// at once (a flood of half-open connections cannot hold unbounded memory and tasks).
+/// Default of [`TransportLimits::pending_handshakes`]: inbound connections that may be in
+/// their TLS or hello handshake at once (a flood of half-open connections cannot hold
+/// unbounded memory and tasks; see [`crate::handshake`]).
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Default of [`TransportLimits::pending_handshakes_per_ip`]: pending handshakes from one
+/// remote IP address. A cluster has a handful of nodes and each dials once per attempt, so
+/// eight is room for a node behind a NAT with its neighbours, and one address can hold only
+/// an eighth of the budget.
+pub const MAX_PENDING_HANDSHAKES_PER_IP: usize = 8;
 /// Frames a writer takes from its queue before it flushes (one syscall for a burst).
 pub const WRITE_BATCH: usize = 64;
 /// Pause after a failed `accept` (out of file descriptors, ...) before the next one, so the
@@ -86,8 +103,16 @@ pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct TransportLimits {
     /// Resolving the peer's address and connecting TCP, per attempt.
     pub connect_timeout: Duration,
-    /// The TLS handshake, and separately the hello exchange.
+    /// The acceptor's whole handshake (TLS, hello and welcome) ends within this, or the
+    /// connection is closed and its slot in the handshake budget freed. On the dialer, the
+    /// TLS handshake and, separately, the hello exchange.
     pub handshake_timeout: Duration,
+    /// Inbound connections in their handshake at once; when all are taken a new one evicts
+    /// the oldest ([`crate::handshake`]). Default [`MAX_PENDING_HANDSHAKES`].
+    pub pending_handshakes: usize,
+    /// Of [`TransportLimits::pending_handshakes`], at most this many from one remote IP
+    /// address; more are refused at once. Default [`MAX_PENDING_HANDSHAKES_PER_IP`].
+    pub pending_handshakes_per_ip: usize,
     /// A link with no frame for this long is dead. Each end sends a keep-alive ping every
     /// third of it ([`TransportLimits::ping_interval`]) so idle links stay up.
     pub idle_timeout: Duration,
@@ -107,6 +132,8 @@ impl Default for TransportLimits {
         TransportLimits {
             connect_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(2),
+            pending_handshakes: MAX_PENDING_HANDSHAKES,
+            pending_handshakes_per_ip: MAX_PENDING_HANDSHAKES_PER_IP,
             idle_timeout: Duration::from_secs(3),
             queue: 4096,
             reconnect_min: Duration::from_millis(50),
@@ -130,6 +157,13 @@ impl TransportLimits {
         }
         if self.ping_interval().is_zero() {
             return bad("idle_timeout must be at least 3 ns (pings go every third of it)");
+        }
+        if self.pending_handshakes_per_ip == 0
+            || self.pending_handshakes_per_ip > self.pending_handshakes
+        {
+            return bad(
+                "pending_handshakes_per_ip must be positive and at most pending_handshakes",
+            );
         }
         if self.queue == 0 {
             return bad("queue must hold at least one frame");
@@ -220,8 +254,12 @@ pub struct TransportStats {
     pub frames_sent: u64,
     /// Application messages received and delivered on the inbound channel.
     pub frames_received: u64,
-    /// Inbound connections refused in the TLS or hello handshake.
+    /// Inbound connections refused in the TLS or hello handshake (including those refused
+    /// for their address's share of the handshake budget, timed out or evicted).
     pub rejected_handshakes: u64,
+    /// Pending inbound handshakes given up to make room for a newer connection when the
+    /// handshake budget was full.
+    pub evicted_handshakes: u64,
     /// Authenticated inbound links closed for a frame that does not decode.
     pub bad_frames: u64,
     /// [`Transport::send`] calls refused because the peer's queue was full.
@@ -329,6 +367,7 @@ struct Counters {
     frames_sent: AtomicU64,
     frames_received: AtomicU64,
     rejected_handshakes: AtomicU64,
+    evicted_handshakes: AtomicU64,
     bad_frames: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_not_connected: AtomicU64,
@@ -358,7 +397,8 @@ struct Shared {
     stats: Counters,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<AbortHandle>>,
-    handshakes: Arc<Semaphore>,
+    /// The pending inbound handshakes; each one's handle cancels it when dropped.
+    handshakes: Mutex<HandshakeBudget<oneshot::Sender<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -516,7 +556,10 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
             stats: Counters::default(),
             stop,
             tasks: Mutex::new(Vec::new()),
-            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            handshakes: Mutex::new(HandshakeBudget::new(
+                config.limits.pending_handshakes,
+                config.limits.pending_handshakes_per_ip,
+            )),
         });
         let mut tasks = Vec::with_capacity(shared.peers.len() + 1);
         tasks.push(
@@ -605,6 +648,12 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
             .collect()
     }
 
+    /// Inbound connections in their handshake now (at most
+    /// [`TransportLimits::pending_handshakes`]).
+    pub fn pending_handshakes(&self) -> usize {
+        lock(&self.owner.shared.handshakes).len()
+    }
+
     /// Subscribes to link events from now on.
     pub fn events(&self) -> broadcast::Receiver<TransportEvent> {
         self.owner.shared.events.subscribe()
@@ -618,6 +667,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
             frames_sent: get(&c.frames_sent),
             frames_received: get(&c.frames_received),
             rejected_handshakes: get(&c.rejected_handshakes),
+            evicted_handshakes: get(&c.evicted_handshakes),
             bad_frames: get(&c.bad_frames),
             dropped_queue_full: get(&c.dropped_queue_full),
             dropped_not_connected: get(&c.dropped_not_connected),
@@ -689,11 +739,7 @@ async fn accept_loop<M>(
                 continue;
             }
         };
-        let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
-            shared.reject(
-                addr,
-                format!("too many handshakes in progress (limit {MAX_PENDING_HANDSHAKES})"),
-            );
+        let Some((pending, cancel)) = admit(&shared, addr) else {
             continue;
         };
         tokio::spawn(stoppable(
@@ -703,7 +749,7 @@ async fn accept_loop<M>(
                 acceptor.clone(),
                 tcp,
                 addr,
-                permit,
+                (pending, cancel),
                 inbound.clone(),
             ),
         ));
@@ -749,115 +795,83 @@ fn check_hello(
     Ok(())
 }
 
+/// A pending inbound handshake's place in the budget: freed when dropped.
+struct Pending {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        lock(&self.shared.handshakes).finish(self.id);
+    }
+}
+
+/// Takes a place in the handshake budget for a connection from `addr`, evicting the oldest
+/// pending handshake when the budget is full; `None` (the connection refused and reported)
+/// when `addr`'s address has its share already.
+fn admit(shared: &Arc<Shared>, addr: SocketAddr) -> Option<(Pending, oneshot::Receiver<()>)> {
+    let (handle, cancel) = oneshot::channel();
+    let admission = lock(&shared.handshakes).admit(addr.ip(), handle);
+    match admission {
+        Admission::PerAddressFull { limit } => {
+            shared.reject(
+                addr,
+                format!(
+                    "too many pending handshakes from {} (limit {limit} per address)",
+                    addr.ip()
+                ),
+            );
+            None
+        }
+        Admission::Admitted { id, evicted } => {
+            if let Some((ip, handle)) = evicted {
+                // Dropping the handle cancels that handshake; its task says nothing more.
+                drop(handle);
+                bump(&shared.stats.evicted_handshakes, 1);
+                let limit = shared.limits.pending_handshakes;
+                shared.reject(
+                    SocketAddr::new(ip, 0),
+                    format!("handshake evicted: all {limit} handshake slots were taken and it was the oldest"),
+                );
+            }
+            let pending = Pending {
+                shared: shared.clone(),
+                id,
+            };
+            Some((pending, cancel))
+        }
+    }
+}
+
 async fn handle_inbound<M>(
     shared: Arc<Shared>,
     acceptor: Option<TlsAcceptor>,
     tcp: TcpStream,
     addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    (pending, cancel): (Pending, oneshot::Receiver<()>),
     inbound: mpsc::Sender<Inbound<M>>,
 ) where
     M: DeserializeOwned + Send + 'static,
 {
-    let limits = shared.limits;
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(%addr, error = %e, "TCP_NODELAY");
-    }
-    let (mut stream, cert_names): (Stream, Option<Vec<String>>) = match acceptor {
-        Some(acceptor) => match timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-            Err(_) => {
-                shared.reject(
-                    addr,
-                    format!(
-                        "TLS handshake timed out after {:?}",
-                        limits.handshake_timeout
-                    ),
-                );
-                return;
-            }
-            Ok(Err(e)) => {
-                shared.reject(addr, format!("TLS handshake failed: {e}"));
-                return;
-            }
-            Ok(Ok(tls)) => {
-                let names = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                    Some(cert) => peer_names(cert),
-                    None => {
-                        shared.reject(addr, "TLS client presented no certificate".into());
-                        return;
-                    }
-                };
-                match names {
-                    Ok(names) => (Box::new(tls), Some(names)),
-                    Err(e) => {
-                        shared.reject(addr, format!("client certificate: {e}"));
-                        return;
-                    }
-                }
-            }
-        },
-        None => (Box::new(tcp), None),
+    let limit = shared.limits.handshake_timeout;
+    let outcome = tokio::select! {
+        done = timeout(limit, accept_handshake(&shared, acceptor, tcp, addr)) => done,
+        // Evicted from the budget (reported by the evictor): the socket closes as we return.
+        _ = cancel => return,
     };
-    let hello: Hello = match timeout(
-        limits.handshake_timeout,
-        read_limited(&mut stream, MAX_HANDSHAKE_BYTES),
-    )
-    .await
-    {
+    drop(pending);
+    let (stream, peer) = match outcome {
         Err(_) => {
-            shared.reject(
-                addr,
-                format!("no hello within {:?}", limits.handshake_timeout),
-            );
+            shared.reject(addr, format!("handshake not finished within {limit:?}"));
             return;
         }
-        Ok(Err(e)) => {
-            shared.reject(addr, format!("no valid hello: {e}"));
+        Ok(Err(reason)) => {
+            shared.reject(addr, reason);
             return;
         }
-        Ok(Ok(h)) => h,
+        Ok(Ok(link)) => link,
     };
-    let verdict = check_hello(&shared, &hello, cert_names.as_deref());
-    let reply = match &verdict {
-        Ok(()) => HelloReply::Welcome {
-            protocol: PROTOCOL,
-            node: shared.node.clone(),
-        },
-        Err(reason) => HelloReply::Refused {
-            reason: reason.clone(),
-        },
-    };
-    let answered = timeout(limits.handshake_timeout, async {
-        envelope::write_frame(&mut stream, &reply).await?;
-        if verdict.is_err() {
-            stream.shutdown().await?;
-        }
-        Ok::<_, EnvelopeError>(())
-    })
-    .await;
-    if let Err(reason) = verdict {
-        shared.reject(addr, reason);
-        return;
-    }
-    match answered {
-        Err(_) => {
-            shared.reject(
-                addr,
-                format!(
-                    "{}: welcome not sent within {:?}",
-                    hello.node, limits.handshake_timeout
-                ),
-            );
-            return;
-        }
-        Ok(Err(e)) => {
-            shared.reject(addr, format!("{}: sending the welcome: {e}", hello.node));
-            return;
-        }
-        Ok(Ok(())) => {}
-    }
-    drop(permit);
-    let peer = hello.node;
     tracing::info!(node = %shared.node, %peer, %addr, "inbound cluster link up");
     match run_inbound(&shared, &peer, stream, inbound).await {
         Closed::Ordinary(reason) => {
@@ -870,6 +884,58 @@ async fn handle_inbound<M>(
             shared.event(TransportEvent::Rejected { addr, reason });
         }
     }
+}
+
+/// The acceptor's side of the handshake: TLS (client certificate required), the hello and
+/// its checks, the answer. The caller bounds it by [`TransportLimits::handshake_timeout`].
+/// Returns the authenticated stream and the peer's name, or the refusal's reason (a refused
+/// dialer has been told why).
+async fn accept_handshake(
+    shared: &Shared,
+    acceptor: Option<TlsAcceptor>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+) -> Result<(Stream, String), String> {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(%addr, error = %e, "TCP_NODELAY");
+    }
+    let (mut stream, cert_names): (Stream, Option<Vec<String>>) = match acceptor {
+        Some(acceptor) => {
+            let tls = acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let names = cert.ok_or_else(|| "TLS client presented no certificate".to_string())?;
+            let names = peer_names(names).map_err(|e| format!("client certificate: {e}"))?;
+            (Box::new(tls), Some(names))
+        }
+        None => (Box::new(tcp), None),
+    };
+    let hello: Hello = read_limited(&mut stream, MAX_HANDSHAKE_BYTES)
+        .await
+        .map_err(|e| format!("no valid hello: {e}"))?;
+    let verdict = check_hello(shared, &hello, cert_names.as_deref());
+    let reply = match &verdict {
+        Ok(()) => HelloReply::Welcome {
+            protocol: PROTOCOL,
+            node: shared.node.clone(),
+        },
+        Err(reason) => HelloReply::Refused {
+            reason: reason.clone(),
+        },
+    };
+    let answered = async {
+        envelope::write_frame(&mut stream, &reply).await?;
+        if verdict.is_err() {
+            stream.shutdown().await?;
+        }
+        Ok::<_, EnvelopeError>(())
+    }
+    .await;
+    verdict?;
+    answered.map_err(|e| format!("{}: sending the welcome: {e}", hello.node))?;
+    Ok((stream, hello.node))
 }
 
 /// An authenticated inbound link: deliver the peer's messages, ping it back.

@@ -4,6 +4,8 @@
 
 mod transport_support;
 
+mod handshake_flood;
 mod lease_sim;
 mod membership;
 mod transport;
+mod wire_fuzz;

@@ -12,6 +12,8 @@ use gridvisor_cluster::transport::{
     Frame, Hello, HelloReply, SendError, Transport, TransportConfig, TransportEvent, PROTOCOL,
 };
 use gridvisor_transports::envelope;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncReadExt;
 use transport_support::*;
 
@@ -643,8 +645,8 @@ fn dev_certs_are_written_private_and_not_overwritten() {
     for node in ["node-a", "node-b"] {
         let t = NodeTls::load(&node_files(&out, node), node).unwrap();
         assert_eq!(t.node(), node);
-        let pem = std::fs::read(out.join(format!("{node}.pem"))).unwrap();
-        let der = rustls_pemfile::certs(&mut pem.as_slice())
+        let der = CertificateDer::pem_file_iter(out.join(format!("{node}.pem")))
+            .unwrap()
             .next()
             .unwrap()
             .unwrap();
@@ -666,6 +668,21 @@ fn dev_certs_are_written_private_and_not_overwritten() {
     missing.key = out.join("nope-key.pem");
     let e = NodeTls::load(&missing, "node-a").unwrap_err().to_string();
     assert!(e.contains("nope-key.pem"), "{e}");
+    // A certificate file cut short, and a key file with no key: the file and what is wrong.
+    let cut = out.join("cut.pem");
+    let pem = std::fs::read_to_string(out.join("node-a.pem")).unwrap();
+    std::fs::write(&cut, &pem[..pem.len() / 2]).unwrap();
+    let mut truncated = node_files(&out, "node-a");
+    truncated.cert = cut.clone();
+    let e = NodeTls::load(&truncated, "node-a").unwrap_err().to_string();
+    assert!(
+        e.contains("cut.pem") && e.contains("`-----END CERTIFICATE-----`"),
+        "{e}"
+    );
+    let mut keyless = node_files(&out, "node-a");
+    keyless.key = out.join("node-a.pem");
+    let e = NodeTls::load(&keyless, "node-a").unwrap_err().to_string();
+    assert!(e.contains("node-a.pem") && e.contains("key"), "{e}");
     // The key of another node does not match the certificate.
     let mut swapped = node_files(&out, "node-a");
     swapped.key = out.join("node-b-key.pem");

@@ -11,7 +11,8 @@ use gridvisor_cluster::tls::NodeTls;
 use gridvisor_cluster::transport::{
     Inbound, Security, Transport, TransportConfig, TransportEvent, TransportLimits,
 };
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
@@ -205,15 +206,13 @@ pub async fn raw_tls(
     server: &str,
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.expect("ca pem")).expect("ca");
     }
-    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("cert pem");
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .expect("key pem")
-        .expect("a key");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -43,16 +44,32 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The PEM parser's error in words (its `Display` prints a missing end marker as a list of
+/// byte values).
+fn pem_reason(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no end line `-----END {}-----`",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "malformed section start line `{}`",
+            String::from_utf8_lossy(line)
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Reads every certificate of a PEM bundle.
 pub fn certificates(
     pem: &[u8],
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut &*pem)
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             what,
-            reason: e.to_string(),
+            reason: pem_reason(&e),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(what));
@@ -62,12 +79,13 @@ pub fn certificates(
 
 /// Reads the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
-    rustls_pemfile::private_key(&mut &*pem)
-        .map_err(|e| TlsError::Pem {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey,
+        e => TlsError::Pem {
             what: "private key",
-            reason: e.to_string(),
-        })?
-        .ok_or(TlsError::NoPrivateKey)
+            reason: pem_reason(&e),
+        },
+    })
 }
 
 fn roots(ca_pem: &[u8], what: &'static str) -> Result<Arc<RootCertStore>, TlsError> {
@@ -156,6 +174,17 @@ mod tests {
             Err(TlsError::NoCertificate("x"))
         ));
         assert!(matches!(private_key(b"hello"), Err(TlsError::NoPrivateKey)));
+        // A section that starts and never ends names what is wrong.
+        let cut = b"-----BEGIN CERTIFICATE-----\nMIIB\n";
+        let e = certificates(cut, "server CA").unwrap_err().to_string();
+        assert!(
+            e.starts_with("server CA: invalid PEM") && e.contains("`-----END CERTIFICATE-----`"),
+            "{e}"
+        );
+        let e = private_key(b"-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("private key: invalid PEM"), "{e}");
         assert!(server_config(b"", b"", None).is_err());
         assert!(client_config(b"junk", None).is_err());
     }
