@@ -256,17 +256,27 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 }
 
 /// Logs go to stderr: `info` and above by default, `RUST_LOG` overrides (e.g.
-/// `RUST_LOG=gridvisor_actors=debug`).
+/// `RUST_LOG=gridvisor_actors=debug`). Colour only on a terminal, and never with `NO_COLOR`
+/// set (<https://no-color.org>): a log file or a pipe gets plain text.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Whether logs are coloured: on a terminal, unless `NO_COLOR` is set to anything but "".
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn main() -> ExitCode {

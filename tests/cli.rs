@@ -165,6 +165,30 @@ fn logs_are_json_lines_with_log_format_json() {
 }
 
 #[test]
+fn human_logs_into_a_pipe_carry_no_colour_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = gridvisor(&[
+        "run",
+        "--exit-after",
+        "1",
+        "--ocpp",
+        "127.0.0.1:0",
+        "--grid",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}\n{stdout}");
+    assert!(stderr.contains(" INFO "), "human logs on stderr: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "an escape code in a pipe: {stderr:?}"
+    );
+}
+
+#[test]
 fn tree_draws_a_running_nodes_tree_filtered_by_path() {
     let data = tempfile::tempdir().unwrap();
     let mut node = support::DemoNode::start(data.path());
