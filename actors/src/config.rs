@@ -1839,7 +1839,9 @@ impl Reader {
         let tls = tls_table.table.map(|_| ApiTls {
             cert: self.string(&tls_table, "cert").into(),
             key: self.string(&tls_table, "key").into(),
-            client_ca: self.optional_string(&tls_table, "client_ca").map(Into::into),
+            client_ca: self
+                .optional_string(&tls_table, "client_ca")
+                .map(Into::into),
         });
         match (&tls, &tokens) {
             (None, Some(_)) => {
@@ -2885,7 +2887,12 @@ max_kw = 11
         let no_tls = format!("{MINIMAL}\n[api]\ntokens = \"t.txt\"\n");
         one_error(&no_tls, "api.tokens", "tokens =", "bearer tokens need TLS");
         let no_credential = format!("{MINIMAL}\n[api.tls]\ncert = \"c\"\nkey = \"k\"\n");
-        one_error(&no_credential, "api.tls", "[api.tls]", "TLS without a credential");
+        one_error(
+            &no_credential,
+            "api.tls",
+            "[api.tls]",
+            "TLS without a credential",
+        );
         let typo = format!("{MINIMAL}\n[api]\nactor_kil = true\n");
         one_error(&typo, "api.actor_kil", "actor_kil", "unknown");
         let bad = format!("{MINIMAL}\n[api]\nactor_kill = \"yes\"\n");
