@@ -349,3 +349,181 @@ async fn connection<IO>(
         tracing::debug!("HTTP connection: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Every wait of these tests is bounded by this.
+    const LIMIT: Duration = Duration::from_secs(20);
+
+    fn small() -> HttpLimits {
+        HttpLimits {
+            max_connections: 4,
+            max_per_ip: 2,
+            tls_handshake: Duration::from_millis(300),
+            header_read: Duration::from_millis(300),
+            request: Duration::from_millis(300),
+            concurrency: 1,
+        }
+    }
+
+    /// A server of `router` under `limits`; its address and its stop.
+    async fn start(
+        router: axum::Router,
+        limits: HttpLimits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> (SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = watch::channel(false);
+        let router = bounded(router, &limits);
+        tokio::spawn(serve("test API", listener, router, tls, limits, rx));
+        (addr, stop)
+    }
+
+    /// Bytes read until the server closes the connection (bounded by [`LIMIT`]).
+    async fn read_to_close(s: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(LIMIT, s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the server never closed the connection");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    async fn get_once(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        read_to_close(&mut s).await
+    }
+
+    fn hello() -> axum::Router {
+        axum::Router::new().route("/", get(|| async { "hello" }))
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_sends_its_headers_is_cut_off() {
+        let (addr, _stop) = start(hello(), small(), None).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nhost:").await.unwrap();
+        let started = Instant::now();
+        let answer = read_to_close(&mut idle).await;
+        assert!(answer.is_empty() || answer.contains(" 408 "), "{answer}");
+        assert!(started.elapsed() >= small().header_read / 2);
+        assert!(get_once(addr, "/").await.ends_with("hello"));
+    }
+
+    #[tokio::test]
+    async fn the_connection_past_the_per_address_cap_is_closed_at_once() {
+        let (addr, _stop) = start(
+            hello(),
+            HttpLimits {
+                header_read: LIMIT * 2,
+                ..small()
+            },
+            None,
+        )
+        .await;
+        let held = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            read_to_close(&mut third).await,
+            "",
+            "refused without an answer"
+        );
+        drop(held);
+        // The slots come back once the server sees them closed.
+        let deadline = Instant::now() + LIMIT;
+        while !get_once(addr, "/").await.ends_with("hello") {
+            assert!(Instant::now() < deadline, "the slots never came back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_past_the_global_cap_is_closed_at_once() {
+        let limits = HttpLimits {
+            header_read: LIMIT * 2,
+            max_connections: 2,
+            max_per_ip: 10,
+            ..small()
+        };
+        let (addr, _stop) = start(hello(), limits, None).await;
+        let _held = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_to_close(&mut third).await, "");
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_concurrency_limit_get_503_and_slow_ones_time_out() {
+        let (entered, gate) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let (e, g) = (entered.clone(), gate.clone());
+        let slow = move || {
+            let (e, g) = (e.clone(), g.clone());
+            async move {
+                e.notify_one();
+                g.notified().await;
+                "done"
+            }
+        };
+        let router = axum::Router::new().route("/slow", get(slow));
+        let limits = HttpLimits {
+            request: LIMIT * 2,
+            ..small()
+        };
+        let (addr, _stop) = start(router, limits, None).await;
+        let first = tokio::spawn(get_once(addr, "/slow"));
+        tokio::time::timeout(LIMIT, entered.notified())
+            .await
+            .expect("the first request runs");
+        let second = get_once(addr, "/slow").await;
+        assert!(
+            second.starts_with("HTTP/1.1 503") && second.contains("\"busy\""),
+            "{second}"
+        );
+        gate.notify_one();
+        assert!(first.await.unwrap().ends_with("done"));
+
+        let (addr, _stop) = start(
+            hello().route("/never", get(|| std::future::pending::<&'static str>())),
+            small(),
+            None,
+        )
+        .await;
+        let answer = get_once(addr, "/never").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && answer.contains("\"timeout\""),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_comes_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        gridvisor_cluster::certs::write_dev_certs(dir.path(), &["api".into()], &[], false).unwrap();
+        let tls = tls_config(&gridvisor_actors::config::ApiTls {
+            cert: dir.path().join("api.pem"),
+            key: dir.path().join("api-key.pem"),
+            client_ca: Some(dir.path().join("ca.pem")),
+        })
+        .unwrap();
+        let (addr, _stop) = start(hello(), small(), Some(tls)).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(read_to_close(&mut silent).await, "");
+        assert!(started.elapsed() >= small().tls_handshake / 2);
+    }
+}
