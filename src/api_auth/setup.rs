@@ -33,7 +33,8 @@ pub fn bind_rule(
     if authenticated {
         return Ok(false);
     }
-    let Some((what, addr)) = addrs.iter().find(|(_, a)| !a.ip().is_loopback()) else {
+    let off_loopback = |a: &SocketAddr| !a.ip().to_canonical().is_loopback();
+    let Some((what, addr)) = addrs.iter().find(|(_, a)| off_loopback(a)) else {
         return Ok(false);
     };
     if insecure_no_auth {
