@@ -528,3 +528,96 @@ fn on_loopback_without_api_every_request_is_the_local_identity() {
     let (_, audit) = support::http(&node.grid, "GET", "/api/v1/audit", None);
     assert!(audit.contains("\"identity\":\"local\""), "{audit}");
 }
+
+/// The operations of docs/grid-api.openapi.yaml: (path, method, `x-gridvisor-role`).
+fn documented_operations() -> Vec<(String, String, Option<String>)> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grid-api.openapi.yaml"),
+    )
+    .unwrap();
+    let mut ops: Vec<(String, String, Option<String>)> = Vec::new();
+    let mut path = None;
+    for line in text.lines() {
+        if line == "components:" {
+            break;
+        }
+        if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+            path = Some(format!("/{p}"));
+        } else if let Some(m) = line
+            .strip_prefix("    ")
+            .and_then(|m| m.strip_suffix(':'))
+            .filter(|m| ["get", "post"].contains(m))
+        {
+            ops.push((path.clone().unwrap(), m.to_uppercase(), None));
+        } else if let Some(role) = line.strip_prefix("      x-gridvisor-role: ") {
+            ops.last_mut().unwrap().2 = Some(role.to_owned());
+        }
+    }
+    ops
+}
+
+#[test]
+fn the_openapi_document_names_each_operations_role_as_the_node_enforces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let certs = gridvisor()
+        .args(["certs", "--nodes", "api", "--out"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(certs.status.success());
+    let tokens = dir.path().join("tokens.txt");
+    let token_of = |role: &str| token(&tokens, &format!("{role}-1"), role);
+    let (controller, operator, admin) = (
+        token_of("controller"),
+        token_of("operator"),
+        token_of("admin"),
+    );
+    let node = Node::start(
+        &topology(dir.path(), &tls_api(&pki, &tokens, false)),
+        &dir.path().join("data"),
+        &[],
+    );
+    let tls = client(&pki, None);
+    let ops = documented_operations();
+    assert_eq!(ops.len(), 9, "{ops:?}");
+    for (path, method, role) in ops {
+        let path = path.replace("{id}", "tx").replace("{vehicle}", "ev-none");
+        let body = if path.ends_with("dispatch") {
+            DISPATCH
+        } else {
+            ""
+        };
+        let call = |t: Option<&str>| https(&tls, &node.grid, &method, &path, t, &[], body);
+        let (with, without) = match role.as_deref() {
+            None => (None, None),
+            Some("controller") => (Some(&controller), Some(&operator)),
+            Some("operator") => (Some(&operator), Some(&controller)),
+            Some("admin") => (Some(&admin), Some(&operator)),
+            Some(other) => panic!("{path}: unknown role {other}"),
+        };
+        let (status, raw) = call(with.map(String::as_str));
+        assert!(
+            ![401, 403].contains(&status) && !raw.contains("no such endpoint"),
+            "{method} {path} as {role:?}: {raw}"
+        );
+        if let Some(t) = without {
+            let (status, raw) = call(Some(t));
+            assert_eq!(status, 403, "{method} {path} without {role:?}: {raw}");
+            assert_eq!(call(None).0, 401, "{method} {path} without a credential");
+        }
+    }
+}
+
+#[test]
+fn the_systemd_example_serves_its_apis_with_tls_and_authentication() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/site.toml");
+    let site = gridvisor_actors::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let tls = site.api.tls.expect("[api.tls]");
+    assert!(tls.cert.starts_with("/etc/gridvisor/") && tls.client_ca.is_some());
+    assert!(site
+        .api
+        .tokens
+        .is_some_and(|t| t.starts_with("/etc/gridvisor/")));
+    assert!(!site.api.actor_kill);
+}
