@@ -195,7 +195,7 @@ async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Respons
         Ok(b) => b,
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_body", e.to_string()),
     };
-    let digest = hex(&ring::digest::digest(&ring::digest::SHA256, &body).as_ref()[..]);
+    let digest = hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref());
     let req = Request::from_parts(parts, Body::from(body));
     let (caller, response) = match authorise(&g, &req, needed) {
         Ok(caller) => (caller.clone(), run(req, caller, next).await),
@@ -302,22 +302,14 @@ async fn list(
             format!("unknown parameter {other:?} (since, limit)"),
         );
     }
-    let number = |key: &str| -> Result<Option<u64>, Response> {
+    let number = |key: &str| -> Result<Option<u64>, String> {
         q.get(key)
-            .map(|v| {
-                v.parse::<u64>().map_err(|e| {
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_query",
-                        format!("{key}={v:?}: {e}"),
-                    )
-                })
-            })
+            .map(|v| v.parse::<u64>().map_err(|e| format!("{key}={v:?}: {e}")))
             .transpose()
     };
     let (since, limit) = match (number("since"), number("limit")) {
         (Ok(s), Ok(l)) => (s, l.unwrap_or(AUDIT_PAGE_MAX as u64)),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, "bad_query", e),
     };
     if limit == 0 || limit > AUDIT_PAGE_MAX as u64 {
         return error(

@@ -498,7 +498,7 @@ mod tests {
         assert!(first.await.unwrap().ends_with("done"));
 
         let (addr, _stop) = start(
-            hello().route("/never", get(|| std::future::pending::<&'static str>())),
+            hello().route("/never", get(std::future::pending::<&'static str>)),
             small(),
             None,
         )
