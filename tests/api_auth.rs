@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -173,10 +174,24 @@ fn https(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    try_https(tls, addr, method, path, bearer, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {addr}{path}: {e}"))
+}
+
+/// [`https`], or the connection's error.
+fn try_https(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let sock = TcpStream::connect(addr)?;
+    sock.set_read_timeout(Some(LIMIT))?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(tls.clone(), name).unwrap();
+    let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(std::io::Error::other)?;
     let mut s = rustls::StreamOwned::new(conn, sock);
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
@@ -188,19 +203,20 @@ fn https(
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    s.write_all(format!("{head}\r\n{body}").as_bytes()).unwrap();
+    s.write_all(format!("{head}\r\n{body}").as_bytes())?;
     let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw) {
+    match s.read_to_end(&mut raw) {
         // A peer that closes without close_notify: what was read is the answer.
-        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e),
+        _ => {}
     }
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let status = raw
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad answer {raw:?}"));
-    (status, raw)
+        .ok_or_else(|| std::io::Error::other(format!("bad answer {raw:?}")))?;
+    Ok((status, raw))
 }
 
 fn json_body(raw: &str) -> Value {
@@ -620,4 +636,154 @@ fn the_systemd_example_serves_its_apis_with_tls_and_authentication() {
         .tokens
         .is_some_and(|t| t.starts_with("/etc/gridvisor/")));
     assert!(!site.api.actor_kill);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_forwarded_command_is_audited_on_the_other_node_as_its_original_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("certs");
+    let certs = gridvisor()
+        .args(["certs", "--nodes", "node-a,node-b,api", "--out"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(
+        certs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&certs.stderr)
+    );
+    let tokens = dir.path().join("tokens.txt");
+    let (controller, operator) = (
+        token(&tokens, "scada-1", "controller"),
+        token(&tokens, "ops", "operator"),
+    );
+    let site = topology(dir.path(), &tls_api(&pki, &tokens, false));
+    let mut file = String::from(
+        "cookie_file = \"certs/cookie\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{node}.pem\"\nkey = \"certs/{node}-key.pem\"\n",
+    );
+    let mut apis = BTreeMap::new();
+    for name in ["node-a", "node-b"] {
+        let (grid, admin) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        file.push_str(&format!(
+            "[[nodes]]\nname = \"{name}\"\ncluster = \"127.0.0.1:{}\"\ngrid = \"{grid}\"\nadmin = \"{admin}\"\n",
+            free_port()
+        ));
+        apis.insert(name, (grid, admin));
+    }
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, file).unwrap();
+    let _nodes: Vec<support::Killed> = ["node-a", "node-b"]
+        .iter()
+        .map(|name| {
+            let child = gridvisor()
+                .args(["run", "--config"])
+                .arg(&site)
+                .arg("--cluster")
+                .arg(&cluster)
+                .args(["--node", name, "--data"])
+                .arg(dir.path().join(format!("data-{name}")))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            support::Killed(child)
+        })
+        .collect();
+    let tls = client(&pki, None);
+    let deadline = Instant::now() + LIMIT;
+    for (_, admin) in apis.values() {
+        // `/api/ready` needs no credential (the probes).
+        while try_https(&tls, admin, "GET", "/api/ready", None, &[], "")
+            .map(|r| r.0)
+            .ok()
+            != Some(200)
+        {
+            assert!(Instant::now() < deadline, "{admin} never ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let (grid_a, grid_b) = (&apis["node-a"].0, &apis["node-b"].0);
+    assert_eq!(
+        https(
+            &tls,
+            grid_a,
+            "POST",
+            "/api/v1/keepalive",
+            Some(&controller),
+            &[],
+            ""
+        )
+        .0,
+        204
+    );
+    let (status, raw) = https(
+        &tls,
+        grid_b,
+        "GET",
+        "/api/v1/audit",
+        Some(&operator),
+        &[],
+        "",
+    );
+    assert_eq!(status, 200, "{raw}");
+    let records = json_body(&raw);
+    let forwarded = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["request"] == "POST /api/v1/keepalive")
+        .unwrap_or_else(|| panic!("node-b has no keep-alive record: {records:#}"));
+    assert_eq!(
+        (
+            &forwarded["identity"],
+            &forwarded["forwarded_by"],
+            &forwarded["status"]
+        ),
+        (
+            &Value::from("scada-1"),
+            &Value::from("node-a"),
+            &Value::from(204)
+        ),
+        "{forwarded}"
+    );
+    let (_, raw) = https(
+        &tls,
+        grid_b,
+        "GET",
+        "/api/v1/segments",
+        Some(&operator),
+        &[],
+        "",
+    );
+    assert_eq!(
+        json_body(&raw)[0]["keepalive_controller"],
+        "scada-1",
+        "{raw}"
+    );
+    // A node answers another's forwarded call only over the cluster link: a client cannot
+    // claim to be one.
+    assert_eq!(
+        https(
+            &tls,
+            grid_b,
+            "POST",
+            "/api/v1/keepalive",
+            None,
+            &[("x-gridvisor-forwarded", "node-a")],
+            ""
+        )
+        .0,
+        401
+    );
 }
