@@ -537,6 +537,43 @@ mod tests {
         node.shutdown().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_keepalive_controller_is_named_while_its_keepalive_is_current() {
+        let topology = gridvisor_actors::config::parse("h.toml", SITE).unwrap();
+        let timeout = topology.safety.ladder_config().keepalive_timeout;
+        let clock = Clock::manual();
+        let node = Node::start(
+            Arc::new(topology),
+            CheckpointStore::in_memory(),
+            clock.clone(),
+            prometheus::Registry::new(),
+            NodeOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(node.keepalive_controller(), None);
+        node.keepalive().unwrap();
+        assert_eq!(
+            node.keepalive_controller(),
+            None,
+            "a keep-alive without a name"
+        );
+        node.keepalive_from("scada-1").unwrap();
+        assert_eq!(
+            node.segments()[0].keepalive_controller.as_deref(),
+            Some("scada-1")
+        );
+        clock.advance(timeout);
+        assert_eq!(node.keepalive_controller().as_deref(), Some("scada-1"));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            node.segment("tx").unwrap().keepalive_controller,
+            None,
+            "expired"
+        );
+        node.shutdown().await;
+    }
+
     #[test]
     fn kills_are_taken_by_address_only() {
         for ok in [
