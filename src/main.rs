@@ -1,6 +1,7 @@
 //! The gridvisor binary: CLI and wiring.
 
 mod alloc;
+mod api_auth;
 mod bench;
 mod bench_ocpp;
 mod bench_site;
@@ -65,6 +66,19 @@ enum Command {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+    /// Make an API token for an identity: print it once, append its SHA-256 (never the token)
+    /// to the tokens file that the topology's `[api] tokens` names.
+    Token {
+        /// The tokens file (created with mode 0600 if absent).
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// The identity the token stands for (letters, digits, `.-_@`).
+        #[arg(long)]
+        identity: String,
+        /// Its roles, comma-separated: controller, operator, admin.
+        #[arg(long)]
+        roles: String,
     },
     /// Validate a topology file; errors name the file, line and field.
     CheckConfig {
@@ -145,6 +159,11 @@ struct RunArgs {
     /// This node's name in the cluster file.
     #[arg(long, requires = "cluster")]
     node: Option<String>,
+    /// Serve the grid and admin APIs on a non-loopback address without authentication
+    /// (no `[api.tls]` in the topology): anyone who reaches them can command the site. The
+    /// node says so in its banner and in `gridvisor_api_insecure_no_auth`.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[derive(Subcommand)]
@@ -309,10 +328,27 @@ fn main() -> ExitCode {
                 exit_after,
                 ocpp: a.ocpp,
                 cluster: a.cluster.zip(a.node),
+                insecure_no_auth: a.insecure_no_auth,
             };
             (None, Box::new(move || tokio::spawn(run::run(o))))
         }
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Token {
+            file,
+            identity,
+            roles,
+        } => {
+            return match api_auth::add_token(&file, &identity, &roles) {
+                Ok(token) => {
+                    outln!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gridvisor token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Certs {
             out,
             nodes,

@@ -14,6 +14,11 @@ use gridvisor_actors::runtime::{Node, NodeOptions};
 
 use crate::demo::{DemoSite, DEMO_CONNECT_LIMIT};
 
+use crate::api_auth::audit::AuditLog;
+use crate::api_auth::middleware::{audit_router, Guard, Mode};
+use crate::api_auth::serve::{self, bounded, HttpLimits};
+use crate::api_auth::setup::{ApiMetrics, ApiSecurity};
+use crate::api_auth::Api as ApiKind;
 use crate::server;
 use crate::stdout::outln;
 
@@ -37,6 +42,9 @@ pub struct RunOptions {
     pub ocpp: Option<SocketAddr>,
     /// A cluster file and this node's name in it: run as a node of that cluster.
     pub cluster: Option<(PathBuf, String)>,
+    /// Serve the APIs off loopback without authentication (announced in the banner and in
+    /// `gridvisor_api_insecure_no_auth`).
+    pub insecure_no_auth: bool,
 }
 
 /// Where the demo's CSMS listens unless `--ocpp` says otherwise (OCPP's usual ws port).
@@ -128,6 +136,42 @@ fn clock_banner(node: &Node) -> String {
     }
 }
 
+/// The banner's lines on who may call the APIs.
+fn auth_banner(
+    security: &ApiSecurity,
+    api: &config::Api,
+    grid: SocketAddr,
+    admin: SocketAddr,
+) -> Vec<String> {
+    let kill = if api.actor_kill {
+        "actor kill on (rate-limited)"
+    } else {
+        "actor kill off"
+    };
+    match (&security.mode, security.insecure) {
+        (Mode::Enforced(c), _) => vec![format!(
+            "  auth       TLS; {}{}; roles controller, operator, admin ({c}); {kill}",
+            if api.tokens.is_some() { "bearer tokens" } else { "" },
+            match (api.tokens.is_some(), api.tls.as_ref().and_then(|t| t.client_ca.as_ref())) {
+                (true, Some(_)) => " or client certificates",
+                (false, Some(_)) => "client certificates",
+                _ => "",
+            }
+        )],
+        (Mode::Open, true) => vec![
+            "  !!!!!!!!!! --insecure-no-auth !!!!!!!!!!".to_owned(),
+            format!(
+                "  auth       NONE, OFF LOOPBACK: anyone who reaches {grid} or {admin} can command \
+                 the site and kill actors (gridvisor_api_insecure_no_auth 1); {kill}"
+            ),
+        ],
+        (Mode::Open, false) => vec![format!(
+            "  auth       none (loopback only): every request runs as the identity {:?} with every role; {kill}",
+            crate::api_auth::LOCAL_IDENTITY
+        )],
+    }
+}
+
 /// Run a node until it is told to stop.
 pub async fn run(mut o: RunOptions) -> Result<(), String> {
     // One socket per charge point: take every file descriptor the system allows.
@@ -176,19 +220,27 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
         }
     };
     let topology = Arc::new(topology);
+    let security = crate::api_auth::setup::setup(
+        &topology.api,
+        &[("grid API", o.grid), ("admin API", o.admin)],
+        o.insecure_no_auth,
+    )?;
     std::fs::create_dir_all(&o.data)
         .map_err(|e| format!("cannot create the data directory {}: {e}", o.data.display()))?;
     let store = CheckpointStore::open(&o.data.join("checkpoints.redb"), StoreLimits::default())
         .map_err(|e| e.to_string())?;
+    let audit = AuditLog::open(&o.data.join("audit.redb"))?;
     let grid_listener = server::bind("grid API", o.grid).await?;
     let admin_listener = server::bind("admin API", o.admin).await?;
     let grid_addr = grid_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let registry = prometheus::Registry::new();
+    let api_metrics = ApiMetrics::register(&registry, security.insecure)?;
     let node = Node::start(
         topology.clone(),
         store.clone(),
         Clock::tokio(),
-        prometheus::Registry::new(),
+        registry,
         NodeOptions {
             per_session_metrics: topology.metrics.sessions == Granularity::PerActor,
             // A cluster node drives only what the committed shard map and its lease give it.
@@ -198,6 +250,7 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     let node = Arc::new(node);
+    api_metrics.set_node(&node);
     if let Some(demo) = demo.as_mut() {
         let csms = node
             .ocpp_addr()
@@ -216,30 +269,36 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
         }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                })
-                .await
-        })
+    let limits = HttpLimits::default();
+    let serve = |what: &'static str, listener: tokio::net::TcpListener, router: axum::Router| {
+        let (rx, tls) = (stop_rx.clone(), security.tls.clone());
+        let router = bounded(router, &limits);
+        tokio::spawn(async move { serve::serve(what, listener, router, tls, limits, rx).await })
     };
     let cluster = match cluster_config {
         Some(c) => Some(crate::cluster::Cluster::start(c, node.clone(), &store, &o.data).await?),
         None => None,
     };
     let (grid_router, admin_router) = (
-        server::grid_api(node.clone()),
-        server::admin_api(node.clone(), stop_rx.clone()),
+        server::grid_api(node.clone()).merge(audit_router(audit.clone())),
+        server::admin_api(
+            node.clone(),
+            stop_rx.clone(),
+            server::KillPolicy::new(topology.api.actor_kill),
+        ),
+    );
+    let guards = (
+        Guard::new(ApiKind::Grid, security.mode.clone(), audit.clone()),
+        Guard::new(ApiKind::Admin, security.mode.clone(), audit.clone()),
     );
     let (grid_router, admin_router) = match &cluster {
-        Some(c) => crate::cluster::route::routers(c, grid_router, admin_router),
-        None => (grid_router, admin_router),
+        Some(c) => {
+            crate::cluster::route::routers(c, grid_router, admin_router, (&guards.0, &guards.1))
+        }
+        None => (guards.0.layer(grid_router), guards.1.layer(admin_router)),
     };
-    let grid = serve(grid_listener, grid_router);
-    let admin = serve(admin_listener, admin_router);
+    let grid = serve("grid API", grid_listener, grid_router);
+    let admin = serve("admin API", admin_listener, admin_router);
     if let Some(c) = &cluster {
         outln!(
             "  cluster    node {} of {} (cluster listener {})",
@@ -273,11 +332,23 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
             outln!("  modbus     {id:<10} SunSpec over Modbus TCP at {addr}");
         }
     }
-    outln!("  grid API   http://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
-    outln!("  live view  http://{admin_addr}/   (the tree, segments and events in a browser)");
-    outln!("  metrics    http://{admin_addr}/metrics");
-    outln!("  tree       http://{admin_addr}/api/tree");
-    outln!("  checkpoints in {}", o.data.display());
+    for line in auth_banner(&security, &topology.api, grid_addr, admin_addr) {
+        outln!("{line}");
+    }
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    outln!("  grid API   {scheme}://{grid_addr}/api/v1/segments   (OpenAPI: /api/v1/openapi.yaml)");
+    outln!("  live view  {scheme}://{admin_addr}/   (the tree, segments and events in a browser)");
+    outln!("  metrics    {scheme}://{admin_addr}/metrics");
+    outln!("  tree       {scheme}://{admin_addr}/api/tree");
+    outln!(
+        "  checkpoints in {}; audit log {}",
+        o.data.display(),
+        o.data.join("audit.redb").display()
+    );
     outln!("try:");
     outln!(
         "  curl -s -X POST http://{grid_addr}/api/v1/dispatch -H 'content-type: application/json' \\\n       -d '{{\"id\":\"req-1\",\"scope\":\"site\",\"target_kw\":-40,\"duration_s\":600}}'"

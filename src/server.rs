@@ -17,6 +17,9 @@ use gridvisor_actors::runtime::{Format, GridRequest, KillError, Node, RequestErr
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::api_auth::kill_limit::KillLimiter;
+use crate::api_auth::middleware::Caller;
+
 /// The largest request body accepted, bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -85,7 +88,13 @@ async fn dispatch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
 }
 
-async fn keepalive(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+/// `POST /api/v1/keepalive`: the watchdog's keep-alive; from an authenticated controller
+/// (the guard checked its role) it names the controller in the segments' views.
+async fn keepalive(
+    State(node): State<Arc<Node>>,
+    caller: Option<axum::Extension<Caller>>,
+    body: Bytes,
+) -> Response {
     if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -93,7 +102,11 @@ async fn keepalive(State(node): State<Arc<Node>>, body: Bytes) -> Response {
             "keep-alive: the body must be empty or JSON",
         );
     }
-    match node.keepalive() {
+    let sent = match caller {
+        Some(c) => node.keepalive_from(&c.identity.name),
+        None => node.keepalive(),
+    };
+    match sent {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => request_error(e),
     }
@@ -240,13 +253,40 @@ pub const KILL_CONFIRM_HEADER: &str = "x-gridvisor-confirm";
 /// The value of [`KILL_CONFIRM_HEADER`].
 pub const KILL_CONFIRM_VALUE: &str = "kill";
 
+/// Whether the admin API kills actors (`[api] actor_kill`), and its rate limit.
+pub struct KillPolicy {
+    enabled: bool,
+    limiter: std::sync::Mutex<KillLimiter>,
+    started: std::time::Instant,
+}
+
+impl KillPolicy {
+    /// Kills served (rate-limited) when `enabled`, else refused.
+    pub fn new(enabled: bool) -> Arc<KillPolicy> {
+        Arc::new(KillPolicy {
+            enabled,
+            limiter: Default::default(),
+            started: std::time::Instant::now(),
+        })
+    }
+}
+
 /// `POST /api/actors/kill?path=...`: kill the actor's current incarnation (observer's "kill
-/// process"); its supervisor restarts it as after any other kill.
+/// process"); its supervisor restarts it as after any other kill. Off (403
+/// `actor_kill_disabled`) unless the topology sets `[api] actor_kill = true`; beyond the
+/// limit of [`crate::api_auth::kill_limit`], 429 with `retry-after`.
 async fn kill(
-    State(node): State<Arc<Node>>,
+    State((node, policy)): State<(Arc<Node>, Arc<KillPolicy>)>,
     headers: axum::http::HeaderMap,
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
+    if !policy.enabled {
+        return error(
+            StatusCode::FORBIDDEN,
+            "actor_kill_disabled",
+            "actor kill is off on this node: set `actor_kill = true` in the topology's [api] table",
+        );
+    }
     if headers
         .get(KILL_CONFIRM_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -301,8 +341,29 @@ async fn kill(
             "path: missing (e.g. ?path=node/segments/tx-1/safety)",
         );
     };
+    let mut limiter = policy.limiter.lock().unwrap_or_else(|p| p.into_inner());
+    let now = policy.started.elapsed();
+    if let Some(wait) = limiter.check(path, now) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many kills: at most {} per {:?} ({} of the root's children); retry in {:.1} s",
+                crate::api_auth::kill_limit::KILLS_PER_WINDOW,
+                crate::api_auth::kill_limit::KILL_WINDOW,
+                crate::api_auth::kill_limit::ROOT_CHILD_KILLS_PER_WINDOW,
+                wait.as_secs_f64()
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, (wait.as_secs() + 1).into());
+        return r;
+    }
     match node.kill(path) {
-        Ok(killed) => Json(killed).into_response(),
+        Ok(killed) => {
+            limiter.record(path, now);
+            Json(killed).into_response()
+        }
         Err(e) => {
             let status = match e {
                 KillError::Root(_) => StatusCode::BAD_REQUEST,
@@ -331,14 +392,22 @@ fn host_is_address(host: &str) -> bool {
 /// The admin router: the live view at `/` (its streams end once `stop` turns true, so that
 /// an open page does not hold up an ordered stop), `/metrics`, `/api/tree` and
 /// `POST /api/actors/kill`.
-pub fn admin_api(node: Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) -> Router {
+pub fn admin_api(
+    node: Arc<Node>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    kill_policy: Arc<KillPolicy>,
+) -> Router {
     Router::new()
         .route("/", get(admin_index))
         .route("/metrics", get(metrics))
         .route("/api/tree", get(tree))
         .route("/api/ready", get(ready))
-        .route("/api/actors/kill", post(kill))
         .with_state(node.clone())
+        .merge(
+            Router::new()
+                .route("/api/actors/kill", post(kill))
+                .with_state((node.clone(), kill_policy)),
+        )
         .merge(crate::live::router(node, stop))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -465,6 +534,43 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(last["transition"]["reset"], "operator", "{events}");
         server.abort();
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_keepalive_controller_is_named_while_its_keepalive_is_current() {
+        let topology = gridvisor_actors::config::parse("h.toml", SITE).unwrap();
+        let timeout = topology.safety.ladder_config().keepalive_timeout;
+        let clock = Clock::manual();
+        let node = Node::start(
+            Arc::new(topology),
+            CheckpointStore::in_memory(),
+            clock.clone(),
+            prometheus::Registry::new(),
+            NodeOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(node.keepalive_controller(), None);
+        node.keepalive().unwrap();
+        assert_eq!(
+            node.keepalive_controller(),
+            None,
+            "a keep-alive without a name"
+        );
+        node.keepalive_from("scada-1").unwrap();
+        assert_eq!(
+            node.segments()[0].keepalive_controller.as_deref(),
+            Some("scada-1")
+        );
+        clock.advance(timeout);
+        assert_eq!(node.keepalive_controller().as_deref(), Some("scada-1"));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            node.segment("tx").unwrap().keepalive_controller,
+            None,
+            "expired"
+        );
         node.shutdown().await;
     }
 

@@ -151,6 +151,13 @@ impl Cluster {
             .arg(&file)
             .args(["--node", name, "--data"])
             .arg(&n.data)
+            // In the test's own network namespaces the APIs listen off loopback, on a link
+            // only the test reaches.
+            .args(
+                self.netns
+                    .contains_key(name)
+                    .then_some("--insecure-no-auth"),
+            )
             .env("RUST_LOG", "info,openraft=warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

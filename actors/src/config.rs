@@ -195,6 +195,39 @@ pub struct Topology {
     pub mqtt: Option<Mqtt>,
     /// How the node labels its per-actor metrics (`[metrics]`).
     pub metrics: Metrics,
+    /// Who may call the grid and admin APIs (`[api]`); the default: no TLS, no credentials,
+    /// actor kill off.
+    pub api: Api,
+}
+
+/// `[api]`: TLS and credentials of the grid and admin APIs, and whether the admin API may
+/// kill actors. Authentication is configured when `[api.tls]` is (with `tokens`,
+/// `client_ca` or both); without it the node serves plain HTTP and only on loopback unless
+/// run with `--insecure-no-auth`. Paths are read when the node starts, relative to its
+/// working directory.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Api {
+    /// TLS of both APIs (`[api.tls]`), if any.
+    pub tls: Option<ApiTls>,
+    /// The tokens file: one line per credential, `<sha256 hex of the token> <identity>
+    /// <role>[,<role>…]` (`-` in place of the hash: an identity that only presents a client
+    /// certificate). Needs `[api.tls]`.
+    pub tokens: Option<std::path::PathBuf>,
+    /// `POST /api/actors/kill` is served (rate-limited); default false: refused with 403.
+    pub actor_kill: bool,
+}
+
+/// `[api.tls]`: the certificate both APIs serve and, with `client_ca`, mutual TLS (a client
+/// is the identity its certificate's subject CN names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiTls {
+    /// The certificate chain (PEM).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub key: std::path::PathBuf,
+    /// The CA that issues client certificates (PEM); present: clients may authenticate with
+    /// a certificate.
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// `[metrics]`: the granularity of per-actor series. Chargers, segment actors, inverters and
@@ -941,6 +974,7 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
         ocpp: None,
         mqtt: None,
         metrics: Metrics::default(),
+        api: Api::default(),
     }
 }
 
@@ -1142,8 +1176,11 @@ const ROOT_KEYS: &[&str] = &[
     "ocpp",
     "mqtt",
     "metrics",
+    "api",
 ];
 const METRICS_KEYS: &[&str] = &["sessions"];
+const API_KEYS: &[&str] = &["tls", "tokens", "actor_kill"];
+const API_TLS_KEYS: &[&str] = &["cert", "key", "client_ca"];
 const OCPP_KEYS: &[&str] = &["listen", "password", "heartbeat_s", "tls"];
 const OCPP_TLS_KEYS: &[&str] = &["listen", "cert", "key", "client_ca"];
 const MQTT_KEYS: &[&str] = &["broker", "topic_prefix", "interval_ms", "client_id", "tls"];
@@ -1470,6 +1507,7 @@ impl Reader {
         let ocpp = self.ocpp(&root);
         let mqtt = self.mqtt(&root, &site.id);
         let metrics = self.metrics(&root);
+        let api = self.api(&root);
         Topology {
             site,
             substations,
@@ -1478,6 +1516,7 @@ impl Reader {
             ocpp,
             mqtt,
             metrics,
+            api,
         }
     }
 
@@ -1784,6 +1823,44 @@ impl Reader {
         match self.lookup(t, key) {
             (_, None) => None,
             (_, Some(_)) => Some(self.string(t, key)),
+        }
+    }
+
+    /// The optional `[api]` table: a credential (`tokens`, `tls.client_ca`) needs TLS, and TLS
+    /// needs a credential.
+    fn api(&mut self, root: &Tbl<'_, '_>) -> Api {
+        let t = self.child(root, "api", API_KEYS);
+        if t.table.is_none() {
+            return Api::default();
+        }
+        let tokens = self.optional_string(&t, "tokens").map(Into::into);
+        let actor_kill = self.boolean(&t, "actor_kill", false);
+        let tls_table = self.child(&t, "tls", API_TLS_KEYS);
+        let tls = tls_table.table.map(|_| ApiTls {
+            cert: self.string(&tls_table, "cert").into(),
+            key: self.string(&tls_table, "key").into(),
+            client_ca: self
+                .optional_string(&tls_table, "client_ca")
+                .map(Into::into),
+        });
+        match (&tls, &tokens) {
+            (None, Some(_)) => {
+                if let (path, Some(node)) = self.lookup(&t, "tokens") {
+                    let message = "bearer tokens need TLS: add [api.tls] with `cert` and `key`";
+                    self.problem(&path, node.span().start, message.into());
+                }
+            }
+            (Some(tls), None) if tls.client_ca.is_none() => {
+                let message = "TLS without a credential: add `tokens` to [api] or `client_ca` \
+                    to [api.tls]";
+                self.problem(&tls_table.path, tls_table.at, message.into());
+            }
+            _ => {}
+        }
+        Api {
+            tls,
+            tokens,
+            actor_kill,
         }
     }
 
@@ -2793,6 +2870,33 @@ max_kw = 11
             "reclose = true",
             "unknown key `reclose`",
         );
+    }
+
+    #[test]
+    fn the_api_table_parses_and_pairs_credentials_with_tls() {
+        assert_eq!(parse("t.toml", MINIMAL).expect("valid").api, Api::default());
+        let text = format!(
+            "{MINIMAL}\n[api]\ntokens = \"t.txt\"\nactor_kill = true\n\
+             [api.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n"
+        );
+        let api = parse("t.toml", &text).expect("valid").api;
+        assert_eq!(
+            (api.tokens, api.actor_kill, api.tls.map(|t| t.client_ca)),
+            (Some("t.txt".into()), true, Some(Some("ca.pem".into())))
+        );
+        let no_tls = format!("{MINIMAL}\n[api]\ntokens = \"t.txt\"\n");
+        one_error(&no_tls, "api.tokens", "tokens =", "bearer tokens need TLS");
+        let no_credential = format!("{MINIMAL}\n[api.tls]\ncert = \"c\"\nkey = \"k\"\n");
+        one_error(
+            &no_credential,
+            "api.tls",
+            "[api.tls]",
+            "TLS without a credential",
+        );
+        let typo = format!("{MINIMAL}\n[api]\nactor_kil = true\n");
+        one_error(&typo, "api.actor_kil", "actor_kil", "unknown");
+        let bad = format!("{MINIMAL}\n[api]\nactor_kill = \"yes\"\n");
+        one_error(&bad, "api.actor_kill", "actor_kill", "a boolean");
     }
 
     #[test]

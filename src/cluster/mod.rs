@@ -113,6 +113,10 @@ pub enum Call {
         path: String,
         /// The body.
         body: Vec<u8>,
+        /// The identity of the client that called the forwarding node (it authenticated and
+        /// authorised the call): the owner audits the command and records the keep-alive as
+        /// theirs.
+        caller: Option<String>,
     },
 }
 
@@ -841,7 +845,14 @@ impl Inner {
                 method,
                 path,
                 body,
-            } => route::answer_locally(self, api, &method, &path, body).await,
+                caller,
+            } => {
+                let caller = route::ForwardedFrom {
+                    node: from.to_owned(),
+                    caller,
+                };
+                route::answer_locally(self, api, &method, &path, body, caller).await
+            }
         }
     }
 
@@ -1393,7 +1404,7 @@ impl Cluster {
         &self.inner.node
     }
 
-    /// Call node `to`'s API.
+    /// Call node `to`'s API on behalf of `caller` (the identity this node authenticated).
     pub async fn forward(
         &self,
         to: &str,
@@ -1401,12 +1412,14 @@ impl Cluster {
         method: &str,
         path: &str,
         body: Vec<u8>,
+        caller: Option<&str>,
     ) -> Result<(u16, Vec<u8>), String> {
         let call = Call::Http {
             api,
             method: method.to_string(),
             path: path.to_string(),
             body,
+            caller: caller.map(str::to_owned),
         };
         match self.inner.call(to, call, FORWARD_TIMEOUT).await {
             Ok(Reply::Http { status, body }) => Ok((status, body)),

@@ -34,12 +34,28 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::{Api, Cluster, Inner, Reply};
+use crate::api_auth::middleware::{Caller, Guard};
+use crate::api_auth::{Identity, Roles};
 use crate::server::{error, BODY_LIMIT};
 
 /// Marks a request another node forwarded (a request extension, set only by
 /// [`answer_locally`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded;
+
+/// Who a forwarded call came from: the node, and the client identity it authenticated.
+#[derive(Debug, Clone)]
+pub struct ForwardedFrom {
+    /// The forwarding node.
+    pub node: String,
+    /// Its client's identity.
+    pub caller: Option<String>,
+}
+
+/// The identity of a request's caller (the guard's [`Caller`] extension), to forward with it.
+fn caller_of(extensions: &axum::http::Extensions) -> Option<String> {
+    extensions.get::<Caller>().map(|c| c.identity.name.clone())
+}
 
 /// Answer a forwarded call from this node's own routers.
 pub(super) async fn answer_locally(
@@ -48,6 +64,7 @@ pub(super) async fn answer_locally(
     method: &str,
     path: &str,
     body: Vec<u8>,
+    from: ForwardedFrom,
 ) -> Reply {
     let Some((grid, admin)) = inner.routers.get() else {
         return Reply::Failed("the APIs are not up yet".into());
@@ -63,6 +80,15 @@ pub(super) async fn answer_locally(
         .method(method)
         .uri(path)
         .extension(Forwarded)
+        .extension(Caller {
+            identity: Identity {
+                name: from
+                    .caller
+                    .unwrap_or_else(|| crate::api_auth::audit::UNAUTHENTICATED.to_owned()),
+                roles: Roles::default(),
+            },
+            via: Some(from.node),
+        })
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
     {
@@ -109,6 +135,7 @@ async fn to_owner(cluster: &Cluster, owner: Option<String>, req: Request, next: 
         return next.run(req).await;
     };
     let method = req.method().to_string();
+    let caller = caller_of(req.extensions());
     let path = req
         .uri()
         .path_and_query()
@@ -118,7 +145,7 @@ async fn to_owner(cluster: &Cluster, owner: Option<String>, req: Request, next: 
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_body", e.to_string()),
     };
     match cluster
-        .forward(&owner, Api::Grid, &method, &path, body)
+        .forward(&owner, Api::Grid, &method, &path, body, caller.as_deref())
         .await
     {
         Ok((status, body)) => json_response(status, body),
@@ -179,6 +206,7 @@ async fn everywhere(
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let (parts, body) = req.into_parts();
+    let caller = caller_of(&parts.extensions);
     let body = match to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_body", e.to_string()),
@@ -191,8 +219,11 @@ async fn everywhere(
         .collect();
     let bytes = body.to_vec();
     let calls = peers.iter().map(|p| {
-        let (m, path, b) = (method.clone(), path.clone(), bytes.clone());
-        async move { (p.clone(), cluster.forward(p, Api::Grid, &m, &path, b).await) }
+        let (m, path, b, c) = (method.clone(), path.clone(), bytes.clone(), caller.clone());
+        async move {
+            let answer = cluster.forward(p, Api::Grid, &m, &path, b, c.as_deref());
+            (p.clone(), answer.await)
+        }
     });
     let local = next.run(Request::from_parts(parts, Body::from(body)));
     let (local, remote) = futures::join!(local, futures::future::join_all(calls));
@@ -212,6 +243,7 @@ async fn everywhere(
 
 /// GET /api/v1/segments: each segment from the node that drives it.
 async fn segments(cluster: &Cluster, req: Request, next: Next) -> Response {
+    let caller = caller_of(req.extensions());
     let local = next.run(req).await;
     let local: Vec<Value> = match to_bytes(local.into_body(), MAX_ANSWER_BYTES).await {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
@@ -229,9 +261,10 @@ async fn segments(cluster: &Cluster, req: Request, next: Next) -> Response {
         .into_iter()
         .filter(|m| m != cluster.me())
         .collect();
+    let caller = caller.as_deref();
     let calls = peers.iter().map(|p| async move {
         cluster
-            .forward(p, Api::Grid, "GET", "/api/v1/segments", Vec::new())
+            .forward(p, Api::Grid, "GET", "/api/v1/segments", Vec::new(), caller)
             .await
     });
     for r in futures::future::join_all(calls).await {
@@ -257,6 +290,7 @@ async fn segments(cluster: &Cluster, req: Request, next: Next) -> Response {
 /// POST /api/v1/dispatch.
 async fn dispatch(cluster: &Cluster, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
+    let caller = caller_of(&parts.extensions);
     let body: Bytes = match to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_body", e.to_string()),
@@ -302,6 +336,7 @@ async fn dispatch(cluster: &Cluster, req: Request, next: Next) -> Response {
             };
         }
     }
+    let caller = caller.as_deref();
     let calls = shares.iter().map(|(owner, share)| {
         let mut r = request.clone();
         r.target_kw = *share;
@@ -318,7 +353,7 @@ async fn dispatch(cluster: &Cluster, req: Request, next: Next) -> Response {
                 }
             } else {
                 cluster
-                    .forward(&owner, Api::Grid, "POST", "/api/v1/dispatch", body)
+                    .forward(&owner, Api::Grid, "POST", "/api/v1/dispatch", body, caller)
                     .await
             };
             (owner, answer)
@@ -448,11 +483,13 @@ fn rename(v: &mut Value, name: &str) {
 
 /// GET /api/tree: every node's tree under one `cluster` root.
 async fn tree(cluster: &Cluster, req: Request, next: Next) -> Response {
+    let caller = caller_of(req.extensions());
     let local = next.run(req).await;
     let local = match to_bytes(local.into_body(), MAX_ANSWER_BYTES).await {
         Ok(b) => serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
         Err(e) => return bad_gateway(e.to_string()),
     };
+    let caller = caller.as_deref();
     let names: Vec<String> = cluster
         .status()
         .map(|s| s.nodes)
@@ -464,7 +501,7 @@ async fn tree(cluster: &Cluster, req: Request, next: Next) -> Response {
             (
                 p.clone(),
                 cluster
-                    .forward(p, Api::Admin, "GET", "/api/tree", Vec::new())
+                    .forward(p, Api::Admin, "GET", "/api/tree", Vec::new(), caller)
                     .await,
             )
         });
@@ -512,20 +549,27 @@ fn unreachable_node(why: &str) -> Value {
     })
 }
 
-/// The routers of a cluster node: the grid and admin APIs with the routing layers.
+/// The routers of a cluster node: the grid and admin APIs with the routing layers, each
+/// behind its guard (outermost: a request is authenticated and authorised before it is
+/// routed, and a forwarded one is audited on the node that answers it).
 pub fn routers(
     cluster: &Cluster,
     grid: axum::Router,
     admin: axum::Router,
+    guards: (&std::sync::Arc<Guard>, &std::sync::Arc<Guard>),
 ) -> (axum::Router, axum::Router) {
-    let grid = grid.layer(axum::middleware::from_fn_with_state(
-        cluster.clone(),
-        self::grid,
-    ));
-    let admin = admin.layer(axum::middleware::from_fn_with_state(
-        cluster.clone(),
-        self::admin,
-    ));
+    let grid = guards
+        .0
+        .layer(grid.layer(axum::middleware::from_fn_with_state(
+            cluster.clone(),
+            self::grid,
+        )));
+    let admin = guards
+        .1
+        .layer(admin.layer(axum::middleware::from_fn_with_state(
+            cluster.clone(),
+            self::admin,
+        )));
     cluster.set_routers(grid.clone(), admin.clone());
     (grid, admin)
 }

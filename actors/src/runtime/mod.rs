@@ -58,7 +58,7 @@ use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
 pub use node::{
     charger_path, EventCursor, Format, HandoffError, KillError, KilledActor, Node, NodeError,
-    ResetError, SegmentView, ROOT,
+    ResetError, SegmentView, ROOT, ROOT_MAX_RESTARTS, ROOT_RESTART_PERIOD,
 };
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use safety::SafetyCheckpoint;

@@ -54,6 +54,11 @@ pub const SEGMENTS_MAX_RESTARTS: u32 = 100;
 pub const START_LIMIT: Duration = Duration::from_secs(600);
 /// How often it looks.
 const START_POLL: Duration = Duration::from_millis(10);
+/// The root supervisor's restart intensity: more than this many restarts of its children in
+/// [`ROOT_RESTART_PERIOD`] and the node gives up (the admin API's kill limit stays below it).
+pub const ROOT_MAX_RESTARTS: u32 = 10;
+/// See [`ROOT_MAX_RESTARTS`].
+pub const ROOT_RESTART_PERIOD: Duration = Duration::from_secs(10);
 /// How long a site call from the API may take.
 pub const API_CALL_LIMIT: Duration = Duration::from_secs(10);
 
@@ -430,6 +435,9 @@ pub struct SegmentView {
     /// The node's clock source and its status (the same for every segment of the node;
     /// `source: "none"` says the PTP rows are off).
     pub clock: crate::clock_source::ClockView,
+    /// The grid controller whose keep-alive is current (`Node::keepalive_from`); null when
+    /// none is, or when the keep-alive came without a name.
+    pub keepalive_controller: Option<String>,
 }
 
 /// Why [`Node::reset_segment`] reset nothing.
@@ -640,7 +648,7 @@ impl Node {
         }
         let root = Supervisor::start(
             SupervisorConfig::new(ROOT, Strategy::OneForOne)
-                .intensity(10, Duration::from_secs(10))
+                .intensity(ROOT_MAX_RESTARTS, ROOT_RESTART_PERIOD)
                 .tree(tree),
             children,
         )
@@ -737,13 +745,38 @@ impl Node {
             .map_err(|_| RequestError::Unavailable)
     }
 
+    /// The keep-alive of the grid controller `identity` (authenticated by the caller): the
+    /// keep-alive, and the segments' views name `identity` while it is current.
+    pub fn keepalive_from(&self, identity: &str) -> Result<(), RequestError> {
+        self.keepalive()?;
+        *lock(&self.shared.keepalive_from) = Some((identity.to_owned(), self.shared.clock.now()));
+        Ok(())
+    }
+
+    /// The controller whose keep-alive is current (newer than `[safety]
+    /// keepalive_timeout_s`), if it named itself.
+    pub fn keepalive_controller(&self) -> Option<String> {
+        let timeout = self
+            .shared
+            .topology
+            .safety
+            .ladder_config()
+            .keepalive_timeout;
+        let now = self.shared.clock.now();
+        lock(&self.shared.keepalive_from)
+            .as_ref()
+            .filter(|(_, at)| now.saturating_sub(*at) <= timeout)
+            .map(|(who, _)| who.clone())
+    }
+
     /// Every segment.
     pub fn segments(&self) -> Vec<SegmentView> {
         let owned = lock(&self.shared.owned).clone();
+        let controller = self.keepalive_controller();
         self.shared
             .segments
             .values()
-            .map(|s| view(s, &owned, self.shared.clock_view()))
+            .map(|s| view(s, &owned, self.shared.clock_view(), controller.clone()))
             .collect()
     }
 
@@ -751,7 +784,11 @@ impl Node {
     pub fn segment(&self, id: &str) -> Option<SegmentView> {
         let owned = lock(&self.shared.owned).clone();
         let clock = self.shared.clock_view();
-        self.shared.segments.get(id).map(|s| view(s, &owned, clock))
+        let controller = self.keepalive_controller();
+        self.shared
+            .segments
+            .get(id)
+            .map(|s| view(s, &owned, clock, controller))
     }
 
     /// The segments this node drives now.
@@ -955,7 +992,12 @@ impl Node {
                 let to = t.map_or(seg.level(), |t| t.to);
                 tracing::warn!(segment = %id, %to, "operator reset: the segment's lockout ended");
                 let clock = self.shared.clock_view();
-                Ok(view(seg, &lock(&self.shared.owned), clock))
+                Ok(view(
+                    seg,
+                    &lock(&self.shared.owned),
+                    clock,
+                    self.keepalive_controller(),
+                ))
             }
             Err(e) => {
                 tracing::info!(segment = %id, error = %e, "operator reset refused");
@@ -1038,6 +1080,7 @@ fn view(
     s: &SegmentShared,
     owned: &BTreeSet<String>,
     clock: crate::clock_source::ClockView,
+    keepalive_controller: Option<String>,
 ) -> SegmentView {
     let (causes, locked_out) = {
         let ladder = lock(&s.ladder);
@@ -1045,6 +1088,7 @@ fn view(
     };
     SegmentView {
         clock,
+        keepalive_controller,
         owned: owned.contains(&s.id),
         id: s.id.clone(),
         substation: s.substation.clone(),

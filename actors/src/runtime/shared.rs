@@ -706,6 +706,9 @@ pub struct SiteShared {
     pub boot: u64,
     /// The clock source the safety ticks read (`[safety.clock]`).
     pub time_source: crate::clock_source::TimeSource,
+    /// Who sent the newest keep-alive and when (the node's clock), when the caller named
+    /// itself (`Node::keepalive_from`: the HTTP layer's authenticated controller).
+    pub keepalive_from: Mutex<Option<(String, Duration)>>,
 }
 
 impl SiteShared {
@@ -897,6 +900,7 @@ impl SiteShared {
             events: Mutex::new(VecDeque::new()),
             command_log,
             time_source,
+            keepalive_from: Mutex::new(None),
             boot: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
