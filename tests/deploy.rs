@@ -64,10 +64,17 @@ fn promtool(args: &[&str]) {
 #[test]
 fn promtool_accepts_the_rules_and_the_config() {
     let rules = deploy("prometheus/alerts.yml");
-    let config = deploy("prometheus/prometheus.yml");
     let tests = deploy("prometheus/alerts_test.yml");
     promtool(&["check", "rules", rules.to_str().unwrap()]);
-    // The config names alerts.yml relative to itself, so this checks that it loads too.
+    // promtool wants the credential files to exist: the shipped config with its two paths
+    // pointed at files here (and the rules by absolute path).
+    let dir = tempfile::tempdir().unwrap();
+    let (token, ca) = (dir.path().join("token"), dir.path().join("ca.pem"));
+    std::fs::write(&token, "a-token\n").unwrap();
+    std::fs::write(&ca, "").unwrap();
+    let shipped = read(&deploy("prometheus/prometheus.yml"));
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, with_files(&shipped, &token, &ca)).unwrap();
     promtool(&["check", "config", config.to_str().unwrap()]);
     // The rules fire on synthetic series as alerts_test.yml expects, and only then.
     promtool(&["test", "rules", tests.to_str().unwrap()]);
@@ -390,11 +397,28 @@ fn value(sample: &Value) -> f64 {
         .unwrap_or_else(|| panic!("no value: {sample}"))
 }
 
-/// deploy/prometheus/prometheus.yml for this test: scrape and evaluate every second, the
-/// node's admin address as the target, the rules by absolute path.
-fn test_config(admin: &str) -> String {
-    let mut config = read(&deploy("prometheus/prometheus.yml"));
+/// `config` (deploy/prometheus/prometheus.yml) with its token and CA files at `token` and
+/// `ca`, and the rules by absolute path.
+fn with_files(config: &str, token: &Path, ca: &Path) -> String {
     let rules = deploy("prometheus/alerts.yml");
+    let mut config = config.to_string();
+    for (from, to) in [
+        ("/etc/prometheus/gridvisor-token", token),
+        ("/etc/prometheus/gridvisor-api-ca.pem", ca),
+        ("alerts.yml", rules.as_path()),
+    ] {
+        let from = format!(" {from}\n");
+        assert!(config.contains(&from), "prometheus.yml has no {from:?}");
+        config = config.replace(&from, &format!(" {}\n", to.display()));
+    }
+    config
+}
+
+/// deploy/prometheus/prometheus.yml for this test: scrape and evaluate every second, the
+/// node's admin address as the target, an operator token and the CA in `pki`.
+fn test_config(admin: &str, pki: &Path) -> String {
+    let config = read(&deploy("prometheus/prometheus.yml"));
+    let mut config = with_files(&config, &pki.join("token"), &pki.join("ca.pem"));
     for (from, to) in [
         ("scrape_interval: 15s", "scrape_interval: 1s".to_string()),
         (
@@ -403,12 +427,43 @@ fn test_config(admin: &str) -> String {
         ),
         ("scrape_timeout: 10s", "scrape_timeout: 1s".to_string()),
         ("\"localhost:9464\"", format!("\"{admin}\"")),
-        ("- alerts.yml", format!("- {}", rules.display())),
     ] {
         assert!(config.contains(from), "prometheus.yml has no {from:?}");
         config = config.replace(from, &to);
     }
     config
+}
+
+/// The demo site with `[api]` as the deploy examples have it: TLS from a CA in `pki`, a
+/// tokens file, and an operator token for Prometheus at `pki/token`.
+fn api_site(pki: &Path) -> PathBuf {
+    let gridvisor = || Command::new(env!("CARGO_BIN_EXE_gridvisor"));
+    let certs = gridvisor()
+        .args(["certs", "--nodes", "api", "--out"])
+        .arg(pki)
+        .output()
+        .unwrap();
+    assert!(certs.status.success(), "{certs:?}");
+    let tokens = pki.join("tokens");
+    let token = gridvisor()
+        .args(["token", "--identity", "prometheus", "--roles", "operator", "--file"])
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{token:?}");
+    std::fs::write(pki.join("token"), &token.stdout).unwrap();
+    let api = format!(
+        "[api]\ntokens = {:?}\n[api.tls]\ncert = {:?}\nkey = {:?}\n",
+        tokens,
+        pki.join("api.pem"),
+        pki.join("api-key.pem"),
+    );
+    let demo = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml"));
+    let demo_api = "[api]\nactor_kill = true\n";
+    assert!(demo.contains(demo_api), "configs/demo.toml's [api] changed");
+    let site = pki.join("site.toml");
+    std::fs::write(&site, demo.replace(demo_api, &api)).unwrap();
+    site
 }
 
 #[test]
@@ -419,11 +474,16 @@ fn a_real_prometheus_scrapes_a_node_and_evaluates_the_rules() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node");
     std::fs::create_dir(&data).unwrap();
-    let mut node = DemoNode::start(&data);
+    // The demo site with its APIs as deployed: TLS, and an operator token for Prometheus.
+    let pki = dir.path().join("pki");
+    let site = api_site(&pki);
+    let mut node = DemoNode::start_args(&data, &[], &["--config", site.to_str().unwrap()]);
     let admin = admin_of(&mut node);
+    let (status, _) = get(&admin, "/metrics").unwrap_or((0, String::new()));
+    assert_ne!(status, 200, "the admin API speaks TLS only");
 
     let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, test_config(&admin)).unwrap();
+    std::fs::write(&config, test_config(&admin, &pki)).unwrap();
     let tsdb = dir.path().join("tsdb");
     let log = dir.path().join("prometheus.log");
     let addr = format!("127.0.0.1:{}", free_port());

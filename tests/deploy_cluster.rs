@@ -580,12 +580,21 @@ fn the_statefulset_agrees_with_the_cluster_file_and_the_services() {
     // Probes on the admin port.
     let ready = &c["readinessProbe"]["httpGet"];
     assert_eq!(
-        (&ready["path"], &ready["port"]),
-        (&json!("/api/ready"), &json!("admin"))
+        (&ready["path"], &ready["port"], &ready["scheme"]),
+        (&json!("/api/ready"), &json!("admin"), &json!("HTTPS"))
     );
+    // Alive: the admin API answers its one page that needs no credential.
     let live = &c["livenessProbe"];
-    assert_eq!(live["httpGet"]["path"], "/metrics");
+    assert_eq!(live["httpGet"]["path"], "/");
     assert_eq!(live["httpGet"]["port"], "admin");
+    assert_eq!(live["httpGet"]["scheme"], "HTTPS");
+    let site: toml::Table = read(&k8s("site.toml")).parse().unwrap();
+    let api = site["api"].as_table().expect("site.toml [api]: the pods bind 0.0.0.0");
+    assert_eq!(api["actor_kill"].as_bool(), Some(false));
+    for f in [&api["tokens"], &site["api"]["tls"]["cert"], &site["api"]["tls"]["key"]] {
+        let f = Path::new(f.as_str().unwrap());
+        assert_eq!(f.parent(), Some(mounted_dir("api")), "{}", f.display());
+    }
     assert!(live["failureThreshold"].as_u64().unwrap() >= 3);
 
     // Hardening, resources, the stop.
@@ -797,7 +806,13 @@ fn promtool_accepts_the_kubernetes_config() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    // promtool wants the token and CA files to exist: the Secret's mount point, here.
+    let secret = "/etc/prometheus/secrets/gridvisor-token/";
     let text = read(&root().join("deploy/prometheus/prometheus-kubernetes.yml"));
+    assert!(text.contains(secret), "the token and CA from a Secret");
+    let text = text.replace(secret, &format!("{}/", dir.path().display()));
+    std::fs::write(dir.path().join("token"), "a-token\n").unwrap();
+    std::fs::write(dir.path().join("ca.crt"), "").unwrap();
     std::fs::copy(
         root().join("deploy/prometheus/alerts.yml"),
         dir.path().join("alerts.yml"),

@@ -42,12 +42,17 @@ impl Drop for DemoNode {
 impl DemoNode {
     /// Start it with its checkpoints in `data`, `global` arguments (e.g. `--log-format json`) before `run`.
     pub fn start_with(data: &Path, global: &[&str]) -> DemoNode {
+        DemoNode::start_args(data, global, &["--ocpp", "127.0.0.1:0"])
+    }
+
+    /// Start it with `global` arguments before `run` and `extra` ones after it (e.g.
+    /// `--config site.toml`; the embedded demo's CSMS needs `--ocpp 127.0.0.1:0`).
+    pub fn start_args(data: &Path, global: &[&str], extra: &[&str]) -> DemoNode {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
             .args(global)
+            .arg("run")
+            .args(extra)
             .args([
-                "run",
-                "--ocpp",
-                "127.0.0.1:0",
                 "--grid",
                 "127.0.0.1:0",
                 "--admin",
@@ -101,13 +106,13 @@ impl DemoNode {
     }
 }
 
-/// The host:port of the first `http://` URL in `line`.
+/// The host:port of the first `http://` or `https://` URL in `line`.
 pub fn addr_of(line: &str) -> String {
     let url = line
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+        .find_map(|w| w.strip_prefix("http://").or(w.strip_prefix("https://")))
         .expect("a URL");
-    url.trim_start_matches("http://")
+    url
         .split('/')
         .next()
         .expect("host:port")
