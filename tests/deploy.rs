@@ -446,7 +446,14 @@ fn api_site(pki: &Path) -> PathBuf {
     assert!(certs.status.success(), "{certs:?}");
     let tokens = pki.join("tokens");
     let token = gridvisor()
-        .args(["token", "--identity", "prometheus", "--roles", "operator", "--file"])
+        .args([
+            "token",
+            "--identity",
+            "prometheus",
+            "--roles",
+            "operator",
+            "--file",
+        ])
         .arg(&tokens)
         .output()
         .unwrap();

@@ -589,9 +589,15 @@ fn the_statefulset_agrees_with_the_cluster_file_and_the_services() {
     assert_eq!(live["httpGet"]["port"], "admin");
     assert_eq!(live["httpGet"]["scheme"], "HTTPS");
     let site: toml::Table = read(&k8s("site.toml")).parse().unwrap();
-    let api = site["api"].as_table().expect("site.toml [api]: the pods bind 0.0.0.0");
+    let api = site["api"]
+        .as_table()
+        .expect("site.toml [api]: the pods bind 0.0.0.0");
     assert_eq!(api["actor_kill"].as_bool(), Some(false));
-    for f in [&api["tokens"], &site["api"]["tls"]["cert"], &site["api"]["tls"]["key"]] {
+    for f in [
+        &api["tokens"],
+        &site["api"]["tls"]["cert"],
+        &site["api"]["tls"]["key"],
+    ] {
         let f = Path::new(f.as_str().unwrap());
         assert_eq!(f.parent(), Some(mounted_dir("api")), "{}", f.display());
     }

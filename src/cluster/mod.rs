@@ -31,6 +31,8 @@
 pub mod config;
 pub mod replica;
 pub mod route;
+#[cfg(test)]
+mod wire_fuzz;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,7 +89,7 @@ pub enum Api {
 }
 
 /// A request to another node that expects a [`Reply`].
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Call {
     /// An openraft RPC ([`RaftRequest::encode`]).
     Raft(Vec<u8>),
@@ -121,7 +123,7 @@ pub enum Call {
 }
 
 /// The answer to a [`Call`].
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Reply {
     /// An openraft answer ([`RaftResponse::encode`]).
     Raft(Vec<u8>),
@@ -139,7 +141,7 @@ pub enum Reply {
 }
 
 /// Every message between nodes (in versioned envelopes, see gridvisor_transports::envelope).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Wire {
     /// A lease heartbeat round of the sender, with what it drives now and the committed
     /// view it has applied (its epoch).

@@ -52,13 +52,7 @@ impl DemoNode {
             .args(global)
             .arg("run")
             .args(extra)
-            .args([
-                "--grid",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--data",
-            ])
+            .args(["--grid", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data"])
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -112,11 +106,7 @@ pub fn addr_of(line: &str) -> String {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("http://").or(w.strip_prefix("https://")))
         .expect("a URL");
-    url
-        .split('/')
-        .next()
-        .expect("host:port")
-        .to_string()
+    url.split('/').next().expect("host:port").to_string()
 }
 
 /// A minimal HTTP/1.1 exchange, one request per connection: (status, body).
