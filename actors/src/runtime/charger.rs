@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::repeats::{Say, REPEAT_WINDOW};
 use super::shared::{LinkEntry, LinkStatus, SegmentShared, SessionStatus, SiteShared};
 use super::{BatchTally, LinkMsg, SessionMsg, SetpointOutcome};
 use crate::device::{ChargerIo, ChargerReading};
@@ -141,6 +142,9 @@ pub(crate) struct LinkState {
     retry: Duration,
     /// The setpoint whose lease end was already handled (it must not fire again).
     lease_handled: Option<SetpointKey>,
+    /// Failed setpoints, said once a window (`gridvisor_setpoints_total{outcome="failed"}` counts
+    /// each).
+    failures: std::cell::Cell<super::repeats::Repeats>,
 }
 
 impl LinkState {
@@ -253,7 +257,13 @@ impl LinkState {
     fn ack(&self, tally: &BatchTally, outcome: SetpointOutcome) {
         self.shared.metrics.setpoint_outcomes[outcome.index()].inc();
         if let SetpointOutcome::Failed { error } = &outcome {
-            tracing::warn!(charger = %self.charger.id, %error, key = %tally.key(), "setpoint failed");
+            let mut failures = self.failures.get();
+            let say = failures.note(self.shared.clock.now());
+            self.failures.set(failures);
+            if let Say::Now { since } = say {
+                let window = REPEAT_WINDOW;
+                tracing::warn!(charger = %self.charger.id, %error, key = %tally.key(), also_failed = since, ?window, "setpoint failed (once per window; every failure is counted in gridvisor_setpoints_total, outcome failed)");
+            }
         }
         tally.answer(&outcome);
     }
@@ -363,6 +373,7 @@ impl Actor for Link {
             online: false,
             retry: LINK_RETRY_FIRST,
             lease_handled: None,
+            failures: Default::default(),
         };
         // Registered at once, online or not (the node counts its links to know it is up).
         state.publish(None);

@@ -40,6 +40,7 @@ mod clock_source;
 mod dispatcher;
 mod node;
 mod pollers;
+pub mod repeats;
 pub mod safe_command;
 mod safety;
 pub mod safety_executor;
