@@ -8,6 +8,7 @@ mod chaos_cli;
 mod cluster;
 mod demo;
 mod live;
+mod ocpp_password;
 mod run;
 mod server;
 mod stdout;
@@ -66,6 +67,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Add or rotate a charge point's OCPP password in a credentials file (`[ocpp]
+    /// passwords`): read from stdin, or generated and printed once with --generate; the file
+    /// keeps only a salted PBKDF2 hash and is written atomically with mode 0600.
+    OcppPassword(ocpp_password::Args),
     /// Validate a topology file; errors name the file, line and field.
     CheckConfig {
         /// The TOML topology file.
@@ -303,6 +308,7 @@ fn main() -> ExitCode {
             (None, Box::new(move || tokio::spawn(run::run(o))))
         }
         Command::CheckConfig { file } => return check_config(&file),
+        Command::OcppPassword(a) => return ocpp_password::run(a),
         Command::Certs {
             out,
             nodes,
