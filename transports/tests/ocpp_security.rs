@@ -123,7 +123,8 @@ async fn each_station_has_its_own_password_on_ws_and_wss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_station_cannot_be_taken_over_with_its_password() {
     let pki = pki();
-    let mut csms = start_csms(&pki, RpcConfig::default()).await;
+    let grace = Duration::from_millis(300);
+    let mut csms = start_csms_with(&pki, RpcConfig::default(), |c| c.takeover_grace = grace).await;
     let (first, _calls) = connect(&ws(&csms, "RUST-1", "rust-secret")).await.unwrap();
     let session = expect_connected(&mut csms.server).await;
     // The right password, over ws and over wss: 409 while the first connection lives.
@@ -141,10 +142,23 @@ async fn a_live_station_cannot_be_taken_over_with_its_password() {
         ));
     }
     assert!(!first.is_closed(), "the live connection is untouched");
+    // A station that closes and reconnects at once (as after a Reset) is not refused: the
+    // new connection waits (within the grace) for the old one to end.
+    first.close();
+    let (again, _c) = connect(&ws(&csms, "RUST-1", "rust-secret")).await.unwrap();
+    // The old one's end and the new one's start, in either order.
+    let (mut ended, mut started) = (false, None);
+    while !ended || started.is_none() {
+        match next_event(&mut csms.server).await {
+            ServerEvent::Disconnected { .. } => ended = true,
+            ServerEvent::Connected(s) => started = Some(s),
+            other => panic!("{other:?}"),
+        }
+    }
     // Once it ends, the station gets in again.
-    drop((first, _calls, session));
+    drop((again, _c, started, _calls, session));
     next_disconnect(&mut csms).await;
-    let (_again, _c) = connect(&ws(&csms, "RUST-1", "rust-secret")).await.unwrap();
+    let (_cp, _c) = connect(&ws(&csms, "RUST-1", "rust-secret")).await.unwrap();
     expect_connected(&mut csms.server).await;
 }
 

@@ -321,6 +321,11 @@ impl Connection {
 pub struct ClosedWatch(watch::Receiver<Option<DisconnectReason>>);
 
 impl ClosedWatch {
+    /// Whether the connection has ended (its engine gave a reason, or is gone).
+    pub fn is_closed(&self) -> bool {
+        self.0.borrow().is_some() || self.0.has_changed().is_err()
+    }
+
     /// Waits until the connection ends and says why.
     pub async fn wait(mut self) -> DisconnectReason {
         let reason = match self.0.wait_for(Option::is_some).await {

@@ -15,8 +15,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
+use super::connection::ClosedWatch;
 use super::server::{HandshakeRejection, ServerConfig};
+
+/// A station's live connection: the claim's serial, and its end once the connection runs.
+struct Live {
+    serial: u64,
+    closed: Option<ClosedWatch>,
+}
+
+impl Live {
+    fn ended(&self) -> bool {
+        self.closed.as_ref().is_some_and(ClosedWatch::is_closed)
+    }
+}
 
 #[derive(Default, Debug, Clone, Copy)]
 struct PerIp {
@@ -31,7 +45,7 @@ pub(crate) struct Gate {
     sessions: Arc<Semaphore>,
     pub(crate) verifications: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, PerIp>>,
-    live: Mutex<HashMap<String, u64>>,
+    live: Mutex<HashMap<String, Live>>,
     next_claim: AtomicU64,
 }
 
@@ -102,18 +116,36 @@ impl Gate {
         };
         let serial = self.next_claim.fetch_add(1, Ordering::Relaxed);
         let mut live = lock(&self.live);
-        if live.contains_key(id) {
+        // A connection that has ended but whose task has not yet let go counts as gone.
+        if live.get(id).is_some_and(|l| !l.ended()) {
             return Err(HandshakeRejection::AlreadyConnected {
                 charge_point_id: id.to_owned(),
             });
         }
-        live.insert(id.to_owned(), serial);
+        live.insert(
+            id.to_owned(),
+            Live {
+                serial,
+                closed: None,
+            },
+        );
         Ok(Claim {
             gate: Arc::clone(self),
             id: id.to_owned(),
             serial,
             _session: session,
         })
+    }
+
+    /// Waits, until `deadline` at most, for `id`'s live connection (if any, and running) to
+    /// end: a station that closes and reconnects at once (after a Reset) must not lose the
+    /// race against its old connection's teardown. Returns at once when there is nothing to
+    /// wait for; [`Gate::claim`] then decides.
+    pub(crate) async fn settle(&self, id: &str, deadline: Instant) {
+        let watch = lock(&self.live).get(id).and_then(|l| l.closed.clone());
+        if let Some(watch) = watch {
+            let _ = tokio::time::timeout_at(deadline, watch.wait()).await;
+        }
     }
 
     /// Whether `id` holds a live connection now.
@@ -178,10 +210,21 @@ pub(crate) struct Claim {
     _session: OwnedSemaphorePermit,
 }
 
+impl Claim {
+    /// The claimed connection runs: later claims can see when it ends.
+    pub(crate) fn running(&self, closed: ClosedWatch) {
+        if let Some(l) = lock(&self.gate.live).get_mut(&self.id) {
+            if l.serial == self.serial {
+                l.closed = Some(closed);
+            }
+        }
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         let mut live = lock(&self.gate.live);
-        if live.get(&self.id) == Some(&self.serial) {
+        if live.get(&self.id).is_some_and(|l| l.serial == self.serial) {
             live.remove(&self.id);
         }
     }

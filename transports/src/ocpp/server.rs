@@ -16,8 +16,10 @@
 //!   at once, after a cheap answer was sought ([`Authenticator::verify_fast`]); the request
 //!   head is read first for that ([`super::head`]), at most
 //!   [`ServerConfig::max_request_head_bytes`];
-//! - one live connection per station: a second connection for a station whose connection is
-//!   open is refused with 409 until the first ends. A leaked password must not take over a
+//! - one live connection per station: a second, authenticated connection for a station whose
+//!   connection is open waits up to [`ServerConfig::takeover_grace`] for it to end (a station
+//!   that closes and reconnects at once, after a Reset, must not lose that race), then is
+//!   refused with 409 until the first ends. A leaked password must not take over a
 //!   live station (its transactions, meter values and setpoints). A station that rebooted
 //!   comes back after its old TCP connection died without a close; the CSMS notices within
 //!   `ping_interval + pong_timeout` of [`RpcConfig`] (90 s by default), the longest a
@@ -78,6 +80,10 @@ pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 16;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Default limit on password verifications (PBKDF2 runs) at once, on blocking threads.
 pub const DEFAULT_MAX_VERIFICATIONS: usize = 2;
+/// Default bound on how long an authenticated connection for a live station waits for that
+/// station's connection to end before it is refused (409): a station that closes and
+/// reconnects at once, as after a Reset, wins the race against its old connection's teardown.
+pub const DEFAULT_TAKEOVER_GRACE: Duration = Duration::from_secs(2);
 /// Default limit on the upgrade request's head (request line and headers).
 pub const DEFAULT_MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop does not spin.
@@ -190,6 +196,9 @@ pub struct ServerConfig {
     pub max_verifications: usize,
     /// Longest upgrade request head ([`DEFAULT_MAX_REQUEST_HEAD_BYTES`]).
     pub max_request_head_bytes: usize,
+    /// How long a connection for a live station waits for the live one to end before 409
+    /// ([`DEFAULT_TAKEOVER_GRACE`]; within the handshake timeout).
+    pub takeover_grace: Duration,
     /// Capacity of the event channel ([`DEFAULT_EVENT_QUEUE_CAPACITY`]); a slow owner slows
     /// accepting, it does not lose events.
     pub event_queue_capacity: usize,
@@ -210,6 +219,7 @@ impl ServerConfig {
             per_ip_exempt_loopback: true,
             max_verifications: DEFAULT_MAX_VERIFICATIONS,
             max_request_head_bytes: DEFAULT_MAX_REQUEST_HEAD_BYTES,
+            takeover_grace: DEFAULT_TAKEOVER_GRACE,
             event_queue_capacity: DEFAULT_EVENT_QUEUE_CAPACITY,
         }
     }
@@ -521,18 +531,29 @@ where
 {
     let bytes = head::read(&mut stream, config.max_request_head_bytes).await?;
     let parsed = head::parse(&bytes)?;
-    let password = match (
-        listener.security.authenticator(),
-        charge_point_id_from_path(&parsed.path),
-    ) {
-        (Some(auth), Ok(id)) => Some(
-            check_password(parsed.authorization.as_deref(), &id, auth, gate)
+    let path_id = charge_point_id_from_path(&parsed.path).ok();
+    let password = match (listener.security.authenticator(), &path_id) {
+        (Some(auth), Some(id)) => Some(
+            check_password(parsed.authorization.as_deref(), id, auth, gate)
                 .await
-                .map_err(|reason| (id, reason)),
+                .map_err(|reason| (id.clone(), reason)),
         ),
         // A bad path is answered 404 by the upgrade's own check.
         _ => None,
     };
+    // Authenticated as this station (password, or profile 3's certificate): a closing
+    // connection of the same station may end first (bounded by the takeover grace).
+    if let Some(id) = &path_id {
+        let authenticated = match (&password, &identity) {
+            (Some(Ok(())), _) => true,
+            (None, Some(cn)) => cn == id,
+            _ => false,
+        };
+        if authenticated {
+            let deadline = tokio::time::Instant::now() + config.takeover_grace;
+            gate.settle(id, deadline).await;
+        }
+    }
     let checks = Checks {
         listener,
         versions: &config.versions,
@@ -667,6 +688,7 @@ where
         (Ok(ws), Some(Ok((info, claim)))) => {
             let (connection, calls) =
                 connection::spawn(ws, info, config.rpc.clone(), Initiator::Csms);
+            claim.running(connection.closed_watch());
             Ok(Accepted {
                 connection,
                 calls,
