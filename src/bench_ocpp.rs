@@ -27,6 +27,7 @@ use std::time::Duration;
 use gridvisor_actors::config::{self, Ocpp};
 use gridvisor_sim::ocpp::load::{self, LoadConfig, MAX_LOAD_CLIENTS};
 use gridvisor_transports::ocpp::client::ClientConfig;
+use gridvisor_transports::ocpp::{credentials, server};
 
 use crate::stdout::outln;
 
@@ -34,8 +35,10 @@ use crate::stdout::outln;
 pub const NODE_START_LIMIT: Duration = Duration::from_secs(300);
 /// Chargers per generated segment.
 const CHARGERS_PER_SEGMENT: usize = 1_000;
-/// The password the load clients present (the node takes any: `[ocpp]` has none).
-const BENCH_PASSWORD: &str = "bench";
+/// PBKDF2 rounds of the bench's credentials file: the file's minimum, so that writing and
+/// checking 10,000 lines stays a few seconds (its password is random, generated per run:
+/// the rounds add nothing there). Production files carry `credentials::DEFAULT_ITERATIONS`.
+const BENCH_PASSWORD_ITERATIONS: u32 = credentials::MIN_ITERATIONS;
 /// The marker of the CSMS line `gridvisor run` prints.
 const OCPP_LINE: &str = "  ocpp       ws://";
 
@@ -67,13 +70,32 @@ impl Drop for NodeChild {
 }
 
 /// Start the node child and return it with its CSMS address.
-fn start_node(dir: &std::path::Path, clients: usize) -> Result<(NodeChild, SocketAddr), String> {
+fn start_node(
+    dir: &std::path::Path,
+    clients: usize,
+    password: &str,
+) -> Result<(NodeChild, SocketAddr), String> {
     let mut topology = config::generated(clients.div_ceil(CHARGERS_PER_SEGMENT), clients, 7);
     topology.site.keepalive_required = false;
+    // Every charger gets its own line (own salt and hash) in the node's credentials file.
+    let passwords = dir.join("stations.cred");
+    let mut file = credentials::CredentialsFile::default();
+    for (_, c) in topology.chargers() {
+        file.set(&c.id, password.as_bytes(), BENCH_PASSWORD_ITERATIONS)
+            .map_err(|e| format!("charger {}: {e}", c.id))?;
+    }
+    file.write_atomic(&passwords)
+        .map_err(|e| format!("{}: {e}", passwords.display()))?;
+    // All clients come from 127.0.0.1: loopback is exempt from the per-address caps
+    // (`ServerConfig::per_ip_exempt_loopback`), so the defaults stay.
     topology.ocpp = Some(Ocpp {
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         tls: None,
-        password: None,
+        passwords: Some(passwords),
+        credentials: None,
+        allow_plaintext: false,
+        max_connections_per_ip: server::DEFAULT_MAX_CONNECTIONS_PER_IP as u64,
+        max_handshakes_per_ip: server::DEFAULT_MAX_HANDSHAKES_PER_IP as u64,
         heartbeat_s: config::DEFAULT_OCPP_HEARTBEAT_S,
     });
     let text = toml::to_string(&topology).map_err(|e| format!("bench topology: {e}"))?;
@@ -128,11 +150,13 @@ pub async fn ocpp(clients: usize, seconds: f64) -> Result<(), String> {
         Duration::try_from_secs_f64(seconds).map_err(|e| format!("--seconds {seconds}: {e}"))?;
     crate::raise_fd_limit(clients)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (node, addr) = tokio::task::block_in_place(|| start_node(dir.path(), clients))?;
+    // One random password for the run: the load engine gives every client the template's.
+    let password = credentials::generate_password()?;
+    let (node, addr) = tokio::task::block_in_place(|| start_node(dir.path(), clients, &password))?;
     let pid = node.0.id();
     let node_before = proc_status_bytes(pid, "VmRSS:");
     let mut client = ClientConfig::new("127.0.0.1", addr.port(), "template");
-    client.password = Some(BENCH_PASSWORD.as_bytes().to_vec());
+    client.password = Some(password.into_bytes());
     let mut config = LoadConfig::new(client, clients);
     config.id_prefix = "evse-".to_owned();
     config.duration = duration;

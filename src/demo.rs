@@ -22,14 +22,20 @@ use gridvisor_sim::modbus::{
 use gridvisor_sim::ocpp::charge_point::{ChargePoint, ChargePointConfig};
 use gridvisor_sim::ocpp::vehicle::Vehicle;
 use gridvisor_transports::ocpp::client::ClientConfig;
+use gridvisor_transports::ocpp::credentials::{generate_password, CredentialsFile};
+use gridvisor_transports::ocpp::server::{
+    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HANDSHAKES_PER_IP,
+};
 use tokio::task::JoinHandle;
 
 /// How often the demo steps its physics.
 pub const DEMO_TICK: Duration = Duration::from_millis(100);
 /// The charge points' meter value interval.
 pub const DEMO_METER_INTERVAL: Duration = Duration::from_secs(2);
-/// The password every demo charge point presents (OCPP security profile 1).
-pub const DEMO_OCPP_PASSWORD: &str = "demo-charge-point-password";
+/// PBKDF2 rounds of the demo's generated station passwords: the file's minimum, since they
+/// are random (out of reach of a brute force at any count), live only in this process's
+/// memory and are checked on loopback.
+pub const DEMO_PASSWORD_ITERATIONS: u32 = gridvisor_transports::ocpp::credentials::MIN_ITERATIONS;
 /// The demo grid's nominal voltage, V (the meters' `nominal_v`).
 pub const DEMO_NOMINAL_V: f64 = 230.0;
 /// The demo grid's nominal frequency, Hz (the ladder's bands are IEEE 1547 at 60 Hz).
@@ -59,6 +65,9 @@ pub struct DemoSite {
     segment_power: HashMap<String, Power>,
     /// Modbus requests the inverters and meters answered so far (updated by the tick).
     modbus_requests: Arc<AtomicU64>,
+    /// Each charger's password, generated at start (OCPP security profile 1: every station
+    /// has its own; the CSMS holds only their hashes).
+    passwords: HashMap<String, String>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -92,6 +101,7 @@ impl DemoSite {
             chargers: Vec::new(),
             segment_power: HashMap::new(),
             modbus_requests: Arc::new(AtomicU64::new(0)),
+            passwords: HashMap::new(),
             tasks: Vec::new(),
         };
         for sub in &mut topology.substations {
@@ -139,10 +149,22 @@ impl DemoSite {
                 }
             }
         }
+        let mut credentials = CredentialsFile::default();
+        for (_, c) in topology.chargers() {
+            let password = generate_password()?;
+            credentials
+                .set(&c.id, password.as_bytes(), DEMO_PASSWORD_ITERATIONS)
+                .map_err(|e| format!("charger {}: {e}", c.id))?;
+            site.passwords.insert(c.id.clone(), password);
+        }
         topology.ocpp = Some(Ocpp {
             listen: Some(ocpp_listen),
             tls: None,
-            password: Some(DEMO_OCPP_PASSWORD.to_owned()),
+            passwords: None,
+            credentials: Some(Arc::new(credentials)),
+            allow_plaintext: false,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP as u64,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP as u64,
             heartbeat_s: gridvisor_actors::config::DEFAULT_OCPP_HEARTBEAT_S,
         });
         Ok(site)
@@ -158,7 +180,11 @@ impl DemoSite {
         let started = SystemTime::now();
         for (seg, c) in topology.chargers() {
             let mut client = ClientConfig::new("127.0.0.1", csms.port(), c.id.as_str());
-            client.password = Some(DEMO_OCPP_PASSWORD.as_bytes().to_vec());
+            let password = self
+                .passwords
+                .get(&c.id)
+                .ok_or_else(|| format!("charger {}: no generated password", c.id))?;
+            client.password = Some(password.as_bytes().to_vec());
             let mut config = ChargePointConfig::new(client);
             config.max_power_kw = c.max_kw;
             config.default_limit_kw = c.max_kw;

@@ -9,6 +9,7 @@ mod chaos_cli;
 mod cluster;
 mod demo;
 mod live;
+mod ocpp_password;
 mod run;
 mod server;
 mod stdout;
@@ -80,6 +81,10 @@ enum Command {
         #[arg(long)]
         roles: String,
     },
+    /// Add or rotate a charge point's OCPP password in a credentials file (`[ocpp]
+    /// passwords`): read from stdin, or generated and printed once with --generate; the file
+    /// keeps only a salted PBKDF2 hash and is written atomically with mode 0600.
+    OcppPassword(ocpp_password::Args),
     /// Validate a topology file; errors name the file, line and field.
     CheckConfig {
         /// The TOML topology file.
@@ -349,6 +354,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::OcppPassword(a) => return ocpp_password::run(a),
         Command::Certs {
             out,
             nodes,

@@ -344,7 +344,11 @@ fn source_none_is_said_in_the_banner_the_api_and_the_metric() {
 #[test]
 fn check_config_warns_about_real_devices_without_a_clock_source() {
     let dir = tempfile::tempdir().unwrap();
-    let real = topology(dir.path(), "[ocpp]\nlisten = \"127.0.0.1:0\"");
+    // check-config reads the topology only; the credentials file is read by the CSMS.
+    let real = topology(
+        dir.path(),
+        "[ocpp]\nlisten = \"127.0.0.1:0\"\npasswords = \"stations.cred\"",
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
         .arg("check-config")
         .arg(&real)
@@ -358,7 +362,7 @@ fn check_config_warns_about_real_devices_without_a_clock_source() {
     );
     let named = topology(
         dir.path(),
-        "[ocpp]\nlisten = \"127.0.0.1:0\"\n[safety.clock]\nsource = \"ptp4l\"",
+        "[ocpp]\nlisten = \"127.0.0.1:0\"\npasswords = \"stations.cred\"\n[safety.clock]\nsource = \"ptp4l\"",
     );
     let out = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
         .arg("check-config")

@@ -40,6 +40,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use gridvisor_transports::ocpp::server::{
+    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_HANDSHAKES_PER_IP,
+};
 use serde::Serialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -294,10 +297,26 @@ pub struct Ocpp {
     /// The ws address (security profile 1); default [`DEFAULT_OCPP_LISTEN`] when there is no
     /// `[ocpp.tls]`, none (no plaintext listener) when there is one and `listen` is not given.
     pub listen: Option<SocketAddr>,
-    /// The HTTP Basic password every charge point presents; None: any password is taken
-    /// (only for closed test networks; the check-config command warns about it).
+    /// The credentials file (`passwords`): one salted PBKDF2 hash per station
+    /// (`gridvisor_transports::ocpp::credentials`, written by `gridvisor ocpp-password`).
+    /// Required with a ws listener or a profile 2 wss one: a password is mandatory there, and
+    /// a station absent from the file is refused. [`load`] makes a relative path relative to
+    /// the topology file; the file is read when the CSMS starts.
+    pub passwords: Option<std::path::PathBuf>,
+    /// Credentials given in code instead of a file (the embedded demo generates its stations'
+    /// passwords at start); used before `passwords`.
     #[serde(skip)]
-    pub password: Option<String>,
+    pub credentials:
+        Option<std::sync::Arc<gridvisor_transports::ocpp::credentials::CredentialsFile>>,
+    /// Plain ws on a non-loopback address (`allow_plaintext`, default false): passwords and
+    /// setpoints then cross the network in clear; the node announces it at start.
+    pub allow_plaintext: bool,
+    /// Connections (handshaking or open) from one address (`max_connections_per_ip`, default
+    /// `gridvisor_transports::ocpp::server::DEFAULT_MAX_CONNECTIONS_PER_IP`; loopback exempt).
+    pub max_connections_per_ip: u64,
+    /// Unauthenticated handshakes in progress from one address (`max_handshakes_per_ip`,
+    /// default `DEFAULT_MAX_HANDSHAKES_PER_IP`; loopback exempt).
+    pub max_handshakes_per_ip: u64,
     /// The heartbeat interval the CSMS gives charge points at boot, s (default
     /// [`DEFAULT_OCPP_HEARTBEAT_S`]).
     pub heartbeat_s: u64,
@@ -318,6 +337,9 @@ pub struct OcppTls {
     pub key: std::path::PathBuf,
     /// The CA that issues charge point certificates (PEM); present: profile 3.
     pub client_ca: Option<std::path::PathBuf>,
+    /// A CRL of that CA (PEM or DER; only with `client_ca`): a station certificate it revokes
+    /// is refused at the TLS handshake.
+    pub crl: Option<std::path::PathBuf>,
 }
 
 /// Where a device speaks Modbus TCP (`modbus = { addr = "host:port", unit = 1 }`).
@@ -883,7 +905,14 @@ pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
             ));
         }
     };
-    parse(&file, &text)
+    let mut topology = parse(&file, &text)?;
+    // `[ocpp] passwords` is relative to the topology file (it sits next to it).
+    if let Some(p) = topology.ocpp.as_mut().and_then(|o| o.passwords.as_mut()) {
+        if p.is_relative() {
+            *p = path.parent().unwrap_or(Path::new("")).join(&*p);
+        }
+    }
+    Ok(topology)
 }
 
 /// A synthetic, valid site for benchmarks: one substation `sub-0` with `segments` segments
@@ -1181,8 +1210,17 @@ const ROOT_KEYS: &[&str] = &[
 const METRICS_KEYS: &[&str] = &["sessions"];
 const API_KEYS: &[&str] = &["tls", "tokens", "actor_kill"];
 const API_TLS_KEYS: &[&str] = &["cert", "key", "client_ca"];
-const OCPP_KEYS: &[&str] = &["listen", "password", "heartbeat_s", "tls"];
-const OCPP_TLS_KEYS: &[&str] = &["listen", "cert", "key", "client_ca"];
+const OCPP_KEYS: &[&str] = &[
+    "listen",
+    "password",
+    "passwords",
+    "allow_plaintext",
+    "max_connections_per_ip",
+    "max_handshakes_per_ip",
+    "heartbeat_s",
+    "tls",
+];
+const OCPP_TLS_KEYS: &[&str] = &["listen", "cert", "key", "client_ca", "crl"];
 const MQTT_KEYS: &[&str] = &["broker", "topic_prefix", "interval_ms", "client_id", "tls"];
 const MQTT_TLS_KEYS: &[&str] = &["ca", "cert", "key", "server_name"];
 const MODBUS_KEYS: &[&str] = &["addr", "unit", "profile"];
@@ -1777,15 +1815,20 @@ impl Reader {
                 let listen = self.socket_addr(&tls, "listen", Some(DEFAULT_OCPP_TLS_LISTEN));
                 let cert = self.string(&tls, "cert");
                 let key = self.string(&tls, "key");
-                let client_ca = match self.lookup(&tls, "client_ca") {
-                    (_, None) => None,
-                    (_, Some(_)) => Some(self.string(&tls, "client_ca")),
-                };
+                let client_ca = self.optional_string(&tls, "client_ca");
+                let crl = self.optional_string(&tls, "crl");
+                if let (None, (path, Some(node))) = (&client_ca, self.lookup(&tls, "crl")) {
+                    let message = "`crl` revokes station certificates: it needs `client_ca` \
+                                   (security profile 3)"
+                        .to_owned();
+                    self.problem(&path, node.span().start, message);
+                }
                 Some(OcppTls {
                     listen: listen?,
                     cert: cert.into(),
                     key: key.into(),
                     client_ca: client_ca.map(Into::into),
+                    crl: crl.map(Into::into),
                 })
             }
         };
@@ -1799,23 +1842,75 @@ impl Reader {
         if listen_given && listen.is_none() {
             return None; // reported
         }
-        let password = match self.lookup(&t, "password") {
-            (_, None) => None,
-            (path, Some(node)) => match node.get_ref().as_str() {
-                Some(p) => Some(p.to_owned()),
-                None => {
-                    self.mismatch(&path, node, "a string");
-                    None
-                }
-            },
-        };
+        if let (path, Some(node)) = self.lookup(&t, "password") {
+            let message = "the site-wide `password` is no longer accepted: give each station \
+                           its own in a credentials file, `passwords = \"stations.cred\"` \
+                           (add one with `gridvisor ocpp-password --file stations.cred \
+                           --station ID`)"
+                .to_owned();
+            self.problem(&path, node.span().start, message);
+        }
+        let passwords = self.optional_string(&t, "passwords").map(Into::into);
+        let allow_plaintext = self.boolean(&t, "allow_plaintext", false);
+        self.ocpp_rules(
+            &t,
+            listen,
+            tls.as_ref(),
+            passwords.is_some(),
+            allow_plaintext,
+        );
         let heartbeat_s = self.integer(&t, "heartbeat_s", DEFAULT_OCPP_HEARTBEAT_S);
+        let per_ip = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let max_connections_per_ip = self.integer(
+            &t,
+            "max_connections_per_ip",
+            per_ip(DEFAULT_MAX_CONNECTIONS_PER_IP),
+        );
+        let max_handshakes_per_ip = self.integer(
+            &t,
+            "max_handshakes_per_ip",
+            per_ip(DEFAULT_MAX_HANDSHAKES_PER_IP),
+        );
         Some(Ocpp {
             listen,
-            password,
+            passwords,
+            credentials: None,
+            allow_plaintext,
+            max_connections_per_ip,
+            max_handshakes_per_ip,
             heartbeat_s,
             tls,
         })
+    }
+
+    /// `[ocpp]`'s security rules: a password file wherever Basic auth is used (ws, profile 2
+    /// wss), and no plaintext ws off loopback unless `allow_plaintext`.
+    fn ocpp_rules(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        listen: Option<SocketAddr>,
+        tls: Option<&OcppTls>,
+        has_passwords: bool,
+        allow_plaintext: bool,
+    ) {
+        let basic_auth = listen.is_some() || tls.is_some_and(|tls| tls.client_ca.is_none());
+        if basic_auth && !has_passwords {
+            let message = "missing required key `passwords`: ws and wss with passwords \
+                           (security profiles 1 and 2) check each station against a \
+                           credentials file (`gridvisor ocpp-password --file FILE --station ID`)"
+                .to_owned();
+            self.problem(&join(&t.path, "passwords"), t.at, message);
+        }
+        if let Some(addr) = listen.filter(|a| !a.ip().is_loopback() && !allow_plaintext) {
+            let (path, node) = self.lookup(t, "listen");
+            let at = node.map_or(t.at, |n| n.span().start);
+            let message = format!(
+                "plaintext ws on {addr}, off loopback: passwords and setpoints would cross the \
+                 network in clear; use [ocpp.tls], a loopback address, or set \
+                 allow_plaintext = true"
+            );
+            self.problem(&path, at, message);
+        }
     }
 
     /// An optional string key.
@@ -2715,7 +2810,7 @@ max_kw = 11
         )]);
         // Last, so that the table does not swallow the keys of the arrays before it.
         let text = format!(
-            "{meter}\n[safety]\nnominal_hz = 60\n[ocpp]\nlisten = \"127.0.0.1:9000\"\npassword = \"pw\"\n"
+            "{meter}\n[safety]\nnominal_hz = 60\n[ocpp]\nlisten = \"127.0.0.1:9000\"\npasswords = \"s.cred\"\n"
         );
         let t = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
         let m = &t.segment("tx").expect("tx").meters[0];
@@ -2731,7 +2826,12 @@ max_kw = 11
         let o = t.ocpp.expect("[ocpp]");
         assert_eq!(o.listen, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(o.tls, None);
-        assert_eq!(o.password.as_deref(), Some("pw"));
+        assert_eq!(o.passwords, Some("s.cred".into()));
+        assert!(!o.allow_plaintext);
+        assert_eq!(
+            o.max_handshakes_per_ip,
+            DEFAULT_MAX_HANDSHAKES_PER_IP as u64
+        );
         assert_eq!(o.heartbeat_s, DEFAULT_OCPP_HEARTBEAT_S);
         let bare = parse("t.toml", MINIMAL).expect("valid");
         assert_eq!(bare.ocpp, None);
@@ -2741,7 +2841,7 @@ max_kw = 11
     #[test]
     fn an_ocpp_tls_listener_replaces_the_plaintext_default() {
         let text = format!(
-            "{MINIMAL}\n[ocpp]\npassword = \"pw\"\n[ocpp.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n"
+            "{MINIMAL}\n[ocpp]\npasswords = \"s.cred\"\n[ocpp.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n"
         );
         let o = parse("t.toml", &text)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -2751,7 +2851,10 @@ max_kw = 11
         let tls = o.tls.unwrap();
         assert_eq!(tls.listen, DEFAULT_OCPP_TLS_LISTEN.parse().unwrap());
         assert_eq!(tls.client_ca, Some("ca.pem".into()));
-        let both = text.replace("password = \"pw\"", "listen = \"127.0.0.1:8080\"");
+        let both = text.replace(
+            "passwords = \"s.cred\"",
+            "passwords = \"s.cred\"\nlisten = \"127.0.0.1:8080\"",
+        );
         let o = parse("t.toml", &both)
             .unwrap_or_else(|e| panic!("{e}"))
             .ocpp
@@ -2764,9 +2867,64 @@ max_kw = 11
             "[ocpp.tls]",
             "missing required key `key`",
         );
-        let plain = format!("{MINIMAL}\n[ocpp]\n");
+        let plain = format!("{MINIMAL}\n[ocpp]\npasswords = \"s.cred\"\nallow_plaintext = true\n");
         let o = parse("t.toml", &plain).unwrap().ocpp.unwrap();
         assert_eq!(o.listen, Some(DEFAULT_OCPP_LISTEN.parse().unwrap()));
+    }
+
+    #[test]
+    fn ocpp_security_rules_are_named() {
+        let old = format!(
+            "{MINIMAL}\n[ocpp]\nlisten = \"127.0.0.1:1\"\npassword = \"pw\"\npasswords = \"s\"\n"
+        );
+        one_error(
+            &old,
+            "ocpp.password",
+            "password = ",
+            "passwords = \"stations.cred\"",
+        );
+        let none = format!("{MINIMAL}\n[ocpp]\nlisten = \"127.0.0.1:1\"\n");
+        one_error(
+            &none,
+            "ocpp.passwords",
+            "[ocpp]",
+            "missing required key `passwords`",
+        );
+        let profile2 = format!("{MINIMAL}\n[ocpp]\n[ocpp.tls]\ncert = \"c\"\nkey = \"k\"\n");
+        one_error(
+            &profile2,
+            "ocpp.passwords",
+            "[ocpp]",
+            "security profiles 1 and 2",
+        );
+        let open = format!("{MINIMAL}\n[ocpp]\nlisten = \"0.0.0.0:8080\"\npasswords = \"s\"\n");
+        one_error(&open, "ocpp.listen", "listen = ", "allow_plaintext = true");
+        let default_listen = format!("{MINIMAL}\n[ocpp]\npasswords = \"s\"\n");
+        one_error(&default_listen, "ocpp.listen", "[ocpp]", "off loopback");
+        let crl_alone = format!(
+            "{MINIMAL}\n[ocpp]\npasswords = \"s\"\n[ocpp.tls]\ncert = \"c\"\nkey = \"k\"\ncrl = \"r.crl\"\n"
+        );
+        one_error(&crl_alone, "ocpp.tls.crl", "crl = ", "needs `client_ca`");
+        // Profile 3 alone needs no password file; its CRL is kept.
+        let mtls = format!(
+            "{MINIMAL}\n[ocpp]\n[ocpp.tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\ncrl = \"r.crl\"\n"
+        );
+        let o = parse("t.toml", &mtls)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .ocpp
+            .unwrap();
+        assert_eq!(o.tls.unwrap().crl, Some("r.crl".into()));
+        assert_eq!(o.passwords, None);
+    }
+
+    #[test]
+    fn the_password_file_is_relative_to_the_topology() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        let text = format!("{MINIMAL}\n[ocpp]\nlisten = \"127.0.0.1:1\"\npasswords = \"s.cred\"\n");
+        std::fs::write(&path, text).unwrap();
+        let o = load(&path).unwrap_or_else(|e| panic!("{e}")).ocpp.unwrap();
+        assert_eq!(o.passwords, Some(dir.path().join("s.cred")));
     }
 
     #[test]
@@ -2792,7 +2950,9 @@ max_kw = 11
             "unit = 300",
             "outside 0..=247",
         );
-        let text = format!("{MINIMAL}\n[ocpp]\nheartbeat_s = 0\n");
+        let text = format!(
+            "{MINIMAL}\n[ocpp]\nlisten = \"127.0.0.1:8080\"\npasswords = \"s\"\nheartbeat_s = 0\n"
+        );
         one_error(&text, "ocpp.heartbeat_s", "heartbeat_s = 0", "must be 1..=");
         let text = format!("{MINIMAL}\n[ocpp]\nlisten = 8080\n");
         one_error(&text, "ocpp.listen", "listen = 8080", "host:port");

@@ -14,15 +14,36 @@ use gridvisor_sim::ocpp::charge_point::{ChargePoint, ChargePointConfig};
 use gridvisor_sim::ocpp::fault::Fault;
 use gridvisor_sim::ocpp::vehicle::Vehicle;
 use gridvisor_transports::ocpp::client::{connect, ClientConfig};
+use gridvisor_transports::ocpp::credentials::{CredentialsFile, MIN_ITERATIONS};
 
-const PASSWORD: &str = "s3cret-charger-pw";
+/// Each charger's own password.
+fn password(id: &str) -> String {
+    format!("{id}-s3cret-charger-pw")
+}
 
-fn site() -> String {
+/// A credentials file for evse-0..evse-9 in `dir` (hashed with the fewest iterations the
+/// file allows: the tests' CPU), as its `[ocpp]` line.
+fn passwords_line(dir: &std::path::Path) -> String {
+    let mut file = CredentialsFile::default();
+    for i in 0..10 {
+        let id = format!("evse-{i}");
+        file.set(&id, password(&id).as_bytes(), MIN_ITERATIONS)
+            .unwrap();
+    }
+    let path = dir.join("stations.cred");
+    file.write_atomic(&path).unwrap();
+    format!("passwords = {:?}\n", path.display().to_string())
+}
+
+/// The site with the CSMS on loopback, and the folder of its credentials file.
+fn site() -> (String, tempfile::TempDir) {
+    let creds = tempfile::tempdir().unwrap();
     let mut t = site_toml(1, 2, "", "");
     t.push_str(&format!(
-        "\n[ocpp]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\nheartbeat_s = 5\n"
+        "\n[ocpp]\nlisten = \"127.0.0.1:0\"\n{}heartbeat_s = 5\n",
+        passwords_line(creds.path())
     ));
-    t
+    (t, creds)
 }
 
 struct Cp {
@@ -40,7 +61,7 @@ fn client(node: &Node, id: &str, password: &str) -> ClientConfig {
 /// A simulated charge point for `charger` with vehicle `vehicle` plugged in, physics in real
 /// time, meter values every second.
 fn charge_point(node: &Node, charger: &str, vehicle: &str) -> Cp {
-    let mut config = ChargePointConfig::new(client(node, charger, PASSWORD));
+    let mut config = ChargePointConfig::new(client(node, charger, &password(charger)));
     config.id_token = vehicle.to_owned();
     config.meter_interval = Duration::from_secs(1);
     config.reconnect_initial = Duration::from_millis(100);
@@ -75,7 +96,8 @@ fn online(t: &TestNode, charger: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
-    let t = start(&site()).await;
+    let (toml, _creds) = site();
+    let t = start(&toml).await;
     let a = charge_point(&t.node, "evse-0", "ev-0");
     let b = charge_point(&t.node, "evse-1", "ev-1");
     wait(&t.node, "both charge points connected", || {
@@ -163,13 +185,28 @@ async fn chargers_over_ocpp_are_dispatched_and_survive_a_dropped_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_charge_points_and_wrong_passwords_are_refused() {
-    let t = start(&site()).await;
-    let unknown = connect(&client(&t.node, "evse-99", PASSWORD)).await;
+    let (toml, _creds) = site();
+    let t = start(&toml).await;
+    let unknown = connect(&client(&t.node, "evse-99", &password("evse-99"))).await;
     assert!(unknown.is_err(), "an unconfigured id must not get in");
     let wrong = connect(&client(&t.node, "evse-0", "not-the-password")).await;
     assert!(wrong.is_err(), "a wrong password must not get in");
-    let right = connect(&client(&t.node, "evse-0", PASSWORD)).await;
+    let borrowed = connect(&client(&t.node, "evse-0", &password("evse-1"))).await;
+    assert!(
+        borrowed.is_err(),
+        "another charger's password must not get in"
+    );
+    let right = connect(&client(&t.node, "evse-0", &password("evse-0"))).await;
     assert!(right.is_ok(), "{:?}", right.err());
+    let second = connect(&client(&t.node, "evse-0", &password("evse-0"))).await;
+    assert!(
+        matches!(
+            second,
+            Err(gridvisor_transports::ocpp::ConnectError::Refused { status: 409 })
+        ),
+        "a live charger is not taken over: {:?}",
+        second.err()
+    );
     t.node.shutdown().await;
 }
 
@@ -288,9 +325,11 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_resumes_the_session_of_a_charging_vehicle_and_ends_it_when_it_leaves() {
     let port = free_port();
+    let creds = tempfile::tempdir().unwrap();
     let mut toml = site_toml(1, 1, "", "");
     toml.push_str(&format!(
-        "\n[ocpp]\nlisten = \"127.0.0.1:{port}\"\npassword = \"{PASSWORD}\"\n"
+        "\n[ocpp]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        passwords_line(creds.path())
     ));
     let t = start(&toml).await;
     let a = charge_point(&t.node, "evse-0", "ev-0");

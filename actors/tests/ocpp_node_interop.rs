@@ -103,7 +103,17 @@ impl Drop for PyCp {
     }
 }
 
-fn site() -> String {
+/// The site, with PY-1's credentials file in `dir` (the fewest iterations the file allows).
+fn site(dir: &std::path::Path) -> String {
+    let mut file = gridvisor_transports::ocpp::credentials::CredentialsFile::default();
+    file.set(
+        "PY-1",
+        PASSWORD.as_bytes(),
+        gridvisor_transports::ocpp::credentials::MIN_ITERATIONS,
+    )
+    .unwrap();
+    let creds = dir.join("stations.cred");
+    file.write_atomic(&creds).unwrap();
     format!(
         "[site]\nid = \"py\"\ncycle_ms = 100\nlease_s = 5\nkeepalive_required = false\n\
          [safety]\nhold_s = 1\n[[substations]]\nid = \"sub\"\n\
@@ -111,12 +121,14 @@ fn site() -> String {
          [[substations.segments.meters]]\nid = \"m-0\"\n\
          [[substations.segments.chargers]]\nid = \"PY-1\"\nmax_kw = 50\nbidirectional = true\n\
          [[vehicles]]\nid = \"{TOKEN}\"\ncharger = \"PY-1\"\ncapacity_kwh = 80\nsoc_pct = 60\ndepart_s = 36000\nmax_kw = 50\n\
-         [ocpp]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\nheartbeat_s = 42\n"
+         [ocpp]\nlisten = \"127.0.0.1:0\"\npasswords = {creds:?}\nheartbeat_s = 42\n",
+        creds = creds.display().to_string()
     )
 }
 
 async fn interop(version: &str, target_kw: f64) {
-    let t = start(&site()).await;
+    let creds = tempfile::tempdir().unwrap();
+    let t = start(&site(creds.path())).await;
     let addr = t.node.ocpp_addr().unwrap();
     let mut py = PyCp::spawn(&format!("ws://{addr}/ocpp/PY-1"), version);
     let seen = py.until("ready").await;

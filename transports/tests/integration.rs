@@ -15,5 +15,6 @@ mod modbus_sunspec_tables;
 mod ocpp_frame_fuzz;
 mod ocpp_interop;
 mod ocpp_rust_client;
+mod ocpp_security;
 mod ptp_client;
 mod ptp_codec_fuzz;

@@ -274,6 +274,12 @@ async fn subprotocol_negotiation_and_refusals() {
     assert_eq!(cp.info().version, OcppVersion::V201);
     let s1 = expect_connected(&mut csms.server).await;
     assert_eq!(s1.connection.info().version, OcppVersion::V201);
+    // One live connection per station: this one ends before the next comes.
+    drop((cp, _c, s1));
+    assert!(matches!(
+        next_event(&mut csms.server).await,
+        ServerEvent::Disconnected { .. }
+    ));
 
     let mut both = client(&csms, "RUST-1", "rust-secret");
     both.versions = vec![OcppVersion::V201, OcppVersion::V21];

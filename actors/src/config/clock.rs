@@ -339,14 +339,14 @@ id = "m"
         let t = topology("").unwrap();
         assert_eq!(t.clock().source, ClockSourceKind::Simulated);
         assert!(t.warnings().is_empty());
-        let t = topology("[ocpp]\n").unwrap();
+        let t = topology("[ocpp]\nlisten = \"127.0.0.1:8080\"\npasswords = \"s.cred\"\n").unwrap();
         assert_eq!(t.clock().source, ClockSourceKind::None);
         assert!(
             t.warnings()[0].contains("[safety.clock]"),
             "{:?}",
             t.warnings()
         );
-        let t = topology("[ocpp]\n[safety.clock]\nsource = \"none\"\n").unwrap();
+        let t = topology("[ocpp]\nlisten = \"127.0.0.1:8080\"\npasswords = \"s.cred\"\n[safety.clock]\nsource = \"none\"\n").unwrap();
         assert_eq!(t.clock().source, ClockSourceKind::None);
         assert!(t.warnings().is_empty());
     }

@@ -9,10 +9,14 @@
 //! ([`crate::runtime`]); it hands every accepted connection to [`OcppHub::attach`].
 //!
 //! # Invariants
-//! - Only configured chargers get in: an unknown charge point id (or a wrong password) is
-//!   refused at the handshake (401), before any frame.
-//! - One connection per charger: a second connection replaces the first, which is closed
-//!   (a charger reconnecting from behind a half-open TCP connection must not be locked out).
+//! - Only configured chargers get in: an unknown charge point id, one absent from the
+//!   credentials file (`[ocpp] passwords`), or a wrong password is refused at the handshake
+//!   (401), before any frame; on profile 3 the certificate stands for the password.
+//! - One live connection per charger: the CSMS refuses a second one (409) while the first is
+//!   open, so a leaked password cannot take over a live charger; a charger that reconnects
+//!   from behind a half-open TCP connection gets in once the CSMS's ping finds the old one
+//!   dead (`gridvisor_transports::ocpp::server`, at most `ping_interval + pong_timeout`).
+//!   Should two attach anyway, the newer replaces the older.
 //! - A dropped connection restarts the charger's link ([`LinkMsg::ConnectionLost`]); the link
 //!   comes back offline and reads the device again (read before write) as soon as the charge
 //!   point reconnects ([`LinkMsg::Poll`] on attach).
@@ -42,6 +46,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use gridvisor_transports::ocpp::auth::Authenticator;
 use gridvisor_transports::ocpp::connection::{serve_calls, CallError, Connection, RpcConfig};
+use gridvisor_transports::ocpp::credentials::Credentials;
 use gridvisor_transports::ocpp::frame::{ErrorCode, RpcError};
 use gridvisor_transports::ocpp::messages::*;
 use gridvisor_transports::ocpp::server::Session;
@@ -213,23 +218,15 @@ impl OcppHub {
         }
     }
 
-    /// Who may connect: configured chargers only, with the configured password if any.
-    pub fn authenticator(self: &Arc<Self>) -> Arc<dyn Authenticator> {
-        let hub = Arc::downgrade(self);
-        Arc::new(move |id: &str, password: &[u8]| {
-            let Some(hub) = hub.upgrade() else {
-                return false;
-            };
-            if !hub.lines.contains_key(id) {
-                return false;
-            }
-            match &hub.config.password {
-                None => true,
-                Some(p) => {
-                    use subtle::ConstantTimeEq;
-                    bool::from(p.as_bytes().ct_eq(password))
-                }
-            }
+    /// Who may connect with a password: configured chargers only, each with its own password
+    /// from `credentials`.
+    pub fn authenticator(
+        self: &Arc<Self>,
+        credentials: Arc<Credentials>,
+    ) -> Arc<dyn Authenticator> {
+        Arc::new(HubAuthenticator {
+            hub: Arc::downgrade(self),
+            credentials,
         })
     }
 
@@ -271,6 +268,11 @@ impl OcppHub {
             return Err(unreachable());
         }
         Ok(c)
+    }
+
+    /// Whether `id` is one of the site's chargers.
+    fn configured(&self, id: &str) -> bool {
+        self.lines.contains_key(id)
     }
 
     /// Take a charge point's new connection: answer its CALLs, tell its link.
@@ -815,5 +817,34 @@ impl ChargerIo for OcppCharger {
         now: Duration,
     ) -> BoxFuture<'_, Result<ChargerReading, DeviceError>> {
         Box::pin(self.write_now(key, kw, lease_until, now))
+    }
+}
+
+/// The CSMS's authenticator: a configured charger ([`OcppHub`]'s lines) with credentials.
+struct HubAuthenticator {
+    hub: Weak<OcppHub>,
+    credentials: Arc<Credentials>,
+}
+
+impl HubAuthenticator {
+    fn configured(&self, id: &str) -> bool {
+        self.hub.upgrade().is_some_and(|hub| hub.configured(id))
+    }
+}
+
+impl Authenticator for HubAuthenticator {
+    fn knows(&self, id: &str) -> bool {
+        self.configured(id) && self.credentials.knows(id)
+    }
+
+    fn verify_fast(&self, id: &str, password: &[u8]) -> Option<bool> {
+        if !self.configured(id) {
+            return Some(false);
+        }
+        self.credentials.verify_fast(id, password)
+    }
+
+    fn verify(&self, id: &str, password: &[u8]) -> bool {
+        self.configured(id) && self.credentials.verify(id, password)
     }
 }

@@ -6,6 +6,13 @@
 //! CALLs and tells its link. The Modbus devices need no listener: each inverter and meter
 //! adapter owns its client connection (see [`crate::io::modbus`]).
 //!
+//! Security (issue 20): the ws and profile 2 wss listeners check every station's password
+//! against the credentials file (`[ocpp] passwords`, read here at start; an error in it fails
+//! the start naming `file:line`); profile 3 checks the client certificate, and the CRL
+//! (`[ocpp.tls] crl`) when given. Plain ws off loopback runs only with `allow_plaintext`, and
+//! is announced in the log at start. The per-address caps come from `[ocpp]`; the other
+//! limits are the transport's defaults (`ServerConfig`).
+//!
 //! When the `csms` actor stops (a crash, the node's shutdown) its accept loop ends and every
 //! charge point connection is closed: a restarted CSMS starts from no connections, and the
 //! charge points reconnect (their links restart on the drop, see [`LinkMsg::ConnectionLost`]).
@@ -14,10 +21,12 @@
 
 use std::sync::Arc;
 
+use gridvisor_transports::ocpp::auth::Authenticator;
+use gridvisor_transports::ocpp::credentials::{Credentials, CredentialsFile};
 use gridvisor_transports::ocpp::server::{
     ListenerConfig, Security, Server, ServerConfig, ServerEvent,
 };
-use gridvisor_transports::ocpp::tls;
+use gridvisor_transports::ocpp::{crl, tls};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
@@ -28,10 +37,27 @@ use crate::io::ocpp::OcppHub;
 fn listeners(hub: &Arc<OcppHub>) -> Result<ServerConfig, String> {
     let ocpp = hub.config();
     let mut listeners = Vec::new();
+    let needs_passwords =
+        ocpp.listen.is_some() || ocpp.tls.as_ref().is_some_and(|t| t.client_ca.is_none());
+    let authenticator = if needs_passwords {
+        Some(authenticator(hub)?)
+    } else {
+        None
+    };
     if let Some(addr) = ocpp.listen {
+        // Checked here too, not only in the config: `run --ocpp ADDR` and the demo set it.
+        if !addr.ip().is_loopback() {
+            if !ocpp.allow_plaintext {
+                return Err(format!(
+                    "[ocpp] plaintext ws on {addr}, off loopback: use [ocpp.tls], a loopback \
+                     address, or set allow_plaintext = true"
+                ));
+            }
+            tracing::warn!(%addr, "OCPP: plaintext ws off loopback ([ocpp] allow_plaintext = true): passwords and setpoints cross the network in clear");
+        }
         listeners.push(ListenerConfig {
             addr,
-            security: Security::BasicAuth(hub.authenticator()),
+            security: Security::BasicAuth(authenticator.clone().ok_or("no authenticator")?),
         });
     }
     if let Some(t) = &ocpp.tls {
@@ -40,17 +66,25 @@ fn listeners(hub: &Arc<OcppHub>) -> Result<ServerConfig, String> {
         };
         let cert = read(&t.cert, "cert")?;
         let key = read(&t.key, "key")?;
-        let security = match &t.client_ca {
-            Some(ca) => {
+        let security = match (&t.client_ca, &t.crl) {
+            (Some(ca), None) => {
                 let ca = read(ca, "client_ca")?;
                 let tls = tls::server_config(&cert, &key, Some(&ca))
                     .map_err(|e| format!("[ocpp.tls]: {e}"))?;
                 Security::MutualTls(tls)
             }
-            None => Security::TlsBasicAuth {
+            (Some(ca), Some(crl_path)) => {
+                let ca = read(ca, "client_ca")?;
+                let crls = crl::crls(&read(crl_path, "crl")?)
+                    .map_err(|e| format!("[ocpp.tls] crl {}: {e}", crl_path.display()))?;
+                let tls = crl::mutual_tls_server_config(&cert, &key, &ca, crls)
+                    .map_err(|e| format!("[ocpp.tls]: {e}"))?;
+                Security::MutualTls(tls)
+            }
+            (None, _) => Security::TlsBasicAuth {
                 tls: tls::server_config(&cert, &key, None)
                     .map_err(|e| format!("[ocpp.tls]: {e}"))?,
-                authenticator: hub.authenticator(),
+                authenticator: authenticator.clone().ok_or("no authenticator")?,
             },
         };
         listeners.push(ListenerConfig {
@@ -63,7 +97,33 @@ fn listeners(hub: &Arc<OcppHub>) -> Result<ServerConfig, String> {
     }
     let mut config = ServerConfig::new(listeners);
     config.rpc = OcppHub::rpc_config();
+    let per_ip = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    config.max_connections_per_ip = per_ip(ocpp.max_connections_per_ip);
+    config.max_handshakes_per_ip = per_ip(ocpp.max_handshakes_per_ip);
     Ok(config)
+}
+
+/// The stations' credentials (given in code, or the `passwords` file) behind the hub's
+/// check of configured chargers.
+fn authenticator(hub: &Arc<OcppHub>) -> Result<Arc<dyn Authenticator>, String> {
+    let ocpp = hub.config();
+    let file = match (&ocpp.credentials, &ocpp.passwords) {
+        (Some(given), _) => CredentialsFile::clone(given),
+        (None, Some(path)) => {
+            CredentialsFile::load(path).map_err(|e| format!("[ocpp] passwords: {e}"))?
+        }
+        (None, None) => return Err("[ocpp] has no `passwords` file for its ws/wss listener".into()),
+    };
+    tracing::info!(stations = file.len(), "OCPP credentials loaded");
+    let weak = file.below_default();
+    if weak > 0 && ocpp.credentials.is_none() {
+        tracing::warn!(
+            stations = weak,
+            "OCPP credentials: stations hashed with fewer than the default PBKDF2 rounds (fine for generated random passwords only; rotate with `gridvisor ocpp-password`)"
+        );
+    }
+    let credentials = Credentials::new(file).map_err(|e| format!("[ocpp] passwords: {e}"))?;
+    Ok(hub.authenticator(Arc::new(credentials)))
 }
 
 /// What the CSMS actor hears.

@@ -18,9 +18,25 @@ use subtle::ConstantTimeEq;
 pub const MAX_AUTHORIZATION_HEADER_BYTES: usize = 1024;
 
 /// Decides whether a charge point may connect with a password.
+///
+/// The CSMS asks [`Authenticator::knows`] first (an unknown station is refused at once), then
+/// [`Authenticator::verify_fast`] on the async runtime, and only when that cannot decide,
+/// [`Authenticator::verify`] on a bounded blocking pool: `verify` may be slow by design
+/// (a password hash, see [`super::credentials`]).
 pub trait Authenticator: Send + Sync + 'static {
     /// Whether `password` is valid for `charge_point_id` (compare in constant time).
     fn verify(&self, charge_point_id: &str, password: &[u8]) -> bool;
+
+    /// Whether the station has credentials at all (ids are not secrets; default: yes).
+    fn knows(&self, _charge_point_id: &str) -> bool {
+        true
+    }
+
+    /// A cheap answer when there is one (a cached success, an unknown id); `None`: ask
+    /// [`Authenticator::verify`]. Must not block.
+    fn verify_fast(&self, _charge_point_id: &str, _password: &[u8]) -> Option<bool> {
+        None
+    }
 }
 
 impl<F> Authenticator for F
@@ -91,6 +107,9 @@ pub enum BasicAuthError {
     /// The password is wrong.
     #[error("invalid password")]
     BadPassword,
+    /// The station has no credentials (it is not in the credentials file).
+    #[error("no credentials for this charge point")]
+    UnknownStation,
 }
 
 /// Parses an `Authorization: Basic ...` value into (user, password).

@@ -18,7 +18,11 @@
 //!   [`RpcConfig::max_unanswered_incoming`] are waiting;
 //! - every wait is bounded: writes by [`RpcConfig::write_timeout`], silence by
 //!   [`RpcConfig::idle_timeout`] (pings every [`RpcConfig::ping_interval`] keep a live peer
-//!   talking).
+//!   talking), and a ping that nothing at all answers within [`RpcConfig::pong_timeout`]
+//!   ends the connection ([`DisconnectReason::PingUnanswered`]): a peer that vanished (a
+//!   charge point that rebooted behind a half-open TCP connection) is noticed within
+//!   `ping_interval + pong_timeout`, which bounds how long the CSMS refuses its reconnection
+//!   (one live connection per station, see [`super::server`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +58,9 @@ pub const DEFAULT_MAX_UNANSWERED_INCOMING: usize = 4;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Interval of WebSocket pings (their pongs count as activity).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a ping may go unanswered (no pong, no frame at all) before the peer is
+/// considered gone.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a single frame write may take before the peer is considered stuck.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest WebSocket message accepted at all; between [`MAX_FRAME_BYTES`] and this, a message
@@ -79,6 +86,8 @@ pub struct RpcConfig {
     pub ping_interval: Duration,
     /// Bound on one write ([`DEFAULT_WRITE_TIMEOUT`]).
     pub write_timeout: Duration,
+    /// Bound on the silence after a ping ([`DEFAULT_PONG_TIMEOUT`]).
+    pub pong_timeout: Duration,
     /// Validate our outgoing payloads against the schemas (default true: a payload the peer's
     /// version cannot accept, e.g. a discharge setpoint for 2.0.1, fails here, typed).
     pub validate_outgoing: bool,
@@ -94,6 +103,7 @@ impl Default for RpcConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            pong_timeout: DEFAULT_PONG_TIMEOUT,
             validate_outgoing: true,
         }
     }
@@ -178,6 +188,11 @@ pub enum DisconnectReason {
     /// Nothing was received for the idle limit.
     Idle {
         /// The idle limit.
+        after: Duration,
+    },
+    /// Nothing (no pong, no frame) answered a ping within the pong timeout.
+    PingUnanswered {
+        /// The pong timeout.
         after: Duration,
     },
     /// A write did not complete within the write timeout.
@@ -306,6 +321,11 @@ impl Connection {
 pub struct ClosedWatch(watch::Receiver<Option<DisconnectReason>>);
 
 impl ClosedWatch {
+    /// Whether the connection has ended (its engine gave a reason, or is gone).
+    pub fn is_closed(&self) -> bool {
+        self.0.borrow().is_some() || self.0.has_changed().is_err()
+    }
+
     /// Waits until the connection ends and says why.
     pub async fn wait(mut self) -> DisconnectReason {
         let reason = match self.0.wait_for(Option::is_some).await {
@@ -449,6 +469,8 @@ where
         let mut pending: FuturesUnordered<PendingAnswer> = FuturesUnordered::new();
         let mut idle_deadline = Instant::now() + cfg.idle_timeout;
         let mut next_ping = Instant::now() + cfg.ping_interval;
+        // Set when a ping goes out, cleared by anything the peer sends.
+        let mut pong_deadline: Option<Instant> = None;
         let shared = Arc::clone(&self.shared);
         let reason = loop {
             let call_deadline = outstanding.as_ref().map(|o| o.deadline);
@@ -458,6 +480,7 @@ where
                     Some(Err(e)) => Err(DisconnectReason::Transport(e.to_string())),
                     Some(Ok(msg)) => {
                         idle_deadline = Instant::now() + cfg.idle_timeout;
+                        pong_deadline = None;
                         self.on_message(msg, &mut outstanding, &mut pending).await
                     }
                 },
@@ -476,7 +499,11 @@ where
                 },
                 _ = sleep_until(next_ping) => {
                     next_ping = Instant::now() + cfg.ping_interval;
+                    pong_deadline.get_or_insert(Instant::now() + cfg.pong_timeout);
                     self.write(Message::Ping(Vec::new().into())).await
+                },
+                _ = sleep_until(pong_deadline.unwrap_or(idle_deadline)), if pong_deadline.is_some() => {
+                    Err(DisconnectReason::PingUnanswered { after: cfg.pong_timeout })
                 },
                 _ = sleep_until(idle_deadline) => Err(DisconnectReason::Idle { after: cfg.idle_timeout }),
                 _ = shared.close.notified() => Err(DisconnectReason::ClosedByOwner),

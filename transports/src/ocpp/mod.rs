@@ -12,14 +12,23 @@
 //! - [`connection`]: the per-connection engine: message ids, one outstanding CALL at a time, a
 //!   bounded queue behind it, CALL timeouts, incoming CALLs handed to the owner, ping and idle.
 //! - [`auth`] and [`tls`]: Basic authentication (security profiles 1–2) and rustls configs
-//!   (profiles 2–3, ring provider).
+//!   (profiles 2–3, ring provider); [`credentials`]: per-station salted password hashes (the
+//!   credentials file, the verifying authenticator and its cache); [`crl`]: profile 3's
+//!   revocation lists.
+//! - [`head`] and `gate`: the upgrade request's head read before the upgrade (so a password
+//!   is checked off the runtime), and the CSMS's budgets (handshakes, sessions, per address,
+//!   one live connection per station).
 //! - [`server`]: the CSMS listener (`/ocpp/{chargePointId}`, subprotocol negotiation).
 //! - [`client`]: a small charge-point client (simulated chargers, benchmarks).
 
 pub mod auth;
 pub mod client;
 pub mod connection;
+pub mod credentials;
+pub mod crl;
 pub mod frame;
+mod gate;
+pub mod head;
 pub mod messages;
 pub mod schema;
 pub mod server;

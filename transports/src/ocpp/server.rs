@@ -3,9 +3,27 @@
 //! each connection to the owner as a [`Session`].
 //!
 //! Invariants:
-//! - the whole handshake (TCP accept to WebSocket upgrade, TLS included) is bounded by
-//!   [`ServerConfig::handshake_timeout`]; at most [`ServerConfig::max_connections`] connections
-//!   (handshaking or open) exist at once, further ones are refused at accept;
+//! - the whole handshake (TCP accept to authenticated WebSocket upgrade, TLS included) is
+//!   bounded by [`ServerConfig::handshake_timeout`]; at most [`ServerConfig::max_handshakes`]
+//!   handshakes run at once, a budget apart from the [`ServerConfig::max_connections`]
+//!   sessions of authenticated stations, so a flood of slow or unauthenticated connections
+//!   cannot take the slots stations need (see [`super::gate`]);
+//! - one address holds at most [`ServerConfig::max_handshakes_per_ip`] handshakes and
+//!   [`ServerConfig::max_connections_per_ip`] connections (loopback exempt while
+//!   [`ServerConfig::per_ip_exempt_loopback`]: a TLS terminator or a load test on the same
+//!   host brings every station from 127.0.0.1); over a limit, the socket is closed at accept;
+//! - a password is checked off the async runtime, at most [`ServerConfig::max_verifications`]
+//!   at once, after a cheap answer was sought ([`Authenticator::verify_fast`]); the request
+//!   head is read first for that ([`super::head`]), at most
+//!   [`ServerConfig::max_request_head_bytes`];
+//! - one live connection per station: a second, authenticated connection for a station whose
+//!   connection is open waits up to [`ServerConfig::takeover_grace`] for it to end (a station
+//!   that closes and reconnects at once, after a Reset, must not lose that race), then is
+//!   refused with 409 until the first ends. A leaked password must not take over a
+//!   live station (its transactions, meter values and setpoints). A station that rebooted
+//!   comes back after its old TCP connection died without a close; the CSMS notices within
+//!   `ping_interval + pong_timeout` of [`RpcConfig`] (90 s by default), the longest a
+//!   rebooted station is refused;
 //! - a path that is not `/ocpp/{id}` with a valid id (percent-decoded, UTF-8, 1 to
 //!   [`MAX_CHARGE_POINT_ID_LEN`] characters, no `:` or control characters) is a 404; no
 //!   supported subprotocol is a 400; failed Basic authentication is a 401 — all before the
@@ -25,16 +43,18 @@ use std::time::Duration;
 use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
 
-use super::auth::{check_basic, Authenticator, BasicAuthError};
+use super::auth::{parse_basic, Authenticator, BasicAuthError};
 use super::connection::{
     self, websocket_config, Connection, ConnectionInfo, DisconnectReason, IncomingCall, RpcConfig,
 };
+use super::gate::{Admission, Claim, Gate};
+use super::head;
 use super::messages::Initiator;
 use super::OcppVersion;
 
@@ -48,8 +68,24 @@ pub const OCPP_PATH_PREFIX: &str = "/ocpp/";
 pub const MAX_CHARGE_POINT_ID_LEN: usize = 48;
 /// Default bound on TCP accept → WebSocket upgrade (TLS included).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default limit on simultaneous connections (handshaking or open).
+/// Default limit on open sessions of authenticated stations.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default limit on handshakes in progress (TCP accepted, upgrade not yet authenticated): a
+/// small budget, apart from the sessions'. Above the load engine's 256 connects in flight.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Default limit on handshakes in progress from one address.
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 16;
+/// Default limit on connections (handshaking or open) from one address: a site's chargers
+/// behind one NAT router fit, one host cannot hold the whole CSMS.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default limit on password verifications (PBKDF2 runs) at once, on blocking threads.
+pub const DEFAULT_MAX_VERIFICATIONS: usize = 2;
+/// Default bound on how long an authenticated connection for a live station waits for that
+/// station's connection to end before it is refused (409): a station that closes and
+/// reconnects at once, as after a Reset, wins the race against its old connection's teardown.
+pub const DEFAULT_TAKEOVER_GRACE: Duration = Duration::from_secs(2);
+/// Default limit on the upgrade request's head (request line and headers).
+pub const DEFAULT_MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Default capacity of the event channel to the owner.
@@ -142,10 +178,27 @@ pub struct ServerConfig {
     pub versions: Vec<OcppVersion>,
     /// Per-connection limits.
     pub rpc: RpcConfig,
-    /// Bound on the handshake ([`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    /// Bound on the handshake, TCP accept to authenticated upgrade
+    /// ([`DEFAULT_HANDSHAKE_TIMEOUT`]).
     pub handshake_timeout: Duration,
-    /// Simultaneous connections ([`DEFAULT_MAX_CONNECTIONS`]).
+    /// Open sessions of authenticated stations ([`DEFAULT_MAX_CONNECTIONS`]).
     pub max_connections: usize,
+    /// Handshakes in progress ([`DEFAULT_MAX_HANDSHAKES`]).
+    pub max_handshakes: usize,
+    /// Handshakes in progress from one address ([`DEFAULT_MAX_HANDSHAKES_PER_IP`]).
+    pub max_handshakes_per_ip: usize,
+    /// Connections, handshaking or open, from one address ([`DEFAULT_MAX_CONNECTIONS_PER_IP`]).
+    pub max_connections_per_ip: usize,
+    /// Whether loopback peers skip the two per-address caps (default true: everything on
+    /// loopback is this host; the global budgets still hold).
+    pub per_ip_exempt_loopback: bool,
+    /// Password verifications at once ([`DEFAULT_MAX_VERIFICATIONS`]).
+    pub max_verifications: usize,
+    /// Longest upgrade request head ([`DEFAULT_MAX_REQUEST_HEAD_BYTES`]).
+    pub max_request_head_bytes: usize,
+    /// How long a connection for a live station waits for the live one to end before 409
+    /// ([`DEFAULT_TAKEOVER_GRACE`]; within the handshake timeout).
+    pub takeover_grace: Duration,
     /// Capacity of the event channel ([`DEFAULT_EVENT_QUEUE_CAPACITY`]); a slow owner slows
     /// accepting, it does not lose events.
     pub event_queue_capacity: usize,
@@ -160,6 +213,13 @@ impl ServerConfig {
             rpc: RpcConfig::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            per_ip_exempt_loopback: true,
+            max_verifications: DEFAULT_MAX_VERIFICATIONS,
+            max_request_head_bytes: DEFAULT_MAX_REQUEST_HEAD_BYTES,
+            takeover_grace: DEFAULT_TAKEOVER_GRACE,
             event_queue_capacity: DEFAULT_EVENT_QUEUE_CAPACITY,
         }
     }
@@ -209,9 +269,29 @@ pub enum HandshakeRejection {
         /// Why.
         reason: BasicAuthError,
     },
-    /// The connection limit is reached (the socket is closed at once).
+    /// The session limit is reached (answered 503).
     #[error("connection limit of {0} reached")]
     TooManyConnections(usize),
+    /// The handshake budget is used up (the socket is closed at accept).
+    #[error("handshake limit of {0} reached")]
+    TooManyHandshakes(usize),
+    /// The peer's address is at one of its caps (the socket is closed at accept).
+    #[error("per-address limit of {limit} {what} reached")]
+    TooManyFromAddress {
+        /// `handshakes` or `connections`.
+        what: &'static str,
+        /// The cap.
+        limit: usize,
+    },
+    /// The station already has a live connection (answered 409).
+    #[error("charge point {charge_point_id:?} is already connected")]
+    AlreadyConnected {
+        /// The id from the path.
+        charge_point_id: String,
+    },
+    /// The request head could not be read (too long, closed, malformed).
+    #[error("{0}")]
+    Head(#[from] super::head::HeadError),
     /// The WebSocket handshake itself failed.
     #[error("WebSocket handshake failed: {0}")]
     WebSocket(String),
@@ -267,8 +347,8 @@ impl Server {
             ));
         }
         let (events_tx, events) = mpsc::channel(config.event_queue_capacity.max(1));
-        let permits = Arc::new(Semaphore::new(config.max_connections));
         let shared = Arc::new(config.clone());
+        let gate = Gate::new(Arc::clone(&shared));
         let mut local_addrs = Vec::new();
         let mut accept_tasks = Vec::new();
         for (index, listener) in config.listeners.iter().enumerate() {
@@ -278,7 +358,7 @@ impl Server {
                 socket,
                 index,
                 Arc::clone(&shared),
-                Arc::clone(&permits),
+                Arc::clone(&gate),
                 events_tx.clone(),
             )));
         }
@@ -317,7 +397,7 @@ async fn accept_loop(
     socket: TcpListener,
     index: usize,
     config: Arc<ServerConfig>,
-    permits: Arc<Semaphore>,
+    gate: Arc<Gate>,
     events: mpsc::Sender<ServerEvent>,
 ) {
     loop {
@@ -331,64 +411,88 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            drop(tcp);
-            let reason = HandshakeRejection::TooManyConnections(config.max_connections);
-            let _ = events.send(ServerEvent::Rejected { peer, reason }).await;
-            continue;
-        };
-        let config = Arc::clone(&config);
-        let events = events.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tcp.set_nodelay(true);
-            let listener = &config.listeners[index];
-            let accepted =
-                tokio::time::timeout(config.handshake_timeout, handshake(tcp, listener, &config))
-                    .await;
-            let accepted = match accepted {
-                Ok(Ok(a)) => a,
-                Ok(Err(reason)) => {
-                    let _ = events.send(ServerEvent::Rejected { peer, reason }).await;
-                    return;
-                }
-                Err(_) => {
-                    let reason = HandshakeRejection::Timeout(config.handshake_timeout);
-                    let _ = events.send(ServerEvent::Rejected { peer, reason }).await;
-                    return;
-                }
-            };
-            let charge_point_id = accepted.0.info().charge_point_id.clone();
-            let closed = accepted.0.closed_watch();
-            let session = Session {
-                connection: accepted.0,
-                calls: accepted.1,
-                peer,
-                security_profile: listener.security.profile(),
-            };
-            if events.send(ServerEvent::Connected(session)).await.is_err() {
-                return; // the owner is gone; dropping the session closes the connection
+        let admission = match gate.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(reason) => {
+                drop(tcp);
+                let _ = events.send(ServerEvent::Rejected { peer, reason }).await;
+                continue;
             }
-            let reason = closed.wait().await;
-            let _ = events
-                .send(ServerEvent::Disconnected {
-                    charge_point_id,
-                    reason,
-                })
-                .await;
-        });
+        };
+        tokio::spawn(serve(
+            tcp,
+            peer,
+            admission,
+            index,
+            Arc::clone(&config),
+            Arc::clone(&gate),
+            events.clone(),
+        ));
     }
 }
 
-type Accepted = (Connection, mpsc::Receiver<IncomingCall>);
+/// One accepted socket: the bounded handshake, then the session until it ends.
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: Admission,
+    index: usize,
+    config: Arc<ServerConfig>,
+    gate: Arc<Gate>,
+    events: mpsc::Sender<ServerEvent>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let listener = &config.listeners[index];
+    let accepted = tokio::time::timeout(
+        config.handshake_timeout,
+        handshake(tcp, listener, &config, &gate),
+    )
+    .await
+    .unwrap_or(Err(HandshakeRejection::Timeout(config.handshake_timeout)));
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(reason) => {
+            let _ = events.send(ServerEvent::Rejected { peer, reason }).await;
+            return;
+        }
+    };
+    // The handshake's slot goes back; the address's connection and the claim stay.
+    let _address = admission.upgraded();
+    let _claim = accepted.claim;
+    let charge_point_id = accepted.connection.info().charge_point_id.clone();
+    let closed = accepted.connection.closed_watch();
+    let session = Session {
+        connection: accepted.connection,
+        calls: accepted.calls,
+        peer,
+        security_profile: listener.security.profile(),
+    };
+    if events.send(ServerEvent::Connected(session)).await.is_err() {
+        return; // the owner is gone; dropping the session closes the connection
+    }
+    let reason = closed.wait().await;
+    let _ = events
+        .send(ServerEvent::Disconnected {
+            charge_point_id,
+            reason,
+        })
+        .await;
+}
+
+struct Accepted {
+    connection: Connection,
+    calls: mpsc::Receiver<IncomingCall>,
+    claim: Claim,
+}
 
 async fn handshake(
     tcp: TcpStream,
     listener: &ListenerConfig,
     config: &ServerConfig,
+    gate: &Arc<Gate>,
 ) -> Result<Accepted, HandshakeRejection> {
     match listener.security.tls() {
-        None => upgrade(tcp, listener, config, None).await,
+        None => authenticate_and_upgrade(tcp, listener, config, gate, None).await,
         Some(tls) => {
             let stream = TlsAcceptor::from(Arc::clone(tls))
                 .accept(tcp)
@@ -408,8 +512,141 @@ async fn handshake(
                 ),
                 _ => None,
             };
-            upgrade(stream, listener, config, identity).await
+            authenticate_and_upgrade(stream, listener, config, gate, identity).await
         }
+    }
+}
+
+/// Reads the request head, checks the password (profiles 1 and 2), then lets tungstenite
+/// answer the same bytes.
+async fn authenticate_and_upgrade<S>(
+    mut stream: S,
+    listener: &ListenerConfig,
+    config: &ServerConfig,
+    gate: &Arc<Gate>,
+    identity: Option<String>,
+) -> Result<Accepted, HandshakeRejection>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let bytes = head::read(&mut stream, config.max_request_head_bytes).await?;
+    let parsed = head::parse(&bytes)?;
+    let path_id = charge_point_id_from_path(&parsed.path).ok();
+    let password = match (listener.security.authenticator(), &path_id) {
+        (Some(auth), Some(id)) => Some(
+            check_password(parsed.authorization.as_deref(), id, auth, gate)
+                .await
+                .map_err(|reason| (id.clone(), reason)),
+        ),
+        // A bad path is answered 404 by the upgrade's own check.
+        _ => None,
+    };
+    // Authenticated as this station (password, or profile 3's certificate): a closing
+    // connection of the same station may end first (bounded by the takeover grace).
+    if let Some(id) = &path_id {
+        let authenticated = match (&password, &identity) {
+            (Some(Ok(())), _) => true,
+            (None, Some(cn)) => cn == id,
+            _ => false,
+        };
+        if authenticated {
+            let deadline = tokio::time::Instant::now() + config.takeover_grace;
+            gate.settle(id, deadline).await;
+        }
+    }
+    let checks = Checks {
+        listener,
+        versions: &config.versions,
+        identity,
+        password,
+        gate,
+    };
+    upgrade(head::Replay::new(bytes, stream), config, checks).await
+}
+
+/// Basic authentication with a slow verifier kept off the async runtime.
+async fn check_password(
+    header: Option<&[u8]>,
+    charge_point_id: &str,
+    authenticator: &Arc<dyn Authenticator>,
+    gate: &Gate,
+) -> Result<(), BasicAuthError> {
+    let (user, password) = parse_basic(header.ok_or(BasicAuthError::Missing)?)?;
+    if user != charge_point_id {
+        return Err(BasicAuthError::UserMismatch);
+    }
+    if !authenticator.knows(charge_point_id) {
+        return Err(BasicAuthError::UnknownStation);
+    }
+    let ok = match authenticator.verify_fast(charge_point_id, &password) {
+        Some(ok) => ok,
+        None => {
+            // The permit travels with the blocking work: a handshake that times out while
+            // its hash runs does not free a slot the hash still uses.
+            let permit = Arc::clone(&gate.verifications)
+                .acquire_owned()
+                .await
+                .map_err(|_| BasicAuthError::BadPassword)?;
+            let auth = Arc::clone(authenticator);
+            let id = charge_point_id.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                auth.verify(&id, &password)
+            })
+            .await
+            .unwrap_or(false)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(BasicAuthError::BadPassword)
+    }
+}
+
+/// What the upgrade callback decides with.
+struct Checks<'a> {
+    listener: &'a ListenerConfig,
+    versions: &'a [OcppVersion],
+    /// Profile 3: the certificate's subject CN.
+    identity: Option<String>,
+    /// Profiles 1–2: the password check's outcome for the id of the path.
+    password: Option<Result<(), (String, BasicAuthError)>>,
+    gate: &'a Arc<Gate>,
+}
+
+impl Checks<'_> {
+    fn decide(&self, request: &Request) -> Result<(ConnectionInfo, Claim), HandshakeRejection> {
+        let info = check_request(request, self.versions)?;
+        let id = &info.charge_point_id;
+        if let Some(cn) = &self.identity {
+            if cn != id {
+                return Err(HandshakeRejection::IdentityMismatch {
+                    charge_point_id: id.clone(),
+                    certificate: cn.clone(),
+                });
+            }
+        }
+        if self.listener.security.authenticator().is_some() {
+            match &self.password {
+                Some(Ok(())) => {}
+                Some(Err((checked, reason))) if checked == id => {
+                    return Err(HandshakeRejection::Unauthorized {
+                        charge_point_id: id.clone(),
+                        reason: reason.clone(),
+                    })
+                }
+                // The head that was checked is the head tungstenite parsed; be safe anyway.
+                _ => {
+                    return Err(HandshakeRejection::Unauthorized {
+                        charge_point_id: id.clone(),
+                        reason: BasicAuthError::Malformed,
+                    })
+                }
+            }
+        }
+        let claim = self.gate.claim(id)?;
+        Ok((info, claim))
     }
 }
 
@@ -422,29 +659,20 @@ pub fn subject_common_name(der: &[u8]) -> Option<String> {
 
 async fn upgrade<S>(
     stream: S,
-    listener: &ListenerConfig,
     config: &ServerConfig,
-    identity: Option<String>,
+    checks: Checks<'_>,
 ) -> Result<Accepted, HandshakeRejection>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let outcome: Mutex<Option<Result<ConnectionInfo, HandshakeRejection>>> = Mutex::new(None);
+    type Decision = Result<(ConnectionInfo, Claim), HandshakeRejection>;
+    let outcome: Mutex<Option<Decision>> = Mutex::new(None);
     // The signature is tungstenite's `Callback`; its error type is an HTTP response.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        let result =
-            check_request(request, listener, &config.versions).and_then(|info| match &identity {
-                Some(cn) if *cn != info.charge_point_id => {
-                    Err(HandshakeRejection::IdentityMismatch {
-                        charge_point_id: info.charge_point_id,
-                        certificate: cn.clone(),
-                    })
-                }
-                _ => Ok(info),
-            });
+        let result = checks.decide(request);
         let reply = match &result {
-            Ok(info) => Ok(with_subprotocol(response, info.version)),
+            Ok((info, _)) => Ok(with_subprotocol(response, info.version)),
             Err(rejection) => Err(error_response(rejection)),
         };
         if let Ok(mut slot) = outcome.lock() {
@@ -457,12 +685,16 @@ where
             .await;
     let decided = outcome.lock().map(|mut s| s.take()).unwrap_or(None);
     match (ws, decided) {
-        (Ok(ws), Some(Ok(info))) => Ok(connection::spawn(
-            ws,
-            info,
-            config.rpc.clone(),
-            Initiator::Csms,
-        )),
+        (Ok(ws), Some(Ok((info, claim)))) => {
+            let (connection, calls) =
+                connection::spawn(ws, info, config.rpc.clone(), Initiator::Csms);
+            claim.running(connection.closed_watch());
+            Ok(Accepted {
+                connection,
+                calls,
+                claim,
+            })
+        }
         (_, Some(Err(rejection))) => Err(rejection),
         (Err(e), _) => Err(HandshakeRejection::WebSocket(e.to_string())),
         (Ok(_), None) => Err(HandshakeRejection::WebSocket(
@@ -484,6 +716,8 @@ fn error_response(rejection: &HandshakeRejection) -> ErrorResponse {
         HandshakeRejection::BadPath { .. } => StatusCode::NOT_FOUND,
         HandshakeRejection::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
         HandshakeRejection::IdentityMismatch { .. } => StatusCode::FORBIDDEN,
+        HandshakeRejection::AlreadyConnected { .. } => StatusCode::CONFLICT,
+        HandshakeRejection::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     let mut response = ErrorResponse::new(Some(rejection.to_string()));
@@ -497,10 +731,9 @@ fn error_response(rejection: &HandshakeRejection) -> ErrorResponse {
     response
 }
 
-/// Path, subprotocol and credentials of an upgrade request.
+/// Path and subprotocol of an upgrade request.
 fn check_request(
     request: &Request,
-    listener: &ListenerConfig,
     versions: &[OcppVersion],
 ) -> Result<ConnectionInfo, HandshakeRejection> {
     let charge_point_id = charge_point_id_from_path(request.uri().path())?;
@@ -520,22 +753,23 @@ fn check_request(
         .ok_or_else(|| HandshakeRejection::NoSubprotocol {
             offered: offered.clone(),
         })?;
-    if let Some(authenticator) = listener.security.authenticator() {
-        let header = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        check_basic(header, &charge_point_id, authenticator.as_ref()).map_err(|reason| {
-            HandshakeRejection::Unauthorized {
-                charge_point_id: charge_point_id.clone(),
-                reason,
-            }
-        })?;
-    }
     Ok(ConnectionInfo {
         charge_point_id,
         version,
     })
+}
+
+/// Whether `id` is a valid charge point identity: 1 to [`MAX_CHARGE_POINT_ID_LEN`]
+/// characters, no `:`, `/` or control characters.
+pub fn check_charge_point_id(id: &str) -> Result<(), &'static str> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_CHARGE_POINT_ID_LEN {
+        return Err("id must have 1 to 48 characters");
+    }
+    if id.chars().any(|c| c == ':' || c == '/' || c.is_control()) {
+        return Err("id must not contain ':', '/' or control characters");
+    }
+    Ok(())
 }
 
 /// Extracts and validates the charge point id of `/ocpp/{id}`.
@@ -553,13 +787,7 @@ pub fn charge_point_id_from_path(path: &str) -> Result<String, HandshakeRejectio
     let id = percent_decode_str(encoded)
         .decode_utf8()
         .map_err(|_| bad("id is not UTF-8 once percent-decoded"))?;
-    let chars = id.chars().count();
-    if chars == 0 || chars > MAX_CHARGE_POINT_ID_LEN {
-        return Err(bad("id must have 1 to 48 characters"));
-    }
-    if id.chars().any(|c| c == ':' || c == '/' || c.is_control()) {
-        return Err(bad("id must not contain ':', '/' or control characters"));
-    }
+    check_charge_point_id(&id).map_err(bad)?;
     Ok(id.into_owned())
 }
 

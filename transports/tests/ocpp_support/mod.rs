@@ -10,13 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridvisor_transports::ocpp::auth::StaticPasswords;
 use gridvisor_transports::ocpp::connection::{IncomingCall, RpcConfig};
+use gridvisor_transports::ocpp::credentials::{Credentials, CredentialsFile, MIN_ITERATIONS};
 use gridvisor_transports::ocpp::messages::*;
 use gridvisor_transports::ocpp::server::{
     ListenerConfig, Security, Server, ServerConfig, ServerEvent, Session,
 };
-use gridvisor_transports::ocpp::tls;
+use gridvisor_transports::ocpp::{crl, tls};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
@@ -42,7 +42,15 @@ pub struct Pki {
     pub client_key_pem: String,
     pub rogue_cert_pem: String,
     pub rogue_key_pem: String,
+    /// A client certificate of the test CA for `CP-REVOKED`, revoked by `crl_pem`.
+    pub revoked_cert_pem: String,
+    pub revoked_key_pem: String,
+    /// The test CA's CRL (PEM), revoking `revoked_cert_pem`'s serial.
+    pub crl_pem: String,
 }
+
+/// The serial number of the revoked test certificate.
+pub const REVOKED_SERIAL: u64 = 0x0bad_cafe;
 
 impl Pki {
     pub fn path(&self, name: &str) -> PathBuf {
@@ -68,6 +76,15 @@ fn leaf(
     names: &[&str],
     usage: rcgen::ExtendedKeyUsagePurpose,
 ) -> (String, String) {
+    leaf_with_serial(issuer, names, usage, None)
+}
+
+fn leaf_with_serial(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    names: &[&str],
+    usage: rcgen::ExtendedKeyUsagePurpose,
+    serial: Option<u64>,
+) -> (String, String) {
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
@@ -75,6 +92,7 @@ fn leaf(
         .distinguished_name
         .push(rcgen::DnType::CommonName, names[0]);
     params.extended_key_usages = vec![usage];
+    params.serial_number = serial.map(rcgen::SerialNumber::from);
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
@@ -93,6 +111,29 @@ pub fn pki() -> Pki {
         &["CP-MTLS"],
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     );
+    let (revoked_cert_pem, revoked_key_pem) = leaf_with_serial(
+        &ca1,
+        &["CP-REVOKED"],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        Some(REVOKED_SERIAL),
+    );
+    let crl_pem = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2024, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from(REVOKED_SERIAL),
+            revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca1)
+    .unwrap()
+    .pem()
+    .unwrap();
     let ca2 = ca("some other CA");
     let (rogue_cert_pem, rogue_key_pem) = leaf(
         &ca2,
@@ -108,6 +149,9 @@ pub fn pki() -> Pki {
         client_key_pem,
         rogue_cert_pem,
         rogue_key_pem,
+        revoked_cert_pem,
+        revoked_key_pem,
+        crl_pem,
     };
     for (name, text) in [
         ("ca.pem", &pki.ca_pem),
@@ -115,6 +159,9 @@ pub fn pki() -> Pki {
         ("client.key", &pki.client_key_pem),
         ("rogue.pem", &pki.rogue_cert_pem),
         ("rogue.key", &pki.rogue_key_pem),
+        ("revoked.pem", &pki.revoked_cert_pem),
+        ("revoked.key", &pki.revoked_key_pem),
+        ("crl.pem", &pki.crl_pem),
     ] {
         std::fs::write(pki.path(name), text).unwrap();
     }
@@ -129,22 +176,46 @@ pub struct Csms {
     pub mtls: SocketAddr,
 }
 
-pub async fn start_csms(pki: &Pki, rpc: RpcConfig) -> Csms {
-    let mut passwords = StaticPasswords::new();
-    for (id, pw) in PASSWORDS {
-        passwords.insert(*id, *pw);
+/// A credentials file of `stations` (id, password), hashed with the fewest iterations the
+/// file allows (the tests' CPU; the hashing is the same).
+pub fn credentials_file(stations: &[(&str, &str)]) -> CredentialsFile {
+    let mut file = CredentialsFile::default();
+    for (id, pw) in stations {
+        file.set(id, pw.as_bytes(), MIN_ITERATIONS).unwrap();
     }
-    let auth: Arc<dyn gridvisor_transports::ocpp::auth::Authenticator> = Arc::new(passwords);
+    file
+}
+
+/// The authenticator of `stations`: per-station salted hashes, as a node loads them.
+pub fn credentials(stations: &[(&str, &str)]) -> Arc<Credentials> {
+    let text = credentials_file(stations).to_text();
+    let file = CredentialsFile::parse("test.cred", &text).unwrap();
+    Arc::new(Credentials::new(file).unwrap())
+}
+
+pub async fn start_csms(pki: &Pki, rpc: RpcConfig) -> Csms {
+    start_csms_with(pki, rpc, |_| {}).await
+}
+
+/// [`start_csms`] with changes to the server's configuration.
+pub async fn start_csms_with(
+    pki: &Pki,
+    rpc: RpcConfig,
+    change: impl FnOnce(&mut ServerConfig),
+) -> Csms {
+    let auth: Arc<dyn gridvisor_transports::ocpp::auth::Authenticator> = credentials(PASSWORDS);
     let server_tls = tls::server_config(
         pki.server_cert_pem.as_bytes(),
         pki.server_key_pem.as_bytes(),
         None,
     )
     .unwrap();
-    let mtls = tls::server_config(
+    // Profile 3 with the test CA's CRL: CP-REVOKED is refused at the TLS handshake.
+    let mtls = crl::mutual_tls_server_config(
         pki.server_cert_pem.as_bytes(),
         pki.server_key_pem.as_bytes(),
-        Some(pki.ca_pem.as_bytes()),
+        pki.ca_pem.as_bytes(),
+        crl::crls(pki.crl_pem.as_bytes()).unwrap(),
     )
     .unwrap();
     let local = "127.0.0.1:0".parse().unwrap();
@@ -166,6 +237,7 @@ pub async fn start_csms(pki: &Pki, rpc: RpcConfig) -> Csms {
         },
     ]);
     config.rpc = rpc;
+    change(&mut config);
     let server = Server::bind(config).await.unwrap();
     let a = server.local_addrs().to_vec();
     Csms {
