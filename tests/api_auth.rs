@@ -96,15 +96,18 @@ impl Node {
     }
 
     fn start_on(grid: &str, config: &Path, data: &Path, extra: &[&str]) -> Node {
-        let mut child = gridvisor()
-            .args(["run", "--grid", grid, "--admin", "127.0.0.1:0", "--config"])
+        let mut cmd = gridvisor();
+        cmd.args(["run", "--grid", grid, "--admin", "127.0.0.1:0", "--config"])
             .arg(config)
             .arg("--data")
             .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .args(extra);
+        Node::spawn(cmd)
+    }
+
+    /// Start `cmd` (a `gridvisor run`, perhaps behind `ip netns exec`) and read its banner.
+    fn spawn(mut cmd: Command) -> Node {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let lines = stdout_lines(&mut child);
         let mut node = Node {
             child,
@@ -496,21 +499,80 @@ fn off_loopback_without_authentication_the_node_refuses_unless_told_and_then_say
         "{stderr}"
     );
 
-    // Told: it runs, and says so in its banner and its metrics.
+    // Told: it runs, and says so in its banner and its metrics. It binds 0.0.0.0 only in a
+    // network namespace of its own, whose one interface is its loopback: the test opens
+    // nothing on this machine's interfaces, and reaches the node from inside the namespace.
+    let Some(()) = gridvisor_testkit::probe(
+        &gridvisor_testkit::needs::NETNS,
+        gridvisor_testkit::net::netns_available(),
+    ) else {
+        return;
+    };
+    let ns = Netns::new();
     let data = dir.path().join("data");
-    let mut node = Node::start_on("0.0.0.0:0", &config, &data, &["--insecure-no-auth"]);
-    // The grid binds 0.0.0.0 only here; the test reaches both ports over loopback.
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_gridvisor")])
+        .args(["run", "--grid", "0.0.0.0:0", "--admin", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--data")
+        .arg(&data)
+        .arg("--insecure-no-auth");
+    let mut node = Node::spawn(cmd);
     node.grid = node.grid.replace("0.0.0.0", "127.0.0.1");
     assert!(node.banner_line("--insecure-no-auth").contains("!!!"));
     assert!(node.banner_line("  auth  ").contains("anyone who reaches"));
-    let (status, metrics) = support::http(&node.admin, "GET", "/metrics", None);
+    let (status, metrics) = ns.http("GET", &format!("http://{}/metrics", node.admin));
     assert_eq!(status, 200);
     assert!(
         metrics.contains("gridvisor_api_insecure_no_auth 1"),
         "{metrics}"
     );
-    let (status, _) = support::http(&node.grid, "POST", "/api/v1/keepalive", None);
+    let (status, _) = ns.http("POST", &format!("http://{}/api/v1/keepalive", node.grid));
     assert_eq!(status, 204);
+}
+
+/// A network namespace with only its loopback up; removed on drop. The name carries the pid.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let ns = Netns(format!("gv-auth-{}", std::process::id()));
+        gridvisor_testkit::net::sh(&["ip", "netns", "add", &ns.0]);
+        gridvisor_testkit::net::sh(&[
+            "ip", "netns", "exec", &ns.0, "ip", "link", "set", "lo", "up",
+        ]);
+        ns
+    }
+
+    /// An HTTP request from inside the namespace (Python's standard library as the client,
+    /// bounded by its timeout): (status, body).
+    fn http(&self, method: &str, url: &str) -> (u16, String) {
+        const CLIENT: &str = "import sys, urllib.request, urllib.error\n\
+            req = urllib.request.Request(sys.argv[2], method=sys.argv[1], data=b'' if sys.argv[1] == 'POST' else None)\n\
+            try:\n    r = urllib.request.urlopen(req, timeout=10); print(r.status); print(r.read().decode())\n\
+            except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.0, "python3", "-c", CLIENT, method, url,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{method} {url}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+        (status.trim().parse().unwrap(), body.to_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
 
 #[test]
