@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -147,39 +146,17 @@ fn gen_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> CertError {
     }
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's
-/// `civil_from_days`): rcgen takes dates, and pulling in a date crate for one conversion is
-/// not worth it.
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Ranges: day 1..=31, month 1..=12, year within i32 for any realistic clock.
-    (
-        i32::try_from(year).unwrap_or(i32::MAX),
-        u8::try_from(month).unwrap_or(1),
-        u8::try_from(day).unwrap_or(1),
-    )
-}
-
 /// Validity: from yesterday (a peer whose clock is a little behind still accepts the
 /// certificate) for [`VALIDITY_YEARS`].
 fn validity(params: &mut CertificateParams) {
-    let days = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days(days - 1);
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    // 29 February plus ten years is not a date.
-    let end_day = if m == 2 && d == 29 { 28 } else { d };
-    params.not_after = rcgen::date_time_ymd(y + VALIDITY_YEARS, m, end_day);
+    let start = time::OffsetDateTime::now_utc().date() - time::Duration::days(1);
+    params.not_before = start.midnight().assume_utc();
+    // 29 February plus ten years is not a date: the day before is.
+    let end = start
+        .replace_year(start.year() + VALIDITY_YEARS)
+        .or_else(|_| (start - time::Duration::days(1)).replace_year(start.year() + VALIDITY_YEARS))
+        .unwrap_or(start);
+    params.not_after = end.midnight().assume_utc();
 }
 
 fn random_hex(n: usize) -> Result<String, CertError> {
@@ -407,10 +384,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+    fn a_certificate_is_valid_from_yesterday_for_its_years() {
+        let mut params = CertificateParams::default();
+        validity(&mut params);
+        let today = time::OffsetDateTime::now_utc().date();
+        assert_eq!(params.not_before.date(), today - time::Duration::days(1));
+        assert_eq!(
+            params.not_after.year() - params.not_before.year(),
+            VALIDITY_YEARS
+        );
     }
 
     #[test]

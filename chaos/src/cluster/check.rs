@@ -686,25 +686,11 @@ pub fn monotone(receipts: &[Receipt]) -> Summary {
     s
 }
 
-/// `2026-12-02T11:48:09.518350Z` → seconds since the epoch.
+/// `2026-12-02T11:48:09.518350Z` (RFC 3339) → seconds since the epoch; None when it is not
+/// a date-time that exists.
 pub fn parse_time(t: &str) -> Option<f64> {
-    let (date, time) = t.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut h = time.split(':');
-    let (hh, mm, ss) = (
-        h.next()?.parse::<f64>().ok()?,
-        h.next()?.parse::<f64>().ok()?,
-        h.next()?.parse::<f64>().ok()?,
-    );
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+    let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((at - time::OffsetDateTime::UNIX_EPOCH).as_seconds_f64())
 }
 
 #[cfg(test)]

@@ -48,14 +48,18 @@ impl DateTime {
 
     /// The time `secs` seconds after the epoch (must be below [`MAX_UNIX_SECONDS`]).
     fn from_unix_seconds_unchecked(secs: u64) -> DateTime {
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        let (y, m, d) = civil_from_days(days);
+        let t = i64::try_from(secs)
+            .ok()
+            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         DateTime(format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            (rem / 60) % 60,
-            rem % 60
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
         ))
     }
 
@@ -69,20 +73,6 @@ impl DateTime {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 /// OCPP `StatusInfoType`: why a request was answered the way it was.
@@ -118,67 +108,16 @@ pub struct Evse {
 #[error("date-time {0:?} is not RFC 3339 (YYYY-MM-DDThh:mm:ss[.frac](Z|±hh:mm)) after 1970")]
 pub struct TimeError(pub String);
 
-/// Parses an OCPP (RFC 3339) date-time into a [`SystemTime`].
+/// Parses an OCPP (RFC 3339) date-time into a [`SystemTime`]; a date that does not exist
+/// (2025-02-31), an hour past 23 or a time before 1970 is an error.
 pub fn parse_date_time(t: &DateTime) -> Result<SystemTime, TimeError> {
     let s = t.as_str();
     let err = || TimeError(s.chars().take(64).collect());
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return Err(err());
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return Err(err());
-    }
-    let num = |from: usize, to: usize| -> Result<i64, TimeError> {
-        s.get(from..to)
-            .filter(|d| d.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|d| d.parse().ok())
-            .ok_or_else(err)
-    };
-    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (h, mi, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return Err(err());
-    }
-    let mut rest = &s[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(err());
-        }
-        let kept = &frac[..digits.min(9)];
-        nanos = kept.parse::<u32>().map_err(|_| err())? * 10u32.pow(9 - kept.len() as u32);
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return Err(err()),
-            };
-            let oh = rest[1..3].parse::<i64>().map_err(|_| err())?;
-            let om = rest[4..6].parse::<i64>().map_err(|_| err())?;
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return Err(err()),
-    };
-    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset;
-    let secs = u64::try_from(secs).map_err(|_| err())?;
-    Ok(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// Howard Hinnant's `days_from_civil`: days since 1970-01-01.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let parsed = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| err())?;
+    let since_epoch = parsed - time::OffsetDateTime::UNIX_EPOCH;
+    let since_epoch = Duration::try_from(since_epoch).map_err(|_| err())?;
+    Ok(UNIX_EPOCH + since_epoch)
 }
 
 /// OCPP `ComponentType`: a component of the device model.
@@ -364,5 +303,35 @@ mod tests {
         assert!(
             DateTime::from_system_time(UNIX_EPOCH + Duration::from_secs(MAX_UNIX_SECONDS)).is_err()
         );
+    }
+
+    #[test]
+    fn reads_rfc_3339_and_refuses_what_is_not_a_date() {
+        let at = |s: &str| parse_date_time(&DateTime(s.to_owned()));
+        let secs = |s: &str| at(s).unwrap().duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(
+            secs("2023-11-14T22:13:20Z"),
+            Duration::from_secs(1_700_000_000)
+        );
+        assert_eq!(
+            secs("2023-11-14T23:13:20+01:00"),
+            Duration::from_secs(1_700_000_000)
+        );
+        assert_eq!(
+            secs("2023-11-14T22:13:20.25Z"),
+            Duration::from_millis(1_700_000_000_250)
+        );
+        for bad in [
+            "2025-02-31T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2025-13-01T00:00:00Z",
+            "2025-01-01T24:00:00Z",
+            "2025-01-01T00:00:00",
+            "1969-12-31T23:59:59Z",
+            "yesterday",
+        ] {
+            let e = at(bad).unwrap_err();
+            assert_eq!(e.0, bad, "{bad}: the error names the text");
+        }
     }
 }
