@@ -241,16 +241,7 @@ const DISPATCH: &str = r#"{"id":"auth-1","scope":"site","target_kw":5,"duration_
 fn commands_need_their_roles_and_every_one_is_audited_durably() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let certs = gridvisor()
-        .args(["certs", "--nodes", "api,scada-1,intruder", "--out"])
-        .arg(&pki)
-        .output()
-        .unwrap();
-    assert!(
-        certs.status.success(),
-        "{}",
-        String::from_utf8_lossy(&certs.stderr)
-    );
+    support::make_certs(&pki, &["api", "scada-1", "intruder"]);
     let tokens = dir.path().join("tokens.txt");
     let controller = token(&tokens, "scada-1", "controller");
     let operator = token(&tokens, "ops", "operator");
@@ -638,12 +629,7 @@ fn documented_operations() -> Vec<(String, String, Option<String>)> {
 fn the_openapi_document_names_each_operations_role_as_the_node_enforces_it() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    let certs = gridvisor()
-        .args(["certs", "--nodes", "api", "--out"])
-        .arg(&pki)
-        .output()
-        .unwrap();
-    assert!(certs.status.success());
+    support::make_certs(&pki, &["api"]);
     let tokens = dir.path().join("tokens.txt");
     let token_of = |role: &str| token(&tokens, &format!("{role}-1"), role);
     let (controller, operator, admin) = (
@@ -712,16 +698,7 @@ fn free_port() -> u16 {
 fn a_forwarded_command_is_audited_on_the_other_node_as_its_original_caller() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("certs");
-    let certs = gridvisor()
-        .args(["certs", "--nodes", "node-a,node-b,api", "--out"])
-        .arg(&pki)
-        .output()
-        .unwrap();
-    assert!(
-        certs.status.success(),
-        "{}",
-        String::from_utf8_lossy(&certs.stderr)
-    );
+    support::make_certs(&pki, &["node-a", "node-b", "api"]);
     let tokens = dir.path().join("tokens.txt");
     let (controller, operator) = (
         token(&tokens, "scada-1", "controller"),

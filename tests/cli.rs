@@ -129,12 +129,11 @@ fn bench_ocpp_drives_a_node_process_with_charge_points() {
     assert!(stderr.contains("--clients must be"), "{stderr}");
 }
 
-#[test]
-fn logs_are_json_lines_with_log_format_json() {
+/// The embedded demo on free loopback ports for one second, `global` arguments before `run`.
+fn demo_for_a_second(global: &[&str]) -> (bool, String, String) {
     let data = tempfile::tempdir().unwrap();
-    let (ok, stdout, stderr) = gridvisor(&[
-        "--log-format",
-        "json",
+    let mut args = global.to_vec();
+    args.extend([
         "run",
         "--exit-after",
         "1",
@@ -147,6 +146,12 @@ fn logs_are_json_lines_with_log_format_json() {
         "--data",
         data.path().to_str().unwrap(),
     ]);
+    gridvisor(&args)
+}
+
+#[test]
+fn logs_are_json_lines_with_log_format_json() {
+    let (ok, stdout, stderr) = demo_for_a_second(&["--log-format", "json"]);
     assert!(ok, "{stderr}\n{stdout}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty(), "no logs");
@@ -166,20 +171,7 @@ fn logs_are_json_lines_with_log_format_json() {
 
 #[test]
 fn human_logs_into_a_pipe_carry_no_colour_codes() {
-    let data = tempfile::tempdir().unwrap();
-    let (ok, stdout, stderr) = gridvisor(&[
-        "run",
-        "--exit-after",
-        "1",
-        "--ocpp",
-        "127.0.0.1:0",
-        "--grid",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--data",
-        data.path().to_str().unwrap(),
-    ]);
+    let (ok, stdout, stderr) = demo_for_a_second(&[]);
     assert!(ok, "{stderr}\n{stdout}");
     assert!(stderr.contains(" INFO "), "human logs on stderr: {stderr}");
     assert!(

@@ -83,17 +83,7 @@ impl Cluster {
             eprintln!("test files kept in {}", dir.path().display());
         }
         let names: Vec<&str> = addrs.iter().map(|a| a.0).collect();
-        let out = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
-            .args(["certs", "--out"])
-            .arg(dir.path().join("certs"))
-            .args(["--nodes", &names.join(",")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::make_certs(&dir.path().join("certs"), &names);
         let mut file = String::from(
             "cookie_file = \"certs/cookie\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{node}.pem\"\nkey = \"certs/{node}-key.pem\"\n",
         );
@@ -777,13 +767,7 @@ fn rejected_peers_cannot_join() {
 
     // A certificate from another CA: its own `gridvisor certs` run.
     let other = c.dir.path().join("other");
-    let out = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
-        .args(["certs", "--out"])
-        .arg(other.join("certs"))
-        .args(["--nodes", "node-a,node-b,node-c"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    support::make_certs(&other.join("certs"), &["node-a", "node-b", "node-c"]);
     // The right cookie, the wrong CA.
     std::fs::copy(
         c.dir.path().join("certs/cookie"),

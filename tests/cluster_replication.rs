@@ -52,17 +52,7 @@ impl Cluster {
     /// Certificates from `gridvisor certs` and a cluster file with [`LEASE`].
     fn new() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
-            .args(["certs", "--out"])
-            .arg(dir.path().join("certs"))
-            .args(["--nodes", &NODES.join(",")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::make_certs(&dir.path().join("certs"), &NODES);
         let mut file = format!(
             "cookie_file = \"certs/cookie\"\n{LEASE}[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{{node}}.pem\"\nkey = \"certs/{{node}}-key.pem\"\n"
         );

@@ -437,15 +437,9 @@ fn test_config(admin: &str, pki: &Path) -> String {
 /// The demo site with `[api]` as the deploy examples have it: TLS from a CA in `pki`, a
 /// tokens file, and an operator token for Prometheus at `pki/token`.
 fn api_site(pki: &Path) -> PathBuf {
-    let gridvisor = || Command::new(env!("CARGO_BIN_EXE_gridvisor"));
-    let certs = gridvisor()
-        .args(["certs", "--nodes", "api", "--out"])
-        .arg(pki)
-        .output()
-        .unwrap();
-    assert!(certs.status.success(), "{certs:?}");
+    support::make_certs(pki, &["api"]);
     let tokens = pki.join("tokens");
-    let token = gridvisor()
+    let token = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
         .args([
             "token",
             "--identity",

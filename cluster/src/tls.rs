@@ -147,28 +147,12 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// The PEM parser's error in words (its `Display` prints a missing end marker as a list of
-/// byte values).
-fn pem_reason(e: &pem::Error) -> String {
-    match e {
-        pem::Error::MissingSectionEnd { end_marker } => format!(
-            "a section has no end line `-----END {}-----`",
-            String::from_utf8_lossy(end_marker)
-        ),
-        pem::Error::IllegalSectionStart { line } => format!(
-            "malformed section start line `{}`",
-            String::from_utf8_lossy(line)
-        ),
-        other => other.to_string(),
-    }
-}
-
 fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             what: what.to_string(),
-            reason: pem_reason(&e),
+            reason: gridvisor_transports::pem::reason(&e),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -185,7 +169,7 @@ fn private_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsErro
         },
         e => TlsError::Pem {
             what: what.to_string(),
-            reason: pem_reason(&e),
+            reason: gridvisor_transports::pem::reason(&e),
         },
     })
 }

@@ -212,3 +212,20 @@ pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
     });
     lines
 }
+
+/// `gridvisor certs --out OUT --nodes A,B,…`: a development CA, a certificate and key per
+/// name (`{name}.pem`, `{name}-key.pem`), `ca.pem` and a cookie, in `out`.
+#[allow(dead_code)] // not every test binary makes certificates
+pub fn make_certs(out: &Path, names: &[&str]) {
+    let made = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
+        .args(["certs", "--out"])
+        .arg(out)
+        .args(["--nodes", &names.join(",")])
+        .output()
+        .expect("gridvisor certs runs");
+    assert!(
+        made.status.success(),
+        "gridvisor certs: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}

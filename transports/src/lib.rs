@@ -14,4 +14,5 @@
 pub mod envelope;
 pub mod modbus;
 pub mod ocpp;
+pub mod pem;
 pub mod ptp;

@@ -44,22 +44,6 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The PEM parser's error in words (its `Display` prints a missing end marker as a list of
-/// byte values).
-fn pem_reason(e: &pem::Error) -> String {
-    match e {
-        pem::Error::MissingSectionEnd { end_marker } => format!(
-            "a section has no end line `-----END {}-----`",
-            String::from_utf8_lossy(end_marker)
-        ),
-        pem::Error::IllegalSectionStart { line } => format!(
-            "malformed section start line `{}`",
-            String::from_utf8_lossy(line)
-        ),
-        other => other.to_string(),
-    }
-}
-
 /// Reads every certificate of a PEM bundle.
 pub fn certificates(
     pem: &[u8],
@@ -69,7 +53,7 @@ pub fn certificates(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             what,
-            reason: pem_reason(&e),
+            reason: crate::pem::reason(&e),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(what));
@@ -83,7 +67,7 @@ pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
         pem::Error::NoItemsFound => TlsError::NoPrivateKey,
         e => TlsError::Pem {
             what: "private key",
-            reason: pem_reason(&e),
+            reason: crate::pem::reason(&e),
         },
     })
 }
