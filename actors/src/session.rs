@@ -216,6 +216,26 @@ pub struct Session {
     pub depart_s: f64,
     /// Net energy delivered into the vehicle so far, kWh (negative after net discharge).
     pub energy_kwh: f64,
+    // Fields below were added with issue 21; `default` keeps older checkpoints readable
+    // (rmp-serde writes structs as arrays: a shorter array takes the defaults).
+    /// Whether the vehicle may be discharged (its contract's `v2g`; configured vehicles:
+    /// true). When false [`Session::discharge_limit_kw`] is 0.
+    #[serde(default = "yes")]
+    pub discharge_allowed: bool,
+    /// The charger it is plugged into (token sessions; empty for older checkpoints).
+    #[serde(default)]
+    pub charger: String,
+    /// When it leaves, wall clock (s since the Unix epoch), when known: a node restart
+    /// converts it to the new run's clock, so the departure does not move.
+    #[serde(default)]
+    pub depart_unix_s: Option<f64>,
+    /// The contract's name (driver or fleet) and priority class, for token sessions.
+    #[serde(default)]
+    pub contract: Option<(String, u8)>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Session {
@@ -231,6 +251,51 @@ impl Session {
             max_kw: vehicle.max_kw,
             depart_s: vehicle.depart_s,
             energy_kwh: 0.0,
+            discharge_allowed: true,
+            charger: vehicle.charger.clone(),
+            depart_unix_s: None,
+            contract: None,
+        }
+    }
+
+    /// A new session for `token` at `charger` from its contract, arriving now (`now_s` on
+    /// the node's clock, `now_wall` on the wall clock). Until the EV reports, its state of
+    /// charge is assumed to be the contract's minimum (nothing to discharge, which is
+    /// safe), its capacity the contract's or [`crate::authorization::ASSUMED_CAPACITY_KWH`],
+    /// its power limit the charger's.
+    pub fn from_contract(
+        token: &str,
+        charger: &str,
+        contract: &crate::authorization::Contract,
+        charger_max_kw: f64,
+        now_s: f64,
+        now_wall: std::time::SystemTime,
+    ) -> Session {
+        let (depart, _) = contract.departure(now_wall);
+        let stay = depart
+            .duration_since(now_wall)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let unix = depart
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        Session {
+            vehicle: token.to_owned(),
+            state: SessionState::Plugged,
+            capacity_kwh: contract
+                .capacity_kwh
+                .unwrap_or(crate::authorization::ASSUMED_CAPACITY_KWH),
+            soc_pct: contract.min_soc_pct,
+            min_soc_pct: contract.min_soc_pct,
+            target_soc_pct: contract.target_soc_pct,
+            max_kw: charger_max_kw,
+            depart_s: now_s + stay,
+            energy_kwh: 0.0,
+            discharge_allowed: contract.v2g,
+            charger: charger.to_owned(),
+            depart_unix_s: Some(unix),
+            contract: Some((contract.name.clone(), contract.priority)),
         }
     }
 
@@ -301,6 +366,9 @@ impl Session {
     /// seconds: it must not go below its minimum state of charge, nor above its own limit.
     /// 0 when the session may not take power, or `horizon_s` is not a positive finite number.
     pub fn discharge_limit_kw(&self, horizon_s: f64) -> f64 {
+        if !self.discharge_allowed {
+            return 0.0;
+        }
         self.power_limit(self.energy_above_min_kwh(), horizon_s)
     }
 

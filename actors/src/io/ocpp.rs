@@ -55,8 +55,9 @@ use gridvisor_transports::ocpp::OcppVersion;
 use serde::Deserialize;
 use serde_json::Map;
 
+use crate::authorization::{AuthStore, Contract, Decision, TokenId};
 use crate::clock::Clock;
-use crate::config::{Ocpp, Topology};
+use crate::config::{Ocpp, Topology, Vehicle};
 use crate::device::{ChargerIo, ChargerReading, DeviceError};
 use crate::runtime::{LinkMsg, SiteShared};
 use crate::setpoint::SetpointKey;
@@ -125,6 +126,8 @@ pub struct OcppHub {
     lines: HashMap<String, Line>,
     /// Vehicle id (its id token) → the charger it is configured on.
     vehicles: HashMap<String, String>,
+    /// The authorization list (`[authorization]`); None: the `[[vehicles]]` binding above.
+    authorization: Option<Arc<AuthStore>>,
     lease_s: f64,
     clock: Clock,
     /// Wall-clock time at the clock's zero (profiles carry wall-clock times).
@@ -152,6 +155,13 @@ impl OcppHub {
             .iter()
             .map(|v| (v.id.clone(), v.charger.clone()))
             .collect();
+        let authorization = match &topology.authorization {
+            Some(a) => Some(Arc::new(
+                AuthStore::open(&a.store, a.seed.as_deref(), a.unknown)
+                    .map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
         let now = clock.now();
         let epoch = SystemTime::now()
             .checked_sub(now)
@@ -165,6 +175,7 @@ impl OcppHub {
             config,
             lines,
             vehicles,
+            authorization,
             lease_s: topology.site.lease_s,
             clock,
             epoch,
@@ -173,6 +184,11 @@ impl OcppHub {
             local_addrs: Mutex::new(Vec::new()),
             holding: AtomicUsize::new(0),
         }))
+    }
+
+    /// The authorization list, when the topology has `[authorization]`.
+    pub fn authorization(&self) -> Option<Arc<AuthStore>> {
+        self.authorization.clone()
     }
 
     /// Where the CSMS listens now, ws first (None until it has bound its ports).
@@ -401,12 +417,12 @@ impl OcppHub {
                         .flatten()
                 });
                 if let Some(v) = left {
-                    self.session(cp, &v, false).await;
+                    self.session(cp, &v, None, false).await;
                 }
                 StatusNotificationResponse::default().into()
             }
             Request::Authorize(r) => AuthorizeResponse {
-                id_token_info: token_info(self.token_status(cp, &r.id_token.id_token)),
+                id_token_info: token_info(self.authorize(cp, &r.id_token).await),
                 certificate_status: None,
                 allowed_energy_transfer: None,
                 extra: Map::new(),
@@ -439,12 +455,55 @@ impl OcppHub {
         })
     }
 
-    /// A vehicle is known by its id token, and only on the charger it is configured on.
-    fn token_status(&self, cp: &str, token: &str) -> AuthorizationStatus {
-        match self.vehicles.get(token) {
-            Some(charger) if charger == cp => AuthorizationStatus::Accepted,
-            Some(_) => AuthorizationStatus::Invalid,
-            None => AuthorizationStatus::Unknown,
+    /// Authorize: the token's status; a token refused while its session runs on `cp` (it
+    /// was revoked or blocked) ends that session.
+    async fn authorize(&self, cp: &str, token: &IdToken) -> AuthorizationStatus {
+        let (status, _) = self.token_status(cp, token);
+        if status != AuthorizationStatus::Accepted {
+            self.revoked(cp, &token.id_token).await;
+        }
+        status
+    }
+
+    /// With `[authorization]`: the list decides, at any charger, and an accepted token
+    /// brings its contract. Without it: a vehicle is known by its id token, and only on the
+    /// charger it is configured on.
+    fn token_status(&self, cp: &str, token: &IdToken) -> (AuthorizationStatus, Option<Contract>) {
+        let Some(list) = &self.authorization else {
+            let status = match self.vehicles.get(&token.id_token) {
+                Some(charger) if charger == cp => AuthorizationStatus::Accepted,
+                Some(_) => AuthorizationStatus::Invalid,
+                None => AuthorizationStatus::Unknown,
+            };
+            return (status, None);
+        };
+        let Ok(id) = TokenId::new(&token.kind, &token.id_token) else {
+            return (AuthorizationStatus::Invalid, None);
+        };
+        match list.decide(&id) {
+            Decision::Accepted { contract, .. } => (AuthorizationStatus::Accepted, Some(contract)),
+            Decision::Blocked => (AuthorizationStatus::Blocked, None),
+            Decision::Unknown => (AuthorizationStatus::Unknown, None),
+        }
+    }
+
+    /// Token `token`, refused now, ends its session if it runs on `cp`: no more dispatch at
+    /// all (the safe choice: no discharge, and nothing charged on a revoked contract), the
+    /// last setpoint lasts at most its lease.
+    async fn revoked(&self, cp: &str, token: &str) {
+        let Some(line) = self.lines.get(cp) else {
+            return;
+        };
+        let running = {
+            let mut s = lock(&line.state);
+            match s.reported.vehicle.as_deref() {
+                Some(v) if v == token => s.reported.vehicle.take(),
+                _ => None,
+            }
+        };
+        if let Some(v) = running {
+            tracing::warn!(charger = %cp, "token refused during its session: the session ends");
+            self.session(cp, &v, None, false).await;
         }
     }
 
@@ -496,11 +555,22 @@ impl OcppHub {
             self.take_meter_values(cp, m);
         }
         let token = r.id_token.as_ref().map(|t| t.id_token.clone());
-        let status = token.as_deref().map(|t| self.token_status(cp, t));
+        let (status, contract) = match &r.id_token {
+            Some(t) => {
+                let (status, contract) = self.token_status(cp, t);
+                (Some(status), contract)
+            }
+            None => (None, None),
+        };
         let info = status.map(token_info);
         let line = self.lines.get(cp)?;
         match r.event_type {
             TransactionEventType::Started | TransactionEventType::Updated => {
+                if let (Some(t), Some(st)) = (&token, status) {
+                    if st != AuthorizationStatus::Accepted {
+                        self.revoked(cp, t).await;
+                    }
+                }
                 let vehicle = token.filter(|_| status == Some(AuthorizationStatus::Accepted));
                 let start = {
                     let mut s = lock(&line.state);
@@ -515,7 +585,7 @@ impl OcppHub {
                     }
                 };
                 if let Some(v) = start {
-                    self.session(cp, &v, true).await;
+                    self.session(cp, &v, contract.as_ref(), true).await;
                 }
             }
             TransactionEventType::Ended => {
@@ -526,19 +596,30 @@ impl OcppHub {
                     s.reported.vehicle.take()
                 };
                 if let Some(v) = vehicle {
-                    self.session(cp, &v, false).await;
+                    self.session(cp, &v, None, false).await;
                 }
             }
         }
         info
     }
 
-    async fn session(&self, cp: &str, vehicle: &str, start: bool) {
+    /// Start or end `vehicle`'s session on `cp`. A configured vehicle brings its own data;
+    /// a token of the authorization list gets a session from its `contract`, checkpointed
+    /// before the session actor starts (which resumes from it).
+    async fn session(&self, cp: &str, vehicle: &str, contract: Option<&Contract>, start: bool) {
         let Some(site) = self.site() else { return };
-        let Some(v) = site.vehicle(vehicle).cloned() else {
-            return;
-        };
         let now = site.clock.now();
+        let v = match (site.vehicle(vehicle).cloned(), contract) {
+            (Some(v), _) => v,
+            (None, Some(c)) if start => match self.contract_session(&site, cp, vehicle, c).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(charger = %cp, error = %e, "session from a contract failed");
+                    return;
+                }
+            },
+            (None, _) => token_vehicle(vehicle, cp),
+        };
         let result = if start {
             crate::runtime::plug_vehicle(&site, &v, now).await
         } else {
@@ -550,6 +631,39 @@ impl OcppHub {
             }
             Err(e) => tracing::warn!(charger = %cp, %vehicle, error = %e, "session change failed"),
         }
+    }
+
+    /// Checkpoint a new session for token `token` at `cp` from its contract.
+    async fn contract_session(
+        &self,
+        site: &SiteShared,
+        cp: &str,
+        token: &str,
+        contract: &Contract,
+    ) -> Result<Vehicle, String> {
+        let (_, charger) = site
+            .charger(cp)
+            .ok_or_else(|| format!("charger {cp} is in no segment"))?;
+        let now = site.clock.now();
+        let session = crate::session::Session::from_contract(
+            token,
+            cp,
+            contract,
+            charger.max_kw,
+            now.as_secs_f64(),
+            self.now_wall(),
+        );
+        let register = self.reported(cp).and_then(|r| r.energy_kwh);
+        let cp_state = crate::runtime::SessionCheckpoint {
+            session,
+            register_kwh: register,
+        };
+        let key = crate::runtime::session_checkpoint_key(token);
+        site.store
+            .put(&key, &cp_state)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(token_vehicle(token, cp))
     }
 
     /// The profile for setpoint `key` at `kw` with `lease_until` (None: no lease).
@@ -619,6 +733,22 @@ impl OcppHub {
             // profile this node did not write (another run's) is not recognised either: its
             // lease is on another clock, so the link treats it as ended.
             .filter(|k| k.dispatch != 0)
+    }
+}
+
+/// The stand-in [`Vehicle`] of a token's session: plugging and unplugging need its id and
+/// charger only (its data lives in the session's checkpoint).
+fn token_vehicle(token: &str, cp: &str) -> Vehicle {
+    Vehicle {
+        id: token.to_owned(),
+        charger: cp.to_owned(),
+        capacity_kwh: crate::authorization::ASSUMED_CAPACITY_KWH,
+        soc_pct: 0.0,
+        min_soc_pct: 0.0,
+        target_soc_pct: 0.0,
+        arrive_s: 0.0,
+        depart_s: 0.0,
+        max_kw: 0.0,
     }
 }
 

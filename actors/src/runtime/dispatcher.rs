@@ -113,7 +113,12 @@ impl DispatcherState {
                 target_soc_pct: s.target_soc_pct,
                 capacity_kwh: s.capacity_kwh,
                 max_charge_kw: max,
-                max_discharge_kw: if c.bidirectional { max } else { 0.0 },
+                // A contract without V2G never discharges, whatever the charger can do.
+                max_discharge_kw: if c.bidirectional && s.discharge_allowed {
+                    max
+                } else {
+                    0.0
+                },
                 measured_kw: link.status.measured_kw,
                 commanded_kw: link.status.commanded_kw,
             });
