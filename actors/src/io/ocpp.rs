@@ -60,6 +60,7 @@ use crate::clock::Clock;
 use crate::config::{Ocpp, Topology, Vehicle};
 use crate::device::{ChargerIo, ChargerReading, DeviceError};
 use crate::runtime::{LinkMsg, SiteShared};
+use crate::session::{EvNeeds, EvReport};
 use crate::setpoint::SetpointKey;
 
 /// Bound on one CALL to a charge point (OCPP's usual 30 s is too long for a control loop:
@@ -106,6 +107,9 @@ struct LineState {
     /// Increases with every attach, so a late end of a replaced connection is ignored.
     generation: u64,
     reported: Reported,
+    /// What the EV of the current transaction reported (its needs, its SoC); cleared when
+    /// the transaction ends or the connector is Available.
+    ev: EvReport,
     /// (profile id, schedule id) → key, most recent last.
     written: VecDeque<(i32, i32, SetpointKey)>,
 }
@@ -410,6 +414,9 @@ impl OcppHub {
                 let left = self.lines.get(cp).and_then(|line| {
                     let mut s = lock(&line.state);
                     s.reported.occupied = occupied;
+                    if r.connector_status == ConnectorStatus::Available {
+                        s.ev = EvReport::default();
+                    }
                     // Available: nobody is plugged in, whatever we believed (a vehicle that
                     // left while the CSMS was down, a transaction end we never heard).
                     (r.connector_status == ConnectorStatus::Available)
@@ -440,8 +447,8 @@ impl OcppHub {
                 }
                 .into()
             }
-            Request::NotifyEVChargingNeeds(_) => NotifyEVChargingNeedsResponse {
-                status: NotifyEVChargingNeedsStatus::Accepted,
+            Request::NotifyEVChargingNeeds(r) => NotifyEVChargingNeedsResponse {
+                status: self.take_needs(cp, &r),
                 status_info: None,
                 extra: Map::new(),
             }
@@ -512,6 +519,7 @@ impl OcppHub {
             return;
         };
         let (mut import_w, mut export_w, mut import_wh, mut export_wh) = (None, None, None, None);
+        let mut soc = None;
         for v in values.iter().flat_map(|m| m.sampled_value.iter()) {
             // OCPP's default units are W and Wh; a charger may say kW or kWh instead.
             let unit = v.unit_of_measure.as_ref();
@@ -531,10 +539,15 @@ impl OcppHub {
                 Measurand::PowerActiveExport => export_w = Some(x),
                 Measurand::EnergyActiveImportRegister => import_wh = Some(x),
                 Measurand::EnergyActiveExportRegister => export_wh = Some(x),
+                // Percent; the multiplier only (never a kilo unit).
+                Measurand::SoC => soc = Some(x / if kilo { 1000.0 } else { 1.0 }),
                 _ => {}
             }
         }
         let mut s = lock(&line.state);
+        if let Some(soc) = soc.filter(|p| (0.0..=100.0).contains(p)) {
+            s.ev.soc = Some((soc, self.now_unix_s()));
+        }
         if import_w.is_some() || export_w.is_some() {
             s.reported.power_kw =
                 Some((import_w.unwrap_or(0.0) - export_w.unwrap_or(0.0)) / 1000.0);
@@ -591,6 +604,7 @@ impl OcppHub {
             TransactionEventType::Ended => {
                 let vehicle = {
                     let mut s = lock(&line.state);
+                    s.ev = EvReport::default();
                     s.reported.transaction = None;
                     s.reported.occupied = false;
                     s.reported.vehicle.take()
@@ -631,6 +645,69 @@ impl OcppHub {
             }
             Err(e) => tracing::warn!(charger = %cp, %vehicle, error = %e, "session change failed"),
         }
+    }
+
+    /// The wall clock now, s since the Unix epoch (on the node's clock: a paused test clock
+    /// pauses it too).
+    pub fn now_unix_s(&self) -> f64 {
+        self.now_wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    }
+
+    /// What the EV at charger `cp` reported (its session takes it every cycle).
+    pub fn ev_report(&self, cp: &str) -> Option<EvReport> {
+        let line = self.lines.get(cp)?;
+        let s = lock(&line.state);
+        (s.ev != EvReport::default()).then(|| s.ev.clone())
+    }
+
+    /// NotifyEVChargingNeeds: kept for the charger's session. Accepted: the CSMS's charging
+    /// profile follows (the dispatcher's next setpoint for the session, as SetChargingProfile);
+    /// Rejected for an EVSE this node does not address or a departure it cannot read.
+    fn take_needs(
+        &self,
+        cp: &str,
+        r: &NotifyEVChargingNeedsRequest,
+    ) -> NotifyEVChargingNeedsStatus {
+        let Some(line) = self.lines.get(cp) else {
+            return NotifyEVChargingNeedsStatus::Rejected;
+        };
+        if r.evse_id != EVSE_ID {
+            return NotifyEVChargingNeedsStatus::Rejected;
+        }
+        let Ok(needs) = ev_needs(&r.charging_needs, self.now_unix_s()) else {
+            return NotifyEVChargingNeedsStatus::Rejected;
+        };
+        tracing::info!(charger = %cp, departure = ?needs.departure_unix_s, "EV charging needs");
+        lock(&line.state).ev.needs = Some(needs);
+        NotifyEVChargingNeedsStatus::Accepted
+    }
+
+    /// After a node restart: the sessions of tokens (not of `[[vehicles]]`, which the node
+    /// resumes itself) that were running resume from their checkpoints, on their chargers.
+    pub async fn resume_token_sessions(&self, site: &Arc<SiteShared>) -> Result<(), String> {
+        let keys = site
+            .store
+            .keys_with_prefix("session/")
+            .map_err(|e| e.to_string())?;
+        for key in keys {
+            let cp: Option<crate::runtime::SessionCheckpoint> =
+                site.store.get(&key).map_err(|e| e.to_string())?;
+            let Some(cp) = cp else { continue };
+            let sess = cp.session;
+            let running = sess.state != crate::session::SessionState::Ended;
+            let token = sess.contract.is_some() && site.vehicle(&sess.vehicle).is_none();
+            if running && token && !site.plugged.contains_key(&sess.charger) {
+                let v = token_vehicle(&sess.vehicle, &sess.charger);
+                crate::runtime::plug_vehicle(site, &v, site.clock.now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.resume(&sess.charger, &sess.vehicle);
+            }
+        }
+        Ok(())
     }
 
     /// Checkpoint a new session for token `token` at `cp` from its contract.
@@ -734,6 +811,39 @@ impl OcppHub {
             // lease is on another clock, so the link treats it as ended.
             .filter(|k| k.dispatch != 0)
     }
+}
+
+/// NotifyEVChargingNeeds' values in the session's units (W → kW, Wh → kWh), received at
+/// `at` (Unix s); an unreadable departure time is an error.
+fn ev_needs(n: &ChargingNeeds, at: f64) -> Result<EvNeeds, String> {
+    let kilo = |x: Option<f64>| x.filter(|x| x.is_finite()).map(|x| x / 1000.0);
+    let departure = match &n.departure_time {
+        Some(t) => {
+            let t = parse_date_time(t).map_err(|e| e.to_string())?;
+            let s = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?;
+            Some(s.as_secs_f64())
+        }
+        None => None,
+    };
+    let dc = n.dc_charging_parameters.as_ref();
+    let v2x = n.v2x_charging_parameters.as_ref();
+    let ac_energy = n.ac_charging_parameters.as_ref().map(|a| a.energy_amount);
+    Ok(EvNeeds {
+        at_unix_s: at,
+        departure_unix_s: departure,
+        capacity_kwh: kilo(dc.and_then(|d| d.ev_energy_capacity)),
+        soc_pct: dc.and_then(|d| d.state_of_charge).map(f64::from),
+        target_soc_pct: v2x.and_then(|v| v.target_soc).map(f64::from),
+        requested_kwh: kilo(v2x.and_then(|v| v.ev_target_energy_request))
+            .or(kilo(dc.and_then(|d| d.energy_amount)))
+            .or(kilo(ac_energy)),
+        max_charge_kw: kilo(v2x.and_then(|v| v.max_charge_power))
+            .or(kilo(dc.and_then(|d| d.ev_max_power))),
+        max_discharge_kw: kilo(v2x.and_then(|v| v.max_discharge_power)),
+        min_v2x_kwh: kilo(v2x.and_then(|v| v.ev_min_v2x_energy_request)),
+    })
 }
 
 /// The stand-in [`Vehicle`] of a token's session: plugging and unplugging need its id and

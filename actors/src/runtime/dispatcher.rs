@@ -92,6 +92,7 @@ impl DispatcherState {
         let target = level.clamp(target_kw);
         let horizon = Duration::from_millis(self.shared.topology.site.cycle_ms);
         let chargers = &self.chargers;
+        let now_s = self.shared.clock.now().as_secs_f64();
         let mut candidates = Vec::with_capacity(seg.links.len());
         let mut targets: Vec<CountedRef<LinkMsg>> = Vec::with_capacity(seg.links.len());
         for link in seg.links.iter() {
@@ -105,17 +106,18 @@ impl DispatcherState {
             let Some(c) = chargers.get(link.key()) else {
                 continue;
             };
-            let max = c.max_kw.min(s.max_kw);
+            // The EV's own limits (reported or its contract's: `Session::max_*_kw`, 0 for
+            // discharge without V2G), and a floor that keeps the target reachable by the
+            // departure at full charge power.
             candidates.push(Candidate {
                 depart_s: s.depart_s,
                 soc_pct: s.soc_pct,
-                min_soc_pct: s.min_soc_pct,
+                min_soc_pct: s.min_soc_pct.max(s.departure_floor_pct(now_s)),
                 target_soc_pct: s.target_soc_pct,
                 capacity_kwh: s.capacity_kwh,
-                max_charge_kw: max,
-                // A contract without V2G never discharges, whatever the charger can do.
-                max_discharge_kw: if c.bidirectional && s.discharge_allowed {
-                    max
+                max_charge_kw: c.max_kw.min(s.max_charge_kw()),
+                max_discharge_kw: if c.bidirectional {
+                    c.max_kw.min(s.max_discharge_kw())
                 } else {
                     0.0
                 },

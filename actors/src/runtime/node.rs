@@ -584,6 +584,10 @@ impl Node {
                     hub.resume(&v.charger, &v.id);
                 }
             }
+            // And so does a token's session (issue 21), on the charger it was on.
+            hub.resume_token_sessions(&shared)
+                .await
+                .map_err(NodeError::Config)?;
         }
         // Vehicles already there when the node starts: their sessions start with the tree
         // (on a simulated site; OCPP chargers start sessions with their transactions).
