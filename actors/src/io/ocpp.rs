@@ -696,10 +696,27 @@ impl OcppHub {
             let cp: Option<crate::runtime::SessionCheckpoint> =
                 site.store.get(&key).map_err(|e| e.to_string())?;
             let Some(cp) = cp else { continue };
-            let sess = cp.session;
+            let sess = &cp.session;
             let running = sess.state != crate::session::SessionState::Ended;
             let token = sess.contract.is_some() && site.vehicle(&sess.vehicle).is_none();
             if running && token && !site.plugged.contains_key(&sess.charger) {
+                // The departure is kept on the wall clock: put it on this run's clock
+                // before the session actor publishes it.
+                let mut rebased = crate::runtime::SessionCheckpoint {
+                    session: sess.clone(),
+                    register_kwh: cp.register_kwh,
+                };
+                let now_s = site.clock.now().as_secs_f64();
+                let unchanged = crate::session::EvReport::default();
+                if rebased
+                    .session
+                    .take_ev(&unchanged, now_s, self.now_unix_s())
+                {
+                    site.store
+                        .put(&key, &rebased)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 let v = token_vehicle(&sess.vehicle, &sess.charger);
                 crate::runtime::plug_vehicle(site, &v, site.clock.now())
                     .await
