@@ -3171,6 +3171,37 @@ max_kw = 11
     }
 
     #[test]
+    fn the_authorization_list_parses_and_its_errors_are_named() {
+        use crate::authorization::UnknownTokens;
+        assert_eq!(parse("t.toml", MINIMAL).expect("valid").authorization, None);
+        let ocpp = "[ocpp]\nlisten = \"127.0.0.1:9000\"\npasswords = \"s.cred\"\n";
+        let text = format!("{MINIMAL}\n{ocpp}[authorization]\n");
+        let a = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let a = a.authorization.expect("[authorization]");
+        assert_eq!(
+            a.store,
+            std::path::PathBuf::from(DEFAULT_AUTHORIZATION_STORE)
+        );
+        assert_eq!((a.seed, a.unknown), (None, UnknownTokens::Refuse));
+        let text = format!(
+            "{MINIMAL}\n{ocpp}[authorization]\nstore = \"/var/lib/t.redb\"\n\
+             seed = \"tokens.toml\"\nunknown = \"charge_only\"\n"
+        );
+        let t = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let a = t.authorization.clone().expect("[authorization]");
+        assert_eq!(a.unknown, UnknownTokens::ChargeOnly);
+        assert_eq!(a.seed, Some("tokens.toml".into()));
+        let back = toml::to_string(&t).expect("serializes");
+        assert_eq!(parse("round-trip.toml", &back), Ok(t));
+        let text = format!("{MINIMAL}\n{ocpp}[authorization]\nunknown = \"welcome\"\n");
+        one_error(&text, "authorization.unknown", "welcome", "not one of");
+        let text = format!("{MINIMAL}\n{ocpp}[authorization]\nseeds = \"x\"\n");
+        one_error(&text, "authorization.seeds", "seeds", "unknown key");
+        let text = format!("{MINIMAL}\n[authorization]\n");
+        one_error(&text, "authorization", "[authorization]", "needs [ocpp]");
+    }
+
+    #[test]
     fn bad_mqtt_settings_are_named() {
         let mqtt = |body: &str| format!("{MINIMAL}\n[mqtt]\n{body}\n");
         let text = mqtt("interval_ms = 50");
