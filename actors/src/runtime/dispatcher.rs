@@ -106,24 +106,14 @@ impl DispatcherState {
             let Some(c) = chargers.get(link.key()) else {
                 continue;
             };
-            // The EV's own limits (reported or its contract's: `Session::max_*_kw`, 0 for
-            // discharge without V2G), and a floor that keeps the target reachable by the
-            // departure at full charge power.
-            candidates.push(Candidate {
-                depart_s: s.depart_s,
-                soc_pct: s.soc_pct,
-                min_soc_pct: s.min_soc_pct.max(s.departure_floor_pct(now_s)),
-                target_soc_pct: s.target_soc_pct,
-                capacity_kwh: s.capacity_kwh,
-                max_charge_kw: c.max_kw.min(s.max_charge_kw()),
-                max_discharge_kw: if c.bidirectional {
-                    c.max_kw.min(s.max_discharge_kw())
-                } else {
-                    0.0
-                },
-                measured_kw: link.status.measured_kw,
-                commanded_kw: link.status.commanded_kw,
-            });
+            candidates.push(Candidate::from_session(
+                s,
+                c.max_kw,
+                c.bidirectional,
+                now_s,
+                link.status.measured_kw,
+                link.status.commanded_kw,
+            ));
             targets.push(link.actor.clone());
         }
         let mut by_state = [0u32; SessionState::ALL.len()];
