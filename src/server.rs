@@ -174,18 +174,26 @@ async fn session(State(node): State<Arc<Node>>, Path(vehicle): Path<String>) -> 
 // --- The authorization list (issue 21): operator reads, admin changes (src/api_auth). ---
 
 /// The list, or the 404 that says the site has none.
-fn auth_list(node: &Node) -> Result<Arc<AuthStore>, Response> {
+fn auth_list(node: &Node) -> Result<Arc<AuthStore>, Box<Response>> {
     node.authorization().ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::NOT_FOUND,
             "no_authorization_list",
             "this site has no [authorization] table: its vehicles are configured in [[vehicles]]",
-        )
+        ))
     })
 }
 
-fn token_id(kind: &str, value: &str) -> Result<TokenId, Response> {
-    TokenId::new(kind, value).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_token", e))
+/// The list and the token of a `/api/v1/tokens/{type}/{value}` path, or the answer.
+fn list_and_token(
+    node: &Node,
+    kind: &str,
+    value: &str,
+) -> Result<(Arc<AuthStore>, TokenId), Box<Response>> {
+    let list = auth_list(node)?;
+    let id = TokenId::new(kind, value)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_token", e)))?;
+    Ok((list, id))
 }
 
 #[derive(Serialize)]
@@ -199,7 +207,7 @@ struct TokenEntry {
 async fn tokens(State(node): State<Arc<Node>>) -> Response {
     let list = match auth_list(&node) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let entries: Vec<TokenEntry> = list
         .list()
@@ -214,9 +222,9 @@ async fn token(
     State(node): State<Arc<Node>>,
     Path((kind, value)): Path<(String, String)>,
 ) -> Response {
-    let (list, id) = match auth_list(&node).and_then(|l| Ok((l, token_id(&kind, &value)?))) {
+    let (list, id) = match list_and_token(&node, &kind, &value) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match list.get(&id) {
         Some(contract) => Json(TokenEntry { id, contract }).into_response(),
@@ -231,9 +239,9 @@ async fn put_token(
     Path((kind, value)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let (list, id) = match auth_list(&node).and_then(|l| Ok((l, token_id(&kind, &value)?))) {
+    let (list, id) = match list_and_token(&node, &kind, &value) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let contract: Contract = match serde_json::from_slice(&body) {
         Ok(c) => c,
@@ -259,9 +267,9 @@ async fn delete_token(
     State(node): State<Arc<Node>>,
     Path((kind, value)): Path<(String, String)>,
 ) -> Response {
-    let (list, id) = match auth_list(&node).and_then(|l| Ok((l, token_id(&kind, &value)?))) {
+    let (list, id) = match list_and_token(&node, &kind, &value) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match tokio::task::spawn_blocking(move || list.delete(&id)).await {
         Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),

@@ -522,7 +522,8 @@ mod tests {
 
     #[test]
     fn a_contract_out_of_range_names_its_field() {
-        let cases: [(fn(&mut Contract), &str); 6] = [
+        type Change = fn(&mut Contract);
+        let cases: [(Change, &str); 6] = [
             (|c| c.min_soc_pct = 120.0, "min_soc_pct"),
             (|c| c.target_soc_pct = 10.0, "target_soc_pct"),
             (|c| c.capacity_kwh = Some(-1.0), "capacity_kwh"),
