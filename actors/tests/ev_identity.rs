@@ -403,6 +403,13 @@ async fn refused_unknown_and_revoked_tokens() {
             .session
             .discharge_allowed
     );
+    // The same token at another charger meanwhile: one session per token.
+    let mut other = Ev::connect(&url(&t, "EV-B")).await;
+    other.boot().await;
+    assert_eq!(other.authorize(FLEET).await, "ConcurrentTx");
+    let status = other.transaction("Started", 0, "tx-h", FLEET).await;
+    assert_eq!(status, "ConcurrentTx");
+    assert_eq!(t.node.session(FLEET).unwrap().charger, "EV-A");
     t.node.shutdown().await;
 }
 

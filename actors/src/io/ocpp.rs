@@ -488,10 +488,23 @@ impl OcppHub {
             return (AuthorizationStatus::Invalid, None);
         };
         match list.decide(&id) {
+            // One session per token: its session is keyed by the token's value.
+            Decision::Accepted { .. } if self.elsewhere(cp, &token.id_token) => {
+                (AuthorizationStatus::ConcurrentTx, None)
+            }
             Decision::Accepted { contract, .. } => (AuthorizationStatus::Accepted, Some(contract)),
             Decision::Blocked => (AuthorizationStatus::Blocked, None),
             Decision::Unknown => (AuthorizationStatus::Unknown, None),
         }
+    }
+
+    /// Whether `token`'s session runs on another charger than `cp`.
+    fn elsewhere(&self, cp: &str, token: &str) -> bool {
+        self.site().is_some_and(|site| {
+            site.plugged
+                .iter()
+                .any(|e| e.value() == token && e.key() != cp)
+        })
     }
 
     /// Token `token`, refused now, ends its session if it runs on `cp`: no more dispatch at
