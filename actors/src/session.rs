@@ -26,6 +26,12 @@
 //!   for `h` seconds never takes it above 100 %. (Both limits keep [`ENERGY_GUARD_KWH`] in
 //!   reserve so that floating-point rounding cannot cross the line.)
 //! * Inputs that are not finite numbers are refused with an error and change nothing.
+//!
+//! The EV's own data (issue 21): [`Session::take_ev`] takes what the EV reported through its
+//! charge point ([`EvReport`]): a reported SoC replaces the estimate (which metered energy
+//! then carries on), the departure is kept on the wall clock (`depart_unix_s`) and put on the
+//! node's clock each time, the minimum SoC is the higher of the contract's and the EV's V2X
+//! minimum and never falls during a session. [`Sources`] says where each value came from.
 
 use std::fmt;
 

@@ -28,6 +28,14 @@
 //!   `invalidAfterOfflineDuration`): a charger cut off from the CSMS stops discharging on its
 //!   own and falls back to its offline limit (charge only).
 //! - Every CALL is bounded by [`OCPP_CALL_TIMEOUT`]; nothing waits on a charge point longer.
+//! - Who may charge (issue 21): with `[authorization]` the list decides, at any charger
+//!   ([`crate::authorization`]); a token's session is keyed by the token's value and starts
+//!   from its contract, one per token (`ConcurrentTx` at a second charger); a token refused
+//!   mid-session ends its session. Without it, a `[[vehicles]]` id token is accepted only at
+//!   its own charger (the simulated demo and benchmarks).
+//! - What the EV says (NotifyEVChargingNeeds, the `SoC` measurand) is kept per line until the
+//!   transaction ends or the connector is Available; the charger's session takes it every
+//!   cycle ([`crate::session::Session::take_ev`]).
 //!
 //! # Read-back
 //! OCPP has no synchronous "which profile is in force" request (GetChargingProfiles answers
