@@ -447,6 +447,7 @@ mod tests {
             let report = EvReport {
                 soc: Some((soc, 1_000_000.0)),
                 needs: reported.then_some(needs),
+                terms: None,
             };
             s.take_ev(&report, 0.0, 1_000_000.0);
             s

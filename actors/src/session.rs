@@ -322,6 +322,10 @@ pub struct EvReport {
     pub soc: Option<(f64, f64)>,
     /// Its newest NotifyEVChargingNeeds.
     pub needs: Option<EvNeeds>,
+    /// The token's contract as the list has it now: (V2G allowed, minimum SoC %). A change
+    /// only tightens a running session (no discharge once V2G is withdrawn, a higher
+    /// minimum); nothing here loosens it.
+    pub terms: Option<(bool, f64)>,
 }
 
 /// NotifyEVChargingNeeds in the session's units (energies kWh, powers kW, times Unix s).
@@ -469,6 +473,16 @@ impl Session {
         }
         if let Some((soc, at)) = report.soc {
             self.take_soc(soc, at);
+        }
+        if let Some((v2g, min)) = report.terms {
+            if !v2g && self.discharge_allowed {
+                self.discharge_allowed = false;
+                self.sources.discharge = Source::of(SourceKind::Contract);
+            }
+            if min.is_finite() && min > self.min_soc_pct && min <= FULL_SOC_PCT {
+                self.min_soc_pct = min;
+                self.sources.min_soc = Source::of(SourceKind::Contract);
+            }
         }
         if let Some(d) = self.depart_unix_s.filter(|d| d.is_finite()) {
             let s = now_s + (d - now_unix_s);
@@ -749,7 +763,11 @@ mod tests {
     #[test]
     fn reported_soc_corrects_the_integrated_estimate_and_the_floor_only_rises() {
         let mut s = contract_session();
-        let report = |soc: Option<(f64, f64)>, needs: Option<EvNeeds>| EvReport { soc, needs };
+        let report = |soc: Option<(f64, f64)>, needs: Option<EvNeeds>| EvReport {
+            soc,
+            needs,
+            terms: None,
+        };
         // The EV says 50 % at t=1,000,010; then 5 kWh (10 % of 50 kWh) are metered.
         assert!(s.take_ev(&report(Some((50.0, 1_000_010.0)), None), 110.0, 1_000_010.0));
         assert_eq!(
@@ -782,6 +800,17 @@ mod tests {
         let mut restarted = s.clone();
         assert!(restarted.take_ev(&EvReport::default(), 5.0, 1_000_100.0));
         assert_eq!(restarted.depart_s, 5.0 + 3_540.0);
+        // The contract tightened through the API: a higher minimum, then no V2G.
+        let terms = |t| EvReport {
+            terms: Some(t),
+            ..EvReport::default()
+        };
+        let mut tightened = s.clone();
+        assert!(tightened.take_ev(&terms((true, 55.0)), 150.0, 1_000_050.0));
+        assert_eq!(tightened.min_soc_pct, 55.0);
+        assert!(!tightened.take_ev(&terms((true, 10.0)), 150.0, 1_000_050.0));
+        assert!(tightened.take_ev(&terms((false, 10.0)), 150.0, 1_000_050.0));
+        assert_eq!(tightened.discharge_limit_kw(60.0), 0.0);
         // A later report with a lower V2X minimum does not lower the floor.
         let lower = EvNeeds {
             at_unix_s: 1_000_050.0,

@@ -375,6 +375,13 @@ async fn refused_unknown_and_revoked_tokens() {
     let list = t.node.authorization().expect("the list");
     let id = TokenId::new("ISO14443", FLEET).unwrap();
     assert!(list.delete(&id).unwrap());
+    // At once (within a cycle): no more discharge, before the station says anything.
+    wait(&t.node, "no discharge for the revoked token", || {
+        t.node
+            .session(FLEET)
+            .is_some_and(|s| !s.status.session.discharge_allowed)
+    })
+    .await;
     assert_eq!(ev.transaction("Updated", 1, "tx-f", FLEET).await, "Unknown");
     wait(&t.node, "the revoked token's session ended", || {
         t.node.session(FLEET).is_none()

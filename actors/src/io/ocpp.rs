@@ -118,6 +118,9 @@ struct LineState {
     /// What the EV of the current transaction reported (its needs, its SoC); cleared when
     /// the transaction ends or the connector is Available.
     ev: EvReport,
+    /// The listed token of the running session (with `[authorization]`): its contract is
+    /// looked up again every cycle, so a change through the API reaches the session.
+    token: Option<TokenId>,
     /// (profile id, schedule id) → key, most recent last.
     written: VecDeque<(i32, i32, SetpointKey)>,
 }
@@ -424,6 +427,7 @@ impl OcppHub {
                     s.reported.occupied = occupied;
                     if r.connector_status == ConnectorStatus::Available {
                         s.ev = EvReport::default();
+                        s.token = None;
                     }
                     // Available: nobody is plugged in, whatever we believed (a vehicle that
                     // left while the CSMS was down, a transaction end we never heard).
@@ -525,7 +529,10 @@ impl OcppHub {
         let running = {
             let mut s = lock(&line.state);
             match s.reported.vehicle.as_deref() {
-                Some(v) if v == token => s.reported.vehicle.take(),
+                Some(v) if v == token => {
+                    s.token = None;
+                    s.reported.vehicle.take()
+                }
                 _ => None,
             }
         };
@@ -610,12 +617,24 @@ impl OcppHub {
                     let mut s = lock(&line.state);
                     s.reported.occupied = true;
                     s.reported.transaction = Some(r.transaction_info.transaction_id.clone());
+                    let listed = r
+                        .id_token
+                        .as_ref()
+                        .filter(|_| self.authorization.is_some())
+                        .and_then(|t| TokenId::new(&t.kind, &t.id_token).ok());
                     match vehicle {
                         Some(v) if s.reported.vehicle.as_deref() != Some(v.as_str()) => {
                             s.reported.vehicle = Some(v.clone());
+                            s.token = listed;
                             Some(v)
                         }
-                        _ => None,
+                        // The running session's token (after a node restart the line learns
+                        // it from the station's next Updated).
+                        Some(_) => {
+                            s.token = s.token.take().or(listed);
+                            None
+                        }
+                        None => None,
                     }
                 };
                 if let Some(v) = start {
@@ -626,6 +645,7 @@ impl OcppHub {
                 let vehicle = {
                     let mut s = lock(&line.state);
                     s.ev = EvReport::default();
+                    s.token = None;
                     s.reported.transaction = None;
                     s.reported.occupied = false;
                     s.reported.vehicle.take()
@@ -678,10 +698,22 @@ impl OcppHub {
     }
 
     /// What the EV at charger `cp` reported (its session takes it every cycle).
+    /// With `[authorization]`, it carries the token's contract terms as the list has them
+    /// now: a token revoked or changed through the API stops discharging within a cycle
+    /// (its session ends at the station's next Authorize or TransactionEvent).
     pub fn ev_report(&self, cp: &str) -> Option<EvReport> {
         let line = self.lines.get(cp)?;
-        let s = lock(&line.state);
-        (s.ev != EvReport::default()).then(|| s.ev.clone())
+        let (mut report, token) = {
+            let s = lock(&line.state);
+            (s.ev.clone(), s.token.clone())
+        };
+        if let (Some(list), Some(token)) = (&self.authorization, token) {
+            report.terms = Some(match list.decide(&token) {
+                Decision::Accepted { contract, .. } => (contract.v2g, contract.min_soc_pct),
+                Decision::Blocked | Decision::Unknown => (false, 0.0),
+            });
+        }
+        (report != EvReport::default()).then_some(report)
     }
 
     /// NotifyEVChargingNeeds: kept for the charger's session. Accepted: the CSMS's charging
