@@ -13,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use gridvisor_actors::authorization::{AuthStore, Contract, StoreError, TokenId};
 use gridvisor_actors::runtime::{Format, GridRequest, KillError, Node, RequestError, ResetError};
 use serde::Serialize;
 use tracing::Instrument;
@@ -170,6 +171,124 @@ async fn session(State(node): State<Arc<Node>>, Path(vehicle): Path<String>) -> 
     }
 }
 
+// --- The authorization list (issue 21): operator reads, admin changes (src/api_auth). ---
+
+/// The list, or the 404 that says the site has none.
+fn auth_list(node: &Node) -> Result<Arc<AuthStore>, Box<Response>> {
+    node.authorization().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            "no_authorization_list",
+            "this site has no [authorization] table: its vehicles are configured in [[vehicles]]",
+        ))
+    })
+}
+
+/// The list and the token of a `/api/v1/tokens/{type}/{value}` path, or the answer.
+fn list_and_token(
+    node: &Node,
+    kind: &str,
+    value: &str,
+) -> Result<(Arc<AuthStore>, TokenId), Box<Response>> {
+    let list = auth_list(node)?;
+    let id = TokenId::new(kind, value)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_token", e)))?;
+    Ok((list, id))
+}
+
+#[derive(Serialize)]
+struct TokenEntry {
+    #[serde(flatten)]
+    id: TokenId,
+    contract: Contract,
+}
+
+/// `GET /api/v1/tokens`: every entry, in token order.
+async fn tokens(State(node): State<Arc<Node>>) -> Response {
+    let list = match auth_list(&node) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let entries: Vec<TokenEntry> = list
+        .list()
+        .into_iter()
+        .map(|(id, contract)| TokenEntry { id, contract })
+        .collect();
+    Json(entries).into_response()
+}
+
+/// `GET /api/v1/tokens/{type}/{value}`.
+async fn token(
+    State(node): State<Arc<Node>>,
+    Path((kind, value)): Path<(String, String)>,
+) -> Response {
+    let (list, id) = match list_and_token(&node, &kind, &value) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    match list.get(&id) {
+        Some(contract) => Json(TokenEntry { id, contract }).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such token"),
+    }
+}
+
+/// `PUT /api/v1/tokens/{type}/{value}`: add or replace (201 added, 200 replaced). Takes
+/// effect at the token's next Authorize or TransactionEvent.
+async fn put_token(
+    State(node): State<Arc<Node>>,
+    Path((kind, value)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let (list, id) = match list_and_token(&node, &kind, &value) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let contract: Contract = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
+    };
+    match tokio::task::spawn_blocking(move || list.put(id, contract)).await {
+        Ok(Ok(replaced)) => {
+            let status = if replaced {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (status, Json(serde_json::json!({ "replaced": replaced }))).into_response()
+        }
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+/// `DELETE /api/v1/tokens/{type}/{value}`: 204, or 404 if it was not listed. The token is
+/// unknown from its next Authorize or TransactionEvent on (refused, and its session ends).
+async fn delete_token(
+    State(node): State<Arc<Node>>,
+    Path((kind, value)): Path<(String, String)>,
+) -> Response {
+    let (list, id) = match list_and_token(&node, &kind, &value) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    match tokio::task::spawn_blocking(move || list.delete(&id)).await {
+        Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(false)) => error(StatusCode::NOT_FOUND, "not_found", "no such token"),
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+fn store_error(e: &StoreError) -> Response {
+    match e {
+        StoreError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid", m.clone()),
+        StoreError::Full => error(StatusCode::INSUFFICIENT_STORAGE, "full", e.to_string()),
+        StoreError::Io { .. } => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+// --- end of the authorization list ---
+
 async fn events(State(node): State<Arc<Node>>) -> Response {
     Json(node.events()).into_response()
 }
@@ -191,6 +310,11 @@ pub fn grid_api(node: Arc<Node>) -> Router {
         .route("/api/v1/segments/{id}", get(segment))
         .route("/api/v1/segments/{id}/reset", post(reset))
         .route("/api/v1/sessions/{vehicle}", get(session))
+        .route("/api/v1/tokens", get(tokens))
+        .route(
+            "/api/v1/tokens/{kind}/{value}",
+            get(token).put(put_token).delete(delete_token),
+        )
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.yaml", get(openapi))
         .fallback(not_found)

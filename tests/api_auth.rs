@@ -615,7 +615,7 @@ fn documented_operations() -> Vec<(String, String, Option<String>)> {
         } else if let Some(m) = line
             .strip_prefix("    ")
             .and_then(|m| m.strip_suffix(':'))
-            .filter(|m| ["get", "post"].contains(m))
+            .filter(|m| ["get", "post", "put", "delete"].contains(m))
         {
             ops.push((path.clone().unwrap(), m.to_uppercase(), None));
         } else if let Some(role) = line.strip_prefix("      x-gridvisor-role: ") {
@@ -644,9 +644,13 @@ fn the_openapi_document_names_each_operations_role_as_the_node_enforces_it() {
     );
     let tls = client(&pki, None);
     let ops = documented_operations();
-    assert_eq!(ops.len(), 9, "{ops:?}");
+    assert_eq!(ops.len(), 13, "{ops:?}");
     for (path, method, role) in ops {
-        let path = path.replace("{id}", "tx").replace("{vehicle}", "ev-none");
+        let path = path
+            .replace("{id}", "tx")
+            .replace("{vehicle}", "ev-none")
+            .replace("{type}", "ISO14443")
+            .replace("{value}", "none");
         let body = if path.ends_with("dispatch") {
             DISPATCH
         } else {

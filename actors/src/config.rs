@@ -201,7 +201,26 @@ pub struct Topology {
     /// Who may call the grid and admin APIs (`[api]`); the default: no TLS, no credentials,
     /// actor kill off.
     pub api: Api,
+    /// The id tokens that may charge (`[authorization]`); None: the `[[vehicles]]` binding
+    /// (each vehicle's token at its own charger only: the simulated demo and benchmarks).
+    pub authorization: Option<Authorization>,
 }
+
+/// `[authorization]`: the site's authorization list (`crate::authorization`). Paths are
+/// relative to the topology file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Authorization {
+    /// The list's redb file (`store`, default [`DEFAULT_AUTHORIZATION_STORE`]).
+    pub store: std::path::PathBuf,
+    /// A TOML file of `[[tokens]]` read when the store is new (`seed`), if any.
+    pub seed: Option<std::path::PathBuf>,
+    /// What happens to a token not on the list (`unknown = "refuse" | "charge_only"`,
+    /// default refuse).
+    pub unknown: crate::authorization::UnknownTokens,
+}
+
+/// `[authorization] store` when none is given.
+pub const DEFAULT_AUTHORIZATION_STORE: &str = "tokens.redb";
 
 /// `[api]`: TLS and credentials of the grid and admin APIs, and whether the admin API may
 /// kill actors. Authentication is configured when `[api.tls]` is (with `tokens`,
@@ -906,8 +925,14 @@ pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
         }
     };
     let mut topology = parse(&file, &text)?;
-    // `[ocpp] passwords` is relative to the topology file (it sits next to it).
-    if let Some(p) = topology.ocpp.as_mut().and_then(|o| o.passwords.as_mut()) {
+    // `[ocpp] passwords` is relative to the topology file (it sits next to it), and so are
+    // the authorization list's files.
+    let auth = topology.authorization.as_mut();
+    let auth_paths = auth
+        .into_iter()
+        .flat_map(|a| [Some(&mut a.store), a.seed.as_mut()]);
+    let ocpp_paths = topology.ocpp.as_mut().and_then(|o| o.passwords.as_mut());
+    for p in auth_paths.flatten().chain(ocpp_paths) {
         if p.is_relative() {
             *p = path.parent().unwrap_or(Path::new("")).join(&*p);
         }
@@ -1004,6 +1029,7 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
         mqtt: None,
         metrics: Metrics::default(),
         api: Api::default(),
+        authorization: None,
     }
 }
 
@@ -1206,7 +1232,9 @@ const ROOT_KEYS: &[&str] = &[
     "mqtt",
     "metrics",
     "api",
+    "authorization",
 ];
+const AUTHORIZATION_KEYS: &[&str] = &["store", "seed", "unknown"];
 const METRICS_KEYS: &[&str] = &["sessions"];
 const API_KEYS: &[&str] = &["tls", "tokens", "actor_kill"];
 const API_TLS_KEYS: &[&str] = &["cert", "key", "client_ca"];
@@ -1546,6 +1574,7 @@ impl Reader {
         let mqtt = self.mqtt(&root, &site.id);
         let metrics = self.metrics(&root);
         let api = self.api(&root);
+        let authorization = self.authorization(&root);
         Topology {
             site,
             substations,
@@ -1555,7 +1584,39 @@ impl Reader {
             mqtt,
             metrics,
             api,
+            authorization,
         }
+    }
+
+    /// The optional `[authorization]` table.
+    fn authorization(&mut self, root: &Tbl<'_, '_>) -> Option<Authorization> {
+        use crate::authorization::UnknownTokens;
+        let t = self.child(root, "authorization", AUTHORIZATION_KEYS);
+        t.table?;
+        if self.lookup(root, "ocpp").1.is_none() {
+            let message = "the authorization list needs [ocpp] (tokens come from charge points)";
+            self.problem(&t.path, t.at, message.into());
+        }
+        let store = self
+            .optional_string(&t, "store")
+            .unwrap_or_else(|| DEFAULT_AUTHORIZATION_STORE.to_owned());
+        let seed = self.optional_string(&t, "seed");
+        let unknown = match self.optional_string(&t, "unknown").as_deref() {
+            None | Some("refuse") => UnknownTokens::Refuse,
+            Some("charge_only") => UnknownTokens::ChargeOnly,
+            Some(other) => {
+                if let (path, Some(node)) = self.lookup(&t, "unknown") {
+                    let message = format!("{other:?} is not one of \"refuse\", \"charge_only\"");
+                    self.problem(&path, node.span().start, message);
+                }
+                UnknownTokens::Refuse
+            }
+        };
+        Some(Authorization {
+            store: store.into(),
+            seed: seed.map(Into::into),
+            unknown,
+        })
     }
 
     /// `[safety] nominal_hz`: absent, or 50 or 60.
@@ -3107,6 +3168,37 @@ max_kw = 11
         let tls = parse("t.toml", &text).unwrap().mqtt.unwrap().tls.unwrap();
         assert_eq!(tls.server_name, "10.0.0.5");
         assert_eq!((tls.cert, tls.key), (None, None));
+    }
+
+    #[test]
+    fn the_authorization_list_parses_and_its_errors_are_named() {
+        use crate::authorization::UnknownTokens;
+        assert_eq!(parse("t.toml", MINIMAL).expect("valid").authorization, None);
+        let ocpp = "[ocpp]\nlisten = \"127.0.0.1:9000\"\npasswords = \"s.cred\"\n";
+        let text = format!("{MINIMAL}\n{ocpp}[authorization]\n");
+        let a = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let a = a.authorization.expect("[authorization]");
+        assert_eq!(
+            a.store,
+            std::path::PathBuf::from(DEFAULT_AUTHORIZATION_STORE)
+        );
+        assert_eq!((a.seed, a.unknown), (None, UnknownTokens::Refuse));
+        let text = format!(
+            "{MINIMAL}\n{ocpp}[authorization]\nstore = \"/var/lib/t.redb\"\n\
+             seed = \"tokens.toml\"\nunknown = \"charge_only\"\n"
+        );
+        let t = parse("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let a = t.authorization.clone().expect("[authorization]");
+        assert_eq!(a.unknown, UnknownTokens::ChargeOnly);
+        assert_eq!(a.seed, Some("tokens.toml".into()));
+        let back = toml::to_string(&t).expect("serializes");
+        assert_eq!(parse("round-trip.toml", &back), Ok(t));
+        let text = format!("{MINIMAL}\n{ocpp}[authorization]\nunknown = \"welcome\"\n");
+        one_error(&text, "authorization.unknown", "welcome", "not one of");
+        let text = format!("{MINIMAL}\n{ocpp}[authorization]\nseeds = \"x\"\n");
+        one_error(&text, "authorization.seeds", "seeds", "unknown key");
+        let text = format!("{MINIMAL}\n[authorization]\n");
+        one_error(&text, "authorization", "[authorization]", "needs [ocpp]");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! inverters, dispatchers, chargers, vehicle sessions) that run them.
 #![deny(missing_docs)]
 
+pub mod authorization;
 pub mod checkpoint;
 pub mod clock;
 pub mod clock_source;

@@ -26,6 +26,12 @@
 //!   for `h` seconds never takes it above 100 %. (Both limits keep [`ENERGY_GUARD_KWH`] in
 //!   reserve so that floating-point rounding cannot cross the line.)
 //! * Inputs that are not finite numbers are refused with an error and change nothing.
+//!
+//! The EV's own data (issue 21): [`Session::take_ev`] takes what the EV reported through its
+//! charge point ([`EvReport`]): a reported SoC replaces the estimate (which metered energy
+//! then carries on), the departure is kept on the wall clock (`depart_unix_s`) and put on the
+//! node's clock each time, the minimum SoC is the higher of the contract's and the EV's V2X
+//! minimum and never falls during a session. [`Sources`] says where each value came from.
 
 use std::fmt;
 
@@ -216,6 +222,152 @@ pub struct Session {
     pub depart_s: f64,
     /// Net energy delivered into the vehicle so far, kWh (negative after net discharge).
     pub energy_kwh: f64,
+    // Fields below were added with issue 21; `default` keeps older checkpoints readable
+    // (rmp-serde writes structs as arrays: a shorter array takes the defaults).
+    /// Whether the vehicle may be discharged (its contract's `v2g`; configured vehicles:
+    /// true). When false [`Session::discharge_limit_kw`] is 0.
+    #[serde(default = "yes")]
+    pub discharge_allowed: bool,
+    /// The charger it is plugged into (token sessions; empty for older checkpoints).
+    #[serde(default)]
+    pub charger: String,
+    /// When it leaves, wall clock (s since the Unix epoch), when known: a node restart
+    /// converts it to the new run's clock, so the departure does not move.
+    #[serde(default)]
+    pub depart_unix_s: Option<f64>,
+    /// The contract's name (driver or fleet) and priority class, for token sessions.
+    #[serde(default)]
+    pub contract: Option<(String, u8)>,
+    /// The EV's own charge power limit, kW (from NotifyEVChargingNeeds), if it gave one.
+    #[serde(default)]
+    pub ev_max_charge_kw: Option<f64>,
+    /// The EV's own discharge power limit, kW, if it gave one.
+    #[serde(default)]
+    pub ev_max_discharge_kw: Option<f64>,
+    /// The energy the EV requested (to its target), kWh, when it said.
+    #[serde(default)]
+    pub requested_kwh: Option<f64>,
+    /// When the newest NotifyEVChargingNeeds taken was received (wall clock, Unix s).
+    #[serde(default)]
+    pub needs_at_unix_s: Option<f64>,
+    /// Where each value came from (the session API shows it).
+    #[serde(default)]
+    pub sources: Sources,
+}
+
+/// Who said a session's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The EV, through its charge point (NotifyEVChargingNeeds, MeterValues' `SoC`).
+    Reported,
+    /// The token's contract (the authorization list).
+    Contract,
+    /// The topology's `[[vehicles]]` (the simulated demo, benchmarks).
+    Config,
+    /// Nobody: a safe assumption (`crate::authorization`'s `ASSUMED_*`, or the minimum SoC
+    /// as the state of charge, which leaves nothing to discharge).
+    #[default]
+    Assumed,
+}
+
+/// A value's source and, when reported, when (wall clock, Unix s).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Source {
+    /// Who said it.
+    pub kind: SourceKind,
+    /// When the EV reported it.
+    pub at_unix_s: Option<f64>,
+}
+
+impl Source {
+    fn of(kind: SourceKind) -> Source {
+        Source {
+            kind,
+            at_unix_s: None,
+        }
+    }
+
+    fn reported(at: f64) -> Source {
+        Source {
+            kind: SourceKind::Reported,
+            at_unix_s: Some(at),
+        }
+    }
+}
+
+/// The source of each value of a session that dispatch uses.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Sources {
+    /// `soc_pct` (a reported one is then carried on by metered energy).
+    pub soc: Source,
+    /// `capacity_kwh`.
+    pub capacity: Source,
+    /// `min_soc_pct`.
+    pub min_soc: Source,
+    /// `target_soc_pct`.
+    pub target_soc: Source,
+    /// `depart_s` / `depart_unix_s`.
+    pub departure: Source,
+    /// `max_kw` and the EV's own limits.
+    pub max_power: Source,
+    /// `discharge_allowed`.
+    pub discharge: Source,
+}
+
+/// What the EV reported through its charge point (the CSMS keeps the newest per charger).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvReport {
+    /// The `SoC` measurand of its newest meter values: (%, received at, Unix s).
+    pub soc: Option<(f64, f64)>,
+    /// Its newest NotifyEVChargingNeeds.
+    pub needs: Option<EvNeeds>,
+    /// The token's contract as the list has it now: (V2G allowed, minimum SoC %). A change
+    /// only tightens a running session (no discharge once V2G is withdrawn, a higher
+    /// minimum); nothing here loosens it.
+    pub terms: Option<(bool, f64)>,
+}
+
+/// NotifyEVChargingNeeds in the session's units (energies kWh, powers kW, times Unix s).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvNeeds {
+    /// When the CSMS received it.
+    pub at_unix_s: f64,
+    /// `departureTime`.
+    pub departure_unix_s: Option<f64>,
+    /// `evEnergyCapacity`.
+    pub capacity_kwh: Option<f64>,
+    /// `stateOfCharge` (DC parameters).
+    pub soc_pct: Option<f64>,
+    /// `targetSoC` (V2X parameters).
+    pub target_soc_pct: Option<f64>,
+    /// Energy to the target: `evTargetEnergyRequest`, else `energyAmount`.
+    pub requested_kwh: Option<f64>,
+    /// `maxChargePower` (V2X), else `evMaxPower` (DC).
+    pub max_charge_kw: Option<f64>,
+    /// `maxDischargePower` (V2X).
+    pub max_discharge_kw: Option<f64>,
+    /// `evMinV2XEnergyRequest`: energy to the lowest state of charge the EV allows V2X
+    /// down to (negative: it is above it by that much).
+    pub min_v2x_kwh: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn contract_or_assumed(given: bool) -> SourceKind {
+    if given {
+        SourceKind::Contract
+    } else {
+        SourceKind::Assumed
+    }
+}
+
+/// `a` capped by `b` when given; anything not a finite non-negative number counts as 0.
+fn finite_min(a: f64, b: Option<f64>) -> f64 {
+    let ok = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
+    b.map_or(ok(a), |b| ok(a).min(ok(b)))
 }
 
 impl Session {
@@ -231,6 +383,197 @@ impl Session {
             max_kw: vehicle.max_kw,
             depart_s: vehicle.depart_s,
             energy_kwh: 0.0,
+            discharge_allowed: true,
+            charger: vehicle.charger.clone(),
+            depart_unix_s: None,
+            contract: None,
+            ev_max_charge_kw: None,
+            ev_max_discharge_kw: None,
+            requested_kwh: None,
+            needs_at_unix_s: None,
+            sources: Sources {
+                soc: Source::of(SourceKind::Config),
+                capacity: Source::of(SourceKind::Config),
+                min_soc: Source::of(SourceKind::Config),
+                target_soc: Source::of(SourceKind::Config),
+                departure: Source::of(SourceKind::Config),
+                max_power: Source::of(SourceKind::Config),
+                discharge: Source::of(SourceKind::Config),
+            },
+        }
+    }
+
+    /// A new session for `token` at `charger` from its contract, arriving now (`now_s` on
+    /// the node's clock, `now_wall` on the wall clock). Until the EV reports, its state of
+    /// charge is assumed to be the contract's minimum (nothing to discharge, which is
+    /// safe), its capacity the contract's or [`crate::authorization::ASSUMED_CAPACITY_KWH`],
+    /// its power limit the charger's.
+    pub fn from_contract(
+        token: &str,
+        charger: &str,
+        contract: &crate::authorization::Contract,
+        charger_max_kw: f64,
+        now_s: f64,
+        now_wall: std::time::SystemTime,
+    ) -> Session {
+        let (depart, depart_given) = contract.departure(now_wall);
+        let stay = depart
+            .duration_since(now_wall)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let unix = depart
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        Session {
+            vehicle: token.to_owned(),
+            state: SessionState::Plugged,
+            capacity_kwh: contract
+                .capacity_kwh
+                .unwrap_or(crate::authorization::ASSUMED_CAPACITY_KWH),
+            soc_pct: contract.min_soc_pct,
+            min_soc_pct: contract.min_soc_pct,
+            target_soc_pct: contract.target_soc_pct,
+            max_kw: charger_max_kw,
+            depart_s: now_s + stay,
+            energy_kwh: 0.0,
+            discharge_allowed: contract.v2g,
+            charger: charger.to_owned(),
+            depart_unix_s: Some(unix),
+            contract: Some((contract.name.clone(), contract.priority)),
+            ev_max_charge_kw: None,
+            ev_max_discharge_kw: None,
+            requested_kwh: None,
+            needs_at_unix_s: None,
+            sources: Sources {
+                soc: Source::of(SourceKind::Assumed),
+                capacity: Source::of(contract_or_assumed(contract.capacity_kwh.is_some())),
+                min_soc: Source::of(SourceKind::Contract),
+                target_soc: Source::of(SourceKind::Contract),
+                departure: Source::of(contract_or_assumed(depart_given)),
+                max_power: Source::of(SourceKind::Config),
+                discharge: Source::of(SourceKind::Contract),
+            },
+        }
+    }
+
+    /// Take what the EV reported (newer than what the session has) and put the departure
+    /// on the node's clock now (`now_s` on the node's clock is `now_unix_s` on the wall
+    /// clock), so that a departure kept as a wall-clock time never moves with a restart.
+    /// Returns whether anything changed.
+    ///
+    /// The minimum state of charge only rises: it is the higher of the contract's and the
+    /// one the EV's `evMinV2XEnergyRequest` implies with its capacity.
+    pub fn take_ev(&mut self, report: &EvReport, now_s: f64, now_unix_s: f64) -> bool {
+        let before = self.clone();
+        if let Some(n) = &report.needs {
+            if self.needs_at_unix_s.is_none_or(|t| n.at_unix_s > t) {
+                self.take_needs(n);
+            }
+        }
+        if let Some((soc, at)) = report.soc {
+            self.take_soc(soc, at);
+        }
+        if let Some((v2g, min)) = report.terms {
+            if !v2g && self.discharge_allowed {
+                self.discharge_allowed = false;
+                self.sources.discharge = Source::of(SourceKind::Contract);
+            }
+            if min.is_finite() && min > self.min_soc_pct && min <= FULL_SOC_PCT {
+                self.min_soc_pct = min;
+                self.sources.min_soc = Source::of(SourceKind::Contract);
+            }
+        }
+        if let Some(d) = self.depart_unix_s.filter(|d| d.is_finite()) {
+            let s = now_s + (d - now_unix_s);
+            if s.is_finite() {
+                self.depart_s = s;
+            }
+        }
+        *self != before
+    }
+
+    /// A reported state of charge newer than the one the session has.
+    fn take_soc(&mut self, soc: f64, at: f64) {
+        let newer = self.sources.soc.at_unix_s.is_none_or(|t| at > t);
+        if newer && soc.is_finite() && (0.0..=FULL_SOC_PCT).contains(&soc) {
+            self.soc_pct = soc;
+            self.sources.soc = Source::reported(at);
+        }
+    }
+
+    fn take_needs(&mut self, n: &EvNeeds) {
+        let at = n.at_unix_s;
+        self.needs_at_unix_s = Some(at);
+        if let Some(c) = n.capacity_kwh.filter(|c| c.is_finite() && *c > 0.0) {
+            self.capacity_kwh = c;
+            self.sources.capacity = Source::reported(at);
+        }
+        if let Some(soc) = n.soc_pct {
+            self.take_soc(soc, at);
+        }
+        if let Some(d) = n.departure_unix_s.filter(|d| d.is_finite()) {
+            self.depart_unix_s = Some(d);
+            self.sources.departure = Source::reported(at);
+        }
+        let kw = |x: Option<f64>| x.filter(|x| x.is_finite() && *x >= 0.0);
+        if let Some(c) = kw(n.max_charge_kw) {
+            self.ev_max_charge_kw = Some(c);
+            self.sources.max_power = Source::reported(at);
+        }
+        if let Some(d) = kw(n.max_discharge_kw) {
+            self.ev_max_discharge_kw = Some(d);
+            self.sources.max_power = Source::reported(at);
+        }
+        let to_pct = |kwh: f64| kwh / self.capacity_kwh * FULL_SOC_PCT;
+        if let Some(e) = n.min_v2x_kwh.filter(|e| e.is_finite()) {
+            let floor = (self.soc_pct + to_pct(e)).clamp(0.0, FULL_SOC_PCT);
+            if floor > self.min_soc_pct {
+                self.min_soc_pct = floor;
+                self.sources.min_soc = Source::reported(at);
+            }
+        }
+        let target = n.target_soc_pct.or_else(|| {
+            n.requested_kwh
+                .filter(|e| e.is_finite())
+                .map(|e| self.soc_pct + to_pct(e))
+        });
+        if let Some(t) = target.filter(|t| t.is_finite()) {
+            self.target_soc_pct = t.clamp(self.min_soc_pct, FULL_SOC_PCT);
+            self.sources.target_soc = Source::reported(at);
+        }
+        if let Some(e) = n.requested_kwh.filter(|e| e.is_finite()) {
+            self.requested_kwh = Some(e);
+        }
+    }
+
+    /// The state of charge below which the target can no longer be reached by departure
+    /// at the most the vehicle can charge, % (`now_s` on the node's clock): discharging
+    /// below it would break the promise to the driver. 0 when the departure has passed or
+    /// is unknown, and for a configured vehicle (`[[vehicles]]`: the demo and benchmarks
+    /// keep their behaviour).
+    pub fn departure_floor_pct(&self, now_s: f64) -> f64 {
+        let hours = (self.depart_s - now_s) / SECONDS_PER_HOUR;
+        let kw = self.max_charge_kw();
+        let configured = self.sources.departure.kind == SourceKind::Config;
+        if configured || !(hours.is_finite() && hours > 0.0 && self.capacity_kwh > 0.0) {
+            return 0.0;
+        }
+        let reachable = kw * hours / self.capacity_kwh * FULL_SOC_PCT;
+        (self.target_soc_pct - reachable).clamp(0.0, FULL_SOC_PCT)
+    }
+
+    /// The most the vehicle charges at, kW: its own limit and the EV's reported one.
+    pub fn max_charge_kw(&self) -> f64 {
+        finite_min(self.max_kw, self.ev_max_charge_kw)
+    }
+
+    /// The most the vehicle discharges at, kW (0 without V2G).
+    pub fn max_discharge_kw(&self) -> f64 {
+        if self.discharge_allowed {
+            finite_min(self.max_kw, self.ev_max_discharge_kw)
+        } else {
+            0.0
         }
     }
 
@@ -301,26 +644,25 @@ impl Session {
     /// seconds: it must not go below its minimum state of charge, nor above its own limit.
     /// 0 when the session may not take power, or `horizon_s` is not a positive finite number.
     pub fn discharge_limit_kw(&self, horizon_s: f64) -> f64 {
-        self.power_limit(self.energy_above_min_kwh(), horizon_s)
+        self.power_limit(
+            self.energy_above_min_kwh(),
+            self.max_discharge_kw(),
+            horizon_s,
+        )
     }
 
     /// The most the vehicle may charge, kW (>= 0), if that power is held for `horizon_s`
     /// seconds: it must not go above 100 %, nor above its own limit. 0 when the session may
     /// not take power, or `horizon_s` is not a positive finite number.
     pub fn charge_limit_kw(&self, horizon_s: f64) -> f64 {
-        self.power_limit(self.energy_to_full_kwh(), horizon_s)
+        self.power_limit(self.energy_to_full_kwh(), self.max_charge_kw(), horizon_s)
     }
 
-    fn power_limit(&self, energy_kwh: f64, horizon_s: f64) -> f64 {
+    fn power_limit(&self, energy_kwh: f64, max_kw: f64, horizon_s: f64) -> f64 {
         let horizon_ok = horizon_s.is_finite() && horizon_s > 0.0;
         if !(self.state.may_flow() && horizon_ok) {
             return 0.0;
         }
-        let max_kw = if self.max_kw.is_finite() {
-            self.max_kw.max(0.0)
-        } else {
-            0.0
-        };
         let usable = (energy_kwh - ENERGY_GUARD_KWH).max(0.0);
         let by_energy = usable * SECONDS_PER_HOUR / horizon_s;
         if by_energy.is_finite() {
@@ -373,6 +715,152 @@ mod tests {
             (50.0, 60.0, 20.0, 80.0)
         );
         assert_eq!((s.max_kw, s.depart_s, s.energy_kwh), (11.0, 3_600.0, 0.0));
+    }
+
+    fn contract_session() -> Session {
+        let contract = crate::authorization::Contract {
+            name: "fleet-a".into(),
+            min_soc_pct: 30.0,
+            v2g: true,
+            priority: 1,
+            depart_at: None,
+            stay_s: Some(7_200),
+            target_soc_pct: 80.0,
+            capacity_kwh: Some(50.0),
+            blocked: false,
+        };
+        let wall = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let mut s = Session::from_contract("TOKEN", "cp-9", &contract, 22.0, 100.0, wall);
+        s.apply(SessionEvent::Authorize).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_contract_session_assumes_the_minimum_until_the_ev_reports() {
+        let s = contract_session();
+        assert_eq!(
+            (s.soc_pct, s.min_soc_pct, s.capacity_kwh),
+            (30.0, 30.0, 50.0)
+        );
+        assert_eq!(s.depart_s, 7_300.0);
+        assert_eq!(s.depart_unix_s, Some(1_007_200.0));
+        assert_eq!(s.sources.soc.kind, SourceKind::Assumed);
+        assert_eq!(s.sources.departure.kind, SourceKind::Contract);
+        assert_eq!(
+            s.discharge_limit_kw(60.0),
+            0.0,
+            "nothing above the assumed SoC"
+        );
+        let no_v2g = Session {
+            discharge_allowed: false,
+            soc_pct: 90.0,
+            ..contract_session()
+        };
+        assert_eq!(no_v2g.discharge_limit_kw(60.0), 0.0);
+        assert!(no_v2g.charge_limit_kw(60.0) > 0.0);
+    }
+
+    #[test]
+    fn reported_soc_corrects_the_integrated_estimate_and_the_floor_only_rises() {
+        let mut s = contract_session();
+        let report = |soc: Option<(f64, f64)>, needs: Option<EvNeeds>| EvReport {
+            soc,
+            needs,
+            terms: None,
+        };
+        // The EV says 50 % at t=1,000,010; then 5 kWh (10 % of 50 kWh) are metered.
+        assert!(s.take_ev(&report(Some((50.0, 1_000_010.0)), None), 110.0, 1_000_010.0));
+        assert_eq!(
+            (s.soc_pct, s.sources.soc.kind),
+            (50.0, SourceKind::Reported)
+        );
+        s.integrate(5.0).unwrap();
+        assert!((s.soc_pct - 60.0).abs() < 1e-9);
+        // The same report again changes nothing; a newer one corrects the estimate.
+        assert!(!s.take_ev(&report(Some((50.0, 1_000_010.0)), None), 120.0, 1_000_020.0));
+        assert!(s.take_ev(&report(Some((58.0, 1_000_030.0)), None), 130.0, 1_000_030.0));
+        assert_eq!(s.soc_pct, 58.0);
+        let needs = EvNeeds {
+            at_unix_s: 1_000_040.0,
+            departure_unix_s: Some(1_003_640.0),
+            capacity_kwh: Some(40.0),
+            max_charge_kw: Some(11.0),
+            max_discharge_kw: Some(7.0),
+            min_v2x_kwh: Some(-4.0), // 10 % of 40 kWh above its V2X minimum: 48 %
+            requested_kwh: Some(12.0), // 30 % more: 88 %
+            ..EvNeeds::default()
+        };
+        assert!(s.take_ev(&report(None, Some(needs.clone())), 140.0, 1_000_040.0));
+        assert_eq!(s.capacity_kwh, 40.0);
+        assert!((s.min_soc_pct - 48.0).abs() < 1e-9, "{}", s.min_soc_pct);
+        assert!((s.target_soc_pct - 88.0).abs() < 1e-9);
+        assert_eq!((s.max_charge_kw(), s.max_discharge_kw()), (11.0, 7.0));
+        // The departure is kept on the wall clock: another run's clock gets the same time.
+        assert_eq!(s.depart_s, 140.0 + 3_600.0);
+        let mut restarted = s.clone();
+        assert!(restarted.take_ev(&EvReport::default(), 5.0, 1_000_100.0));
+        assert_eq!(restarted.depart_s, 5.0 + 3_540.0);
+        // The contract tightened through the API: a higher minimum, then no V2G.
+        let terms = |t| EvReport {
+            terms: Some(t),
+            ..EvReport::default()
+        };
+        let mut tightened = s.clone();
+        assert!(tightened.take_ev(&terms((true, 55.0)), 150.0, 1_000_050.0));
+        assert_eq!(tightened.min_soc_pct, 55.0);
+        assert!(!tightened.take_ev(&terms((true, 10.0)), 150.0, 1_000_050.0));
+        assert!(tightened.take_ev(&terms((false, 10.0)), 150.0, 1_000_050.0));
+        assert_eq!(tightened.discharge_limit_kw(60.0), 0.0);
+        // A later report with a lower V2X minimum does not lower the floor.
+        let lower = EvNeeds {
+            at_unix_s: 1_000_050.0,
+            min_v2x_kwh: Some(-20.0),
+            ..needs
+        };
+        s.take_ev(&report(None, Some(lower)), 150.0, 1_000_050.0);
+        assert!((s.min_soc_pct - 48.0).abs() < 1e-9);
+        // Discharging for an hour never goes below the floor.
+        let kw = s.discharge_limit_kw(3_600.0);
+        assert!(kw <= 7.0);
+        s.integrate(-kw).unwrap();
+        assert!(s.soc_pct >= 48.0 - 1e-9, "{}", s.soc_pct);
+    }
+
+    #[test]
+    fn the_departure_floor_keeps_the_target_reachable() {
+        let mut s = contract_session();
+        s.soc_pct = 70.0;
+        // 80 % target, 50 kWh, 22 kW: 2 h from departure anything reaches it; 10 min before,
+        // 22 kW × 1/6 h = 3.67 kWh = 7.33 % of room.
+        assert_eq!(s.departure_floor_pct(s.depart_s - 7_200.0), 0.0);
+        let floor = s.departure_floor_pct(s.depart_s - 600.0);
+        assert!(
+            (floor - (80.0 - 22.0 / 6.0 / 50.0 * 100.0)).abs() < 1e-9,
+            "{floor}"
+        );
+        assert_eq!(s.departure_floor_pct(s.depart_s + 1.0), 0.0);
+        let configured = Session::from_vehicle(&vehicle());
+        assert_eq!(configured.departure_floor_pct(3_599.0), 0.0);
+    }
+
+    #[test]
+    fn an_older_checkpoint_without_the_new_fields_still_reads() {
+        // The session as checkpointed before issue 21: its nine fields, as an array.
+        let old = (
+            "ev-1",
+            SessionState::Charging,
+            50.0,
+            61.0,
+            20.0,
+            80.0,
+            11.0,
+            3_600.0,
+            1.5,
+        );
+        let bytes = rmp_serde::to_vec(&old).unwrap();
+        let s: Session = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!((s.soc_pct, s.energy_kwh), (61.0, 1.5));
+        assert!(s.discharge_allowed && s.depart_unix_s.is_none());
     }
 
     #[test]

@@ -176,7 +176,8 @@ fn authorise(
 }
 
 async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    let post = req.method() == Method::POST;
+    // A change (POST, PUT, DELETE) or a read (GET, HEAD): what `need` calls `post`.
+    let post = !matches!(*req.method(), Method::GET | Method::HEAD);
     let path = req.uri().path().to_owned();
     let needed = need(g.api, post, &path);
     if !is_command(g.api, post, &path) {

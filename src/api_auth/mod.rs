@@ -344,7 +344,8 @@ pub enum Need {
     Role(Role),
 }
 
-/// The role `method path` needs on `api`. Anything not listed (including unknown paths)
+/// The role `method path` needs on `api` (`post`: any method that changes something, i.e.
+/// POST, PUT, DELETE; GET and HEAD read). Anything not listed (including unknown paths)
 /// needs `operator`, so that an unauthenticated caller learns nothing of the routes.
 pub fn need(api: Api, post: bool, path: &str) -> Need {
     match (api, post, path) {
@@ -354,6 +355,8 @@ pub fn need(api: Api, post: bool, path: &str) -> Need {
         | (Api::Admin, false, "/api/ready" | "/" | "/live.js" | "/live.css") => Need::Public,
         (Api::Grid, true, "/api/v1/dispatch" | "/api/v1/keepalive") => Need::Role(Role::Controller),
         (Api::Grid, true, p) if is_reset(p) => Need::Role(Role::Admin),
+        // The authorization list (issue 21): operator reads it, admin changes it.
+        (Api::Grid, true, p) if is_token_item(p) => Need::Role(Role::Admin),
         (Api::Admin, true, "/api/actors/kill") => Need::Role(Role::Admin),
         _ => Need::Role(Role::Operator),
     }
@@ -365,6 +368,13 @@ pub fn is_command(api: Api, post: bool, path: &str) -> bool {
         need(api, post, path),
         Need::Role(Role::Controller | Role::Admin)
     )
+}
+
+/// `/api/v1/tokens/{type}/{value}` (the value may not be empty).
+fn is_token_item(path: &str) -> bool {
+    path.strip_prefix("/api/v1/tokens/")
+        .and_then(|p| p.split_once('/'))
+        .is_some_and(|(kind, value)| !kind.is_empty() && !value.is_empty())
 }
 
 fn is_reset(path: &str) -> bool {
@@ -485,6 +495,22 @@ mod tests {
                 false,
             ),
             (Api::Grid, false, "/api/v1/audit", Role(Operator), false),
+            (Api::Grid, false, "/api/v1/tokens", Role(Operator), false),
+            (
+                Api::Grid,
+                false,
+                "/api/v1/tokens/eMAID/X",
+                Role(Operator),
+                false,
+            ),
+            (Api::Grid, true, "/api/v1/tokens/eMAID/X", Role(Admin), true),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/tokens/eMAID/",
+                Role(Operator),
+                false,
+            ),
             (Api::Grid, false, "/api/v1/openapi.yaml", Public, false),
             (Api::Grid, true, "/api/v1/nope", Role(Operator), false),
             (Api::Admin, true, "/api/actors/kill", Role(Admin), true),

@@ -28,6 +28,14 @@
 //!   `invalidAfterOfflineDuration`): a charger cut off from the CSMS stops discharging on its
 //!   own and falls back to its offline limit (charge only).
 //! - Every CALL is bounded by [`OCPP_CALL_TIMEOUT`]; nothing waits on a charge point longer.
+//! - Who may charge (issue 21): with `[authorization]` the list decides, at any charger
+//!   ([`crate::authorization`]); a token's session is keyed by the token's value and starts
+//!   from its contract, one per token (`ConcurrentTx` at a second charger); a token refused
+//!   mid-session ends its session. Without it, a `[[vehicles]]` id token is accepted only at
+//!   its own charger (the simulated demo and benchmarks).
+//! - What the EV says (NotifyEVChargingNeeds, the `SoC` measurand) is kept per line until the
+//!   transaction ends or the connector is Available; the charger's session takes it every
+//!   cycle ([`crate::session::Session::take_ev`]).
 //!
 //! # Read-back
 //! OCPP has no synchronous "which profile is in force" request (GetChargingProfiles answers
@@ -55,10 +63,12 @@ use gridvisor_transports::ocpp::OcppVersion;
 use serde::Deserialize;
 use serde_json::Map;
 
+use crate::authorization::{AuthStore, Contract, Decision, TokenId};
 use crate::clock::Clock;
-use crate::config::{Ocpp, Topology};
+use crate::config::{Ocpp, Topology, Vehicle};
 use crate::device::{ChargerIo, ChargerReading, DeviceError};
 use crate::runtime::{LinkMsg, SiteShared};
+use crate::session::{EvNeeds, EvReport};
 use crate::setpoint::SetpointKey;
 
 /// Bound on one CALL to a charge point (OCPP's usual 30 s is too long for a control loop:
@@ -105,6 +115,12 @@ struct LineState {
     /// Increases with every attach, so a late end of a replaced connection is ignored.
     generation: u64,
     reported: Reported,
+    /// What the EV of the current transaction reported (its needs, its SoC); cleared when
+    /// the transaction ends or the connector is Available.
+    ev: EvReport,
+    /// The listed token of the running session (with `[authorization]`): its contract is
+    /// looked up again every cycle, so a change through the API reaches the session.
+    token: Option<TokenId>,
     /// (profile id, schedule id) → key, most recent last.
     written: VecDeque<(i32, i32, SetpointKey)>,
 }
@@ -125,6 +141,8 @@ pub struct OcppHub {
     lines: HashMap<String, Line>,
     /// Vehicle id (its id token) → the charger it is configured on.
     vehicles: HashMap<String, String>,
+    /// The authorization list (`[authorization]`); None: the `[[vehicles]]` binding above.
+    authorization: Option<Arc<AuthStore>>,
     lease_s: f64,
     clock: Clock,
     /// Wall-clock time at the clock's zero (profiles carry wall-clock times).
@@ -152,6 +170,13 @@ impl OcppHub {
             .iter()
             .map(|v| (v.id.clone(), v.charger.clone()))
             .collect();
+        let authorization = match &topology.authorization {
+            Some(a) => Some(Arc::new(
+                AuthStore::open(&a.store, a.seed.as_deref(), a.unknown)
+                    .map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
         let now = clock.now();
         let epoch = SystemTime::now()
             .checked_sub(now)
@@ -165,6 +190,7 @@ impl OcppHub {
             config,
             lines,
             vehicles,
+            authorization,
             lease_s: topology.site.lease_s,
             clock,
             epoch,
@@ -173,6 +199,11 @@ impl OcppHub {
             local_addrs: Mutex::new(Vec::new()),
             holding: AtomicUsize::new(0),
         }))
+    }
+
+    /// The authorization list, when the topology has `[authorization]`.
+    pub fn authorization(&self) -> Option<Arc<AuthStore>> {
+        self.authorization.clone()
     }
 
     /// Where the CSMS listens now, ws first (None until it has bound its ports).
@@ -394,6 +425,10 @@ impl OcppHub {
                 let left = self.lines.get(cp).and_then(|line| {
                     let mut s = lock(&line.state);
                     s.reported.occupied = occupied;
+                    if r.connector_status == ConnectorStatus::Available {
+                        s.ev = EvReport::default();
+                        s.token = None;
+                    }
                     // Available: nobody is plugged in, whatever we believed (a vehicle that
                     // left while the CSMS was down, a transaction end we never heard).
                     (r.connector_status == ConnectorStatus::Available)
@@ -401,12 +436,12 @@ impl OcppHub {
                         .flatten()
                 });
                 if let Some(v) = left {
-                    self.session(cp, &v, false).await;
+                    self.session(cp, &v, None, false).await;
                 }
                 StatusNotificationResponse::default().into()
             }
             Request::Authorize(r) => AuthorizeResponse {
-                id_token_info: token_info(self.token_status(cp, &r.id_token.id_token)),
+                id_token_info: token_info(self.authorize(cp, &r.id_token).await),
                 certificate_status: None,
                 allowed_energy_transfer: None,
                 extra: Map::new(),
@@ -424,8 +459,8 @@ impl OcppHub {
                 }
                 .into()
             }
-            Request::NotifyEVChargingNeeds(_) => NotifyEVChargingNeedsResponse {
-                status: NotifyEVChargingNeedsStatus::Accepted,
+            Request::NotifyEVChargingNeeds(r) => NotifyEVChargingNeedsResponse {
+                status: self.take_needs(cp, &r),
                 status_info: None,
                 extra: Map::new(),
             }
@@ -439,12 +474,71 @@ impl OcppHub {
         })
     }
 
-    /// A vehicle is known by its id token, and only on the charger it is configured on.
-    fn token_status(&self, cp: &str, token: &str) -> AuthorizationStatus {
-        match self.vehicles.get(token) {
-            Some(charger) if charger == cp => AuthorizationStatus::Accepted,
-            Some(_) => AuthorizationStatus::Invalid,
-            None => AuthorizationStatus::Unknown,
+    /// Authorize: the token's status; a token refused while its session runs on `cp` (it
+    /// was revoked or blocked) ends that session.
+    async fn authorize(&self, cp: &str, token: &IdToken) -> AuthorizationStatus {
+        let (status, _) = self.token_status(cp, token);
+        if status != AuthorizationStatus::Accepted {
+            self.revoked(cp, &token.id_token).await;
+        }
+        status
+    }
+
+    /// With `[authorization]`: the list decides, at any charger, and an accepted token
+    /// brings its contract. Without it: a vehicle is known by its id token, and only on the
+    /// charger it is configured on.
+    fn token_status(&self, cp: &str, token: &IdToken) -> (AuthorizationStatus, Option<Contract>) {
+        let Some(list) = &self.authorization else {
+            let status = match self.vehicles.get(&token.id_token) {
+                Some(charger) if charger == cp => AuthorizationStatus::Accepted,
+                Some(_) => AuthorizationStatus::Invalid,
+                None => AuthorizationStatus::Unknown,
+            };
+            return (status, None);
+        };
+        let Ok(id) = TokenId::new(&token.kind, &token.id_token) else {
+            return (AuthorizationStatus::Invalid, None);
+        };
+        match list.decide(&id) {
+            // One session per token: its session is keyed by the token's value.
+            Decision::Accepted { .. } if self.elsewhere(cp, &token.id_token) => {
+                (AuthorizationStatus::ConcurrentTx, None)
+            }
+            Decision::Accepted { contract, .. } => (AuthorizationStatus::Accepted, Some(contract)),
+            Decision::Blocked => (AuthorizationStatus::Blocked, None),
+            Decision::Unknown => (AuthorizationStatus::Unknown, None),
+        }
+    }
+
+    /// Whether `token`'s session runs on another charger than `cp`.
+    fn elsewhere(&self, cp: &str, token: &str) -> bool {
+        self.site().is_some_and(|site| {
+            site.plugged
+                .iter()
+                .any(|e| e.value() == token && e.key() != cp)
+        })
+    }
+
+    /// Token `token`, refused now, ends its session if it runs on `cp`: no more dispatch at
+    /// all (the safe choice: no discharge, and nothing charged on a revoked contract), the
+    /// last setpoint lasts at most its lease.
+    async fn revoked(&self, cp: &str, token: &str) {
+        let Some(line) = self.lines.get(cp) else {
+            return;
+        };
+        let running = {
+            let mut s = lock(&line.state);
+            match s.reported.vehicle.as_deref() {
+                Some(v) if v == token => {
+                    s.token = None;
+                    s.reported.vehicle.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(v) = running {
+            tracing::warn!(charger = %cp, "token refused during its session: the session ends");
+            self.session(cp, &v, None, false).await;
         }
     }
 
@@ -453,6 +547,7 @@ impl OcppHub {
             return;
         };
         let (mut import_w, mut export_w, mut import_wh, mut export_wh) = (None, None, None, None);
+        let mut soc = None;
         for v in values.iter().flat_map(|m| m.sampled_value.iter()) {
             // OCPP's default units are W and Wh; a charger may say kW or kWh instead.
             let unit = v.unit_of_measure.as_ref();
@@ -472,10 +567,15 @@ impl OcppHub {
                 Measurand::PowerActiveExport => export_w = Some(x),
                 Measurand::EnergyActiveImportRegister => import_wh = Some(x),
                 Measurand::EnergyActiveExportRegister => export_wh = Some(x),
+                // Percent; the multiplier only (never a kilo unit).
+                Measurand::SoC => soc = Some(x / if kilo { 1000.0 } else { 1.0 }),
                 _ => {}
             }
         }
         let mut s = lock(&line.state);
+        if let Some(soc) = soc.filter(|p| (0.0..=100.0).contains(p)) {
+            s.ev.soc = Some((soc, self.now_unix_s()));
+        }
         if import_w.is_some() || export_w.is_some() {
             s.reported.power_kw =
                 Some((import_w.unwrap_or(0.0) - export_w.unwrap_or(0.0)) / 1000.0);
@@ -496,49 +596,85 @@ impl OcppHub {
             self.take_meter_values(cp, m);
         }
         let token = r.id_token.as_ref().map(|t| t.id_token.clone());
-        let status = token.as_deref().map(|t| self.token_status(cp, t));
+        let (status, contract) = match &r.id_token {
+            Some(t) => {
+                let (status, contract) = self.token_status(cp, t);
+                (Some(status), contract)
+            }
+            None => (None, None),
+        };
         let info = status.map(token_info);
         let line = self.lines.get(cp)?;
         match r.event_type {
             TransactionEventType::Started | TransactionEventType::Updated => {
+                if let (Some(t), Some(st)) = (&token, status) {
+                    if st != AuthorizationStatus::Accepted {
+                        self.revoked(cp, t).await;
+                    }
+                }
                 let vehicle = token.filter(|_| status == Some(AuthorizationStatus::Accepted));
                 let start = {
                     let mut s = lock(&line.state);
                     s.reported.occupied = true;
                     s.reported.transaction = Some(r.transaction_info.transaction_id.clone());
+                    let listed = r
+                        .id_token
+                        .as_ref()
+                        .filter(|_| self.authorization.is_some())
+                        .and_then(|t| TokenId::new(&t.kind, &t.id_token).ok());
                     match vehicle {
                         Some(v) if s.reported.vehicle.as_deref() != Some(v.as_str()) => {
                             s.reported.vehicle = Some(v.clone());
+                            s.token = listed;
                             Some(v)
                         }
-                        _ => None,
+                        // The running session's token (after a node restart the line learns
+                        // it from the station's next Updated).
+                        Some(_) => {
+                            s.token = s.token.take().or(listed);
+                            None
+                        }
+                        None => None,
                     }
                 };
                 if let Some(v) = start {
-                    self.session(cp, &v, true).await;
+                    self.session(cp, &v, contract.as_ref(), true).await;
                 }
             }
             TransactionEventType::Ended => {
                 let vehicle = {
                     let mut s = lock(&line.state);
+                    s.ev = EvReport::default();
+                    s.token = None;
                     s.reported.transaction = None;
                     s.reported.occupied = false;
                     s.reported.vehicle.take()
                 };
                 if let Some(v) = vehicle {
-                    self.session(cp, &v, false).await;
+                    self.session(cp, &v, None, false).await;
                 }
             }
         }
         info
     }
 
-    async fn session(&self, cp: &str, vehicle: &str, start: bool) {
+    /// Start or end `vehicle`'s session on `cp`. A configured vehicle brings its own data;
+    /// a token of the authorization list gets a session from its `contract`, checkpointed
+    /// before the session actor starts (which resumes from it).
+    async fn session(&self, cp: &str, vehicle: &str, contract: Option<&Contract>, start: bool) {
         let Some(site) = self.site() else { return };
-        let Some(v) = site.vehicle(vehicle).cloned() else {
-            return;
-        };
         let now = site.clock.now();
+        let v = match (site.vehicle(vehicle).cloned(), contract) {
+            (Some(v), _) => v,
+            (None, Some(c)) if start => match self.contract_session(&site, cp, vehicle, c).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(charger = %cp, error = %e, "session from a contract failed");
+                    return;
+                }
+            },
+            (None, _) => token_vehicle(vehicle, cp),
+        };
         let result = if start {
             crate::runtime::plug_vehicle(&site, &v, now).await
         } else {
@@ -550,6 +686,131 @@ impl OcppHub {
             }
             Err(e) => tracing::warn!(charger = %cp, %vehicle, error = %e, "session change failed"),
         }
+    }
+
+    /// The wall clock now, s since the Unix epoch (on the node's clock: a paused test clock
+    /// pauses it too).
+    pub fn now_unix_s(&self) -> f64 {
+        self.now_wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    }
+
+    /// What the EV at charger `cp` reported (its session takes it every cycle).
+    /// With `[authorization]`, it carries the token's contract terms as the list has them
+    /// now: a token revoked or changed through the API stops discharging within a cycle
+    /// (its session ends at the station's next Authorize or TransactionEvent).
+    pub fn ev_report(&self, cp: &str) -> Option<EvReport> {
+        let line = self.lines.get(cp)?;
+        let (mut report, token) = {
+            let s = lock(&line.state);
+            (s.ev.clone(), s.token.clone())
+        };
+        if let (Some(list), Some(token)) = (&self.authorization, token) {
+            report.terms = Some(match list.decide(&token) {
+                Decision::Accepted { contract, .. } => (contract.v2g, contract.min_soc_pct),
+                Decision::Blocked | Decision::Unknown => (false, 0.0),
+            });
+        }
+        (report != EvReport::default()).then_some(report)
+    }
+
+    /// NotifyEVChargingNeeds: kept for the charger's session. Accepted: the CSMS's charging
+    /// profile follows (the dispatcher's next setpoint for the session, as SetChargingProfile);
+    /// Rejected for an EVSE this node does not address or a departure it cannot read.
+    fn take_needs(
+        &self,
+        cp: &str,
+        r: &NotifyEVChargingNeedsRequest,
+    ) -> NotifyEVChargingNeedsStatus {
+        let Some(line) = self.lines.get(cp) else {
+            return NotifyEVChargingNeedsStatus::Rejected;
+        };
+        if r.evse_id != EVSE_ID {
+            return NotifyEVChargingNeedsStatus::Rejected;
+        }
+        let Ok(needs) = ev_needs(&r.charging_needs, self.now_unix_s()) else {
+            return NotifyEVChargingNeedsStatus::Rejected;
+        };
+        tracing::info!(charger = %cp, departure = ?needs.departure_unix_s, "EV charging needs");
+        lock(&line.state).ev.needs = Some(needs);
+        NotifyEVChargingNeedsStatus::Accepted
+    }
+
+    /// After a node restart: the sessions of tokens (not of `[[vehicles]]`, which the node
+    /// resumes itself) that were running resume from their checkpoints, on their chargers.
+    pub async fn resume_token_sessions(&self, site: &Arc<SiteShared>) -> Result<(), String> {
+        let keys = site
+            .store
+            .keys_with_prefix("session/")
+            .map_err(|e| e.to_string())?;
+        for key in keys {
+            let cp: Option<crate::runtime::SessionCheckpoint> =
+                site.store.get(&key).map_err(|e| e.to_string())?;
+            let Some(cp) = cp else { continue };
+            let sess = &cp.session;
+            let running = sess.state != crate::session::SessionState::Ended;
+            let token = sess.contract.is_some() && site.vehicle(&sess.vehicle).is_none();
+            if running && token && !site.plugged.contains_key(&sess.charger) {
+                // The departure is kept on the wall clock: put it on this run's clock
+                // before the session actor publishes it.
+                let mut rebased = crate::runtime::SessionCheckpoint {
+                    session: sess.clone(),
+                    register_kwh: cp.register_kwh,
+                };
+                let now_s = site.clock.now().as_secs_f64();
+                let unchanged = crate::session::EvReport::default();
+                if rebased
+                    .session
+                    .take_ev(&unchanged, now_s, self.now_unix_s())
+                {
+                    site.store
+                        .put(&key, &rebased)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let v = token_vehicle(&sess.vehicle, &sess.charger);
+                crate::runtime::plug_vehicle(site, &v, site.clock.now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.resume(&sess.charger, &sess.vehicle);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoint a new session for token `token` at `cp` from its contract.
+    async fn contract_session(
+        &self,
+        site: &SiteShared,
+        cp: &str,
+        token: &str,
+        contract: &Contract,
+    ) -> Result<Vehicle, String> {
+        let (_, charger) = site
+            .charger(cp)
+            .ok_or_else(|| format!("charger {cp} is in no segment"))?;
+        let now = site.clock.now();
+        let session = crate::session::Session::from_contract(
+            token,
+            cp,
+            contract,
+            charger.max_kw,
+            now.as_secs_f64(),
+            self.now_wall(),
+        );
+        let register = self.reported(cp).and_then(|r| r.energy_kwh);
+        let cp_state = crate::runtime::SessionCheckpoint {
+            session,
+            register_kwh: register,
+        };
+        let key = crate::runtime::session_checkpoint_key(token);
+        site.store
+            .put(&key, &cp_state)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(token_vehicle(token, cp))
     }
 
     /// The profile for setpoint `key` at `kw` with `lease_until` (None: no lease).
@@ -619,6 +880,55 @@ impl OcppHub {
             // profile this node did not write (another run's) is not recognised either: its
             // lease is on another clock, so the link treats it as ended.
             .filter(|k| k.dispatch != 0)
+    }
+}
+
+/// NotifyEVChargingNeeds' values in the session's units (W → kW, Wh → kWh), received at
+/// `at` (Unix s); an unreadable departure time is an error.
+fn ev_needs(n: &ChargingNeeds, at: f64) -> Result<EvNeeds, String> {
+    let kilo = |x: Option<f64>| x.filter(|x| x.is_finite()).map(|x| x / 1000.0);
+    let departure = match &n.departure_time {
+        Some(t) => {
+            let t = parse_date_time(t).map_err(|e| e.to_string())?;
+            let s = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?;
+            Some(s.as_secs_f64())
+        }
+        None => None,
+    };
+    let dc = n.dc_charging_parameters.as_ref();
+    let v2x = n.v2x_charging_parameters.as_ref();
+    let ac_energy = n.ac_charging_parameters.as_ref().map(|a| a.energy_amount);
+    Ok(EvNeeds {
+        at_unix_s: at,
+        departure_unix_s: departure,
+        capacity_kwh: kilo(dc.and_then(|d| d.ev_energy_capacity)),
+        soc_pct: dc.and_then(|d| d.state_of_charge).map(f64::from),
+        target_soc_pct: v2x.and_then(|v| v.target_soc).map(f64::from),
+        requested_kwh: kilo(v2x.and_then(|v| v.ev_target_energy_request))
+            .or(kilo(dc.and_then(|d| d.energy_amount)))
+            .or(kilo(ac_energy)),
+        max_charge_kw: kilo(v2x.and_then(|v| v.max_charge_power))
+            .or(kilo(dc.and_then(|d| d.ev_max_power))),
+        max_discharge_kw: kilo(v2x.and_then(|v| v.max_discharge_power)),
+        min_v2x_kwh: kilo(v2x.and_then(|v| v.ev_min_v2x_energy_request)),
+    })
+}
+
+/// The stand-in [`Vehicle`] of a token's session: plugging and unplugging need its id and
+/// charger only (its data lives in the session's checkpoint).
+fn token_vehicle(token: &str, cp: &str) -> Vehicle {
+    Vehicle {
+        id: token.to_owned(),
+        charger: cp.to_owned(),
+        capacity_kwh: crate::authorization::ASSUMED_CAPACITY_KWH,
+        soc_pct: 0.0,
+        min_soc_pct: 0.0,
+        target_soc_pct: 0.0,
+        arrive_s: 0.0,
+        depart_s: 0.0,
+        max_kw: 0.0,
     }
 }
 

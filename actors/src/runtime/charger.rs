@@ -572,6 +572,8 @@ impl SessionActorState {
                 "energy register reading refused"
             ),
         }
+        // What the EV itself reported (OCPP: its needs, its SoC) corrects the estimate.
+        let ev_changed = self.take_ev();
         let before = self.cp.session.state;
         if matches!(
             before,
@@ -585,7 +587,17 @@ impl SessionActorState {
                 .session
                 .apply(SessionEvent::Power { kw: r.power_kw });
         }
-        self.cp.session.state != before
+        self.cp.session.state != before || ev_changed
+    }
+
+    /// Take the EV's report from the CSMS (issue 21); whether the session changed.
+    fn take_ev(&mut self) -> bool {
+        let Some(hub) = &self.shared.devices.ocpp else {
+            return false;
+        };
+        let now_s = self.shared.clock.now().as_secs_f64();
+        let report = hub.ev_report(&self.charger).unwrap_or_default();
+        self.cp.session.take_ev(&report, now_s, hub.now_unix_s())
     }
 }
 

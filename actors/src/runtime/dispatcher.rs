@@ -92,6 +92,7 @@ impl DispatcherState {
         let target = level.clamp(target_kw);
         let horizon = Duration::from_millis(self.shared.topology.site.cycle_ms);
         let chargers = &self.chargers;
+        let now_s = self.shared.clock.now().as_secs_f64();
         let mut candidates = Vec::with_capacity(seg.links.len());
         let mut targets: Vec<CountedRef<LinkMsg>> = Vec::with_capacity(seg.links.len());
         for link in seg.links.iter() {
@@ -105,18 +106,14 @@ impl DispatcherState {
             let Some(c) = chargers.get(link.key()) else {
                 continue;
             };
-            let max = c.max_kw.min(s.max_kw);
-            candidates.push(Candidate {
-                depart_s: s.depart_s,
-                soc_pct: s.soc_pct,
-                min_soc_pct: s.min_soc_pct,
-                target_soc_pct: s.target_soc_pct,
-                capacity_kwh: s.capacity_kwh,
-                max_charge_kw: max,
-                max_discharge_kw: if c.bidirectional { max } else { 0.0 },
-                measured_kw: link.status.measured_kw,
-                commanded_kw: link.status.commanded_kw,
-            });
+            candidates.push(Candidate::from_session(
+                s,
+                c.max_kw,
+                c.bidirectional,
+                now_s,
+                link.status.measured_kw,
+                link.status.commanded_kw,
+            ));
             targets.push(link.actor.clone());
         }
         let mut by_state = [0u32; SessionState::ALL.len()];

@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use crate::ladder::{Fault, Transition};
 use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
+pub(crate) use charger::{session_checkpoint_key, SessionCheckpoint};
 pub use node::{
     charger_path, EventCursor, Format, HandoffError, KillError, KilledActor, Node, NodeError,
     ResetError, SegmentView, ROOT, ROOT_MAX_RESTARTS, ROOT_RESTART_PERIOD,

@@ -584,6 +584,10 @@ impl Node {
                     hub.resume(&v.charger, &v.id);
                 }
             }
+            // And so does a token's session (issue 21), on the charger it was on.
+            hub.resume_token_sessions(&shared)
+                .await
+                .map_err(NodeError::Config)?;
         }
         // Vehicles already there when the node starts: their sessions start with the tree
         // (on a simulated site; OCPP chargers start sessions with their transactions).
@@ -908,16 +912,31 @@ impl Node {
 
     /// A vehicle's session while it runs (an ended session's last state is in its
     /// checkpoint, `session/<vehicle>`).
+    /// A vehicle's session: a configured vehicle by its id, a token's session (issue 21)
+    /// by its token value, wherever it is plugged in.
     pub fn session(&self, vehicle: &str) -> Option<SessionView> {
-        let v = self.shared.vehicle(vehicle)?;
-        let seg_id = self.shared.charger_segment(&v.charger)?;
+        let charger = match self.shared.vehicle(vehicle) {
+            Some(v) => v.charger.clone(),
+            None => self
+                .shared
+                .plugged
+                .iter()
+                .find(|e| e.value() == vehicle)
+                .map(|e| e.key().clone())?,
+        };
+        let seg_id = self.shared.charger_segment(&charger)?;
         let seg = self.shared.segments.get(seg_id)?;
-        let st = seg.sessions.get(&v.charger)?;
+        let st = seg.sessions.get(&charger)?;
         (st.session.vehicle == vehicle).then(|| SessionView {
             segment: seg_id.to_string(),
-            charger: v.charger.clone(),
+            charger,
             status: st.clone(),
         })
+    }
+
+    /// The authorization list (a topology with `[ocpp]` and `[authorization]`).
+    pub fn authorization(&self) -> Option<std::sync::Arc<crate::authorization::AuthStore>> {
+        self.shared.devices.ocpp.as_ref()?.authorization()
     }
 
     /// Recent safe-state transitions, newest last.
