@@ -658,7 +658,7 @@ fn the_openapi_document_names_each_operations_role_as_the_node_enforces_it() {
     );
     let tls = client(&pki, None);
     let ops = documented_operations();
-    assert_eq!(ops.len(), 9, "{ops:?}");
+    assert_eq!(ops.len(), 11, "{ops:?}");
     for (path, method, role) in ops {
         let path = path.replace("{id}", "tx").replace("{vehicle}", "ev-none");
         let body = if path.ends_with("dispatch") {

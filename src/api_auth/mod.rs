@@ -5,7 +5,7 @@
 //! which route needs which role. The HTTP side (TLS, the accept loop, the middleware, the
 //! audit log) lives in [`serve`], [`middleware`] and [`audit`].
 //!
-//! Roles: `controller` (POST dispatch, POST keepalive), `operator` (every GET: segments,
+//! Roles: `controller` (POST dispatch, POST keepalive, POST a charger's start/stop), `operator` (every GET: segments,
 //! sessions, events, audit, the live view, /metrics, the tree), `admin` (actor kill, segment
 //! reset). One hierarchy only: **admin implies operator** (who may kill or reset must see what
 //! they act on). A controller reads nothing unless it also has `operator`.
@@ -354,6 +354,7 @@ pub fn need(api: Api, post: bool, path: &str) -> Need {
         | (Api::Admin, false, "/api/ready" | "/" | "/live.js" | "/live.css") => Need::Public,
         (Api::Grid, true, "/api/v1/dispatch" | "/api/v1/keepalive") => Need::Role(Role::Controller),
         (Api::Grid, true, p) if is_reset(p) => Need::Role(Role::Admin),
+        (Api::Grid, true, p) if is_charger_action(p) => Need::Role(Role::Controller),
         (Api::Admin, true, "/api/actors/kill") => Need::Role(Role::Admin),
         _ => Need::Role(Role::Operator),
     }
@@ -370,6 +371,13 @@ pub fn is_command(api: Api, post: bool, path: &str) -> bool {
 fn is_reset(path: &str) -> bool {
     path.strip_prefix("/api/v1/segments/")
         .and_then(|p| p.strip_suffix("/reset"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// `/api/v1/chargers/{id}/start` or `/stop`: OCPP remote start and stop (issue 21).
+fn is_charger_action(path: &str) -> bool {
+    path.strip_prefix("/api/v1/chargers/")
+        .and_then(|p| p.strip_suffix("/start").or_else(|| p.strip_suffix("/stop")))
         .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
@@ -485,6 +493,27 @@ mod tests {
                 false,
             ),
             (Api::Grid, false, "/api/v1/audit", Role(Operator), false),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/chargers/cp-1/start",
+                Role(Controller),
+                true,
+            ),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/chargers/cp-1/stop",
+                Role(Controller),
+                true,
+            ),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/chargers/a/b/stop",
+                Role(Operator),
+                false,
+            ),
             (Api::Grid, false, "/api/v1/openapi.yaml", Public, false),
             (Api::Grid, true, "/api/v1/nope", Role(Operator), false),
             (Api::Admin, true, "/api/actors/kill", Role(Admin), true),
