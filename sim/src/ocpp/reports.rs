@@ -144,9 +144,14 @@ pub fn transaction_event(
             transaction_id: tx.id.clone(),
             charging_state: Some(charging),
             time_spent_charging: None,
-            stopped_reason: (event_type == TransactionEventType::Ended)
-                .then_some(StopReason::EVDisconnected),
-            remote_start_id: None,
+            stopped_reason: (event_type == TransactionEventType::Ended).then_some(
+                if trigger_reason == TriggerReason::RemoteStop {
+                    StopReason::Remote
+                } else {
+                    StopReason::EVDisconnected
+                },
+            ),
+            remote_start_id: tx.remote_start_id,
             operation_mode: None,
             tariff_id: None,
             transaction_limit: None,
