@@ -215,6 +215,8 @@ pub enum ChargePointEvent {
     Reset,
     /// A TransactionEvent(Ended) was sent for a remote stop (the vehicle stays plugged in).
     TransactionStopped(String),
+    /// A ClearChargingProfile was answered, having removed this many profiles.
+    ProfilesCleared(usize),
     /// A follow-up CALL was dropped: [`FOLLOW_UP_QUEUE`] were waiting.
     FollowUpDropped,
 }
@@ -769,7 +771,8 @@ async fn answer_calls(
         let (answer, effect) = answers::answer(&mut lock(&cp.state), evse_id, &call.request);
         call.respond(answer);
         match effect {
-            Effect::None | Effect::ProfilesCleared(_) => {}
+            Effect::None => {}
+            Effect::ProfilesCleared(n) => cp.emit(ChargePointEvent::ProfilesCleared(n)),
             Effect::ProfileInstalled { id, change } => {
                 cp.emit(ChargePointEvent::ProfileInstalled { id, change })
             }

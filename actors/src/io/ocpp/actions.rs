@@ -396,6 +396,21 @@ impl OcppHub {
         }
     }
 
+    /// The node's dispatch profiles installed on `cp`, as its ReportChargingProfiles said
+    /// (`Ok(None)`: it does not support GetChargingProfiles).
+    pub async fn charging_profiles(
+        &self,
+        cp: &str,
+    ) -> Result<Option<Vec<ChargingProfile>>, ActionError> {
+        let conn = self.live(cp)?;
+        self.dispatch_profiles(cp, &conn)
+            .await
+            .map_err(|error| ActionError::Call {
+                charger: cp.to_owned(),
+                error,
+            })
+    }
+
     /// A ReportChargingProfiles from `cp` (the `answer` arm): added to its request's
     /// collection; the last one (no `tbc`) completes it.
     pub(super) fn take_report(&self, cp: &str, r: ReportChargingProfilesRequest) {
