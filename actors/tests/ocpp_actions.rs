@@ -91,7 +91,10 @@ async fn ocpp_actions_against_the_simulated_charge_point() {
 
     cp.plug_in(Vehicle::new(60.0, 0.5, 0.2, 11.0, 11.0, true).unwrap())
         .unwrap();
-    wait(&t.node, "ev-0's session", || t.node.session("ev-0").is_some()).await;
+    wait(&t.node, "ev-0's session", || {
+        t.node.session("ev-0").is_some()
+    })
+    .await;
 
     // The link reads through GetChargingProfiles, and a request is acknowledged with it.
     request_until_acked(&t.node, "actions", 6.0, 1).await;
@@ -112,9 +115,11 @@ async fn ocpp_actions_against_the_simulated_charge_point() {
     // RequestStopTransaction: the station ends it, the session ends, the profiles are cleared.
     let stop = hub.request_stop("evse-0", None).await.unwrap();
     assert_eq!(stop.status, "Accepted", "{stop:?}");
-    until(&mut events, "the dispatch profiles cleared", |e| {
-        matches!(e, ChargePointEvent::ProfilesCleared(n) if *n > 0)
-    })
+    until(
+        &mut events,
+        "the dispatch profiles cleared",
+        |e| matches!(e, ChargePointEvent::ProfilesCleared(n) if *n > 0),
+    )
     .await;
     wait(&t.node, "ev-0's session ended", || {
         t.node.session("ev-0").is_none()
