@@ -238,6 +238,7 @@ fn request_start(
             id_token: None,
             id_token_type: None,
             remote_start_id: None,
+            needs: None,
         });
     }
     if let Some(t) = state.transaction.as_mut() {

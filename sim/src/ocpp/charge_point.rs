@@ -35,7 +35,7 @@ use super::fault::{bad_meter_values, Fault, FaultError};
 use super::profile::{Installed, ProfileSet};
 use super::reports;
 use super::state::{SimState, Transaction};
-use super::vehicle::{EnergyRegister, Vehicle};
+use super::vehicle::{EnergyRegister, EvNeeds, Vehicle};
 
 /// Default meter value interval.
 pub const DEFAULT_METER_INTERVAL: Duration = Duration::from_secs(60);
@@ -263,6 +263,9 @@ pub enum CommandError {
     /// The charge point's task has stopped.
     #[error("the charge point has stopped")]
     Stopped,
+    /// The EV's needs are out of range.
+    #[error("EV needs: {0}")]
+    Needs(super::vehicle::VehicleError),
 }
 
 fn lock(state: &Mutex<SimState>) -> MutexGuard<'_, SimState> {
@@ -383,9 +386,26 @@ impl ChargePoint {
                 id_token: id_token.map(|t| t.chars().take(36).collect()),
                 id_token_type: None,
                 remote_start_id: None,
+                needs: None,
             });
         }
         self.send(Control::PlugIn)
+    }
+
+    /// Plugs `vehicle` in with its driver's `id_token` and the EV's `needs`: once its
+    /// transaction started, NotifyEVChargingNeeds follows (with V2X parameters on 2.1).
+    pub fn plug_in_with_needs(
+        &self,
+        vehicle: Vehicle,
+        id_token: Option<String>,
+        needs: EvNeeds,
+    ) -> Result<(), CommandError> {
+        let needs = needs.check().map_err(CommandError::Needs)?;
+        self.plug_in_with_token(vehicle, id_token)?;
+        if let Some(t) = lock(&self.state).transaction.as_mut() {
+            t.needs = Some(needs);
+        }
+        Ok(())
     }
 
     /// Unplugs the vehicle: TransactionEvent(Ended) follows.
@@ -711,6 +731,7 @@ async fn start_transaction(cp: &ChargePoint, config: &ChargePointConfig, conn: &
             t.started_sent = true;
         }
         cp.emit(ChargePointEvent::TransactionStarted(id));
+        send_needs(cp, config.evse_id, conn).await;
     }
 }
 
@@ -853,6 +874,7 @@ async fn remote_start(cp: &ChargePoint, evse_id: i32, conn: &Connection) {
             t.started_sent = true;
         }
         cp.emit(ChargePointEvent::TransactionStarted(id));
+        send_needs(cp, evse_id, conn).await;
     }
 }
 
@@ -874,5 +896,17 @@ async fn remote_stop(cp: &ChargePoint, evse_id: i32, conn: &Connection) {
     let id = event.transaction_info.transaction_id.clone();
     if call(cp, conn, event).await.is_some() {
         cp.emit(ChargePointEvent::TransactionStopped(id));
+    }
+}
+
+/// NotifyEVChargingNeeds of the open transaction's EV, when it has needs.
+async fn send_needs(cp: &ChargePoint, evse_id: i32, conn: &Connection) {
+    let req = {
+        let s = lock(&cp.state);
+        let needs = s.transaction.as_ref().and_then(|t| t.needs);
+        needs.and_then(|n| reports::charging_needs(&s, evse_id, conn.info().version, &n))
+    };
+    if let Some(req) = req {
+        call(cp, conn, req).await;
     }
 }

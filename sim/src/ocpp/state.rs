@@ -52,6 +52,8 @@ pub struct Transaction {
     pub id_token_type: Option<String>,
     /// The CSMS's `remoteStartId`, for a transaction it started (RequestStartTransaction).
     pub remote_start_id: Option<i32>,
+    /// What the EV reports once the transaction started (NotifyEVChargingNeeds).
+    pub needs: Option<super::vehicle::EvNeeds>,
 }
 
 /// The shared state (behind a mutex in [`super::charge_point::ChargePoint`]).
