@@ -223,7 +223,9 @@ pub enum ChargePointEvent {
 
 enum Control {
     PlugIn,
-    Unplug,
+    /// The vehicle left; its transaction, taken at once so a vehicle plugged in right after
+    /// starts its own.
+    Unplug(Option<Transaction>),
     FaultChanged,
     Stop,
 }
@@ -410,11 +412,12 @@ impl ChargePoint {
 
     /// Unplugs the vehicle: TransactionEvent(Ended) follows.
     pub fn unplug(&self) -> Result<Vehicle, CommandError> {
-        let vehicle = lock(&self.state)
-            .vehicle
-            .take()
-            .ok_or(CommandError::NotPlugged)?;
-        self.send(Control::Unplug)?;
+        let (vehicle, transaction) = {
+            let mut s = lock(&self.state);
+            let vehicle = s.vehicle.take().ok_or(CommandError::NotPlugged)?;
+            (vehicle, s.transaction.take())
+        };
+        self.send(Control::Unplug(transaction))?;
         Ok(vehicle)
     }
 
@@ -633,7 +636,7 @@ async fn session_loop(
                     call(cp, conn, status).await;
                     start_transaction(cp, config, conn).await;
                 }
-                Some(Control::Unplug) => end_transaction(cp, config, conn).await,
+                Some(Control::Unplug(tx)) => end_transaction(cp, config, conn, tx).await,
                 Some(Control::FaultChanged) => {
                     let fault = cp.fault();
                     match fault {
@@ -735,22 +738,26 @@ async fn start_transaction(cp: &ChargePoint, config: &ChargePointConfig, conn: &
     }
 }
 
-async fn end_transaction(cp: &ChargePoint, config: &ChargePointConfig, conn: &Connection) {
+async fn end_transaction(
+    cp: &ChargePoint,
+    config: &ChargePointConfig,
+    conn: &Connection,
+    ended: Option<Transaction>,
+) {
     let event = {
         let mut s = lock(&cp.state);
-        let sent = s.transaction.as_ref().is_some_and(|t| t.started_sent);
-        let ev = if sent {
-            reports::transaction_event(
-                &mut s,
-                config.evse_id,
-                TransactionEventType::Ended,
-                TriggerReason::EVDeparted,
-                None,
-            )
-        } else {
-            None
-        };
-        s.transaction = None;
+        let ended = ended.filter(|t| t.started_sent);
+        // The event is built from the ended transaction; a newer one (a vehicle plugged in
+        // since) is put back untouched.
+        let newer = std::mem::replace(&mut s.transaction, ended);
+        let ev = reports::transaction_event(
+            &mut s,
+            config.evse_id,
+            TransactionEventType::Ended,
+            TriggerReason::EVDeparted,
+            None,
+        );
+        s.transaction = newer;
         ev
     };
     if let Some(ev) = event {
