@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gridvisor_actors::io::ocpp::{ActionError, OcppHub, RemoteStart};
+use gridvisor_actors::io::ocpp::{ActionError, RemoteStart};
 use gridvisor_actors::runtime::Node;
 use gridvisor_transports::ocpp::connection::CallError;
 use gridvisor_transports::ocpp::messages::{ChargingProfile, IdToken};
@@ -54,20 +54,17 @@ struct StopBody {
     transaction_id: Option<String>,
 }
 
-fn parse<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, Response> {
+fn parse<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_body", format!("{what}: {e}")))
+    serde_path_to_error::deserialize(&mut de).map_err(|e| format!("{what}: {e}"))
 }
 
-fn hub(node: &Node) -> Result<Arc<OcppHub>, Response> {
-    node.ocpp_hub().cloned().ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "no_ocpp",
-            "this node runs no CSMS (its topology has no [ocpp] table)",
-        )
-    })
+fn no_ocpp() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no_ocpp",
+        "this node runs no CSMS (its topology has no [ocpp] table)",
+    )
 }
 
 fn action_error(e: ActionError) -> Response {
@@ -93,7 +90,7 @@ pub(super) async fn start(
 ) -> Response {
     let body: StartBody = match parse("start request", &body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_body", m),
     };
     for (field, v) in [
         ("id_token.type", &body.id_token.kind),
@@ -104,9 +101,8 @@ pub(super) async fn start(
             return error(StatusCode::BAD_REQUEST, "bad_body", msg);
         }
     }
-    let hub = match hub(&node) {
-        Ok(h) => h,
-        Err(r) => return r,
+    let Some(hub) = node.ocpp_hub().cloned() else {
+        return no_ocpp();
     };
     let start = RemoteStart {
         id_token: IdToken {
@@ -135,12 +131,11 @@ pub(super) async fn stop(
     } else {
         match parse("stop request", &body) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(m) => return error(StatusCode::BAD_REQUEST, "bad_body", m),
         }
     };
-    let hub = match hub(&node) {
-        Ok(h) => h,
-        Err(r) => return r,
+    let Some(hub) = node.ocpp_hub().cloned() else {
+        return no_ocpp();
     };
     match hub.request_stop(&id, body.transaction_id).await {
         Ok(answer) => Json(answer).into_response(),
