@@ -320,7 +320,9 @@ impl OcppHub {
             async move {
                 let ended = matches!(&request, Request::TransactionEvent(r)
                     if r.event_type == TransactionEventType::Ended);
+                let answering = hub.answering_call(&cp);
                 let answer = hub.answer(&cp, request).await;
+                drop(answering);
                 if ended {
                     hub.after_session_end(&cp);
                 }
@@ -736,13 +738,21 @@ impl OcppCharger {
 
     async fn read_now(&self, now: Duration) -> Result<ChargerReading, DeviceError> {
         let conn = self.hub.connection(&self.id)?;
-        let standard = self
-            .hub
-            .read_standard(&self.id, &conn)
-            .await
-            .map_err(|e| self.call_error(e))?;
-        let ask_variable =
-            standard.is_none() && self.hub.read_back(&self.id) != ReadBack::Unsupported;
+        let mode = self.hub.read_back(&self.id);
+        // While a CALL of the station is being answered it cannot report (one outstanding
+        // CALL per side): read without the standard read-back, and learn nothing.
+        let try_standard =
+            matches!(mode, ReadBack::Unknown | ReadBack::Standard) && !self.hub.answering(&self.id);
+        let standard = match try_standard {
+            true => self
+                .hub
+                .read_standard(&self.id, &conn)
+                .await
+                .map_err(|e| self.call_error(e))?,
+            false => None,
+        };
+        let learn_variable = try_standard && standard.is_none();
+        let ask_variable = standard.is_none() && mode != ReadBack::Unsupported;
         let mut wanted = vec![EVSE_POWER, DEFAULT_LIMIT];
         if ask_variable {
             wanted.push(APPLIED_PROFILE);
@@ -781,12 +791,14 @@ impl OcppCharger {
             Some(a) => a,
             None if ask_variable => {
                 let text = value(APPLIED_PROFILE);
-                let mode = if text.is_some() {
-                    ReadBack::Variable
-                } else {
-                    ReadBack::Unsupported
-                };
-                self.hub.set_read_back(&self.id, mode);
+                if learn_variable {
+                    let mode = if text.is_some() {
+                        ReadBack::Variable
+                    } else {
+                        ReadBack::Unsupported
+                    };
+                    self.hub.set_read_back(&self.id, mode);
+                }
                 self.applied_variable(text.as_deref())?
             }
             None => Applied::default(),

@@ -14,7 +14,10 @@
 //!   [`ReadBack::Unsupported`] (the applied key is then unknown and the link re-sends, which
 //!   the byte-identical profiles make harmless).
 //!
-//! A reconnect starts over (the station may have new firmware).
+//! A reconnect starts over (the station may have new firmware). While a CALL of the station is
+//! being answered (OCPP-J: one outstanding CALL per side, so it cannot report meanwhile, and
+//! a TransactionEvent's answer starts a session that reads the charger), a read skips the
+//! standard read-back, asks the variable where it may exist, and learns nothing.
 //!
 //! # Reports
 //! A read registers its `requestId` before the CALL, so a report that overtakes the CALLRESULT
@@ -86,6 +89,8 @@ pub(super) struct Actions {
     next_id: AtomicI32,
     pending: Mutex<HashMap<i32, Pending>>,
     read_back: Mutex<HashMap<String, ReadBack>>,
+    /// Charger → CALLs of its being answered now (see [`OcppHub::answering`]).
+    answering: Mutex<HashMap<String, usize>>,
 }
 
 impl Actions {
@@ -321,6 +326,22 @@ impl OcppHub {
         Ok(self.act(cp, req).await?.status)
     }
 
+    /// Marks a CALL of `cp` as being answered until the guard drops (`attach`'s handler).
+    pub(super) fn answering_call(&self, cp: &str) -> Answering<'_> {
+        *lock(&self.actions.answering)
+            .entry(cp.to_owned())
+            .or_default() += 1;
+        Answering(self, cp.to_owned())
+    }
+
+    /// Whether a CALL of `cp` is being answered now. OCPP-J allows one outstanding CALL per
+    /// side, so while the node answers one (a TransactionEvent whose session start reads the
+    /// charger), the station cannot send a ReportChargingProfiles: a read then must not wait
+    /// for one (it would wait out [`REPORT_TIMEOUT`]).
+    pub fn answering(&self, cp: &str) -> bool {
+        lock(&self.actions.answering).contains_key(cp)
+    }
+
     /// How `cp`'s applied profile is read on its current connection.
     pub fn read_back(&self, cp: &str) -> ReadBack {
         lock(&self.actions.read_back)
@@ -489,6 +510,22 @@ impl OcppHub {
                 Ok(Some(self.applied_of(cp, &profiles, self.now_wall())))
             }
             None => Ok(None),
+        }
+    }
+}
+
+/// Counts a CALL of a charger as being answered while it lives (dropped however the answer
+/// ends).
+pub(super) struct Answering<'a>(&'a OcppHub, String);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        let mut m = lock(&self.0.actions.answering);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
         }
     }
 }
