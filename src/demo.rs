@@ -3,6 +3,14 @@
 //! that connects to the node's CSMS, with the demo's vehicles arriving and leaving on their
 //! schedule (each driver's id token is the vehicle's id).
 //!
+//! Vehicles as they arrive: with [`DEMO_ARRIVALS_ENV`] set to a seed
+//! (`GRIDVISOR_DEMO_ARRIVALS=7 gridvisor run`), the demo's vehicles are drivers known only by
+//! their token (the vehicle id) who come to random free chargers over an hour and move
+//! between bays (`gridvisor_sim::ocpp::arrivals`, seeded: the same seed, the same hour). It is
+//! off by default: until the node has an authorization list (issue 21, item 1), the CSMS
+//! accepts a vehicle's token only at its configured charger, so most arrivals are refused
+//! (the node logs each refusal).
+//!
 //! One task ([`DEMO_TICK`]) steps the physics in real time: the charge points, the inverters,
 //! then each segment's meter, which measures the segment's base load plus its chargers minus
 //! what its inverter injects. The grid (60 Hz, the ladder's IEEE 1547 bands) is shared, so an
@@ -19,6 +27,7 @@ use gridvisor_sim::modbus::{
     Grid, GridModel, InverterParams, InverterSim, MeterParams, MeterSim, ServerConfig,
     ServerHandle, SimServer,
 };
+use gridvisor_sim::ocpp::arrivals::{plan, ArrivalConfig, ArrivalDriver, Driver};
 use gridvisor_sim::ocpp::charge_point::{ChargePoint, ChargePointConfig};
 use gridvisor_sim::ocpp::vehicle::Vehicle;
 use gridvisor_transports::ocpp::client::ClientConfig;
@@ -42,6 +51,8 @@ pub const DEMO_NOMINAL_V: f64 = 230.0;
 pub const DEMO_NOMINAL_HZ: f64 = 60.0;
 /// The demo grid's noise seed (a fixed seed: the same demo every run).
 pub const DEMO_GRID_SEED: u64 = 2026;
+/// The environment variable that turns on random arrivals: a seed (an unsigned integer).
+pub const DEMO_ARRIVALS_ENV: &str = "GRIDVISOR_DEMO_ARRIVALS";
 /// How long `start_chargers` waits for every charge point to connect.
 pub const DEMO_CONNECT_LIMIT: Duration = Duration::from_secs(20);
 
@@ -195,7 +206,12 @@ impl DemoSite {
             self.tasks.push(task);
             self.chargers.push((seg.id.clone(), c.id.clone(), cp));
         }
+        let arrivals = match arrivals_seed(std::env::var(DEMO_ARRIVALS_ENV).ok().as_deref())? {
+            Some(seed) => Some(self.arrivals(topology, seed)?),
+            None => None,
+        };
         let world = World {
+            arrivals,
             topology: topology.clone(),
             chargers: self
                 .chargers
@@ -211,6 +227,51 @@ impl DemoSite {
         let meters: Vec<_> = self.meters.drain(..).map(|(_, _, h)| h).collect();
         self.tasks.push(tokio::spawn(world.run(inverters, meters)));
         Ok(())
+    }
+
+    /// The arrivals driver over every charger, the topology's vehicles as token-only drivers.
+    fn arrivals(&self, topology: &Topology, seed: u64) -> Result<ArrivalDriver, String> {
+        let drivers = topology
+            .vehicles
+            .iter()
+            .map(|v| {
+                let bidirectional = topology
+                    .charger(&v.charger)
+                    .is_some_and(|c| c.bidirectional);
+                let min = (v.min_soc_pct / 100.0).min(v.soc_pct / 100.0);
+                Vehicle::new(
+                    v.capacity_kwh,
+                    v.soc_pct / 100.0,
+                    min,
+                    v.max_kw,
+                    v.max_kw,
+                    bidirectional,
+                )
+                .map(|vehicle| Driver {
+                    token: v.id.clone(),
+                    vehicle,
+                    target_soc: (v.target_soc_pct / 100.0).clamp(min, 1.0),
+                    min_v2x_soc: min,
+                })
+                .map_err(|e| format!("vehicle {}: {e}", v.id))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let chargers: Vec<ChargePoint> =
+            self.chargers.iter().map(|(_, _, cp)| cp.clone()).collect();
+        let visits = plan(drivers.len(), chargers.len(), &ArrivalConfig::new(seed))
+            .map_err(|e| format!("{DEMO_ARRIVALS_ENV}: {e}"))?;
+        tracing::warn!(
+            seed,
+            visits = visits.len(),
+            "demo: vehicles arrive at random free chargers; until the node has an authorization \
+             list it accepts a vehicle only at its configured charger, so most are refused"
+        );
+        Ok(ArrivalDriver::new(
+            chargers,
+            drivers,
+            visits,
+            SystemTime::now(),
+        ))
     }
 
     /// How the devices are connected now (`connected`: whether the CSMS has charger `id`).
@@ -241,6 +302,8 @@ impl DemoSite {
 
 /// The demo's world: vehicles on their schedule, physics in real time.
 struct World {
+    /// Random arrivals ([`DEMO_ARRIVALS_ENV`]) instead of the fixed schedule.
+    arrivals: Option<ArrivalDriver>,
     topology: Arc<Topology>,
     chargers: Vec<(String, String, ChargePoint)>,
     /// Charger → the vehicle plugged in by the world.
@@ -264,7 +327,14 @@ impl World {
             let now = Instant::now();
             let dt = now - last;
             last = now;
-            self.vehicles();
+            match self.arrivals.as_mut() {
+                Some(a) => {
+                    for e in a.tick(self.started.elapsed()) {
+                        tracing::info!(event = ?e, "demo arrival");
+                    }
+                }
+                None => self.vehicles(),
+            }
             let mut power: HashMap<&str, f64> = HashMap::new();
             for (seg, _, cp) in &self.chargers {
                 cp.step(dt);
@@ -357,5 +427,29 @@ impl DemoSite {
         Reporter {
             modbus_requests: self.modbus_requests.clone(),
         }
+    }
+}
+
+/// The arrivals seed from [`DEMO_ARRIVALS_ENV`]'s value (None: unset, the fixed schedule).
+fn arrivals_seed(value: Option<&str>) -> Result<Option<u64>, String> {
+    value
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                format!("{DEMO_ARRIVALS_ENV}={v:?}: expected a seed, an unsigned integer")
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arrivals_seed_is_read_or_named_as_wrong() {
+        assert_eq!(arrivals_seed(None), Ok(None));
+        assert_eq!(arrivals_seed(Some(" 7 ")), Ok(Some(7)));
+        let e = arrivals_seed(Some("seven")).unwrap_err();
+        assert!(e.contains("GRIDVISOR_DEMO_ARRIVALS=\"seven\""), "{e}");
     }
 }

@@ -21,6 +21,8 @@ use tracing::Instrument;
 use crate::api_auth::kill_limit::KillLimiter;
 use crate::api_auth::middleware::Caller;
 
+mod ocpp_actions;
+
 /// The largest request body accepted, bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -316,6 +318,9 @@ pub fn grid_api(node: Arc<Node>) -> Router {
             get(token).put(put_token).delete(delete_token),
         )
         .route("/api/v1/events", get(events))
+        // OCPP actions on a charger (issue 21): keep these two together.
+        .route("/api/v1/chargers/{id}/start", post(ocpp_actions::start))
+        .route("/api/v1/chargers/{id}/stop", post(ocpp_actions::stop))
         .route("/api/v1/openapi.yaml", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

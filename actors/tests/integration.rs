@@ -15,6 +15,7 @@ mod modbus_devices;
 mod modbus_profile_devices;
 mod mqtt_export;
 mod node_lifecycle;
+mod ocpp_actions;
 mod ocpp_node;
 mod ocpp_node_interop;
 mod relay;

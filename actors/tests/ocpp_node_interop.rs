@@ -208,3 +208,112 @@ async fn python_ocpp_21_charge_point_against_the_node() {
 async fn python_ocpp_201_charge_point_against_the_node() {
     interop("2.0.1", 5.0).await;
 }
+
+impl PyCp {
+    /// Lines until one with `event` and `key` = `value` (returned); `message` compares the
+    /// action of a received frame.
+    async fn until_with(&mut self, event: &str, key: &str, value: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            let field = match key {
+                "message" => v["message"][2].clone(),
+                _ => v[key].clone(),
+            };
+            if v["event"] == event && field == value {
+                return v;
+            }
+        }
+    }
+}
+
+/// The node's own OCPP actions (issue 21) answered by the Python charge point: TriggerMessage,
+/// the standard read-back, RequestStop/StartTransaction, ClearChargingProfile at session end.
+async fn actions(version: &str) {
+    use gridvisor_actors::io::ocpp::{ReadBack, RemoteStart};
+    use gridvisor_transports::ocpp::messages::{
+        ChargingProfilePurpose, IdToken, MessageTrigger, TriggerMessageStatus,
+    };
+    let creds = tempfile::tempdir().unwrap();
+    let t = start(&site(creds.path())).await;
+    let hub = t.node.ocpp_hub().cloned().unwrap();
+    let addr = t.node.ocpp_addr().unwrap();
+    let mut py = PyCp::spawn(&format!("ws://{addr}/ocpp/PY-1"), version);
+    py.until("ready").await;
+    wait(&t.node, "the Python charge point's session", || {
+        t.node.session(TOKEN).is_some()
+    })
+    .await;
+
+    for (m, action) in [
+        (MessageTrigger::StatusNotification, "StatusNotification"),
+        (MessageTrigger::MeterValues, "MeterValues"),
+    ] {
+        let status = hub.trigger("PY-1", m).await.unwrap();
+        assert_eq!(status, TriggerMessageStatus::Accepted);
+        py.until_with("sent", "action", action).await;
+    }
+
+    request_until_acked(&t.node, "py-actions", 5.0, 1).await;
+    wait(&t.node, "the standard read-back learned", || {
+        hub.read_back("PY-1") == ReadBack::Standard
+    })
+    .await;
+    let reported = hub.charging_profiles("PY-1").await.unwrap().unwrap();
+    assert!(!reported.is_empty());
+    for p in &reported {
+        assert_eq!(
+            p.charging_profile_purpose,
+            ChargingProfilePurpose::TxDefaultProfile
+        );
+        assert!(p.id >= 1_000_000_000, "{p:?}");
+    }
+
+    let stop = hub.request_stop("PY-1", None).await.unwrap();
+    assert_eq!(stop.status, "Accepted", "{stop:?}");
+    assert_eq!(stop.transaction_id.as_deref(), Some("tx-1"));
+    // The station's TransactionEvent(Ended) and the node's ClearChargingProfile after it, in
+    // whichever order the two lines come.
+    let (mut ended, mut cleared) = (false, false);
+    while !(ended && cleared) {
+        let v = py.next().await;
+        ended |= v["event"] == "sent" && v["action"] == "TransactionEvent";
+        cleared |= v["event"] == "received" && v["message"][2] == "ClearChargingProfile";
+    }
+    wait(&t.node, "the session ended by the remote stop", || {
+        t.node.session(TOKEN).is_none()
+    })
+    .await;
+
+    let start = RemoteStart {
+        id_token: IdToken {
+            id_token: TOKEN.to_owned(),
+            kind: "ISO14443".to_owned(),
+            additional_info: None,
+            extra: Default::default(),
+        },
+        evse_id: Some(1),
+        charging_profile: None,
+    };
+    let answer = hub.request_start("PY-1", start.clone()).await.unwrap();
+    assert_eq!(answer.status, "Accepted", "{answer:?}");
+    wait(&t.node, "the remotely started session", || {
+        t.node.session(TOKEN).is_some()
+    })
+    .await;
+    let again = hub.request_start("PY-1", start).await.unwrap();
+    assert_eq!(
+        (again.status, again.reason.as_deref()),
+        ("Rejected", Some("TxInProgress"))
+    );
+    t.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_ocpp_21_charge_point_answers_the_nodes_actions() {
+    actions("2.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_ocpp_201_charge_point_answers_the_nodes_actions() {
+    actions("2.0.1").await;
+}

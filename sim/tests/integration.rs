@@ -9,5 +9,7 @@ mod ocpp_support;
 mod modbus_devices;
 mod modbus_faults;
 mod modbus_interop;
+mod ocpp_actions;
+mod ocpp_arrivals;
 mod ocpp_charge_point;
 mod ocpp_load;

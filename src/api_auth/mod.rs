@@ -5,7 +5,7 @@
 //! which route needs which role. The HTTP side (TLS, the accept loop, the middleware, the
 //! audit log) lives in [`serve`], [`middleware`] and [`audit`].
 //!
-//! Roles: `controller` (POST dispatch, POST keepalive), `operator` (every GET: segments,
+//! Roles: `controller` (POST dispatch, POST keepalive, POST a charger's start/stop), `operator` (every GET: segments,
 //! sessions, events, audit, the live view, /metrics, the tree), `admin` (actor kill, segment
 //! reset). One hierarchy only: **admin implies operator** (who may kill or reset must see what
 //! they act on). A controller reads nothing unless it also has `operator`.
@@ -357,6 +357,7 @@ pub fn need(api: Api, post: bool, path: &str) -> Need {
         (Api::Grid, true, p) if is_reset(p) => Need::Role(Role::Admin),
         // The authorization list (issue 21): operator reads it, admin changes it.
         (Api::Grid, true, p) if is_token_item(p) => Need::Role(Role::Admin),
+        (Api::Grid, true, p) if is_charger_action(p) => Need::Role(Role::Controller),
         (Api::Admin, true, "/api/actors/kill") => Need::Role(Role::Admin),
         _ => Need::Role(Role::Operator),
     }
@@ -380,6 +381,13 @@ fn is_token_item(path: &str) -> bool {
 fn is_reset(path: &str) -> bool {
     path.strip_prefix("/api/v1/segments/")
         .and_then(|p| p.strip_suffix("/reset"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// `/api/v1/chargers/{id}/start` or `/stop`: OCPP remote start and stop (issue 21).
+fn is_charger_action(path: &str) -> bool {
+    path.strip_prefix("/api/v1/chargers/")
+        .and_then(|p| p.strip_suffix("/start").or_else(|| p.strip_suffix("/stop")))
         .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
@@ -508,6 +516,27 @@ mod tests {
                 Api::Grid,
                 true,
                 "/api/v1/tokens/eMAID/",
+                Role(Operator),
+                false,
+            ),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/chargers/cp-1/start",
+                Role(Controller),
+                true,
+            ),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/chargers/cp-1/stop",
+                Role(Controller),
+                true,
+            ),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/chargers/a/b/stop",
                 Role(Operator),
                 false,
             ),

@@ -38,12 +38,17 @@
 //!   cycle ([`crate::session::Session::take_ev`]).
 //!
 //! # Read-back
-//! OCPP has no synchronous "which profile is in force" request (GetChargingProfiles answers
-//! through a later ReportChargingProfiles). A read asks GetVariables for
-//! `SmartChargingCtrlr/AppliedProfile` (a profile read-back the simulated charge points
-//! implement), `EVSE/Power` and `SmartChargingCtrlr/DefaultLimit`. A charger that answers
-//! `UnknownVariable` still works: the applied key is then unknown (the link re-sends, which is
-//! harmless by the invariant above) and the power comes from its last meter values.
+//! A read asks GetChargingProfiles for the node's dispatch profiles and waits (bounded) for
+//! the ReportChargingProfiles that answers it: OCPP's standard read-back. A station that does
+//! not support it is asked the simulator's `SmartChargingCtrlr/AppliedProfile` variable
+//! instead; one that knows neither still works: the applied key is then unknown (the link
+//! re-sends, which is harmless by the invariant above). Which one a connection uses is learned
+//! on its first read ([`actions`]). `EVSE/Power` and `SmartChargingCtrlr/DefaultLimit` come from
+//! GetVariables where answered, else from the last meter values.
+//!
+//! The outgoing actions of [`actions`]: RequestStart/StopTransaction (the grid API),
+//! TriggerMessage StatusNotification and MeterValues after every attach, ClearChargingProfile
+//! of the dispatch profiles after a TransactionEvent(Ended).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -70,6 +75,9 @@ use crate::device::{ChargerIo, ChargerReading, DeviceError};
 use crate::runtime::{LinkMsg, SiteShared};
 use crate::session::{EvNeeds, EvReport};
 use crate::setpoint::SetpointKey;
+
+pub mod actions;
+pub use actions::{ActionError, Applied, ReadBack, RemoteAnswer, RemoteStart};
 
 /// Bound on one CALL to a charge point (OCPP's usual 30 s is too long for a control loop:
 /// the link would hold its mailbox that long behind a hung charger).
@@ -152,6 +160,8 @@ pub struct OcppHub {
     local_addrs: Mutex<Vec<SocketAddr>>,
     /// Lines holding a connection.
     holding: AtomicUsize,
+    /// Remote start/stop ids, pending profile reports, read-back capabilities ([`actions`]).
+    actions: actions::Actions,
 }
 
 impl OcppHub {
@@ -198,6 +208,7 @@ impl OcppHub {
             connected,
             local_addrs: Mutex::new(Vec::new()),
             holding: AtomicUsize::new(0),
+            actions: actions::Actions::default(),
         }))
     }
 
@@ -337,7 +348,17 @@ impl OcppHub {
         serve_calls(session.calls, move |request: Request| {
             let hub = Arc::clone(&hub);
             let cp = cp.clone();
-            async move { hub.answer(&cp, request).await }
+            async move {
+                let ended = matches!(&request, Request::TransactionEvent(r)
+                    if r.event_type == TransactionEventType::Ended);
+                let answering = hub.answering_call(&cp);
+                let answer = hub.answer(&cp, request).await;
+                drop(answering);
+                if ended {
+                    hub.after_session_end(&cp);
+                }
+                answer
+            }
         });
         let hub = Arc::clone(self);
         let watch = session.connection.closed_watch();
@@ -345,6 +366,7 @@ impl OcppHub {
             let reason = watch.wait().await;
             hub.detach(&id, generation, &format!("{reason:?}"));
         });
+        self.after_attach(&session.connection.info().charge_point_id);
         self.tell_link(&session.connection.info().charge_point_id, LinkMsg::Poll);
     }
 
@@ -458,6 +480,10 @@ impl OcppHub {
                     ..Default::default()
                 }
                 .into()
+            }
+            Request::ReportChargingProfiles(r) => {
+                self.take_report(cp, r);
+                ReportChargingProfilesResponse::default().into()
             }
             Request::NotifyEVChargingNeeds(r) => NotifyEVChargingNeedsResponse {
                 status: self.take_needs(cp, &r),
@@ -946,6 +972,25 @@ fn token_info(status: AuthorizationStatus) -> IdTokenInfo {
     }
 }
 
+/// A GetVariables entry for (component, variable).
+fn variable((c, v): (&str, &str)) -> GetVariableData {
+    GetVariableData {
+        attribute_type: None,
+        component: Component {
+            name: c.to_owned(),
+            instance: None,
+            evse: None,
+            extra: Map::new(),
+        },
+        variable: Variable {
+            name: v.to_owned(),
+            instance: None,
+            extra: Map::new(),
+        },
+        extra: Map::new(),
+    }
+}
+
 /// The simulator's AppliedProfile read-back.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1003,24 +1048,28 @@ impl OcppCharger {
 
     async fn read_now(&self, now: Duration) -> Result<ChargerReading, DeviceError> {
         let conn = self.hub.connection(&self.id)?;
-        let var = |(c, v): (&str, &str)| GetVariableData {
-            attribute_type: None,
-            component: Component {
-                name: c.to_owned(),
-                instance: None,
-                evse: None,
-                extra: Map::new(),
-            },
-            variable: Variable {
-                name: v.to_owned(),
-                instance: None,
-                extra: Map::new(),
-            },
-            extra: Map::new(),
+        let mode = self.hub.read_back(&self.id);
+        // While a CALL of the station is being answered it cannot report (one outstanding
+        // CALL per side): read without the standard read-back, and learn nothing.
+        let try_standard =
+            matches!(mode, ReadBack::Unknown | ReadBack::Standard) && !self.hub.answering(&self.id);
+        let standard = match try_standard {
+            true => self
+                .hub
+                .read_standard(&self.id, &conn)
+                .await
+                .map_err(|e| self.call_error(e))?,
+            false => None,
         };
+        let learn_variable = try_standard && standard.is_none();
+        let ask_variable = standard.is_none() && mode != ReadBack::Unsupported;
+        let mut wanted = vec![EVSE_POWER, DEFAULT_LIMIT];
+        if ask_variable {
+            wanted.push(APPLIED_PROFILE);
+        }
         let answer = conn
             .call(GetVariablesRequest {
-                get_variable_data: vec![var(APPLIED_PROFILE), var(EVSE_POWER), var(DEFAULT_LIMIT)],
+                get_variable_data: wanted.into_iter().map(variable).collect(),
                 extra: Map::new(),
             })
             .await
@@ -1048,28 +1097,52 @@ impl OcppCharger {
             .or(reported.power_kw)
             .unwrap_or(0.0);
         let default_kw = watts("DefaultLimit", value(DEFAULT_LIMIT))?;
-        let (mut applied, mut setpoint_kw, mut lease_until) = (None, None, None);
-        match value(APPLIED_PROFILE).as_deref() {
-            None | Some("none") => {}
-            Some(text) => {
-                let p: AppliedProfile = serde_json::from_str(text)
-                    .map_err(|e| self.bad("AppliedProfile", format!("{text:.200} ({e})")))?;
-                applied = self.hub.recognise(&self.id, p.id, p.schedule_id);
-                setpoint_kw = p.setpoint_w.or(p.limit_w).map(|w| w / 1000.0);
-                if let Some(t) = p.valid_to {
-                    let at = parse_date_time(&DateTime(t.clone()))
-                        .map_err(|_| self.bad("AppliedProfile.validTo", t))?;
-                    lease_until = Some(at.duration_since(self.hub.epoch).unwrap_or(Duration::ZERO));
+        let applied = match standard {
+            Some(a) => a,
+            None if ask_variable => {
+                let text = value(APPLIED_PROFILE);
+                if learn_variable {
+                    let mode = if text.is_some() {
+                        ReadBack::Variable
+                    } else {
+                        ReadBack::Unsupported
+                    };
+                    self.hub.set_read_back(&self.id, mode);
                 }
+                self.applied_variable(text.as_deref())?
             }
-        }
+            None => Applied::default(),
+        };
         let _ = now;
         Ok(ChargerReading {
             power_kw,
             energy_kwh: reported.energy_kwh.unwrap_or(0.0),
-            setpoint_kw: setpoint_kw.or(default_kw).unwrap_or(power_kw),
-            applied,
+            setpoint_kw: applied.setpoint_kw.or(default_kw).unwrap_or(power_kw),
+            applied: applied.key,
             connected: reported.occupied || reported.transaction.is_some(),
+            lease_until: applied.lease_until,
+        })
+    }
+
+    /// The simulator's AppliedProfile variable (the fallback read-back).
+    fn applied_variable(&self, text: Option<&str>) -> Result<Applied, DeviceError> {
+        let text = match text {
+            None | Some("none") => return Ok(Applied::default()),
+            Some(t) => t,
+        };
+        let p: AppliedProfile = serde_json::from_str(text)
+            .map_err(|e| self.bad("AppliedProfile", format!("{text:.200} ({e})")))?;
+        let lease_until = match p.valid_to {
+            Some(t) => {
+                let at = parse_date_time(&DateTime(t.clone()))
+                    .map_err(|_| self.bad("AppliedProfile.validTo", t))?;
+                Some(at.duration_since(self.hub.epoch).unwrap_or(Duration::ZERO))
+            }
+            None => None,
+        };
+        Ok(Applied {
+            key: self.hub.recognise(&self.id, p.id, p.schedule_id),
+            setpoint_kw: p.setpoint_w.or(p.limit_w).map(|w| w / 1000.0),
             lease_until,
         })
     }

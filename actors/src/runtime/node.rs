@@ -718,6 +718,11 @@ impl Node {
             .and_then(|h| h.local_addr())
     }
 
+    /// The CSMS's hub (None without `[ocpp]`): the OCPP actions the grid API offers.
+    pub fn ocpp_hub(&self) -> Option<&Arc<crate::io::ocpp::OcppHub>> {
+        self.shared.devices.ocpp.as_ref()
+    }
+
     /// Whether the root supervisor still runs (false after the tree gave up).
     pub fn running(&self) -> bool {
         matches!(

@@ -15,6 +15,24 @@
 //!   does not model;
 //! - `EVSE` / `Power`: read-only, the power delivered now in W (negative = discharge).
 //!
+//! Remote control and read-back (issue 21):
+//! - RequestStartTransaction: with a vehicle plugged in and no transaction reported started,
+//!   `Accepted`, then a TransactionEvent(Started, `RemoteStart`) with the given token and
+//!   `remoteStartId`; a `TxProfile` it carries is installed first. `Rejected` with a reason
+//!   otherwise: `NoEVConnected` (this simulator does not hold a remote start until a vehicle
+//!   comes), `TxInProgress` (with the running `transactionId`), `UnknownEvse`,
+//!   `InvalidProfile`;
+//! - RequestStopTransaction of the running transaction: `Accepted`, then
+//!   TransactionEvent(Ended, `RemoteStop`, stopped reason `Remote`); the vehicle stays plugged
+//!   in. Another id: `Rejected` (`UnknownTransaction`);
+//! - TriggerMessage StatusNotification, MeterValues, Heartbeat: `Accepted`, then the message;
+//!   any other: `NotImplemented`;
+//! - GetChargingProfiles: the installed profiles matching every given criterion
+//!   (`NoProfiles` when none), reported in one ReportChargingProfiles (source `CSO`);
+//! - ClearChargingProfile: by id, EVSE, purpose and stack level.
+//!
+//! What follows an answer (a CALL of the charge point's own) is returned as a [`FollowUp`].
+//!
 //! Invariants: every CALL gets exactly one answer; a value that cannot be applied is answered
 //! `Rejected` with a reason, never clamped silently.
 
@@ -57,6 +75,25 @@ pub enum Effect {
     ProfilesCleared(usize),
     /// The CSMS asked for a reset: close and reconnect after answering.
     Reset,
+    /// The answer asks for a CALL of the charge point's own.
+    Follow(FollowUp),
+}
+
+/// A CALL the charge point makes because of an answer it gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FollowUp {
+    /// StatusNotification (TriggerMessage).
+    Status,
+    /// MeterValues (TriggerMessage).
+    Meter,
+    /// Heartbeat (TriggerMessage).
+    Heartbeat,
+    /// TransactionEvent(Started, RemoteStart) of the transaction just set up.
+    StartRemote,
+    /// TransactionEvent(Ended, RemoteStop) of the running transaction.
+    StopRemote,
+    /// ReportChargingProfiles (GetChargingProfiles).
+    Report(Box<ReportChargingProfilesRequest>),
 }
 
 fn status_info(reason_code: &str, info: String) -> Option<StatusInfo> {
@@ -75,12 +112,17 @@ pub fn answer(
 ) -> (Result<Response, RpcError>, Effect) {
     match request {
         Request::SetChargingProfile(r) => set_charging_profile(state, evse_id, r),
+        Request::RequestStartTransaction(r) => request_start(state, evse_id, r),
+        Request::RequestStopTransaction(r) => request_stop(state, r),
+        Request::TriggerMessage(r) => trigger(r),
+        Request::GetChargingProfiles(r) => get_charging_profiles(state, r),
         Request::ClearChargingProfile(r) => {
             let c = r.charging_profile_criteria.as_ref();
             let n = state.profiles.clear(
                 r.charging_profile_id,
                 c.and_then(|c| c.evse_id),
                 c.and_then(|c| c.stack_level),
+                c.and_then(|c| c.charging_profile_purpose),
             );
             let status = if n > 0 {
                 ClearChargingProfileStatus::Accepted
@@ -137,6 +179,172 @@ pub fn answer(
             Effect::None,
         ),
     }
+}
+
+fn start_answer(
+    status: RequestStartStopStatus,
+    info: Option<StatusInfo>,
+    transaction_id: Option<String>,
+) -> Result<Response, RpcError> {
+    Ok(RequestStartTransactionResponse {
+        status,
+        status_info: info,
+        transaction_id,
+        extra: Map::new(),
+    }
+    .into())
+}
+
+fn request_start(
+    state: &mut SimState,
+    evse_id: i32,
+    r: &RequestStartTransactionRequest,
+) -> (Result<Response, RpcError>, Effect) {
+    let rejected = |code: &str, why: String, tx: Option<String>| {
+        let info = status_info(code, why);
+        (
+            start_answer(RequestStartStopStatus::Rejected, info, tx),
+            Effect::None,
+        )
+    };
+    if r.evse_id.is_some_and(|e| e != evse_id) {
+        return rejected(
+            "UnknownEvse",
+            format!("this charge point has EVSE {evse_id}"),
+            None,
+        );
+    }
+    if state.vehicle.is_none() {
+        return rejected("NoEVConnected", "no vehicle is plugged in".to_owned(), None);
+    }
+    if let Some(t) = state.transaction.as_ref().filter(|t| t.started_sent) {
+        let why = "a transaction is running".to_owned();
+        return rejected("TxInProgress", why, Some(t.id.clone()));
+    }
+    if let Some(p) = &r.charging_profile {
+        let installed = InstalledProfile::new(evse_id, p.clone(), state.now)
+            .and_then(|p| state.profiles.install(p));
+        if let Err(e) = installed {
+            return rejected("InvalidProfile", e.to_string(), None);
+        }
+    }
+    if state.transaction.is_none() {
+        state.transactions_started += 1;
+        state.transaction = Some(super::state::Transaction {
+            id: format!("remote-{}", state.transactions_started),
+            seq_no: 0,
+            started_sent: false,
+            began_offline: false,
+            id_token: None,
+            id_token_type: None,
+            remote_start_id: None,
+            needs: None,
+        });
+    }
+    if let Some(t) = state.transaction.as_mut() {
+        t.id_token = Some(r.id_token.id_token.clone());
+        t.id_token_type = Some(r.id_token.kind.clone());
+        t.remote_start_id = Some(r.remote_start_id);
+    }
+    let answer = start_answer(RequestStartStopStatus::Accepted, None, None);
+    (answer, Effect::Follow(FollowUp::StartRemote))
+}
+
+fn request_stop(
+    state: &SimState,
+    r: &RequestStopTransactionRequest,
+) -> (Result<Response, RpcError>, Effect) {
+    let running = state
+        .transaction
+        .as_ref()
+        .is_some_and(|t| t.started_sent && t.id == r.transaction_id);
+    let (status, info, effect) = if running {
+        let effect = Effect::Follow(FollowUp::StopRemote);
+        (RequestStartStopStatus::Accepted, None, effect)
+    } else {
+        let why = format!("no transaction {:?} runs here", r.transaction_id);
+        let info = status_info("UnknownTransaction", why);
+        (RequestStartStopStatus::Rejected, info, Effect::None)
+    };
+    let response = RequestStopTransactionResponse {
+        status,
+        status_info: info,
+        extra: Map::new(),
+    };
+    (Ok(response.into()), effect)
+}
+
+fn trigger(r: &TriggerMessageRequest) -> (Result<Response, RpcError>, Effect) {
+    let follow = match r.requested_message {
+        MessageTrigger::StatusNotification => Some(FollowUp::Status),
+        MessageTrigger::MeterValues => Some(FollowUp::Meter),
+        MessageTrigger::Heartbeat => Some(FollowUp::Heartbeat),
+        _ => None,
+    };
+    let status = match follow {
+        Some(_) => TriggerMessageStatus::Accepted,
+        None => TriggerMessageStatus::NotImplemented,
+    };
+    let response = TriggerMessageResponse {
+        status,
+        status_info: None,
+        extra: Map::new(),
+    };
+    (
+        Ok(response.into()),
+        follow.map_or(Effect::None, Effect::Follow),
+    )
+}
+
+fn get_charging_profiles(
+    state: &SimState,
+    r: &GetChargingProfilesRequest,
+) -> (Result<Response, RpcError>, Effect) {
+    let c = &r.charging_profile;
+    // Every profile of this simulator was set by the CSMS (source CSO).
+    let from_cso = c
+        .charging_limit_source
+        .as_ref()
+        .is_none_or(|s| s.iter().any(|s| s == "CSO"));
+    let matching: Vec<&InstalledProfile> = state
+        .profiles
+        .iter()
+        .filter(|p| from_cso && r.evse_id.is_none_or(|e| e == p.evse_id))
+        .filter(|p| {
+            c.charging_profile_purpose
+                .is_none_or(|x| x == p.profile.charging_profile_purpose)
+        })
+        .filter(|p| c.stack_level.is_none_or(|x| x == p.profile.stack_level))
+        .filter(|p| {
+            c.charging_profile_id
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&p.profile.id))
+        })
+        .collect();
+    let status = if matching.is_empty() {
+        GetChargingProfileStatus::NoProfiles
+    } else {
+        GetChargingProfileStatus::Accepted
+    };
+    let response = GetChargingProfilesResponse {
+        status,
+        status_info: None,
+        extra: Map::new(),
+    };
+    let Some(first) = matching.first() else {
+        return (Ok(response.into()), Effect::None);
+    };
+    // One report per EVSE; this charge point has one.
+    let report = ReportChargingProfilesRequest {
+        request_id: r.request_id,
+        charging_limit_source: "CSO".to_owned(),
+        charging_profile: matching.iter().map(|p| p.profile.clone()).collect(),
+        tbc: Some(false),
+        evse_id: first.evse_id,
+        extra: Map::new(),
+    };
+    let effect = Effect::Follow(FollowUp::Report(Box::new(report)));
+    (Ok(response.into()), effect)
 }
 
 fn set_charging_profile(

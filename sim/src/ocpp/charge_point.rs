@@ -30,12 +30,12 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
-use super::answers::{self, Effect};
+use super::answers::{self, Effect, FollowUp};
 use super::fault::{bad_meter_values, Fault, FaultError};
 use super::profile::{Installed, ProfileSet};
 use super::reports;
 use super::state::{SimState, Transaction};
-use super::vehicle::{EnergyRegister, Vehicle};
+use super::vehicle::{EnergyRegister, EvNeeds, Vehicle};
 
 /// Default meter value interval.
 pub const DEFAULT_METER_INTERVAL: Duration = Duration::from_secs(60);
@@ -55,6 +55,9 @@ pub const CONTROL_QUEUE_CAPACITY: usize = 16;
 pub const SIM_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between answering a Reset and closing the connection, so the answer goes out first.
 pub const RESET_ANSWER_GRACE: Duration = Duration::from_millis(100);
+/// CALLs of the charge point's own that answers asked for (TriggerMessage, remote start and
+/// stop, ReportChargingProfiles) waiting to be sent; more are dropped and reported.
+pub const FOLLOW_UP_QUEUE: usize = 16;
 /// The shortest heartbeat interval taken from a BootNotification answer (a CSMS answering 0
 /// must not make the charger spin).
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -210,11 +213,19 @@ pub enum ChargePointEvent {
     Held(Action),
     /// The CSMS asked for a Reset; reconnecting.
     Reset,
+    /// A TransactionEvent(Ended) was sent for a remote stop (the vehicle stays plugged in).
+    TransactionStopped(String),
+    /// A ClearChargingProfile was answered, having removed this many profiles.
+    ProfilesCleared(usize),
+    /// A follow-up CALL was dropped: [`FOLLOW_UP_QUEUE`] were waiting.
+    FollowUpDropped,
 }
 
 enum Control {
     PlugIn,
-    Unplug,
+    /// The vehicle left; its transaction, taken at once so a vehicle plugged in right after
+    /// starts its own.
+    Unplug(Option<Transaction>),
     FaultChanged,
     Stop,
 }
@@ -254,6 +265,9 @@ pub enum CommandError {
     /// The charge point's task has stopped.
     #[error("the charge point has stopped")]
     Stopped,
+    /// The EV's needs are out of range.
+    #[error("EV needs: {0}")]
+    Needs(super::vehicle::VehicleError),
 }
 
 fn lock(state: &Mutex<SimState>) -> MutexGuard<'_, SimState> {
@@ -372,18 +386,38 @@ impl ChargePoint {
                 started_sent: false,
                 began_offline,
                 id_token: id_token.map(|t| t.chars().take(36).collect()),
+                id_token_type: None,
+                remote_start_id: None,
+                needs: None,
             });
         }
         self.send(Control::PlugIn)
     }
 
+    /// Plugs `vehicle` in with its driver's `id_token` and the EV's `needs`: once its
+    /// transaction started, NotifyEVChargingNeeds follows (with V2X parameters on 2.1).
+    pub fn plug_in_with_needs(
+        &self,
+        vehicle: Vehicle,
+        id_token: Option<String>,
+        needs: EvNeeds,
+    ) -> Result<(), CommandError> {
+        let needs = needs.check().map_err(CommandError::Needs)?;
+        self.plug_in_with_token(vehicle, id_token)?;
+        if let Some(t) = lock(&self.state).transaction.as_mut() {
+            t.needs = Some(needs);
+        }
+        Ok(())
+    }
+
     /// Unplugs the vehicle: TransactionEvent(Ended) follows.
     pub fn unplug(&self) -> Result<Vehicle, CommandError> {
-        let vehicle = lock(&self.state)
-            .vehicle
-            .take()
-            .ok_or(CommandError::NotPlugged)?;
-        self.send(Control::Unplug)?;
+        let (vehicle, transaction) = {
+            let mut s = lock(&self.state);
+            let vehicle = s.vehicle.take().ok_or(CommandError::NotPlugged)?;
+            (vehicle, s.transaction.take())
+        };
+        self.send(Control::Unplug(transaction))?;
         Ok(vehicle)
     }
 
@@ -527,9 +561,23 @@ async fn session(
     reason: BootReason,
 ) -> End {
     let (reset_tx, mut reset_rx) = mpsc::channel(1);
-    let answering = tokio::spawn(answer_calls(cp.clone(), config.evse_id, calls, reset_tx));
+    let (follow_tx, follow_rx) = mpsc::channel(FOLLOW_UP_QUEUE);
+    let answering = tokio::spawn(answer_calls(
+        cp.clone(),
+        config.evse_id,
+        calls,
+        reset_tx,
+        follow_tx,
+    ));
+    let following = tokio::spawn(follow_ups(
+        cp.clone(),
+        config.evse_id,
+        conn.clone(),
+        follow_rx,
+    ));
     let end = session_loop(cp, config, conn, control, &mut reset_rx, reason).await;
     answering.abort();
+    following.abort();
     end
 }
 
@@ -588,7 +636,7 @@ async fn session_loop(
                     call(cp, conn, status).await;
                     start_transaction(cp, config, conn).await;
                 }
-                Some(Control::Unplug) => end_transaction(cp, config, conn).await,
+                Some(Control::Unplug(tx)) => end_transaction(cp, config, conn, tx).await,
                 Some(Control::FaultChanged) => {
                     let fault = cp.fault();
                     match fault {
@@ -686,25 +734,30 @@ async fn start_transaction(cp: &ChargePoint, config: &ChargePointConfig, conn: &
             t.started_sent = true;
         }
         cp.emit(ChargePointEvent::TransactionStarted(id));
+        send_needs(cp, config.evse_id, conn).await;
     }
 }
 
-async fn end_transaction(cp: &ChargePoint, config: &ChargePointConfig, conn: &Connection) {
+async fn end_transaction(
+    cp: &ChargePoint,
+    config: &ChargePointConfig,
+    conn: &Connection,
+    ended: Option<Transaction>,
+) {
     let event = {
         let mut s = lock(&cp.state);
-        let sent = s.transaction.as_ref().is_some_and(|t| t.started_sent);
-        let ev = if sent {
-            reports::transaction_event(
-                &mut s,
-                config.evse_id,
-                TransactionEventType::Ended,
-                TriggerReason::EVDeparted,
-                None,
-            )
-        } else {
-            None
-        };
-        s.transaction = None;
+        let ended = ended.filter(|t| t.started_sent);
+        // The event is built from the ended transaction; a newer one (a vehicle plugged in
+        // since) is put back untouched.
+        let newer = std::mem::replace(&mut s.transaction, ended);
+        let ev = reports::transaction_event(
+            &mut s,
+            config.evse_id,
+            TransactionEventType::Ended,
+            TriggerReason::EVDeparted,
+            None,
+        );
+        s.transaction = newer;
         ev
     };
     if let Some(ev) = event {
@@ -720,6 +773,7 @@ async fn answer_calls(
     evse_id: i32,
     mut calls: mpsc::Receiver<IncomingCall>,
     reset: mpsc::Sender<()>,
+    follow: mpsc::Sender<FollowUp>,
 ) {
     // Calls held by `Hang`: bounded by the engine's max_unanswered_incoming.
     let mut held = Vec::new();
@@ -745,7 +799,8 @@ async fn answer_calls(
         let (answer, effect) = answers::answer(&mut lock(&cp.state), evse_id, &call.request);
         call.respond(answer);
         match effect {
-            Effect::None | Effect::ProfilesCleared(_) => {}
+            Effect::None => {}
+            Effect::ProfilesCleared(n) => cp.emit(ChargePointEvent::ProfilesCleared(n)),
             Effect::ProfileInstalled { id, change } => {
                 cp.emit(ChargePointEvent::ProfileInstalled { id, change })
             }
@@ -756,7 +811,109 @@ async fn answer_calls(
             Effect::Reset => {
                 let _ = reset.try_send(());
             }
+            Effect::Follow(f) => {
+                if follow.try_send(f).is_err() {
+                    cp.emit(ChargePointEvent::FollowUpDropped);
+                }
+            }
         }
     }
     drop(held);
+}
+
+/// Sends the CALLs answers asked for, in order, beside the session loop (a CSMS waiting for a
+/// ReportChargingProfiles must not wait behind the loop's own CALLs).
+async fn follow_ups(
+    cp: ChargePoint,
+    evse_id: i32,
+    conn: Connection,
+    mut rx: mpsc::Receiver<FollowUp>,
+) {
+    while let Some(f) = rx.recv().await {
+        match f {
+            FollowUp::Status => {
+                let status = reports::status(&lock(&cp.state), evse_id);
+                call(&cp, &conn, status).await;
+            }
+            FollowUp::Meter => {
+                let mv = reports::meter_values(&lock(&cp.state), evse_id);
+                call(&cp, &conn, mv).await;
+            }
+            FollowUp::Heartbeat => {
+                call(&cp, &conn, HeartbeatRequest::default()).await;
+            }
+            FollowUp::StartRemote => remote_start(&cp, evse_id, &conn).await,
+            FollowUp::StopRemote => remote_stop(&cp, evse_id, &conn).await,
+            FollowUp::Report(r) => {
+                call(&cp, &conn, *r).await;
+            }
+        }
+    }
+}
+
+/// TransactionEvent(Started, RemoteStart) of the transaction a RequestStartTransaction set up.
+async fn remote_start(cp: &ChargePoint, evse_id: i32, conn: &Connection) {
+    let event = {
+        let mut s = lock(&cp.state);
+        let token = s
+            .transaction
+            .as_ref()
+            .filter(|t| !t.started_sent)
+            .and_then(|t| Some((t.id_token.clone()?, t.id_token_type.clone())));
+        token.and_then(|(value, kind)| {
+            let mut token = reports::id_token(&value);
+            if let Some(kind) = kind {
+                token.kind = kind;
+            }
+            reports::transaction_event(
+                &mut s,
+                evse_id,
+                TransactionEventType::Started,
+                TriggerReason::RemoteStart,
+                Some(token),
+            )
+        })
+    };
+    let Some(event) = event else { return };
+    let id = event.transaction_info.transaction_id.clone();
+    if call(cp, conn, event).await.is_some() {
+        if let Some(t) = lock(&cp.state).transaction.as_mut() {
+            t.started_sent = true;
+        }
+        cp.emit(ChargePointEvent::TransactionStarted(id));
+        send_needs(cp, evse_id, conn).await;
+    }
+}
+
+/// TransactionEvent(Ended, RemoteStop); the vehicle stays plugged in.
+async fn remote_stop(cp: &ChargePoint, evse_id: i32, conn: &Connection) {
+    let event = {
+        let mut s = lock(&cp.state);
+        let ev = reports::transaction_event(
+            &mut s,
+            evse_id,
+            TransactionEventType::Ended,
+            TriggerReason::RemoteStop,
+            None,
+        );
+        s.transaction = None;
+        ev
+    };
+    let Some(event) = event else { return };
+    let id = event.transaction_info.transaction_id.clone();
+    if call(cp, conn, event).await.is_some() {
+        cp.emit(ChargePointEvent::TransactionStopped(id));
+    }
+}
+
+/// NotifyEVChargingNeeds of the open transaction's EV, when it has needs.
+async fn send_needs(cp: &ChargePoint, evse_id: i32, conn: &Connection) {
+    let req = {
+        let s = lock(&cp.state);
+        let needs = s.transaction.as_ref().and_then(|t| t.needs);
+        needs.and_then(|n| reports::charging_needs(&s, evse_id, conn.info().version, &n))
+    };
+    if let Some(req) = req {
+        call(cp, conn, req).await;
+    }
 }

@@ -11,9 +11,11 @@
 //! - [`fault`]: run-time fault injection (drop, hang, reject, bad value, slow);
 //! - [`reports`]: the messages the charge point sends, built from its state;
 //! - [`answers`]: how it answers the CSMS (profiles, variables incl. the applied-profile
-//!   read-back, reset);
+//!   read-back, reset, remote start and stop, TriggerMessage, GetChargingProfiles);
 //! - [`charge_point`]: the running charge point: connection task, reconnect with backoff,
 //!   heartbeats and meter values, plug-in / unplug, faults, injectable physics time;
+//! - [`arrivals`]: drivers known by token arriving at random free chargers over an hour
+//!   (seeded), with their EV's needs;
 //! - [`load`]: N concurrent clients against one CSMS, latency and memory per connection.
 //!
 //! Invariants kept across modules: the physics only advance through an explicit `dt`; the
@@ -21,6 +23,7 @@
 //! reconnects); every limit (queues, delays, counts) is a named constant or config field.
 
 pub mod answers;
+pub mod arrivals;
 pub mod charge_point;
 pub mod fault;
 pub mod load;
@@ -34,4 +37,4 @@ pub use charge_point::{
 };
 pub use fault::{BadValue, Fault};
 pub use load::{LoadConfig, LoadError, LoadReport};
-pub use vehicle::{EnergyRegister, Vehicle};
+pub use vehicle::{EnergyRegister, EvNeeds, Vehicle};

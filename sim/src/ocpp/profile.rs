@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use gridvisor_transports::ocpp::messages::{
-    ChargingProfile, ChargingProfileKind, ChargingRateUnit,
+    ChargingProfile, ChargingProfileKind, ChargingProfilePurpose, ChargingRateUnit,
 };
 
 /// Most profiles one charge point holds (further distinct ids are refused).
@@ -231,12 +231,14 @@ impl ProfileSet {
         id: Option<i32>,
         evse_id: Option<i32>,
         stack_level: Option<i32>,
+        purpose: Option<ChargingProfilePurpose>,
     ) -> usize {
         let before = self.profiles.len();
         self.profiles.retain(|pid, p| {
             let hit = id.is_none_or(|i| i == *pid)
                 && evse_id.is_none_or(|e| e == p.evse_id)
-                && stack_level.is_none_or(|s| s == p.profile.stack_level);
+                && stack_level.is_none_or(|s| s == p.profile.stack_level)
+                && purpose.is_none_or(|x| x == p.profile.charging_profile_purpose);
             !hit
         });
         before - self.profiles.len()
@@ -350,7 +352,10 @@ mod tests {
             })
         );
         assert_eq!(set.command(at(1900), None), None);
-        assert_eq!(set.clear(Some(req.charging_profile.id), None, None), 1);
+        assert_eq!(
+            set.clear(Some(req.charging_profile.id), None, None, None),
+            1
+        );
         assert!(set.is_empty());
     }
 

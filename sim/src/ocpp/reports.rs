@@ -9,6 +9,11 @@ use gridvisor_transports::ocpp::messages::*;
 use serde_json::Map;
 
 use super::state::SimState;
+use super::vehicle::EvNeeds;
+use gridvisor_transports::ocpp::OcppVersion;
+
+/// The simulated DC charger's voltage limit reported for the EV, V.
+pub const EV_MAX_VOLTAGE: f64 = 800.0;
 
 /// The simulated station's vendor name in BootNotification.
 pub const VENDOR: &str = "gridvisor";
@@ -144,9 +149,14 @@ pub fn transaction_event(
             transaction_id: tx.id.clone(),
             charging_state: Some(charging),
             time_spent_charging: None,
-            stopped_reason: (event_type == TransactionEventType::Ended)
-                .then_some(StopReason::EVDisconnected),
-            remote_start_id: None,
+            stopped_reason: (event_type == TransactionEventType::Ended).then_some(
+                if trigger_reason == TriggerReason::RemoteStop {
+                    StopReason::Remote
+                } else {
+                    StopReason::EVDisconnected
+                },
+            ),
+            remote_start_id: tx.remote_start_id,
             operation_mode: None,
             tariff_id: None,
             transaction_limit: None,
@@ -171,4 +181,68 @@ pub fn id_token(token: &str) -> IdToken {
         additional_info: None,
         extra: Map::new(),
     }
+}
+
+/// NotifyEVChargingNeeds of the plugged-in vehicle with `needs` (`None` without a vehicle):
+/// departure, energy to the target, and on 2.1 the V2X parameters: power limits and the
+/// energy requests to the target, the vehicle's floor, full, and the V2X floor (Wh, negative
+/// when that level is below the vehicle's state of charge).
+pub fn charging_needs(
+    state: &SimState,
+    evse_id: i32,
+    version: OcppVersion,
+    needs: &EvNeeds,
+) -> Option<NotifyEVChargingNeedsRequest> {
+    let v = state.vehicle.as_ref()?;
+    let wh = |soc: f64| ((soc - v.soc()) * v.capacity_kwh() * 1000.0).round();
+    let departure = DateTime::from_system_time(needs.departure).ok();
+    let dc = DcChargingParameters {
+        ev_max_current: (v.max_charge_kw() * 1000.0 / EV_MAX_VOLTAGE).round(),
+        ev_max_voltage: EV_MAX_VOLTAGE,
+        ev_max_power: Some(v.max_charge_kw() * 1000.0),
+        ev_energy_capacity: Some(v.capacity_kwh() * 1000.0),
+        energy_amount: Some(wh(needs.target_soc).max(0.0)),
+        state_of_charge: Some((v.soc() * 100.0).round() as i32),
+        full_soc: Some(100),
+        bulk_soc: None,
+        extra: Map::new(),
+    };
+    let bidirectional = v.bidirectional() && version == OcppVersion::V21;
+    let v2x = bidirectional.then(|| V2xChargingParameters {
+        max_charge_power: Some(v.max_charge_kw() * 1000.0),
+        max_discharge_power: Some(v.max_discharge_kw() * 1000.0),
+        ev_target_energy_request: Some(wh(needs.target_soc)),
+        ev_min_energy_request: Some(wh(v.min_soc())),
+        ev_max_energy_request: Some(wh(1.0)),
+        ev_min_v2x_energy_request: Some(wh(needs.min_v2x_soc)),
+        ev_max_v2x_energy_request: Some(wh(1.0)),
+        target_soc: Some((needs.target_soc * 100.0).round() as i32),
+        ..Default::default()
+    });
+    let (requested, available, control, mobility) = match version {
+        OcppVersion::V21 if bidirectional => (
+            EnergyTransferMode::DcBpt,
+            Some(vec![EnergyTransferMode::Dc, EnergyTransferMode::DcBpt]),
+            Some(ControlMode::DynamicControl),
+            Some(MobilityNeedsMode::Evcc),
+        ),
+        _ => (EnergyTransferMode::Dc, None, None, None),
+    };
+    Some(NotifyEVChargingNeedsRequest {
+        evse_id,
+        max_schedule_tuples: None,
+        charging_needs: ChargingNeeds {
+            requested_energy_transfer: requested,
+            available_energy_transfer: available,
+            control_mode: control,
+            mobility_needs_mode: mobility,
+            departure_time: departure,
+            ac_charging_parameters: None,
+            dc_charging_parameters: Some(dc),
+            v2x_charging_parameters: v2x,
+            extra: Map::new(),
+        },
+        timestamp: (version == OcppVersion::V21).then(|| timestamp(state)),
+        extra: Map::new(),
+    })
 }

@@ -48,6 +48,12 @@ pub struct Transaction {
     pub began_offline: bool,
     /// The id token the driver presents for it (None: the charge point's configured one).
     pub id_token: Option<String>,
+    /// The token's type on the wire (None: `ISO14443`, an RFID card).
+    pub id_token_type: Option<String>,
+    /// The CSMS's `remoteStartId`, for a transaction it started (RequestStartTransaction).
+    pub remote_start_id: Option<i32>,
+    /// What the EV reports once the transaction started (NotifyEVChargingNeeds).
+    pub needs: Option<super::vehicle::EvNeeds>,
 }
 
 /// The shared state (behind a mutex in [`super::charge_point::ChargePoint`]).

@@ -44,6 +44,40 @@ pub enum VehicleError {
     },
 }
 
+/// What an EV says about its visit (ISO 15118-20, carried by OCPP's NotifyEVChargingNeeds):
+/// when the driver leaves, the state of charge wanted by then, and the lowest state of charge
+/// it lets V2X discharging reach (fractions of capacity).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvNeeds {
+    /// When the driver leaves (wall clock).
+    pub departure: std::time::SystemTime,
+    /// State of charge wanted at departure.
+    pub target_soc: f64,
+    /// Lowest state of charge V2X may discharge to.
+    pub min_v2x_soc: f64,
+}
+
+impl EvNeeds {
+    /// Checks both fractions are finite and in [0, 1], the V2X floor not above the target.
+    pub fn check(self) -> Result<EvNeeds, VehicleError> {
+        for (field, value) in [
+            ("target_soc", self.target_soc),
+            ("min_v2x_soc", self.min_v2x_soc),
+        ] {
+            if !value.is_finite() || !(0.0..=1.0).contains(&value) {
+                return Err(VehicleError::Soc { field, value });
+            }
+        }
+        if self.min_v2x_soc > self.target_soc {
+            return Err(VehicleError::SocBelowMinimum {
+                soc: self.target_soc,
+                min_soc: self.min_v2x_soc,
+            });
+        }
+        Ok(self)
+    }
+}
+
 /// A vehicle's battery and its power limits (kW, kWh, SoC as a fraction of capacity).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vehicle {
@@ -108,6 +142,11 @@ impl Vehicle {
     /// State of charge as a fraction of capacity.
     pub fn soc(&self) -> f64 {
         self.soc
+    }
+
+    /// The floor below which it refuses to discharge, as a fraction of capacity.
+    pub fn min_soc(&self) -> f64 {
+        self.min_soc
     }
 
     /// Usable capacity in kWh.

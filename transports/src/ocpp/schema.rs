@@ -89,15 +89,20 @@ schema_files!(
     Authorize,
     BootNotification,
     ClearChargingProfile,
+    GetChargingProfiles,
     GetVariables,
     Heartbeat,
     MeterValues,
     NotifyEVChargingNeeds,
+    ReportChargingProfiles,
+    RequestStartTransaction,
+    RequestStopTransaction,
     Reset,
     SetChargingProfile,
     SetVariables,
     StatusNotification,
     TransactionEvent,
+    TriggerMessage,
 );
 
 type Registry = HashMap<(OcppVersion, Action, PayloadKind), Validator>;

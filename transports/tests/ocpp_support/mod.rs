@@ -314,6 +314,7 @@ pub fn standard_answer(request: &Request) -> Response {
             extra: Map::new(),
         }
         .into(),
+        Request::ReportChargingProfiles(_) => ReportChargingProfilesResponse::default().into(),
         other => panic!("the CSMS does not receive {:?}", other.action()),
     }
 }

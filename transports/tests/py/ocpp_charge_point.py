@@ -9,6 +9,7 @@ VERSION is 2.0.1 or 2.1. Every observation is printed on stdout as one JSON obje
   {"event": "result", "action": ..., "payload": ...}      (answers to our CALLs)
   {"event": "ready"}                                       (our CALLs are done)
   {"event": "received", "message": [...]}                  (every frame the CSMS sent, raw)
+  {"event": "sent", "action": ..., "payload": ...}        (CALLs the CSMS's actions asked for)
   {"event": "refused", "status": N} / {"event": "error", "error": ...}
   {"event": "closed"}
 The test that starts this script waits for these lines; nothing here sleeps.
@@ -24,7 +25,7 @@ import sys
 try:
     import websockets
     from websockets.asyncio.client import connect
-    from ocpp.routing import on
+    from ocpp.routing import on, after
     import ocpp.v201
     import ocpp.v21
 except ImportError as e:  # the Rust test turns this into a failure naming what to install
@@ -43,6 +44,7 @@ def now():
 def make_charge_point(version):
     mod = ocpp.v21 if version == "2.1" else ocpp.v201
     call_result = mod.call_result
+    call = mod.call
 
     class ChargePoint(mod.ChargePoint):
         async def route_message(self, raw_msg):
@@ -52,14 +54,106 @@ def make_charge_point(version):
                 emit(event="received", message=raw_msg)
             return await super().route_message(raw_msg)
 
+        # What the CSMS installed (id -> profile, as the library decoded it) and the running
+        # transaction: the state the remote-control and read-back handlers answer from.
+        profiles = {}
+        tx = None
+        tx_seq = 0
+        remote_starts = 0
+
+        async def send(self, action, payload):
+            result = await asyncio.wait_for(self.call(payload), 10)
+            emit(event="sent", action=action,
+                 payload=dataclasses.asdict(result) if result is not None else None)
+
         @on("SetChargingProfile")
         async def on_set_charging_profile(self, evse_id, charging_profile, **kwargs):
             accepted = charging_profile["charging_profile_purpose"] == "TxDefaultProfile"
+            if accepted:
+                self.profiles[charging_profile["id"]] = (evse_id, charging_profile)
             return call_result.SetChargingProfile(status="Accepted" if accepted else "Rejected")
 
         @on("ClearChargingProfile")
-        async def on_clear_charging_profile(self, **kwargs):
-            return call_result.ClearChargingProfile(status="Accepted")
+        async def on_clear_charging_profile(self, charging_profile_id=None,
+                                            charging_profile_criteria=None, **kwargs):
+            c = charging_profile_criteria or {}
+            hit = [i for i, (evse, p) in self.profiles.items()
+                   if charging_profile_id in (None, i)
+                   and c.get("evse_id") in (None, evse)
+                   and c.get("charging_profile_purpose") in (None, p["charging_profile_purpose"])
+                   and c.get("stack_level") in (None, p["stack_level"])]
+            for i in hit:
+                del self.profiles[i]
+            return call_result.ClearChargingProfile(status="Accepted" if hit else "Unknown")
+
+        def matching(self, evse_id, criterion):
+            return [p for (evse, p) in self.profiles.values()
+                    if evse_id in (None, evse)
+                    and criterion.get("charging_profile_purpose") in (None, p["charging_profile_purpose"])
+                    and criterion.get("stack_level") in (None, p["stack_level"])]
+
+        @on("GetChargingProfiles")
+        async def on_get_charging_profiles(self, request_id, charging_profile, evse_id=None, **kwargs):
+            found = self.matching(evse_id, charging_profile)
+            return call_result.GetChargingProfiles(status="Accepted" if found else "NoProfiles")
+
+        @after("GetChargingProfiles")
+        async def report_charging_profiles(self, request_id, charging_profile, evse_id=None, **kwargs):
+            found = self.matching(evse_id, charging_profile)
+            if found:
+                await self.send("ReportChargingProfiles", call.ReportChargingProfiles(
+                    request_id=request_id, charging_limit_source="CSO", evse_id=1,
+                    charging_profile=found, tbc=False))
+
+        @on("TriggerMessage")
+        async def on_trigger_message(self, requested_message, **kwargs):
+            ok = requested_message in ("StatusNotification", "MeterValues")
+            return call_result.TriggerMessage(status="Accepted" if ok else "NotImplemented")
+
+        @after("TriggerMessage")
+        async def triggered(self, requested_message, **kwargs):
+            if requested_message == "StatusNotification":
+                await self.send("StatusNotification", call.StatusNotification(
+                    timestamp=now(), connector_status="Occupied", evse_id=1, connector_id=1))
+            elif requested_message == "MeterValues":
+                await self.send("MeterValues", call.MeterValues(evse_id=1, meter_value=[
+                    {"timestamp": now(), "sampled_value": [{"value": 3.3, "measurand": "Power.Active.Import",
+                                                            "unit_of_measure": {"unit": "kW"}}]}]))
+
+        @on("RequestStopTransaction")
+        async def on_request_stop(self, transaction_id, **kwargs):
+            ok = transaction_id == self.tx
+            return call_result.RequestStopTransaction(status="Accepted" if ok else "Rejected")
+
+        @after("RequestStopTransaction")
+        async def stop_remotely(self, transaction_id, **kwargs):
+            if transaction_id != self.tx:
+                return
+            self.tx = None
+            self.tx_seq += 1
+            await self.send("TransactionEvent", call.TransactionEvent(
+                event_type="Ended", timestamp=now(), trigger_reason="RemoteStop", seq_no=self.tx_seq,
+                transaction_info={"transaction_id": transaction_id, "stopped_reason": "Remote"}))
+
+        @on("RequestStartTransaction")
+        async def on_request_start(self, id_token, remote_start_id, evse_id=None, **kwargs):
+            if self.tx is not None:
+                return call_result.RequestStartTransaction(
+                    status="Rejected", transaction_id=self.tx,
+                    status_info={"reason_code": "TxInProgress"})
+            return call_result.RequestStartTransaction(status="Accepted")
+
+        @after("RequestStartTransaction")
+        async def start_remotely(self, id_token, remote_start_id, **kwargs):
+            if self.tx is not None:
+                return
+            self.remote_starts += 1
+            self.tx = f"tx-remote-{self.remote_starts}"
+            self.tx_seq = 0
+            await self.send("TransactionEvent", call.TransactionEvent(
+                event_type="Started", timestamp=now(), trigger_reason="RemoteStart", seq_no=0,
+                transaction_info={"transaction_id": self.tx, "remote_start_id": remote_start_id},
+                evse={"id": 1, "connector_id": 1}, id_token=id_token))
 
         @on("GetVariables")
         async def on_get_variables(self, get_variable_data, **kwargs):
@@ -169,6 +263,7 @@ async def run(args):
         id_token={"id_token": "04A1B2C3", "type": token_type},
         meter_value=[{"timestamp": now(), "sampled_value": [
             {"value": 1234.5, "measurand": "Energy.Active.Import.Register"}]}]))
+    cp.tx = "tx-1"
     await do("MeterValues", call.MeterValues(evse_id=1, meter_value=[{"timestamp": now(), "sampled_value": [
         {"value": 7.4, "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "kW"}}]}]))
     needs = {"requested_energy_transfer": "DC", "departure_time": now(),

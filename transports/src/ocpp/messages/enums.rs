@@ -695,3 +695,67 @@ string_enum! {
         TxResumed = "TxResumed",
     }
 }
+
+string_enum! {
+    /// OCPP `RequestStartStopStatusEnumType`.
+    RequestStartStopStatus {
+        /// `Accepted`.
+        Accepted = "Accepted",
+        /// `Rejected`.
+        Rejected = "Rejected",
+    }
+}
+
+string_enum! {
+    /// OCPP `MessageTriggerEnumType`.
+    MessageTrigger {
+        /// `BootNotification`.
+        BootNotification = "BootNotification",
+        /// `LogStatusNotification`.
+        LogStatusNotification = "LogStatusNotification",
+        /// `FirmwareStatusNotification`.
+        FirmwareStatusNotification = "FirmwareStatusNotification",
+        /// `Heartbeat`.
+        Heartbeat = "Heartbeat",
+        /// `MeterValues`.
+        MeterValues = "MeterValues",
+        /// `SignChargingStationCertificate`.
+        SignChargingStationCertificate = "SignChargingStationCertificate",
+        /// `SignV2GCertificate`.
+        SignV2GCertificate = "SignV2GCertificate",
+        /// `SignV2G20Certificate` (2.1).
+        SignV2G20Certificate = "SignV2G20Certificate",
+        /// `StatusNotification`.
+        StatusNotification = "StatusNotification",
+        /// `TransactionEvent`.
+        TransactionEvent = "TransactionEvent",
+        /// `SignCombinedCertificate`.
+        SignCombinedCertificate = "SignCombinedCertificate",
+        /// `PublishFirmwareStatusNotification`.
+        PublishFirmwareStatusNotification = "PublishFirmwareStatusNotification",
+        /// `CustomTrigger` (2.1).
+        CustomTrigger = "CustomTrigger",
+    }
+}
+
+string_enum! {
+    /// OCPP `TriggerMessageStatusEnumType`.
+    TriggerMessageStatus {
+        /// `Accepted`.
+        Accepted = "Accepted",
+        /// `Rejected`.
+        Rejected = "Rejected",
+        /// `NotImplemented`.
+        NotImplemented = "NotImplemented",
+    }
+}
+
+string_enum! {
+    /// OCPP `GetChargingProfileStatusEnumType`.
+    GetChargingProfileStatus {
+        /// `Accepted`: a ReportChargingProfiles follows.
+        Accepted = "Accepted",
+        /// `NoProfiles`: nothing matched, no report follows.
+        NoProfiles = "NoProfiles",
+    }
+}

@@ -35,14 +35,18 @@ macro_rules! string_enum {
 mod authorization;
 mod common;
 mod enums;
+mod profile_report;
 mod provisioning;
+mod remote_control;
 mod smart_charging;
 mod transactions;
 
 pub use authorization::*;
 pub use common::*;
 pub use enums::*;
+pub use profile_report::*;
 pub use provisioning::*;
+pub use remote_control::*;
 pub use smart_charging::*;
 pub use transactions::*;
 
@@ -203,15 +207,20 @@ actions! {
     Authorize: AuthorizeRequest => AuthorizeResponse, ChargePoint;
     BootNotification: BootNotificationRequest => BootNotificationResponse, ChargePoint;
     ClearChargingProfile: ClearChargingProfileRequest => ClearChargingProfileResponse, Csms;
+    GetChargingProfiles: GetChargingProfilesRequest => GetChargingProfilesResponse, Csms;
     GetVariables: GetVariablesRequest => GetVariablesResponse, Csms;
     Heartbeat: HeartbeatRequest => HeartbeatResponse, ChargePoint;
     MeterValues: MeterValuesRequest => MeterValuesResponse, ChargePoint;
     NotifyEVChargingNeeds: NotifyEVChargingNeedsRequest => NotifyEVChargingNeedsResponse, ChargePoint;
+    ReportChargingProfiles: ReportChargingProfilesRequest => ReportChargingProfilesResponse, ChargePoint;
+    RequestStartTransaction: RequestStartTransactionRequest => RequestStartTransactionResponse, Csms;
+    RequestStopTransaction: RequestStopTransactionRequest => RequestStopTransactionResponse, Csms;
     Reset: ResetRequest => ResetResponse, Csms;
     SetChargingProfile: SetChargingProfileRequest => SetChargingProfileResponse, Csms;
     SetVariables: SetVariablesRequest => SetVariablesResponse, Csms;
     StatusNotification: StatusNotificationRequest => StatusNotificationResponse, ChargePoint;
     TransactionEvent: TransactionEventRequest => TransactionEventResponse, ChargePoint;
+    TriggerMessage: TriggerMessageRequest => TriggerMessageResponse, Csms;
 }
 
 impl fmt::Display for Action {
@@ -219,3 +228,6 @@ impl fmt::Display for Action {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod actions_tests;
