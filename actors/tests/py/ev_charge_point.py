@@ -55,6 +55,17 @@ class ChargePoint(ocpp.v21.ChargePoint):
     async def on_clear_charging_profile(self, **kwargs):
         return call_result.ClearChargingProfile(status="Accepted")
 
+    # What every 2.0.1/2.1 station answers: no profile read-back through reports (the node's
+    # dispatch profiles are not kept here), and TriggerMessage refused (the EV reports on its
+    # own schedule, driven by the test).
+    @on("GetChargingProfiles")
+    async def on_get_charging_profiles(self, request_id, charging_profile, **kwargs):
+        return call_result.GetChargingProfiles(status="NoProfiles")
+
+    @on("TriggerMessage")
+    async def on_trigger_message(self, requested_message, **kwargs):
+        return call_result.TriggerMessage(status="Rejected")
+
     @on("GetVariables")
     async def on_get_variables(self, get_variable_data, **kwargs):
         results = []
