@@ -134,3 +134,35 @@ pub async fn request_until_acked(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A Python peer's stdout as JSON values (a line that is not JSON becomes a string naming it)
+/// and its stderr, collected whole when it ends (for failure messages). Reader threads end
+/// with the child.
+pub fn json_lines(
+    child: &mut std::process::Child,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::{BufRead, BufReader, Read};
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line)
+                .unwrap_or_else(|_| serde_json::Value::String(format!("non-JSON line: {line}")));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = err.read_to_string(&mut buf);
+        *sink.lock().unwrap() = buf;
+    });
+    (lines, stderr)
+}
