@@ -89,6 +89,53 @@ impl fmt::Debug for Notifier {
 }
 
 /// A hook's answer: an action and an optional notification.
+///
+/// ```
+/// # use gridvisor_supervisors::prelude::*;
+/// # use ractor::{Actor, ActorProcessingErr, ActorRef};
+/// # struct Worker;
+/// # impl Actor for Worker {
+/// #     type Msg = ();
+/// #     type State = ();
+/// #     type Arguments = ();
+/// #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::sync::{Arc, Mutex};
+///
+/// // Leave a child down after a failure instead of restarting it, and tell somebody.
+/// let told = Arc::new(Mutex::new(Vec::new()));
+/// let log = told.clone();
+/// let config = SupervisorConfig::new("app", Strategy::OneForOne).hook(move |exit| {
+///     let log = log.clone();
+///     if exit.reason.is_abnormal() {
+///         HookDecision::ignore().notify(gridvisor_supervisors::Notifier::function(move |n| {
+///             log.lock().unwrap().push(n.path.to_string())
+///         }))
+///     } else {
+///         HookDecision::restart()
+///     }
+/// });
+/// let spec = ChildSpec::worker("w", |ctx: ChildContext, ()| async move { ctx.spawn(Worker, ()).await });
+/// let sup = Supervisor::start(config, vec![spec]).await.unwrap();
+/// sup.which_children().await.unwrap()[0].actor.as_ref().unwrap().kill();
+/// let gone = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+///     loop {
+///         let c = sup.count_children().await.unwrap();
+///         if c.active == 0 { break c; }
+///         tokio::task::yield_now().await;
+///     }
+/// })
+/// .await
+/// .expect("the killed child is seen within 5 s");
+/// assert_eq!(gone.specs, 1); // still listed, terminated
+/// assert_eq!(*told.lock().unwrap(), ["app/w"]);
+/// sup.shutdown().await;
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct HookDecision {
     /// What to do with the child.

@@ -8,27 +8,52 @@ use ractor::rpc::CallResult;
 use ractor::{ActorCell, ActorRef, RpcReplyPort};
 
 use crate::introspect::{ChildCounts, ChildInfo, ChildState, TreeNode};
+pub use crate::msg::StartedChild;
+use crate::msg::{Request, StartRequest, SupervisorError, SupervisorMsg};
 use crate::path::ActorPath;
 use crate::spec::{ChildKind, ChildSpec};
-use crate::supervisor::{StartRequest, SupervisorError, SupervisorMsg};
 
 /// How long a call to a supervisor may take before the caller gets
 /// [`SupervisorError::Unreachable`]. Generous, because a call waits behind whatever the
 /// supervisor is doing (starting a slow child, stopping children within their limits).
 pub const SUPERVISOR_CALL_LIMIT: Duration = Duration::from_secs(60);
 
-/// A child that was started.
-#[derive(Debug, Clone)]
-pub struct StartedChild {
-    /// Its id.
-    pub id: String,
-    /// Its stable path.
-    pub path: ActorPath,
-    /// Its current incarnation.
-    pub cell: ActorCell,
-}
-
 /// A handle to a running supervisor.
+///
+/// ```
+/// # use gridvisor_supervisors::prelude::*;
+/// # use ractor::{Actor, ActorProcessingErr, ActorRef};
+/// # struct Worker;
+/// # impl Actor for Worker {
+/// #     type Msg = ();
+/// #     type State = ();
+/// #     type Arguments = ();
+/// #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let worker = |id: &str| {
+///     ChildSpec::worker(id, |ctx: ChildContext, ()| async move { ctx.spawn(Worker, ()).await })
+/// };
+/// let sup = Supervisor::start(
+///     SupervisorConfig::new("app", Strategy::RestForOne),
+///     vec![worker("db"), worker("cache")],
+/// )
+/// .await
+/// .unwrap();
+/// // OTP's supervisor API as methods.
+/// sup.start_child(worker("web")).await.unwrap();
+/// sup.terminate_child("cache").await.unwrap();
+/// let ids: Vec<_> = sup.which_children().await.unwrap().into_iter().map(|c| c.id).collect();
+/// assert_eq!(ids, ["db", "cache", "web"]);
+/// assert_eq!(sup.count_children().await.unwrap().active, 2);
+/// sup.restart_child("cache").await.unwrap();
+/// assert_eq!(sup.tree().await.unwrap().children.len(), 3);
+/// sup.shutdown().await;
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct SupervisorRef {
     actor: ActorRef<SupervisorMsg>,
@@ -67,9 +92,13 @@ impl SupervisorRef {
 
     async fn call<T: Send + 'static>(
         &self,
-        msg: impl FnOnce(RpcReplyPort<T>) -> SupervisorMsg,
+        msg: impl FnOnce(RpcReplyPort<T>) -> Request,
     ) -> Result<T, SupervisorError> {
-        match self.actor.call(msg, Some(SUPERVISOR_CALL_LIMIT)).await {
+        match self
+            .actor
+            .call(|r| SupervisorMsg(msg(r)), Some(SUPERVISOR_CALL_LIMIT))
+            .await
+        {
             Ok(CallResult::Success(v)) => Ok(v),
             Ok(CallResult::Timeout) => Err(SupervisorError::Unreachable {
                 path: self.path.clone(),
@@ -88,7 +117,7 @@ impl SupervisorRef {
 
     /// Add `spec` and start it (static supervisors; OTP's `start_child/2` with a spec).
     pub async fn start_child(&self, spec: ChildSpec<()>) -> Result<StartedChild, SupervisorError> {
-        self.call(|r| SupervisorMsg::StartChild(StartRequest::Spec(Box::new(spec)), r))
+        self.call(|r| Request::StartChild(StartRequest::Spec(Box::new(spec)), r))
             .await?
     }
 
@@ -96,35 +125,35 @@ impl SupervisorRef {
     /// listed as terminated; a dynamic or temporary child is removed.
     pub async fn terminate_child(&self, id: &str) -> Result<(), SupervisorError> {
         let id = id.to_string();
-        self.call(|r| SupervisorMsg::TerminateChild(id, r)).await?
+        self.call(|r| Request::TerminateChild(id, r)).await?
     }
 
     /// Start a terminated static child again (OTP's `restart_child`).
     pub async fn restart_child(&self, id: &str) -> Result<StartedChild, SupervisorError> {
         let id = id.to_string();
-        self.call(|r| SupervisorMsg::RestartChild(id, r)).await?
+        self.call(|r| Request::RestartChild(id, r)).await?
     }
 
     /// Forget a terminated static child (OTP's `delete_child`).
     pub async fn delete_child(&self, id: &str) -> Result<(), SupervisorError> {
         let id = id.to_string();
-        self.call(|r| SupervisorMsg::DeleteChild(id, r)).await?
+        self.call(|r| Request::DeleteChild(id, r)).await?
     }
 
     /// The children, in start order (OTP's `which_children`).
     pub async fn which_children(&self) -> Result<Vec<ChildInfo>, SupervisorError> {
-        self.call(SupervisorMsg::WhichChildren).await
+        self.call(Request::WhichChildren).await
     }
 
     /// Counts of children (OTP's `count_children`).
     pub async fn count_children(&self) -> Result<ChildCounts, SupervisorError> {
-        self.call(SupervisorMsg::CountChildren).await
+        self.call(Request::CountChildren).await
     }
 
     /// The whole tree below this supervisor, as data. Nested supervisors are asked in turn,
     /// from the caller's task, so no supervisor ever waits on another.
     pub async fn tree(&self) -> Result<TreeNode, SupervisorError> {
-        let info = self.call(SupervisorMsg::Describe).await?;
+        let info = self.call(Request::Describe).await?;
         let children = describe_children(info.children).await;
         Ok(TreeNode {
             path: info.path,
@@ -170,7 +199,7 @@ fn describe_children(children: Vec<ChildInfo>) -> BoxFuture<'static, Vec<TreeNod
             if let (ChildKind::Supervisor, Some(cell)) = (c.kind, c.actor) {
                 if let Ok(sup) = SupervisorRef::from_cell(cell, c.path) {
                     // A supervisor that stops meanwhile is shown without children.
-                    if let Ok(info) = sup.call(SupervisorMsg::Describe).await {
+                    if let Ok(info) = sup.call(Request::Describe).await {
                         node.strategy = Some(info.strategy.as_str().to_string());
                         node.children = describe_children(info.children).await;
                     }
@@ -183,6 +212,38 @@ fn describe_children(children: Vec<ChildInfo>) -> BoxFuture<'static, Vec<TreeNod
 }
 
 /// A handle to a dynamic (`SimpleOneForOne`) supervisor whose children take arguments `A`.
+///
+/// ```
+/// # use gridvisor_supervisors::prelude::*;
+/// # use ractor::{Actor, ActorProcessingErr, ActorRef};
+/// # struct Worker;
+/// # impl Actor for Worker {
+/// #     type Msg = ();
+/// #     type State = ();
+/// #     type Arguments = ();
+/// #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Children of one template, each started with its own arguments (here: a number).
+/// let template = ChildSpec::worker("conn", |ctx: ChildContext, _port: u16| async move {
+///     ctx.spawn(Worker, ()).await
+/// });
+/// let pool = Supervisor::start_dynamic(
+///     SupervisorConfig::new("conns", Strategy::SimpleOneForOne),
+///     template,
+/// )
+/// .await
+/// .unwrap();
+/// let a = pool.start_child(8080).await.unwrap();
+/// let b = pool.start_child_named("admin", 9464).await.unwrap();
+/// assert_eq!((a.id.as_str(), b.id.as_str()), ("conn-1", "admin")); // generated ids count from 1
+/// assert_eq!(b.path.as_str(), "conns/admin");
+/// pool.shutdown().await;
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct DynamicSupervisorRef<A> {
     inner: SupervisorRef,
@@ -216,7 +277,7 @@ impl<A: Send + 'static> DynamicSupervisorRef<A> {
     pub async fn start_child(&self, args: A) -> Result<StartedChild, SupervisorError> {
         self.inner
             .call(|r| {
-                SupervisorMsg::StartChild(
+                Request::StartChild(
                     StartRequest::Args {
                         id: None,
                         args: Box::new(args),
@@ -236,7 +297,7 @@ impl<A: Send + 'static> DynamicSupervisorRef<A> {
         let id = Some(id.to_string());
         self.inner
             .call(|r| {
-                SupervisorMsg::StartChild(
+                Request::StartChild(
                     StartRequest::Args {
                         id,
                         args: Box::new(args),

@@ -14,6 +14,27 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// At most `max_restarts` restarts within `period` (OTP's `intensity` and `period`).
+///
+/// ```
+/// use std::time::Duration;
+/// use gridvisor_supervisors::{RestartIntensity, RestartWindow};
+/// use tokio::time::Instant;
+///
+/// // OTP's default: a second restart within 5 s is one too many.
+/// let mut window = RestartWindow::new(RestartIntensity::default());
+/// let t0 = Instant::now();
+/// assert!(window.record(t0));
+/// assert!(!window.record(t0 + Duration::from_secs(1)));
+///
+/// // Three restarts a minute are allowed; the fourth within the minute is not.
+/// let mut window = RestartWindow::new(RestartIntensity::new(3, Duration::from_secs(60)));
+/// assert!((0..3).all(|i| window.record(t0 + Duration::from_secs(i))));
+/// assert!(!window.record(t0 + Duration::from_secs(59)));
+/// // Once the oldest restarts leave the window, restarts are allowed again.
+/// let mut window = RestartWindow::new(RestartIntensity::new(1, Duration::from_secs(5)));
+/// assert!(window.record(t0));
+/// assert!(window.record(t0 + Duration::from_secs(6)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartIntensity {
     /// Restarts allowed within `period`; one more makes the supervisor give up.
@@ -106,6 +127,22 @@ impl RestartWindow {
 /// a random fraction of up to `jitter` of that is taken off, so that many devices that went
 /// offline together do not come back in lock step. A child that stayed up for `reset_after`
 /// starts again from `initial`.
+///
+/// ```
+/// use std::time::Duration;
+/// use gridvisor_supervisors::{Backoff, intensity::SplitMix64};
+///
+/// let backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(2))
+///     .with_jitter(0.0);
+/// let mut rng = SplitMix64::new(7);
+/// let delays: Vec<_> = (0..6).map(|n| backoff.delay(n, &mut rng).as_millis()).collect();
+/// assert_eq!(delays, [100, 200, 400, 800, 1600, 2000]);
+///
+/// // With jitter, a delay is at most the jitter-free one and at least (1 - jitter) of it.
+/// let jittered = backoff.with_jitter(0.5);
+/// let d = jittered.delay(3, &mut rng);
+/// assert!(d <= Duration::from_millis(800) && d >= Duration::from_millis(400));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backoff {
     /// Delay before the first restart.

@@ -19,6 +19,8 @@
 //! | [`metrics`] | starts, restarts, exits by reason, messages and mailbox depth per actor path |
 //! | [`report`] | supervisor and progress reports (OTP's SASL reports) as a bounded, lossy broadcast |
 //! | [`exposition`] | the Prometheus text format and OpenMetrics, negotiated from `Accept` |
+//! | [`config`] | a supervisor's strategy and flags |
+//! | [`tree`] | what every supervisor of a tree shares: registry, metrics, reports |
 //!
 //! ## Example
 //! ```
@@ -51,8 +53,9 @@
 //! sup.shutdown().await;
 //! # }
 //! ```
-#![deny(missing_docs)]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod config;
 pub mod escalation;
 pub mod exit;
 pub mod exposition;
@@ -60,12 +63,14 @@ pub mod handle;
 pub mod intensity;
 pub mod introspect;
 pub mod metrics;
+mod msg;
 pub mod path;
 pub mod registry;
 pub mod report;
 pub mod spec;
 pub mod supervisor;
 mod sync;
+pub mod tree;
 
 pub use escalation::{
     ChildExit, ChildExitNotice, EscalationHook, ExitAction, HookDecision, Notifier,

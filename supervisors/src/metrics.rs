@@ -98,40 +98,45 @@ impl ActorSeries {
     }
 }
 
-/// The family names, help texts and types, in the order they are written.
+/// The prefix of every family name unless a table is made with
+/// [`SupervisionMetrics::with_prefix`].
+pub const DEFAULT_PREFIX: &str = "gridvisor";
+
+/// The family names (after the prefix and `_`), help texts and types, in the order they are
+/// written.
 const FAMILIES: [(&str, &str, MetricType); 7] = [
     (
-        "gridvisor_actor_starts_total",
+        "actor_starts_total",
         "Actor starts (first starts and restarts)",
         MetricType::COUNTER,
     ),
     (
-        "gridvisor_actor_restarts_total",
+        "actor_restarts_total",
         "Restarts made by the supervisor",
         MetricType::COUNTER,
     ),
     (
-        "gridvisor_actor_exits_total",
+        "actor_exits_total",
         "Actor exits by reason class",
         MetricType::COUNTER,
     ),
     (
-        "gridvisor_actor_messages_total",
+        "actor_messages_total",
         "Messages handled by actors that count them",
         MetricType::COUNTER,
     ),
     (
-        "gridvisor_actor_mailbox_depth",
+        "actor_mailbox_depth",
         "Messages sent to an actor and not yet handled",
         MetricType::GAUGE,
     ),
     (
-        "gridvisor_supervisor_children",
+        "supervisor_children",
         "Running children of a supervisor",
         MetricType::GAUGE,
     ),
     (
-        "gridvisor_supervisor_intensity_exceeded_total",
+        "supervisor_intensity_exceeded_total",
         "Times a supervisor gave up because it reached its restart intensity",
         MetricType::COUNTER,
     ),
@@ -142,6 +147,8 @@ const FAMILIES: [(&str, &str, MetricType); 7] = [
 pub struct SupervisionMetrics {
     table: Arc<Mutex<BTreeMap<Arc<str>, Arc<ActorSeries>>>>,
     descs: Arc<Vec<Desc>>,
+    /// `FAMILIES`' names with the table's prefix.
+    names: Arc<[String; FAMILIES.len()]>,
 }
 
 impl std::fmt::Debug for SupervisionMetrics {
@@ -159,29 +166,45 @@ impl Default for SupervisionMetrics {
 }
 
 impl SupervisionMetrics {
-    /// An empty table, not registered anywhere: render it with [`SupervisionMetrics::encode`].
+    /// An empty table with the [`DEFAULT_PREFIX`], not registered anywhere: render it with
+    /// [`SupervisionMetrics::encode`].
     pub fn new() -> Self {
-        let descs = FAMILIES
+        Self::with_prefix(DEFAULT_PREFIX).expect("the default prefix is a valid metric name")
+    }
+
+    /// An empty table whose family names start with `prefix` and `_`
+    /// (`myapp_actor_restarts_total`). Fails if that makes an invalid metric name.
+    ///
+    /// ```
+    /// use gridvisor_supervisors::{exposition::Format, SupervisionMetrics};
+    ///
+    /// assert!(SupervisionMetrics::with_prefix("9lives").is_err());
+    /// let m = SupervisionMetrics::with_prefix("jobs").unwrap();
+    /// let _ = m.mailbox("pool/worker-1"); // the worker's messages appear from now on
+    /// let mut out = String::new();
+    /// m.encode(Format::Text, &mut out);
+    /// assert!(out.contains("jobs_actor_messages_total{path=\"pool/worker-1\"} 0\n"));
+    /// ```
+    pub fn with_prefix(prefix: &str) -> Result<Self, prometheus::Error> {
+        let names: [String; FAMILIES.len()] =
+            std::array::from_fn(|i| format!("{prefix}_{}", FAMILIES[i].0));
+        let descs = names
             .iter()
-            .map(|(name, help, _)| {
+            .zip(FAMILIES)
+            .map(|(name, (_, help, _))| {
                 let labels = if name.ends_with("exits_total") {
                     vec!["path".to_string(), "reason".to_string()]
                 } else {
                     vec!["path".to_string()]
                 };
-                Desc::new(
-                    name.to_string(),
-                    help.to_string(),
-                    labels,
-                    Default::default(),
-                )
-                .expect("the family names and helps are valid")
+                Desc::new(name.clone(), help.to_string(), labels, Default::default())
             })
-            .collect();
-        SupervisionMetrics {
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SupervisionMetrics {
             table: Arc::new(Mutex::new(BTreeMap::new())),
             descs: Arc::new(descs),
-        }
+            names: Arc::new(names),
+        })
     }
 
     /// A table registered in `registry` as a collector, so that `registry.gather()` includes
@@ -315,7 +338,7 @@ impl SupervisionMetrics {
         let mut bufs: [String; FAMILIES.len()] = Default::default();
         self.samples(|family, path, reason, v| {
             let buf = &mut bufs[family];
-            buf.push_str(FAMILIES[family].0);
+            buf.push_str(&self.names[family]);
             buf.push_str("{path=\"");
             write_label_value(buf, path);
             buf.push('"');
@@ -328,7 +351,7 @@ impl SupervisionMetrics {
             let _ = write!(buf, "{v}");
             buf.push('\n');
         });
-        for (buf, (name, help, kind)) in bufs.iter().zip(FAMILIES) {
+        for ((buf, name), (_, help, kind)) in bufs.iter().zip(self.names.iter()).zip(FAMILIES) {
             if !buf.is_empty() {
                 write_family_header(out, format, name, help, kind);
                 out.push_str(buf);
@@ -339,9 +362,10 @@ impl SupervisionMetrics {
     fn families(&self) -> Vec<MetricFamily> {
         let mut fams: Vec<MetricFamily> = FAMILIES
             .iter()
-            .map(|(name, help, kind)| {
+            .zip(self.names.iter())
+            .map(|((_, help, kind), name)| {
                 let mut f = MetricFamily::default();
-                f.set_name(name.to_string());
+                f.set_name(name.clone());
                 f.set_help(help.to_string());
                 f.set_field_type(*kind);
                 f
@@ -638,16 +662,16 @@ mod tests {
         let mut text = String::new();
         m.encode(Format::Text, &mut text);
         // Lazy per-path series: the quiet child has a start and nothing else.
-        assert!(text.contains("gridvisor_actor_starts_total{path=\"a/c\"} 1\n"));
-        assert!(!text.contains("gridvisor_actor_restarts_total{path=\"a/c\"}"));
+        assert!(text.contains("actor_starts_total{path=\"a/c\"} 1\n"));
+        assert!(!text.contains("actor_restarts_total{path=\"a/c\"}"));
         // Eager shared series: zeros are written.
-        assert!(text.contains("gridvisor_actor_restarts_total{path=\"a/*/s\"} 0\n"));
-        assert!(text.contains("gridvisor_actor_exits_total{path=\"a/*/s\",reason=\"killed\"} 0\n"));
-        assert!(text.contains("gridvisor_actor_exits_total{path=\"a/b\",reason=\"failed\"} 1\n"));
-        assert!(text.contains("gridvisor_actor_messages_total{path=\"a/b\"} 1\n"));
-        assert!(text.contains("gridvisor_actor_mailbox_depth{path=\"a/b\"} 1\n"));
-        assert!(text.contains("gridvisor_supervisor_children{path=\"a\"} 2\n"));
-        assert!(text.contains("gridvisor_supervisor_intensity_exceeded_total{path=\"a\"} 1\n"));
+        assert!(text.contains("actor_restarts_total{path=\"a/*/s\"} 0\n"));
+        assert!(text.contains("actor_exits_total{path=\"a/*/s\",reason=\"killed\"} 0\n"));
+        assert!(text.contains("actor_exits_total{path=\"a/b\",reason=\"failed\"} 1\n"));
+        assert!(text.contains("actor_messages_total{path=\"a/b\"} 1\n"));
+        assert!(text.contains("actor_mailbox_depth{path=\"a/b\"} 1\n"));
+        assert!(text.contains("supervisor_children{path=\"a\"} 2\n"));
+        assert!(text.contains("supervisor_intensity_exceeded_total{path=\"a\"} 1\n"));
         let mut om = String::new();
         m.encode(Format::OpenMetrics, &mut om);
         assert!(om.contains("# TYPE gridvisor_actor_starts counter\n"));

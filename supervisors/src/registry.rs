@@ -242,6 +242,45 @@ impl<H: Clone> Table<H> {
 }
 
 /// Paths to current incarnations. Cheap to clone; every supervisor of a tree shares one.
+///
+/// ```
+/// # use gridvisor_supervisors::prelude::*;
+/// # use ractor::{Actor, ActorProcessingErr, ActorRef};
+/// # struct Worker;
+/// # impl Actor for Worker {
+/// #     type Msg = ();
+/// #     type State = ();
+/// #     type Arguments = ();
+/// #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use gridvisor_supervisors::{registry::Lookup, TreeContext};
+///
+/// let registry = Registry::new();
+/// let tree = TreeContext { registry: Some(registry.clone()), ..TreeContext::default() };
+/// let spec = ChildSpec::worker("w", |ctx: ChildContext, ()| async move { ctx.spawn(Worker, ()).await });
+/// let sup = Supervisor::start(SupervisorConfig::new("app", Strategy::OneForOne).tree(tree), vec![spec])
+///     .await
+///     .unwrap();
+/// // A stable path finds whichever incarnation runs now.
+/// let Lookup::Running(first, incarnation) = registry.lookup_incarnation("app/w") else {
+///     panic!("app/w runs")
+/// };
+/// first.kill();
+/// let (second, _) = registry
+///     .resolve_newer("app/w", incarnation, Duration::from_secs(5))
+///     .await
+///     .unwrap();
+/// assert_ne!(first.get_id(), second.get_id());
+/// registry.send("app/w", ()).unwrap();
+/// assert!(registry.lookup("app/nobody").is_err());
+/// sup.shutdown().await;
+/// # }
+/// ```
 #[derive(Clone, Default)]
 pub struct Registry {
     table: Arc<Table<ActorCell>>,

@@ -15,7 +15,7 @@ use ractor::{Actor, ActorCell, SpawnErr};
 
 use crate::intensity::Backoff;
 use crate::path::ActorPath;
-use crate::supervisor::TreeContext;
+use crate::tree::TreeContext;
 
 /// When a terminated child is restarted (OTP's `restart` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -50,7 +50,7 @@ pub const DEFAULT_WORKER_SHUTDOWN: Duration = Duration::from_secs(5);
 pub enum ChildKind {
     /// A leaf actor.
     Worker,
-    /// A supervisor started by [`ChildSpec::supervisor`]; introspection descends into it.
+    /// A supervisor (see [`Supervisor::child_spec`](crate::Supervisor::child_spec)); introspection descends into it.
     Supervisor,
 }
 
@@ -112,6 +112,40 @@ impl ChildContext {
 }
 
 /// A child specification (OTP's `child_spec()`).
+///
+/// ```
+/// # use gridvisor_supervisors::prelude::*;
+/// # use ractor::{Actor, ActorProcessingErr, ActorRef};
+/// # struct Worker;
+/// # impl Actor for Worker {
+/// #     type Msg = ();
+/// #     type State = ();
+/// #     type Arguments = ();
+/// #     async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+/// #         Ok(())
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+///
+/// // A worker restarted only after an abnormal exit, with backoff, given 1 s to stop.
+/// let spec = ChildSpec::worker("reader", |ctx: ChildContext, ()| async move {
+///     ctx.spawn(Worker, ()).await
+/// })
+/// .restart(Restart::Transient)
+/// .shutdown(Shutdown::Timeout(Duration::from_secs(1)))
+/// .backoff(Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)));
+/// assert_eq!(spec.id(), "reader");
+/// assert_eq!(spec.restart_type(), Restart::Transient);
+///
+/// let sup = Supervisor::start(SupervisorConfig::new("app", Strategy::OneForOne), vec![spec])
+///     .await
+///     .unwrap();
+/// assert_eq!(sup.count_children().await.unwrap().active, 1);
+/// sup.shutdown().await;
+/// # }
+/// ```
 pub struct ChildSpec<A = ()> {
     pub(crate) id: Arc<str>,
     pub(crate) start: StartFn<A>,

@@ -37,295 +37,27 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::time::Instant;
 
+pub use crate::config::{Strategy, SupervisorConfig};
 use crate::escalation::{ChildExit, ChildExitNotice, EscalationHook, ExitAction, HookDecision};
 use crate::exit::{ExitClass, ExitReason};
-use crate::handle::{DynamicSupervisorRef, StartedChild, SupervisorRef};
-use crate::intensity::{RestartIntensity, RestartWindow, SplitMix64};
+use crate::handle::{DynamicSupervisorRef, SupervisorRef};
+use crate::intensity::{RestartWindow, SplitMix64};
 use crate::introspect::{ChildCounts, ChildInfo, ChildState};
-use crate::metrics::{ChildrenGauge, MetricsGranularity, Series, SupervisionMetrics};
+use crate::metrics::{ChildrenGauge, MetricsGranularity, Series};
+use crate::msg::{Request, RestartToken, StartRequest};
+pub use crate::msg::{StartedChild, SupervisorError, SupervisorInfo, SupervisorMsg};
 use crate::path::ActorPath;
-use crate::registry::Registry;
-use crate::report::{reason_text, ReportEvent, SupervisorReports};
+use crate::report::{reason_text, ReportEvent};
 use crate::spec::{ChildContext, ChildKind, ChildSpec, Restart, Shutdown, StartError};
+pub use crate::tree::TreeContext;
 
 /// How long a supervisor waits for a killed child to be gone before it moves on. A kill only
 /// takes effect when the child's task next yields; a child stuck in a CPU loop is left to die
 /// when it does, and the supervisor logs it.
 pub const KILL_WAIT_LIMIT: Duration = Duration::from_secs(5);
-
-/// The restart strategy (OTP's `strategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Restart only the child that exited.
-    OneForOne,
-    /// Restart all children when one exits.
-    OneForAll,
-    /// Restart the exited child and those started after it.
-    RestForOne,
-    /// Many children of one spec, started with arguments (OTP's `simple_one_for_one`).
-    SimpleOneForOne,
-}
-
-impl Strategy {
-    /// OTP's name for the strategy.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::OneForOne => "one_for_one",
-            Strategy::OneForAll => "one_for_all",
-            Strategy::RestForOne => "rest_for_one",
-            Strategy::SimpleOneForOne => "simple_one_for_one",
-        }
-    }
-}
-
-/// Services shared by every supervisor of a tree: the registry of stable addresses and the
-/// metrics. Both are optional; nested supervisors inherit their parent's.
-#[derive(Clone, Default, Debug)]
-pub struct TreeContext {
-    /// Where paths resolve to current incarnations.
-    pub registry: Option<Registry>,
-    /// Where starts, restarts and exits are counted.
-    pub metrics: Option<SupervisionMetrics>,
-    /// Where supervisors publish their reports (starts, exits, restarts, giving up).
-    pub reports: Option<SupervisorReports>,
-}
-
-impl TreeContext {
-    /// A context with a registry and metrics registered in `prometheus`.
-    pub fn with_metrics(prometheus: &prometheus::Registry) -> Result<Self, prometheus::Error> {
-        Ok(TreeContext {
-            registry: Some(Registry::new()),
-            metrics: Some(SupervisionMetrics::register(prometheus)?),
-            reports: Some(SupervisorReports::with_default_capacity()),
-        })
-    }
-}
-
-/// A supervisor's configuration (OTP's `sup_flags()` plus gridvisor's additions).
-#[derive(Clone)]
-pub struct SupervisorConfig {
-    pub(crate) path: ActorPath,
-    pub(crate) strategy: Strategy,
-    pub(crate) intensity: RestartIntensity,
-    pub(crate) hook: Option<EscalationHook>,
-    pub(crate) tree: Option<TreeContext>,
-    pub(crate) seed: u64,
-    pub(crate) granularity: Option<MetricsGranularity>,
-    pub(crate) metrics_label: Option<ActorPath>,
-}
-
-impl std::fmt::Debug for SupervisorConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SupervisorConfig")
-            .field("path", &self.path)
-            .field("strategy", &self.strategy)
-            .field("intensity", &self.intensity)
-            .field("hook", &self.hook.is_some())
-            .finish()
-    }
-}
-
-impl SupervisorConfig {
-    /// A supervisor named `name` (its path when started as a root; a nested supervisor takes
-    /// its path from its parent) with OTP's default intensity, 1 restart in 5 s.
-    pub fn new(name: &str, strategy: Strategy) -> Self {
-        SupervisorConfig {
-            path: ActorPath::root(name),
-            strategy,
-            intensity: RestartIntensity::default(),
-            hook: None,
-            tree: None,
-            seed: 0x6772_6964_7669_736f,
-            granularity: None,
-            metrics_label: None,
-        }
-    }
-
-    /// Set the restart intensity.
-    pub fn intensity(mut self, max_restarts: u32, period: Duration) -> Self {
-        self.intensity = RestartIntensity::new(max_restarts, period);
-        self
-    }
-
-    /// Map child exits to actions with `hook` (see [`crate::escalation`]).
-    pub fn hook(
-        mut self,
-        hook: impl Fn(&ChildExit<'_>) -> HookDecision + Send + Sync + 'static,
-    ) -> Self {
-        self.hook = Some(Arc::new(hook));
-        self
-    }
-
-    /// Use this registry and these metrics (nested supervisors inherit them).
-    pub fn tree(mut self, tree: TreeContext) -> Self {
-        self.tree = Some(tree);
-        self
-    }
-
-    /// Seed for backoff jitter (deterministic replays).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// How a dynamic supervisor labels its children's metrics (default: aggregated).
-    pub fn metrics_granularity(mut self, g: MetricsGranularity) -> Self {
-        self.granularity = Some(g);
-        self
-    }
-
-    /// Count this supervisor's running children under `label`, shared with every supervisor
-    /// given the same label (one series for 100,000 alike supervisors), instead of under
-    /// its own path.
-    pub fn metrics_label(mut self, label: impl Into<ActorPath>) -> Self {
-        self.metrics_label = Some(label.into());
-        self
-    }
-
-    /// The configured path.
-    pub fn path(&self) -> &ActorPath {
-        &self.path
-    }
-}
-
-/// Why a supervisor failed, or why a request to it was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SupervisorError {
-    /// More than `max_restarts` restarts within `period`: the supervisor gave up.
-    #[error("{path}: reached max restart intensity ({max_restarts} restarts in {period:?}); last exit of {child}: {reason}")]
-    ReachedMaxRestartIntensity {
-        /// The supervisor.
-        path: ActorPath,
-        /// Its limit.
-        max_restarts: u32,
-        /// Its period.
-        period: Duration,
-        /// The child whose exit crossed the limit.
-        child: String,
-        /// That exit.
-        reason: String,
-    },
-    /// An escalation hook escalated a child's exit.
-    #[error("{path}: escalated exit of {child}: {reason}")]
-    Escalated {
-        /// The supervisor.
-        path: ActorPath,
-        /// The child.
-        child: String,
-        /// The child's exit (its error can be downcast).
-        reason: ExitReason,
-    },
-    /// A child failed to start while the supervisor started (or on `start_child`).
-    #[error("{path}: child {child} failed to start: {error}")]
-    StartFailed {
-        /// The supervisor.
-        path: ActorPath,
-        /// The child.
-        child: String,
-        /// The start error.
-        error: StartError,
-    },
-    /// No child with this id.
-    #[error("{path}: no child {id}")]
-    UnknownChild {
-        /// The supervisor.
-        path: ActorPath,
-        /// The id asked for.
-        id: String,
-    },
-    /// The child is running (`restart_child`, `delete_child` need it terminated).
-    #[error("{path}: child {id} is running")]
-    Running {
-        /// The supervisor.
-        path: ActorPath,
-        /// The child.
-        id: String,
-    },
-    /// A child with this id exists already.
-    #[error("{path}: a child {id} exists already")]
-    AlreadyPresent {
-        /// The supervisor.
-        path: ActorPath,
-        /// The child.
-        id: String,
-    },
-    /// The request does not fit the supervisor (a spec for a dynamic supervisor, arguments
-    /// of the wrong type, `restart_child` on a dynamic child...).
-    #[error("{path}: {what}")]
-    BadRequest {
-        /// The supervisor.
-        path: ActorPath,
-        /// What was wrong.
-        what: String,
-    },
-    /// The supervisor could not be reached (it stopped, or did not answer in time).
-    #[error("{path}: unreachable: {error}")]
-    Unreachable {
-        /// The supervisor.
-        path: ActorPath,
-        /// What the call returned.
-        error: String,
-    },
-}
-
-/// What to start: a spec (static supervisors) or arguments (dynamic supervisors).
-pub enum StartRequest {
-    /// Add and start a child with this spec (static supervisors).
-    Spec(Box<dyn Any + Send>),
-    /// Start a child of the template spec with these arguments (dynamic supervisors).
-    Args {
-        /// The child's id; generated (`<spec id>-<n>`) if `None`.
-        id: Option<String>,
-        /// The arguments, of the supervisor's argument type.
-        args: Box<dyn Any + Send>,
-    },
-}
-
-/// What a supervisor answers to `Describe`.
-#[derive(Debug, Clone)]
-pub struct SupervisorInfo {
-    /// Its path.
-    pub path: ActorPath,
-    /// Its strategy.
-    pub strategy: Strategy,
-    /// Its children in start order.
-    pub children: Vec<ChildInfo>,
-}
-
-/// Messages a supervisor handles. Use [`SupervisorRef`] rather than sending these by hand.
-pub enum SupervisorMsg {
-    /// OTP's `start_child`.
-    StartChild(
-        StartRequest,
-        RpcReplyPort<Result<StartedChild, SupervisorError>>,
-    ),
-    /// OTP's `terminate_child`.
-    TerminateChild(String, RpcReplyPort<Result<(), SupervisorError>>),
-    /// OTP's `restart_child` (of a terminated static child).
-    RestartChild(String, RpcReplyPort<Result<StartedChild, SupervisorError>>),
-    /// OTP's `delete_child` (of a terminated static child).
-    DeleteChild(String, RpcReplyPort<Result<(), SupervisorError>>),
-    /// OTP's `which_children`.
-    WhichChildren(RpcReplyPort<Vec<ChildInfo>>),
-    /// OTP's `count_children`.
-    CountChildren(RpcReplyPort<ChildCounts>),
-    /// Path, strategy and children, for the tree.
-    Describe(RpcReplyPort<SupervisorInfo>),
-    /// A scheduled restart is due (sent by the supervisor to itself).
-    #[doc(hidden)]
-    RestartDue(RestartToken),
-}
-
-/// Identifies one scheduled restart (opaque).
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RestartToken(u64);
 
 /// The supervisor actor. `A` is the argument type of a dynamic supervisor's children (`()`
 /// for static supervisors).
@@ -1017,7 +749,7 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             // The supervisor may have stopped meanwhile; nothing to do then.
-            let _ = me.send_message(SupervisorMsg::RestartDue(RestartToken(token)));
+            let _ = me.send_message(SupervisorMsg(Request::RestartDue(RestartToken(token))));
         });
         Ok(())
     }
@@ -1056,12 +788,14 @@ impl<A: Clone + Send + 'static> SupervisorState<A> {
                 }
                 self.pending.insert(token, rest);
                 if delay.is_zero() {
-                    let _ = me.send_message(SupervisorMsg::RestartDue(RestartToken(token)));
+                    let _ =
+                        me.send_message(SupervisorMsg(Request::RestartDue(RestartToken(token))));
                 } else {
                     let me = me.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        let _ = me.send_message(SupervisorMsg::RestartDue(RestartToken(token)));
+                        let _ = me
+                            .send_message(SupervisorMsg(Request::RestartDue(RestartToken(token))));
                     });
                 }
                 return Ok(());
@@ -1402,36 +1136,36 @@ impl<A: Clone + Send + 'static> Actor for Supervisor<A> {
         msg: SupervisorMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SupervisorMsg::StartChild(req, reply) => {
+        match msg.0 {
+            Request::StartChild(req, reply) => {
                 let r = state.start_request(&myself, req).await;
                 let _ = reply.send(r);
             }
-            SupervisorMsg::TerminateChild(id, reply) => {
+            Request::TerminateChild(id, reply) => {
                 let r = state.terminate_request(&id).await;
                 let _ = reply.send(r);
             }
-            SupervisorMsg::RestartChild(id, reply) => {
+            Request::RestartChild(id, reply) => {
                 let r = state.restart_request(&myself, &id).await;
                 let _ = reply.send(r);
             }
-            SupervisorMsg::DeleteChild(id, reply) => {
+            Request::DeleteChild(id, reply) => {
                 let _ = reply.send(state.delete_request(&id));
             }
-            SupervisorMsg::WhichChildren(reply) => {
+            Request::WhichChildren(reply) => {
                 let _ = reply.send(state.which_children());
             }
-            SupervisorMsg::CountChildren(reply) => {
+            Request::CountChildren(reply) => {
                 let _ = reply.send(state.count_children());
             }
-            SupervisorMsg::Describe(reply) => {
+            Request::Describe(reply) => {
                 let _ = reply.send(SupervisorInfo {
                     path: state.path.clone(),
                     strategy: state.strategy,
                     children: state.which_children(),
                 });
             }
-            SupervisorMsg::RestartDue(RestartToken(token)) => {
+            Request::RestartDue(RestartToken(token)) => {
                 // The restart was counted against the intensity when it was decided.
                 state
                     .on_restart_due(&myself, token)
