@@ -3,6 +3,6 @@
 //! file did it 4 times (CI builds them in release on two cores).
 
 mod conformance;
+mod harness;
 mod model_otp;
-mod otp_suite;
 mod reports;
