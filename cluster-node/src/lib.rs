@@ -30,7 +30,6 @@
 
 pub mod config;
 pub mod replica;
-pub mod route;
 #[cfg(test)]
 mod wire_fuzz;
 
@@ -86,6 +85,30 @@ pub enum Api {
     Grid,
     /// The admin API.
     Admin,
+}
+
+/// Who a forwarded call came from: the node, and the client identity it authenticated.
+#[derive(Debug, Clone)]
+pub struct ForwardedFrom {
+    /// The forwarding node.
+    pub node: String,
+    /// Its client's identity.
+    pub caller: Option<String>,
+}
+
+/// This node's own APIs, as the runtime sees them: the binary's HTTP routers answer the calls
+/// other nodes forward here (the runtime knows nothing of HTTP; see the binary's
+/// `cluster::route`). Answers over [`MAX_FORWARDED_ANSWER`] bytes must be `Reply::Failed`.
+pub trait LocalApi: Send + Sync + 'static {
+    /// Answer one forwarded call from this node's own state only (never forward it again).
+    fn answer(
+        &self,
+        api: Api,
+        method: String,
+        path: String,
+        body: Vec<u8>,
+        from: ForwardedFrom,
+    ) -> BoxFuture<'static, Reply>;
 }
 
 /// A request to another node that expects a [`Reply`].
@@ -292,7 +315,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, (String, oneshot::Sender<Reply>)>>,
     next_id: AtomicU64,
     proposing: AtomicBool,
-    routers: OnceLock<(axum::Router, axum::Router)>,
+    /// Answers the calls other nodes forward to this node's APIs (set by the binary).
+    local_api: OnceLock<Arc<dyn LocalApi>>,
     kick: Notify,
     stopping: AtomicBool,
     status: watch::Sender<Option<ClusterStatus>>,
@@ -849,11 +873,14 @@ impl Inner {
                 body,
                 caller,
             } => {
-                let caller = route::ForwardedFrom {
+                let Some(local) = self.local_api.get() else {
+                    return Reply::Failed("the APIs are not up yet".into());
+                };
+                let from = ForwardedFrom {
                     node: from.to_owned(),
                     caller,
                 };
-                route::answer_locally(self, api, &method, &path, body, caller).await
+                local.answer(api, method, path, body, from).await
             }
         }
     }
@@ -1324,7 +1351,7 @@ impl Cluster {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             proposing: AtomicBool::new(false),
-            routers: OnceLock::new(),
+            local_api: OnceLock::new(),
             kick: Notify::new(),
             stopping: AtomicBool::new(false),
             status: watch::channel(None).0,
@@ -1366,9 +1393,10 @@ impl Cluster {
         Ok(Cluster { inner })
     }
 
-    /// Set the routers that answer calls forwarded from other nodes (the grid and admin APIs).
-    pub fn set_routers(&self, grid: axum::Router, admin: axum::Router) {
-        let _ = self.inner.routers.set((grid, admin));
+    /// Set what answers the calls forwarded from other nodes (the binary's grid and admin
+    /// APIs); until then such a call is answered `Failed`.
+    pub fn set_local_api(&self, api: Arc<dyn LocalApi>) {
+        let _ = self.inner.local_api.set(api);
     }
 
     /// This node's name.
