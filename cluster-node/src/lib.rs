@@ -20,7 +20,8 @@
 //!   time, and a replica takes them only from the segment's owner in its own view, answering
 //!   a stale or unauthorised copy with an error ([`replica`]).
 //!
-//! The state machine of a node's segments, run by [`reconcile`] every heartbeat:
+//! The state machine of a node's segments is decided by the pure [`plan::plan`] and carried
+//! out by the reconcile pass, run every heartbeat and at every committed view:
 //!
 //! ```text
 //!   not driven --(owner in the committed map, lease Driving, handback seen)--> adopt (ChargeOnly for the hold time)
@@ -29,6 +30,8 @@
 //! ```
 
 pub mod config;
+pub mod events;
+pub mod plan;
 pub mod replica;
 #[cfg(test)]
 mod wire_fuzz;
@@ -57,6 +60,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use config::ClusterConfig;
+use events::{ClusterEvent, Events};
+use plan::{PeerSeen, ReleaseReason};
 use replica::{Refusal, ReplicaBook, Sequencer, Version};
 
 /// Longest wait for a replica to confirm a checkpoint write.
@@ -209,14 +214,6 @@ pub enum Wire {
     },
 }
 
-/// What one node saw of another's heartbeats.
-#[derive(Debug, Clone)]
-struct PeerSeen {
-    heard: Duration,
-    epoch: u64,
-    driving: BTreeSet<String>,
-}
-
 /// The lease bookkeeping of this node (all pure state machines, fed here).
 struct LeaseBook {
     holder: Holder,
@@ -308,6 +305,8 @@ struct Inner {
     ids: BTreeMap<String, NodeId>,
     node: Arc<Node>,
     topology: Arc<Topology>,
+    /// Every segment of the site.
+    segment_ids: BTreeSet<String>,
     transport: Transport<Wire>,
     membership: OnceLock<Membership>,
     started: Instant,
@@ -342,6 +341,10 @@ struct Inner {
     replication: Mutex<std::collections::VecDeque<f64>>,
     /// Placement of the owned segments' replicas when last resynchronised.
     replicas: Mutex<BTreeMap<String, Option<String>>>,
+    /// The typed events ([`events`]): adoptions, releases, lease changes, takeovers.
+    events: Events,
+    /// The lease state last published (a change is an event).
+    last_lease: Mutex<Option<LeaseState>>,
 }
 
 /// The cluster's series on the node's /metrics.
@@ -1010,6 +1013,12 @@ impl Inner {
         }
         if let Some(cmd) = propose {
             if !self.proposing.swap(true, Ordering::AcqRel) {
+                self.events.emit(match &cmd {
+                    Command::Remove { node } => ClusterEvent::TakeoverProposed {
+                        holder: node.clone(),
+                    },
+                    Command::Admit { node } => ClusterEvent::AdmitProposed { node: node.clone() },
+                });
                 let me = self.clone();
                 tokio::spawn(async move {
                     if let Some(m) = me.membership.get() {
@@ -1034,39 +1043,12 @@ impl Inner {
         lock(&self.book).holder.state(now)
     }
 
-    /// Whether every other member, in a view at least as new as `view`, said it does not
-    /// drive `segment`.
-    fn handed_back(&self, segment: &str, view: &CommittedView) -> bool {
-        let b = lock(&self.book);
-        // A view older than one a peer already applied (a node that restarted and has not
-        // caught up with the log yet) decides nothing.
-        if b.peers.values().any(|s| s.epoch > view.epoch) {
-            return false;
-        }
-        view.members
-            .iter()
-            .filter(|m| m.as_str() != self.me())
-            .all(|m| {
-                b.peers
-                    .get(m)
-                    .is_some_and(|s| s.epoch >= view.epoch && !s.driving.contains(segment))
-            })
-    }
-
-    fn desired(&self, view: &CommittedView) -> BTreeSet<String> {
-        if !view.members.contains(self.me()) {
-            return BTreeSet::new();
-        }
-        let members: Vec<String> = view.members.iter().cloned().collect();
-        self.topology
-            .segments()
-            .filter(|(_, s)| shard::place(&members, &s.id).is_some_and(|p| p.owner == self.me()))
-            .map(|(_, s)| s.id.clone())
-            .collect()
-    }
-
     fn publish(&self, now: Duration, view: &CommittedView) {
         let lease = self.lease_state(now);
+        let before = lock(&self.last_lease).replace(lease);
+        if let Some(from) = before.filter(|b| *b != lease) {
+            self.events.emit(ClusterEvent::Lease { from, to: lease });
+        }
         let owned = self.node.owned_segments();
         let members: Vec<String> = view.members.iter().cloned().collect();
         let b = lock(&self.book);
@@ -1147,46 +1129,33 @@ impl Inner {
         self.status.send_replace(Some(status));
     }
 
-    /// Bring the node's driven segments in line with the committed map and the lease.
+    /// Bring the node's driven segments in line with the committed map and the lease: the
+    /// decisions are [`plan::plan`]'s, on one snapshot; this pass carries them out.
     async fn reconcile(self: &Arc<Self>) {
         let _pass = self.pass.lock().await;
         if self.stopping.load(Ordering::Acquire) {
             return;
         }
-        let now = self.now();
         let view = self.view();
-        let lease = self.lease_state(now);
+        let lease = self.lease_state(self.now());
         let lapsed = self.gate.lapsed.load(Ordering::Acquire);
-        let desired = self.desired(&view);
-        let owned = self.node.owned_segments();
-        for s in &owned {
-            let moved = !desired.contains(s);
-            if lease == LeaseState::Stopped || lapsed || moved {
-                let why = if moved {
-                    "the committed map gives it to another node"
-                } else if lapsed {
-                    "the lease lapsed while it was held"
-                } else {
-                    "the lease ended"
-                };
-                tracing::info!(segment = %s, why, "releasing a segment");
-                if moved && lease != LeaseState::Stopped {
-                    // Announced as driven until the new owner has its checkpoints.
-                    lock(&self.handing_over).insert(s.clone());
-                }
-                match self.node.release_segment(s).await {
-                    Ok(()) => self.metrics.handoffs.with_label_values(&["release"]).inc(),
-                    Err(e) => tracing::warn!(segment = %s, error = %e, "release failed"),
-                }
-                lock(&self.quorum_flagged).remove(s);
-                lock(&self.replicas).remove(s);
-            } else if lease == LeaseState::ChargeOnly {
-                if lock(&self.quorum_flagged).insert(s.clone()) {
-                    tracing::warn!(segment = %s, "no majority confirmed the lease lately: ChargeOnly");
-                    self.node.observe(s, Fault::Quorum(false));
-                }
-            } else if lock(&self.quorum_flagged).remove(s) {
+        let actions = self.plan(&view, lease, lapsed);
+        for r in &actions.release {
+            self.release(r).await;
+        }
+        for s in &actions.quorum_lost {
+            if lock(&self.quorum_flagged).insert(s.clone()) {
+                tracing::warn!(segment = %s, "no majority confirmed the lease lately: ChargeOnly");
+                self.events
+                    .emit(ClusterEvent::QuorumLost { segment: s.clone() });
+                self.node.observe(s, Fault::Quorum(false));
+            }
+        }
+        for s in &actions.quorum_back {
+            if lock(&self.quorum_flagged).remove(s) {
                 tracing::info!(segment = %s, "the lease is confirmed again");
+                self.events
+                    .emit(ClusterEvent::QuorumBack { segment: s.clone() });
                 self.node.observe(s, Fault::Quorum(true));
             }
         }
@@ -1195,47 +1164,113 @@ impl Inner {
         }
         // Hand the checkpoints of released segments to their new owners; only then do the
         // heartbeats stop announcing them.
-        let pending: Vec<String> = lock(&self.handing_over).iter().cloned().collect();
-        for s in pending {
-            let owner = self.placement(&s).map(|p| p.owner);
-            let done = match owner {
-                _ if lease == LeaseState::Stopped || !view.members.contains(self.me()) => true,
+        for h in &actions.handovers {
+            let done = match &h.copy_to {
                 None => true,
-                Some(o) if o == self.me() => true,
-                Some(o) => self.resync(&s, &o).await,
+                Some(o) => self.resync(&h.segment, o).await,
             };
-            if done {
-                lock(&self.handing_over).remove(&s);
+            if done && lock(&self.handing_over).remove(&h.segment) {
+                self.events.emit(ClusterEvent::HandedOver {
+                    segment: h.segment.clone(),
+                    to: h.copy_to.clone(),
+                });
             }
         }
         // The releases this view asks for are done: heartbeats may say so.
         self.applied_epoch.store(view.epoch, Ordering::Release);
-        if lease == LeaseState::Driving && !lapsed {
-            for s in desired.difference(&owned) {
-                // A view that changed during the pass decides nothing more.
-                if self.view().epoch != view.epoch
-                    || self.lease_state(self.now()) != LeaseState::Driving
-                {
-                    break;
-                }
-                if !self.handed_back(s, &view) || lock(&self.handing_over).contains(s) {
-                    continue;
-                }
-                tracing::info!(segment = %s, epoch = view.epoch, "adopting a segment");
-                // `Quorum(true)`: a majority is there (a cause left from an earlier lease
-                // that aged here must not hold the adopted segment in ChargeOnly).
-                self.node.observe(s, Fault::Quorum(true));
-                match self.node.adopt_segment(s).await {
-                    Ok(()) => {
-                        self.metrics.handoffs.with_label_values(&["adopt"]).inc();
-                        tracing::info!(segment = %s, epoch = view.epoch, "segment adopted");
-                    }
-                    Err(e) => tracing::warn!(segment = %s, error = %e, "adoption failed"),
-                }
+        for s in &actions.adopt {
+            // A view or a lease that changed during the pass decides nothing more.
+            if self.view().epoch != view.epoch
+                || self.lease_state(self.now()) != LeaseState::Driving
+            {
+                break;
+            }
+            self.adopt(s, view.epoch).await;
+        }
+        self.resync_replicas().await;
+    }
+
+    /// The snapshot [`plan::plan`] decides from, and its decision.
+    fn plan(&self, view: &CommittedView, lease: LeaseState, lapsed: bool) -> plan::Actions {
+        let owned = self.node.owned_segments();
+        let handing_over = lock(&self.handing_over).clone();
+        let quorum_flagged = lock(&self.quorum_flagged).clone();
+        let peers = lock(&self.book).peers.clone();
+        plan::plan(&plan::Snapshot {
+            me: self.me(),
+            view,
+            segments: &self.segment_ids,
+            lease,
+            lapsed,
+            owned: &owned,
+            handing_over: &handing_over,
+            quorum_flagged: &quorum_flagged,
+            peers: &peers,
+        })
+    }
+
+    async fn release(&self, r: &plan::Release) {
+        let s = &r.segment;
+        tracing::info!(segment = %s, why = r.reason.describe(), "releasing a segment");
+        if r.hand_over {
+            // Announced as driven until the new owner has its checkpoints.
+            lock(&self.handing_over).insert(s.clone());
+        }
+        self.release_segment(s, r.reason).await;
+        lock(&self.quorum_flagged).remove(s);
+        lock(&self.replicas).remove(s);
+    }
+
+    /// Release `s` on the node, with its events (the driving interval ends at `Released`).
+    async fn release_segment(&self, s: &str, reason: ReleaseReason) {
+        let segment = s.to_string();
+        self.events.emit(ClusterEvent::Releasing {
+            segment: segment.clone(),
+            reason,
+        });
+        match self.node.release_segment(s).await {
+            Ok(()) => {
+                self.metrics.handoffs.with_label_values(&["release"]).inc();
+                self.events.emit(ClusterEvent::Released { segment, reason });
+            }
+            Err(e) => {
+                tracing::warn!(segment = %s, error = %e, "release failed");
+                let error = e.to_string();
+                self.events
+                    .emit(ClusterEvent::ReleaseFailed { segment, error });
             }
         }
-        // Replicas that changed (a member left or came back) get the segment's state now,
-        // not only at its next write.
+    }
+
+    async fn adopt(&self, s: &str, epoch: u64) {
+        tracing::info!(segment = %s, epoch, "adopting a segment");
+        let segment = s.to_string();
+        // Before anything is driven: the driving interval begins here.
+        self.events.emit(ClusterEvent::Adopting {
+            segment: segment.clone(),
+            epoch,
+        });
+        // `Quorum(true)`: a majority is there (a cause left from an earlier lease that aged
+        // here must not hold the adopted segment in ChargeOnly).
+        self.node.observe(s, Fault::Quorum(true));
+        match self.node.adopt_segment(s).await {
+            Ok(()) => {
+                self.metrics.handoffs.with_label_values(&["adopt"]).inc();
+                tracing::info!(segment = %s, epoch, "segment adopted");
+                self.events.emit(ClusterEvent::Adopted { segment, epoch });
+            }
+            Err(e) => {
+                tracing::warn!(segment = %s, error = %e, "adoption failed");
+                let error = e.to_string();
+                self.events
+                    .emit(ClusterEvent::AdoptionFailed { segment, error });
+            }
+        }
+    }
+
+    /// Replicas that changed (a member left or came back) get the segment's state now, not
+    /// only at its next write.
+    async fn resync_replicas(&self) {
         for s in self.node.owned_segments() {
             let replica = self.copy_target(&s);
             let stale = lock(&self.replicas).get(&s) != Some(&replica);
@@ -1337,12 +1372,14 @@ impl Cluster {
         };
         let topology = node.shared.topology.clone();
         let started = Instant::now();
+        let events = Events::new(&config.me.name, Some(&data.join(events::EVENTS_FILE)))?;
         let metrics = ClusterMetrics::register(&node.shared.prometheus)
             .map_err(|e| format!("cluster metrics: {e}"))?;
         let inner = Arc::new(Inner {
             metrics,
             ids,
             node,
+            segment_ids: topology.segments().map(|(_, s)| s.id.clone()).collect(),
             topology,
             transport,
             membership: OnceLock::new(),
@@ -1370,6 +1407,8 @@ impl Cluster {
                 lapsed: AtomicBool::new(false),
             }),
             pass: tokio::sync::Mutex::new(()),
+            events,
+            last_lease: Mutex::new(None),
             config,
         });
         // Inbound first: raft's first calls are answered as soon as the membership exists.
@@ -1390,6 +1429,8 @@ impl Cluster {
         tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
         tokio::spawn(view_loop(Arc::downgrade(&inner)));
         tracing::info!(node = %inner.config.me.name, listen = %inner.transport.local_addr(), boot = inner.sequencer.boot(), "cluster node started");
+        let boot = inner.sequencer.boot();
+        inner.events.emit(ClusterEvent::Started { boot });
         Ok(Cluster { inner })
     }
 
@@ -1402,6 +1443,12 @@ impl Cluster {
     /// This node's name.
     pub fn me(&self) -> &str {
         self.inner.me()
+    }
+
+    /// The node's typed events from now on ([`events`]; also in its data dir's
+    /// [`events::EVENTS_FILE`]).
+    pub fn events(&self) -> events::EventSubscriber {
+        self.inner.events.subscribe()
     }
 
     /// The cluster as this node sees it (None before the first heartbeat period).
@@ -1467,7 +1514,9 @@ impl Cluster {
         // A pass under way finishes first (it could adopt after the releases below).
         let _pass = self.inner.pass.lock().await;
         for s in self.inner.node.owned_segments() {
-            let _ = self.inner.node.release_segment(&s).await;
+            (self.inner)
+                .release_segment(&s, ReleaseReason::Shutdown)
+                .await;
         }
         // Tell the others at once that nothing is driven here any more.
         let epoch = self.inner.applied_epoch.load(Ordering::Acquire);
@@ -1543,6 +1592,11 @@ async fn view_loop(inner: std::sync::Weak<Inner>) {
             }
         }
         tracing::info!(epoch = view.epoch, members = ?view.members, leader = ?view.leader, "committed view");
+        i.events.emit(ClusterEvent::View {
+            epoch: view.epoch,
+            members: view.members.iter().cloned().collect(),
+            leader: view.leader.clone(),
+        });
         members = view.members.clone();
         i.kick.notify_one();
     }

@@ -1,0 +1,4 @@
+//! gridvisor-cluster-node's integration tests: one binary (see Cargo.toml), one module per
+//! file.
+
+mod plan_props;
