@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use gridvisor_cluster::lease::LeaseState;
+pub use gridvisor_cluster::lease::LeaseState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -119,8 +119,8 @@ pub enum ClusterEvent {
     },
     /// The leader (this node) proposes to admit a node heard again.
     AdmitProposed {
-        /// The node.
-        node: String,
+        /// The node admitted (not `node`: that is the record's own field).
+        admitted: String,
     },
     /// A committed view was applied here.
     View {
@@ -306,6 +306,69 @@ pub fn read_events(text: &str) -> Result<Vec<EventRecord>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_kind_of_event_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EVENTS_FILE);
+        let events = Events::new("node-a", Some(&path)).unwrap();
+        let seg = || "tx-1".to_string();
+        let all = vec![
+            ClusterEvent::Started { boot: 1 },
+            ClusterEvent::Adopting {
+                segment: seg(),
+                epoch: 2,
+            },
+            ClusterEvent::Adopted {
+                segment: seg(),
+                epoch: 2,
+            },
+            ClusterEvent::AdoptionFailed {
+                segment: seg(),
+                error: "e".into(),
+            },
+            ClusterEvent::Releasing {
+                segment: seg(),
+                reason: ReleaseReason::Lapsed,
+            },
+            ClusterEvent::Released {
+                segment: seg(),
+                reason: ReleaseReason::Shutdown,
+            },
+            ClusterEvent::ReleaseFailed {
+                segment: seg(),
+                error: "e".into(),
+            },
+            ClusterEvent::HandedOver {
+                segment: seg(),
+                to: Some("node-b".into()),
+            },
+            ClusterEvent::QuorumLost { segment: seg() },
+            ClusterEvent::QuorumBack { segment: seg() },
+            ClusterEvent::Lease {
+                from: LeaseState::Driving,
+                to: LeaseState::ChargeOnly,
+            },
+            ClusterEvent::TakeoverProposed {
+                holder: "node-c".into(),
+            },
+            ClusterEvent::AdmitProposed {
+                admitted: "node-c".into(),
+            },
+            ClusterEvent::View {
+                epoch: 3,
+                members: vec!["node-a".into()],
+                leader: None,
+            },
+            ClusterEvent::Truncated { bytes: 1 },
+        ];
+        for e in &all {
+            events.emit(e.clone());
+        }
+        let read = read_events(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let kinds: Vec<ClusterEvent> = read.into_iter().map(|r| r.event).collect();
+        assert_eq!(kinds, all);
+    }
 
     #[tokio::test]
     async fn records_reach_subscribers_and_the_file_in_order() {

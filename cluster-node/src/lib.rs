@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod events;
+pub mod network;
 pub mod plan;
 pub mod replica;
 #[cfg(test)]
@@ -61,6 +62,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use config::ClusterConfig;
 use events::{ClusterEvent, Events};
+use network::Network;
 use plan::{PeerSeen, ReleaseReason};
 use replica::{Refusal, ReplicaBook, Sequencer, Version};
 
@@ -294,6 +296,20 @@ impl ReplicationLatency {
     }
 }
 
+/// How a node is wired to the others ([`Cluster::start_on`]).
+pub struct Wiring {
+    /// Sends to the other nodes.
+    pub network: Arc<dyn Network>,
+    /// What the other nodes sent (bounded: [`INBOUND_QUEUE`] for the mTLS transport).
+    pub inbound: mpsc::Receiver<Inbound<Wire>>,
+    /// Where this node listens, if on a real network.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Where raft keeps its state.
+    pub storage: Storage,
+    /// The events file ([`events::EVENTS_FILE`] in the data dir), if any.
+    pub events_file: Option<std::path::PathBuf>,
+}
+
 /// A running cluster node. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
@@ -307,9 +323,13 @@ struct Inner {
     topology: Arc<Topology>,
     /// Every segment of the site.
     segment_ids: BTreeSet<String>,
-    transport: Transport<Wire>,
+    /// Every message to other nodes goes through this ([`network`]).
+    transport: Arc<dyn Network>,
+    /// Where this node listens for the others (None on a simulated network).
+    listen: Option<std::net::SocketAddr>,
     membership: OnceLock<Membership>,
-    started: Instant,
+    /// The runtime's clock origin (tokio's clock: paused in a simulation).
+    started: tokio::time::Instant,
     book: Mutex<LeaseBook>,
     pending: Mutex<HashMap<u64, (String, oneshot::Sender<Reply>)>>,
     next_id: AtomicU64,
@@ -450,7 +470,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The lease as the dispatch rounds see it: checked synchronously at every round, so a node
 /// whose lease ran out commands nothing even before its reconcile pass releases the segments.
 struct LeaseGate {
-    started: Instant,
+    started: tokio::time::Instant,
     /// The lease's end, ms since `started` (0: no lease).
     deadline_ms: AtomicU64,
     /// When ChargeOnly begins, ms since `started`.
@@ -1017,7 +1037,9 @@ impl Inner {
                     Command::Remove { node } => ClusterEvent::TakeoverProposed {
                         holder: node.clone(),
                     },
-                    Command::Admit { node } => ClusterEvent::AdmitProposed { node: node.clone() },
+                    Command::Admit { node } => ClusterEvent::AdmitProposed {
+                        admitted: node.clone(),
+                    },
                 });
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -1332,14 +1354,10 @@ impl Cluster {
         data: &std::path::Path,
     ) -> Result<Cluster, String> {
         let tls = NodeTls::load(&config.tls, &config.me.name).map_err(|e| e.to_string())?;
-        // Before the replicator is set: every copy of this process carries this boot number.
-        let boot = replica::bump_boot(store)
-            .await
-            .map_err(|e| format!("the boot number in the checkpoint store: {e}"))?;
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
             .map_err(|e| format!("cluster listener {}: {e}", config.bind))?;
-        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        let (tx, inbound) = mpsc::channel(INBOUND_QUEUE);
         let transport = Transport::start(
             TransportConfig {
                 node: config.me.name.clone(),
@@ -1356,6 +1374,35 @@ impl Cluster {
             tx,
         )
         .map_err(|e| e.to_string())?;
+        let wiring = Wiring {
+            listen: Some(transport.local_addr()),
+            network: Arc::new(transport),
+            inbound,
+            storage: Storage::Redb(data.join("membership.redb")),
+            events_file: Some(data.join(events::EVENTS_FILE)),
+        };
+        Cluster::start_on(config, node, store, wiring).await
+    }
+
+    /// Join the cluster over any [`Network`] (the simulated one included): `wiring` says how
+    /// messages go and come, where raft keeps its state and where the events go.
+    pub async fn start_on(
+        config: ClusterConfig,
+        node: Arc<Node>,
+        store: &CheckpointStore,
+        wiring: Wiring,
+    ) -> Result<Cluster, String> {
+        // Before the replicator is set: every copy of this process carries this boot number.
+        let boot = replica::bump_boot(store)
+            .await
+            .map_err(|e| format!("the boot number in the checkpoint store: {e}"))?;
+        let Wiring {
+            network: transport,
+            inbound: rx,
+            listen,
+            storage,
+            events_file,
+        } = wiring;
         let ids: BTreeMap<String, NodeId> = config
             .names()
             .into_iter()
@@ -1371,8 +1418,8 @@ impl Cluster {
             takeovers: BTreeMap::new(),
         };
         let topology = node.shared.topology.clone();
-        let started = Instant::now();
-        let events = Events::new(&config.me.name, Some(&data.join(events::EVENTS_FILE)))?;
+        let started = tokio::time::Instant::now();
+        let events = Events::new(&config.me.name, events_file.as_deref())?;
         let metrics = ClusterMetrics::register(&node.shared.prometheus)
             .map_err(|e| format!("cluster metrics: {e}"))?;
         let inner = Arc::new(Inner {
@@ -1382,6 +1429,7 @@ impl Cluster {
             segment_ids: topology.segments().map(|(_, s)| s.id.clone()).collect(),
             topology,
             transport,
+            listen,
             membership: OnceLock::new(),
             started,
             book: Mutex::new(book),
@@ -1416,7 +1464,7 @@ impl Cluster {
         let membership = Membership::start(
             &inner.config.me.name,
             &inner.config.names(),
-            Storage::Redb(data.join("membership.redb")),
+            storage,
             Arc::new(RaftOverTransport(Arc::downgrade(&inner))),
             MembershipConfig::default(),
         )
@@ -1428,7 +1476,7 @@ impl Cluster {
         tokio::spawn(tick_loop(Arc::downgrade(&inner)));
         tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
         tokio::spawn(view_loop(Arc::downgrade(&inner)));
-        tracing::info!(node = %inner.config.me.name, listen = %inner.transport.local_addr(), boot = inner.sequencer.boot(), "cluster node started");
+        tracing::info!(node = %inner.config.me.name, listen = ?inner.listen, boot = inner.sequencer.boot(), "cluster node started");
         let boot = inner.sequencer.boot();
         inner.events.emit(ClusterEvent::Started { boot });
         Ok(Cluster { inner })
@@ -1461,9 +1509,9 @@ impl Cluster {
         self.inner.config.names()
     }
 
-    /// Where this node listens for the others.
-    pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.inner.transport.local_addr()
+    /// Where this node listens for the others (None on a simulated network).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.listen
     }
 
     /// The committed view.

@@ -2,7 +2,7 @@
 //!
 //! | name | what must hold |
 //! | --- | --- |
-//! | `one_driver_per_segment` | no two nodes drive a segment at once (from the nodes' typed events, gridvisor-cluster-node's `events` file: `adopting` to `released`, a killed process's intervals ending at its kill; never from log text) |
+//! | `one_driver_per_segment` | no two nodes drive a segment at once (from the nodes' typed events, gridvisor-cluster-node's `events` file: `adopting` to `released` or to the lease's end (`lease` to `Stopped`: the lease gate commands nothing after it), a killed process's intervals ending at its kill; never from log text) |
 //! | `charge_only_when_cut_off` | a node cut off from a majority has its lease leave Driving within `charge_only_s` |
 //! | `takeover` | after a kill or a cut, every segment is driven by exactly one node of the majority within `takeover_s` |
 //! | `settles` | after a heal or a restart, the majority agrees on its members, holds its leases and drives every segment once, within `settle_limit_s` |
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use gridvisor_cluster_node::events::{ClusterEvent, EventRecord};
+use gridvisor_cluster_node::events::{ClusterEvent, EventRecord, LeaseState};
 
 use super::scenario::Bounds;
 
@@ -494,6 +494,16 @@ pub fn intervals(nodes: &[NodeEvents<'_>]) -> Result<(Vec<Interval>, Vec<f64>), 
                         });
                     }
                 }
+                ClusterEvent::Lease {
+                    to: LeaseState::Stopped,
+                    ..
+                } => {
+                    // The lease gate commands nothing from the lease's end (this record comes
+                    // at the first heartbeat period after it), even if the reconcile pass
+                    // releases the segments later; nothing is driven again before the next
+                    // `adopting` (a lease back while segments are held is `lapsed`).
+                    close_all(&mut out, &mut open, at);
+                }
                 ClusterEvent::Started { .. } => {
                     // A process after the first: the one before was killed.
                     if started {
@@ -918,6 +928,54 @@ mod tests {
             .contains("tx-1 driven by node-a"));
         assert!(!handoffs(&adoptions, t0 + 2.0, 0).held);
         assert!(handoffs(&adoptions, t0 + 2.0, 1).held);
+    }
+
+    #[test]
+    fn a_stopped_lease_ends_the_intervals_before_a_late_release() {
+        use gridvisor_cluster_node::plan::ReleaseReason;
+        let stopped = ClusterEvent::Lease {
+            from: LeaseState::ChargeOnly,
+            to: LeaseState::Stopped,
+        };
+        let released = ClusterEvent::Released {
+            segment: "tx-1".into(),
+            reason: ReleaseReason::LeaseEnded,
+        };
+        let c = [
+            record(
+                "node-c",
+                1,
+                "2026-01-01T00:00:00Z",
+                ClusterEvent::Started { boot: 1 },
+            ),
+            record("node-c", 2, "2026-01-01T00:00:01Z", adopting("tx-1")),
+            record("node-c", 3, "2026-01-01T00:00:02Z", stopped),
+            record("node-c", 4, "2026-01-01T00:00:04Z", released),
+        ];
+        let a = [record(
+            "node-a",
+            1,
+            "2026-01-01T00:00:03Z",
+            adopting("tx-1"),
+        )];
+        let n = [
+            NodeEvents {
+                node: "node-c",
+                records: &c,
+                kills: &[],
+            },
+            NodeEvents {
+                node: "node-a",
+                records: &a,
+                kills: &[],
+            },
+        ];
+        let (iv, _) = intervals(&n).unwrap();
+        let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(iv[0].to - t0, 2.0, "{iv:?}");
+        let s = one_driver(&iv, t0);
+        assert!(s.held, "{s:?}");
+        assert!((s.worst_margin.unwrap() - 1.0).abs() < 1e-9);
     }
 
     #[test]
