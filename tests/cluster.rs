@@ -218,7 +218,8 @@ impl Cluster {
                 .iter()
                 .filter_map(Value::as_str)
                 .collect();
-            if m != members || s["lease"] != "Driving" {
+            // A lapsed lease drives nothing: its segments are still being released.
+            if m != members || s["lease"] != "Driving" || s["lapsed"] == true {
                 return None;
             }
             for seg in s["segments"].as_array()? {

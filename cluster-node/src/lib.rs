@@ -34,6 +34,7 @@ pub mod events;
 pub mod network;
 pub mod plan;
 pub mod replica;
+pub mod simnet;
 #[cfg(test)]
 mod wire_fuzz;
 
@@ -255,6 +256,9 @@ pub struct ClusterStatus {
     pub leader: Option<String>,
     /// This node's lease.
     pub lease: LeaseState,
+    /// The lease came back while segments were held: the lease gate commands nothing until
+    /// they are all released (and adopted again through the handback), whatever `lease` says.
+    pub lapsed: bool,
     /// Peers with an authenticated link up.
     pub connected: BTreeSet<String>,
     /// Members not heard from within `charge_only_after`.
@@ -1143,6 +1147,7 @@ impl Inner {
             epoch: view.epoch,
             leader: view.leader.clone(),
             lease,
+            lapsed: self.gate.lapsed.load(Ordering::Acquire),
             connected,
             silent,
             segments,

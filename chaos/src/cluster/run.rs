@@ -335,10 +335,12 @@ impl Nodes {
                 })
                 .unwrap_or_default()
         };
+        // A lapsed lease drives nothing (its segments are still being released).
+        let lapsed = v["lapsed"] == true;
         let driving = v["segments"]
             .as_array()?
             .iter()
-            .filter(|s| s["driven_here"] == true)
+            .filter(|s| s["driven_here"] == true && !lapsed)
             .filter_map(|s| s["segment"].as_str().map(str::to_string))
             .collect();
         Some(NodeView {
