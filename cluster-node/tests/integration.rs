@@ -2,3 +2,4 @@
 //! file.
 
 mod plan_props;
+mod sim_cluster;
