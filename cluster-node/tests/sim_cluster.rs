@@ -143,7 +143,7 @@ fn drain(nodes: &mut BTreeMap<String, SimNode>) -> Vec<(String, ClusterEvent)> {
             }
         }
     }
-    log.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    log.sort_by_key(|a| (a.0, a.1));
     log.into_iter().map(|(_, _, n, e)| (n, e)).collect()
 }
 
@@ -197,10 +197,8 @@ async fn three_nodes_over_the_simulated_network_fail_over_and_heal() {
                 }
                 handoffs += 1;
             }
-            ClusterEvent::Released { segment, .. } => {
-                if driving.get(segment) == Some(node) {
-                    driving.remove(segment);
-                }
+            ClusterEvent::Released { segment, .. } if driving.get(segment) == Some(node) => {
+                driving.remove(segment);
             }
             ClusterEvent::Lease {
                 to: LeaseState::Stopped,
