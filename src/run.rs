@@ -305,6 +305,7 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
             c.me(),
             c.nodes().join(", "),
             c.local_addr()
+                .map_or_else(|| "none".to_string(), |a| a.to_string())
         );
     }
 

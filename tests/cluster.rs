@@ -3,10 +3,11 @@
 //! it back when it restarts; in network namespaces, a partitioned minority goes to ChargeOnly
 //! while the majority takes its segments over, and the partition heals.
 //!
-//! "At most one node drives a segment" is checked from the nodes' own JSON logs: each node
-//! logs when it starts adopting a segment and when a release of one has finished, with
-//! timestamps from the same machine clock; a node killed with SIGKILL stops at the kill. The
-//! intervals of different nodes for one segment must not overlap.
+//! "At most one node drives a segment" is checked from the nodes' typed events (the events
+//! file in each node's data dir, gridvisor-cluster-node's `events`): each node records when
+//! it starts adopting a segment and when a release of one has finished, with timestamps from
+//! the same machine clock; a node killed with SIGKILL stops at the kill. The intervals of
+//! different nodes for one segment must not overlap.
 //!
 //! The figures (ChargeOnly after a kill, running on the survivors, replication latency) are
 //! printed, not asserted tightly: the machines that run this are noisy.
@@ -18,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gridvisor_chaos::cluster::check::parse_time;
 use gridvisor_testkit::net::{self, sh};
 use serde_json::Value;
 use support::{try_http, Killed};
@@ -218,7 +218,8 @@ impl Cluster {
                 .iter()
                 .filter_map(Value::as_str)
                 .collect();
-            if m != members || s["lease"] != "Driving" {
+            // A lapsed lease drives nothing: its segments are still being released.
+            if m != members || s["lease"] != "Driving" || s["lapsed"] == true {
                 return None;
             }
             for seg in s["segments"].as_array()? {
@@ -257,64 +258,37 @@ impl Cluster {
         out
     }
 
-    /// Every node's driving intervals per segment, from its log; panics on an overlap of
-    /// two nodes' intervals for one segment.
+    /// Every node's driving intervals per segment, from its typed events (the events file
+    /// in its data dir, never log text); panics on an overlap of two nodes' intervals for one
+    /// segment. Returns the handoffs checked.
     fn assert_one_driver_per_segment(&self) -> usize {
-        let mut intervals: BTreeMap<String, Vec<(f64, f64, String)>> = BTreeMap::new();
-        for (name, n) in &self.nodes {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let mut open: BTreeMap<String, f64> = BTreeMap::new();
-            let mut kills = n.killed_at.iter();
-            let mut started = false;
-            fn close_all(
-                intervals: &mut BTreeMap<String, Vec<(f64, f64, String)>>,
-                open: &mut BTreeMap<String, f64>,
-                at: f64,
-                name: &str,
-            ) {
-                for (seg, from) in std::mem::take(open) {
-                    intervals
-                        .entry(seg)
-                        .or_default()
-                        .push((from, at, name.to_string()));
-                }
-            }
-            for line in text.lines() {
-                let Ok(v) = serde_json::from_str::<Value>(line) else {
-                    continue;
-                };
-                let msg = v["fields"]["message"].as_str().unwrap_or("");
-                let at = v["timestamp"].as_str().and_then(parse_time);
-                let seg = v["fields"]["segment"].as_str().map(str::to_string);
-                match (msg, at, seg) {
-                    (m, Some(at), Some(seg)) if m.starts_with("adopting a segment") => {
-                        open.insert(seg, at);
-                    }
-                    (m, Some(at), Some(seg)) if m.starts_with("segment released") => {
-                        if let Some(from) = open.remove(&seg) {
-                            intervals
-                                .entry(seg)
-                                .or_default()
-                                .push((from, at, name.clone()));
-                        }
-                    }
-                    (m, Some(at), _) if m.contains("cluster node started") => {
-                        // A new process of this node after the first: the previous one was
-                        // killed.
-                        if started {
-                            let killed = kills.next().copied().unwrap_or(at);
-                            close_all(&mut intervals, &mut open, killed, name);
-                        }
-                        started = true;
-                    }
-                    _ => {}
-                }
-            }
-            let end = kills.next().copied().unwrap_or(f64::INFINITY);
-            close_all(&mut intervals, &mut open, end, name);
+        use gridvisor_chaos::cluster::check::{intervals, NodeEvents};
+        use gridvisor_cluster_node::events::{read_events, EVENTS_FILE};
+        let records: Vec<(String, Vec<_>)> = (self.nodes.iter())
+            .map(|(name, n)| {
+                let path = n.data.join(EVENTS_FILE);
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let r = read_events(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                (name.clone(), r)
+            })
+            .collect();
+        let nodes: Vec<NodeEvents<'_>> = (records.iter())
+            .map(|(name, r)| NodeEvents {
+                node: name,
+                records: r,
+                kills: &self.nodes[name].killed_at,
+            })
+            .collect();
+        let (found, _) = intervals(&nodes).unwrap_or_else(|e| panic!("{e}"));
+        let mut by: BTreeMap<String, Vec<(f64, f64, String)>> = BTreeMap::new();
+        for i in found {
+            by.entry(i.segment)
+                .or_default()
+                .push((i.from, i.to, i.node));
         }
         let mut checked = 0;
-        for (seg, mut list) in intervals {
+        for (seg, mut list) in by {
             list.sort_by(|a, b| a.0.total_cmp(&b.0));
             for w in list.windows(2) {
                 let (a, b) = (&w[0], &w[1]);

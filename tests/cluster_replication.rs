@@ -165,7 +165,7 @@ impl Cluster {
                 .iter()
                 .filter_map(Value::as_str)
                 .collect();
-            if members != names || s["lease"] != "Driving" {
+            if members != names || s["lease"] != "Driving" || s["lapsed"] == true {
                 return None;
             }
             epochs.push(s["epoch"].as_u64()?);

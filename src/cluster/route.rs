@@ -33,7 +33,7 @@ use gridvisor_cluster::lease::LeaseState;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::{Api, Cluster, Inner, Reply};
+use super::{Api, Cluster, ForwardedFrom, LocalApi, Reply};
 use crate::api_auth::middleware::{Caller, Guard};
 use crate::api_auth::{Identity, Roles};
 use crate::server::{error, BODY_LIMIT};
@@ -43,36 +43,42 @@ use crate::server::{error, BODY_LIMIT};
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded;
 
-/// Who a forwarded call came from: the node, and the client identity it authenticated.
-#[derive(Debug, Clone)]
-pub struct ForwardedFrom {
-    /// The forwarding node.
-    pub node: String,
-    /// Its client's identity.
-    pub caller: Option<String>,
-}
-
 /// The identity of a request's caller (the guard's [`Caller`] extension), to forward with it.
 fn caller_of(extensions: &axum::http::Extensions) -> Option<String> {
     extensions.get::<Caller>().map(|c| c.identity.name.clone())
 }
 
-/// Answer a forwarded call from this node's own routers.
-pub(super) async fn answer_locally(
-    inner: &Inner,
-    api: Api,
+/// This node's grid and admin routers, answering the calls other nodes forward here.
+struct LocalRouters {
+    grid: axum::Router,
+    admin: axum::Router,
+}
+
+impl LocalApi for LocalRouters {
+    fn answer(
+        &self,
+        api: Api,
+        method: String,
+        path: String,
+        body: Vec<u8>,
+        from: ForwardedFrom,
+    ) -> futures::future::BoxFuture<'static, Reply> {
+        let router = match api {
+            Api::Grid => self.grid.clone(),
+            Api::Admin => self.admin.clone(),
+        };
+        Box::pin(async move { answer_locally(router, &method, &path, body, from).await })
+    }
+}
+
+/// Answer a forwarded call from this node's own router.
+async fn answer_locally(
+    router: axum::Router,
     method: &str,
     path: &str,
     body: Vec<u8>,
     from: ForwardedFrom,
 ) -> Reply {
-    let Some((grid, admin)) = inner.routers.get() else {
-        return Reply::Failed("the APIs are not up yet".into());
-    };
-    let router = match api {
-        Api::Grid => grid.clone(),
-        Api::Admin => admin.clone(),
-    };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Reply::Failed(format!("bad method {method:?}"));
     };
@@ -570,6 +576,9 @@ pub fn routers(
             cluster.clone(),
             self::admin,
         )));
-    cluster.set_routers(grid.clone(), admin.clone());
+    cluster.set_local_api(std::sync::Arc::new(LocalRouters {
+        grid: grid.clone(),
+        admin: admin.clone(),
+    }));
     (grid, admin)
 }

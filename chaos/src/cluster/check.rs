@@ -2,7 +2,7 @@
 //!
 //! | name | what must hold |
 //! | --- | --- |
-//! | `one_driver_per_segment` | no two nodes drive a segment at once (from the nodes' JSON logs: "adopting a segment" to "segment released", a killed process's intervals ending at its kill) |
+//! | `one_driver_per_segment` | no two nodes drive a segment at once (from the nodes' typed events, gridvisor-cluster-node's `events` file: `adopting` to `released` or to the lease's end (`lease` to `Stopped`: the lease gate commands nothing after it), a killed process's intervals ending at its kill; never from log text) |
 //! | `charge_only_when_cut_off` | a node cut off from a majority has its lease leave Driving within `charge_only_s` |
 //! | `takeover` | after a kill or a cut, every segment is driven by exactly one node of the majority within `takeover_s` |
 //! | `settles` | after a heal or a restart, the majority agrees on its members, holds its leases and drives every segment once, within `settle_limit_s` |
@@ -13,6 +13,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
+
+use gridvisor_cluster_node::events::{ClusterEvent, EventRecord, LeaseState};
 
 use super::scenario::Bounds;
 
@@ -428,12 +430,14 @@ impl Checks {
     }
 }
 
-/// A node's log and the times (seconds since the epoch) its processes were killed, in order.
-pub struct NodeLog<'a> {
+/// A node's typed events and the times (seconds since the epoch) its processes were killed,
+/// in order.
+pub struct NodeEvents<'a> {
     /// The node.
     pub node: &'a str,
-    /// Its JSON log lines (every process of it, appended).
-    pub text: &'a str,
+    /// Its event records (every process of it, appended: gridvisor-cluster-node's
+    /// `events::read_events` of its data dir's events file).
+    pub records: &'a [EventRecord],
     /// SIGKILL times.
     pub kills: &'a [f64],
 }
@@ -451,49 +455,56 @@ pub struct Interval {
     pub to: f64,
 }
 
-/// Every driving interval in the logs, and the adoption times.
-pub fn intervals(logs: &[NodeLog<'_>]) -> (Vec<Interval>, Vec<f64>) {
+/// Every driving interval in the nodes' events, and the adoption times; an error when an
+/// event log cannot be trusted (a record with a bad time, a truncated file).
+pub fn intervals(nodes: &[NodeEvents<'_>]) -> Result<(Vec<Interval>, Vec<f64>), String> {
     let mut out = Vec::new();
     let mut adoptions = Vec::new();
-    for log in logs {
+    for n in nodes {
         let mut open: BTreeMap<String, f64> = BTreeMap::new();
-        let mut kills = log.kills.iter();
+        let mut kills = n.kills.iter();
         let mut started = false;
         let close_all = |out: &mut Vec<Interval>, open: &mut BTreeMap<String, f64>, at: f64| {
             for (segment, from) in std::mem::take(open) {
+                let node = n.node.to_string();
                 out.push(Interval {
                     segment,
-                    node: log.node.to_string(),
+                    node,
                     from,
                     to: at,
                 });
             }
         };
-        for line in log.text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let msg = v["fields"]["message"].as_str().unwrap_or("");
-            let Some(at) = v["timestamp"].as_str().and_then(parse_time) else {
-                continue;
-            };
-            let seg = v["fields"]["segment"].as_str().map(str::to_string);
-            match seg {
-                Some(seg) if msg.starts_with("adopting a segment") => {
+        for r in n.records {
+            let at = parse_time(&r.at)
+                .ok_or_else(|| format!("{}: event {} has a bad time {:?}", n.node, r.seq, r.at))?;
+            match &r.event {
+                ClusterEvent::Adopting { segment, .. } => {
                     adoptions.push(at);
-                    open.insert(seg, at);
+                    open.insert(segment.clone(), at);
                 }
-                Some(seg) if msg.starts_with("segment released") => {
-                    if let Some(from) = open.remove(&seg) {
+                ClusterEvent::Released { segment, .. } => {
+                    if let Some(from) = open.remove(segment) {
+                        let (segment, node) = (segment.clone(), n.node.to_string());
                         out.push(Interval {
-                            segment: seg,
-                            node: log.node.to_string(),
+                            segment,
+                            node,
                             from,
                             to: at,
                         });
                     }
                 }
-                _ if msg.contains("cluster node started") => {
+                ClusterEvent::Lease {
+                    to: LeaseState::Stopped,
+                    ..
+                } => {
+                    // The lease gate commands nothing from the lease's end (this record comes
+                    // at the first heartbeat period after it), even if the reconcile pass
+                    // releases the segments later; nothing is driven again before the next
+                    // `adopting` (a lease back while segments are held is `lapsed`).
+                    close_all(&mut out, &mut open, at);
+                }
+                ClusterEvent::Started { .. } => {
                     // A process after the first: the one before was killed.
                     if started {
                         let killed = kills.next().copied().unwrap_or(at);
@@ -501,13 +512,26 @@ pub fn intervals(logs: &[NodeLog<'_>]) -> (Vec<Interval>, Vec<f64>) {
                     }
                     started = true;
                 }
+                ClusterEvent::Truncated { bytes } => {
+                    return Err(format!(
+                        "{}: the events file was truncated at {bytes} bytes: its intervals are incomplete",
+                        n.node
+                    ));
+                }
                 _ => {}
             }
         }
         let end = kills.next().copied().unwrap_or(f64::INFINITY);
         close_all(&mut out, &mut open, end);
     }
-    (out, adoptions)
+    Ok((out, adoptions))
+}
+
+/// `one_driver_per_segment` when the events could not be read: broken, saying why.
+pub fn unreadable_events(why: String) -> Summary {
+    let mut s = Summary::new(ONE_DRIVER, "no overlap".into(), "s");
+    s.violate(0, why);
+    s
 }
 
 /// `one_driver_per_segment` over `intervals`; `t0` (epoch seconds) is the run's start, for
@@ -838,74 +862,64 @@ mod tests {
         assert!(!s[1].held);
     }
 
-    fn line(t: &str, msg: &str, seg: Option<&str>) -> String {
-        let mut fields = serde_json::json!({"message": msg});
-        if let Some(s) = seg {
-            fields["segment"] = s.into();
+    fn record(node: &str, seq: u64, t: &str, event: ClusterEvent) -> EventRecord {
+        EventRecord {
+            node: node.into(),
+            seq,
+            at: t.into(),
+            event,
         }
-        serde_json::json!({"timestamp": t, "fields": fields}).to_string()
+    }
+
+    fn adopting(seg: &str) -> ClusterEvent {
+        ClusterEvent::Adopting {
+            segment: seg.into(),
+            epoch: 1,
+        }
     }
 
     #[test]
-    fn overlapping_drivers_in_the_logs_are_caught_and_kills_close_intervals() {
+    fn overlapping_drivers_in_the_events_are_caught_and_kills_close_intervals() {
+        use gridvisor_cluster_node::plan::ReleaseReason;
+        let started = ClusterEvent::Started { boot: 1 };
         let a = [
-            line("2026-01-01T00:00:00.000Z", "cluster node started", None),
-            line(
-                "2026-01-01T00:00:01.000Z",
-                "adopting a segment",
-                Some("tx-1"),
-            ),
-            line("2026-01-01T00:00:05.000Z", "cluster node started", None),
-        ]
-        .join("\n");
+            record("node-a", 1, "2026-01-01T00:00:00.000Z", started.clone()),
+            record("node-a", 2, "2026-01-01T00:00:01.000Z", adopting("tx-1")),
+            record("node-a", 1, "2026-01-01T00:00:05.000Z", started.clone()),
+        ];
+        let released = ClusterEvent::Released {
+            segment: "tx-1".into(),
+            reason: ReleaseReason::Moved,
+        };
         let b = [
-            line("2026-01-01T00:00:00.000Z", "cluster node started", None),
-            line(
-                "2026-01-01T00:00:03.500Z",
-                "adopting a segment",
-                Some("tx-1"),
-            ),
-            line(
-                "2026-01-01T00:00:06.000Z",
-                "segment released (ChargeOnly ...)",
-                Some("tx-1"),
-            ),
-        ]
-        .join("\n");
+            record("node-b", 1, "2026-01-01T00:00:00.000Z", started.clone()),
+            record("node-b", 2, "2026-01-01T00:00:03.500Z", adopting("tx-1")),
+            record("node-b", 3, "2026-01-01T00:00:06.000Z", released),
+        ];
         let t0 = parse_time("2026-01-01T00:00:00.000Z").unwrap();
         let kills = [t0 + 3.0];
-        let logs = [
-            NodeLog {
-                node: "node-a",
-                text: &a,
-                kills: &kills,
-            },
-            NodeLog {
-                node: "node-b",
-                text: &b,
-                kills: &[],
-            },
-        ];
-        let (iv, adoptions) = intervals(&logs);
+        let nodes = |kills| {
+            [
+                NodeEvents {
+                    node: "node-a",
+                    records: &a,
+                    kills,
+                },
+                NodeEvents {
+                    node: "node-b",
+                    records: &b,
+                    kills: &[],
+                },
+            ]
+        };
+        let (iv, adoptions) = intervals(&nodes(&kills)).unwrap();
         assert_eq!(adoptions.len(), 2);
         let s = one_driver(&iv, t0);
         assert!(s.held, "{s:?}");
         assert!((s.worst_margin.unwrap() - 0.5).abs() < 1e-6);
         // Killed later than b adopted: an overlap.
         let kills = [t0 + 4.0];
-        let logs = [
-            NodeLog {
-                node: "node-a",
-                text: &a,
-                kills: &kills,
-            },
-            NodeLog {
-                node: "node-b",
-                text: &b,
-                kills: &[],
-            },
-        ];
-        let s = one_driver(&intervals(&logs).0, t0);
+        let s = one_driver(&intervals(&nodes(&kills)).unwrap().0, t0);
         assert!(!s.held);
         assert!(s
             .first_violation
@@ -914,6 +928,75 @@ mod tests {
             .contains("tx-1 driven by node-a"));
         assert!(!handoffs(&adoptions, t0 + 2.0, 0).held);
         assert!(handoffs(&adoptions, t0 + 2.0, 1).held);
+    }
+
+    #[test]
+    fn a_stopped_lease_ends_the_intervals_before_a_late_release() {
+        use gridvisor_cluster_node::plan::ReleaseReason;
+        let stopped = ClusterEvent::Lease {
+            from: LeaseState::ChargeOnly,
+            to: LeaseState::Stopped,
+        };
+        let released = ClusterEvent::Released {
+            segment: "tx-1".into(),
+            reason: ReleaseReason::LeaseEnded,
+        };
+        let c = [
+            record(
+                "node-c",
+                1,
+                "2026-01-01T00:00:00Z",
+                ClusterEvent::Started { boot: 1 },
+            ),
+            record("node-c", 2, "2026-01-01T00:00:01Z", adopting("tx-1")),
+            record("node-c", 3, "2026-01-01T00:00:02Z", stopped),
+            record("node-c", 4, "2026-01-01T00:00:04Z", released),
+        ];
+        let a = [record(
+            "node-a",
+            1,
+            "2026-01-01T00:00:03Z",
+            adopting("tx-1"),
+        )];
+        let n = [
+            NodeEvents {
+                node: "node-c",
+                records: &c,
+                kills: &[],
+            },
+            NodeEvents {
+                node: "node-a",
+                records: &a,
+                kills: &[],
+            },
+        ];
+        let (iv, _) = intervals(&n).unwrap();
+        let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(iv[0].to - t0, 2.0, "{iv:?}");
+        let s = one_driver(&iv, t0);
+        assert!(s.held, "{s:?}");
+        assert!((s.worst_margin.unwrap() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn events_that_cannot_be_trusted_are_an_error() {
+        let truncated = [record(
+            "node-a",
+            1,
+            "2026-01-01T00:00:00Z",
+            ClusterEvent::Truncated { bytes: 9 },
+        )];
+        let bad_time = [record("node-a", 7, "yesterday", adopting("tx-1"))];
+        for (records, want) in [(&truncated[..], "truncated"), (&bad_time[..], "event 7")] {
+            let n = [NodeEvents {
+                node: "node-a",
+                records,
+                kills: &[],
+            }];
+            let err = intervals(&n).unwrap_err();
+            assert!(err.contains(want), "{err}");
+            assert!(!unreadable_events(err).held);
+        }
     }
 
     #[test]

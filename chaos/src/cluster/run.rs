@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::check::{self, Acked, Checks, NodeLog, NodeView, Reach, Round, Summary};
+use super::check::{self, Acked, Checks, NodeEvents, NodeView, Reach, Round, Summary};
 use super::proxy::{LinkFault, Proxy};
 use super::scenario::{ClusterScenario, FaultKind};
 
@@ -335,10 +335,12 @@ impl Nodes {
                 })
                 .unwrap_or_default()
         };
+        // A lapsed lease drives nothing (its segments are still being released).
+        let lapsed = v["lapsed"] == true;
         let driving = v["segments"]
             .as_array()?
             .iter()
-            .filter(|s| s["driven_here"] == true)
+            .filter(|s| s["driven_here"] == true && !lapsed)
             .filter_map(|s| s["segment"].as_str().map(str::to_string))
             .collect();
         Some(NodeView {
@@ -912,17 +914,16 @@ pub fn run(
             )
         })
         .collect();
-    let logs: Vec<NodeLog<'_>> = texts
-        .iter()
-        .map(|(n, t)| NodeLog {
-            node: n,
-            text: t,
-            // The last kill is the end of the run: the nodes drove until it.
-            kills: &nodes.nodes[n].kills,
-        })
-        .collect();
-    let (intervals, adoptions) = check::intervals(&logs);
-    summaries.insert(0, check::one_driver(&intervals, t0_epoch));
+    let (intervals, adoptions) = match node_events(&s.nodes, &nodes) {
+        Ok((i, a)) => {
+            summaries.insert(0, check::one_driver(&i, t0_epoch));
+            (i, a)
+        }
+        Err(why) => {
+            summaries.insert(0, check::unreadable_events(why));
+            (Vec::new(), Vec::new())
+        }
+    };
     if let Some(max) = s.bounds.max_handoffs {
         if settled_after.is_some() {
             summaries.push(check::handoffs(&adoptions, t0_epoch, max));
@@ -956,6 +957,31 @@ pub fn run(
         let _ = dir.keep();
     }
     Ok(report)
+}
+
+/// Every node's driving intervals and adoption times, from the typed events in its data dir
+/// (gridvisor-cluster-node's `events::EVENTS_FILE`, appended by each of its processes).
+fn node_events(
+    names: &[String],
+    nodes: &Nodes,
+) -> Result<(Vec<check::Interval>, Vec<f64>), String> {
+    use gridvisor_cluster_node::events::{read_events, EVENTS_FILE};
+    let mut records = Vec::new();
+    for n in names {
+        let path = nodes.nodes[n].data.join(EVENTS_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{n}: the events file {}: {e}", path.display()))?;
+        records.push(read_events(&text).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    let events: Vec<NodeEvents<'_>> = (names.iter().zip(&records))
+        .map(|(n, r)| NodeEvents {
+            node: n,
+            records: r,
+            // The last kill is the end of the run: the nodes drove until it.
+            kills: &nodes.nodes[n].kills,
+        })
+        .collect();
+    check::intervals(&events)
 }
 
 fn checks_majority(
