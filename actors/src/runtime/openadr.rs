@@ -66,7 +66,7 @@ impl VenMetrics {
         let events = IntCounterVec::new(
             Opts::new(
                 "gridvisor_openadr_events_total",
-                "OpenADR events (new or modified) received, opted in and opted out",
+                "OpenADR events (new or modified) received, opted in, opted out and cancelled",
             ),
             &["outcome"],
         )?;
@@ -585,7 +585,11 @@ impl Ven {
         let m = &self.a.metrics.events;
         for a in answers.iter().filter(|a| a.fresh) {
             m.with_label_values(&["received"]).inc();
-            let outcome = if a.opt == Opt::In { "opt_in" } else { "opt_out" };
+            let outcome = match (a.cancelled, a.opt) {
+                (true, _) => "cancelled",
+                (false, Opt::In) => "opt_in",
+                (false, Opt::Out) => "opt_out",
+            };
             m.with_label_values(&[outcome]).inc();
             tracing::info!(event = %a.event_id, modification = a.modification, opt = ?a.opt, "openadr: event");
         }

@@ -126,6 +126,8 @@ pub struct Answer {
     pub required: bool,
     /// Whether this is a new judgement (a new event or modification).
     pub fresh: bool,
+    /// The event is cancelled (the answer acknowledges it).
+    pub cancelled: bool,
 }
 
 /// The events a VEN knows.
@@ -217,6 +219,7 @@ impl EventBook {
             opt,
             required: e.response_required,
             fresh,
+            cancelled: e.status == EventStatus::Cancelled,
         };
         if let Some(old) = self.entries.get_mut(&e.id) {
             if e.modification <= old.event.modification {
