@@ -19,6 +19,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use gridvisor_supervisors::prelude::*;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -231,11 +232,12 @@ impl Actor for VenActor {
         a: VenArgs,
     ) -> Result<JoinHandle<()>, ActorProcessingErr> {
         tracing::info!(vtn = %a.config.vtn_url, ven = %a.config.ven_name, "openadr: VEN starting");
-        let inner = tokio::spawn(run(a));
+        // The task is aborted by `post_stop` (dropping the store with it); a panic in it is
+        // the worker's failure.
         Ok(tokio::spawn(async move {
-            let why = match inner.await {
+            let why = match std::panic::AssertUnwindSafe(run(a)).catch_unwind().await {
                 Ok(why) => why,
-                Err(e) => format!("the VEN task failed: {e}"),
+                Err(_) => "the VEN task panicked".to_owned(),
             };
             let _ = myself.send_message(VenMsg::Ended(why));
         }))
