@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use gridvisor_actors::io::openadr::messages::Opt;
+use gridvisor_supervisors::registry::Lookup;
 use gridvisor_testkit::python;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -178,7 +179,7 @@ async fn a_node_is_a_ven_of_an_openleadr_vtn() {
     // Cancelled while running: its request is stopped and the site returns to its default.
     vtn.add_event("ev-cancel", "simple", "level", 1.0, 3.0);
     let opt = vtn.until("opt").await;
-    assert_eq!(opt["opt"], "optIn", "{opt}");
+    assert_eq!(opt["opt"], "optIn", "{opt} {:?}", event(node, "ev-cancel"));
     wait(node, "ev-cancel dispatched", || {
         event(node, "ev-cancel").is_some_and(|e| e.submitted == 1)
     })
@@ -190,6 +191,21 @@ async fn a_node_is_a_ven_of_an_openleadr_vtn() {
     .await;
     wait(node, "the site back at its safe default", || target_kw(node) == 0.0).await;
     assert!(event(node, "ev-out").is_some_and(|e| e.submitted == 0));
+
+    // A failed VEN is restarted by its own supervisor; the site is not touched, and the
+    // registration is read back from the store (no new registration).
+    let incarnation = |path: &str| match node.registry().lookup_incarnation(path) {
+        Lookup::Running(_, n) => Some(n),
+        _ => None,
+    };
+    let site_before = incarnation("node/site").unwrap();
+    let killed = node.kill("node/openadr/ven").unwrap();
+    wait(node, "the VEN restarted", || {
+        incarnation("node/openadr/ven").is_some_and(|n| n > killed.incarnation)
+    })
+    .await;
+    assert_eq!(incarnation("node/site"), Some(site_before));
+    assert!(node.openadr().unwrap().registration.is_some());
 
     // Reports keep arriving with the metered power.
     let before = node.openadr().unwrap().reports_sent;

@@ -158,9 +158,11 @@ pub(crate) struct VenArgs {
     shared: Arc<SiteShared>,
     config: OpenAdr,
     client: VtnClient,
-    store: Arc<VenStore>,
     metrics: VenMetrics,
     view: Arc<VenView>,
+    /// The running VEN task, shared by the worker's incarnations: a new one ends the old
+    /// first (a killed worker runs no `post_stop`), so two never run and the store is free.
+    running: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
 /// `node/openadr` when the topology has `[openadr]`: reads the TLS files and opens the store
@@ -179,17 +181,17 @@ pub(crate) fn openadr_spec(
         .map_err(NodeError::Config)?;
     let client = VtnClient::new(&config.vtn_url, tls, VenLimits::default())
         .map_err(|e| NodeError::Config(format!("[openadr] {e}")))?;
-    let store = Arc::new(
-        VenStore::open(&config.store).map_err(|e| NodeError::Config(format!("[openadr] store {e}")))?,
-    );
+    // Opened once now so that a bad file fails the start; the VEN's task opens it for itself
+    // (and closes it when it ends), so a restarted VEN or node finds it free.
+    drop(VenStore::open(&config.store).map_err(|e| NodeError::Config(format!("[openadr] store {e}")))?);
     let view = Arc::new(VenView::default());
     let args = VenArgs {
         shared: shared.clone(),
         config,
         client,
-        store,
         metrics: VenMetrics::register(&shared.prometheus)?,
         view: view.clone(),
+        running: Arc::default(),
     };
     let spec = ChildSpec::worker("openadr", move |ctx: ChildContext, ()| {
         let args = args.clone();
@@ -223,31 +225,36 @@ pub(crate) struct VenActor;
 
 impl Actor for VenActor {
     type Msg = VenMsg;
-    type State = JoinHandle<()>;
+    type State = Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>;
     type Arguments = VenArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<VenMsg>,
         a: VenArgs,
-    ) -> Result<JoinHandle<()>, ActorProcessingErr> {
+    ) -> Result<Self::State, ActorProcessingErr> {
         tracing::info!(vtn = %a.config.vtn_url, ven = %a.config.ven_name, "openadr: VEN starting");
-        // The task is aborted by `post_stop` (dropping the store with it); a panic in it is
-        // the worker's failure.
-        Ok(tokio::spawn(async move {
+        let running = a.running.clone();
+        let mut slot = running.lock().await;
+        stop_task(&mut slot).await;
+        // The task is ended by `post_stop` or the next incarnation (dropping the store with
+        // it); its end, or a panic in it, is the worker's failure.
+        *slot = Some(tokio::spawn(async move {
             let why = match std::panic::AssertUnwindSafe(run(a)).catch_unwind().await {
                 Ok(why) => why,
                 Err(_) => "the VEN task panicked".to_owned(),
             };
             let _ = myself.send_message(VenMsg::Ended(why));
-        }))
+        }));
+        drop(slot);
+        Ok(running)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<VenMsg>,
         msg: VenMsg,
-        _task: &mut JoinHandle<()>,
+        _running: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             VenMsg::Ended(why) => Err(why.into()),
@@ -257,10 +264,18 @@ impl Actor for VenActor {
     async fn post_stop(
         &self,
         _myself: ActorRef<VenMsg>,
-        task: &mut JoinHandle<()>,
+        running: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        task.abort();
+        stop_task(&mut *running.lock().await).await;
         Ok(())
+    }
+}
+
+/// End the VEN task in `slot`, if any, and wait until it is dropped (its store closed).
+async fn stop_task(slot: &mut Option<JoinHandle<()>>) {
+    if let Some(task) = slot.take() {
+        task.abort();
+        let _ = task.await;
     }
 }
 
@@ -315,6 +330,7 @@ fn new_request_id() -> String {
 /// The VEN's running state (owned by its task).
 struct Ven {
     a: VenArgs,
+    store: Arc<VenStore>,
     levels: Option<SimpleLevels>,
     report: UsageReport,
     book: EventBook,
@@ -361,9 +377,11 @@ async fn run(a: VenArgs) -> String {
 
 impl Ven {
     async fn load(a: VenArgs) -> Result<Ven, String> {
-        let store = a.store.clone();
-        let (registration, mut book) = tokio::task::spawn_blocking(move || {
-            Ok::<_, String>((store.registration()?, store.book()?))
+        let path = a.config.store.clone();
+        let (store, registration, mut book) = tokio::task::spawn_blocking(move || {
+            let store = VenStore::open(&path)?;
+            let (registration, book) = (store.registration()?, store.book()?);
+            Ok::<_, String>((Arc::new(store), registration, book))
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -382,6 +400,7 @@ impl Ven {
         }
         let period = Duration::from_secs_f64(a.config.report_interval_s);
         let ven = Ven {
+            store,
             levels: a.config.simple_levels,
             report: UsageReport {
                 specifier_id: REPORT_SPECIFIER.into(),
@@ -438,7 +457,7 @@ impl Ven {
     }
 
     async fn persist(&mut self) {
-        let (store, book, reg) = (self.a.store.clone(), self.book.clone(), self.registration.clone());
+        let (store, book, reg) = (self.store.clone(), self.book.clone(), self.registration.clone());
         let done = tokio::task::spawn_blocking(move || {
             store.set_registration(reg.as_ref())?;
             store.set_book(&book)
