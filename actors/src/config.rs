@@ -51,12 +51,12 @@ use crate::ladder::{GridFrequency, LadderConfig, Stages, TripBand};
 
 mod clock;
 mod openadr;
-pub use openadr::{
-    OpenAdr, OpenAdrTls, DEFAULT_OPENADR_POLL_S, DEFAULT_OPENADR_REPORT_S, DEFAULT_OPENADR_STORE,
-};
 pub use clock::{
     ClockConfig, ClockSourceKind, DEFAULT_CLOCK_POLL_MS, DEFAULT_CLOCK_STALE_MS,
     DEFAULT_CLOCK_TIMEOUT_MS, DEFAULT_PTP4L_PATH, MIN_CLOCK_POLL_MS,
+};
+pub use openadr::{
+    OpenAdr, OpenAdrTls, DEFAULT_OPENADR_POLL_S, DEFAULT_OPENADR_REPORT_S, DEFAULT_OPENADR_STORE,
 };
 
 /// The embedded demo site (`configs/demo.toml`).

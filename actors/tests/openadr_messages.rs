@@ -68,7 +68,10 @@ fn distribute_event_with_simple_and_load_dispatch_signals() {
     assert_eq!(s.intervals.len(), 1);
     assert_eq!(s.intervals[0].value, 2.0);
     let ld = &events[1].signals[0];
-    assert_eq!((ld.name.as_str(), ld.kind.as_str()), ("LOAD_DISPATCH", "setpoint"));
+    assert_eq!(
+        (ld.name.as_str(), ld.kind.as_str()),
+        ("LOAD_DISPATCH", "setpoint")
+    );
     assert_eq!(ld.to_kw, 1.0);
     let values: Vec<f64> = ld.intervals.iter().map(|i| i.value).collect();
     assert_eq!(values, [40.0, -20.0]);
@@ -110,7 +113,9 @@ fn report_requests_and_answers() {
 fn without(text: &str, element: &str) -> String {
     let open = format!("<{element}>");
     let close = format!("</{element}>");
-    let start = text.find(&open).unwrap_or_else(|| panic!("{open} not in the text"));
+    let start = text
+        .find(&open)
+        .unwrap_or_else(|| panic!("{open} not in the text"));
     let end = text[start..].find(&close).unwrap() + start + close.len();
     format!("{}{}", &text[..start], &text[end..])
 }
@@ -119,11 +124,26 @@ fn without(text: &str, element: &str) -> String {
 fn a_missing_element_is_named() {
     let text = fixture("vtn-distribute-event.xml");
     let cases = [
-        ("ei:eventID", "missing element <eventID> in <eventDescriptor>"),
-        ("ei:eventStatus", "missing element <eventStatus> in <eventDescriptor>"),
-        ("ei:signalName", "missing element <signalName> in <eiEventSignal>"),
-        ("ei:signalPayload", "missing element <signalPayload> in <interval>"),
-        ("ei:eiActivePeriod", "missing element <eiActivePeriod> in <eiEvent>"),
+        (
+            "ei:eventID",
+            "missing element <eventID> in <eventDescriptor>",
+        ),
+        (
+            "ei:eventStatus",
+            "missing element <eventStatus> in <eventDescriptor>",
+        ),
+        (
+            "ei:signalName",
+            "missing element <signalName> in <eiEventSignal>",
+        ),
+        (
+            "ei:signalPayload",
+            "missing element <signalPayload> in <interval>",
+        ),
+        (
+            "ei:eiActivePeriod",
+            "missing element <eiActivePeriod> in <eiEvent>",
+        ),
         ("ei:vtnID", ""), // not needed by a VEN: the event is still read
     ];
     for (element, expected) in cases {
@@ -135,7 +155,10 @@ fn a_missing_element_is_named() {
     }
     let reg = fixture("vtn-created-party-registration.xml");
     let err = Incoming::parse(without(&reg, "ei:vtnID").as_bytes()).unwrap_err();
-    assert_eq!(err.to_string(), "missing element <vtnID> in <oadrCreatedPartyRegistration>");
+    assert_eq!(
+        err.to_string(),
+        "missing element <vtnID> in <oadrCreatedPartyRegistration>"
+    );
 }
 
 #[test]
@@ -156,7 +179,10 @@ fn bad_values_and_bad_xml_are_named() {
         Err(XmlError::Malformed { .. })
     ));
     let err = Incoming::parse(b"<html><body>502</body></html>").unwrap_err();
-    assert_eq!(err.to_string(), "missing element <oadrPayload> in <the document>");
+    assert_eq!(
+        err.to_string(),
+        "missing element <oadrPayload> in <the document>"
+    );
 }
 
 /// The elements of a tree as (namespace, name) paths, in document order.
@@ -279,7 +305,10 @@ fn the_openadr_table_is_read_and_checked() {
     assert_eq!(o.poll_interval_s, 2.0);
     assert_eq!(o.report_interval_s, config::DEFAULT_OPENADR_REPORT_S);
     assert_eq!(o.simple_levels, Some([0.0, -10.0, -20.0, -30.5]));
-    assert_eq!(o.store, std::path::PathBuf::from(config::DEFAULT_OPENADR_STORE));
+    assert_eq!(
+        o.store,
+        std::path::PathBuf::from(config::DEFAULT_OPENADR_STORE)
+    );
     assert!(config::parse("t.toml", SITE).unwrap().openadr.is_none());
 
     let bad = format!(
@@ -297,7 +326,10 @@ fn the_openadr_table_is_read_and_checked() {
             "{}: openadr.poll_interval_s: 0.1 is not within 1..=86400 s",
             at(&bad, "0.1")
         ),
-        format!("{}: openadr.colour: unknown key `colour`", at(&bad, "colour")),
+        format!(
+            "{}: openadr.colour: unknown key `colour`",
+            at(&bad, "colour")
+        ),
         "openadr.simple_levels.1: expected a number, found a string".into(),
         "openadr.simple_levels.2: missing required key `2`".into(),
     ] {

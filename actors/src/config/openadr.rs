@@ -92,8 +92,7 @@ impl Reader {
         if let (path, Some(node)) = self.lookup(&t, "ven_name") {
             let n = ven_name.chars().count();
             if n == 0 || n > MAX_VEN_NAME_CHARS || ven_name.chars().any(char::is_control) {
-                let message =
-                    format!("must be 1 to {MAX_VEN_NAME_CHARS} printable characters");
+                let message = format!("must be 1 to {MAX_VEN_NAME_CHARS} printable characters");
                 self.problem(&path, node.span().start, message);
             }
         }

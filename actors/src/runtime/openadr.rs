@@ -165,11 +165,12 @@ pub(crate) struct VenArgs {
     running: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
+/// The `node/openadr` subtree and the view of its VEN.
+pub(crate) type VenSpec = (ChildSpec<()>, Arc<VenView>);
+
 /// `node/openadr` when the topology has `[openadr]`: reads the TLS files and opens the store
 /// now (a bad one fails `Node::start`, naming it), registers the metrics once.
-pub(crate) fn openadr_spec(
-    shared: &Arc<SiteShared>,
-) -> Result<Option<(ChildSpec<()>, Arc<VenView>)>, NodeError> {
+pub(crate) fn openadr_spec(shared: &Arc<SiteShared>) -> Result<Option<VenSpec>, NodeError> {
     let Some(config) = shared.topology.openadr.clone() else {
         return Ok(None);
     };
@@ -183,7 +184,10 @@ pub(crate) fn openadr_spec(
         .map_err(|e| NodeError::Config(format!("[openadr] {e}")))?;
     // Opened once now so that a bad file fails the start; the VEN's task opens it for itself
     // (and closes it when it ends), so a restarted VEN or node finds it free.
-    drop(VenStore::open(&config.store).map_err(|e| NodeError::Config(format!("[openadr] store {e}")))?);
+    drop(
+        VenStore::open(&config.store)
+            .map_err(|e| NodeError::Config(format!("[openadr] store {e}")))?,
+    );
     let view = Arc::new(VenView::default());
     let args = VenArgs {
         shared: shared.clone(),
@@ -457,7 +461,11 @@ impl Ven {
     }
 
     async fn persist(&mut self) {
-        let (store, book, reg) = (self.store.clone(), self.book.clone(), self.registration.clone());
+        let (store, book, reg) = (
+            self.store.clone(),
+            self.book.clone(),
+            self.registration.clone(),
+        );
         let done = tokio::task::spawn_blocking(move || {
             store.set_registration(reg.as_ref())?;
             store.set_book(&book)
@@ -521,7 +529,11 @@ impl Ven {
                     vtn_id,
                 });
             }
-            other => return Err(ClientError::Http(format!("registration refused: {other:?}"))),
+            other => {
+                return Err(ClientError::Http(format!(
+                    "registration refused: {other:?}"
+                )))
+            }
         }
         self.failures = 0;
         self.persist().await;
@@ -568,7 +580,9 @@ impl Ven {
             Incoming::DistributeEvent { request_id, events } => {
                 self.distribute(request_id, events).await
             }
-            Incoming::RegisteredReport { requests, .. } => self.report_requests(requests, None).await,
+            Incoming::RegisteredReport { requests, .. } => {
+                self.report_requests(requests, None).await
+            }
             Incoming::CreateReport {
                 request_id,
                 requests,
@@ -587,13 +601,20 @@ impl Ven {
         }
     }
 
-    async fn distribute(&mut self, request_id: String, events: Vec<crate::io::openadr::messages::Event>) {
+    async fn distribute(
+        &mut self,
+        request_id: String,
+        events: Vec<crate::io::openadr::messages::Event>,
+    ) {
         let shared = self.a.shared.clone();
         let levels = self.levels;
         let capacity = site_capacity(&shared);
         let metered = site_metered_kw(&shared);
         let mut judge_fn = |e: &crate::io::openadr::messages::Event| {
-            let has_simple = e.signals.iter().any(|s| s.name.eq_ignore_ascii_case("simple"));
+            let has_simple = e
+                .signals
+                .iter()
+                .any(|s| s.name.eq_ignore_ascii_case("simple"));
             let levels = match (levels, has_simple) {
                 (Some(l), _) => l,
                 (None, false) => [f64::NAN; 4],

@@ -152,12 +152,17 @@ pub fn judge(
     let signal = event
         .signals
         .iter()
-        .find(|s| s.name.eq_ignore_ascii_case("LOAD_DISPATCH") || s.name.eq_ignore_ascii_case("simple"))
+        .find(|s| {
+            s.name.eq_ignore_ascii_case("LOAD_DISPATCH") || s.name.eq_ignore_ascii_case("simple")
+        })
         .ok_or("no LOAD_DISPATCH or SIMPLE signal")?;
     let mut steps = Vec::with_capacity(signal.intervals.len());
     for i in &signal.intervals {
         let v = i.value * signal.to_kw;
-        let target = match (signal.name.to_ascii_uppercase().as_str(), signal.kind.as_str()) {
+        let target = match (
+            signal.name.to_ascii_uppercase().as_str(),
+            signal.kind.as_str(),
+        ) {
             ("LOAD_DISPATCH", "setpoint") => Target::Setpoint(v),
             ("LOAD_DISPATCH", "delta") => Target::Delta(v),
             ("SIMPLE", "level") => {
@@ -383,11 +388,32 @@ mod tests {
         let mut b = EventBook::default();
         let a = b.distribute(
             &[
-                event("a", 0, EventStatus::Far, "LOAD_DISPATCH", "setpoint", &[40.0, -20.0]),
-                event("b", 0, EventStatus::Far, "LOAD_DISPATCH", "setpoint", &[400.0]),
+                event(
+                    "a",
+                    0,
+                    EventStatus::Far,
+                    "LOAD_DISPATCH",
+                    "setpoint",
+                    &[40.0, -20.0],
+                ),
+                event(
+                    "b",
+                    0,
+                    EventStatus::Far,
+                    "LOAD_DISPATCH",
+                    "setpoint",
+                    &[400.0],
+                ),
                 event("c", 0, EventStatus::Far, "simple", "level", &[3.0]),
                 event("d", 0, EventStatus::Far, "simple", "level", &[4.0]),
-                event("e", 0, EventStatus::Far, "ELECTRICITY_PRICE", "price", &[0.3]),
+                event(
+                    "e",
+                    0,
+                    EventStatus::Far,
+                    "ELECTRICITY_PRICE",
+                    "price",
+                    &[0.3],
+                ),
                 event("f", 0, EventStatus::Far, "LOAD_DISPATCH", "delta", &[-80.0]),
             ],
             900,
@@ -403,7 +429,14 @@ mod tests {
     fn steps_come_due_at_their_start_once() {
         let mut b = EventBook::default();
         b.distribute(
-            &[event("a", 0, EventStatus::Far, "LOAD_DISPATCH", "setpoint", &[40.0, -20.0])],
+            &[event(
+                "a",
+                0,
+                EventStatus::Far,
+                "LOAD_DISPATCH",
+                "setpoint",
+                &[40.0, -20.0],
+            )],
             900,
             &mut judge_at(0.0),
         );
@@ -421,18 +454,35 @@ mod tests {
         );
         b.done(&due[0]);
         assert!(b.due(1_050).is_empty());
-        assert!(matches!(&b.due(1_100)[..], [Action::Submit { step: 1, .. }]));
+        assert!(matches!(
+            &b.due(1_100)[..],
+            [Action::Submit { step: 1, .. }]
+        ));
         assert!(b.due(1_200).is_empty());
     }
 
     #[test]
     fn a_repeat_keeps_its_answer_and_a_modification_is_judged_again() {
         let mut b = EventBook::default();
-        let ev = event("a", 0, EventStatus::Far, "LOAD_DISPATCH", "setpoint", &[40.0]);
+        let ev = event(
+            "a",
+            0,
+            EventStatus::Far,
+            "LOAD_DISPATCH",
+            "setpoint",
+            &[40.0],
+        );
         assert!(b.distribute(std::slice::from_ref(&ev), 900, &mut judge_at(0.0))[0].fresh);
         let again = b.distribute(std::slice::from_ref(&ev), 901, &mut judge_at(0.0));
         assert!(!again[0].fresh);
-        let modified = event("a", 1, EventStatus::Near, "LOAD_DISPATCH", "setpoint", &[500.0]);
+        let modified = event(
+            "a",
+            1,
+            EventStatus::Near,
+            "LOAD_DISPATCH",
+            "setpoint",
+            &[500.0],
+        );
         let m = b.distribute(&[modified], 902, &mut judge_at(0.0));
         assert!(m[0].fresh);
         assert_eq!(m[0].opt, Opt::Out);
@@ -441,7 +491,14 @@ mod tests {
     #[test]
     fn cancelling_stops_a_running_request() {
         let mut b = EventBook::default();
-        let ev = event("a", 0, EventStatus::Active, "LOAD_DISPATCH", "setpoint", &[40.0]);
+        let ev = event(
+            "a",
+            0,
+            EventStatus::Active,
+            "LOAD_DISPATCH",
+            "setpoint",
+            &[40.0],
+        );
         b.distribute(std::slice::from_ref(&ev), 1_000, &mut judge_at(0.0));
         let due = b.due(1_000);
         b.done(&due[0]);
@@ -464,7 +521,14 @@ mod tests {
     #[test]
     fn an_event_missing_from_the_list_is_cancelled() {
         let mut b = EventBook::default();
-        let ev = event("a", 0, EventStatus::Active, "LOAD_DISPATCH", "setpoint", &[40.0]);
+        let ev = event(
+            "a",
+            0,
+            EventStatus::Active,
+            "LOAD_DISPATCH",
+            "setpoint",
+            &[40.0],
+        );
         b.distribute(&[ev], 1_000, &mut judge_at(0.0));
         let due = b.due(1_000);
         b.done(&due[0]);

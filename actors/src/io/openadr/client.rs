@@ -54,7 +54,9 @@ impl VenLimits {
     /// The wait after `failures` failed exchanges in a row (bounded exponential).
     pub fn backoff(&self, failures: u32) -> Duration {
         let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-        self.backoff_start.saturating_mul(factor).min(self.backoff_max)
+        self.backoff_start
+            .saturating_mul(factor)
+            .min(self.backoff_max)
     }
 }
 

@@ -12,7 +12,9 @@ use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::xml::{self, document, Element, Out, XmlError, EI, OADR, POWER, PYLD, SCALE, STRM, XCAL};
+use super::xml::{
+    self, document, Element, Out, XmlError, EI, OADR, POWER, PYLD, SCALE, STRM, XCAL,
+};
 
 /// The longest duration accepted in a message (a week: longer than any event we act on).
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
@@ -595,21 +597,21 @@ pub fn format_time(unix_s: i64) -> String {
 }
 
 fn date_time(name: &'static str, unix_s: i64) -> Out {
-    Out::el(name).add(Out::text("xcal:date-time", format_time(unix_s)))
+    Out::el(name).child(Out::text("xcal:date-time", format_time(unix_s)))
 }
 
 fn xcal_duration(name: &'static str, d: Duration) -> Out {
-    Out::el(name).add(Out::text("xcal:duration", format_duration(d)))
+    Out::el(name).child(Out::text("xcal:duration", format_duration(d)))
 }
 
 fn ei_response(code: u16, request_id: &str) -> Out {
     Out::el("ei:eiResponse")
-        .add(Out::text("ei:responseCode", code.to_string()))
-        .add(Out::text(
+        .child(Out::text("ei:responseCode", code.to_string()))
+        .child(Out::text(
             "ei:responseDescription",
             if code == 200 { "OK" } else { "ERROR" },
         ))
-        .add(Out::text("pyld:requestID", request_id))
+        .child(Out::text("pyld:requestID", request_id))
 }
 
 impl Outgoing {
@@ -635,25 +637,30 @@ impl Outgoing {
 
     fn element(&self) -> Out {
         match self {
-            Outgoing::QueryRegistration { request_id } => Out::el("oadr:oadrQueryRegistration")
-                .add(Out::text("pyld:requestID", request_id)),
+            Outgoing::QueryRegistration { request_id } => {
+                Out::el("oadr:oadrQueryRegistration").child(Out::text("pyld:requestID", request_id))
+            }
             Outgoing::CreatePartyRegistration {
                 request_id,
                 registration_id,
                 ven_id,
                 ven_name,
             } => Out::el("oadr:oadrCreatePartyRegistration")
-                .add(Out::text("pyld:requestID", request_id))
-                .add_opt(registration_id.as_ref().map(|r| Out::text("ei:registrationID", r)))
-                .add_opt(ven_id.as_ref().map(|v| Out::text("ei:venID", v)))
-                .add(Out::text("oadr:oadrProfileName", "2.0b"))
-                .add(Out::text("oadr:oadrTransportName", "simpleHttp"))
-                .add(Out::text("oadr:oadrReportOnly", "false"))
-                .add(Out::text("oadr:oadrXmlSignature", "false"))
-                .add(Out::text("oadr:oadrVenName", ven_name))
-                .add(Out::text("oadr:oadrHttpPullModel", "true")),
+                .child(Out::text("pyld:requestID", request_id))
+                .child_opt(
+                    registration_id
+                        .as_ref()
+                        .map(|r| Out::text("ei:registrationID", r)),
+                )
+                .child_opt(ven_id.as_ref().map(|v| Out::text("ei:venID", v)))
+                .child(Out::text("oadr:oadrProfileName", "2.0b"))
+                .child(Out::text("oadr:oadrTransportName", "simpleHttp"))
+                .child(Out::text("oadr:oadrReportOnly", "false"))
+                .child(Out::text("oadr:oadrXmlSignature", "false"))
+                .child(Out::text("oadr:oadrVenName", ven_name))
+                .child(Out::text("oadr:oadrHttpPullModel", "true")),
             Outgoing::Poll { ven_id } => {
-                Out::el("oadr:oadrPoll").add(Out::text("ei:venID", ven_id))
+                Out::el("oadr:oadrPoll").child(Out::text("ei:venID", ven_id))
             }
             Outgoing::CreatedEvent {
                 ven_id,
@@ -666,19 +673,23 @@ impl Outgoing {
                 report,
                 created_s,
             } => Out::el("oadr:oadrRegisterReport")
-                .add(Out::text("pyld:requestID", request_id))
-                .add(usage_metadata(report, *created_s))
-                .add(Out::text("ei:venID", ven_id)),
+                .child(Out::text("pyld:requestID", request_id))
+                .child(usage_metadata(report, *created_s))
+                .child(Out::text("ei:venID", ven_id)),
             Outgoing::CreatedReport {
                 ven_id,
                 request_id,
                 pending,
             } => Out::el("oadr:oadrCreatedReport")
-                .add(ei_response(200, request_id))
-                .add(pending.iter().fold(Out::el("oadr:oadrPendingReports"), |o, p| {
-                    o.add(Out::text("ei:reportRequestID", p))
-                }))
-                .add(Out::text("ei:venID", ven_id)),
+                .child(ei_response(200, request_id))
+                .child(
+                    pending
+                        .iter()
+                        .fold(Out::el("oadr:oadrPendingReports"), |o, p| {
+                            o.child(Out::text("ei:reportRequestID", p))
+                        }),
+                )
+                .child(Out::text("ei:venID", ven_id)),
             Outgoing::UpdateReport {
                 request_id,
                 ven_id,
@@ -686,75 +697,85 @@ impl Outgoing {
                 report,
                 at_s,
                 value_kw,
-            } => update_report(request_id, ven_id, report_request_id, report, *at_s, *value_kw),
+            } => update_report(
+                request_id,
+                ven_id,
+                report_request_id,
+                report,
+                *at_s,
+                *value_kw,
+            ),
             Outgoing::Response {
                 ven_id,
                 request_id,
                 code,
             } => Out::el("oadr:oadrResponse")
-                .add(ei_response(*code, request_id))
-                .add(Out::text("ei:venID", ven_id)),
+                .child(ei_response(*code, request_id))
+                .child(Out::text("ei:venID", ven_id)),
         }
     }
 }
 
 fn created_event(ven_id: &str, request_id: &str, responses: &[EventResponse]) -> Out {
     let lines = responses.iter().fold(Out::el("ei:eventResponses"), |o, r| {
-        o.add(
+        o.child(
             Out::el("ei:eventResponse")
-                .add(Out::text("ei:responseCode", r.code.to_string()))
-                .add(Out::text(
+                .child(Out::text("ei:responseCode", r.code.to_string()))
+                .child(Out::text(
                     "ei:responseDescription",
                     if r.code == 200 { "OK" } else { "ERROR" },
                 ))
-                .add(Out::text("pyld:requestID", request_id))
-                .add(
+                .child(Out::text("pyld:requestID", request_id))
+                .child(
                     Out::el("ei:qualifiedEventID")
-                        .add(Out::text("ei:eventID", &r.event_id))
-                        .add(Out::text("ei:modificationNumber", r.modification.to_string())),
+                        .child(Out::text("ei:eventID", &r.event_id))
+                        .child(Out::text(
+                            "ei:modificationNumber",
+                            r.modification.to_string(),
+                        )),
                 )
-                .add(Out::text("ei:optType", r.opt.name())),
+                .child(Out::text("ei:optType", r.opt.name())),
         )
     });
-    Out::el("oadr:oadrCreatedEvent").add(
+    Out::el("oadr:oadrCreatedEvent").child(
         Out::el("pyld:eiCreatedEvent")
-            .add(ei_response(200, request_id))
-            .add(lines)
-            .add(Out::text("ei:venID", ven_id)),
+            .child(ei_response(200, request_id))
+            .child(lines)
+            .child(Out::text("ei:venID", ven_id)),
     )
 }
 
 /// The METADATA_TELEMETRY_USAGE report: one real-power data point in kW.
 fn usage_metadata(r: &UsageReport, created_s: i64) -> Out {
     let unit = Out::el("power:powerReal")
-        .add(Out::text("power:itemDescription", "RealPower"))
-        .add(Out::text("power:itemUnits", "W"))
-        .add(Out::text("scale:siScaleCode", "k"))
-        .add(
+        .child(Out::text("power:itemDescription", "RealPower"))
+        .child(Out::text("power:itemUnits", "W"))
+        .child(Out::text("scale:siScaleCode", "k"))
+        .child(
             Out::el("power:powerAttributes")
-                .add(Out::text("power:hertz", "50"))
-                .add(Out::text("power:voltage", "230"))
-                .add(Out::text("power:ac", "true")),
+                .child(Out::text("power:hertz", "50"))
+                .child(Out::text("power:voltage", "230"))
+                .child(Out::text("power:ac", "true")),
         );
     let description = Out::el("oadr:oadrReportDescription")
-        .add(Out::text("ei:rID", &r.r_id))
-        .add(Out::el("ei:reportDataSource").add(Out::text("ei:resourceID", &r.resource_id)))
-        .add(Out::text("ei:reportType", "usage"))
-        .add(unit)
-        .add(Out::text("ei:readingType", "Direct Read"))
-        .add(
+        .child(Out::text("ei:rID", &r.r_id))
+        .child(Out::el("ei:reportDataSource").child(Out::text("ei:resourceID", &r.resource_id)))
+        .child(Out::text("ei:reportType", "usage"))
+        .child(unit)
+        .child(Out::text("ei:readingType", "Direct Read"))
+        .child(
             Out::el("oadr:oadrSamplingRate")
-                .add(Out::text("oadr:oadrMinPeriod", format_duration(r.period)))
-                .add(Out::text("oadr:oadrMaxPeriod", format_duration(r.period)))
-                .add(Out::text("oadr:oadrOnChange", "false")),
+                .child(Out::text("oadr:oadrMinPeriod", format_duration(r.period)))
+                .child(Out::text("oadr:oadrMaxPeriod", format_duration(r.period)))
+                .child(Out::text("oadr:oadrOnChange", "false")),
         );
     Out::el("oadr:oadrReport")
-        .add(xcal_duration("xcal:duration", Duration::from_secs(3_600)))
-        .add(description)
-        .add(Out::text("ei:reportRequestID", "0"))
-        .add(Out::text("ei:reportSpecifierID", &r.specifier_id))
-        .add(Out::text("ei:reportName", "METADATA_TELEMETRY_USAGE"))
-        .add(Out::text("ei:createdDateTime", format_time(created_s)))
+        .child(xcal_duration("xcal:duration", Duration::from_secs(3_600)))
+        .child(description)
+        .child(Out::text("ei:reportRequestID", "0"))
+        .child(Out::text("ei:reportSpecifierID", &r.specifier_id))
+        .child(Out::text("ei:reportName", "METADATA_TELEMETRY_USAGE"))
+        .child(Out::text("ei:createdDateTime", format_time(created_s)))
 }
 
 fn update_report(
@@ -766,27 +787,35 @@ fn update_report(
     value_kw: f64,
 ) -> Out {
     let interval = Out::el("ei:interval")
-        .add(date_time("xcal:dtstart", at_s))
-        .add(xcal_duration("xcal:duration", r.period))
-        .add(
+        .child(date_time("xcal:dtstart", at_s))
+        .child(xcal_duration("xcal:duration", r.period))
+        .child(
             Out::el("oadr:oadrReportPayload")
-                .add(Out::text("ei:rID", &r.r_id))
-                .add(Out::el("ei:payloadFloat").add(Out::text("ei:value", value_kw.to_string())))
-                .add(Out::text("oadr:oadrDataQuality", "Quality Good - Non Specific")),
+                .child(Out::text("ei:rID", &r.r_id))
+                .child(
+                    Out::el("ei:payloadFloat").child(Out::text("ei:value", value_kw.to_string())),
+                )
+                .child(Out::text(
+                    "oadr:oadrDataQuality",
+                    "Quality Good - Non Specific",
+                )),
         );
     let report = Out::el("oadr:oadrReport")
-        .add(date_time("xcal:dtstart", at_s))
-        .add(xcal_duration("xcal:duration", r.period))
-        .add(Out::el("strm:intervals").add(interval))
-        .add(Out::text("ei:eiReportID", format!("{}-{at_s}", r.specifier_id)))
-        .add(Out::text("ei:reportRequestID", report_request_id))
-        .add(Out::text("ei:reportSpecifierID", &r.specifier_id))
-        .add(Out::text("ei:reportName", "TELEMETRY_USAGE"))
-        .add(Out::text("ei:createdDateTime", format_time(at_s)));
+        .child(date_time("xcal:dtstart", at_s))
+        .child(xcal_duration("xcal:duration", r.period))
+        .child(Out::el("strm:intervals").child(interval))
+        .child(Out::text(
+            "ei:eiReportID",
+            format!("{}-{at_s}", r.specifier_id),
+        ))
+        .child(Out::text("ei:reportRequestID", report_request_id))
+        .child(Out::text("ei:reportSpecifierID", &r.specifier_id))
+        .child(Out::text("ei:reportName", "TELEMETRY_USAGE"))
+        .child(Out::text("ei:createdDateTime", format_time(at_s)));
     Out::el("oadr:oadrUpdateReport")
-        .add(Out::text("pyld:requestID", request_id))
-        .add(report)
-        .add(Out::text("ei:venID", ven_id))
+        .child(Out::text("pyld:requestID", request_id))
+        .child(report)
+        .child(Out::text("ei:venID", ven_id))
 }
 
 #[cfg(test)]
@@ -796,7 +825,10 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("PT10M"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("P1DT1H0.5S"), Ok(Duration::from_secs_f64(90_000.5)));
+        assert_eq!(
+            parse_duration("P1DT1H0.5S"),
+            Ok(Duration::from_secs_f64(90_000.5))
+        );
         assert_eq!(parse_duration("PT0S"), Ok(Duration::ZERO));
         for bad in ["", "P", "T1M", "PT", "P1M", "PT5", "-PT1S", "PT1X", "P8W"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

@@ -115,7 +115,8 @@ impl Element {
 
     /// The descendant along `path` (each step `(ns, name)`), naming the first step missing.
     pub fn path(&self, path: &[(&str, &str)]) -> Result<&Element, XmlError> {
-        path.iter().try_fold(self, |e, (ns, name)| e.child(ns, name))
+        path.iter()
+            .try_fold(self, |e, (ns, name)| e.child(ns, name))
     }
 
     /// The trimmed text of the child `ns:name`; missing or empty is an error naming it.
@@ -173,7 +174,9 @@ pub fn parse(bytes: &[u8]) -> Result<Element, XmlError> {
                 let ns = ns.map_err(&malformed)?;
                 let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
                 if stack.len() >= MAX_DEPTH {
-                    return Err(XmlError::TooLarge(format!("nesting deeper than {MAX_DEPTH}")));
+                    return Err(XmlError::TooLarge(format!(
+                        "nesting deeper than {MAX_DEPTH}"
+                    )));
                 }
                 stack.push(Element {
                     ns,
@@ -199,7 +202,7 @@ pub fn parse(bytes: &[u8]) -> Result<Element, XmlError> {
                 push_text(&mut stack, &s);
             }
             Event::GeneralRef(r) => {
-                let s = resolve_ref(&r).map_err(|e| malformed(e))?;
+                let s = resolve_ref(&r).map_err(&malformed)?;
                 push_text(&mut stack, &s);
             }
             Event::Eof => return Err(malformed("the document ends early".into())),
@@ -214,10 +217,9 @@ fn namespace(r: ResolveResult<'_>) -> Result<String, String> {
     match r {
         ResolveResult::Bound(n) => Ok(String::from_utf8_lossy(n.as_ref()).into_owned()),
         ResolveResult::Unbound => Ok(String::new()),
-        ResolveResult::Unknown(p) => Err(format!(
-            "unknown prefix `{}`",
-            String::from_utf8_lossy(&p)
-        )),
+        ResolveResult::Unknown(p) => {
+            Err(format!("unknown prefix `{}`", String::from_utf8_lossy(&p)))
+        }
     }
 }
 
@@ -275,15 +277,15 @@ impl Out {
     }
 
     /// With a child.
-    pub fn add(mut self, child: Out) -> Out {
+    pub fn child(mut self, child: Out) -> Out {
         self.children.push(child);
         self
     }
 
     /// With a child when there is one.
-    pub fn add_opt(self, child: Option<Out>) -> Out {
+    pub fn child_opt(self, child: Option<Out>) -> Out {
         match child {
-            Some(c) => self.add(c),
+            Some(c) => self.child(c),
             None => self,
         }
     }
@@ -312,9 +314,9 @@ pub fn document(message: Out) -> String {
     }
     let signed = Out::el("oadr:oadrSignedObject")
         .attr("oadr:Id", "oadrSignedObject")
-        .add(message.attr("ei:schemaVersion", "2.0b"));
+        .child(message.attr("ei:schemaVersion", "2.0b"));
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
-    root.add(signed).write(&mut out);
+    root.child(signed).write(&mut out);
     out
 }
 
@@ -337,8 +339,11 @@ mod tests {
 
     #[test]
     fn prefixes_and_default_namespaces_resolve_alike() {
-        let a = parse(format!("<p:a xmlns:p=\"{PYLD}\"><p:requestID>1</p:requestID></p:a>").as_bytes()).unwrap();
-        let b = parse(format!("<a xmlns=\"{PYLD}\"><requestID>1</requestID></a>").as_bytes()).unwrap();
+        let a =
+            parse(format!("<p:a xmlns:p=\"{PYLD}\"><p:requestID>1</p:requestID></p:a>").as_bytes())
+                .unwrap();
+        let b =
+            parse(format!("<a xmlns=\"{PYLD}\"><requestID>1</requestID></a>").as_bytes()).unwrap();
         assert_eq!(a.text_of(PYLD, "requestID").unwrap(), "1");
         assert_eq!(b.text_of(PYLD, "requestID").unwrap(), "1");
     }
@@ -354,10 +359,16 @@ mod tests {
 
     #[test]
     fn bad_documents_say_what_is_wrong() {
-        assert!(matches!(parse(b"<a><b></a>"), Err(XmlError::Malformed { .. })));
+        assert!(matches!(
+            parse(b"<a><b></a>"),
+            Err(XmlError::Malformed { .. })
+        ));
         assert!(matches!(parse(b"<a>"), Err(XmlError::Malformed { .. })));
         assert!(matches!(parse(b"<x:a/>"), Err(XmlError::Malformed { .. })));
-        assert!(matches!(parse(b"<a>&nope;</a>"), Err(XmlError::Malformed { .. })));
+        assert!(matches!(
+            parse(b"<a>&nope;</a>"),
+            Err(XmlError::Malformed { .. })
+        ));
         let deep = "<a>".repeat(MAX_DEPTH + 1);
         assert!(matches!(parse(deep.as_bytes()), Err(XmlError::TooLarge(_))));
         let e = parse(b"<a><b/></a>").unwrap();
