@@ -5,7 +5,8 @@ Listens on 127.0.0.1 at a free port and prints, one JSON object per line on stdo
   {"event": "registered", "ven_name": ..., "ven_id": ...}
   {"event": "report_registered", "r_id": ..., "measurement": ..., "unit": ..., "scale": ...}
   {"event": "opt", "event_id": ..., "opt": "optIn" | "optOut"}
-  {"event": "report", "r_id": ..., "values": [[iso time, value], ...]}
+  {"event": "report", "values": [[iso time, value], ...]}
+  {"event": "added", "event_id": ..., "starts": [iso time, ...], "starts_unix": [s, ...]}
 Commands arrive on stdin, one JSON object per line:
   {"cmd": "add_event", "id": ..., "signal_name": ..., "signal_type": ...,
    "intervals": [{"start_in_s": s, "duration_s": d, "value": v}, ...]}
@@ -76,7 +77,8 @@ async def commands(server):
                              signal_type=cmd["signal_type"], intervals=intervals,
                              callback=on_opt, event_id=cmd["id"])
             say(event="added", event_id=cmd["id"],
-                starts=[i["dtstart"].isoformat() for i in intervals])
+                starts=[i["dtstart"].isoformat() for i in intervals],
+                starts_unix=[i["dtstart"].timestamp() for i in intervals])
         elif cmd["cmd"] == "cancel":
             server.cancel_event(VEN_ID, cmd["id"])
             say(event="cancelled", event_id=cmd["id"])
