@@ -338,6 +338,16 @@ fn the_openadr_table_is_read_and_checked() {
     let https = format!("{SITE}\n[openadr]\nvtn_url = \"https://vtn.example\"\nven_name = \"v\"\n");
     let err = config::parse("t.toml", &https).unwrap_err().to_string();
     assert!(err.contains("an https:// VTN needs [openadr.tls]"), "{err}");
+    let plain = format!("{SITE}\n[openadr]\nvtn_url = \"http://10.1.2.3/x\"\nven_name = \"v\"\n");
+    let err = config::parse("t.toml", &plain).unwrap_err().to_string();
+    assert!(
+        err.contains("a plain http:// VTN must be on loopback"),
+        "{err}"
+    );
+    for ok in ["http://localhost:8000/x", "http://[::1]:8000/x"] {
+        let t = format!("{SITE}\n[openadr]\nvtn_url = \"{ok}\"\nven_name = \"v\"\n");
+        assert!(config::parse("t.toml", &t).is_ok(), "{ok}");
+    }
     let half = format!(
         "{SITE}\n[openadr]\nvtn_url = \"https://vtn.example\"\nven_name = \"v\"\n\
          [openadr.tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\n"

@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [openadr]
-//! vtn_url = "https://vtn.example.net/OpenADR2/Simple/2.0b"
+//! vtn_url = "https://vtn.example.net/OpenADR2/Simple/2.0b"  # http:// only on loopback
 //! ven_name = "depot-7"
 //! poll_interval_s = 10       # oadrPoll period
 //! report_interval_s = 60     # TELEMETRY_USAGE (site power) period
@@ -54,7 +54,8 @@ const SIMPLE_LEVEL_KEYS: &[&str] = &["0", "1", "2", "3"];
 /// `[openadr]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OpenAdr {
-    /// The VTN's Simple-HTTP base URL (`http://` or, with `[openadr.tls]`, `https://`).
+    /// The VTN's Simple-HTTP base URL: `https://` with `[openadr.tls]`, or `http://` on
+    /// loopback only (a VTN commands the site, so off loopback it must authenticate).
     pub vtn_url: String,
     /// `oadrVenName`: 1 to [`MAX_VEN_NAME_CHARS`] printable characters.
     pub ven_name: String,
@@ -79,6 +80,15 @@ pub struct OpenAdrTls {
     pub cert: Option<PathBuf>,
     /// Its private key (PEM); always with `cert`.
     pub key: Option<PathBuf>,
+}
+
+/// Whether `host` (a URL's) names this machine.
+fn loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Reader {
@@ -134,6 +144,13 @@ impl Reader {
             .split_once("://")
             .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
         match (scheme, host_ok, url.parse::<hyper::Uri>()) {
+            (Some("http"), true, Ok(uri)) if !loopback(uri.host().unwrap_or_default()) => {
+                // The VTN commands the site: off loopback it must prove who it is (TLS).
+                let message = "a plain http:// VTN must be on loopback; use https:// with \
+                               [openadr.tls]";
+                self.problem(&path, node.span().start, message.into());
+                None
+            }
             (Some("http"), true, Ok(_)) => Some(false),
             (Some("https"), true, Ok(_)) => Some(true),
             (_, _, Err(e)) => {
