@@ -1,7 +1,7 @@
 //! The demo driven by an OpenADR VTN: `gridvisor run --openadr-vtn URL` against PyPI
 //! `openleadr`'s VTN (actors/tests/py/openadr_vtn.py, a child process on a free loopback
 //! port). The demo registers, reports its site power, opts in to a LOAD_DISPATCH event and
-//! submits it at its start (seen in the admin API's metrics).
+//! submits it at its start (seen in the admin API's metrics and `GET /api/v1/openadr`).
 
 mod support;
 
@@ -80,7 +80,7 @@ fn the_demo_is_a_ven_of_an_openleadr_vtn() {
         &[],
         &["--ocpp", "127.0.0.1:0", "--openadr-vtn", &url],
     );
-    let (_grid, admin) = node.addresses();
+    let (grid, admin) = node.addresses();
     assert_eq!(vtn.until("registered")["ven_name"], "demo-site");
     assert_eq!(vtn.until("report_registered")["resource_id"], "demo-site");
     let report = vtn.until("report");
@@ -112,4 +112,15 @@ fn the_demo_is_a_ven_of_an_openleadr_vtn() {
         counter(&admin, "gridvisor_openadr_events_total{outcome=\"opt_in\"}"),
         1.0
     );
+    // The grid API shows the VEN: its registration and the event's running request.
+    let (status, body) = http(&grid, "GET", "/api/v1/openadr", None);
+    assert_eq!(status, 200, "{body}");
+    let ven: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ven["registration"]["ven_id"], "ven-under-test", "{ven}");
+    let ev = &ven["events"][0];
+    assert_eq!(
+        (ev["id"].as_str(), ev["opt"].as_str()),
+        (Some("demo-ev"), Some("optIn"))
+    );
+    assert_eq!(ev["request"], "oadr:demo-ev:0:0", "{ven}");
 }

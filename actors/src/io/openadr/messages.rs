@@ -201,8 +201,10 @@ pub enum Incoming {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Opt {
     /// It takes part.
+    #[serde(rename = "optIn")]
     In,
     /// It does not.
+    #[serde(rename = "optOut")]
     Out,
 }
 
