@@ -430,6 +430,34 @@ impl DemoSite {
     }
 }
 
+/// The demo's SIMPLE levels (kW at the site's meter), as configs/demo.toml's comment shows.
+pub const DEMO_SIMPLE_LEVELS: [f64; 4] = [0.0, -20.0, -60.0, -100.0];
+
+/// `[openadr]` for the demo (`gridvisor run --openadr-vtn URL`): the values configs/demo.toml
+/// documents, the store under the data directory. The table is read by the topology's own
+/// reader, so a bad URL is reported as `[openadr]`'s would be.
+pub fn demo_openadr(
+    vtn_url: &str,
+    data: &std::path::Path,
+) -> Result<gridvisor_actors::config::OpenAdr, String> {
+    let l = DEMO_SIMPLE_LEVELS;
+    let table = format!(
+        "\n[openadr]\nvtn_url = {vtn_url:?}\nven_name = \"demo-site\"\nstore = {store:?}\n\
+         [openadr.simple_levels]\n0 = {:?}\n1 = {:?}\n2 = {:?}\n3 = {:?}\n",
+        l[0],
+        l[1],
+        l[2],
+        l[3],
+        store = data.join("openadr.redb").display().to_string(),
+    );
+    let text = format!("{}{table}", gridvisor_actors::config::DEMO);
+    let topology =
+        gridvisor_actors::config::parse("--openadr-vtn", &text).map_err(|e| e.to_string())?;
+    topology
+        .openadr
+        .ok_or_else(|| "--openadr-vtn: no [openadr] table".to_owned())
+}
+
 /// The arrivals seed from [`DEMO_ARRIVALS_ENV`]'s value (None: unset, the fixed schedule).
 fn arrivals_seed(value: Option<&str>) -> Result<Option<u64>, String> {
     value

@@ -169,6 +169,10 @@ struct RunArgs {
     /// node says so in its banner and in `gridvisor_api_insecure_no_auth`.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Run the demo as an OpenADR 2.0b VEN of this VTN (its Simple-HTTP base URL, e.g.
+    /// http://127.0.0.1:8000/OpenADR2/Simple/2.0b); a topology file says so in [openadr].
+    #[arg(long, conflicts_with = "config")]
+    openadr_vtn: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -334,6 +338,7 @@ fn main() -> ExitCode {
                 ocpp: a.ocpp,
                 cluster: a.cluster.zip(a.node),
                 insecure_no_auth: a.insecure_no_auth,
+                openadr_vtn: a.openadr_vtn,
             };
             (None, Box::new(move || tokio::spawn(run::run(o))))
         }

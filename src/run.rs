@@ -45,6 +45,9 @@ pub struct RunOptions {
     /// Serve the APIs off loopback without authentication (announced in the banner and in
     /// `gridvisor_api_insecure_no_auth`).
     pub insecure_no_auth: bool,
+    /// The demo as an OpenADR VEN of this VTN (`--openadr-vtn`; see
+    /// [`crate::demo::demo_openadr`]).
+    pub openadr_vtn: Option<String>,
 }
 
 /// Where the demo's CSMS listens unless `--ocpp` says otherwise (OCPP's usual ws port).
@@ -197,6 +200,9 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
         Some(path) => config::load(path).map_err(|e| e.to_string())?,
         None => config::demo(),
     };
+    if let Some(url) = &o.openadr_vtn {
+        topology.openadr = Some(crate::demo::demo_openadr(url, &o.data)?);
+    }
     // The demo: its inverters and meters are Modbus TCP servers on loopback, its chargers
     // OCPP charge points (started once the CSMS listens).
     let mut demo = match &o.config {

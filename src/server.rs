@@ -291,6 +291,18 @@ fn store_error(e: &StoreError) -> Response {
 
 // --- end of the authorization list ---
 
+/// `GET /api/v1/openadr`: the OpenADR VEN's registration, events and reports.
+async fn openadr(State(node): State<Arc<Node>>) -> Response {
+    match node.openadr() {
+        Some(v) => Json(v).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this node has no [openadr] table",
+        ),
+    }
+}
+
 async fn events(State(node): State<Arc<Node>>) -> Response {
     Json(node.events()).into_response()
 }
@@ -318,6 +330,7 @@ pub fn grid_api(node: Arc<Node>) -> Router {
             get(token).put(put_token).delete(delete_token),
         )
         .route("/api/v1/events", get(events))
+        .route("/api/v1/openadr", get(openadr))
         // OCPP actions on a charger (issue 21): keep these two together.
         .route("/api/v1/chargers/{id}/start", post(ocpp_actions::start))
         .route("/api/v1/chargers/{id}/stop", post(ocpp_actions::stop))

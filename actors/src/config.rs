@@ -50,9 +50,13 @@ use toml::Spanned;
 use crate::ladder::{GridFrequency, LadderConfig, Stages, TripBand};
 
 mod clock;
+mod openadr;
 pub use clock::{
     ClockConfig, ClockSourceKind, DEFAULT_CLOCK_POLL_MS, DEFAULT_CLOCK_STALE_MS,
     DEFAULT_CLOCK_TIMEOUT_MS, DEFAULT_PTP4L_PATH, MIN_CLOCK_POLL_MS,
+};
+pub use openadr::{
+    OpenAdr, OpenAdrTls, DEFAULT_OPENADR_POLL_S, DEFAULT_OPENADR_REPORT_S, DEFAULT_OPENADR_STORE,
 };
 
 /// The embedded demo site (`configs/demo.toml`).
@@ -204,6 +208,8 @@ pub struct Topology {
     /// The id tokens that may charge (`[authorization]`); None: the `[[vehicles]]` binding
     /// (each vehicle's token at its own charger only: the simulated demo and benchmarks).
     pub authorization: Option<Authorization>,
+    /// The node as an OpenADR 2.0b VEN (`[openadr]`); None: no VTN.
+    pub openadr: Option<OpenAdr>,
 }
 
 /// `[authorization]`: the site's authorization list (`crate::authorization`). Paths are
@@ -932,7 +938,8 @@ pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
         .into_iter()
         .flat_map(|a| [Some(&mut a.store), a.seed.as_mut()]);
     let ocpp_paths = topology.ocpp.as_mut().and_then(|o| o.passwords.as_mut());
-    for p in auth_paths.flatten().chain(ocpp_paths) {
+    let openadr_store = topology.openadr.as_mut().map(|o| &mut o.store);
+    for p in auth_paths.flatten().chain(ocpp_paths).chain(openadr_store) {
         if p.is_relative() {
             *p = path.parent().unwrap_or(Path::new("")).join(&*p);
         }
@@ -1030,6 +1037,7 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
         metrics: Metrics::default(),
         api: Api::default(),
         authorization: None,
+        openadr: None,
     }
 }
 
@@ -1233,6 +1241,7 @@ const ROOT_KEYS: &[&str] = &[
     "metrics",
     "api",
     "authorization",
+    "openadr",
 ];
 const AUTHORIZATION_KEYS: &[&str] = &["store", "seed", "unknown"];
 const METRICS_KEYS: &[&str] = &["sessions"];
@@ -1575,6 +1584,7 @@ impl Reader {
         let metrics = self.metrics(&root);
         let api = self.api(&root);
         let authorization = self.authorization(&root);
+        let openadr = self.openadr(&root);
         Topology {
             site,
             substations,
@@ -1585,6 +1595,7 @@ impl Reader {
             metrics,
             api,
             authorization,
+            openadr,
         }
     }
 

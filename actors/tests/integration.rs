@@ -18,5 +18,7 @@ mod node_lifecycle;
 mod ocpp_actions;
 mod ocpp_node;
 mod ocpp_node_interop;
+mod openadr_messages;
+mod openadr_vtn;
 mod relay;
 mod safety_path;

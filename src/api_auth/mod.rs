@@ -6,7 +6,7 @@
 //! audit log) lives in [`serve`], [`middleware`] and [`audit`].
 //!
 //! Roles: `controller` (POST dispatch, POST keepalive, POST a charger's start/stop), `operator` (every GET: segments,
-//! sessions, events, audit, the live view, /metrics, the tree), `admin` (actor kill, segment
+//! sessions, events, audit, the OpenADR VEN, the live view, /metrics, the tree), `admin` (actor kill, segment
 //! reset). One hierarchy only: **admin implies operator** (who may kill or reset must see what
 //! they act on). A controller reads nothing unless it also has `operator`.
 //!
@@ -503,6 +503,7 @@ mod tests {
                 false,
             ),
             (Api::Grid, false, "/api/v1/audit", Role(Operator), false),
+            (Api::Grid, false, "/api/v1/openadr", Role(Operator), false),
             (Api::Grid, false, "/api/v1/tokens", Role(Operator), false),
             (
                 Api::Grid,

@@ -11,4 +11,5 @@ pub mod modbus;
 pub mod modbus_profile;
 pub mod mqtt;
 pub mod ocpp;
+pub mod openadr;
 pub mod relay;

@@ -39,6 +39,7 @@ mod charger;
 mod clock_source;
 mod dispatcher;
 mod node;
+pub mod openadr;
 mod pollers;
 pub mod repeats;
 pub mod safe_command;
@@ -65,7 +66,9 @@ pub use node::{
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use safety::SafetyCheckpoint;
 pub use shared::{Drive, DriveGate, NodeOptions, SegmentShared, SiteShared};
-pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
+pub use site::{
+    DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView, MAX_REQUEST_KW,
+};
 
 /// Upper bound on how long a dispatcher waits for its links' acknowledgements.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -120,6 +123,9 @@ pub enum SiteMsg {
     SegmentDone(SegmentReceipt),
     /// A round's time limit passed: answer its waiters with what arrived.
     RoundDeadline,
+    /// Stop the active request with this id (the OpenADR VEN's cancelled events); answers
+    /// whether one was active. Its segments return to their safe default at once.
+    Cancel(String, RpcReplyPort<bool>),
 }
 
 /// Messages to a segment's safety actor.

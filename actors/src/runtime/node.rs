@@ -488,6 +488,7 @@ pub struct Node {
     pub sim: Arc<SimSite>,
     root: SupervisorRef,
     reports: SupervisorReports,
+    openadr: Option<Arc<super::openadr::VenView>>,
 }
 
 /// Why [`Node::kill`] killed nothing.
@@ -646,6 +647,11 @@ impl Node {
         }
         children.push(segments);
         children.push(site);
+        // The OpenADR VEN (`[openadr]`): after the site, whose mailbox it submits to.
+        let openadr = super::openadr::openadr_spec(&shared)?.map(|(spec, view)| {
+            children.push(spec);
+            view
+        });
         if let Some(telemetry) = super::telemetry::telemetry_spec(&shared)? {
             // Last: it watches the rest, so it starts after them and stops before them.
             children.push(telemetry);
@@ -662,6 +668,7 @@ impl Node {
             sim,
             root,
             reports,
+            openadr,
         };
         node.wait_populated(START_LIMIT).await?;
         Ok(node)
@@ -721,6 +728,11 @@ impl Node {
     /// The CSMS's hub (None without `[ocpp]`): the OCPP actions the grid API offers.
     pub fn ocpp_hub(&self) -> Option<&Arc<crate::io::ocpp::OcppHub>> {
         self.shared.devices.ocpp.as_ref()
+    }
+
+    /// The OpenADR VEN's state (None without `[openadr]`).
+    pub fn openadr(&self) -> Option<super::openadr::VenSnapshot> {
+        self.openadr.as_ref().map(|v| v.snapshot())
     }
 
     /// Whether the root supervisor still runs (false after the tree gave up).

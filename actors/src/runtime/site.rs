@@ -797,6 +797,17 @@ impl Actor for Site {
                     s.cycle(&myself, RoundKind::Redispatch);
                 }
             }
+            SiteMsg::Cancel(id, reply) => {
+                let before = s.active.len();
+                s.active.retain(|a| a.request.id != id);
+                let found = s.active.len() < before;
+                if found && s.round.is_some() {
+                    s.redispatch_pending = true;
+                } else if found {
+                    s.cycle(&myself, RoundKind::Redispatch);
+                }
+                let _ = reply.send(found);
+            }
             SiteMsg::RoundDeadline => {
                 // A round past its limit is answered with what arrived.
                 if s.round
