@@ -191,7 +191,24 @@ impl OcppHub {
 
     async fn act<R: OcppRequest>(&self, cp: &str, req: R) -> Result<R::Response, ActionError> {
         let conn = self.live(cp)?;
-        conn.call(req).await.map_err(|error| match error {
+        let answer = conn.call(req).await;
+        answer.map_err(|error| self.action_error(cp, error))
+    }
+
+    /// An optional action ([`Connection::call_optional`]): it never delays a read or a
+    /// setpoint of the charger's link.
+    async fn act_optional<R: OcppRequest>(
+        &self,
+        cp: &str,
+        req: R,
+    ) -> Result<R::Response, ActionError> {
+        let conn = self.live(cp)?;
+        let answer = conn.call_optional(req).await;
+        answer.map_err(|error| self.action_error(cp, error))
+    }
+
+    fn action_error(&self, cp: &str, error: CallError) -> ActionError {
+        match error {
             e @ CallError::InvalidRequest(_) => ActionError::Invalid {
                 charger: cp.to_owned(),
                 error: e,
@@ -200,7 +217,7 @@ impl OcppHub {
                 charger: cp.to_owned(),
                 error,
             },
-        })
+        }
     }
 
     /// RequestStartTransaction on charger `cp`; the station's answer, Accepted or Rejected.
@@ -247,7 +264,9 @@ impl OcppHub {
         Ok(answer)
     }
 
-    /// TriggerMessage: ask charger `cp` to send `message` about the node's EVSE now.
+    /// TriggerMessage: ask charger `cp` to send `message` about the node's EVSE now. An
+    /// optional CALL: it waits for a free slot, gives it up to any read or setpoint, and
+    /// is bounded by the connection's `optional_call_timeout` ([`super::TRIGGER_TIMEOUT`]).
     pub async fn trigger(
         &self,
         cp: &str,
@@ -264,12 +283,13 @@ impl OcppHub {
             custom_trigger: None,
             extra: Map::new(),
         };
-        Ok(self.act(cp, req).await?.status)
+        Ok(self.act_optional(cp, req).await?.status)
     }
 
     /// After a (re)connect: trigger StatusNotification and MeterValues, so the node learns
     /// the station's state without waiting for its next ones. Runs in the background; each
-    /// call is bounded by [`OCPP_CALL_TIMEOUT`]; the outcome is logged.
+    /// call is optional (bounded by [`super::TRIGGER_TIMEOUT`], preempted by the link's
+    /// reads and writes); the outcome is logged.
     pub(super) fn after_attach(self: &Arc<Self>, cp: &str) {
         lock(&self.actions.read_back).insert(cp.to_owned(), ReadBack::Unknown);
         let hub = Arc::clone(self);
