@@ -140,7 +140,9 @@ impl Candidate {
         // discharged to it can still be charged to its target in time), up to a millisecond
         // before the departure (where it is the target itself).
         let floor_at = match now_s < s.depart_s {
-            true => (now_s + OBLIGATION_MARGIN_S).min(s.depart_s - 1e-3).max(now_s),
+            true => (now_s + OBLIGATION_MARGIN_S)
+                .min(s.depart_s - 1e-3)
+                .max(now_s),
             false => now_s,
         };
         Candidate {
@@ -411,7 +413,10 @@ pub fn apply_obligations(
         .collect();
     let at = |i: usize| urgency.get(i).copied().filter(|x| !x.is_nan());
     order.sort_by(|&a, &b| {
-        let (x, y) = (at(a).unwrap_or(f64::INFINITY), at(b).unwrap_or(f64::INFINITY));
+        let (x, y) = (
+            at(a).unwrap_or(f64::INFINITY),
+            at(b).unwrap_or(f64::INFINITY),
+        );
         x.total_cmp(&y).then(a.cmp(&b))
     });
     let mut shortfall = 0.0;
@@ -906,18 +911,30 @@ mod tests {
     fn obligations_beat_a_discharge_request_but_not_the_ceiling() {
         // Against a discharge request: the obligated vehicle charges, the other discharges.
         let mut sp = vec![-10.0, -10.0];
-        assert_eq!(apply_obligations(&mut sp, &[5.0, 0.0], &[1.0, 2.0], f64::MAX), 0.0);
+        assert_eq!(
+            apply_obligations(&mut sp, &[5.0, 0.0], &[1.0, 2.0], f64::MAX),
+            0.0
+        );
         assert_eq!(sp, vec![5.0, -10.0]);
         // At a transformer limit of 8 kW: charge given without an obligation goes first.
         let mut sp = vec![4.0, 4.0];
-        assert_eq!(apply_obligations(&mut sp, &[0.0, 8.0], &[2.0, 1.0], 8.0), 0.0);
+        assert_eq!(
+            apply_obligations(&mut sp, &[0.0, 8.0], &[2.0, 1.0], 8.0),
+            0.0
+        );
         assert_eq!(sp, vec![0.0, 8.0]);
         // Tripped: nothing, and the shortfall says so; the earlier departure goes first.
         let mut sp = vec![0.0, 0.0];
-        assert_eq!(apply_obligations(&mut sp, &[5.0, 3.0], &[1.0, 2.0], 0.0), 8.0);
+        assert_eq!(
+            apply_obligations(&mut sp, &[5.0, 3.0], &[1.0, 2.0], 0.0),
+            8.0
+        );
         assert_eq!(sp, vec![0.0, 0.0]);
         let mut sp = vec![0.0, 0.0];
-        assert_eq!(apply_obligations(&mut sp, &[5.0, 3.0], &[2.0, 1.0], 4.0), 4.0);
+        assert_eq!(
+            apply_obligations(&mut sp, &[5.0, 3.0], &[2.0, 1.0], 4.0),
+            4.0
+        );
         assert_eq!(sp, vec![1.0, 3.0]);
     }
 
@@ -955,7 +972,12 @@ mod tests {
         while t < 9_000.0 {
             let c = Candidate::from_session(&s, 11.0, true, t, None, None);
             let mut sp = allocate(-11.0, &[c], step).setpoints_kw;
-            apply_obligations(&mut sp, &[must_charge_kw(&c, t, step)], &[c.depart_s], f64::MAX);
+            apply_obligations(
+                &mut sp,
+                &[must_charge_kw(&c, t, step)],
+                &[c.depart_s],
+                f64::MAX,
+            );
             let kw = sp[0].min(s.charge_limit_kw(step.as_secs_f64()));
 
             s.integrate(kw * step.as_secs_f64() / 3_600.0).unwrap();
