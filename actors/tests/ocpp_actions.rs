@@ -213,10 +213,13 @@ async fn a_station_that_ignores_trigger_message_never_stalls_reads() {
     request_until_acked(&t.node, "triggers ignored", 6.0, 1).await;
     assert_eq!(hub.read_back("evse-0"), ReadBack::Standard);
 
-    // A trigger the station holds gives the slot up to a read at once.
+    // The node's own trigger, held by the station, gives the slot up to a read at once.
     let trigger = {
         let hub = hub.clone();
-        tokio::spawn(async move { hub.trigger("evse-0", MessageTrigger::MeterValues).await })
+        tokio::spawn(async move {
+            hub.trigger_optional("evse-0", MessageTrigger::MeterValues)
+                .await
+        })
     };
     nth(&mut events, "the third trigger held", 1, held).await;
     let profiles = hub.charging_profiles("evse-0").await.unwrap();

@@ -264,26 +264,29 @@ impl OcppHub {
         Ok(answer)
     }
 
-    /// TriggerMessage: ask charger `cp` to send `message` about the node's EVSE now. An
-    /// optional CALL: it waits for a free slot, gives it up to any read or setpoint, and
-    /// is bounded by the connection's `optional_call_timeout` ([`super::TRIGGER_TIMEOUT`]).
+    /// TriggerMessage: ask charger `cp` to send `message` about the node's EVSE now, as an
+    /// explicit request: an ordinary CALL, in turn with the link's reads and writes.
     pub async fn trigger(
         &self,
         cp: &str,
         message: MessageTrigger,
     ) -> Result<TriggerMessageStatus, ActionError> {
-        let connector = (message == MessageTrigger::StatusNotification).then_some(1);
-        let req = TriggerMessageRequest {
-            requested_message: message,
-            evse: Some(Evse {
-                id: EVSE_ID,
-                connector_id: connector,
-                extra: Map::new(),
-            }),
-            custom_trigger: None,
-            extra: Map::new(),
-        };
-        Ok(self.act_optional(cp, req).await?.status)
+        Ok(self.act(cp, trigger_request(message)).await?.status)
+    }
+
+    /// TriggerMessage as a hint (the node's own, after a connect): an optional CALL that
+    /// waits for a free slot, gives it up to any read or setpoint of the link
+    /// ([`CallError::Preempted`]), and is bounded by [`super::TRIGGER_TIMEOUT`]. A station
+    /// that never answers it delays nothing.
+    pub async fn trigger_optional(
+        &self,
+        cp: &str,
+        message: MessageTrigger,
+    ) -> Result<TriggerMessageStatus, ActionError> {
+        Ok(self
+            .act_optional(cp, trigger_request(message))
+            .await?
+            .status)
     }
 
     /// After a (re)connect: trigger StatusNotification and MeterValues, so the node learns
@@ -299,7 +302,7 @@ impl OcppHub {
                 MessageTrigger::StatusNotification,
                 MessageTrigger::MeterValues,
             ] {
-                match hub.trigger(&cp, m).await {
+                match hub.trigger_optional(&cp, m).await {
                     Ok(status) => {
                         tracing::debug!(charger = %cp, message = m.as_str(), status = status.as_str(), "TriggerMessage answered")
                     }
@@ -531,6 +534,21 @@ impl OcppHub {
             }
             None => Ok(None),
         }
+    }
+}
+
+/// TriggerMessage for `message` about the node's EVSE (its connector for a status).
+fn trigger_request(message: MessageTrigger) -> TriggerMessageRequest {
+    let connector = (message == MessageTrigger::StatusNotification).then_some(1);
+    TriggerMessageRequest {
+        requested_message: message,
+        evse: Some(Evse {
+            id: EVSE_ID,
+            connector_id: connector,
+            extra: Map::new(),
+        }),
+        custom_trigger: None,
+        extra: Map::new(),
     }
 }
 
