@@ -398,13 +398,13 @@ pub fn apply_obligations(
     // Room under the ceiling; short of it, take back charge given without an obligation.
     let net: f64 = setpoints_kw.iter().filter(|x| x.is_finite()).sum();
     let mut room = ceiling - net;
-    for i in 0..setpoints_kw.len() {
+    for (i, sp) in setpoints_kw.iter_mut().enumerate() {
         if room >= total_deficit {
             break;
         }
-        if must(i) <= 0.0 && setpoints_kw[i] > 0.0 {
-            let take = setpoints_kw[i].min(total_deficit - room);
-            setpoints_kw[i] -= take;
+        if must(i) <= 0.0 && *sp > 0.0 {
+            let take = sp.min(total_deficit - room);
+            *sp -= take;
             room += take;
         }
     }
