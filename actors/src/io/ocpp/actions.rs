@@ -306,6 +306,14 @@ impl OcppHub {
                     Ok(status) => {
                         tracing::debug!(charger = %cp, message = m.as_str(), status = status.as_str(), "TriggerMessage answered")
                     }
+                    // Preempted by the link's own read: the station has the trigger all the
+                    // same (it acts on it; only its answer goes unheard).
+                    Err(ActionError::Call {
+                        error: e @ CallError::Preempted { .. },
+                        ..
+                    }) => {
+                        tracing::debug!(charger = %cp, message = m.as_str(), error = %e, "TriggerMessage preempted")
+                    }
                     Err(e) => {
                         tracing::info!(charger = %cp, message = m.as_str(), error = %e, "TriggerMessage failed")
                     }
