@@ -30,6 +30,14 @@
 //!   by heat, a vehicle's BMS tapering), `|measured| + PROBE_KW`: it keeps what it can deliver
 //!   plus a probe to notice when it recovers, and the rest goes to other vehicles.
 //!
+//! **The must-charge obligation** ([`must_charge_kw`], [`apply_obligations`]): a vehicle whose
+//! energy still needed (to its target SoC, which carries the EV's requested energy) can only
+//! just be met by its departure at its full charge power gets at least the power it needs
+//! this horizon, whatever the target says (a discharge request, or none). It is applied after
+//! [`allocate`], within the segment's charge ceiling (its safe state and transformer
+//! allowance): safety wins, and a vehicle it starves shows a departure shortfall in its
+//! session ([`Session::departure_shortfall_kwh`]).
+//!
 //! Invariants (all property-tested below):
 //! - every setpoint and share has the target's sign and is within its limit / capacity;
 //! - `Σ setpoints + unallocated == target`, and the allocated part is the target clipped to the
@@ -63,6 +71,10 @@ pub const DEVICE_TIME_CONSTANT_S: f64 = 1.0;
 pub const FULL_SOC_PCT: f64 = 100.0;
 
 const SECONDS_PER_HOUR: f64 = 3600.0;
+
+/// The must-charge obligation plans to reach the target this long before the departure, s:
+/// slack for the ramp of a device and the cycles between dispatches.
+pub const OBLIGATION_MARGIN_S: f64 = 120.0;
 
 /// What one segment can take now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,8 +126,8 @@ impl Candidate {
     /// The candidate of session `s` at a charger of `charger_max_kw` (`bidirectional` or
     /// not) at `now_s` (the node's clock): the EV's own limits (reported, or its contract's;
     /// no discharge without V2G), and as its floor the higher of its minimum SoC and the
-    /// SoC below which its target could no longer be reached by its departure at its full
-    /// charge power ([`Session::departure_floor_pct`]).
+    /// SoC below which its target could no longer be reached [`OBLIGATION_MARGIN_S`] before
+    /// its departure at its full charge power ([`Session::departure_floor_pct`]).
     pub fn from_session(
         s: &Session,
         charger_max_kw: f64,
@@ -124,10 +136,19 @@ impl Candidate {
         measured_kw: Option<f64>,
         commanded_kw: Option<f64>,
     ) -> Candidate {
+        // The floor plans for the obligation's margin, as the obligation does (a vehicle
+        // discharged to it can still be charged to its target in time), up to a millisecond
+        // before the departure (where it is the target itself).
+        let floor_at = match now_s < s.depart_s {
+            true => (now_s + OBLIGATION_MARGIN_S)
+                .min(s.depart_s - 1e-3)
+                .max(now_s),
+            false => now_s,
+        };
         Candidate {
             depart_s: s.depart_s,
             soc_pct: s.soc_pct,
-            min_soc_pct: s.min_soc_pct.max(s.departure_floor_pct(now_s)),
+            min_soc_pct: s.min_soc_pct.max(s.departure_floor_pct(floor_at)),
             target_soc_pct: s.target_soc_pct,
             capacity_kwh: s.capacity_kwh,
             max_charge_kw: charger_max_kw.min(s.max_charge_kw()),
@@ -321,6 +342,92 @@ pub fn effective_limits(c: &Candidate, horizon: Duration) -> (f64, f64) {
         }
     }
     (charge, discharge)
+}
+
+/// The least charge power (kW, ≥ 0) candidate `c` must get over the next `horizon` so that
+/// its target SoC can still be reached [`OBLIGATION_MARGIN_S`] before its departure at its
+/// full charge power afterwards (`now_s` on the same clock as `c.depart_s`). 0 while there is
+/// slack; never more than its effective charge limit; 0 for anything not a number.
+pub fn must_charge_kw(c: &Candidate, now_s: f64, horizon: Duration) -> f64 {
+    let capacity = magnitude(c.capacity_kwh);
+    let need_kwh = (c.target_soc_pct.min(FULL_SOC_PCT) - c.soc_pct) / 100.0 * capacity;
+    let left_h = (c.depart_s - OBLIGATION_MARGIN_S - now_s) / SECONDS_PER_HOUR;
+    let step_h = horizon.as_secs_f64() / SECONDS_PER_HOUR;
+    if !(need_kwh.is_finite() && need_kwh > 0.0 && left_h.is_finite() && step_h > 0.0) {
+        return 0.0;
+    }
+    let full_kw = magnitude(c.max_charge_kw);
+    // What the horizons after this one can still do at full power.
+    let later_kwh = full_kw * (left_h - step_h).max(0.0);
+    let kw = (need_kwh - later_kwh) / step_h;
+    let (charge_limit, _) = effective_limits(c, horizon);
+    if kw.is_finite() {
+        kw.clamp(0.0, charge_limit)
+    } else {
+        0.0
+    }
+}
+
+/// Raise `setpoints_kw[i]` to at least `must_kw[i]` (the obligations, kW ≥ 0), most urgent
+/// (`urgency[i]` smallest: the departure) first, keeping the segment's net power within
+/// `ceiling_kw` (its safe-state and transformer charge ceiling, ≥ 0): what the ceiling
+/// lacks is taken from vehicles charging without an obligation, never from an obligation
+/// already met, and never beyond it. Returns the obligations' total shortfall, kW.
+pub fn apply_obligations(
+    setpoints_kw: &mut [f64],
+    must_kw: &[f64],
+    urgency: &[f64],
+    ceiling_kw: f64,
+) -> f64 {
+    let ceiling = if ceiling_kw.is_nan() {
+        0.0
+    } else {
+        ceiling_kw.max(0.0)
+    };
+    let must = |i: usize| must_kw.get(i).copied().map(magnitude).unwrap_or(0.0);
+    let deficit = |sp: &[f64], i: usize| match must(i) > 0.0 {
+        true => (must(i) - sp[i]).max(0.0),
+        false => 0.0,
+    };
+    let total_deficit: f64 = (0..setpoints_kw.len())
+        .map(|i| deficit(setpoints_kw, i))
+        .sum();
+    if total_deficit <= 0.0 {
+        return 0.0;
+    }
+    // Room under the ceiling; short of it, take back charge given without an obligation.
+    let net: f64 = setpoints_kw.iter().filter(|x| x.is_finite()).sum();
+    let mut room = ceiling - net;
+    for (i, sp) in setpoints_kw.iter_mut().enumerate() {
+        if room >= total_deficit {
+            break;
+        }
+        if must(i) <= 0.0 && *sp > 0.0 {
+            let take = sp.min(total_deficit - room);
+            *sp -= take;
+            room += take;
+        }
+    }
+    let mut order: Vec<usize> = (0..setpoints_kw.len())
+        .filter(|&i| deficit(setpoints_kw, i) > 0.0)
+        .collect();
+    let at = |i: usize| urgency.get(i).copied().filter(|x| !x.is_nan());
+    order.sort_by(|&a, &b| {
+        let (x, y) = (
+            at(a).unwrap_or(f64::INFINITY),
+            at(b).unwrap_or(f64::INFINITY),
+        );
+        x.total_cmp(&y).then(a.cmp(&b))
+    });
+    let mut shortfall = 0.0;
+    for i in order {
+        let d = deficit(setpoints_kw, i);
+        let give = d.min(room.max(0.0));
+        setpoints_kw[i] += give;
+        room -= give;
+        shortfall += d - give;
+    }
+    shortfall
 }
 
 /// The priority key of a candidate, smallest first; every float is a number (NaN mapped to
@@ -774,6 +881,113 @@ mod tests {
                 .all(|&i| a.setpoints_kw[i] == 0.0));
         }
     }
+
+    /// The obligation: nothing while there is slack, full power at the point of no return,
+    /// and never less as the departure comes closer.
+    #[test]
+    fn must_charge_rises_to_full_power_at_the_point_of_no_return() {
+        let mut c = car(0.0, 50.0, 11.0); // needs 30 % of 60 kWh = 18 kWh to its 80 %
+        let just = OBLIGATION_MARGIN_S + 18.0 / 11.0 * 3_600.0;
+        c.depart_s = just + 3_600.0;
+        assert_eq!(must_charge_kw(&c, 0.0, CYCLE), 0.0);
+        c.depart_s = just;
+        assert!((must_charge_kw(&c, 0.0, CYCLE) - 11.0).abs() < 1e-6);
+        let mut last = 0.0;
+        for t in 0..4_000 {
+            c.depart_s = just + 4_000.0 - f64::from(t);
+            let kw = must_charge_kw(&c, 0.0, CYCLE);
+            assert!(kw >= last - 1e-9 && kw <= 11.0, "{kw} after {last}");
+            last = kw;
+        }
+        // Past the target, an unknown departure or capacity: no obligation.
+        assert_eq!(must_charge_kw(&car(just, 85.0, 11.0), 0.0, CYCLE), 0.0);
+        assert_eq!(must_charge_kw(&car(f64::NAN, 50.0, 11.0), 0.0, CYCLE), 0.0);
+        let mut nan = car(just, 50.0, 11.0);
+        nan.capacity_kwh = f64::NAN;
+        assert_eq!(must_charge_kw(&nan, 0.0, CYCLE), 0.0);
+    }
+
+    #[test]
+    fn obligations_beat_a_discharge_request_but_not_the_ceiling() {
+        // Against a discharge request: the obligated vehicle charges, the other discharges.
+        let mut sp = vec![-10.0, -10.0];
+        assert_eq!(
+            apply_obligations(&mut sp, &[5.0, 0.0], &[1.0, 2.0], f64::MAX),
+            0.0
+        );
+        assert_eq!(sp, vec![5.0, -10.0]);
+        // At a transformer limit of 8 kW: charge given without an obligation goes first.
+        let mut sp = vec![4.0, 4.0];
+        assert_eq!(
+            apply_obligations(&mut sp, &[0.0, 8.0], &[2.0, 1.0], 8.0),
+            0.0
+        );
+        assert_eq!(sp, vec![0.0, 8.0]);
+        // Tripped: nothing, and the shortfall says so; the earlier departure goes first.
+        let mut sp = vec![0.0, 0.0];
+        assert_eq!(
+            apply_obligations(&mut sp, &[5.0, 3.0], &[1.0, 2.0], 0.0),
+            8.0
+        );
+        assert_eq!(sp, vec![0.0, 0.0]);
+        let mut sp = vec![0.0, 0.0];
+        assert_eq!(
+            apply_obligations(&mut sp, &[5.0, 3.0], &[2.0, 1.0], 4.0),
+            4.0
+        );
+        assert_eq!(sp, vec![1.0, 3.0]);
+    }
+
+    /// An EV known by token that asks for 20 kWh within 2 h 30 min at 11 kW meets it by
+    /// its departure although the site asks for discharge all along (issue 21).
+    #[test]
+    fn a_requested_energy_is_met_by_departure_against_a_discharge_request() {
+        use crate::session::{EvNeeds, EvReport, SessionEvent};
+        let contract = crate::authorization::Contract {
+            capacity_kwh: Some(60.0),
+            v2g: true,
+            min_soc_pct: 20.0,
+            ..crate::authorization::Contract::unknown()
+        };
+        let wall = 1_000_000.0;
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = Session::from_contract("T", "cp", &contract, 11.0, 0.0, at);
+        s.apply(SessionEvent::Authorize).unwrap();
+        let needs = EvNeeds {
+            at_unix_s: wall,
+            departure_unix_s: Some(wall + 9_000.0),
+            soc_pct: Some(40.0),
+            requested_kwh: Some(20.0),
+            ..EvNeeds::default()
+        };
+        let report = EvReport {
+            soc: Some((40.0, wall)),
+            needs: Some(needs),
+            terms: None,
+        };
+        s.take_ev(&report, 0.0, wall);
+        let start_kwh = s.soc_pct / 100.0 * s.capacity_kwh;
+        let step = Duration::from_secs(10);
+        let mut t = 0.0;
+        while t < 9_000.0 {
+            let c = Candidate::from_session(&s, 11.0, true, t, None, None);
+            let mut sp = allocate(-11.0, &[c], step).setpoints_kw;
+            apply_obligations(
+                &mut sp,
+                &[must_charge_kw(&c, t, step)],
+                &[c.depart_s],
+                f64::MAX,
+            );
+            let kw = sp[0].min(s.charge_limit_kw(step.as_secs_f64()));
+
+            s.integrate(kw * step.as_secs_f64() / 3_600.0).unwrap();
+            t += step.as_secs_f64();
+        }
+        let got = s.soc_pct / 100.0 * s.capacity_kwh - start_kwh;
+        // Within a watt-hour (the floor's last millisecond before the departure).
+        assert!(got >= 20.0 - 1e-3, "got {got} kWh of 20");
+        assert!(s.departure_shortfall_kwh(t) < 1e-3);
+    }
 }
 
 #[cfg(test)]
@@ -1034,6 +1248,39 @@ mod properties {
                 let cap = if target > 0.0 { g.max_charge_kw } else { g.max_discharge_kw };
                 if !(cap.is_finite() && cap > 0.0) {
                     prop_assert_eq!(*sh, 0.0);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Obligations never take the net above the ceiling (when it was within), never
+        /// lower a setpoint with an obligation, and meet each in full when there is room.
+        #[test]
+        fn obligations_stay_under_the_ceiling(
+            sp in prop::collection::vec(-22.0f64..22.0, 0..12),
+            must in prop::collection::vec(prop_oneof![Just(0.0), 0.0f64..22.0], 12),
+            ceiling in prop_oneof![Just(0.0), 0.0f64..200.0, Just(f64::MAX)],
+        ) {
+            let urgency: Vec<f64> = (0..sp.len()).map(|i| i as f64).collect();
+            let mut out = sp.clone();
+            let short = apply_obligations(&mut out, &must, &urgency, ceiling);
+            let (before, after): (f64, f64) = (sp.iter().sum(), out.iter().sum());
+            if before <= ceiling {
+                prop_assert!(after <= ceiling + 1e-6, "{after} > {ceiling}");
+            }
+            for i in 0..sp.len() {
+                if must[i] > 0.0 {
+                    prop_assert!(out[i] >= sp[i] - 1e-9);
+                }
+            }
+            if short == 0.0 {
+                for i in 0..sp.len() {
+                    if must[i] > 0.0 {
+                        prop_assert!(out[i] >= must[i] - 1e-6, "{i}: {} < {}", out[i], must[i]);
+                    }
                 }
             }
         }

@@ -563,6 +563,22 @@ impl Session {
         (self.target_soc_pct - reachable).clamp(0.0, FULL_SOC_PCT)
     }
 
+    /// The energy the vehicle will lack at its departure even at its full charge power from
+    /// `now_s` on (the node's clock), kWh: 0 while its target can still be met. A positive
+    /// value is what the session shows when safety (a trip, a transformer limit) keeps the
+    /// must-charge obligation from being met ([`crate::dispatch::must_charge_kw`]).
+    pub fn departure_shortfall_kwh(&self, now_s: f64) -> f64 {
+        let need = (self.target_soc_pct.min(FULL_SOC_PCT) - self.soc_pct) / 100.0
+            * self.capacity_kwh.max(0.0);
+        let hours = ((self.depart_s - now_s) / SECONDS_PER_HOUR).max(0.0);
+        let short = need - self.max_charge_kw() * hours;
+        if short.is_finite() {
+            short.max(0.0)
+        } else {
+            0.0
+        }
+    }
+
     /// The most the vehicle charges at, kW: its own limit and the EV's reported one.
     pub fn max_charge_kw(&self) -> f64 {
         finite_min(self.max_kw, self.ev_max_charge_kw)

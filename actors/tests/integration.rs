@@ -14,6 +14,7 @@ mod metrics_exposition;
 mod modbus_devices;
 mod modbus_profile_devices;
 mod mqtt_export;
+mod must_charge;
 mod node_lifecycle;
 mod ocpp_actions;
 mod ocpp_node;

@@ -2,7 +2,8 @@
 //! on loopback: TriggerMessage after the connect, the standard read-back (GetChargingProfiles
 //! answered by ReportChargingProfiles) learned and used by the link, RequestStop/Start-
 //! Transaction through the hub ending and starting the vehicle's session, and
-//! ClearChargingProfile of the dispatch profiles when the session ends.
+//! ClearChargingProfile of the dispatch profiles when the session ends; and a station that
+//! never answers TriggerMessage, whose reads and setpoints go on regardless.
 
 use crate::common;
 
@@ -12,7 +13,9 @@ use common::*;
 use gridvisor_actors::io::ocpp::{ActionError, ReadBack, RemoteStart};
 use gridvisor_sim::ocpp::charge_point::{ChargePoint, ChargePointConfig, ChargePointEvent};
 use gridvisor_sim::ocpp::vehicle::Vehicle;
+use gridvisor_sim::ocpp::Fault;
 use gridvisor_transports::ocpp::client::ClientConfig;
+use gridvisor_transports::ocpp::connection::CallError;
 use gridvisor_transports::ocpp::credentials::{CredentialsFile, MIN_ITERATIONS};
 use gridvisor_transports::ocpp::messages::*;
 use gridvisor_transports::ocpp::setpoint::DISPATCH_STACK_LEVEL;
@@ -160,6 +163,79 @@ async fn ocpp_actions_against_the_simulated_charge_point() {
     assert!(
         matches!(e, ActionError::Invalid { .. }) && e.to_string().contains("/idToken/idToken"),
         "{e}"
+    );
+    cp.stop().unwrap();
+    t.node.shutdown().await;
+}
+
+/// Waits for the `n`th event that `want` accepts.
+async fn nth(
+    events: &mut broadcast::Receiver<ChargePointEvent>,
+    what: &str,
+    n: usize,
+    want: impl Fn(&ChargePointEvent) -> bool,
+) {
+    for _ in 0..n {
+        until(events, what, &want).await;
+    }
+}
+
+/// TriggerMessage is optional: a station that never answers it holds the CALL slot only
+/// until the link needs it (issue 21: it used to stall every read for the CALL timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_that_ignores_trigger_message_never_stalls_reads() {
+    let (toml, _creds) = site();
+    let t = start(&toml).await;
+    let hub = t.node.ocpp_hub().cloned().unwrap();
+    let addr = t.node.ocpp_addr().unwrap();
+    let mut client = ClientConfig::new("127.0.0.1", addr.port(), "evse-0");
+    client.password = Some(PASSWORD.as_bytes().to_vec());
+    let mut config = ChargePointConfig::new(client);
+    config.id_token = "ev-0".to_owned();
+    config.max_power_kw = 11.0;
+    config.default_limit_kw = 11.0;
+    let (cp, _task) = ChargePoint::start(config, SystemTime::now()).unwrap();
+    // Set before the connection exists (it needs a TCP and WebSocket handshake first).
+    cp.set_fault(Fault::IgnoreTrigger).unwrap();
+    let mut events = cp.subscribe();
+    let _driver = cp.spawn_realtime_driver(Duration::from_millis(50));
+    let held = |e: &ChargePointEvent| matches!(e, ChargePointEvent::Held(Action::TriggerMessage));
+
+    // The node's two triggers after the connect are both held, never answered ...
+    nth(&mut events, "both triggers after the connect held", 2, held).await;
+    // ... and the readings flow: a session is read and a request acknowledged.
+    cp.plug_in(Vehicle::new(60.0, 0.5, 0.2, 11.0, 11.0, true).unwrap())
+        .unwrap();
+    wait(&t.node, "ev-0's session", || {
+        t.node.session("ev-0").is_some()
+    })
+    .await;
+    request_until_acked(&t.node, "triggers ignored", 6.0, 1).await;
+    assert_eq!(hub.read_back("evse-0"), ReadBack::Standard);
+
+    // The node's own trigger, held by the station, gives the slot up to a read at once.
+    let trigger = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            hub.trigger_optional("evse-0", MessageTrigger::MeterValues)
+                .await
+        })
+    };
+    nth(&mut events, "the third trigger held", 1, held).await;
+    let profiles = hub.charging_profiles("evse-0").await.unwrap();
+    assert!(profiles.is_some_and(|p| !p.is_empty()), "the read answered");
+    let outcome = trigger.await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Err(ActionError::Call {
+                error: CallError::Preempted {
+                    action: Action::TriggerMessage
+                },
+                ..
+            })
+        ),
+        "{outcome:?}"
     );
     cp.stop().unwrap();
     t.node.shutdown().await;

@@ -92,6 +92,9 @@ pub const NO_LEASE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub const VALID_FROM_SLACK: Duration = Duration::from_secs(60);
 /// How many written keys a line remembers to recognise them in a read-back.
 pub const WRITTEN_KEYS_KEPT: usize = 8;
+/// Bound on an optional CALL (TriggerMessage) holding a charger's CALL slot unanswered;
+/// a read or setpoint preempts it anyway (`Connection::call_optional`).
+pub const TRIGGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The EVSE every charger is addressed on (one EVSE per charge point).
 pub const EVSE_ID: i32 = 1;
 
@@ -256,6 +259,7 @@ impl OcppHub {
     pub fn rpc_config() -> RpcConfig {
         RpcConfig {
             call_timeout: OCPP_CALL_TIMEOUT,
+            optional_call_timeout: TRIGGER_TIMEOUT,
             ..RpcConfig::default()
         }
     }
@@ -1019,11 +1023,12 @@ impl OcppCharger {
 
     fn call_error(&self, e: CallError) -> DeviceError {
         match e {
-            CallError::Disconnected | CallError::Timeout { .. } | CallError::QueueFull { .. } => {
-                DeviceError::Unreachable {
-                    device: self.id.clone(),
-                }
-            }
+            CallError::Disconnected
+            | CallError::Timeout { .. }
+            | CallError::QueueFull { .. }
+            | CallError::Preempted { .. } => DeviceError::Unreachable {
+                device: self.id.clone(),
+            },
             e @ (CallError::Rejected { .. } | CallError::InvalidRequest(_)) => {
                 DeviceError::Refused {
                     device: self.id.clone(),

@@ -24,7 +24,7 @@ use super::shared::{applied_record_key, lock, SegmentShared, SiteShared};
 use super::site::SegmentReceipt;
 use super::{BatchTally, DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
 use crate::checkpoint::CheckpointError;
-use crate::dispatch::{allocate, effective_limits, Candidate};
+use crate::dispatch::{allocate, apply_obligations, effective_limits, must_charge_kw, Candidate};
 use crate::session::SessionState;
 use crate::setpoint::{Setpoint, SetpointKey};
 
@@ -94,6 +94,8 @@ impl DispatcherState {
         let chargers = &self.chargers;
         let now_s = self.shared.clock.now().as_secs_f64();
         let mut candidates = Vec::with_capacity(seg.links.len());
+        // The must-charge obligations (kW), for departures the EV or its contract gave.
+        let mut must = Vec::with_capacity(seg.links.len());
         let mut targets: Vec<CountedRef<LinkMsg>> = Vec::with_capacity(seg.links.len());
         for link in seg.links.iter() {
             let Some(sess) = seg.sessions.get(link.key()) else {
@@ -106,14 +108,20 @@ impl DispatcherState {
             let Some(c) = chargers.get(link.key()) else {
                 continue;
             };
-            candidates.push(Candidate::from_session(
+            let candidate = Candidate::from_session(
                 s,
                 c.max_kw,
                 c.bidirectional,
                 now_s,
                 link.status.measured_kw,
                 link.status.commanded_kw,
-            ));
+            );
+            let configured = s.sources.departure.kind == crate::session::SourceKind::Config;
+            must.push(match configured {
+                true => 0.0,
+                false => must_charge_kw(&candidate, now_s, horizon),
+            });
+            candidates.push(candidate);
             targets.push(link.actor.clone());
         }
         let mut by_state = [0u32; SessionState::ALL.len()];
@@ -133,7 +141,18 @@ impl DispatcherState {
             max_charge += ch;
             max_discharge += dis;
         }
-        let allocation = allocate(target, &candidates, horizon);
+        let mut allocation = allocate(target, &candidates, horizon);
+        // Charge enough to meet each departure, within the level's charge ceiling.
+        let urgency: Vec<f64> = candidates.iter().map(|c| c.depart_s).collect();
+        let short = apply_obligations(
+            &mut allocation.setpoints_kw,
+            &must,
+            &urgency,
+            level.clamp(f64::MAX),
+        );
+        if short > 0.0 {
+            tracing::debug!(segment = %seg.id, short_kw = short, ?level, "must-charge obligations not met");
+        }
         let span = tracing::info_span!(parent: round, "segment", segment = %seg.id);
         span.in_scope(|| {
             tracing::debug!(

@@ -48,6 +48,7 @@ pub mod safety_executor;
 pub mod shared;
 mod site;
 mod telemetry;
+mod tokens;
 mod transports;
 
 use std::time::Duration;

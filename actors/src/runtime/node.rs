@@ -944,9 +944,11 @@ impl Node {
         let seg_id = self.shared.charger_segment(&charger)?;
         let seg = self.shared.segments.get(seg_id)?;
         let st = seg.sessions.get(&charger)?;
+        let now_s = self.shared.clock.now().as_secs_f64();
         (st.session.vehicle == vehicle).then(|| SessionView {
             segment: seg_id.to_string(),
             charger,
+            departure_shortfall_kwh: st.session.departure_shortfall_kwh(now_s),
             status: st.clone(),
         })
     }

@@ -178,6 +178,9 @@ pub struct SessionView {
     pub segment: String,
     /// The charger.
     pub charger: String,
+    /// The energy the vehicle will lack at its departure even at full charge power from
+    /// now on, kWh (0 while its target can be met; see `Session::departure_shortfall_kwh`).
+    pub departure_shortfall_kwh: f64,
     /// The session.
     #[serde(flatten)]
     pub status: super::shared::SessionStatus,

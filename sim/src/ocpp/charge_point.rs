@@ -652,7 +652,7 @@ async fn session_loop(
                                 Err(e) => report_failure(cp, Action::MeterValues, &e),
                             }
                         }
-                        Fault::None | Fault::Hang | Fault::Reject | Fault::Slow(_) => {}
+                        Fault::None | Fault::Hang | Fault::Reject | Fault::Slow(_) | Fault::IgnoreTrigger => {}
                     }
                 }
             },
@@ -777,6 +777,7 @@ async fn answer_calls(
 ) {
     // Calls held by `Hang`: bounded by the engine's max_unanswered_incoming.
     let mut held = Vec::new();
+    let mut ignored_trigger: Option<IncomingCall> = None;
     while let Some(call) = calls.recv().await {
         let action = call.action();
         match cp.fault() {
@@ -794,6 +795,14 @@ async fn answer_calls(
                 continue;
             }
             Fault::Slow(d) => tokio::time::sleep(d).await,
+            Fault::IgnoreTrigger if action == Action::TriggerMessage => {
+                cp.emit(ChargePointEvent::Held(action));
+                // Only the latest is held: the older ones the CSMS gave up on long ago, and
+                // holding them all would fill the engine's unanswered-incoming bound.
+                ignored_trigger = Some(call);
+                continue;
+            }
+            Fault::IgnoreTrigger => {}
             Fault::None | Fault::Drop(_) | Fault::BadValue(_) => {}
         }
         let (answer, effect) = answers::answer(&mut lock(&cp.state), evse_id, &call.request);
@@ -818,7 +827,7 @@ async fn answer_calls(
             }
         }
     }
-    drop(held);
+    drop((held, ignored_trigger));
 }
 
 /// Sends the CALLs answers asked for, in order, beside the session loop (a CSMS waiting for a

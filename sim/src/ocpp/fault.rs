@@ -31,6 +31,9 @@ pub enum Fault {
     BadValue(BadValue),
     /// Delays every CALL it sends and every answer it gives by this much.
     Slow(Duration),
+    /// Never answers TriggerMessage (holds the latest one), answers everything else: a
+    /// station whose firmware ignores the optional message.
+    IgnoreTrigger,
 }
 
 /// The kind of bad value [`Fault::BadValue`] sends.

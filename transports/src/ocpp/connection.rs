@@ -6,6 +6,13 @@
 //! Invariants:
 //! - at most one CALL of ours is outstanding (OCPP-J); further ones wait in a queue of
 //!   [`RpcConfig::call_queue_capacity`] entries, and a full queue is [`CallError::QueueFull`];
+//! - an *optional* CALL ([`Connection::call_optional`]: a TriggerMessage, nothing a control
+//!   loop waits for) never delays a required one: it waits in its own queue of
+//!   [`RpcConfig::optional_queue_capacity`], goes out only while no CALL is outstanding and no
+//!   required one is queued, has its own short timeout ([`RpcConfig::optional_call_timeout`]),
+//!   and a required CALL that arrives while it is outstanding ends it at once
+//!   ([`CallError::Preempted`], our own early timeout of it) and goes out; the late answer of
+//!   a preempted CALL is dropped by its message id;
 //! - every outstanding CALL ends: answered, [`CallError::Timeout`] after
 //!   [`RpcConfig::call_timeout`], or [`CallError::Disconnected`];
 //! - message ids are unique per connection (a counter), at most 36 characters;
@@ -49,6 +56,11 @@ use super::OcppVersion;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// CALLs that may wait behind the outstanding one.
 pub const DEFAULT_CALL_QUEUE_CAPACITY: usize = 16;
+/// Optional CALLs that may wait for a free slot (see [`Connection::call_optional`]).
+pub const DEFAULT_OPTIONAL_QUEUE_CAPACITY: usize = 4;
+/// How long an optional CALL may hold the slot unanswered (short: it is only a hint, and a
+/// required CALL preempts it anyway).
+pub const DEFAULT_OPTIONAL_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the owner has to answer a peer's CALL (below the peer's own CALL timeout).
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(25);
 /// Peer CALLs that may wait for the owner's answer at once (OCPP allows one; a little slack
@@ -76,6 +88,10 @@ pub struct RpcConfig {
     pub call_timeout: Duration,
     /// CALLs that may queue behind the outstanding one ([`DEFAULT_CALL_QUEUE_CAPACITY`]).
     pub call_queue_capacity: usize,
+    /// Optional CALLs that may wait for a free slot ([`DEFAULT_OPTIONAL_QUEUE_CAPACITY`]).
+    pub optional_queue_capacity: usize,
+    /// How long an optional CALL may stay unanswered ([`DEFAULT_OPTIONAL_CALL_TIMEOUT`]).
+    pub optional_call_timeout: Duration,
     /// How long the owner has to answer a peer's CALL ([`DEFAULT_HANDLER_TIMEOUT`]).
     pub handler_timeout: Duration,
     /// Peer CALLs awaiting an answer at once ([`DEFAULT_MAX_UNANSWERED_INCOMING`]).
@@ -98,6 +114,8 @@ impl Default for RpcConfig {
         RpcConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             call_queue_capacity: DEFAULT_CALL_QUEUE_CAPACITY,
+            optional_queue_capacity: DEFAULT_OPTIONAL_QUEUE_CAPACITY,
+            optional_call_timeout: DEFAULT_OPTIONAL_CALL_TIMEOUT,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             max_unanswered_incoming: DEFAULT_MAX_UNANSWERED_INCOMING,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -131,6 +149,12 @@ pub enum CallError {
     /// The connection is closed (or closed before the answer came).
     #[error("connection closed")]
     Disconnected,
+    /// An optional CALL gave the slot up to a required one before it was answered.
+    #[error("{action} given up for a required call before it was answered")]
+    Preempted {
+        /// The optional CALL's action.
+        action: Action,
+    },
     /// No answer within the CALL timeout.
     #[error("{action} got no answer within {after:?}")]
     Timeout {
@@ -219,6 +243,8 @@ struct OutgoingCall {
     action: Action,
     payload: Map<String, Value>,
     reply: oneshot::Sender<Result<Map<String, Value>, CallError>>,
+    /// An optional CALL (see [`Connection::call_optional`]).
+    optional: bool,
 }
 
 struct Shared {
@@ -235,6 +261,7 @@ struct Shared {
 pub struct Connection {
     shared: Arc<Shared>,
     calls: mpsc::Sender<OutgoingCall>,
+    optional: mpsc::Sender<OutgoingCall>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -265,6 +292,37 @@ impl Connection {
         action: Action,
         payload: Map<String, Value>,
     ) -> Result<Map<String, Value>, CallError> {
+        self.send_raw(action, payload, false).await
+    }
+
+    /// Sends a typed *optional* CALL: one nothing waits for (a TriggerMessage). It never
+    /// delays a required CALL (see the module docs): it goes out only while the slot is free
+    /// and no required CALL is queued, fails with [`CallError::Timeout`] after
+    /// [`RpcConfig::optional_call_timeout`] unanswered (or twice that in all, waiting for the
+    /// slot included), and with [`CallError::Preempted`] when a required
+    /// CALL needs the slot first.
+    pub async fn call_optional<R: OcppRequest>(
+        &self,
+        request: R,
+    ) -> Result<R::Response, CallError> {
+        let payload = messages::to_payload(R::ACTION, &request)?;
+        // Its wait for a free slot is bounded too: as long again as its answer.
+        let after = self.shared.config.optional_call_timeout;
+        let answer = tokio::time::timeout(after * 2, self.send_raw(R::ACTION, payload, true))
+            .await
+            .map_err(|_| CallError::Timeout {
+                action: R::ACTION,
+                after: after * 2,
+            })??;
+        Ok(messages::from_payload(R::ACTION, answer)?)
+    }
+
+    async fn send_raw(
+        &self,
+        action: Action,
+        payload: Map<String, Value>,
+        optional: bool,
+    ) -> Result<Map<String, Value>, CallError> {
         if action.initiator() != self.shared.initiator {
             return Err(CallError::WrongDirection { action });
         }
@@ -276,16 +334,19 @@ impl Connection {
             payload
         };
         let (reply, answer) = oneshot::channel();
-        self.calls
+        let (queue, capacity) = match optional {
+            true => (&self.optional, self.shared.config.optional_queue_capacity),
+            false => (&self.calls, self.shared.config.call_queue_capacity),
+        };
+        queue
             .try_send(OutgoingCall {
                 action,
                 payload,
                 reply,
+                optional,
             })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => CallError::QueueFull {
-                    capacity: self.shared.config.call_queue_capacity,
-                },
+                mpsc::error::TrySendError::Full(_) => CallError::QueueFull { capacity },
                 mpsc::error::TrySendError::Closed(_) => CallError::Disconnected,
             })?;
         let answer = answer.await.map_err(|_| CallError::Disconnected)??;
@@ -408,6 +469,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (calls_tx, calls_rx) = mpsc::channel(config.call_queue_capacity.max(1));
+    let (optional_tx, optional_rx) = mpsc::channel(config.optional_queue_capacity.max(1));
     let (incoming_tx, incoming_rx) = mpsc::channel(config.max_unanswered_incoming.max(1));
     let (closed_tx, closed_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
@@ -421,6 +483,7 @@ where
         shared: Arc::clone(&shared),
         ws,
         calls: calls_rx,
+        optional: optional_rx,
         incoming: incoming_tx,
         next_id: 1,
     };
@@ -433,6 +496,7 @@ where
         Connection {
             shared,
             calls: calls_tx,
+            optional: optional_tx,
         },
         incoming_rx,
     )
@@ -443,6 +507,7 @@ struct Outstanding {
     action: Action,
     reply: oneshot::Sender<Result<Map<String, Value>, CallError>>,
     deadline: Instant,
+    optional: bool,
 }
 
 type PendingAnswer =
@@ -452,6 +517,7 @@ struct Engine<S> {
     shared: Arc<Shared>,
     ws: WebSocketStream<S>,
     calls: mpsc::Receiver<OutgoingCall>,
+    optional: mpsc::Receiver<OutgoingCall>,
     incoming: mpsc::Sender<IncomingCall>,
     next_id: u64,
 }
@@ -474,6 +540,9 @@ where
         let shared = Arc::clone(&self.shared);
         let reason = loop {
             let call_deadline = outstanding.as_ref().map(|o| o.deadline);
+            // A required CALL may take the slot from an optional one (module docs).
+            let slot_free_for_required = outstanding.as_ref().is_none_or(|o| o.optional);
+            let slot_free_for_optional = outstanding.is_none() && self.calls.is_empty();
             let step: Step = tokio::select! {
                 msg = self.ws.next() => match msg {
                     None => Err(DisconnectReason::StreamEnded),
@@ -484,13 +553,25 @@ where
                         self.on_message(msg, &mut outstanding, &mut pending).await
                     }
                 },
-                call = self.calls.recv(), if outstanding.is_none() => match call {
+                call = self.calls.recv(), if slot_free_for_required => match call {
                     None => Err(DisconnectReason::ClosedByOwner),
-                    Some(call) => self.send_call(call, &mut outstanding).await,
+                    Some(call) => {
+                        if let Some(o) = outstanding.take() {
+                            let _ = o.reply.send(Err(CallError::Preempted { action: o.action }));
+                        }
+                        self.send_call(call, &mut outstanding).await
+                    }
+                },
+                Some(call) = self.optional.recv(), if slot_free_for_optional => {
+                    self.send_call(call, &mut outstanding).await
                 },
                 _ = sleep_until(call_deadline.unwrap_or(idle_deadline)), if call_deadline.is_some() => {
                     if let Some(o) = outstanding.take() {
-                        let _ = o.reply.send(Err(CallError::Timeout { action: o.action, after: cfg.call_timeout }));
+                        let after = match o.optional {
+                            true => cfg.optional_call_timeout,
+                            false => cfg.call_timeout,
+                        };
+                        let _ = o.reply.send(Err(CallError::Timeout { action: o.action, after }));
                     }
                     Ok(())
                 },
@@ -569,11 +650,16 @@ where
             payload: call.payload,
         };
         self.write_frame(&frame).await?;
+        let timeout = match call.optional {
+            true => self.shared.config.optional_call_timeout,
+            false => self.shared.config.call_timeout,
+        };
         *outstanding = Some(Outstanding {
             id,
             action: call.action,
             reply: call.reply,
-            deadline: Instant::now() + self.shared.config.call_timeout,
+            deadline: Instant::now() + timeout,
+            optional: call.optional,
         });
         Ok(())
     }

@@ -191,7 +191,24 @@ impl OcppHub {
 
     async fn act<R: OcppRequest>(&self, cp: &str, req: R) -> Result<R::Response, ActionError> {
         let conn = self.live(cp)?;
-        conn.call(req).await.map_err(|error| match error {
+        let answer = conn.call(req).await;
+        answer.map_err(|error| self.action_error(cp, error))
+    }
+
+    /// An optional action ([`Connection::call_optional`]): it never delays a read or a
+    /// setpoint of the charger's link.
+    async fn act_optional<R: OcppRequest>(
+        &self,
+        cp: &str,
+        req: R,
+    ) -> Result<R::Response, ActionError> {
+        let conn = self.live(cp)?;
+        let answer = conn.call_optional(req).await;
+        answer.map_err(|error| self.action_error(cp, error))
+    }
+
+    fn action_error(&self, cp: &str, error: CallError) -> ActionError {
+        match error {
             e @ CallError::InvalidRequest(_) => ActionError::Invalid {
                 charger: cp.to_owned(),
                 error: e,
@@ -200,7 +217,7 @@ impl OcppHub {
                 charger: cp.to_owned(),
                 error,
             },
-        })
+        }
     }
 
     /// RequestStartTransaction on charger `cp`; the station's answer, Accepted or Rejected.
@@ -247,29 +264,35 @@ impl OcppHub {
         Ok(answer)
     }
 
-    /// TriggerMessage: ask charger `cp` to send `message` about the node's EVSE now.
+    /// TriggerMessage: ask charger `cp` to send `message` about the node's EVSE now, as an
+    /// explicit request: an ordinary CALL, in turn with the link's reads and writes.
     pub async fn trigger(
         &self,
         cp: &str,
         message: MessageTrigger,
     ) -> Result<TriggerMessageStatus, ActionError> {
-        let connector = (message == MessageTrigger::StatusNotification).then_some(1);
-        let req = TriggerMessageRequest {
-            requested_message: message,
-            evse: Some(Evse {
-                id: EVSE_ID,
-                connector_id: connector,
-                extra: Map::new(),
-            }),
-            custom_trigger: None,
-            extra: Map::new(),
-        };
-        Ok(self.act(cp, req).await?.status)
+        Ok(self.act(cp, trigger_request(message)).await?.status)
+    }
+
+    /// TriggerMessage as a hint (the node's own, after a connect): an optional CALL that
+    /// waits for a free slot, gives it up to any read or setpoint of the link
+    /// ([`CallError::Preempted`]), and is bounded by [`super::TRIGGER_TIMEOUT`]. A station
+    /// that never answers it delays nothing.
+    pub async fn trigger_optional(
+        &self,
+        cp: &str,
+        message: MessageTrigger,
+    ) -> Result<TriggerMessageStatus, ActionError> {
+        Ok(self
+            .act_optional(cp, trigger_request(message))
+            .await?
+            .status)
     }
 
     /// After a (re)connect: trigger StatusNotification and MeterValues, so the node learns
     /// the station's state without waiting for its next ones. Runs in the background; each
-    /// call is bounded by [`OCPP_CALL_TIMEOUT`]; the outcome is logged.
+    /// call is optional (bounded by [`super::TRIGGER_TIMEOUT`], preempted by the link's
+    /// reads and writes); the outcome is logged.
     pub(super) fn after_attach(self: &Arc<Self>, cp: &str) {
         lock(&self.actions.read_back).insert(cp.to_owned(), ReadBack::Unknown);
         let hub = Arc::clone(self);
@@ -279,9 +302,17 @@ impl OcppHub {
                 MessageTrigger::StatusNotification,
                 MessageTrigger::MeterValues,
             ] {
-                match hub.trigger(&cp, m).await {
+                match hub.trigger_optional(&cp, m).await {
                     Ok(status) => {
                         tracing::debug!(charger = %cp, message = m.as_str(), status = status.as_str(), "TriggerMessage answered")
+                    }
+                    // Preempted by the link's own read: the station has the trigger all the
+                    // same (it acts on it; only its answer goes unheard).
+                    Err(ActionError::Call {
+                        error: e @ CallError::Preempted { .. },
+                        ..
+                    }) => {
+                        tracing::debug!(charger = %cp, message = m.as_str(), error = %e, "TriggerMessage preempted")
                     }
                     Err(e) => {
                         tracing::info!(charger = %cp, message = m.as_str(), error = %e, "TriggerMessage failed")
@@ -511,6 +542,21 @@ impl OcppHub {
             }
             None => Ok(None),
         }
+    }
+}
+
+/// TriggerMessage for `message` about the node's EVSE (its connector for a status).
+fn trigger_request(message: MessageTrigger) -> TriggerMessageRequest {
+    let connector = (message == MessageTrigger::StatusNotification).then_some(1);
+    TriggerMessageRequest {
+        requested_message: message,
+        evse: Some(Evse {
+            id: EVSE_ID,
+            connector_id: connector,
+            extra: Map::new(),
+        }),
+        custom_trigger: None,
+        extra: Map::new(),
     }
 }
 
