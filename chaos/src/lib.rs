@@ -11,6 +11,7 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
+//! | [`arrivals`] | the vehicles-arriving workload: drivers by token, their contracts, seeded visits to free chargers |
 //! | [`scenario`] | the scenario file (topology, workload, faults, bounds, seed), errors by file, line and field |
 //! | [`devices`] | fault-injecting device connections: exceptions, timeouts, garbage, panics, extra load; OCPP disconnects and slow peers |
 //! | [`invariants`] | the samples the runner takes and the checkers, each testable alone |
@@ -19,6 +20,7 @@
 //! | [`sweep`] | seed ranges, the progress bar, quiet injected panics |
 #![deny(missing_docs)]
 
+pub mod arrivals;
 pub mod cluster;
 pub mod devices;
 pub mod invariants;

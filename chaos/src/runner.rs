@@ -70,7 +70,8 @@ pub struct Event {
     /// When, ms of simulated time.
     pub t_ms: u64,
     /// What kind: fault_start, fault_end, request, receipt, transition, actor_down,
-    /// actor_up, actor_restarted, vehicle_arrived, vehicle_left, device (a simulated
+    /// actor_up, actor_restarted, vehicle_arrived, vehicle_left, token_plugged,
+    /// token_unplugged, token_refused (the vehicles-arriving workload), device (a simulated
     /// device acting on its own), violation.
     pub kind: &'static str,
     /// What it concerns.
@@ -159,6 +160,10 @@ enum Action {
     Request(usize),
     FaultStart(usize),
     FaultEnd(usize),
+    /// A token's visit ends (before arrivals of the same instant: the bay is free again).
+    Leave(usize),
+    /// A token's visit starts.
+    Arrive(usize),
 }
 
 /// Run `scenario` with `seed`.
@@ -546,6 +551,16 @@ async fn run_on_paused_clock(
             end_ms: end.unwrap_or(end_ms).min(end_ms),
         });
     }
+    let visits = scenario
+        .workload
+        .arrivals
+        .as_ref()
+        .map(|a| crate::arrivals::plan(a, seed))
+        .unwrap_or_default();
+    for (i, v) in visits.iter().enumerate() {
+        actions.push((v.arrive_ms, Action::Arrive(i)));
+        actions.push((v.leave_ms, Action::Leave(i)));
+    }
     actions.sort();
     let mut next_action = 0;
     let mut keepalive_lost = 0usize;
@@ -618,6 +633,13 @@ async fn run_on_paused_clock(
                         subject: f.kind.name().to_owned(),
                         detail: f.kind.describe(),
                     });
+                }
+                Action::Arrive(i) | Action::Leave(i) => {
+                    if let Some(a) = &scenario.workload.arrivals {
+                        let arrive = matches!(action, Action::Arrive(_));
+                        let event = play_visit(&mut world, a, &visits[i], arrive).await;
+                        history.events.push(Event { t_ms, ..event });
+                    }
                 }
             }
         }
@@ -754,6 +776,46 @@ async fn run_on_paused_clock(
         windows,
     );
     Ok((history, report))
+}
+
+/// A visit of the vehicles-arriving workload arrives or leaves; the event says how it went
+/// (its `t_ms` is the caller's). An arriving vehicle's SoC floor is set from its contract
+/// before it plugs in ([`crate::arrivals::floor_pct`]); a leaving one's is forgotten.
+async fn play_visit(
+    world: &mut World,
+    a: &crate::arrivals::ArrivalsPlan,
+    v: &crate::arrivals::Visit,
+    arrive: bool,
+) -> Event {
+    let (token, contract) = &a.drivers[v.driver];
+    let charger = &a.chargers[v.charger];
+    let node = world.node.clone();
+    let result = if arrive {
+        let floor = crate::arrivals::floor_pct(contract, v);
+        world.floors.insert(token.value.clone(), floor);
+        let max_kw = node.shared.charger(charger).map_or(0.0, |(_, c)| c.max_kw);
+        crate::arrivals::arrive(&node, a, v, max_kw).await
+    } else {
+        world.floors.remove(&token.value);
+        crate::arrivals::leave(&node, a, v).await
+    };
+    let (kind, detail) = match (result, arrive) {
+        (Ok(()), true) => (
+            "token_plugged",
+            format!(
+                "at {charger} with {}% ({}, v2g {}, min {}%), leaves at {} ms",
+                v.soc_pct, contract.name, contract.v2g, contract.min_soc_pct, v.leave_ms
+            ),
+        ),
+        (Ok(()), false) => ("token_unplugged", format!("left {charger}")),
+        (Err(e), _) => ("token_refused", format!("at {charger}: {e}")),
+    };
+    Event {
+        t_ms: 0,
+        kind,
+        subject: token.value.clone(),
+        detail,
+    }
 }
 
 /// Start a fault; returns what was done.

@@ -67,6 +67,11 @@ use gridvisor_actors::runtime::Scope;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+mod arrivals;
+pub use arrivals::{
+    DEFAULT_MAX_AWAY_S, DEFAULT_MIN_AWAY_S, DEFAULT_SOC_MAX_PCT, DEFAULT_SOC_MIN_PCT,
+};
+
 /// The largest scenario file accepted, bytes.
 pub const MAX_SCENARIO_BYTES: usize = 1024 * 1024;
 /// The longest simulated run accepted, seconds (a day).
@@ -100,7 +105,7 @@ const CHAOS_KEYS: &[&str] = &[
     "step_ms",
     "topology",
 ];
-const WORKLOAD_KEYS: &[&str] = &["keepalive_every_s", "requests"];
+const WORKLOAD_KEYS: &[&str] = &["keepalive_every_s", "requests", "arrivals"];
 const REQUEST_KEYS: &[&str] = &[
     "at_s",
     "id",
@@ -168,6 +173,9 @@ pub struct Workload {
     pub keepalive_every_s: f64,
     /// Grid requests, in file order.
     pub requests: Vec<RequestPlan>,
+    /// Vehicles arriving by token (`[workload.arrivals]`, [`crate::arrivals`]); None: only
+    /// the topology's `[[vehicles]]`.
+    pub arrivals: Option<crate::arrivals::ArrivalsPlan>,
 }
 
 /// A grid request the workload sends.
@@ -563,6 +571,7 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
             },
         ));
     }
+    let mut arrivals = arrivals::read(&mut r, &workload_t, dir, duration_s);
     let mut faults = Vec::new();
     let fault_tables = r.array_root(root, "faults");
     for t in fault_tables {
@@ -768,6 +777,9 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
         },
     };
     // References into the topology.
+    if let (Some(t), Some(a)) = (&topology, arrivals.as_mut()) {
+        arrivals::chargers(a, t, &mut r.problems);
+    }
     if let Some(t) = &topology {
         let devices: HashSet<&str> = t
             .segments()
@@ -882,6 +894,7 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
         workload: Workload {
             keepalive_every_s,
             requests: requests.into_iter().map(|(_, q)| q).collect(),
+            arrivals,
         },
         faults: faults.into_iter().map(|(_, _, f)| f).collect(),
         bounds,

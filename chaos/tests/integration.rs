@@ -2,6 +2,7 @@
 //! module here. One binary links and instantiates the dependencies once, where one per
 //! file did it 3 times (CI builds them in release on two cores).
 
+mod arrivals;
 mod checkers;
 mod determinism;
 mod relay;

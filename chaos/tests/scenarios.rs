@@ -109,6 +109,7 @@ scenario_tests! {
     slow_peers => "slow-peers.toml",
     storm => "storm.toml",
     transformer_overload => "transformer-overload.toml",
+    vehicles_arriving => "vehicles-arriving.toml",
 }
 
 /// Each must-fail scenario breaks the invariant it names, and the report says how to replay.
