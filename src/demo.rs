@@ -3,13 +3,14 @@
 //! that connects to the node's CSMS, with the demo's vehicles arriving and leaving on their
 //! schedule (each driver's id token is the vehicle's id).
 //!
-//! Vehicles as they arrive: with [`DEMO_ARRIVALS_ENV`] set to a seed
-//! (`GRIDVISOR_DEMO_ARRIVALS=7 gridvisor run`), the demo's vehicles are drivers known only by
-//! their token (the vehicle id) who come to random free chargers over an hour and move
-//! between bays (`gridvisor_sim::ocpp::arrivals`, seeded: the same seed, the same hour). It is
-//! off by default: until the node has an authorization list (issue 21, item 1), the CSMS
-//! accepts a vehicle's token only at its configured charger, so most arrivals are refused
-//! (the node logs each refusal).
+//! Vehicles as they arrive (on by default): the demo's drivers are known only by their id
+//! token, from its authorization list ([`DEMO_TOKENS`], configs/demo-tokens.toml, installed
+//! as the node's `[authorization]` by [`demo_authorization`]); they come to random free
+//! chargers over an hour and move between bays (`gridvisor_sim::ocpp::arrivals`, seeded: the
+//! same seed, the same hour). Driver n drives the n-th `[[vehicles]]` battery. The seed is
+//! [`DEMO_DEFAULT_ARRIVALS_SEED`] unless `gridvisor run --arrivals SEED` or
+//! [`DEMO_ARRIVALS_ENV`] says otherwise; `--arrivals off` (or the variable set to `off`)
+//! keeps the fixed bays and schedule of configs/demo.toml, without an authorization list.
 //!
 //! One task ([`DEMO_TICK`]) steps the physics in real time: the charge points, the inverters,
 //! then each segment's meter, which measures the segment's base load plus its chargers minus
@@ -22,7 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use gridvisor_actors::config::{ModbusEndpoint, Ocpp, Topology, DEFAULT_MODBUS_UNIT};
+use gridvisor_actors::authorization::{parse_seed, UnknownTokens};
+use gridvisor_actors::config::{
+    Authorization, ModbusEndpoint, Ocpp, Topology, DEFAULT_MODBUS_UNIT,
+};
 use gridvisor_sim::modbus::{
     Grid, GridModel, InverterParams, InverterSim, MeterParams, MeterSim, ServerConfig,
     ServerHandle, SimServer,
@@ -51,8 +55,18 @@ pub const DEMO_NOMINAL_V: f64 = 230.0;
 pub const DEMO_NOMINAL_HZ: f64 = 60.0;
 /// The demo grid's noise seed (a fixed seed: the same demo every run).
 pub const DEMO_GRID_SEED: u64 = 2026;
-/// The environment variable that turns on random arrivals: a seed (an unsigned integer).
+/// The environment variable that chooses the arrivals: a seed (an unsigned integer) or
+/// `off` (`--arrivals` wins over it).
 pub const DEMO_ARRIVALS_ENV: &str = "GRIDVISOR_DEMO_ARRIVALS";
+/// The arrivals' seed when neither `--arrivals` nor [`DEMO_ARRIVALS_ENV`] gives one: a seed
+/// whose first vehicle arrives within seconds of the start (tested).
+pub const DEMO_DEFAULT_ARRIVALS_SEED: u64 = 315;
+/// The demo's drivers: an `[authorization]` seed file (configs/demo-tokens.toml).
+pub const DEMO_TOKENS: &str = include_str!("../configs/demo-tokens.toml");
+/// The name [`DEMO_TOKENS`] is written under in the data directory (and errors name).
+pub const DEMO_TOKENS_FILE: &str = "demo-tokens.toml";
+/// The demo's authorization store in the data directory.
+pub const DEMO_TOKENS_STORE: &str = "demo-tokens.redb";
 /// How long `start_chargers` waits for every charge point to connect.
 pub const DEMO_CONNECT_LIMIT: Duration = Duration::from_secs(20);
 
@@ -183,10 +197,12 @@ impl DemoSite {
 
     /// Start a charge point for every charger of `topology`, connecting to the CSMS at
     /// `csms`, and the task that steps the physics and brings the vehicles.
+    /// `arrivals`: the seed of random arrivals ([`arrivals_mode`]); None: the fixed schedule.
     pub fn start_chargers(
         &mut self,
         topology: &Arc<Topology>,
         csms: SocketAddr,
+        arrivals: Option<u64>,
     ) -> Result<(), String> {
         let started = SystemTime::now();
         for (seg, c) in topology.chargers() {
@@ -206,7 +222,7 @@ impl DemoSite {
             self.tasks.push(task);
             self.chargers.push((seg.id.clone(), c.id.clone(), cp));
         }
-        let arrivals = match arrivals_seed(std::env::var(DEMO_ARRIVALS_ENV).ok().as_deref())? {
+        let arrivals = match arrivals {
             Some(seed) => Some(self.arrivals(topology, seed)?),
             None => None,
         };
@@ -229,42 +245,19 @@ impl DemoSite {
         Ok(())
     }
 
-    /// The arrivals driver over every charger, the topology's vehicles as token-only drivers.
+    /// The arrivals driver over every charger: the drivers of [`DEMO_TOKENS`], driver n
+    /// with the n-th `[[vehicles]]` battery (round robin) and its contract's minimum SoC.
     fn arrivals(&self, topology: &Topology, seed: u64) -> Result<ArrivalDriver, String> {
-        let drivers = topology
-            .vehicles
-            .iter()
-            .map(|v| {
-                let bidirectional = topology
-                    .charger(&v.charger)
-                    .is_some_and(|c| c.bidirectional);
-                let min = (v.min_soc_pct / 100.0).min(v.soc_pct / 100.0);
-                Vehicle::new(
-                    v.capacity_kwh,
-                    v.soc_pct / 100.0,
-                    min,
-                    v.max_kw,
-                    v.max_kw,
-                    bidirectional,
-                )
-                .map(|vehicle| Driver {
-                    token: v.id.clone(),
-                    vehicle,
-                    target_soc: (v.target_soc_pct / 100.0).clamp(min, 1.0),
-                    min_v2x_soc: min,
-                })
-                .map_err(|e| format!("vehicle {}: {e}", v.id))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let drivers = demo_drivers(topology)?;
         let chargers: Vec<ChargePoint> =
             self.chargers.iter().map(|(_, _, cp)| cp.clone()).collect();
         let visits = plan(drivers.len(), chargers.len(), &ArrivalConfig::new(seed))
             .map_err(|e| format!("{DEMO_ARRIVALS_ENV}: {e}"))?;
-        tracing::warn!(
+        tracing::info!(
             seed,
+            drivers = drivers.len(),
             visits = visits.len(),
-            "demo: vehicles arrive at random free chargers; until the node has an authorization \
-             list it accepts a vehicle only at its configured charger, so most are refused"
+            "demo: drivers arrive by token at random free chargers"
         );
         Ok(ArrivalDriver::new(
             chargers,
@@ -458,15 +451,68 @@ pub fn demo_openadr(
         .ok_or_else(|| "--openadr-vtn: no [openadr] table".to_owned())
 }
 
-/// The arrivals seed from [`DEMO_ARRIVALS_ENV`]'s value (None: unset, the fixed schedule).
-fn arrivals_seed(value: Option<&str>) -> Result<Option<u64>, String> {
-    value
-        .map(|v| {
-            v.trim().parse::<u64>().map_err(|_| {
-                format!("{DEMO_ARRIVALS_ENV}={v:?}: expected a seed, an unsigned integer")
+/// The demo's drivers: each token of [`DEMO_TOKENS`] with the n-th `[[vehicles]]` battery
+/// of `topology` (round robin), discharging no lower than its contract's minimum SoC.
+fn demo_drivers(topology: &Topology) -> Result<Vec<Driver>, String> {
+    let tokens = parse_seed(DEMO_TOKENS_FILE, DEMO_TOKENS)?;
+    if topology.vehicles.is_empty() {
+        return Err("the demo's arrivals need [[vehicles]] batteries".to_owned());
+    }
+    tokens
+        .into_iter()
+        .zip(topology.vehicles.iter().cycle())
+        .map(|((id, contract), v)| {
+            let min = (contract.min_soc_pct / 100.0).min(v.soc_pct / 100.0);
+            let vehicle = Vehicle::new(
+                v.capacity_kwh,
+                v.soc_pct / 100.0,
+                min,
+                v.max_kw,
+                v.max_kw,
+                contract.v2g,
+            )
+            .map_err(|e| format!("driver {}: {e}", id.value))?;
+            Ok(Driver {
+                token: id.value,
+                vehicle,
+                target_soc: (contract.target_soc_pct / 100.0).clamp(min, 1.0),
+                min_v2x_soc: min,
             })
         })
-        .transpose()
+        .collect()
+}
+
+/// The demo's `[authorization]` (with arrivals on): [`DEMO_TOKENS`] written to
+/// `data`/[`DEMO_TOKENS_FILE`] as the seed of `data`/[`DEMO_TOKENS_STORE`] (read once, when
+/// the store is new); unknown tokens are refused.
+pub fn demo_authorization(data: &std::path::Path) -> Result<Authorization, String> {
+    parse_seed(DEMO_TOKENS_FILE, DEMO_TOKENS)?;
+    std::fs::create_dir_all(data)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", data.display()))?;
+    let seed = data.join(DEMO_TOKENS_FILE);
+    std::fs::write(&seed, DEMO_TOKENS)
+        .map_err(|e| format!("cannot write {}: {e}", seed.display()))?;
+    Ok(Authorization {
+        store: data.join(DEMO_TOKENS_STORE),
+        seed: Some(seed),
+        unknown: UnknownTokens::Refuse,
+    })
+}
+
+/// The arrivals' seed from `--arrivals` (`flag`), else [`DEMO_ARRIVALS_ENV`]'s value (`env`),
+/// else [`DEMO_DEFAULT_ARRIVALS_SEED`]; None: `off`, the fixed schedule.
+pub fn arrivals_mode(flag: Option<&str>, env: Option<&str>) -> Result<Option<u64>, String> {
+    let (source, value) = match (flag, env) {
+        (Some(v), _) => ("--arrivals", v),
+        (None, Some(v)) => (DEMO_ARRIVALS_ENV, v),
+        (None, None) => return Ok(Some(DEMO_DEFAULT_ARRIVALS_SEED)),
+    };
+    match value.trim() {
+        "off" => Ok(None),
+        v => v.parse::<u64>().map(Some).map_err(|_| {
+            format!("{source}={value:?}: expected a seed (an unsigned integer) or \"off\"")
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -475,9 +521,69 @@ mod tests {
 
     #[test]
     fn the_arrivals_seed_is_read_or_named_as_wrong() {
-        assert_eq!(arrivals_seed(None), Ok(None));
-        assert_eq!(arrivals_seed(Some(" 7 ")), Ok(Some(7)));
-        let e = arrivals_seed(Some("seven")).unwrap_err();
+        let d = Some(DEMO_DEFAULT_ARRIVALS_SEED);
+        assert_eq!(arrivals_mode(None, None), Ok(d));
+        assert_eq!(arrivals_mode(None, Some(" 7 ")), Ok(Some(7)));
+        assert_eq!(arrivals_mode(Some("off"), Some("7")), Ok(None));
+        assert_eq!(arrivals_mode(None, Some("off")), Ok(None));
+        assert_eq!(arrivals_mode(Some("3"), Some("off")), Ok(Some(3)));
+        let e = arrivals_mode(None, Some("seven")).unwrap_err();
         assert!(e.contains("GRIDVISOR_DEMO_ARRIVALS=\"seven\""), "{e}");
+        let e = arrivals_mode(Some("-1"), None).unwrap_err();
+        assert!(e.contains("--arrivals=\"-1\""), "{e}");
+    }
+
+    #[test]
+    fn every_demo_driver_has_a_contract_and_a_battery_and_arrives_early_by_default() {
+        let topology = gridvisor_actors::config::demo();
+        let drivers = demo_drivers(&topology).unwrap();
+        assert_eq!(drivers.len(), 13);
+        let tokens: std::collections::BTreeSet<&str> =
+            drivers.iter().map(|d| d.token.as_str()).collect();
+        assert_eq!(tokens.len(), 13, "distinct tokens");
+        // None is a [[vehicles]] id: a configured vehicle's session is bound to its bay.
+        assert!(topology
+            .vehicles
+            .iter()
+            .all(|v| !tokens.contains(v.id.as_str())));
+        let chargers = topology.chargers().count();
+        let visits = plan(
+            13,
+            chargers,
+            &ArrivalConfig::new(DEMO_DEFAULT_ARRIVALS_SEED),
+        )
+        .unwrap();
+        assert!(
+            visits[0].arrive < Duration::from_secs(10),
+            "{:?}",
+            visits[0]
+        );
+        assert!(
+            visits[3].arrive < Duration::from_secs(60),
+            "{:?}",
+            visits[3]
+        );
+        // Over the hour, some driver parks at two bays.
+        let moved = (0..13).any(|d| {
+            let bays: std::collections::BTreeSet<usize> = visits
+                .iter()
+                .filter(|v| v.driver == d)
+                .map(|v| v.charger)
+                .collect();
+            bays.len() >= 2
+        });
+        assert!(moved, "{visits:?}");
+    }
+
+    #[test]
+    fn the_demo_authorization_seeds_a_store_that_accepts_its_drivers_anywhere() {
+        use gridvisor_actors::authorization::{AuthStore, Decision, TokenId};
+        let dir = tempfile::tempdir().unwrap();
+        let a = demo_authorization(dir.path()).unwrap();
+        let store = AuthStore::open(&a.store, a.seed.as_deref(), a.unknown).unwrap();
+        let fleet = TokenId::new("ISO14443", "04A1C0DE01").unwrap();
+        assert!(matches!(store.decide(&fleet), Decision::Accepted { .. }));
+        let stranger = TokenId::new("ISO14443", "ev-1").unwrap();
+        assert_eq!(store.decide(&stranger), Decision::Unknown);
     }
 }

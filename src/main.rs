@@ -173,6 +173,11 @@ struct RunArgs {
     /// http://127.0.0.1:8000/OpenADR2/Simple/2.0b); a topology file says so in [openadr].
     #[arg(long, conflicts_with = "config")]
     openadr_vtn: Option<String>,
+    /// The demo's vehicles: drivers known by token (configs/demo-tokens.toml, the demo's
+    /// authorization list) arrive at random free chargers over an hour, drawn from this seed
+    /// (default 315, or GRIDVISOR_DEMO_ARRIVALS); `off`: the fixed bays of configs/demo.toml.
+    #[arg(long, value_name = "SEED|off", conflicts_with = "config")]
+    arrivals: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -339,6 +344,7 @@ fn main() -> ExitCode {
                 cluster: a.cluster.zip(a.node),
                 insecure_no_auth: a.insecure_no_auth,
                 openadr_vtn: a.openadr_vtn,
+                demo_arrivals: a.arrivals,
             };
             (None, Box::new(move || tokio::spawn(run::run(o))))
         }

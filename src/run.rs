@@ -48,6 +48,9 @@ pub struct RunOptions {
     /// The demo as an OpenADR VEN of this VTN (`--openadr-vtn`; see
     /// [`crate::demo::demo_openadr`]).
     pub openadr_vtn: Option<String>,
+    /// The demo's arrivals (`--arrivals`: a seed or `off`; see
+    /// [`crate::demo::arrivals_mode`]).
+    pub demo_arrivals: Option<String>,
 }
 
 /// Where the demo's CSMS listens unless `--ocpp` says otherwise (OCPP's usual ws port).
@@ -203,6 +206,17 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
     if let Some(url) = &o.openadr_vtn {
         topology.openadr = Some(crate::demo::demo_openadr(url, &o.data)?);
     }
+    // The demo's drivers arrive by token (its authorization list), unless `--arrivals off`.
+    let demo_arrivals = match &o.config {
+        None => {
+            let env = std::env::var(crate::demo::DEMO_ARRIVALS_ENV).ok();
+            crate::demo::arrivals_mode(o.demo_arrivals.as_deref(), env.as_deref())?
+        }
+        Some(_) => None,
+    };
+    if demo_arrivals.is_some() {
+        topology.authorization = Some(crate::demo::demo_authorization(&o.data)?);
+    }
     // The demo: its inverters and meters are Modbus TCP servers on loopback, its chargers
     // OCPP charge points (started once the CSMS listens).
     let mut demo = match &o.config {
@@ -261,7 +275,7 @@ pub async fn run(mut o: RunOptions) -> Result<(), String> {
         let csms = node
             .ocpp_addr()
             .ok_or("the demo's CSMS did not report its address")?;
-        demo.start_chargers(&topology, csms)?;
+        demo.start_chargers(&topology, csms, demo_arrivals)?;
         // Show the site connected, not half-way: wait (bounded) for every charge point.
         let hub = node.shared.devices.ocpp.clone();
         let connected = |id: &str| hub.as_ref().is_some_and(|h| h.is_connected(id));

@@ -296,7 +296,7 @@ fn one_span_per_dispatch_id_from_the_grid_api_to_each_device_write() {
     let log_path = data.path().join("node.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
         .env("RUST_LOG", "info,gridvisor_actors=debug")
-        .args(["--log-format", "json", "run"])
+        .args(["--log-format", "json", "run", "--arrivals", "off"])
         .args(["--ocpp", "127.0.0.1:0", "--grid", "127.0.0.1:0"])
         .args(["--admin", "127.0.0.1:0", "--data"])
         .arg(data.path().join("cp"))

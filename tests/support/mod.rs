@@ -41,8 +41,14 @@ impl Drop for DemoNode {
 
 impl DemoNode {
     /// Start it with its checkpoints in `data`, `global` arguments (e.g. `--log-format json`) before `run`.
+    /// Its vehicles keep the fixed bays of configs/demo.toml (`--arrivals off`): the tests
+    /// that use it look for `ev-1` at `evse-1` (tests/demo_arrivals.rs runs the default).
     pub fn start_with(data: &Path, global: &[&str]) -> DemoNode {
-        DemoNode::start_args(data, global, &["--ocpp", "127.0.0.1:0"])
+        DemoNode::start_args(
+            data,
+            global,
+            &["--ocpp", "127.0.0.1:0", "--arrivals", "off"],
+        )
     }
 
     /// Start it with `global` arguments before `run` and `extra` ones after it (e.g.
