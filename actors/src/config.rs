@@ -50,10 +50,12 @@ use toml::Spanned;
 use crate::ladder::{GridFrequency, LadderConfig, Stages, TripBand};
 
 mod clock;
+mod grid_services;
 pub use clock::{
     ClockConfig, ClockSourceKind, DEFAULT_CLOCK_POLL_MS, DEFAULT_CLOCK_STALE_MS,
     DEFAULT_CLOCK_TIMEOUT_MS, DEFAULT_PTP4L_PATH, MIN_CLOCK_POLL_MS,
 };
+pub use grid_services::GridServices;
 
 /// The embedded demo site (`configs/demo.toml`).
 pub const DEMO: &str = include_str!("../../configs/demo.toml");
@@ -204,6 +206,8 @@ pub struct Topology {
     /// The id tokens that may charge (`[authorization]`); None: the `[[vehicles]]` binding
     /// (each vehicle's token at its own charger only: the simulated demo and benchmarks).
     pub authorization: Option<Authorization>,
+    /// `[grid_services]`: frequency response (droop), off by default.
+    pub grid_services: GridServices,
 }
 
 /// `[authorization]`: the site's authorization list (`crate::authorization`). Paths are
@@ -1030,6 +1034,7 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
         metrics: Metrics::default(),
         api: Api::default(),
         authorization: None,
+        grid_services: GridServices::for_grid(DEFAULT_NOMINAL_HZ),
     }
 }
 
@@ -1233,6 +1238,7 @@ const ROOT_KEYS: &[&str] = &[
     "metrics",
     "api",
     "authorization",
+    "grid_services",
 ];
 const AUTHORIZATION_KEYS: &[&str] = &["store", "seed", "unknown"];
 const METRICS_KEYS: &[&str] = &["sessions"];
@@ -1575,6 +1581,7 @@ impl Reader {
         let metrics = self.metrics(&root);
         let api = self.api(&root);
         let authorization = self.authorization(&root);
+        let grid_services = self.grid_services(&root, safety.grid());
         Topology {
             site,
             substations,
@@ -1585,6 +1592,7 @@ impl Reader {
             metrics,
             api,
             authorization,
+            grid_services,
         }
     }
 
@@ -2294,6 +2302,7 @@ impl<'s> Checker<'s> {
             self.mqtt(&t.site, m);
         }
         self.safety(&t.safety);
+        self.grid_services(&t.grid_services);
         let mut substations = Registry::new("substation");
         let mut segments = Registry::new("segment");
         let mut chargers = Registry::new("charger");
