@@ -99,6 +99,10 @@ pub struct SegmentTelemetry {
     pub max_discharge_kw: f64,
     /// The last key the dispatcher sent.
     pub last_key: Option<SetpointKey>,
+    /// The grid frequency of the last good meter reading, Hz (None: none yet).
+    pub frequency_hz: Option<f64>,
+    /// The frequency response (droop) in the last batch's setpoints, kW (> 0 more charge).
+    pub droop_kw: f64,
 }
 
 /// One transformer segment's shared state.
@@ -140,6 +144,9 @@ pub struct SegmentShared {
     /// The safe-state outputs of the segment: one task per device, the newest level first
     /// ([`super::safe_command`]).
     pub commander: super::safe_command::SafeCommander,
+    /// The frequency response's tracker ([`crate::droop`]): fed by the meter poller, read by
+    /// the dispatcher.
+    pub droop: Mutex<crate::droop::FrequencyTracker>,
 }
 
 /// The checkpoint of a segment's applied setpoints: one record per segment, written once per
@@ -818,6 +825,9 @@ impl SiteShared {
                     &metrics,
                     command_log.clone(),
                 ),
+                droop: Mutex::new(crate::droop::FrequencyTracker::new(
+                    topology.grid_services.frequency,
+                )),
             };
             // Every series exists from the start, so that a scrape right after start shows
             // every segment (at zero) rather than nothing.
