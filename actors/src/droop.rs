@@ -69,7 +69,9 @@ pub const EDGE_TOLERANCE_HZ: f64 = 1e-9;
 pub struct DroopSettings {
     /// The response is on (`enabled`, default false: off unless the topology turns it on).
     pub enabled: bool,
-    /// The grid's nominal frequency, Hz (`[safety] nominal_hz`).
+    /// The grid's nominal frequency, Hz (`[safety] nominal_hz`; not a key of this table, so
+    /// not serialized with it).
+    #[serde(skip)]
     pub nominal_hz: f64,
     /// Half-width of the band around nominal with no response, Hz (`deadband_hz`).
     pub deadband_hz: f64,
