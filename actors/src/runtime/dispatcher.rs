@@ -198,6 +198,7 @@ impl DispatcherState {
         m.segment_target
             .with_label_values(&[&seg.id])
             .set(target_kw);
+        m.segment_droop.with_label_values(&[&seg.id]).set(droop_kw);
         m.segment_limit
             .with_label_values(&[&seg.id, "charge"])
             .set(max_charge);

@@ -428,6 +428,8 @@ pub struct DomainMetrics {
     pub segment_setpoint: GaugeVec,
     /// The segment's share of grid requests.
     pub segment_target: GaugeVec,
+    /// The frequency response (droop) in the segment's last batch.
+    pub segment_droop: GaugeVec,
     /// Limits per segment and direction.
     pub segment_limit: GaugeVec,
     /// Safe-state level per segment (0 normal .. 3 tripped).
@@ -553,6 +555,12 @@ impl DomainMetrics {
                 r,
                 "gridvisor_segment_target_kw",
                 "The segment's share of the active grid requests",
+                &["segment"],
+            )?,
+            segment_droop: gauge_vec(
+                r,
+                "gridvisor_segment_droop_kw",
+                "The frequency response (droop) in the segment's last batch (positive: more charge)",
                 &["segment"],
             )?,
             segment_limit: gauge_vec(
@@ -835,6 +843,7 @@ impl SiteShared {
             metrics.segment_power.with_label_values(&id).set(0.0);
             metrics.segment_setpoint.with_label_values(&id).set(0.0);
             metrics.segment_target.with_label_values(&id).set(0.0);
+            metrics.segment_droop.with_label_values(&id).set(0.0);
             metrics.segment_level.with_label_values(&id).set(0.0);
             for cause in crate::ladder::FaultKey::KINDS {
                 metrics
