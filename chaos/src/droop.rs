@@ -157,14 +157,15 @@ impl Checker for FrequencyResponse {
         }
         for seg in &s.segments {
             // Responding with the right sign: how long it took.
-            if excess != 0.0 && seg.droop_kw.abs() > RESPONSE_EPS_KW {
-                if seg.droop_kw.signum() == excess.signum() {
-                    self.exercised = true;
-                    if !self.waiting.contains_key(&seg.id) {
-                        self.waiting.insert(seg.id.clone(), s.t_ms);
-                        let took = s.t_ms - since;
-                        self.longest_ms = Some(self.longest_ms.map_or(took, |l| l.max(took)));
-                    }
+            let right = excess != 0.0
+                && seg.droop_kw.abs() > RESPONSE_EPS_KW
+                && seg.droop_kw.signum() == excess.signum();
+            if right {
+                self.exercised = true;
+                if !self.waiting.contains_key(&seg.id) {
+                    self.waiting.insert(seg.id.clone(), s.t_ms);
+                    let took = s.t_ms - since;
+                    self.longest_ms = Some(self.longest_ms.map_or(took, |l| l.max(took)));
                 }
             }
             let problem = if settled {
