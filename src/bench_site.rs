@@ -11,6 +11,10 @@
 //!   default): `islanding_commanded_p50` / `_p99` / `_max`, a segment's ladder trips until
 //!   one *responsive* device of it was commanded (each device by its own task: the hung ones
 //!   hold nobody back), and `islanding_hung_chargers` / `islanding_responsive_devices`;
+//! - `frequency_response_p50` / `_p99` / `_max`: the frequency-watt response (droop, on for
+//!   this run) from a step of the simulated grid's frequency ([`FREQUENCY_STEPS`] steps,
+//!   alternately over and under the deadband) until each segment's new batch is applied by
+//!   every device it commanded (the meter's poll included), one sample per segment and step;
 //! - `metrics_render_p50` / `_max` and `metrics_bytes`: the node's whole Prometheus text
 //!   exposition (what `/metrics` serves), rendered [`METRICS_RENDERS`] times.
 //!
@@ -80,6 +84,7 @@ pub async fn site(
     topology.site.cycle_ms = config::MAX_CYCLE_MS;
     topology.site.lease_s = 3_600.0;
     topology.site.keepalive_required = false;
+    topology.grid_services.frequency.enabled = true;
     let topology = Arc::new(topology);
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let store = CheckpointStore::open(&dir.path().join("bench.redb"), StoreLimits::default())
@@ -158,6 +163,8 @@ pub async fn site(
         cycle.get_sample_sum() / cycle.get_sample_count().max(1) as f64 * 1e3,
         "ms",
     );
+
+    frequency_response(&node).await?;
 
     // Islanding: discharge, then the grid goes; every segment trips and commands its devices.
     node.request(GridRequest {
@@ -289,6 +296,55 @@ fn hang_chargers(node: &Node, pct: u8) -> std::collections::HashSet<String> {
         }
     }
     hung
+}
+
+/// How many frequency steps `frequency_response_*` is measured over.
+const FREQUENCY_STEPS: usize = 20;
+/// The steps' frequencies, Hz: 64 mHz beyond the 60 Hz deadband either way (a 0.2 Hz step,
+/// 0.4 Hz/s over the ROCOF window: no trip while exporting).
+const FREQUENCY_STEP_HZ: [f64; 2] = [60.1, 59.9];
+
+/// Step the grid's frequency [`FREQUENCY_STEPS`] times; per step and segment, the time
+/// until the segment's next batch is applied by every device it holds a key for.
+async fn frequency_response(node: &Node) -> Result<(), String> {
+    let mut samples = Vec::with_capacity(FREQUENCY_STEPS * node.shared.segments.len());
+    for i in 0..FREQUENCY_STEPS {
+        let before: Vec<_> = node
+            .segments()
+            .into_iter()
+            .map(|s| s.telemetry.last_key)
+            .collect();
+        let mut done: Vec<Option<f64>> = vec![None; before.len()];
+        let t = Instant::now();
+        node.sim.grid.set(1.0, FREQUENCY_STEP_HZ[i % 2]);
+        until(node, "every segment's frequency response applied", || {
+            for ((seg, was), at) in node.segments().iter().zip(&before).zip(done.iter_mut()) {
+                let key = seg.telemetry.last_key;
+                if at.is_none() && key != *was && seg.applied.values().all(|k| Some(*k) == key) {
+                    *at = Some(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            done.iter().all(Option::is_some)
+        })
+        .await?;
+        samples.extend(done.into_iter().flatten());
+    }
+    let responding = node
+        .segments()
+        .iter()
+        .filter(|s| s.telemetry.droop_kw != 0.0)
+        .count();
+    node.sim.grid.set(1.0, 60.0);
+    samples.sort_by(f64::total_cmp);
+    line("frequency_response_segments", responding as f64, "count");
+    line("frequency_response_p50", percentile(&samples, 0.5), "ms");
+    line("frequency_response_p99", percentile(&samples, 0.99), "ms");
+    line(
+        "frequency_response_max",
+        samples.last().copied().unwrap_or(f64::NAN),
+        "ms",
+    );
+    Ok(())
 }
 
 /// How many times the metrics exposition is rendered and timed.

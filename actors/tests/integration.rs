@@ -4,6 +4,7 @@
 
 mod common;
 
+mod droop;
 mod ev_identity;
 mod fault_rows;
 mod grid_safety;

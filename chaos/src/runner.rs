@@ -291,6 +291,8 @@ impl World {
                 .unwrap_or_default();
             let mut power = 0.0;
             let mut discharge = 0.0;
+            let mut v2g_kw = 0.0;
+            let mut v2g_room = (0.0, 0.0);
             for c in &seg.config.chargers {
                 let Some(sim) = node.sim.chargers.get(&c.id) else {
                     continue;
@@ -320,6 +322,12 @@ impl World {
                             .floors
                             .entry(vid.clone())
                             .or_insert_with(|| min.min(b.soc_pct));
+                        if c.bidirectional && b.soc_pct > min && b.soc_pct < 100.0 {
+                            let sp = sim.setpoint_kw().clamp(-c.max_kw, c.max_kw);
+                            v2g_kw += c.max_kw;
+                            v2g_room.0 += c.max_kw - sp;
+                            v2g_room.1 += c.max_kw + sp;
+                        }
                         vehicles.push(VehicleSample {
                             id: vid,
                             soc_pct: (b.soc_pct * 10_000.0).round() / 10_000.0,
@@ -367,6 +375,9 @@ impl World {
                     .get(id.as_str())
                     .filter(|(to, _)| *to == level)
                     .map_or(t_ms, |(_, at)| *at),
+                droop_kw: r3(seg.telemetry().droop_kw),
+                v2g_kw,
+                v2g_room_kw: (r3(v2g_room.0), r3(v2g_room.1)),
             });
         }
         chargers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -407,6 +418,7 @@ impl World {
             exporting,
             relays_open,
             outputs,
+            frequency_hz,
         }
     }
 
@@ -552,6 +564,9 @@ async fn run_on_paused_clock(
     let keepalive_ms = (scenario.workload.keepalive_every_s * 1_000.0).round() as u64;
     let mut next_keepalive = 0u64;
     let mut checkers = invariants::all(&scenario.bounds);
+    checkers.push(Box::new(crate::droop::FrequencyResponse::new(
+        topology.grid_services.frequency,
+    )));
     let mut history = History {
         events: Vec::new(),
         samples: Vec::new(),
@@ -801,6 +816,10 @@ fn start_fault(world: &mut World, kind: &FaultKind, rng: &mut SplitMix64) -> Str
             node.sim.grid.set(*voltage_pu, *frequency_hz);
             kind.describe()
         }
+        FaultKind::Frequency { frequency_hz } => {
+            node.sim.grid.set(1.0, *frequency_hz);
+            kind.describe()
+        }
         FaultKind::PtpDrift { .. } => kind.describe(),
         FaultKind::ClockJump { offset_ms } => {
             node.sim
@@ -904,7 +923,7 @@ fn end_fault(world: &mut World, kind: &FaultKind) {
                 sw.set_mode(Mode::Healthy);
             }
         }
-        FaultKind::Islanding { .. } => node.sim.grid.restore(),
+        FaultKind::Islanding { .. } | FaultKind::Frequency { .. } => node.sim.grid.restore(),
         FaultKind::PtpDrift { .. } | FaultKind::ClockJump { .. } => {
             node.sim.ptp.set_offset(Duration::ZERO)
         }

@@ -4,5 +4,6 @@
 
 mod checkers;
 mod determinism;
+mod droop_checker;
 mod relay;
 mod scenarios;

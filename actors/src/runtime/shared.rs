@@ -99,6 +99,10 @@ pub struct SegmentTelemetry {
     pub max_discharge_kw: f64,
     /// The last key the dispatcher sent.
     pub last_key: Option<SetpointKey>,
+    /// The grid frequency of the last good meter reading, Hz (None: none yet).
+    pub frequency_hz: Option<f64>,
+    /// The frequency response (droop) in the last batch's setpoints, kW (> 0 more charge).
+    pub droop_kw: f64,
 }
 
 /// One transformer segment's shared state.
@@ -140,6 +144,9 @@ pub struct SegmentShared {
     /// The safe-state outputs of the segment: one task per device, the newest level first
     /// ([`super::safe_command`]).
     pub commander: super::safe_command::SafeCommander,
+    /// The frequency response's tracker ([`crate::droop`]): fed by the meter poller, read by
+    /// the dispatcher.
+    pub droop: Mutex<crate::droop::FrequencyTracker>,
 }
 
 /// The checkpoint of a segment's applied setpoints: one record per segment, written once per
@@ -421,6 +428,8 @@ pub struct DomainMetrics {
     pub segment_setpoint: GaugeVec,
     /// The segment's share of grid requests.
     pub segment_target: GaugeVec,
+    /// The frequency response (droop) in the segment's last batch.
+    pub segment_droop: GaugeVec,
     /// Limits per segment and direction.
     pub segment_limit: GaugeVec,
     /// Safe-state level per segment (0 normal .. 3 tripped).
@@ -546,6 +555,12 @@ impl DomainMetrics {
                 r,
                 "gridvisor_segment_target_kw",
                 "The segment's share of the active grid requests",
+                &["segment"],
+            )?,
+            segment_droop: gauge_vec(
+                r,
+                "gridvisor_segment_droop_kw",
+                "The frequency response (droop) in the segment's last batch (positive: more charge)",
                 &["segment"],
             )?,
             segment_limit: gauge_vec(
@@ -818,6 +833,9 @@ impl SiteShared {
                     &metrics,
                     command_log.clone(),
                 ),
+                droop: Mutex::new(crate::droop::FrequencyTracker::new(
+                    topology.grid_services.frequency,
+                )),
             };
             // Every series exists from the start, so that a scrape right after start shows
             // every segment (at zero) rather than nothing.
@@ -825,6 +843,7 @@ impl SiteShared {
             metrics.segment_power.with_label_values(&id).set(0.0);
             metrics.segment_setpoint.with_label_values(&id).set(0.0);
             metrics.segment_target.with_label_values(&id).set(0.0);
+            metrics.segment_droop.with_label_values(&id).set(0.0);
             metrics.segment_level.with_label_values(&id).set(0.0);
             for cause in crate::ladder::FaultKey::KINDS {
                 metrics

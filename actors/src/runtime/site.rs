@@ -514,9 +514,18 @@ impl SiteState {
                 .unwrap_or(cycle)
                 .min(cycle * 4);
             a.last_command = Some(tokio::time::Instant::now());
-            let command = a
-                .controller
-                .command(a.request.target_kw - uncontrolled, devices, dt);
+            // The segments' frequency response is added on top of their shares by their
+            // dispatchers: the loop compares the request with what the devices do without
+            // it, so it neither trims the response away nor adds it twice.
+            let droop: f64 = a
+                .segments
+                .iter()
+                .filter_map(|s| segs.get(s))
+                .map(|s| s.telemetry().droop_kw)
+                .sum();
+            let command =
+                a.controller
+                    .command(a.request.target_kw - uncontrolled, devices - droop, dt);
             site_target += a.request.target_kw;
             let ids: Vec<&String> = a.segments.iter().collect();
             let caps: Vec<SegmentCapacity> = ids
