@@ -91,6 +91,37 @@ async fn dispatch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
 }
 
+/// The answer to `DELETE /api/v1/dispatch/{id}`.
+#[derive(Serialize)]
+struct Cancelled {
+    request: String,
+    /// True when this call cancelled it; false when there was nothing left to cancel.
+    cancelled: bool,
+    /// What the request was: `scheduled`, `active`, `already_cancelled` or `ended`.
+    state: gridvisor_actors::runtime::Cancel,
+}
+
+/// `DELETE /api/v1/dispatch/{id}`: cancel a scheduled or active grid request, idempotently:
+/// 200 `cancelled: true` the first time, 200 `cancelled: false` with `state`
+/// `already_cancelled` or `ended` after, 404 for an id this node does not know.
+async fn cancel(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    use gridvisor_actors::runtime::Cancel;
+    match node.cancel(&id).await {
+        Ok(Cancel::Unknown) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no grid request {id:?} is known here (never accepted, or forgotten since it ended)"),
+        ),
+        Ok(state) => Json(Cancelled {
+            request: id,
+            cancelled: matches!(state, Cancel::Scheduled | Cancel::Active),
+            state,
+        })
+        .into_response(),
+        Err(e) => request_error(e),
+    }
+}
+
 /// `POST /api/v1/keepalive`: the watchdog's keep-alive; from an authenticated controller
 /// (the guard checked its role) it names the controller in the segments' views.
 async fn keepalive(
@@ -307,6 +338,7 @@ async fn not_found() -> Response {
 pub fn grid_api(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/v1/dispatch", post(dispatch))
+        .route("/api/v1/dispatch/{id}", axum::routing::delete(cancel))
         .route("/api/v1/keepalive", post(keepalive))
         .route("/api/v1/segments", get(segments))
         .route("/api/v1/segments/{id}", get(segment))

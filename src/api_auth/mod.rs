@@ -5,7 +5,7 @@
 //! which route needs which role. The HTTP side (TLS, the accept loop, the middleware, the
 //! audit log) lives in [`serve`], [`middleware`] and [`audit`].
 //!
-//! Roles: `controller` (POST dispatch, POST keepalive, POST a charger's start/stop), `operator` (every GET: segments,
+//! Roles: `controller` (POST dispatch, DELETE a dispatch request, POST keepalive, POST a charger's start/stop), `operator` (every GET: segments,
 //! sessions, events, audit, the live view, /metrics, the tree), `admin` (actor kill, segment
 //! reset). One hierarchy only: **admin implies operator** (who may kill or reset must see what
 //! they act on). A controller reads nothing unless it also has `operator`.
@@ -358,6 +358,7 @@ pub fn need(api: Api, post: bool, path: &str) -> Need {
         // The authorization list (issue 21): operator reads it, admin changes it.
         (Api::Grid, true, p) if is_token_item(p) => Need::Role(Role::Admin),
         (Api::Grid, true, p) if is_charger_action(p) => Need::Role(Role::Controller),
+        (Api::Grid, true, p) if is_dispatch_item(p) => Need::Role(Role::Controller),
         (Api::Admin, true, "/api/actors/kill") => Need::Role(Role::Admin),
         _ => Need::Role(Role::Operator),
     }
@@ -381,6 +382,12 @@ fn is_token_item(path: &str) -> bool {
 fn is_reset(path: &str) -> bool {
     path.strip_prefix("/api/v1/segments/")
         .and_then(|p| p.strip_suffix("/reset"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// `/api/v1/dispatch/{id}`: cancel a grid request (issue 22).
+fn is_dispatch_item(path: &str) -> bool {
+    path.strip_prefix("/api/v1/dispatch/")
         .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
@@ -488,6 +495,9 @@ mod tests {
         let cases = [
             (Api::Grid, true, "/api/v1/dispatch", Role(Controller), true),
             (Api::Grid, true, "/api/v1/keepalive", Role(Controller), true),
+            (Api::Grid, true, "/api/v1/dispatch/req-1", Role(Controller), true),
+            (Api::Grid, false, "/api/v1/dispatch/req-1", Role(Operator), false),
+            (Api::Grid, true, "/api/v1/dispatch/a/b", Role(Operator), false),
             (
                 Api::Grid,
                 true,

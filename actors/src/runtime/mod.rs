@@ -65,7 +65,10 @@ pub use node::{
 pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use safety::SafetyCheckpoint;
 pub use shared::{Drive, DriveGate, NodeOptions, SegmentShared, SiteShared};
-pub use site::{DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView};
+pub use site::{
+    Cancel, DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView, Window,
+    MAX_SCHEDULE_AHEAD_S, REQUEST_KEY_PREFIX, SCHEDULED_LIMIT,
+};
 
 /// Upper bound on how long a dispatcher waits for its links' acknowledgements.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,6 +113,8 @@ pub enum SiteMsg {
         GridRequest,
         RpcReplyPort<Result<DispatchReceipt, RequestError>>,
     ),
+    /// Cancel a grid request by its id (scheduled or active).
+    Cancel(String, RpcReplyPort<site::Cancel>),
     /// The grid controller's keep-alive.
     KeepAlive,
     /// The control loop's period elapsed.
