@@ -1133,7 +1133,10 @@ mod tests {
         }
         store.close();
         let store = open(&dir);
-        assert_eq!(store.keys_with_prefix("r/").unwrap(), vec!["r/2".to_owned()]);
+        assert_eq!(
+            store.keys_with_prefix("r/").unwrap(),
+            vec!["r/2".to_owned()]
+        );
         assert_eq!(store.get::<u32>("r/2").unwrap(), Some(3));
         let mem = CheckpointStore::in_memory();
         mem.try_put("r/1", &1u32).unwrap().await.unwrap();

@@ -495,9 +495,27 @@ mod tests {
         let cases = [
             (Api::Grid, true, "/api/v1/dispatch", Role(Controller), true),
             (Api::Grid, true, "/api/v1/keepalive", Role(Controller), true),
-            (Api::Grid, true, "/api/v1/dispatch/req-1", Role(Controller), true),
-            (Api::Grid, false, "/api/v1/dispatch/req-1", Role(Operator), false),
-            (Api::Grid, true, "/api/v1/dispatch/a/b", Role(Operator), false),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/dispatch/req-1",
+                Role(Controller),
+                true,
+            ),
+            (
+                Api::Grid,
+                false,
+                "/api/v1/dispatch/req-1",
+                Role(Operator),
+                false,
+            ),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/dispatch/a/b",
+                Role(Operator),
+                false,
+            ),
             (
                 Api::Grid,
                 true,

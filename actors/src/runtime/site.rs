@@ -631,9 +631,9 @@ impl SiteState {
             let id = p.request.id.clone();
             // A request resumed after a restart keeps its first receipt.
             let pending = self.receipts.get(&id).is_none_or(|r| r.scheduled);
-            let result = self.scope_segments(&p.request.scope).and_then(|segs| {
-                self.activate(p.request, p.window, segs, dispatch, pending)
-            });
+            let result = self
+                .scope_segments(&p.request.scope)
+                .and_then(|segs| self.activate(p.request, p.window, segs, dispatch, pending));
             match result {
                 Ok(()) => {
                     started = true;
@@ -702,7 +702,8 @@ impl SiteState {
             let _ = reply.send(Err(e));
             return;
         }
-        self.received_at.insert(id.clone(), tokio::time::Instant::now());
+        self.received_at
+            .insert(id.clone(), tokio::time::Instant::now());
         self.waiters.insert(id, vec![reply]);
         self.cycle(myself, RoundKind::NewRequest);
     }
@@ -992,15 +993,15 @@ impl SiteState {
             .map(|s| s.failed + s.stale + s.unanswered)
             .sum::<usize>()
             + missing;
-        let elapsed = self
-            .received_at
-            .remove(&a.request.id)
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        self.shared
-            .metrics
-            .request_ack
-            .observe(elapsed.as_secs_f64());
+        // From the POST; a scheduled request's start has no caller waiting and is not counted.
+        let elapsed = match self.received_at.remove(&a.request.id) {
+            Some(t) => {
+                let e = t.elapsed();
+                self.shared.metrics.request_ack.observe(e.as_secs_f64());
+                e
+            }
+            None => Duration::ZERO,
+        };
         DispatchReceipt {
             request: a.request.id.clone(),
             dispatch: a.dispatch,
@@ -1038,7 +1039,11 @@ impl SiteState {
             window: a.window,
             receipt: Some(receipt.clone()),
         };
-        let ticket = live.then(|| self.shared.store.try_put(&record_key(&record.request.id), &record));
+        let ticket = live.then(|| {
+            self.shared
+                .store
+                .try_put(&record_key(&record.request.id), &record)
+        });
         tokio::spawn(async move {
             match ticket {
                 Some(Ok(t)) => {
