@@ -641,7 +641,7 @@ fn the_openapi_document_names_each_operations_role_as_the_node_enforces_it() {
     );
     let tls = client(&pki, None);
     let ops = documented_operations();
-    assert_eq!(ops.len(), 15, "{ops:?}");
+    assert_eq!(ops.len(), 16, "{ops:?}");
     for (path, method, role) in ops {
         let path = path
             .replace("{id}", "tx")
