@@ -222,3 +222,81 @@ fn requests_and_their_ids_survive_sigkill() {
     let (status, c) = delete(&grid, "kill-1");
     assert_eq!((status, &c["state"]), (200, &Value::from("active")), "{c}");
 }
+
+#[test]
+fn the_flexibility_forecast_of_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = DemoNode::start(dir.path());
+    let (grid, _) = p.addresses();
+    assert_eq!(http(&grid, "POST", "/api/v1/keepalive", None).0, 204);
+    let get = |q: &str| http(&grid, "GET", &format!("/api/v1/flexibility?{q}"), None);
+
+    // The demo's vehicles plug in on their schedule: wait for a site forecast with vehicles.
+    let deadline = Instant::now() + LIMIT;
+    let site = loop {
+        let (status, body) = get("scope=site&horizon_s=3600&step_s=900");
+        assert_eq!(status, 200, "{body}");
+        let f = json(&body);
+        if f["steps"][0]["vehicles"].as_u64().unwrap() > 0 {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no vehicle ever: {f}");
+        std::thread::sleep(POLL);
+    };
+    let steps = site["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "{site}");
+    assert_eq!(
+        site["segments"],
+        serde_json::json!(["tx-1", "tx-2", "tx-3"])
+    );
+    assert_eq!(
+        (steps[3]["start_s"].as_f64(), steps[3]["end_s"].as_f64()),
+        (Some(2700.0), Some(3600.0))
+    );
+    for s in steps {
+        for k in ["charge_kw", "discharge_kw", "charge_kwh", "discharge_kwh"] {
+            let v = s[k].as_f64().unwrap();
+            assert!(v.is_finite() && v >= 0.0, "{k} in {s}");
+        }
+    }
+    // The energy from now to a step's end never shrinks as the steps go on.
+    for w in steps.windows(2) {
+        assert!(
+            w[1]["charge_kwh"].as_f64() >= w[0]["charge_kwh"].as_f64(),
+            "{site}"
+        );
+    }
+    assert!(steps[0]["charge_kw"].as_f64().unwrap() > 0.0, "{site}");
+
+    // The segments sum to the site (same vehicles, same moment: within rounding and any
+    // SoC that moved between the calls).
+    let mut sum = 0.0;
+    for seg in ["tx-1", "tx-2", "tx-3"] {
+        let (status, body) = get(&format!("scope=segment&id={seg}&horizon_s=3600&step_s=900"));
+        assert_eq!(status, 200, "{body}");
+        sum += json(&body)["steps"][0]["charge_kw"].as_f64().unwrap();
+    }
+    let total = steps[0]["charge_kw"].as_f64().unwrap();
+    assert!(
+        (sum - total).abs() <= 0.05 * total + 0.5,
+        "segments {sum} vs site {total}"
+    );
+    let (status, body) = get("scope=substation&id=nowhere&horizon_s=60&step_s=60");
+    assert_eq!(status, 404, "{body}");
+
+    // Bad queries are 400s naming the parameter.
+    for (q, needle) in [
+        ("horizon_s=60&step_s=60", "scope"),
+        ("scope=moon&horizon_s=60&step_s=60", "scope"),
+        ("scope=segment&horizon_s=60&step_s=60", "id"),
+        ("scope=site&step_s=60", "horizon_s"),
+        ("scope=site&horizon_s=ten&step_s=60", "horizon_s"),
+        ("scope=site&horizon_s=60&step_s=0.1", "step_s"),
+        ("scope=site&horizon_s=604800&step_s=1", "MAX_STEPS"),
+        ("scope=site&horizon_s=60&step_s=60&colour=red", "colour"),
+    ] {
+        let (status, body) = get(q);
+        assert_eq!(status, 400, "{q} -> {body}");
+        assert!(body.contains(needle), "{q} -> {body} (expected {needle:?})");
+    }
+}

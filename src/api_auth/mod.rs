@@ -6,7 +6,8 @@
 //! audit log) lives in [`serve`], [`middleware`] and [`audit`].
 //!
 //! Roles: `controller` (POST dispatch, DELETE a dispatch request, POST keepalive, POST a charger's start/stop), `operator` (every GET: segments,
-//! sessions, events, audit, the live view, /metrics, the tree), `admin` (actor kill, segment
+//! sessions, events, audit, the live view, /metrics, the tree; the flexibility forecast is
+//! read by `operator` or `controller`), `admin` (actor kill, segment
 //! reset). One hierarchy only: **admin implies operator** (who may kill or reset must see what
 //! they act on). A controller reads nothing unless it also has `operator`.
 //!
@@ -342,6 +343,8 @@ pub enum Need {
     Public,
     /// This role.
     Role(Role),
+    /// Either of these roles (a read both a controller and an operator need).
+    Either(Role, Role),
 }
 
 /// The role `method path` needs on `api` (`post`: any method that changes something, i.e.
@@ -359,6 +362,8 @@ pub fn need(api: Api, post: bool, path: &str) -> Need {
         (Api::Grid, true, p) if is_token_item(p) => Need::Role(Role::Admin),
         (Api::Grid, true, p) if is_charger_action(p) => Need::Role(Role::Controller),
         (Api::Grid, true, p) if is_dispatch_item(p) => Need::Role(Role::Controller),
+        // A controller bids with the forecast before it dispatches (issue 22).
+        (Api::Grid, false, "/api/v1/flexibility") => Need::Either(Role::Operator, Role::Controller),
         (Api::Admin, true, "/api/actors/kill") => Need::Role(Role::Admin),
         _ => Need::Role(Role::Operator),
     }
@@ -514,6 +519,13 @@ mod tests {
                 true,
                 "/api/v1/dispatch/a/b",
                 Role(Operator),
+                false,
+            ),
+            (
+                Api::Grid,
+                false,
+                "/api/v1/flexibility",
+                Need::Either(Operator, Controller),
                 false,
             ),
             (

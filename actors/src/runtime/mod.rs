@@ -38,6 +38,7 @@
 mod charger;
 mod clock_source;
 mod dispatcher;
+mod flex_view;
 mod node;
 mod pollers;
 pub mod repeats;
@@ -58,6 +59,7 @@ use crate::ladder::{Fault, Transition};
 use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
 pub(crate) use charger::{session_checkpoint_key, SessionCheckpoint};
+pub use flex_view::{FlexQueryError, FlexibilityView};
 pub use node::{
     charger_path, EventCursor, Format, HandoffError, KillError, KilledActor, Node, NodeError,
     ResetError, SegmentView, ROOT, ROOT_MAX_RESTARTS, ROOT_RESTART_PERIOD,

@@ -59,6 +59,7 @@ use tokio::task::JoinHandle;
 
 mod schedule;
 
+pub(crate) use schedule::format_time;
 pub use schedule::{Window, MAX_SCHEDULE_AHEAD_S};
 
 use super::shared::{lock, SiteShared};
