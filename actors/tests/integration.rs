@@ -20,3 +20,4 @@ mod ocpp_node;
 mod ocpp_node_interop;
 mod relay;
 mod safety_path;
+mod scheduled;
