@@ -268,19 +268,35 @@ fn the_flexibility_forecast_of_a_running_node() {
     }
     assert!(steps[0]["charge_kw"].as_f64().unwrap() > 0.0, "{site}");
 
-    // The segments sum to the site (same vehicles, same moment: within rounding and any
-    // SoC that moved between the calls).
-    let mut sum = 0.0;
-    for seg in ["tx-1", "tx-2", "tx-3"] {
-        let (status, body) = get(&format!("scope=segment&id={seg}&horizon_s=3600&step_s=900"));
+    // The segments sum to the site. Vehicles plug in on the demo's schedule: compare a set
+    // of calls that saw the same vehicles (the site's before and after the segments').
+    let first = |q: &str| {
+        let (status, body) = get(q);
         assert_eq!(status, 200, "{body}");
-        sum += json(&body)["steps"][0]["charge_kw"].as_f64().unwrap();
+        json(&body)["steps"][0].clone()
+    };
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let before = first("scope=site&horizon_s=3600&step_s=900");
+        let segs: Vec<Value> = ["tx-1", "tx-2", "tx-3"]
+            .iter()
+            .map(|s| first(&format!("scope=segment&id={s}&horizon_s=3600&step_s=900")))
+            .collect();
+        let after = first("scope=site&horizon_s=3600&step_s=900");
+        let count: u64 = segs.iter().map(|s| s["vehicles"].as_u64().unwrap()).sum();
+        if before["vehicles"] == after["vehicles"] && after["vehicles"] == count {
+            let sum: f64 = segs.iter().map(|s| s["charge_kw"].as_f64().unwrap()).sum();
+            let total = after["charge_kw"].as_f64().unwrap();
+            // Within the SoC the vehicles gained between the calls.
+            assert!(
+                (sum - total).abs() <= 0.05 * total + 0.5,
+                "segments {sum} vs site {total}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the vehicles never settled");
+        std::thread::sleep(POLL);
     }
-    let total = steps[0]["charge_kw"].as_f64().unwrap();
-    assert!(
-        (sum - total).abs() <= 0.05 * total + 0.5,
-        "segments {sum} vs site {total}"
-    );
     let (status, body) = get("scope=substation&id=nowhere&horizon_s=60&step_s=60");
     assert_eq!(status, 404, "{body}");
 

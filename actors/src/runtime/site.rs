@@ -609,13 +609,33 @@ impl SiteState {
 
     /// Start the scheduled requests that are due, in the order they were accepted (the last
     /// one wins a shared segment). True if any started: the caller runs a new round.
+    ///
+    /// A due request none of whose segments this node drives now (in a cluster, right after
+    /// a restart or during a handoff) waits for the next cycle until its end; one that ended
+    /// while waiting, or whose scope is gone, is dropped with its record.
     async fn start_due(&mut self) -> bool {
         let now = self.wall_now_s();
         let (due, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.scheduled)
             .into_iter()
             .partition(|p| p.window.start_unix_s <= now);
         self.scheduled = later;
-        if due.is_empty() {
+        let mut ready = Vec::new();
+        for p in due {
+            let id = p.request.id.clone();
+            match self.scope_segments(&p.request.scope) {
+                _ if p.window.end_unix_s <= now => {
+                    tracing::warn!(request = %id, "scheduled grid request ended before it could start: dropped");
+                    self.drop_records([id.as_str()]);
+                }
+                Ok(segs) => ready.push((p, segs)),
+                Err(RequestError::NotDriven) => self.scheduled.push(p),
+                Err(e) => {
+                    tracing::warn!(request = %id, error = %e, "scheduled grid request could not start: dropped");
+                    self.drop_records([id.as_str()]);
+                }
+            }
+        }
+        if ready.is_empty() {
             return false;
         }
         let dispatch = match self.next_dispatch().await {
@@ -623,19 +643,16 @@ impl SiteState {
             Err(e) => {
                 // Tried again next cycle.
                 tracing::warn!(error = %e, "cannot take a dispatch id for scheduled requests");
-                self.scheduled.extend(due);
+                self.scheduled.extend(ready.into_iter().map(|(p, _)| p));
                 return false;
             }
         };
         let mut started = false;
-        for p in due {
+        for (p, segs) in ready {
             let id = p.request.id.clone();
             // A request resumed after a restart keeps its first receipt.
             let pending = self.receipts.get(&id).is_none_or(|r| r.scheduled);
-            let result = self
-                .scope_segments(&p.request.scope)
-                .and_then(|segs| self.activate(p.request, p.window, segs, dispatch, pending));
-            match result {
+            match self.activate(p.request, p.window, segs, dispatch, pending) {
                 Ok(()) => {
                     started = true;
                     tracing::info!(request = %id, dispatch, "scheduled grid request started");
@@ -1146,13 +1163,16 @@ impl SiteState {
             if let Some(receipt) = r.receipt {
                 self.remember(receipt);
             }
-            if self.scheduled.len() < SCHEDULED_LIMIT + ACTIVE_LIMIT {
-                resumed += 1;
-                self.scheduled.push(Pending {
-                    request: r.request,
-                    window: r.window,
-                });
+            // Accepted requests are bounded by both limits; more means a foreign store.
+            if self.scheduled.len() >= SCHEDULED_LIMIT + ACTIVE_LIMIT {
+                tracing::warn!(request = %r.request.id, "more request records than the limits allow: left in the store");
+                continue;
             }
+            resumed += 1;
+            self.scheduled.push(Pending {
+                request: r.request,
+                window: r.window,
+            });
         }
         self.drop_records(expired.iter().map(String::as_str));
         if resumed + expired.len() > 0 {
