@@ -184,8 +184,10 @@ fn requests_and_their_ids_survive_sigkill() {
     let (grid, _) = p.addresses();
     assert_eq!(http(&grid, "POST", "/api/v1/keepalive", None).0, 204);
     let active = r#"{"id":"kill-1","scope":{"segment":"tx-1"},"target_kw":-20,"duration_s":600}"#;
+    // Its first receipt (devices that just connected may not all have answered yet: the
+    // receipt is what the repeat must give back, whatever it says).
     let first = post(&grid, active);
-    assert!(first["acknowledged"].as_u64().unwrap() > 0, "{first}");
+    assert!(first["dispatch"].as_u64().unwrap() > 0, "{first}");
     // Far enough ahead to be still scheduled after the restart (a node starts in a few
     // seconds), near enough for the test.
     let future = format!(

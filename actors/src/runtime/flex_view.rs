@@ -91,8 +91,8 @@ impl Node {
         let f = forecast(&inputs, horizon_s, step_s)?;
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
         Ok(FlexibilityView {
             scope,
             at: super::site::format_time(at),

@@ -359,8 +359,6 @@ pub(crate) struct SiteState {
     revision: u64,
     active: Vec<Active>,
     scheduled: Vec<Pending>,
-    /// The wall clock at the node clock's zero, Unix s.
-    wall_epoch_s: f64,
     /// What each segment was last commanded, kW (a ramp's start when a meter has no reading).
     last_targets: HashMap<String, f64>,
     receipts: HashMap<String, DispatchReceipt>,
@@ -431,18 +429,20 @@ impl SiteState {
                 format!("{} is not within ±{MAX_REQUEST_KW} kW", r.target_kw),
             ));
         }
-        let window = schedule::resolve(r, self.wall_now_s())?;
+        let window = schedule::resolve(r, self.wall_now_ns())?;
         Ok((window, self.scope_segments(&r.scope)?))
     }
 
-    /// The wall clock now, Unix s, on the node's clock (a paused test clock moves it).
-    fn wall_now_s(&self) -> f64 {
-        self.wall_epoch_s + self.shared.clock.now_s()
+    /// The wall clock now, Unix ns, on the node's clock (a paused test clock moves it).
+    fn wall_now_ns(&self) -> i64 {
+        let now = i64::try_from(self.shared.clock.now().as_nanos()).unwrap_or(i64::MAX);
+        self.shared.wall_epoch_ns.saturating_add(now)
     }
 
-    /// A wall-clock time on the node's clock (a time before its zero is its zero).
-    fn node_time(&self, unix_s: f64) -> Duration {
-        Duration::from_secs_f64((unix_s - self.wall_epoch_s).max(0.0))
+    /// A wall-clock time on the node's clock, exactly (a time before its zero is its zero).
+    fn node_time(&self, unix_ns: i64) -> Duration {
+        let since = unix_ns.saturating_sub(self.shared.wall_epoch_ns).max(0);
+        Duration::from_nanos(u64::try_from(since).unwrap_or(0))
     }
 
     /// Keep `receipt` to answer its id again (the oldest forgotten past [`RECEIPT_LIMIT`]).
@@ -476,7 +476,7 @@ impl SiteState {
             dispatch: 0,
             revision: 0,
             target_kw: r.target_kw,
-            until_s: self.node_time(w.end_unix_s).as_secs_f64(),
+            until_s: self.node_time(w.end_unix_ns).as_secs_f64(),
             segments: Vec::new(),
             acknowledged: 0,
             not_acknowledged: 0,
@@ -485,8 +485,8 @@ impl SiteState {
             repeat: false,
             scheduled: true,
             cancelled: false,
-            start_at: schedule::format_time(w.start_unix_s),
-            end_at: schedule::format_time(w.end_unix_s),
+            start_at: schedule::format_time(w.start_unix_ns),
+            end_at: schedule::format_time(w.end_unix_ns),
         }
     }
 
@@ -572,7 +572,7 @@ impl SiteState {
         }
         let now = self.shared.clock.now();
         self.active.push(Active {
-            until: self.node_time(window.end_unix_s),
+            until: self.node_time(window.end_unix_ns),
             from_kw: self.scope_power(&segments),
             ramp_start: now,
             cancelled: false,
@@ -614,16 +614,16 @@ impl SiteState {
     /// a restart or during a handoff) waits for the next cycle until its end; one that ended
     /// while waiting, or whose scope is gone, is dropped with its record.
     async fn start_due(&mut self) -> bool {
-        let now = self.wall_now_s();
+        let now = self.wall_now_ns();
         let (due, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.scheduled)
             .into_iter()
-            .partition(|p| p.window.start_unix_s <= now);
+            .partition(|p| p.window.start_unix_ns <= now);
         self.scheduled = later;
         let mut ready = Vec::new();
         for p in due {
             let id = p.request.id.clone();
             match self.scope_segments(&p.request.scope) {
-                _ if p.window.end_unix_s <= now => {
+                _ if p.window.end_unix_ns <= now => {
                     tracing::warn!(request = %id, "scheduled grid request ended before it could start: dropped");
                     self.drop_records([id.as_str()]);
                 }
@@ -689,7 +689,7 @@ impl SiteState {
                 return;
             }
         };
-        if window.start_unix_s > self.wall_now_s() {
+        if window.start_unix_ns > self.wall_now_ns() {
             let _ = reply.send(self.schedule(r, window).await);
             return;
         }
@@ -709,7 +709,7 @@ impl SiteState {
             tracing::info!(
                 request = %r.id,
                 target_kw = r.target_kw,
-                end_at = %schedule::format_time(window.end_unix_s),
+                end_at = %schedule::format_time(window.end_unix_ns),
                 segments = segments.len(),
                 "grid request accepted"
             )
@@ -1034,8 +1034,8 @@ impl SiteState {
             repeat: false,
             scheduled: false,
             cancelled: false,
-            start_at: schedule::format_time(a.window.start_unix_s),
-            end_at: schedule::format_time(a.window.end_unix_s),
+            start_at: schedule::format_time(a.window.start_unix_ns),
+            end_at: schedule::format_time(a.window.end_unix_ns),
         }
     }
 
@@ -1143,7 +1143,7 @@ impl SiteState {
     /// ended waits in `scheduled` (one due now starts at the first cycle, ramping from the
     /// scope's power then); its receipt answers its id again. Records that ended are removed.
     fn reload(&mut self) -> Result<(), crate::checkpoint::CheckpointError> {
-        let now = self.wall_now_s();
+        let now = self.wall_now_ns();
         let mut records = Vec::new();
         for key in self.shared.store.keys_with_prefix(REQUEST_KEY_PREFIX)? {
             match self.shared.store.get::<RequestRecord>(&key) {
@@ -1153,10 +1153,10 @@ impl SiteState {
             }
         }
         // In the order they started, so that the newest start wins a shared segment again.
-        records.sort_by(|a, b| a.window.start_unix_s.total_cmp(&b.window.start_unix_s));
+        records.sort_by_key(|r| r.window.start_unix_ns);
         let (mut resumed, mut expired) = (0, Vec::new());
         for r in records {
-            if r.window.end_unix_s <= now {
+            if r.window.end_unix_ns <= now {
                 expired.push(r.request.id);
                 continue;
             }
@@ -1232,11 +1232,6 @@ impl Actor for Site {
         *lock(&shared.site) = Some(CountedRef::new(myself.clone(), mailbox.clone()));
         let period = Duration::from_millis(shared.topology.site.cycle_ms);
         let timer = Some(myself.send_interval(period, || SiteMsg::Cycle));
-        let wall_now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|_| "the wall clock is before 1970")?
-            .as_secs_f64();
-        let wall_epoch_s = wall_now_s - shared.clock.now_s();
         let mut state = SiteState {
             shared,
             mailbox,
@@ -1244,7 +1239,6 @@ impl Actor for Site {
             revision: 0,
             active: Vec::new(),
             scheduled: Vec::new(),
-            wall_epoch_s,
             last_targets: HashMap::new(),
             receipts: HashMap::new(),
             receipt_order: VecDeque::new(),

@@ -1,9 +1,10 @@
 //! The time rules of a grid request, pure (the wall clock is an argument): when it starts and
 //! ends ([`resolve`]), and the target it asks for at a moment on its ramps ([`ramped`]).
 //!
-//! Times are Unix seconds (f64) on the wall clock, because `start_at` and `end_at` are
-//! RFC 3339 times and a request must keep its window across a node restart. The site turns
-//! them into its own clock once per cycle.
+//! Times are Unix nanoseconds (i64) on the wall clock, because `start_at` and `end_at` are
+//! RFC 3339 times and a request must keep its window across a node restart; integers, so that
+//! the site's conversion to its own clock is exact (a paused test clock gives the same node
+//! times in every run, whatever the wall clock reads).
 //!
 //! Ramps stay inside the window: from `start` the target moves from where the scope was
 //! (`from_kw`) toward the request's target at `ramp_kw_per_s`, and it is back at `from_kw`
@@ -21,13 +22,16 @@ pub const MAX_SCHEDULE_AHEAD_S: f64 = 7.0 * 86_400.0;
 /// 35).
 pub const MAX_TIME_CHARS: usize = 64;
 
+/// Nanoseconds per second.
+const NS: f64 = 1e9;
+
 /// When a request holds and how it ramps, on the wall clock.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Window {
-    /// Start, Unix s (a start in the past is the moment the request was accepted).
-    pub start_unix_s: f64,
-    /// End, Unix s (after the start).
-    pub end_unix_s: f64,
+    /// Start, Unix ns (a start in the past is the moment the request was accepted).
+    pub start_unix_ns: i64,
+    /// End, Unix ns (after the start).
+    pub end_unix_ns: i64,
     /// Ramp rate, kW/s (none: a step).
     pub ramp_kw_per_s: Option<f64>,
 }
@@ -39,8 +43,8 @@ fn invalid(field: &str, message: String) -> RequestError {
     }
 }
 
-/// Parse an RFC 3339 time of field `field` to Unix seconds.
-pub fn parse_time(field: &str, s: &str) -> Result<f64, RequestError> {
+/// Parse an RFC 3339 time of field `field` to Unix ns.
+pub fn parse_time(field: &str, s: &str) -> Result<i64, RequestError> {
     if s.len() > MAX_TIME_CHARS {
         return Err(invalid(
             field,
@@ -49,30 +53,31 @@ pub fn parse_time(field: &str, s: &str) -> Result<f64, RequestError> {
     }
     let t = OffsetDateTime::parse(s, &Rfc3339)
         .map_err(|e| invalid(field, format!("{s:?} is not an RFC 3339 time: {e}")))?;
-    Ok(t.unix_timestamp_nanos() as f64 / 1e9)
+    i64::try_from(t.unix_timestamp_nanos())
+        .map_err(|_| invalid(field, format!("{s:?} is out of range (1677..2262)")))
 }
 
-/// Unix seconds as RFC 3339 (UTC); a time out of `time`'s range is shown as its seconds.
-pub fn format_time(unix_s: f64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos((unix_s * 1e9) as i128)
+/// Unix ns as RFC 3339 (UTC); a time out of `time`'s range is shown as its nanoseconds.
+pub fn format_time(unix_ns: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns))
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{unix_s} s after the Unix epoch"))
+        .unwrap_or_else(|| format!("{unix_ns} ns after the Unix epoch"))
 }
 
-/// The window of `r` accepted at `now_unix_s`: `start_at` (absent or past: now), then exactly
+/// The window of `r` accepted at `now_ns` (Unix ns): `start_at` (absent or past: now), then exactly
 /// one of `end_at` and `duration_s`, and the ramp. Errors name the field.
-pub fn resolve(r: &GridRequest, now_unix_s: f64) -> Result<Window, RequestError> {
+pub fn resolve(r: &GridRequest, now_ns: i64) -> Result<Window, RequestError> {
     let start = match &r.start_at {
-        Some(s) => parse_time("start_at", s)?.max(now_unix_s),
-        None => now_unix_s,
+        Some(s) => parse_time("start_at", s)?.max(now_ns),
+        None => now_ns,
     };
-    if start - now_unix_s > MAX_SCHEDULE_AHEAD_S {
+    let ahead_s = (start - now_ns) as f64 / NS;
+    if ahead_s > MAX_SCHEDULE_AHEAD_S {
         return Err(invalid(
             "start_at",
             format!(
-                "starts {:.0} s from now, more than MAX_SCHEDULE_AHEAD_S = {MAX_SCHEDULE_AHEAD_S} s",
-                start - now_unix_s
+                "starts {ahead_s:.0} s from now, more than MAX_SCHEDULE_AHEAD_S = {MAX_SCHEDULE_AHEAD_S} s"
             ),
         ));
     }
@@ -96,11 +101,11 @@ pub fn resolve(r: &GridRequest, now_unix_s: f64) -> Result<Window, RequestError>
                     format!("{d} is not within (0, {MAX_REQUEST_S}] s"),
                 ));
             }
-            start + d
+            start + (d * NS).round() as i64
         }
         (Some(e), None) => {
             let end = parse_time("end_at", e)?;
-            if end <= start || end - start > MAX_REQUEST_S {
+            if end <= start || (end - start) as f64 / NS > MAX_REQUEST_S {
                 return Err(invalid(
                     "end_at",
                     format!(
@@ -121,8 +126,8 @@ pub fn resolve(r: &GridRequest, now_unix_s: f64) -> Result<Window, RequestError>
         }
     }
     Ok(Window {
-        start_unix_s: start,
-        end_unix_s: end,
+        start_unix_ns: start,
+        end_unix_ns: end,
         ramp_kw_per_s: r.ramp_kw_per_s,
     })
 }
@@ -165,12 +170,16 @@ mod tests {
     }
 
     // 2026-12-08T00:00:00Z is 1_796_688_000 s after the Unix epoch.
-    const T0: f64 = 1_796_688_000.0;
+    const T0: i64 = 1_796_688_000 * S;
+    const S: i64 = 1_000_000_000;
 
     #[test]
     fn start_and_end_resolve_on_the_wall_clock() {
         let w = resolve(&req(Some("2026-12-08T00:10:00Z"), None, Some(60.0)), T0).unwrap();
-        assert_eq!((w.start_unix_s, w.end_unix_s), (T0 + 600.0, T0 + 660.0));
+        assert_eq!(
+            (w.start_unix_ns, w.end_unix_ns),
+            (T0 + 600 * S, T0 + 660 * S)
+        );
         // An offset is honoured: 01:10+01:00 is 00:10Z.
         let w = resolve(
             &req(
@@ -181,11 +190,14 @@ mod tests {
             T0,
         )
         .unwrap();
-        assert_eq!((w.start_unix_s, w.end_unix_s), (T0 + 600.0, T0 + 1200.0));
+        assert_eq!(
+            (w.start_unix_ns, w.end_unix_ns),
+            (T0 + 600 * S, T0 + 1200 * S)
+        );
         // A past start is now.
         let w = resolve(&req(Some("2026-12-07T00:00:00Z"), None, Some(5.0)), T0).unwrap();
-        assert_eq!((w.start_unix_s, w.end_unix_s), (T0, T0 + 5.0));
-        assert_eq!(format_time(T0 + 600.0), "2026-12-08T00:10:00Z");
+        assert_eq!((w.start_unix_ns, w.end_unix_ns), (T0, T0 + 5 * S));
+        assert_eq!(format_time(T0 + 600 * S), "2026-12-08T00:10:00Z");
     }
 
     #[test]
