@@ -126,12 +126,12 @@ pub async fn site(
         let target = if i % 2 == 0 { -1.0 } else { 1.0 } * sessions as f64 * 3.0;
         let t = Instant::now();
         let r = node
-            .request(GridRequest {
-                id: format!("bench-{i}"),
-                scope: Scope::Site,
-                target_kw: target,
-                duration_s: 3_600.0,
-            })
+            .request(GridRequest::now(
+                format!("bench-{i}"),
+                Scope::Site,
+                target,
+                3_600.0,
+            ))
             .await
             .map_err(|e| format!("request {i}: {e}"))?;
         acks.push(t.elapsed().as_secs_f64() * 1e3);
@@ -167,12 +167,12 @@ pub async fn site(
     frequency_response(&node).await?;
 
     // Islanding: discharge, then the grid goes; every segment trips and commands its devices.
-    node.request(GridRequest {
-        id: "bench-island".into(),
-        scope: Scope::Site,
-        target_kw: -(sessions as f64) * 3.0,
-        duration_s: 3_600.0,
-    })
+    node.request(GridRequest::now(
+        "bench-island",
+        Scope::Site,
+        -(sessions as f64) * 3.0,
+        3_600.0,
+    ))
     .await
     .map_err(|e| format!("islanding request: {e}"))?;
     // Islanding trips a segment that exports; one whose chargers cannot discharge never does.

@@ -24,3 +24,4 @@ mod openadr_messages;
 mod openadr_vtn;
 mod relay;
 mod safety_path;
+mod scheduled;

@@ -587,19 +587,19 @@ async fn run_on_paused_clock(
             match action {
                 Action::Request(i) => {
                     let q = &scenario.workload.requests[i];
-                    let request = GridRequest {
-                        id: q.id.clone(),
-                        scope: q.scope.clone(),
-                        target_kw: r3(targets[i]),
-                        duration_s: q.duration_s,
-                    };
+                    let request = GridRequest::now(
+                        q.id.clone(),
+                        q.scope.clone(),
+                        r3(targets[i]),
+                        q.duration_s,
+                    );
                     history.events.push(Event {
                         t_ms,
                         kind: "request",
                         subject: q.id.clone(),
                         detail: format!(
                             "{:?} {} kW for {} s",
-                            request.scope, request.target_kw, request.duration_s
+                            request.scope, request.target_kw, q.duration_s
                         ),
                     });
                     let n = node.clone();

@@ -719,6 +719,10 @@ pub struct SiteShared {
     /// This run of the node (wall-clock nanoseconds at start): checkpointed leases are times
     /// on this run's clock, so a checkpoint from another run has no valid lease.
     pub boot: u64,
+    /// The wall clock at the node clock's zero, Unix ns: scheduled requests' times are wall
+    /// times, and every site incarnation of this node must convert them alike (exactly: a
+    /// paused test clock gives the same node times in every run).
+    pub wall_epoch_ns: i64,
     /// The clock source the safety ticks read (`[safety.clock]`).
     pub time_source: crate::clock_source::TimeSource,
     /// Who sent the newest keep-alive and when (the node's clock), when the caller named
@@ -884,6 +888,12 @@ impl SiteShared {
                 chosen.clone()
             }
         };
+        // The wall clock at the node clock's zero (ns; 0 if the wall clock is before 1970).
+        let wall_epoch_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+            .saturating_sub(i64::try_from(clock.now().as_nanos()).unwrap_or(i64::MAX));
         Ok(SiteShared {
             owned: Mutex::new(owned),
             // Replicas of other nodes' segments may carry newer dispatch ids than this
@@ -924,6 +934,7 @@ impl SiteShared {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
+            wall_epoch_ns,
         })
     }
 
