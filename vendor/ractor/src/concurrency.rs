@@ -18,6 +18,11 @@ impl std::fmt::Display for Timeout {
 /// A notification
 pub type Notify = tokio::sync::Notify;
 
+pub(crate) mod lazy_unbounded;
+pub(crate) use lazy_unbounded::lazy_unbounded;
+pub(crate) use lazy_unbounded::LazyUnboundedReceiver;
+pub(crate) use lazy_unbounded::LazyUnboundedSender;
+
 /// A one-use sender
 pub type OneshotSender<T> = tokio::sync::oneshot::Sender<T>;
 /// A one-use receiver

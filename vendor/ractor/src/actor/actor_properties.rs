@@ -59,7 +59,7 @@ pub(crate) struct ActorProperties {
     pub(crate) wait_handler: mpsc::Notify,
     pub(crate) signal: Mutex<Option<OneshotInputPort<Signal>>>,
     pub(crate) stop: Mutex<Option<OneshotInputPort<StopMessage>>>,
-    pub(crate) supervision: InputPort<SupervisionEvent>,
+    pub(crate) supervision: mpsc::LazyUnboundedSender<SupervisionEvent>,
     pub(crate) message: InputPort<MuxedMessage>,
     pub(crate) message_admission: AtomicUsize,
     pub(crate) tree: SupervisionTree,
@@ -87,7 +87,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        InputPortReceiver<SupervisionEvent>,
+        mpsc::LazyUnboundedReceiver<SupervisionEvent>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -103,7 +103,7 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        InputPortReceiver<SupervisionEvent>,
+        mpsc::LazyUnboundedReceiver<SupervisionEvent>,
         InputPortReceiver<MuxedMessage>,
     )
     where
@@ -111,7 +111,7 @@ impl ActorProperties {
     {
         let (tx_signal, rx_signal) = mpsc::oneshot();
         let (tx_stop, rx_stop) = mpsc::oneshot();
-        let (tx_supervision, rx_supervision) = mpsc::mpsc_unbounded();
+        let (tx_supervision, rx_supervision) = mpsc::lazy_unbounded();
         let (tx_message, rx_message) = mpsc::mpsc_unbounded();
         (
             Self {
@@ -162,7 +162,7 @@ impl ActorProperties {
         &self,
         message: SupervisionEvent,
     ) -> Result<(), MessagingErr<SupervisionEvent>> {
-        self.supervision.send(message).map_err(|e| e.into())
+        self.supervision.send(message).map_err(MessagingErr::SendErr)
     }
 
     pub(crate) fn send_message<TMessage>(
