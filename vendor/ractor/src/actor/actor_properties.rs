@@ -162,7 +162,9 @@ impl ActorProperties {
         &self,
         message: SupervisionEvent,
     ) -> Result<(), MessagingErr<SupervisionEvent>> {
-        self.supervision.send(message).map_err(MessagingErr::SendErr)
+        self.supervision
+            .send(message)
+            .map_err(MessagingErr::SendErr)
     }
 
     pub(crate) fn send_message<TMessage>(

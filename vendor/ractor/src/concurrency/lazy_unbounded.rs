@@ -197,11 +197,7 @@ mod tests {
             type Msg = ();
             type State = ();
             type Arguments = ();
-            async fn pre_start(
-                &self,
-                _: ActorRef<()>,
-                _: (),
-            ) -> Result<(), ActorProcessingErr> {
+            async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
                 Ok(())
             }
         }
@@ -211,11 +207,7 @@ mod tests {
             type Msg = ();
             type State = ();
             type Arguments = ();
-            async fn pre_start(
-                &self,
-                _: ActorRef<()>,
-                _: (),
-            ) -> Result<(), ActorProcessingErr> {
+            async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
                 Ok(())
             }
             async fn handle_supervisor_evt(
