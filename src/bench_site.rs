@@ -289,7 +289,7 @@ pub async fn site(bench: SiteBench) -> Result<(), String> {
             .values()
             .filter(|s| exporters.contains(&s.id))
             .map(|s| (s, s.telemetry().metered_kw))
-            .filter(|(_, kw)| !(*kw < 0.0))
+            .filter(|(_, kw)| kw.is_nan() || *kw >= 0.0)
             .map(|(s, kw)| format!("{}: metered {kw:.1} kW, not exporting", s.id))
             .collect()
     })
