@@ -5,8 +5,8 @@
 
 //! Basic tests of errors, error conversions, etc
 
-// It was used by examples
-use ractor_example_entry_proc as _;
+// It was used by examples (gridvisor: the published package drops this path
+// dev-dependency of ractor's repository, so the line is gone here; see PATCH.md)
 
 use crate::concurrency::Duration;
 use crate::Actor;
