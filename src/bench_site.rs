@@ -435,12 +435,12 @@ async fn idle(
             || sessions_unfinished(&node),
         )
         .await?;
-        node.request(GridRequest {
-            id: "bench-steady".into(),
-            scope: Scope::Site,
-            target_kw: sessions as f64 * 3.0,
-            duration_s: 3_600.0,
-        })
+        node.request(GridRequest::now(
+            "bench-steady",
+            Scope::Site,
+            sessions as f64 * 3.0,
+            3_600.0,
+        ))
         .await
         .map_err(|e| format!("the steady site's request: {e}"))?;
         tokio::time::sleep(IDLE_SETTLE).await;

@@ -50,16 +50,16 @@ use toml::Spanned;
 use crate::ladder::{GridFrequency, LadderConfig, Stages, TripBand};
 
 mod clock;
-mod openadr;
 mod grid_services;
+mod openadr;
 pub use clock::{
     ClockConfig, ClockSourceKind, DEFAULT_CLOCK_POLL_MS, DEFAULT_CLOCK_STALE_MS,
     DEFAULT_CLOCK_TIMEOUT_MS, DEFAULT_PTP4L_PATH, MIN_CLOCK_POLL_MS,
 };
+pub use grid_services::GridServices;
 pub use openadr::{
     OpenAdr, OpenAdrTls, DEFAULT_OPENADR_POLL_S, DEFAULT_OPENADR_REPORT_S, DEFAULT_OPENADR_STORE,
 };
-pub use grid_services::GridServices;
 
 /// The embedded demo site (`configs/demo.toml`).
 pub const DEMO: &str = include_str!("../../configs/demo.toml");

@@ -30,8 +30,8 @@ use super::site::SegmentReceipt;
 use super::{BatchTally, DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
 use crate::checkpoint::CheckpointError;
 use crate::dispatch::{
-    allocate, allocate_response, apply_obligations, effective_limits, must_charge_kw,
-    Allocation, Candidate,
+    allocate, allocate_response, apply_obligations, effective_limits, must_charge_kw, Allocation,
+    Candidate,
 };
 use crate::ladder::SafeState;
 use crate::session::SessionState;
