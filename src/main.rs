@@ -207,6 +207,12 @@ enum Bench {
         /// Percent of the chargers that hang (never answer) during the islanding run.
         #[arg(long, default_value_t = 10)]
         hung_pct: u8,
+        /// The steady site's window for `idle_cpu_pct`, seconds.
+        #[arg(long, default_value_t = bench_site::IDLE_WINDOW.as_secs_f64())]
+        idle_seconds: f64,
+        /// The longest any phase may take before the run fails with a summary, seconds.
+        #[arg(long, default_value_t = bench_site::PHASE_LIMIT.as_secs_f64())]
+        phase_limit_seconds: f64,
     },
     /// N concurrent OCPP charge points (boot, status, heartbeats, meter values) against a
     /// node in a child process: request latency, memory per connection on both sides.
@@ -431,13 +437,23 @@ fn main() -> ExitCode {
                     segments,
                     requests,
                     hung_pct,
+                    idle_seconds,
+                    phase_limit_seconds,
                 },
-        } => (
-            None,
-            Box::new(move || {
-                tokio::spawn(bench_site::site(sessions, segments, requests, hung_pct))
-            }),
-        ),
+        } => {
+            let bench = bench_site::SiteBench {
+                sessions,
+                segments,
+                requests,
+                hung_pct,
+                idle_seconds,
+                phase_limit_seconds,
+            };
+            (
+                None,
+                Box::new(move || tokio::spawn(bench_site::site(bench))),
+            )
+        }
         Command::Bench {
             which: Bench::Ocpp { clients, seconds },
         } => (

@@ -91,6 +91,100 @@ async fn dispatch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
 }
 
+/// The answer to `DELETE /api/v1/dispatch/{id}`.
+#[derive(Serialize)]
+struct Cancelled {
+    request: String,
+    /// True when this call cancelled it; false when there was nothing left to cancel.
+    cancelled: bool,
+    /// What the request was: `scheduled`, `active`, `already_cancelled` or `ended`.
+    state: gridvisor_actors::runtime::Cancel,
+}
+
+/// `DELETE /api/v1/dispatch/{id}`: cancel a scheduled or active grid request, idempotently:
+/// 200 `cancelled: true` the first time, 200 `cancelled: false` with `state`
+/// `already_cancelled` or `ended` after, 404 for an id this node does not know.
+async fn cancel(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
+    use gridvisor_actors::runtime::Cancel;
+    match node.cancel(&id).await {
+        Ok(Cancel::Unknown) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no grid request {id:?} is known here (never accepted, or forgotten since it ended)"),
+        ),
+        Ok(state) => Json(Cancelled {
+            request: id,
+            cancelled: matches!(state, Cancel::Scheduled | Cancel::Active),
+            state,
+        })
+        .into_response(),
+        Err(e) => request_error(e),
+    }
+}
+
+/// The parameters of `GET /api/v1/flexibility`: the scope, or the first parameter that is
+/// missing, unknown or not a number, named.
+fn flexibility_query(
+    q: &std::collections::HashMap<String, String>,
+) -> Result<(gridvisor_actors::runtime::Scope, f64, f64), String> {
+    use gridvisor_actors::runtime::Scope;
+    const KNOWN: [&str; 4] = ["scope", "id", "horizon_s", "step_s"];
+    if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(format!(
+            "{k}: unknown parameter (known: {})",
+            KNOWN.join(", ")
+        ));
+    }
+    let id = || {
+        q.get("id")
+            .filter(|id| !id.is_empty())
+            .cloned()
+            .ok_or_else(|| "id: required with this scope".to_string())
+    };
+    let scope = match q.get("scope").map(String::as_str) {
+        Some("site") if q.contains_key("id") => return Err("id: not taken with scope=site".into()),
+        Some("site") => Scope::Site,
+        Some("substation") => Scope::Substation(id()?),
+        Some("segment") => Scope::Segment(id()?),
+        Some(other) => {
+            return Err(format!(
+                "scope: {other:?} is not site, substation or segment"
+            ))
+        }
+        None => return Err("scope: required (site, substation or segment)".into()),
+    };
+    let number = |name: &str| -> Result<f64, String> {
+        let raw = q
+            .get(name)
+            .ok_or_else(|| format!("{name}: required (seconds)"))?;
+        raw.parse::<f64>()
+            .map_err(|_| format!("{name}: {raw:?} is not a number"))
+    };
+    Ok((scope, number("horizon_s")?, number("step_s")?))
+}
+
+/// `GET /api/v1/flexibility?scope=site|substation|segment&id=&horizon_s=&step_s=`: the
+/// forecast; 400 naming the parameter, 404 for an unknown substation or segment.
+async fn flexibility(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use gridvisor_actors::runtime::FlexQueryError;
+    let (scope, horizon_s, step_s) = match flexibility_query(&q) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_query", m),
+    };
+    match node.flexibility(scope, horizon_s, step_s) {
+        Ok(view) => Json(view).into_response(),
+        Err(e @ FlexQueryError::Invalid(_)) => {
+            error(StatusCode::BAD_REQUEST, "bad_query", e.to_string())
+        }
+        Err(e @ FlexQueryError::UnknownScope { .. }) => {
+            error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+    }
+}
+
 /// `POST /api/v1/keepalive`: the watchdog's keep-alive; from an authenticated controller
 /// (the guard checked its role) it names the controller in the segments' views.
 async fn keepalive(
@@ -319,6 +413,8 @@ async fn not_found() -> Response {
 pub fn grid_api(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/v1/dispatch", post(dispatch))
+        .route("/api/v1/dispatch/{id}", axum::routing::delete(cancel))
+        .route("/api/v1/flexibility", get(flexibility))
         .route("/api/v1/keepalive", post(keepalive))
         .route("/api/v1/segments", get(segments))
         .route("/api/v1/segments/{id}", get(segment))

@@ -641,7 +641,7 @@ fn the_openapi_document_names_each_operations_role_as_the_node_enforces_it() {
     );
     let tls = client(&pki, None);
     let ops = documented_operations();
-    assert_eq!(ops.len(), 16, "{ops:?}");
+    assert_eq!(ops.len(), 18, "{ops:?}");
     for (path, method, role) in ops {
         let path = path
             .replace("{id}", "tx")
@@ -659,6 +659,15 @@ fn the_openapi_document_names_each_operations_role_as_the_node_enforces_it() {
             Some("controller") => (Some(&controller), Some(&operator)),
             Some("operator") => (Some(&operator), Some(&controller)),
             Some("admin") => (Some(&admin), Some(&operator)),
+            // Either role reads it: each one is tried, and no credential is refused.
+            Some("operator, controller") => {
+                for t in [&operator, &controller] {
+                    let (status, raw) = call(Some(t));
+                    assert!(![401, 403].contains(&status), "{method} {path}: {raw}");
+                }
+                assert_eq!(call(None).0, 401, "{method} {path} without a credential");
+                (Some(&operator), None)
+            }
             Some(other) => panic!("{path}: unknown role {other}"),
         };
         let (status, raw) = call(with.map(String::as_str));

@@ -241,6 +241,8 @@ fn bench_site_prints_its_figures() {
         "4",
         "--requests",
         "6",
+        "--idle-seconds",
+        "1",
     ]);
     assert!(ok, "bench site failed: {stderr}\n{stdout}");
     for (name, unit) in [
@@ -251,6 +253,7 @@ fn bench_site_prints_its_figures() {
         ("dispatch_cycle_mean", "ms"),
         ("islanding_commanded_p50", "ms"),
         ("islanding_commanded_max", "ms"),
+        ("idle_cpu_pct", "%"),
     ] {
         let line = stdout
             .lines()
@@ -265,6 +268,51 @@ fn bench_site_prints_its_figures() {
     assert!(
         stdout.contains("request_not_acknowledged 0.000 devices"),
         "{stdout}"
+    );
+    assert!(stdout.contains("idle_window 1.000 s"), "{stdout}");
+}
+
+/// A phase that does not finish in time fails the run with a few lines: what, how many did
+/// not finish, the first of them, the site's counts; never the site as JSON. A phase limit
+/// of a microsecond cannot be met by the islanding phase (a meter poll, a trip and every
+/// responsive device commanded), so the run fails there at the latest.
+#[test]
+fn bench_site_fails_a_late_phase_with_a_short_summary() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gridvisor"))
+        .env("RUST_LOG", "off")
+        .args(["bench", "site", "--sessions", "120", "--segments", "12"])
+        .args(["--requests", "2", "--phase-limit-seconds", "0.000001"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.len() <= 13,
+        "at most 10 named, then a count:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with("gridvisor: ") && lines[0].contains("not done within 1µs;"),
+        "{stderr}"
+    );
+    assert!(lines[0].ends_with("not finished:"), "{stderr}");
+    assert!(lines[1].starts_with("  tx-"), "{stderr}");
+    let site = "site: 120 sessions and 120 links running for 120 chargers; segments: ";
+    assert!(lines.last().unwrap().starts_with(site), "{stderr}");
+    assert!(!stderr.contains("\"applied\""), "{stderr}");
+    assert!(!stdout.contains("idle_cpu_pct"), "{stdout}");
+}
+
+#[test]
+fn bench_site_refuses_an_empty_idle_window() {
+    let (ok, _, stderr) = gridvisor(&["bench", "site", "--idle-seconds", "0"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--idle-seconds must be a number of seconds above 0, not 0"),
+        "{stderr}"
     );
 }
 

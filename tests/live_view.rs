@@ -645,6 +645,12 @@ fn the_live_stream_speaks_sse_reports_a_crash_and_bounds_its_clients() {
         assert!(s["level"].is_string(), "{s}");
         assert!(s["import_limit_kw"].is_number(), "{s}");
         assert!(s["metered_kw"].is_number(), "{s}");
+        // The frequency response: the demo has it off (0 kW); the frequency once read.
+        assert_eq!(s["droop_kw"], 0.0, "{s}");
+        assert!(
+            s["frequency_hz"].is_number() || s["frequency_hz"].is_null(),
+            "{s}"
+        );
     }
 
     // A crash comes as reports: exited (killed), then restarted.

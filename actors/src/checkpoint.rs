@@ -607,7 +607,22 @@ impl CheckpointStore {
         key: &str,
         value: &T,
     ) -> Result<CommitTicket, CheckpointError> {
-        let op = encode_put(key, value)?;
+        self.try_write(encode_put(key, value)?)
+    }
+
+    /// Queue the removal of `key` without waiting (a key that is not there is fine):
+    /// [`CheckpointError::QueueFull`] if the queue is full. The ticket resolves once the
+    /// removal is committed durably (and, in a cluster, confirmed by its replica). Queued
+    /// after a `try_put` of the same key, it is committed after it (queue order).
+    pub fn try_remove(&self, key: &str) -> Result<CommitTicket, CheckpointError> {
+        check_key(key)?;
+        self.try_write(Op::Remove {
+            key: key.to_owned(),
+        })
+    }
+
+    /// Queue `op` without waiting: the body of `try_put` and `try_remove`.
+    fn try_write(&self, op: Op) -> Result<CommitTicket, CheckpointError> {
         let replica = self.replica_of(&op);
         let ticket = match &self.backend {
             Backend::Redb(inner) => {
@@ -1101,6 +1116,36 @@ mod tests {
             store.keys_with_prefix("a/").unwrap(),
             vec!["a/2".to_owned()]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn try_remove_is_queued_in_order_with_try_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        // Put, remove, put again, remove: queue order is commit order, the last one wins.
+        let a = store.try_put("r/1", &1u32).unwrap();
+        let b = store.try_remove("r/1").unwrap();
+        let c = store.try_put("r/2", &2u32).unwrap();
+        let d = store.try_remove("r/2").unwrap();
+        let e = store.try_put("r/2", &3u32).unwrap();
+        for t in [a, b, c, d, e] {
+            t.await.unwrap();
+        }
+        store.close();
+        let store = open(&dir);
+        assert_eq!(
+            store.keys_with_prefix("r/").unwrap(),
+            vec!["r/2".to_owned()]
+        );
+        assert_eq!(store.get::<u32>("r/2").unwrap(), Some(3));
+        let mem = CheckpointStore::in_memory();
+        mem.try_put("r/1", &1u32).unwrap().await.unwrap();
+        mem.try_remove("r/1").unwrap().await.unwrap();
+        assert_eq!(mem.get::<u32>("r/1").unwrap(), None);
+        assert!(matches!(
+            mem.try_remove(""),
+            Err(CheckpointError::InvalidKey { .. })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,11 +50,13 @@ use toml::Spanned;
 use crate::ladder::{GridFrequency, LadderConfig, Stages, TripBand};
 
 mod clock;
+mod grid_services;
 mod openadr;
 pub use clock::{
     ClockConfig, ClockSourceKind, DEFAULT_CLOCK_POLL_MS, DEFAULT_CLOCK_STALE_MS,
     DEFAULT_CLOCK_TIMEOUT_MS, DEFAULT_PTP4L_PATH, MIN_CLOCK_POLL_MS,
 };
+pub use grid_services::GridServices;
 pub use openadr::{
     OpenAdr, OpenAdrTls, DEFAULT_OPENADR_POLL_S, DEFAULT_OPENADR_REPORT_S, DEFAULT_OPENADR_STORE,
 };
@@ -210,6 +212,8 @@ pub struct Topology {
     pub authorization: Option<Authorization>,
     /// The node as an OpenADR 2.0b VEN (`[openadr]`); None: no VTN.
     pub openadr: Option<OpenAdr>,
+    /// `[grid_services]`: frequency response (droop), off by default.
+    pub grid_services: GridServices,
 }
 
 /// `[authorization]`: the site's authorization list (`crate::authorization`). Paths are
@@ -1038,6 +1042,7 @@ pub fn generated(segments: usize, sessions: usize, seed: u64) -> Topology {
         api: Api::default(),
         authorization: None,
         openadr: None,
+        grid_services: GridServices::for_grid(DEFAULT_NOMINAL_HZ),
     }
 }
 
@@ -1242,6 +1247,7 @@ const ROOT_KEYS: &[&str] = &[
     "api",
     "authorization",
     "openadr",
+    "grid_services",
 ];
 const AUTHORIZATION_KEYS: &[&str] = &["store", "seed", "unknown"];
 const METRICS_KEYS: &[&str] = &["sessions"];
@@ -1585,6 +1591,7 @@ impl Reader {
         let api = self.api(&root);
         let authorization = self.authorization(&root);
         let openadr = self.openadr(&root);
+        let grid_services = self.grid_services(&root, safety.grid());
         Topology {
             site,
             substations,
@@ -1596,6 +1603,7 @@ impl Reader {
             api,
             authorization,
             openadr,
+            grid_services,
         }
     }
 
@@ -2305,6 +2313,7 @@ impl<'s> Checker<'s> {
             self.mqtt(&t.site, m);
         }
         self.safety(&t.safety);
+        self.grid_services(&t.grid_services);
         let mut substations = Registry::new("substation");
         let mut segments = Registry::new("segment");
         let mut chargers = Registry::new("charger");

@@ -499,6 +499,69 @@ pub fn allocate(target_kw: f64, candidates: &[Candidate], horizon: Duration) -> 
     }
 }
 
+/// Split a frequency response `delta_kw` (kW, > 0 more charge, see [`crate::droop`]) over the
+/// `eligible` candidates on top of their `base_kw` setpoints (what [`allocate`] gave them):
+/// each takes a share in proportion to the room it has left in the response's direction
+/// between its base and its [`effective_limits`] (`−discharge ..= charge`, with no discharge
+/// at all when `discharge_allowed` is false: a ChargeOnly segment never discharges, whatever
+/// its total). `setpoints_kw[i]` is candidate `i`'s change; `unallocated_kw` what no room
+/// was left for. A base that is not a number counts as 0; a `delta_kw` that is not a number
+/// moves nothing.
+pub fn allocate_response(
+    delta_kw: f64,
+    candidates: &[Candidate],
+    base_kw: &[f64],
+    eligible: &[bool],
+    discharge_allowed: bool,
+    horizon: Duration,
+) -> Allocation {
+    let mut changes = vec![0.0; candidates.len()];
+    let Some((sign, want)) = direction(delta_kw) else {
+        return Allocation {
+            setpoints_kw: changes,
+            unallocated_kw: 0.0,
+        };
+    };
+    let room: Vec<f64> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if !eligible.get(i).copied().unwrap_or(false) {
+                return 0.0;
+            }
+            let (charge, discharge) = effective_limits(c, horizon);
+            let lowest = if discharge_allowed { -discharge } else { 0.0 };
+            let base = base_kw
+                .get(i)
+                .copied()
+                .filter(|b| b.is_finite())
+                .unwrap_or(0.0);
+            let room = if sign > 0.0 {
+                charge - base
+            } else {
+                base - lowest
+            };
+            room.max(0.0)
+        })
+        .collect();
+    let total: f64 = room.iter().sum();
+    if total <= 0.0 {
+        return Allocation {
+            setpoints_kw: changes,
+            unallocated_kw: delta_kw,
+        };
+    }
+    let fraction = (want / total).min(1.0);
+    for (change, r) in changes.iter_mut().zip(&room) {
+        *change = sign * r * fraction;
+    }
+    Allocation {
+        setpoints_kw: changes,
+        // Never of the opposite sign, and no rounding error when everything fit.
+        unallocated_kw: sign * (want - total).max(0.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1284,5 +1347,80 @@ mod properties {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod response_tests {
+    use super::*;
+
+    const CYCLE: Duration = Duration::from_secs(1);
+
+    fn v2g(soc: f64, min: f64, kw: f64) -> Candidate {
+        Candidate {
+            depart_s: 3_600.0,
+            soc_pct: soc,
+            min_soc_pct: min,
+            target_soc_pct: 80.0,
+            capacity_kwh: 60.0,
+            max_charge_kw: kw,
+            max_discharge_kw: kw,
+            measured_kw: None,
+            commanded_kw: None,
+        }
+    }
+
+    #[test]
+    fn a_response_is_shared_by_the_room_each_has_left() {
+        let cs = [
+            v2g(50.0, 20.0, 10.0),
+            v2g(50.0, 20.0, 10.0),
+            v2g(50.0, 20.0, 10.0),
+        ];
+        // Bases 6, −4 and 0 kW; only the first two respond. Over-frequency +8 kW: rooms
+        // 10 − 6 = 4 and 10 + 4 = 14, so 8 · 4/18 and 8 · 14/18.
+        let a = allocate_response(
+            8.0,
+            &cs,
+            &[6.0, -4.0, 0.0],
+            &[true, true, false],
+            true,
+            CYCLE,
+        );
+        assert!((a.setpoints_kw[0] - 8.0 * 4.0 / 18.0).abs() < 1e-9);
+        assert!((a.setpoints_kw[1] - 8.0 * 14.0 / 18.0).abs() < 1e-9);
+        assert_eq!(a.setpoints_kw[2], 0.0);
+        assert_eq!(a.unallocated_kw, 0.0);
+        // Under-frequency −40 kW: rooms 6 + 10 and −4 + 10: all of it, 18 kW short.
+        let a = allocate_response(
+            -40.0,
+            &cs,
+            &[6.0, -4.0, 0.0],
+            &[true, true, false],
+            true,
+            CYCLE,
+        );
+        assert!((a.setpoints_kw[0] + 16.0).abs() < 1e-9 && (a.setpoints_kw[1] + 6.0).abs() < 1e-9);
+        assert!((a.unallocated_kw + 18.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_response_never_discharges_when_not_allowed_nor_below_the_floor() {
+        // The first is at its floor: it can only stop charging. ChargeOnly: no device below 0.
+        let cs = [v2g(20.0, 20.0, 10.0), v2g(50.0, 20.0, 10.0)];
+        let a = allocate_response(-30.0, &cs, &[5.0, 3.0], &[true, true], false, CYCLE);
+        assert_eq!(a.setpoints_kw, vec![-5.0, -3.0]);
+        assert!((a.unallocated_kw + 22.0).abs() < 1e-9);
+        let a = allocate_response(-30.0, &cs, &[5.0, 3.0], &[true, true], true, CYCLE);
+        assert_eq!(
+            a.setpoints_kw[0], -5.0,
+            "at its floor: down to 0, no discharge"
+        );
+        assert!((a.setpoints_kw[1] + 13.0).abs() < 1e-9);
+        let none = allocate_response(f64::NAN, &cs, &[5.0, 3.0], &[true, true], true, CYCLE);
+        assert_eq!(
+            (none.setpoints_kw, none.unallocated_kw),
+            (vec![0.0, 0.0], 0.0)
+        );
     }
 }

@@ -14,6 +14,8 @@ pub mod config;
 pub mod control;
 pub mod device;
 pub mod dispatch;
+pub mod droop;
+pub mod flexibility;
 pub mod io;
 pub mod ladder;
 pub mod runtime;

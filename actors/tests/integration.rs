@@ -4,6 +4,7 @@
 
 mod common;
 
+mod droop;
 mod ev_identity;
 mod fault_rows;
 mod grid_safety;
@@ -23,3 +24,4 @@ mod openadr_messages;
 mod openadr_vtn;
 mod relay;
 mod safety_path;
+mod scheduled;

@@ -56,6 +56,8 @@ pub struct Sample {
     pub relays_open: Vec<String>,
     /// The devices the safety path commands (chargers and inverters), by id.
     pub outputs: Vec<OutputSample>,
+    /// The true grid frequency at the point of connection, Hz.
+    pub frequency_hz: f64,
 }
 
 /// One device exporting at one step.
@@ -136,6 +138,14 @@ pub struct SegmentSample {
     pub limit_c: f64,
     /// When the segment entered its current level (the node's transition), ms.
     pub level_since_ms: u64,
+    /// The frequency response in the node's last batch for it, kW (> 0 more charge).
+    pub droop_kw: f64,
+    /// Rated power of its bidirectional chargers whose vehicle's true SoC is between its
+    /// floor and full (what a frequency response can use), kW.
+    pub v2g_kw: f64,
+    /// What those chargers' setpoints leave to their ratings, kW: `(up, down)`, more charge
+    /// and more discharge (magnitudes).
+    pub v2g_room_kw: (f64, f64),
 }
 
 /// One plugged vehicle at one step.

@@ -15,6 +15,7 @@
 //! | [`scenario`] | the scenario file (topology, workload, faults, bounds, seed), errors by file, line and field |
 //! | [`devices`] | fault-injecting device connections: exceptions, timeouts, garbage, panics, extra load; OCPP disconnects and slow peers |
 //! | [`invariants`] | the samples the runner takes and the checkers, each testable alone |
+//! | [`droop`] | the frequency-response checker (sign, size and timing of the droop) |
 //! | [`runner`] | the deterministic run: schedule, steps, sampling, history |
 //! | [`report`] | JSON and HTML reports with the timeline plot and the replay command |
 //! | [`sweep`] | seed ranges, the progress bar, quiet injected panics |
@@ -23,6 +24,7 @@
 pub mod arrivals;
 pub mod cluster;
 pub mod devices;
+pub mod droop;
 pub mod invariants;
 pub mod report;
 pub mod runner;

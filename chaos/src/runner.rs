@@ -296,6 +296,8 @@ impl World {
                 .unwrap_or_default();
             let mut power = 0.0;
             let mut discharge = 0.0;
+            let mut v2g_kw = 0.0;
+            let mut v2g_room = (0.0, 0.0);
             for c in &seg.config.chargers {
                 let Some(sim) = node.sim.chargers.get(&c.id) else {
                     continue;
@@ -325,6 +327,12 @@ impl World {
                             .floors
                             .entry(vid.clone())
                             .or_insert_with(|| min.min(b.soc_pct));
+                        if c.bidirectional && b.soc_pct > min && b.soc_pct < 100.0 {
+                            let sp = sim.setpoint_kw().clamp(-c.max_kw, c.max_kw);
+                            v2g_kw += c.max_kw;
+                            v2g_room.0 += c.max_kw - sp;
+                            v2g_room.1 += c.max_kw + sp;
+                        }
                         vehicles.push(VehicleSample {
                             id: vid,
                             soc_pct: (b.soc_pct * 10_000.0).round() / 10_000.0,
@@ -372,6 +380,9 @@ impl World {
                     .get(id.as_str())
                     .filter(|(to, _)| *to == level)
                     .map_or(t_ms, |(_, at)| *at),
+                droop_kw: r3(seg.telemetry().droop_kw),
+                v2g_kw,
+                v2g_room_kw: (r3(v2g_room.0), r3(v2g_room.1)),
             });
         }
         chargers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -412,6 +423,7 @@ impl World {
             exporting,
             relays_open,
             outputs,
+            frequency_hz,
         }
     }
 
@@ -567,6 +579,9 @@ async fn run_on_paused_clock(
     let keepalive_ms = (scenario.workload.keepalive_every_s * 1_000.0).round() as u64;
     let mut next_keepalive = 0u64;
     let mut checkers = invariants::all(&scenario.bounds);
+    checkers.push(Box::new(crate::droop::FrequencyResponse::new(
+        topology.grid_services.frequency,
+    )));
     let mut history = History {
         events: Vec::new(),
         samples: Vec::new(),
@@ -587,19 +602,19 @@ async fn run_on_paused_clock(
             match action {
                 Action::Request(i) => {
                     let q = &scenario.workload.requests[i];
-                    let request = GridRequest {
-                        id: q.id.clone(),
-                        scope: q.scope.clone(),
-                        target_kw: r3(targets[i]),
-                        duration_s: q.duration_s,
-                    };
+                    let request = GridRequest::now(
+                        q.id.clone(),
+                        q.scope.clone(),
+                        r3(targets[i]),
+                        q.duration_s,
+                    );
                     history.events.push(Event {
                         t_ms,
                         kind: "request",
                         subject: q.id.clone(),
                         detail: format!(
                             "{:?} {} kW for {} s",
-                            request.scope, request.target_kw, request.duration_s
+                            request.scope, request.target_kw, q.duration_s
                         ),
                     });
                     let n = node.clone();
@@ -863,6 +878,10 @@ fn start_fault(world: &mut World, kind: &FaultKind, rng: &mut SplitMix64) -> Str
             node.sim.grid.set(*voltage_pu, *frequency_hz);
             kind.describe()
         }
+        FaultKind::Frequency { frequency_hz } => {
+            node.sim.grid.set(1.0, *frequency_hz);
+            kind.describe()
+        }
         FaultKind::PtpDrift { .. } => kind.describe(),
         FaultKind::ClockJump { offset_ms } => {
             node.sim
@@ -966,7 +985,7 @@ fn end_fault(world: &mut World, kind: &FaultKind) {
                 sw.set_mode(Mode::Healthy);
             }
         }
-        FaultKind::Islanding { .. } => node.sim.grid.restore(),
+        FaultKind::Islanding { .. } | FaultKind::Frequency { .. } => node.sim.grid.restore(),
         FaultKind::PtpDrift { .. } | FaultKind::ClockJump { .. } => {
             node.sim.ptp.set_offset(Duration::ZERO)
         }

@@ -43,7 +43,8 @@
 //! exception, hangs for [`crate::devices::INJECTED_TIMEOUT`], or sends values that are not
 //! valid), `hang` (`device`: never answers while the fault lasts; a call then fails),
 //! `islanding` (`voltage_pu`, default 0; `frequency_hz`, default the topology's
-//! `nominal_hz`), `ptp_drift` (`to_ms`, over `for_s`), `clock_jump` (`offset_ms`),
+//! `nominal_hz`), `frequency` (`frequency_hz` at nominal voltage: an excursion for the
+//! frequency response), `ptp_drift` (`to_ms`, over `for_s`), `clock_jump` (`offset_ms`),
 //! `clock_unsynchronised` (the clock source loses its grandmaster for `for_s`),
 //! `over_temperature` (`inverter`, `celsius` of extra heat),
 //! `transformer_overload` (`segment`, `extra_kw` of uncontrolled load), `keepalive_loss`,
@@ -131,6 +132,7 @@ const FAULT_KINDS: &[(&str, &[&str])] = &[
     ("hang", &["device"]),
     ("garbage", &["device"]),
     ("islanding", &["voltage_pu", "frequency_hz"]),
+    ("frequency", &["frequency_hz"]),
     ("ptp_drift", &["to_ms"]),
     ("clock_jump", &["offset_ms"]),
     ("clock_unsynchronised", &[]),
@@ -258,6 +260,12 @@ pub enum FaultKind {
         /// Frequency, Hz.
         frequency_hz: f64,
     },
+    /// The grid's frequency moves to `frequency_hz` at nominal voltage (an excursion within
+    /// the bands: the frequency response's test).
+    Frequency {
+        /// Frequency, Hz.
+        frequency_hz: f64,
+    },
     /// The PTP offset grows linearly from 0 to `to_ms` over the fault's duration.
     PtpDrift {
         /// The offset at the end, ms.
@@ -315,6 +323,7 @@ impl FaultKind {
             FaultKind::Hang { .. } => "hang",
             FaultKind::Garbage { .. } => "garbage",
             FaultKind::Islanding { .. } => "islanding",
+            FaultKind::Frequency { .. } => "frequency",
             FaultKind::PtpDrift { .. } => "ptp_drift",
             FaultKind::ClockJump { .. } => "clock_jump",
             FaultKind::ClockUnsynchronised => "clock_unsynchronised",
@@ -340,6 +349,7 @@ impl FaultKind {
                 voltage_pu,
                 frequency_hz,
             } => format!("islanding ({voltage_pu} pu, {frequency_hz} Hz)"),
+            FaultKind::Frequency { frequency_hz } => format!("grid frequency {frequency_hz} Hz"),
             FaultKind::PtpDrift { to_ms } => format!("PTP drift to {to_ms} ms"),
             FaultKind::ClockJump { offset_ms } => format!("clock jump {offset_ms} ms"),
             FaultKind::ClockUnsynchronised => "clock unsynchronised".to_owned(),
@@ -644,6 +654,9 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Scenario, ScenarioErr
                 voltage_pu: r.number(&t, "voltage_pu", Some(0.0)),
                 // Not given: the grid's nominal frequency, once the topology is read.
                 frequency_hz: r.optional_number(&t, "frequency_hz").unwrap_or(f64::NAN),
+            },
+            "frequency" => FaultKind::Frequency {
+                frequency_hz: r.number(&t, "frequency_hz", None),
             },
             "ptp_drift" => {
                 let to_ms = r.number(&t, "to_ms", None);

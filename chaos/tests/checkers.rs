@@ -20,6 +20,7 @@ fn empty(t_ms: u64) -> Sample {
         exporting: Vec::new(),
         relays_open: Vec::new(),
         outputs: Vec::new(),
+        frequency_hz: 60.0,
     }
 }
 
@@ -36,6 +37,9 @@ fn segment(level: u8, discharge_kw: f64, hot_spot_c: f64) -> SegmentSample {
         hot_spot_c,
         limit_c: 110.0,
         level_since_ms: 0,
+        droop_kw: 0.0,
+        v2g_kw: 0.0,
+        v2g_room_kw: (0.0, 0.0),
     }
 }
 

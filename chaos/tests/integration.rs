@@ -5,5 +5,6 @@
 mod arrivals;
 mod checkers;
 mod determinism;
+mod droop_checker;
 mod relay;
 mod scenarios;

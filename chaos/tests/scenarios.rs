@@ -46,7 +46,7 @@ fn passes(name: &str) {
             "{name} seed {seed} broke an invariant:\n{}",
             serde_json::to_string_pretty(&r.violations).unwrap()
         );
-        assert_eq!(r.invariants.len(), 8);
+        assert_eq!(r.invariants.len(), 9);
         assert!(out.history.samples.len() as u64 == r.steps && r.steps > 0);
         // The fault under test happened: at least one fault started.
         assert!(
@@ -88,6 +88,7 @@ macro_rules! scenario_tests {
 
 scenario_tests! {
     clock_unsynchronised => "clock-unsynchronised.toml",
+    frequency_excursions => "frequency-excursions.toml",
     garbage_values => "garbage-values.toml",
     handler_panic => "handler-panic.toml",
     heat_and_drift => "heat-and-drift.toml",

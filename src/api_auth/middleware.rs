@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::audit::{AuditLog, AuditRecord, Coalescer, UNAUTHENTICATED};
 use super::serve::ConnInfo;
-use super::{hex, is_command, need, Api, Credentials, Identity, Need};
+use super::{hex, is_command, need, Api, Credentials, Identity, Need, Role};
 use crate::server::{error, BODY_LIMIT};
 
 /// The largest error answer read back for its error kind, bytes.
@@ -144,9 +144,16 @@ fn authorise(
         identity,
         via: None,
     });
-    let Need::Role(role) = needed else {
-        return Ok(caller);
+    let roles: &[Role] = match &needed {
+        Need::Public => return Ok(caller),
+        Need::Role(r) => std::slice::from_ref(r),
+        Need::Either(a, b) => &[*a, *b],
     };
+    let role = roles
+        .iter()
+        .map(|r| r.name())
+        .collect::<Vec<_>>()
+        .join(" or the ");
     match caller {
         None => Err((
             None,
@@ -154,17 +161,17 @@ fn authorise(
                 "{} {} needs the {} role: present a bearer token or a client certificate",
                 req.method(),
                 req.uri().path(),
-                role.name()
+                role
             )),
         )),
-        Some(c) if !c.identity.roles.allow(role) => {
+        Some(c) if !roles.iter().any(|r| c.identity.roles.allow(*r)) => {
             let message = format!(
                 "identity {:?} (roles {}) may not {} {}: it needs the {} role",
                 c.identity.name,
                 c.identity.roles.names(),
                 req.method(),
                 req.uri().path(),
-                role.name()
+                role
             );
             Err((
                 Some(c),

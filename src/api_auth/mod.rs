@@ -5,8 +5,9 @@
 //! which route needs which role. The HTTP side (TLS, the accept loop, the middleware, the
 //! audit log) lives in [`serve`], [`middleware`] and [`audit`].
 //!
-//! Roles: `controller` (POST dispatch, POST keepalive, POST a charger's start/stop), `operator` (every GET: segments,
-//! sessions, events, audit, the OpenADR VEN, the live view, /metrics, the tree), `admin` (actor kill, segment
+//! Roles: `controller` (POST dispatch, DELETE a dispatch request, POST keepalive, POST a charger's start/stop), `operator` (every GET: segments,
+//! sessions, events, audit, the OpenADR VEN, the live view, /metrics, the tree; the flexibility forecast is
+//! read by `operator` or `controller`), `admin` (actor kill, segment
 //! reset). One hierarchy only: **admin implies operator** (who may kill or reset must see what
 //! they act on). A controller reads nothing unless it also has `operator`.
 //!
@@ -342,6 +343,8 @@ pub enum Need {
     Public,
     /// This role.
     Role(Role),
+    /// Either of these roles (a read both a controller and an operator need).
+    Either(Role, Role),
 }
 
 /// The role `method path` needs on `api` (`post`: any method that changes something, i.e.
@@ -358,6 +361,9 @@ pub fn need(api: Api, post: bool, path: &str) -> Need {
         // The authorization list (issue 21): operator reads it, admin changes it.
         (Api::Grid, true, p) if is_token_item(p) => Need::Role(Role::Admin),
         (Api::Grid, true, p) if is_charger_action(p) => Need::Role(Role::Controller),
+        (Api::Grid, true, p) if is_dispatch_item(p) => Need::Role(Role::Controller),
+        // A controller bids with the forecast before it dispatches (issue 22).
+        (Api::Grid, false, "/api/v1/flexibility") => Need::Either(Role::Operator, Role::Controller),
         (Api::Admin, true, "/api/actors/kill") => Need::Role(Role::Admin),
         _ => Need::Role(Role::Operator),
     }
@@ -381,6 +387,12 @@ fn is_token_item(path: &str) -> bool {
 fn is_reset(path: &str) -> bool {
     path.strip_prefix("/api/v1/segments/")
         .and_then(|p| p.strip_suffix("/reset"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// `/api/v1/dispatch/{id}`: cancel a grid request (issue 22).
+fn is_dispatch_item(path: &str) -> bool {
+    path.strip_prefix("/api/v1/dispatch/")
         .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
@@ -488,6 +500,34 @@ mod tests {
         let cases = [
             (Api::Grid, true, "/api/v1/dispatch", Role(Controller), true),
             (Api::Grid, true, "/api/v1/keepalive", Role(Controller), true),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/dispatch/req-1",
+                Role(Controller),
+                true,
+            ),
+            (
+                Api::Grid,
+                false,
+                "/api/v1/dispatch/req-1",
+                Role(Operator),
+                false,
+            ),
+            (
+                Api::Grid,
+                true,
+                "/api/v1/dispatch/a/b",
+                Role(Operator),
+                false,
+            ),
+            (
+                Api::Grid,
+                false,
+                "/api/v1/flexibility",
+                Need::Either(Operator, Controller),
+                false,
+            ),
             (
                 Api::Grid,
                 true,

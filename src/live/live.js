@@ -459,6 +459,14 @@
     return Number.isFinite(x) ? x.toFixed(1) : "–";
   }
 
+  // The segment's metered frequency and its frequency response (droop), e.g.
+  // "60.336 Hz · droop +4.4 kW"; no reading yet: "– Hz".
+  function freqText(hz, droopKw) {
+    const f = Number.isFinite(hz) ? hz.toFixed(3) + " Hz" : "\u2013 Hz";
+    if (!Number.isFinite(droopKw) || Math.abs(droopKw) < 0.05) return f;
+    return f + " · droop " + (droopKw > 0 ? "+" : "") + droopKw.toFixed(1) + " kW";
+  }
+
   function onSegments(snap) {
     gv.snapshots++;
     gv.lastSnapshotAt = Date.now();
@@ -472,7 +480,8 @@
       c.card.dataset.level = s.level;
       c.badge.textContent = LEVEL_NAMES[s.level];
       c.nums.textContent = fmt(s.metered_kw) + " / " + fmt(s.import_limit_kw) + " kW · " +
-        s.sessions + " sessions · " + s.links + " links · " + fmt(s.hot_spot_c) + " \u00b0C";
+        s.sessions + " sessions · " + s.links + " links · " + fmt(s.hot_spot_c) + " \u00b0C · " +
+        freqText(s.frequency_hz, s.droop_kw);
       c.causes.textContent = s.causes.length ? "causes: " + s.causes.map(causeText).join(", ") : "";
       c.points.push({
         metered: s.metered_kw, setpoint: s.setpoint_kw,

@@ -150,6 +150,10 @@ struct SegmentSnapshot {
     setpoint_kw: f64,
     hot_spot_c: f64,
     headroom: f64,
+    /// The grid frequency of the last good meter reading, Hz (null: none yet).
+    frequency_hz: Option<f64>,
+    /// The frequency response (droop) in the last batch, kW (> 0 more charge).
+    droop_kw: f64,
     sessions: usize,
     links: usize,
     causes: Vec<gridvisor_actors::ladder::FaultKey>,
@@ -188,6 +192,8 @@ fn snapshot(v: SegmentView) -> SegmentSnapshot {
         setpoint_kw: v.telemetry.setpoint_kw,
         hot_spot_c: v.telemetry.hot_spot_c,
         headroom: v.telemetry.headroom,
+        frequency_hz: v.telemetry.frequency_hz,
+        droop_kw: v.telemetry.droop_kw,
         sessions: v.sessions,
         links: v.links,
         causes: v.causes,

@@ -7,6 +7,11 @@
 //! limits, and what the device measured against what it was commanded, so a throttled
 //! charger's missing power goes to others), allocates, and sends each link its setpoint.
 //!
+//! With `[grid_services.frequency]` on, the batch adds the segment's frequency response
+//! ([`crate::droop`]) to the allocation, on the V2G-capable sessions only, within the
+//! segment's level and each session's limits ([`allocate_response`]). The meter poller asks
+//! for a round as soon as the frequency moves, so the response does not wait for a cycle.
+//!
 //! When every link has answered, the dispatcher checkpoints the segment's applied map (one
 //! [`AppliedRecord`](super::shared::AppliedRecord) per batch) and the batch's answers count
 //! as acknowledged only once that write is durable. The batch ends then, or when
@@ -24,7 +29,11 @@ use super::shared::{applied_record_key, lock, SegmentShared, SiteShared};
 use super::site::SegmentReceipt;
 use super::{BatchTally, DispatcherMsg, LinkMsg, SetpointOutcome, SiteMsg, ACK_TIMEOUT};
 use crate::checkpoint::CheckpointError;
-use crate::dispatch::{allocate, apply_obligations, effective_limits, must_charge_kw, Candidate};
+use crate::dispatch::{
+    allocate, allocate_response, apply_obligations, effective_limits, must_charge_kw, Allocation,
+    Candidate,
+};
+use crate::ladder::SafeState;
 use crate::session::SessionState;
 use crate::setpoint::{Setpoint, SetpointKey};
 
@@ -48,6 +57,15 @@ pub(crate) struct DispatcherState {
     batch: Option<Batch>,
     /// The segment's chargers by id (built once: the topology does not change).
     chargers: HashMap<String, crate::config::Charger, foldhash::fast::RandomState>,
+    /// A frequency reading older than this gives no droop response (`[safety]
+    /// max_reading_age_ms`: the age at which the ladder calls the meter stale).
+    max_reading_age: Duration,
+}
+
+/// A candidate that takes part in the frequency response: it can discharge (a bidirectional
+/// charger with a V2G session) and is above its floor.
+fn v2g_capable(c: &Candidate) -> bool {
+    c.max_discharge_kw > 0.0 && c.soc_pct > c.min_soc_pct
 }
 
 impl DispatcherState {
@@ -141,8 +159,9 @@ impl DispatcherState {
             max_charge += ch;
             max_discharge += dis;
         }
-        let mut allocation = allocate(target, &candidates, horizon);
-        // Charge enough to meet each departure, within the level's charge ceiling.
+        let (mut allocation, droop_kw) = self.setpoints(target, level, &candidates, horizon);
+        // Charge enough to meet each departure, within the level's charge ceiling. After the
+        // droop: an obligation is a floor that a frequency response does not take away.
         let urgency: Vec<f64> = candidates.iter().map(|c| c.depart_s).collect();
         let short = apply_obligations(
             &mut allocation.setpoints_kw,
@@ -193,6 +212,7 @@ impl DispatcherState {
             t.max_charge_kw = max_charge;
             t.max_discharge_kw = max_discharge;
             t.last_key = Some(key);
+            t.droop_kw = droop_kw;
         }
         let m = &self.shared.metrics;
         m.segment_setpoint
@@ -201,6 +221,7 @@ impl DispatcherState {
         m.segment_target
             .with_label_values(&[&seg.id])
             .set(target_kw);
+        m.segment_droop.with_label_values(&[&seg.id]).set(droop_kw);
         m.segment_limit
             .with_label_values(&[&seg.id, "charge"])
             .set(max_charge);
@@ -238,6 +259,56 @@ impl DispatcherState {
 }
 
 impl DispatcherState {
+    /// The batch's setpoints: `target` (already clamped by `level`) allocated over the
+    /// candidates, plus the frequency response on the V2G-capable ones, the total still
+    /// within `level` (so within the transformer's cap) and each candidate within its
+    /// limits (so above its SoC floor). Returns the allocation and the response in it, kW.
+    fn setpoints(
+        &self,
+        target: f64,
+        level: SafeState,
+        candidates: &[Candidate],
+        horizon: Duration,
+    ) -> (Allocation, f64) {
+        let mut allocation = allocate(target, candidates, horizon);
+        let now = self.shared.clock.now();
+        let excess = lock(&self.seg.droop).dispatch_excess(now, self.max_reading_age);
+        if excess == 0.0 {
+            return (allocation, 0.0);
+        }
+        let eligible: Vec<bool> = candidates.iter().map(v2g_capable).collect();
+        let (mut up, mut down) = (0.0, 0.0);
+        for c in candidates.iter().filter(|c| v2g_capable(c)) {
+            let (ch, dis) = effective_limits(c, horizon);
+            up += ch;
+            down += dis;
+        }
+        let settings = *lock(&self.seg.droop).settings();
+        let wanted = settings.response_kw(excess, up, down);
+        // Local safety first: the response never takes the segment past its level.
+        let delta = level.clamp(target + wanted) - target;
+        let discharge_allowed = level.clamp(-1.0) < 0.0;
+        let response = allocate_response(
+            delta,
+            candidates,
+            &allocation.setpoints_kw,
+            &eligible,
+            discharge_allowed,
+            horizon,
+        );
+        let mut droop_kw = 0.0;
+        for (sp, d) in allocation
+            .setpoints_kw
+            .iter_mut()
+            .zip(&response.setpoints_kw)
+        {
+            *sp += d;
+            droop_kw += d;
+        }
+        tracing::debug!(segment = %self.seg.id, excess_hz = excess, wanted_kw = wanted, droop_kw, "frequency response");
+        (allocation, droop_kw)
+    }
+
     /// Checkpoint the segment's applied map for batch `key`; `Durable` follows when the
     /// write committed. The write is queued here, in the dispatcher's order, so a newer
     /// batch's record always commits after an older one's; only the wait is a task.
@@ -285,12 +356,14 @@ impl Actor for Dispatcher {
             .iter()
             .map(|c| (c.id.clone(), c.clone()))
             .collect();
+        let max_reading_age = shared.topology.safety.ladder_config().max_reading_age;
         Ok(DispatcherState {
             shared,
             seg,
             mailbox,
             batch: None,
             chargers,
+            max_reading_age,
         })
     }
 

@@ -38,6 +38,7 @@
 mod charger;
 mod clock_source;
 mod dispatcher;
+mod flex_view;
 mod node;
 pub mod openadr;
 mod pollers;
@@ -60,6 +61,7 @@ use crate::ladder::{Fault, Transition};
 use crate::setpoint::{Applied, Setpoint, SetpointKey};
 
 pub(crate) use charger::{session_checkpoint_key, SessionCheckpoint};
+pub use flex_view::{FlexQueryError, FlexibilityView};
 pub use node::{
     charger_path, EventCursor, Format, HandoffError, KillError, KilledActor, Node, NodeError,
     ResetError, SegmentView, ROOT, ROOT_MAX_RESTARTS, ROOT_RESTART_PERIOD,
@@ -68,7 +70,8 @@ pub(crate) use node::{plug as plug_vehicle, unplug as unplug_vehicle};
 pub use safety::SafetyCheckpoint;
 pub use shared::{Drive, DriveGate, NodeOptions, SegmentShared, SiteShared};
 pub use site::{
-    DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView, MAX_REQUEST_KW,
+    Cancel, DispatchReceipt, GridRequest, RequestError, Scope, SegmentReceipt, SessionView, Window,
+    MAX_REQUEST_KW, MAX_SCHEDULE_AHEAD_S, REQUEST_KEY_PREFIX, SCHEDULED_LIMIT,
 };
 
 /// Upper bound on how long a dispatcher waits for its links' acknowledgements.
@@ -114,6 +117,8 @@ pub enum SiteMsg {
         GridRequest,
         RpcReplyPort<Result<DispatchReceipt, RequestError>>,
     ),
+    /// Cancel a grid request by its id (scheduled or active).
+    Cancel(String, RpcReplyPort<site::Cancel>),
     /// The grid controller's keep-alive.
     KeepAlive,
     /// The control loop's period elapsed.
@@ -124,9 +129,6 @@ pub enum SiteMsg {
     SegmentDone(SegmentReceipt),
     /// A round's time limit passed: answer its waiters with what arrived.
     RoundDeadline,
-    /// Stop the active request with this id (the OpenADR VEN's cancelled events); answers
-    /// whether one was active. Its segments return to their safe default at once.
-    Cancel(String, RpcReplyPort<bool>),
 }
 
 /// Messages to a segment's safety actor.

@@ -759,6 +759,14 @@ impl Node {
         }
     }
 
+    /// Cancel grid request `id` (scheduled or active): what the site found.
+    pub async fn cancel(&self, id: &str) -> Result<super::Cancel, RequestError> {
+        let site = self.site()?;
+        let id = id.to_owned();
+        ractor::call_t!(site, SiteMsg::Cancel, API_CALL_LIMIT.as_millis() as u64, id)
+            .map_err(|_| RequestError::Unavailable)
+    }
+
     /// The grid controller's keep-alive.
     pub fn keepalive(&self) -> Result<(), RequestError> {
         self.site()?

@@ -760,12 +760,7 @@ impl Ven {
                         })
                     }
                 };
-                let r = GridRequest {
-                    id: request.clone(),
-                    scope: Scope::Site,
-                    target_kw,
-                    duration_s: *duration_s,
-                };
+                let r = GridRequest::now(request.clone(), Scope::Site, target_kw, *duration_s);
                 let receipt = ractor::call_t!(site, SiteMsg::Request, limit, r)
                     .map_err(|_| RequestError::Unavailable)??;
                 self.a.metrics.requests.with_label_values(&["submit"]).inc();
@@ -776,7 +771,7 @@ impl Ven {
                 let found = ractor::call_t!(site, SiteMsg::Cancel, limit, request.clone())
                     .map_err(|_| RequestError::Unavailable)?;
                 self.a.metrics.requests.with_label_values(&["stop"]).inc();
-                tracing::info!(%event, request = %request, found, "openadr: cancelled event stopped");
+                tracing::info!(%event, request = %request, ?found, "openadr: cancelled event stopped");
                 Ok(())
             }
         }

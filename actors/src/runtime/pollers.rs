@@ -9,6 +9,11 @@
 //! read is bounded by a share of that age ([`METER_READ_TIMEOUT_DIVISOR`]), so a hung meter
 //! is asked again in time to count, and its staleness does not wait for any time-out.
 //!
+//! With `[grid_services.frequency]` on, each good reading also feeds the segment's droop
+//! tracker ([`crate::droop::FrequencyTracker`]); a step beyond its trigger asks the site for
+//! a dispatch round at once (`SiteMsg::Redispatch`), so the response does not wait for the
+//! next cycle.
+//!
 //! An inverter poller reads the core temperature every [`INVERTER_POLL`] (each read bounded
 //! by [`INVERTER_READ_TIMEOUT`]) and feeds the ladder (derating); `[safety]
 //! temperature_read_failures` failed reads in a row count as over-temperature for that
@@ -192,7 +197,17 @@ impl Actor for Meter {
             t.hot_spot_c = hot;
             t.headroom = headroom;
         }
-        super::shared::lock(&s.seg.telemetry).metered_kw = r.power_kw;
+        {
+            let mut t = super::shared::lock(&s.seg.telemetry);
+            t.metered_kw = r.power_kw;
+            t.frequency_hz = Some(r.frequency_hz);
+        }
+        // A frequency step beyond the droop's deadband is answered now, not next cycle.
+        if super::shared::lock(&s.seg.droop).observe(r.frequency_hz, now) {
+            if let Some(site) = super::shared::lock(&s.shared.site).as_ref() {
+                let _ = site.send_message(super::SiteMsg::Redispatch);
+            }
+        }
         s.shared
             .metrics
             .segment_power

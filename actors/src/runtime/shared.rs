@@ -99,6 +99,10 @@ pub struct SegmentTelemetry {
     pub max_discharge_kw: f64,
     /// The last key the dispatcher sent.
     pub last_key: Option<SetpointKey>,
+    /// The grid frequency of the last good meter reading, Hz (None: none yet).
+    pub frequency_hz: Option<f64>,
+    /// The frequency response (droop) in the last batch's setpoints, kW (> 0 more charge).
+    pub droop_kw: f64,
 }
 
 /// One transformer segment's shared state.
@@ -140,6 +144,9 @@ pub struct SegmentShared {
     /// The safe-state outputs of the segment: one task per device, the newest level first
     /// ([`super::safe_command`]).
     pub commander: super::safe_command::SafeCommander,
+    /// The frequency response's tracker ([`crate::droop`]): fed by the meter poller, read by
+    /// the dispatcher.
+    pub droop: Mutex<crate::droop::FrequencyTracker>,
 }
 
 /// The checkpoint of a segment's applied setpoints: one record per segment, written once per
@@ -421,6 +428,8 @@ pub struct DomainMetrics {
     pub segment_setpoint: GaugeVec,
     /// The segment's share of grid requests.
     pub segment_target: GaugeVec,
+    /// The frequency response (droop) in the segment's last batch.
+    pub segment_droop: GaugeVec,
     /// Limits per segment and direction.
     pub segment_limit: GaugeVec,
     /// Safe-state level per segment (0 normal .. 3 tripped).
@@ -546,6 +555,12 @@ impl DomainMetrics {
                 r,
                 "gridvisor_segment_target_kw",
                 "The segment's share of the active grid requests",
+                &["segment"],
+            )?,
+            segment_droop: gauge_vec(
+                r,
+                "gridvisor_segment_droop_kw",
+                "The frequency response (droop) in the segment's last batch (positive: more charge)",
                 &["segment"],
             )?,
             segment_limit: gauge_vec(
@@ -704,6 +719,10 @@ pub struct SiteShared {
     /// This run of the node (wall-clock nanoseconds at start): checkpointed leases are times
     /// on this run's clock, so a checkpoint from another run has no valid lease.
     pub boot: u64,
+    /// The wall clock at the node clock's zero, Unix ns: scheduled requests' times are wall
+    /// times, and every site incarnation of this node must convert them alike (exactly: a
+    /// paused test clock gives the same node times in every run).
+    pub wall_epoch_ns: i64,
     /// The clock source the safety ticks read (`[safety.clock]`).
     pub time_source: crate::clock_source::TimeSource,
     /// Who sent the newest keep-alive and when (the node's clock), when the caller named
@@ -818,6 +837,9 @@ impl SiteShared {
                     &metrics,
                     command_log.clone(),
                 ),
+                droop: Mutex::new(crate::droop::FrequencyTracker::new(
+                    topology.grid_services.frequency,
+                )),
             };
             // Every series exists from the start, so that a scrape right after start shows
             // every segment (at zero) rather than nothing.
@@ -825,6 +847,7 @@ impl SiteShared {
             metrics.segment_power.with_label_values(&id).set(0.0);
             metrics.segment_setpoint.with_label_values(&id).set(0.0);
             metrics.segment_target.with_label_values(&id).set(0.0);
+            metrics.segment_droop.with_label_values(&id).set(0.0);
             metrics.segment_level.with_label_values(&id).set(0.0);
             for cause in crate::ladder::FaultKey::KINDS {
                 metrics
@@ -865,6 +888,12 @@ impl SiteShared {
                 chosen.clone()
             }
         };
+        // The wall clock at the node clock's zero (ns; 0 if the wall clock is before 1970).
+        let wall_epoch_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+            .saturating_sub(i64::try_from(clock.now().as_nanos()).unwrap_or(i64::MAX));
         Ok(SiteShared {
             owned: Mutex::new(owned),
             // Replicas of other nodes' segments may carry newer dispatch ids than this
@@ -905,6 +934,7 @@ impl SiteShared {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
+            wall_epoch_ns,
         })
     }
 

@@ -11,8 +11,42 @@
 //!
 //! A request is answered when every device of its scope acknowledged the first revision
 //! (or [`ROUND_LIMIT`] passed); the same request id posted again is answered with the first
-//! receipt (idempotent at the API as well). A newer request whose scope overlaps an active
-//! one replaces it. Segments no request covers hold their safe default.
+//! receipt (idempotent at the API as well). Segments no request covers hold their safe
+//! default.
+//!
+//! # Scheduled requests, ramps, cancel
+//!
+//! A request may carry `start_at` and `end_at` (RFC 3339) instead of, or with, `duration_s`
+//! (exactly one of `end_at` and `duration_s`), and `ramp_kw_per_s` ([`schedule`]). A request
+//! whose start is in the future is answered at once with a receipt marked `scheduled`
+//! (dispatch 0: its dispatch id is taken when it starts) and waits in the site's list of
+//! scheduled requests (at most [`SCHEDULED_LIMIT`], at most
+//! [`schedule::MAX_SCHEDULE_AHEAD_S`] ahead). The site's cycle starts the requests that are
+//! due: there is no timer per request.
+//!
+//! **Overlap rule.** When a request starts, it replaces every active request whose scope
+//! shares a segment with it: the newest start wins per segment (requests starting in the
+//! same cycle start in the order they were accepted, so the later one wins). A scheduled
+//! request displaces nothing until it starts, and a request accepted later does not cancel a
+//! scheduled one.
+//!
+//! With a ramp, the target moves from the scope's metered power at the start (the sum of the
+//! last commands when a meter has no reading) toward the request's target at the ramp rate,
+//! and is back at that power at the end: ramps stay inside the window.
+//!
+//! [`Cancel`]: a scheduled request is dropped; an active one without a ramp ends at once
+//! (its segments get their safe default or the other requests covering them in the same
+//! round); one with a ramp ramps back from where it is and ends when it is back.
+//!
+//! # Durable requests
+//!
+//! Every accepted request (scheduled or active) is a record in the checkpoint store under
+//! [`REQUEST_KEY_PREFIX`]: the request, its window and its receipt. The record is durable
+//! before the request is answered (the first receipt too: the waiters are answered after
+//! its commit), and removed when the request ends, is replaced or is cancelled. A site that
+//! starts (after a crash too) reloads them: a repeated id is answered with its receipt, a
+//! future request stays scheduled, an active one resumes (a new dispatch id, ramping again
+//! from the scope's power) until its end; records that ended meanwhile are removed.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,6 +56,11 @@ use gridvisor_supervisors::{CountedRef, Mailbox};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
+
+mod schedule;
+
+pub(crate) use schedule::format_time;
+pub use schedule::{Window, MAX_SCHEDULE_AHEAD_S};
 
 use super::shared::{lock, SiteShared};
 use super::{DispatcherMsg, SessionMsg, SiteMsg, CALL_TIMEOUT};
@@ -46,6 +85,10 @@ pub const ROUND_LIMIT: Duration = Duration::from_secs(3);
 pub const UNCONTROLLED_SMOOTHING: f64 = 0.2;
 /// How many callers may wait on rounds at once.
 pub const WAITER_LIMIT: usize = 1_024;
+/// How many requests may wait for their start at once.
+pub const SCHEDULED_LIMIT: usize = 256;
+/// The checkpoint keys of the request records (`site/requests/<request id>`).
+pub const REQUEST_KEY_PREFIX: &str = "site/requests/";
 
 /// Where a request applies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,8 +112,49 @@ pub struct GridRequest {
     pub scope: Scope,
     /// Target at the metering point of the scope, kW (negative = discharge).
     pub target_kw: f64,
-    /// How long it holds, seconds.
-    pub duration_s: f64,
+    /// How long it holds from its start, seconds (exactly one of this and `end_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    /// When it starts, RFC 3339 (absent or past: now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
+    /// When it ends, RFC 3339 (exactly one of this and `duration_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_at: Option<String>,
+    /// How fast the target moves at the start and the end, kW/s (absent: a step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_kw_per_s: Option<f64>,
+}
+
+impl GridRequest {
+    /// A request that starts now and holds `duration_s`, without a ramp.
+    pub fn now(id: impl Into<String>, scope: Scope, target_kw: f64, duration_s: f64) -> Self {
+        GridRequest {
+            id: id.into(),
+            scope,
+            target_kw,
+            duration_s: Some(duration_s),
+            start_at: None,
+            end_at: None,
+            ramp_kw_per_s: None,
+        }
+    }
+}
+
+/// What a cancel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cancel {
+    /// A scheduled request: it will not start.
+    Scheduled,
+    /// An active request: it ended (no ramp) or ramps back.
+    Active,
+    /// Cancelled before: nothing more to do.
+    AlreadyCancelled,
+    /// It ended (or was replaced) before: nothing to do.
+    Ended,
+    /// No request has this id here (or it is too old to be remembered).
+    Unknown,
 }
 
 /// Why a request was refused.
@@ -116,7 +200,7 @@ pub enum RequestError {
 }
 
 /// One segment's answer to a round.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentReceipt {
     /// The segment.
     pub segment: String,
@@ -145,11 +229,11 @@ pub struct SegmentReceipt {
 }
 
 /// The answer to a grid request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DispatchReceipt {
     /// The request's id.
     pub request: String,
-    /// The dispatch id it got.
+    /// The dispatch id it got (0: scheduled, not started yet).
     pub dispatch: u64,
     /// The revision acknowledged here (0: the first).
     pub revision: u64,
@@ -169,6 +253,37 @@ pub struct DispatchReceipt {
     pub elapsed_ms: f64,
     /// True when this is the answer to a repeated request id.
     pub repeat: bool,
+    /// True while the request waits for its start (no device was commanded yet).
+    #[serde(default)]
+    pub scheduled: bool,
+    /// True once the request was cancelled.
+    #[serde(default)]
+    pub cancelled: bool,
+    /// When it starts (or started), RFC 3339.
+    #[serde(default)]
+    pub start_at: String,
+    /// When it ends, RFC 3339.
+    #[serde(default)]
+    pub end_at: String,
+}
+
+/// A request's durable record (under [`REQUEST_KEY_PREFIX`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RequestRecord {
+    request: GridRequest,
+    window: Window,
+    /// Its newest receipt (none: accepted, first round not answered yet).
+    receipt: Option<DispatchReceipt>,
+}
+
+fn record_key(id: &str) -> String {
+    format!("{REQUEST_KEY_PREFIX}{id}")
+}
+
+/// A request waiting for its start.
+struct Pending {
+    request: GridRequest,
+    window: Window,
 }
 
 /// A vehicle session as the API shows it.
@@ -188,8 +303,15 @@ pub struct SessionView {
 
 struct Active {
     request: GridRequest,
+    window: Window,
     dispatch: u64,
+    /// The end on the node's clock.
     until: Duration,
+    /// Where the target ramps from, kW (the scope's power when it started).
+    from_kw: f64,
+    /// When its ramp started, node clock (its start, or the restart that resumed it).
+    ramp_start: Duration,
+    cancelled: bool,
     segments: BTreeSet<String>,
     controller: SiteController,
     receipt_pending: bool,
@@ -203,9 +325,9 @@ struct Active {
 /// or end before the round does, and its callers are answered all the same.
 #[derive(Clone)]
 struct Answer {
-    id: String,
+    request: GridRequest,
+    window: Window,
     dispatch: u64,
-    target_kw: f64,
     until: Duration,
     segments: BTreeSet<String>,
     unallocated_kw: f64,
@@ -239,6 +361,9 @@ pub(crate) struct SiteState {
     dispatch_seq: u64,
     revision: u64,
     active: Vec<Active>,
+    scheduled: Vec<Pending>,
+    /// What each segment was last commanded, kW (a ramp's start when a meter has no reading).
+    last_targets: HashMap<String, f64>,
     receipts: HashMap<String, DispatchReceipt>,
     receipt_order: VecDeque<String>,
     waiters: HashMap<String, Vec<RpcReplyPort<Result<DispatchReceipt, RequestError>>>>,
@@ -290,7 +415,7 @@ impl SiteState {
         Ok(driven)
     }
 
-    fn validate(&self, r: &GridRequest) -> Result<BTreeSet<String>, RequestError> {
+    fn validate(&self, r: &GridRequest) -> Result<(Window, BTreeSet<String>), RequestError> {
         let invalid = |field: &str, message: String| RequestError::Invalid {
             field: field.into(),
             message,
@@ -307,13 +432,241 @@ impl SiteState {
                 format!("{} is not within ±{MAX_REQUEST_KW} kW", r.target_kw),
             ));
         }
-        if !r.duration_s.is_finite() || r.duration_s <= 0.0 || r.duration_s > MAX_REQUEST_S {
-            return Err(invalid(
-                "duration_s",
-                format!("{} is not within (0, {MAX_REQUEST_S}] s", r.duration_s),
-            ));
+        let window = schedule::resolve(r, self.wall_now_ns())?;
+        Ok((window, self.scope_segments(&r.scope)?))
+    }
+
+    /// The wall clock now, Unix ns, on the node's clock (a paused test clock moves it).
+    fn wall_now_ns(&self) -> i64 {
+        let now = i64::try_from(self.shared.clock.now().as_nanos()).unwrap_or(i64::MAX);
+        self.shared.wall_epoch_ns.saturating_add(now)
+    }
+
+    /// A wall-clock time on the node's clock, exactly (a time before its zero is its zero).
+    fn node_time(&self, unix_ns: i64) -> Duration {
+        let since = unix_ns.saturating_sub(self.shared.wall_epoch_ns).max(0);
+        Duration::from_nanos(u64::try_from(since).unwrap_or(0))
+    }
+
+    /// Keep `receipt` to answer its id again (the oldest forgotten past [`RECEIPT_LIMIT`]).
+    fn remember(&mut self, receipt: DispatchReceipt) {
+        let id = receipt.request.clone();
+        if self.receipts.insert(id.clone(), receipt).is_none() {
+            self.receipt_order.push_back(id);
         }
-        self.scope_segments(&r.scope)
+        while self.receipts.len() > RECEIPT_LIMIT {
+            match self.receipt_order.pop_front() {
+                Some(old) => drop(self.receipts.remove(&old)),
+                None => break,
+            }
+        }
+    }
+
+    /// Queue the removal of the records of `ids` (requests that ended, were replaced or
+    /// cancelled); a full queue is logged, and a restart removes what it finds expired.
+    fn drop_records<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            if let Err(e) = self.shared.store.try_remove(&record_key(id)) {
+                tracing::warn!(request = %id, error = %e, "cannot queue the removal of a request record");
+            }
+        }
+    }
+
+    /// A receipt for a request that has not dispatched yet (scheduled).
+    fn scheduled_receipt(&self, r: &GridRequest, w: &Window) -> DispatchReceipt {
+        DispatchReceipt {
+            request: r.id.clone(),
+            dispatch: 0,
+            revision: 0,
+            target_kw: r.target_kw,
+            until_s: self.node_time(w.end_unix_ns).as_secs_f64(),
+            segments: Vec::new(),
+            acknowledged: 0,
+            not_acknowledged: 0,
+            unallocated_kw: 0.0,
+            elapsed_ms: 0.0,
+            repeat: false,
+            scheduled: true,
+            cancelled: false,
+            start_at: schedule::format_time(w.start_unix_ns),
+            end_at: schedule::format_time(w.end_unix_ns),
+        }
+    }
+
+    /// Accept a request that starts later: durable, then answered with a scheduled receipt.
+    async fn schedule(
+        &mut self,
+        r: GridRequest,
+        window: Window,
+    ) -> Result<DispatchReceipt, RequestError> {
+        if self.scheduled.len() >= SCHEDULED_LIMIT {
+            return Err(RequestError::Busy {
+                what: "scheduled requests".into(),
+                limit: SCHEDULED_LIMIT,
+            });
+        }
+        let receipt = self.scheduled_receipt(&r, &window);
+        let record = RequestRecord {
+            request: r.clone(),
+            window,
+            receipt: Some(receipt.clone()),
+        };
+        self.shared
+            .store
+            .put(&record_key(&r.id), &record)
+            .await
+            .map_err(|e| RequestError::Storage(e.to_string()))?;
+        tracing::info!(request = %r.id, start_at = %receipt.start_at, end_at = %receipt.end_at, "grid request scheduled");
+        self.remember(receipt.clone());
+        self.scheduled.push(Pending { request: r, window });
+        Ok(receipt)
+    }
+
+    /// The scope's power now: its meters' sum when every one has a reading, else the sum of
+    /// what the site last commanded there (a missing reading is never taken as 0 kW).
+    fn scope_power(&self, segments: &BTreeSet<String>) -> f64 {
+        let metered: f64 = segments
+            .iter()
+            .filter_map(|s| self.shared.segments.get(s))
+            .map(|s| s.telemetry().metered_kw)
+            .sum();
+        if metered.is_finite() {
+            return metered;
+        }
+        segments
+            .iter()
+            .filter_map(|s| {
+                let seg = self.shared.segments.get(s)?;
+                Some(
+                    self.last_targets
+                        .get(s)
+                        .copied()
+                        .unwrap_or(seg.config.safe_default_kw),
+                )
+            })
+            .sum()
+    }
+
+    /// Make `r` active now with dispatch id `dispatch`: it replaces the active requests it
+    /// overlaps (their records are dropped). Refused past [`ACTIVE_LIMIT`].
+    fn activate(
+        &mut self,
+        r: GridRequest,
+        window: Window,
+        segments: BTreeSet<String>,
+        dispatch: u64,
+        receipt_pending: bool,
+    ) -> Result<(), RequestError> {
+        let controller =
+            SiteController::new(SiteConfig::default()).map_err(|e| RequestError::Invalid {
+                field: "controller".into(),
+                message: e.to_string(),
+            })?;
+        let (keep, replaced): (Vec<Active>, Vec<Active>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|a| a.segments.is_disjoint(&segments));
+        self.active = keep;
+        self.drop_records(replaced.iter().map(|a| a.request.id.as_str()));
+        if self.active.len() >= ACTIVE_LIMIT {
+            return Err(RequestError::Busy {
+                what: "active requests".into(),
+                limit: ACTIVE_LIMIT,
+            });
+        }
+        let now = self.shared.clock.now();
+        self.active.push(Active {
+            until: self.node_time(window.end_unix_ns),
+            from_kw: self.scope_power(&segments),
+            ramp_start: now,
+            cancelled: false,
+            window,
+            dispatch,
+            segments,
+            controller,
+            last_command: None,
+            uncontrolled_kw: None,
+            receipt_pending,
+            unallocated_kw: 0.0,
+            request: r,
+        });
+        Ok(())
+    }
+
+    /// A fresh dispatch id, durable before it is used.
+    async fn next_dispatch(&mut self) -> Result<u64, RequestError> {
+        // Past the floor too: a segment adopted from another node carries its keys.
+        let next = self.dispatch_seq.max(
+            self.shared
+                .dispatch_floor
+                .load(std::sync::atomic::Ordering::Acquire),
+        ) + 1;
+        self.shared
+            .store
+            .put(DISPATCH_SEQ_KEY, &next)
+            .await
+            .map_err(|e| RequestError::Storage(e.to_string()))?;
+        self.dispatch_seq = next;
+        self.revision = 0;
+        Ok(next)
+    }
+
+    /// Start the scheduled requests that are due, in the order they were accepted (the last
+    /// one wins a shared segment). True if any started: the caller runs a new round.
+    ///
+    /// A due request none of whose segments this node drives now (in a cluster, right after
+    /// a restart or during a handoff) waits for the next cycle until its end; one that ended
+    /// while waiting, or whose scope is gone, is dropped with its record.
+    async fn start_due(&mut self) -> bool {
+        let now = self.wall_now_ns();
+        let (due, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.scheduled)
+            .into_iter()
+            .partition(|p| p.window.start_unix_ns <= now);
+        self.scheduled = later;
+        let mut ready = Vec::new();
+        for p in due {
+            let id = p.request.id.clone();
+            match self.scope_segments(&p.request.scope) {
+                _ if p.window.end_unix_ns <= now => {
+                    tracing::warn!(request = %id, "scheduled grid request ended before it could start: dropped");
+                    self.drop_records([id.as_str()]);
+                }
+                Ok(segs) => ready.push((p, segs)),
+                Err(RequestError::NotDriven) => self.scheduled.push(p),
+                Err(e) => {
+                    tracing::warn!(request = %id, error = %e, "scheduled grid request could not start: dropped");
+                    self.drop_records([id.as_str()]);
+                }
+            }
+        }
+        if ready.is_empty() {
+            return false;
+        }
+        let dispatch = match self.next_dispatch().await {
+            Ok(d) => d,
+            Err(e) => {
+                // Tried again next cycle.
+                tracing::warn!(error = %e, "cannot take a dispatch id for scheduled requests");
+                self.scheduled.extend(ready.into_iter().map(|(p, _)| p));
+                return false;
+            }
+        };
+        let mut started = false;
+        for (p, segs) in ready {
+            let id = p.request.id.clone();
+            // A request resumed after a restart keeps its first receipt.
+            let pending = self.receipts.get(&id).is_none_or(|r| r.scheduled);
+            match self.activate(p.request, p.window, segs, dispatch, pending) {
+                Ok(()) => {
+                    started = true;
+                    tracing::info!(request = %id, dispatch, "scheduled grid request started");
+                }
+                Err(e) => {
+                    tracing::warn!(request = %id, error = %e, "scheduled grid request could not start: dropped");
+                    self.drop_records([id.as_str()]);
+                }
+            }
+        }
+        started
     }
 
     async fn request(
@@ -332,13 +685,17 @@ impl SiteState {
             w.push(reply);
             return;
         }
-        let segments = match self.validate(&r) {
+        let (window, segments) = match self.validate(&r) {
             Ok(s) => s,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
             }
         };
+        if window.start_unix_ns > self.wall_now_ns() {
+            let _ = reply.send(self.schedule(r, window).await);
+            return;
+        }
         if self.waiters.len() >= WAITER_LIMIT {
             let _ = reply.send(Err(RequestError::Busy {
                 what: "requests waiting for acknowledgement".into(),
@@ -346,62 +703,48 @@ impl SiteState {
             }));
             return;
         }
-        // A newer request replaces the active ones it overlaps.
-        self.active.retain(|a| a.segments.is_disjoint(&segments));
-        if self.active.len() >= ACTIVE_LIMIT {
-            let _ = reply.send(Err(RequestError::Busy {
-                what: "active requests".into(),
-                limit: ACTIVE_LIMIT,
-            }));
+        if let Err(e) = self.accept_now(&r, &window).await {
+            let _ = reply.send(Err(e));
             return;
         }
-        // Past the floor too: a segment adopted from another node carries its keys.
-        let next = self.dispatch_seq.max(
-            self.shared
-                .dispatch_floor
-                .load(std::sync::atomic::Ordering::Acquire),
-        ) + 1;
-        if let Err(e) = self.shared.store.put(DISPATCH_SEQ_KEY, &next).await {
-            let _ = reply.send(Err(RequestError::Storage(e.to_string())));
-            return;
-        }
-        self.dispatch_seq = next;
-        self.revision = 0;
+        let next = self.dispatch_seq;
         tracing::info_span!("dispatch", dispatch = next).in_scope(|| {
             tracing::info!(
                 request = %r.id,
                 target_kw = r.target_kw,
-                duration_s = r.duration_s,
+                end_at = %schedule::format_time(window.end_unix_ns),
                 segments = segments.len(),
                 "grid request accepted"
             )
         });
-        let now = self.shared.clock.now();
-        let controller = match SiteController::new(SiteConfig::default()) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = reply.send(Err(RequestError::Invalid {
-                    field: "controller".into(),
-                    message: e.to_string(),
-                }));
-                return;
-            }
-        };
+        let id = r.id.clone();
+        if let Err(e) = self.activate(r, window, segments, next, true) {
+            self.drop_records([id.as_str()]);
+            let _ = reply.send(Err(e));
+            return;
+        }
         self.received_at
-            .insert(r.id.clone(), tokio::time::Instant::now());
-        self.waiters.insert(r.id.clone(), vec![reply]);
-        self.active.push(Active {
-            until: now + Duration::from_secs_f64(r.duration_s),
-            dispatch: next,
-            segments,
-            controller,
-            last_command: None,
-            uncontrolled_kw: None,
-            receipt_pending: true,
-            unallocated_kw: 0.0,
-            request: r,
-        });
+            .insert(id.clone(), tokio::time::Instant::now());
+        self.waiters.insert(id, vec![reply]);
         self.cycle(myself, RoundKind::NewRequest);
+    }
+
+    /// A request that starts now: its record and a fresh dispatch id, both durable (one
+    /// group commit) before anything is commanded.
+    async fn accept_now(&mut self, r: &GridRequest, window: &Window) -> Result<(), RequestError> {
+        let record = RequestRecord {
+            request: r.clone(),
+            window: *window,
+            receipt: None,
+        };
+        let key = record_key(&r.id);
+        let store = self.shared.store.clone();
+        let (seq, rec) = futures::join!(self.next_dispatch(), store.put(&key, &record));
+        let result = seq.and(rec.map_err(|e| RequestError::Storage(e.to_string())));
+        if result.is_err() {
+            self.drop_records([r.id.as_str()]);
+        }
+        result
     }
 
     /// One round: close the loop for every active request and dispatch every segment.
@@ -433,19 +776,22 @@ impl SiteState {
         for a in self.active.iter_mut().filter(|a| a.receipt_pending) {
             a.receipt_pending = false;
             answers.push(Answer {
-                id: a.request.id.clone(),
+                request: a.request.clone(),
+                window: a.window,
                 dispatch: a.dispatch,
-                target_kw: a.request.target_kw,
                 until: a.until,
                 segments: a.segments.clone(),
                 unallocated_kw: 0.0,
             });
         }
         // Requests that ended: their segments go back to their safe default.
-        let before = self.active.len();
-        self.active.retain(|a| a.until > now);
-        if self.active.len() != before {
-            tracing::info!(ended = before - self.active.len(), "grid requests ended");
+        let (keep, ended): (Vec<Active>, Vec<Active>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|a| a.until > now);
+        self.active = keep;
+        if !ended.is_empty() {
+            tracing::info!(ended = ended.len(), "grid requests ended");
+            self.drop_records(ended.iter().map(|a| a.request.id.as_str()));
         }
         // A new request's first round is revision 0 of its dispatch id; every other round is
         // a newer revision, so that every device sees strictly increasing keys.
@@ -514,10 +860,27 @@ impl SiteState {
                 .unwrap_or(cycle)
                 .min(cycle * 4);
             a.last_command = Some(tokio::time::Instant::now());
+            let target = schedule::ramped(
+                a.from_kw,
+                a.request.target_kw,
+                a.window.ramp_kw_per_s,
+                a.ramp_start.as_secs_f64(),
+                a.until.as_secs_f64(),
+                now.as_secs_f64(),
+            );
+            // The segments' frequency response is added on top of their shares by their
+            // dispatchers: the loop compares the request with what the devices do without
+            // it, so it neither trims the response away nor adds it twice.
+            let droop: f64 = a
+                .segments
+                .iter()
+                .filter_map(|s| segs.get(s))
+                .map(|s| s.telemetry().droop_kw)
+                .sum();
             let command = a
                 .controller
-                .command(a.request.target_kw - uncontrolled, devices, dt);
-            site_target += a.request.target_kw;
+                .command(target - uncontrolled, devices - droop, dt);
+            site_target += target;
             let ids: Vec<&String> = a.segments.iter().collect();
             let caps: Vec<SegmentCapacity> = ids
                 .iter()
@@ -559,7 +922,7 @@ impl SiteState {
                     *shares.entry(id.as_str()).or_insert(0.0) += kw;
                 }
             }
-            if let Some(ans) = answers.iter_mut().find(|x| x.id == a.request.id) {
+            if let Some(ans) = answers.iter_mut().find(|x| x.request.id == a.request.id) {
                 ans.unallocated_kw = split.unallocated_kw;
             }
         }
@@ -585,6 +948,7 @@ impl SiteState {
             if gate == super::shared::Drive::ChargeOnly {
                 target = target.max(0.0);
             }
+            self.last_targets.insert(id.clone(), target);
             let d = lock(&seg.dispatcher).clone();
             if let Some(d) = d {
                 if d.send_message(DispatcherMsg::Dispatch {
@@ -627,65 +991,208 @@ impl SiteState {
     }
 
     fn finish_round(&mut self) {
-        let Some(round) = self.round.take() else {
+        let Some(mut round) = self.round.take() else {
             return;
         };
         self.shared
             .metrics
             .cycle
             .observe(round.started.elapsed().as_secs_f64());
-        for a in round.answers {
-            let id = a.id.clone();
-            let segments: Vec<SegmentReceipt> = round
-                .received
-                .iter()
-                .filter(|r| a.segments.contains(&r.segment))
-                .cloned()
-                .collect();
-            let missing: usize = a
-                .segments
-                .iter()
-                .filter(|s| round.expected.contains(*s))
-                .count();
-            let acknowledged = segments.iter().map(|s| s.applied + s.repeat).sum();
-            let not_acknowledged = segments
-                .iter()
-                .map(|s| s.failed + s.stale + s.unanswered)
-                .sum::<usize>()
-                + missing;
-            let elapsed = self
-                .received_at
-                .remove(&id)
-                .map(|t| t.elapsed())
-                .unwrap_or_default();
-            self.shared
-                .metrics
-                .request_ack
-                .observe(elapsed.as_secs_f64());
-            let receipt = DispatchReceipt {
-                request: id.clone(),
-                dispatch: a.dispatch,
-                revision: round.key.revision,
-                target_kw: a.target_kw,
-                until_s: a.until.as_secs_f64(),
-                segments,
-                acknowledged,
-                not_acknowledged,
-                unallocated_kw: a.unallocated_kw,
-                elapsed_ms: elapsed.as_secs_f64() * 1e3,
-                repeat: false,
-            };
-            if self.receipts.len() >= RECEIPT_LIMIT {
-                if let Some(old) = self.receipt_order.pop_front() {
-                    self.receipts.remove(&old);
-                }
+        for a in std::mem::take(&mut round.answers) {
+            let receipt = self.receipt_of(&round, &a);
+            self.remember(receipt.clone());
+            let waiters = self.waiters.remove(&a.request.id).unwrap_or_default();
+            self.answer_durably(a, receipt, waiters);
+        }
+    }
+
+    /// The receipt of request `a` from the answers `round` collected.
+    fn receipt_of(&mut self, round: &Round, a: &Answer) -> DispatchReceipt {
+        let segments: Vec<SegmentReceipt> = round
+            .received
+            .iter()
+            .filter(|r| a.segments.contains(&r.segment))
+            .cloned()
+            .collect();
+        let missing: usize = a
+            .segments
+            .iter()
+            .filter(|s| round.expected.contains(*s))
+            .count();
+        let acknowledged = segments.iter().map(|s| s.applied + s.repeat).sum();
+        let not_acknowledged = segments
+            .iter()
+            .map(|s| s.failed + s.stale + s.unanswered)
+            .sum::<usize>()
+            + missing;
+        // From the POST; a scheduled request's start has no caller waiting and is not counted.
+        let elapsed = match self.received_at.remove(&a.request.id) {
+            Some(t) => {
+                let e = t.elapsed();
+                self.shared.metrics.request_ack.observe(e.as_secs_f64());
+                e
             }
-            self.receipts.insert(id.clone(), receipt.clone());
-            self.receipt_order.push_back(id.clone());
-            for w in self.waiters.remove(&id).unwrap_or_default() {
+            None => Duration::ZERO,
+        };
+        DispatchReceipt {
+            request: a.request.id.clone(),
+            dispatch: a.dispatch,
+            revision: round.key.revision,
+            target_kw: a.request.target_kw,
+            until_s: a.until.as_secs_f64(),
+            segments,
+            acknowledged,
+            not_acknowledged,
+            unallocated_kw: a.unallocated_kw,
+            elapsed_ms: elapsed.as_secs_f64() * 1e3,
+            repeat: false,
+            scheduled: false,
+            cancelled: false,
+            start_at: schedule::format_time(a.window.start_unix_ns),
+            end_at: schedule::format_time(a.window.end_unix_ns),
+        }
+    }
+
+    /// Answer `waiters` once the receipt is in the request's durable record, so that a
+    /// receipt a controller saw survives a crash. A request no longer active (it ended or
+    /// was replaced or cancelled meanwhile) has no record to update: answered at once.
+    fn answer_durably(
+        &self,
+        a: Answer,
+        receipt: DispatchReceipt,
+        waiters: Vec<RpcReplyPort<Result<DispatchReceipt, RequestError>>>,
+    ) {
+        let live = self
+            .active
+            .iter()
+            .any(|x| x.request.id == a.request.id && !x.cancelled);
+        let record = RequestRecord {
+            request: a.request,
+            window: a.window,
+            receipt: Some(receipt.clone()),
+        };
+        let ticket = live.then(|| {
+            self.shared
+                .store
+                .try_put(&record_key(&record.request.id), &record)
+        });
+        tokio::spawn(async move {
+            match ticket {
+                Some(Ok(t)) => {
+                    if let Err(e) = t.await {
+                        tracing::warn!(request = %record.request.id, error = %e, "the receipt is not durable");
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(request = %record.request.id, error = %e, "cannot queue the receipt's record");
+                }
+                None => {}
+            }
+            for w in waiters {
                 let _ = w.send(Ok(receipt.clone()));
             }
+        });
+    }
+
+    /// Cancel request `id` (see the module docs); `Unknown` if it is not known here.
+    fn cancel(&mut self, myself: &ActorRef<SiteMsg>, id: &str) -> Cancel {
+        if let Some(i) = self.scheduled.iter().position(|p| p.request.id == id) {
+            self.scheduled.remove(i);
+            self.drop_records([id]);
+            self.mark_cancelled(id);
+            tracing::info!(request = %id, "scheduled grid request cancelled");
+            return Cancel::Scheduled;
         }
+        let now = self.shared.clock.now();
+        let Some(i) = self.active.iter().position(|a| a.request.id == id) else {
+            return match self.receipts.get(id) {
+                Some(r) if r.cancelled => Cancel::AlreadyCancelled,
+                Some(_) => Cancel::Ended,
+                None => Cancel::Unknown,
+            };
+        };
+        if self.active[i].cancelled {
+            return Cancel::AlreadyCancelled;
+        }
+        self.mark_cancelled(id);
+        self.drop_records([id]);
+        let a = &mut self.active[i];
+        match a.window.ramp_kw_per_s {
+            Some(rate) => {
+                // Back from where it is at the ramp rate: the ramp down ends at the new end.
+                let now_s = now.as_secs_f64();
+                let at = schedule::ramped(
+                    a.from_kw,
+                    a.request.target_kw,
+                    Some(rate),
+                    a.ramp_start.as_secs_f64(),
+                    a.until.as_secs_f64(),
+                    now_s,
+                );
+                let back = (at - a.from_kw).abs() / rate;
+                a.until = a.until.min(now + Duration::from_secs_f64(back));
+                a.cancelled = true;
+                tracing::info!(request = %id, ramp_s = back, "active grid request cancelled: ramping back");
+            }
+            None => {
+                self.active.remove(i);
+                tracing::info!(request = %id, "active grid request cancelled");
+                if self.round.is_some() {
+                    self.redispatch_pending = true;
+                } else {
+                    self.cycle(myself, RoundKind::Redispatch);
+                }
+            }
+        }
+        Cancel::Active
+    }
+
+    fn mark_cancelled(&mut self, id: &str) {
+        if let Some(r) = self.receipts.get_mut(id) {
+            r.cancelled = true;
+        }
+    }
+
+    /// Reload the request records (module docs, "Durable requests"): every one that has not
+    /// ended waits in `scheduled` (one due now starts at the first cycle, ramping from the
+    /// scope's power then); its receipt answers its id again. Records that ended are removed.
+    fn reload(&mut self) -> Result<(), crate::checkpoint::CheckpointError> {
+        let now = self.wall_now_ns();
+        let mut records = Vec::new();
+        for key in self.shared.store.keys_with_prefix(REQUEST_KEY_PREFIX)? {
+            match self.shared.store.get::<RequestRecord>(&key) {
+                Ok(Some(r)) => records.push(r),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%key, error = %e, "request record unreadable: ignored"),
+            }
+        }
+        // In the order they started, so that the newest start wins a shared segment again.
+        records.sort_by_key(|r| r.window.start_unix_ns);
+        let (mut resumed, mut expired) = (0, Vec::new());
+        for r in records {
+            if r.window.end_unix_ns <= now {
+                expired.push(r.request.id);
+                continue;
+            }
+            if let Some(receipt) = r.receipt {
+                self.remember(receipt);
+            }
+            // Accepted requests are bounded by both limits; more means a foreign store.
+            if self.scheduled.len() >= SCHEDULED_LIMIT + ACTIVE_LIMIT {
+                tracing::warn!(request = %r.request.id, "more request records than the limits allow: left in the store");
+                continue;
+            }
+            resumed += 1;
+            self.scheduled.push(Pending {
+                request: r.request,
+                window: r.window,
+            });
+        }
+        self.drop_records(expired.iter().map(String::as_str));
+        if resumed + expired.len() > 0 {
+            tracing::info!(resumed, expired = expired.len(), "grid requests reloaded");
+        }
+        Ok(())
     }
 }
 
@@ -739,12 +1246,14 @@ impl Actor for Site {
         *lock(&shared.site) = Some(CountedRef::new(myself.clone(), mailbox.clone()));
         let period = Duration::from_millis(shared.topology.site.cycle_ms);
         let timer = Some(myself.send_interval(period, || SiteMsg::Cycle));
-        Ok(SiteState {
+        let mut state = SiteState {
             shared,
             mailbox,
             dispatch_seq,
             revision: 0,
             active: Vec::new(),
+            scheduled: Vec::new(),
+            last_targets: HashMap::new(),
             receipts: HashMap::new(),
             receipt_order: VecDeque::new(),
             waiters: HashMap::new(),
@@ -755,7 +1264,9 @@ impl Actor for Site {
             redispatch_pending: false,
             arrivals_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             timer,
-        })
+        };
+        state.reload()?;
+        Ok(state)
     }
 
     async fn handle(
@@ -784,7 +1295,14 @@ impl Actor for Site {
                         flag.store(false, std::sync::atomic::Ordering::Release);
                     });
                 }
-                s.cycle(&myself, RoundKind::Tick);
+                if s.start_due().await {
+                    s.cycle(&myself, RoundKind::NewRequest);
+                } else {
+                    s.cycle(&myself, RoundKind::Tick);
+                }
+            }
+            SiteMsg::Cancel(id, reply) => {
+                let _ = reply.send(s.cancel(&myself, &id));
             }
             SiteMsg::Redispatch => {
                 // Several segments changing level at once make one new round, not one each.
@@ -799,17 +1317,6 @@ impl Actor for Site {
                 if s.round.is_none() && std::mem::take(&mut s.redispatch_pending) {
                     s.cycle(&myself, RoundKind::Redispatch);
                 }
-            }
-            SiteMsg::Cancel(id, reply) => {
-                let before = s.active.len();
-                s.active.retain(|a| a.request.id != id);
-                let found = s.active.len() < before;
-                if found && s.round.is_some() {
-                    s.redispatch_pending = true;
-                } else if found {
-                    s.cycle(&myself, RoundKind::Redispatch);
-                }
-                let _ = reply.send(found);
             }
             SiteMsg::RoundDeadline => {
                 // A round past its limit is answered with what arrived.

@@ -70,12 +70,7 @@ pub async fn wait(node: &Node, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 pub fn request(id: &str, scope: Scope, target_kw: f64, duration_s: f64) -> GridRequest {
-    GridRequest {
-        id: id.into(),
-        scope,
-        target_kw,
-        duration_s,
-    }
+    GridRequest::now(id, scope, target_kw, duration_s)
 }
 
 /// A one-substation site: `segments` segments of `chargers` bidirectional 11 kW chargers,
