@@ -52,7 +52,7 @@ fn a_passing_sweep_exits_0_and_writes_a_report_per_run() {
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(v["passed"], true);
         assert_eq!(v["seed"], seed);
-        assert_eq!(v["invariants"].as_array().unwrap().len(), 8);
+        assert_eq!(v["invariants"].as_array().unwrap().len(), 9);
         let html = std::fs::read_to_string(&page).unwrap();
         assert!(
             html.contains("<svg") && html.contains("PASSED"),
