@@ -25,10 +25,13 @@ const POLL: Duration = Duration::from_millis(200);
 /// Families whose series exist only once something happened (their first sample is created by
 /// the event), so a healthy node's /metrics does not show them. Each must be registered in the
 /// named source file.
-const EVENT_ONLY: &[(&str, &str, &str)] = &[(
+/// (name, file, the file's text, the literal that registers it there). The supervision
+/// families are written as `DEFAULT_PREFIX` + `_` + their suffix.
+const EVENT_ONLY: &[(&str, &str, &str, &str)] = &[(
     "gridvisor_supervisor_intensity_exceeded_total",
     "supervisors/src/metrics.rs",
     include_str!("../supervisors/src/metrics.rs"),
+    "\"supervisor_intensity_exceeded_total\"",
 )];
 
 fn deploy(path: &str) -> PathBuf {
@@ -289,9 +292,10 @@ fn the_dashboard_and_the_rules_use_only_metrics_a_node_exports() {
 
     let mut live: Vec<&String> = Vec::new();
     for name in &names {
-        match EVENT_ONLY.iter().find(|(n, _, _)| n == name) {
-            Some((_, file, source)) => assert!(
-                source.contains(&format!("\"{name}\"")),
+        match EVENT_ONLY.iter().find(|(n, _, _, _)| n == name) {
+            Some((_, file, source, literal)) => assert!(
+                source.contains(literal)
+                    && source.contains("pub const DEFAULT_PREFIX: &str = \"gridvisor\";"),
                 "{name} is not registered in {file}"
             ),
             None => live.push(name),
