@@ -889,7 +889,7 @@ mod tests {
             soc,
             needs,
             terms: None,
-            schedule: None,
+            ..EvReport::default()
         };
         // The EV says 50 % at t=1,000,010; then 5 kWh (10 % of 50 kWh) are metered.
         assert!(s.take_ev(&report(Some((50.0, 1_000_010.0)), None), 110.0, 1_000_010.0));
