@@ -22,7 +22,8 @@
 //! * The state of charge stays within 0..=100 %: [`Session::integrate`] clamps it and says so,
 //!   since a model that has to clamp disagrees with the battery.
 //! * Discharging at [`Session::discharge_limit_kw`]`(h)` for `h` seconds never takes the
-//!   battery below its minimum state of charge; charging at [`Session::charge_limit_kw`]`(h)`
+//!   battery below its minimum state of charge, nor the session's discharge beyond the EV's
+//!   energy offer; charging at [`Session::charge_limit_kw`]`(h)`
 //!   for `h` seconds never takes it above 100 %. (Both limits keep [`ENERGY_GUARD_KWH`] in
 //!   reserve so that floating-point rounding cannot cross the line.)
 //! * Inputs that are not finite numbers are refused with an error and change nothing.
@@ -32,6 +33,9 @@
 //! then carries on), the departure is kept on the wall clock (`depart_unix_s`) and put on the
 //! node's clock each time, the minimum SoC is the higher of the contract's and the EV's V2X
 //! minimum and never falls during a session. [`Sources`] says where each value came from.
+//! The EV's energy offer (OCPP 2.1 `evEnergyOffer`, integrated by [`offered_discharge_kwh`])
+//! caps the energy discharged over the session ([`Session::dischargeable_kwh`]); the
+//! schedule it computed (NotifyEVChargingSchedule) is kept as [`EvSchedule`].
 
 use std::fmt;
 

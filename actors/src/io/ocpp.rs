@@ -33,9 +33,11 @@
 //!   from its contract, one per token (`ConcurrentTx` at a second charger); a token refused
 //!   mid-session ends its session. Without it, a `[[vehicles]]` id token is accepted only at
 //!   its own charger (the simulated demo and benchmarks).
-//! - What the EV says (NotifyEVChargingNeeds, the `SoC` measurand) is kept per line until the
-//!   transaction ends or the connector is Available; the charger's session takes it every
-//!   cycle ([`crate::session::Session::take_ev`]).
+//! - What the EV says (NotifyEVChargingNeeds with its 2.1 `evEnergyOffer`,
+//!   NotifyEVChargingSchedule, the `SoC` measurand) is kept per line until the transaction
+//!   ends or the connector is Available; the charger's session takes it every cycle
+//!   ([`crate::session::Session::take_ev`]). A schedule for an EVSE without a transaction the
+//!   hub knows is Rejected with a reason code (`UnknownTransaction`, `UnknownEvse`).
 //!
 //! # Read-back
 //! A read asks GetChargingProfiles for the node's dispatch profiles and waits (bounded) for
