@@ -452,9 +452,9 @@ pub struct ChargingNeeds {
     /// V2X parameters (2.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v2x_charging_parameters: Option<V2xChargingParameters>,
-    /// What the EV offers to discharge (2.1).
+    /// What the EV offers to discharge (2.1; boxed to keep `Request` small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ev_energy_offer: Option<EvEnergyOffer>,
+    pub ev_energy_offer: Option<Box<EvEnergyOffer>>,
     /// Unmodelled fields (`derChargingParameters`, `customData`).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -537,8 +537,8 @@ pub struct NotifyEVChargingNeedsResponse {
 pub struct NotifyEVChargingScheduleRequest {
     /// The schedule's periods are relative to this time.
     pub time_base: DateTime,
-    /// The EV's schedule.
-    pub charging_schedule: ChargingSchedule,
+    /// The EV's schedule (boxed: it is large, and requests are moved around as one enum).
+    pub charging_schedule: Box<ChargingSchedule>,
     /// EVSE id (≥ 1).
     pub evse_id: i32,
     /// The schedule the EV selected from the CSMS's profile (2.1).
