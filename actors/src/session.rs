@@ -677,9 +677,10 @@ impl Session {
         finite_min(self.max_kw, self.ev_max_charge_kw)
     }
 
-    /// The most the vehicle discharges at, kW (0 without V2G).
+    /// The most the vehicle discharges at, kW (0 without V2G, or once the EV's energy offer
+    /// is used up: so dispatch and the flexibility it reports do not count on it).
     pub fn max_discharge_kw(&self) -> f64 {
-        if self.discharge_allowed {
+        if self.discharge_allowed && !self.offer_used_up() {
             finite_min(self.max_kw, self.ev_max_discharge_kw)
         } else {
             0.0
@@ -725,6 +726,12 @@ impl Session {
     /// Energy that can be taken out before reaching the minimum state of charge, kWh (>= 0).
     pub fn energy_above_min_kwh(&self) -> f64 {
         self.energy_between(self.min_soc_pct, self.soc_pct)
+    }
+
+    /// Whether the EV made an energy offer and no more than the rounding reserve is left.
+    fn offer_used_up(&self) -> bool {
+        self.ev_offer_kwh
+            .is_some_and(|offer| !(offer - self.discharged_kwh > ENERGY_GUARD_KWH))
     }
 
     /// Energy that may still be discharged: above the minimum state of charge and, when the
@@ -1035,6 +1042,7 @@ mod tests {
         assert!((s.discharge_limit_kw(3_600.0) - 0.999).abs() < 1e-9);
         s.integrate(-1.0).unwrap();
         assert_eq!(s.discharge_limit_kw(1.0), 0.0, "the offer is used up");
+        assert_eq!(s.max_discharge_kw(), 0.0, "dispatch does not count on it");
         // Without an offer only the minimum state of charge and the power limits apply.
         s.ev_offer_kwh = None;
         assert!(s.discharge_limit_kw(3_600.0) > 20.0);

@@ -421,6 +421,7 @@ async fn the_evs_schedule_is_kept_and_its_energy_offer_caps_the_discharge() {
     assert_eq!(s.soc_pct, 60.0);
     assert!(s.energy_above_min_kwh() > 7.0, "{s:?}");
     assert_eq!(s.discharge_limit_kw(1.0), 0.0, "{s:?}");
+    assert_eq!(s.max_discharge_kw(), 0.0, "dispatch no longer counts on it");
     t.node.shutdown().await;
 }
 
