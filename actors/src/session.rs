@@ -730,8 +730,10 @@ impl Session {
 
     /// Whether the EV made an energy offer and no more than the rounding reserve is left.
     fn offer_used_up(&self) -> bool {
-        self.ev_offer_kwh
-            .is_some_and(|offer| !(offer - self.discharged_kwh > ENERGY_GUARD_KWH))
+        self.ev_offer_kwh.is_some_and(|offer| {
+            let left = offer - self.discharged_kwh;
+            left.is_nan() || left <= ENERGY_GUARD_KWH
+        })
     }
 
     /// Energy that may still be discharged: above the minimum state of charge and, when the
