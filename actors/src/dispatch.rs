@@ -618,6 +618,7 @@ mod tests {
                 soc: Some((soc, 1_000_000.0)),
                 needs: reported.then_some(needs),
                 terms: None,
+                ..EvReport::default()
             };
             s.take_ev(&report, 0.0, 1_000_000.0);
             s
@@ -1027,6 +1028,7 @@ mod tests {
             soc: Some((40.0, wall)),
             needs: Some(needs),
             terms: None,
+            ..EvReport::default()
         };
         s.take_ev(&report, 0.0, wall);
         let start_kwh = s.soc_pct / 100.0 * s.capacity_kwh;

@@ -22,7 +22,8 @@
 //! * The state of charge stays within 0..=100 %: [`Session::integrate`] clamps it and says so,
 //!   since a model that has to clamp disagrees with the battery.
 //! * Discharging at [`Session::discharge_limit_kw`]`(h)` for `h` seconds never takes the
-//!   battery below its minimum state of charge; charging at [`Session::charge_limit_kw`]`(h)`
+//!   battery below its minimum state of charge, nor the session's discharge beyond the EV's
+//!   energy offer; charging at [`Session::charge_limit_kw`]`(h)`
 //!   for `h` seconds never takes it above 100 %. (Both limits keep [`ENERGY_GUARD_KWH`] in
 //!   reserve so that floating-point rounding cannot cross the line.)
 //! * Inputs that are not finite numbers are refused with an error and change nothing.
@@ -32,6 +33,9 @@
 //! then carries on), the departure is kept on the wall clock (`depart_unix_s`) and put on the
 //! node's clock each time, the minimum SoC is the higher of the contract's and the EV's V2X
 //! minimum and never falls during a session. [`Sources`] says where each value came from.
+//! The EV's energy offer (OCPP 2.1 `evEnergyOffer`, integrated by [`offered_discharge_kwh`])
+//! caps the energy discharged over the session ([`Session::dischargeable_kwh`]); the
+//! schedule it computed (NotifyEVChargingSchedule) is kept as [`EvSchedule`].
 
 use std::fmt;
 
@@ -253,6 +257,60 @@ pub struct Session {
     /// Where each value came from (the session API shows it).
     #[serde(default)]
     pub sources: Sources,
+    /// The energy the EV offers to discharge over the session, kWh (its `evEnergyOffer`
+    /// integrated by [`offered_discharge_kwh`]); `None`: it made no offer, only the other
+    /// limits apply.
+    #[serde(default)]
+    pub ev_offer_kwh: Option<f64>,
+    /// Energy taken out of the battery so far in this session, kWh (>= 0; metered
+    /// discharge only, charging does not give it back): what counts against the offer.
+    #[serde(default)]
+    pub discharged_kwh: f64,
+    /// The charging schedule the EV computed (NotifyEVChargingSchedule), when it sent one.
+    #[serde(default)]
+    pub ev_schedule: Option<EvSchedule>,
+}
+
+/// The charging schedule an EV computed (NotifyEVChargingSchedule), as the session keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvSchedule {
+    /// The periods start this long after this time (wall clock, Unix s).
+    pub time_base_unix_s: f64,
+    /// The schedule's id.
+    pub id: i32,
+    /// The schedule the EV selected from the CSMS's profile (OCPP 2.1), if it said.
+    pub selected_id: Option<i32>,
+    /// `W` or `A`: the unit of the limits.
+    pub unit: String,
+    /// Its periods, in order.
+    pub periods: Vec<EvSchedulePeriod>,
+    /// Its total duration, s, if it said.
+    pub duration_s: Option<f64>,
+    /// When the CSMS received it (wall clock, Unix s).
+    pub at_unix_s: f64,
+}
+
+/// A period of an [`EvSchedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvSchedulePeriod {
+    /// Its start, s after the schedule's time base.
+    pub start_s: f64,
+    /// The charge limit, in the schedule's unit (optional in OCPP 2.1).
+    pub limit: Option<f64>,
+    /// The discharge limit (<= 0), in the schedule's unit (OCPP 2.1), if given.
+    pub discharge_limit: Option<f64>,
+}
+
+/// The energy an EV offers to discharge, kWh, from its `evEnergyOffer` power schedule:
+/// `(duration s, power W)` entries, negative power being what it is willing to give. An
+/// entry with a positive power (nothing to offer then), or a duration or power that is not a
+/// finite number, or a negative duration, adds nothing.
+pub fn offered_discharge_kwh(entries: &[(f64, f64)]) -> f64 {
+    entries
+        .iter()
+        .filter(|(d, p)| d.is_finite() && p.is_finite() && *d > 0.0 && *p < 0.0)
+        .map(|(d, p)| -p / 1000.0 * d / SECONDS_PER_HOUR)
+        .sum()
 }
 
 /// Who said a session's value.
@@ -313,6 +371,12 @@ pub struct Sources {
     pub max_power: Source,
     /// `discharge_allowed`.
     pub discharge: Source,
+    /// `ev_offer_kwh`.
+    #[serde(default)]
+    pub offer: Source,
+    /// `ev_schedule`.
+    #[serde(default)]
+    pub schedule: Source,
 }
 
 /// What the EV reported through its charge point (the CSMS keeps the newest per charger).
@@ -326,6 +390,8 @@ pub struct EvReport {
     /// only tightens a running session (no discharge once V2G is withdrawn, a higher
     /// minimum); nothing here loosens it.
     pub terms: Option<(bool, f64)>,
+    /// Its newest NotifyEVChargingSchedule.
+    pub schedule: Option<EvSchedule>,
 }
 
 /// NotifyEVChargingNeeds in the session's units (energies kWh, powers kW, times Unix s).
@@ -350,6 +416,8 @@ pub struct EvNeeds {
     /// `evMinV2XEnergyRequest`: energy to the lowest state of charge the EV allows V2X
     /// down to (negative: it is above it by that much).
     pub min_v2x_kwh: Option<f64>,
+    /// `evEnergyOffer` integrated ([`offered_discharge_kwh`]), kWh.
+    pub offer_kwh: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -399,7 +467,12 @@ impl Session {
                 departure: Source::of(SourceKind::Config),
                 max_power: Source::of(SourceKind::Config),
                 discharge: Source::of(SourceKind::Config),
+                offer: Source::of(SourceKind::Assumed),
+                schedule: Source::of(SourceKind::Assumed),
             },
+            ev_offer_kwh: None,
+            discharged_kwh: 0.0,
+            ev_schedule: None,
         }
     }
 
@@ -453,7 +526,12 @@ impl Session {
                 departure: Source::of(contract_or_assumed(depart_given)),
                 max_power: Source::of(SourceKind::Config),
                 discharge: Source::of(SourceKind::Contract),
+                offer: Source::of(SourceKind::Assumed),
+                schedule: Source::of(SourceKind::Assumed),
             },
+            ev_offer_kwh: None,
+            discharged_kwh: 0.0,
+            ev_schedule: None,
         }
     }
 
@@ -473,6 +551,17 @@ impl Session {
         }
         if let Some((soc, at)) = report.soc {
             self.take_soc(soc, at);
+        }
+        if let Some(sch) = &report.schedule {
+            if self
+                .sources
+                .schedule
+                .at_unix_s
+                .is_none_or(|t| sch.at_unix_s > t)
+            {
+                self.ev_schedule = Some(sch.clone());
+                self.sources.schedule = Source::reported(sch.at_unix_s);
+            }
         }
         if let Some((v2g, min)) = report.terms {
             if !v2g && self.discharge_allowed {
@@ -545,6 +634,10 @@ impl Session {
         if let Some(e) = n.requested_kwh.filter(|e| e.is_finite()) {
             self.requested_kwh = Some(e);
         }
+        if let Some(e) = n.offer_kwh.filter(|e| e.is_finite() && *e >= 0.0) {
+            self.ev_offer_kwh = Some(e);
+            self.sources.offer = Source::reported(at);
+        }
     }
 
     /// The state of charge below which the target can no longer be reached by departure
@@ -584,9 +677,10 @@ impl Session {
         finite_min(self.max_kw, self.ev_max_charge_kw)
     }
 
-    /// The most the vehicle discharges at, kW (0 without V2G).
+    /// The most the vehicle discharges at, kW (0 without V2G, or once the EV's energy offer
+    /// is used up: so dispatch and the flexibility it reports do not count on it).
     pub fn max_discharge_kw(&self) -> f64 {
-        if self.discharge_allowed {
+        if self.discharge_allowed && !self.offer_used_up() {
             finite_min(self.max_kw, self.ev_max_discharge_kw)
         } else {
             0.0
@@ -617,6 +711,9 @@ impl Session {
         }
         let soc = self.soc_pct + delta_kwh / self.capacity_kwh * FULL_SOC_PCT;
         let energy = self.energy_kwh + delta_kwh;
+        if delta_kwh < 0.0 {
+            self.discharged_kwh -= delta_kwh;
+        }
         // A non-finite energy counter (possible only if it was already extreme) is not kept.
         if energy.is_finite() {
             self.energy_kwh = energy;
@@ -629,6 +726,31 @@ impl Session {
     /// Energy that can be taken out before reaching the minimum state of charge, kWh (>= 0).
     pub fn energy_above_min_kwh(&self) -> f64 {
         self.energy_between(self.min_soc_pct, self.soc_pct)
+    }
+
+    /// Whether the EV made an energy offer and no more than the rounding reserve is left.
+    fn offer_used_up(&self) -> bool {
+        self.ev_offer_kwh.is_some_and(|offer| {
+            let left = offer - self.discharged_kwh;
+            left.is_nan() || left <= ENERGY_GUARD_KWH
+        })
+    }
+
+    /// Energy that may still be discharged: above the minimum state of charge and, when the
+    /// EV made an offer, within what remains of it, kWh (>= 0).
+    pub fn dischargeable_kwh(&self) -> f64 {
+        let above_min = self.energy_above_min_kwh();
+        match self.ev_offer_kwh {
+            Some(offer) => {
+                let left = offer - self.discharged_kwh;
+                if left.is_finite() {
+                    above_min.min(left.max(0.0))
+                } else {
+                    0.0
+                }
+            }
+            None => above_min,
+        }
     }
 
     /// Energy that can be put in before the battery is full, kWh (>= 0).
@@ -657,14 +779,11 @@ impl Session {
     }
 
     /// The most the vehicle may discharge, kW (>= 0), if that power is held for `horizon_s`
-    /// seconds: it must not go below its minimum state of charge, nor above its own limit.
-    /// 0 when the session may not take power, or `horizon_s` is not a positive finite number.
+    /// seconds: it must not go below its minimum state of charge, nor beyond what is left
+    /// of the EV's energy offer, nor above its own limit. 0 when the session may not take
+    /// power, or `horizon_s` is not a positive finite number.
     pub fn discharge_limit_kw(&self, horizon_s: f64) -> f64 {
-        self.power_limit(
-            self.energy_above_min_kwh(),
-            self.max_discharge_kw(),
-            horizon_s,
-        )
+        self.power_limit(self.dischargeable_kwh(), self.max_discharge_kw(), horizon_s)
     }
 
     /// The most the vehicle may charge, kW (>= 0), if that power is held for `horizon_s`
@@ -783,6 +902,7 @@ mod tests {
             soc,
             needs,
             terms: None,
+            ..EvReport::default()
         };
         // The EV says 50 % at t=1,000,010; then 5 kWh (10 % of 50 kWh) are metered.
         assert!(s.take_ev(&report(Some((50.0, 1_000_010.0)), None), 110.0, 1_000_010.0));
@@ -877,6 +997,106 @@ mod tests {
         let s: Session = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!((s.soc_pct, s.energy_kwh), (61.0, 1.5));
         assert!(s.discharge_allowed && s.depart_unix_s.is_none());
+    }
+
+    #[test]
+    fn the_energy_offer_integrates_its_discharge_entries_only() {
+        // 30 min at -10 kW = 5 kWh; 15 min at +3 kW offers nothing; 1 h at -2 kW = 2 kWh;
+        // a zero, a negative and a non-finite duration add nothing.
+        let entries = [
+            (1_800.0, -10_000.0),
+            (900.0, 3_000.0),
+            (3_600.0, -2_000.0),
+            (0.0, -50_000.0),
+            (-60.0, -50_000.0),
+            (f64::NAN, -50_000.0),
+            (60.0, f64::NEG_INFINITY),
+        ];
+        assert!((offered_discharge_kwh(&entries) - 7.0).abs() < 1e-12);
+        assert_eq!(offered_discharge_kwh(&[(600.0, 1_000.0)]), 0.0);
+        assert_eq!(offered_discharge_kwh(&[]), 0.0);
+    }
+
+    #[test]
+    fn discharge_never_goes_beyond_the_evs_offer() {
+        let mut s = contract_session();
+        // 50 kWh at 80 %, minimum 30 %: 25 kWh above it; the EV offers 3 kWh, 22 kW at most.
+        let needs = EvNeeds {
+            at_unix_s: 1_000_010.0,
+            soc_pct: Some(80.0),
+            max_discharge_kw: Some(22.0),
+            offer_kwh: Some(3.0),
+            ..EvNeeds::default()
+        };
+        let report = EvReport {
+            needs: Some(needs),
+            ..EvReport::default()
+        };
+        assert!(s.take_ev(&report, 110.0, 1_000_010.0));
+        assert_eq!(s.sources.offer.kind, SourceKind::Reported);
+        // Over one hour: (3 kWh - 1 Wh guard) / 1 h = 2.999 kW, not 22 kW.
+        assert!((s.discharge_limit_kw(3_600.0) - 2.999).abs() < 1e-9);
+        // 2 kWh out, 1.5 kWh back in: 1 kWh of the offer is left (charging gives none back).
+        s.integrate(-2.0).unwrap();
+        s.integrate(1.5).unwrap();
+        assert_eq!(s.discharged_kwh, 2.0);
+        assert!((s.dischargeable_kwh() - 1.0).abs() < 1e-9);
+        assert!((s.discharge_limit_kw(3_600.0) - 0.999).abs() < 1e-9);
+        s.integrate(-1.0).unwrap();
+        assert_eq!(s.discharge_limit_kw(1.0), 0.0, "the offer is used up");
+        assert_eq!(s.max_discharge_kw(), 0.0, "dispatch does not count on it");
+        // Without an offer only the minimum state of charge and the power limits apply.
+        s.ev_offer_kwh = None;
+        assert!(s.discharge_limit_kw(3_600.0) > 20.0);
+    }
+
+    #[test]
+    fn the_evs_schedule_is_kept_with_its_source_and_only_a_newer_one_replaces_it() {
+        let mut s = contract_session();
+        let schedule = |id, at| EvSchedule {
+            time_base_unix_s: 1_000_000.0,
+            id,
+            selected_id: Some(1),
+            unit: "W".into(),
+            periods: vec![EvSchedulePeriod {
+                start_s: 0.0,
+                limit: Some(11_000.0),
+                discharge_limit: None,
+            }],
+            duration_s: None,
+            at_unix_s: at,
+        };
+        let report = |sch| EvReport {
+            schedule: Some(sch),
+            ..EvReport::default()
+        };
+        assert!(s.take_ev(&report(schedule(7, 1_000_020.0)), 120.0, 1_000_020.0));
+        assert_eq!(s.ev_schedule.as_ref().map(|x| x.id), Some(7));
+        assert_eq!(s.sources.schedule.kind, SourceKind::Reported);
+        assert_eq!(s.sources.schedule.at_unix_s, Some(1_000_020.0));
+        assert!(!s.take_ev(&report(schedule(8, 1_000_010.0)), 120.0, 1_000_020.0));
+        assert!(s.take_ev(&report(schedule(9, 1_000_030.0)), 130.0, 1_000_030.0));
+        assert_eq!(s.ev_schedule.as_ref().map(|x| x.id), Some(9));
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_the_offer_and_schedule_still_reads() {
+        // Today's session, with the fields added for the offer and the schedule cut off the
+        // end of the array (and of `sources`): as a node before them checkpointed it.
+        let s = contract_session();
+        let bytes = rmp_serde::to_vec(&s).unwrap();
+        let mut v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        let fields = v.as_array_mut().unwrap();
+        fields.truncate(fields.len() - 3);
+        let sources = fields.last_mut().unwrap().as_array_mut().unwrap();
+        sources.truncate(sources.len() - 2);
+        let old = rmp_serde::to_vec(&v).unwrap();
+        let back: Session = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!((back.ev_offer_kwh, back.discharged_kwh), (None, 0.0));
+        assert!(back.ev_schedule.is_none());
+        assert_eq!(back.sources.offer, Source::default());
+        assert_eq!(back.sources.soc, s.sources.soc);
+        assert_eq!(back.discharge_limit_kw(60.0), s.discharge_limit_kw(60.0));
     }
 
     #[test]

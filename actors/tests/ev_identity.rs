@@ -2,7 +2,9 @@
 //! charge point (actors/tests/py/ev_charge_point.py, a child process driven line by line):
 //! a token at a charger it was never configured for, NotifyEVChargingNeeds and SoC meter
 //! values into the session, a discharge that stops at the EV's V2X minimum, refused,
-//! unknown and revoked tokens, and a node restart that keeps the departure on the wall clock.
+//! unknown and revoked tokens, a node restart that keeps the departure on the wall clock, and
+//! (OCPP 2.1) the EV's NotifyEVChargingSchedule kept in the session and its `evEnergyOffer`
+//! capping the energy it gives.
 
 use crate::common;
 
@@ -327,6 +329,99 @@ async fn a_token_at_any_charger_brings_the_evs_own_data_and_its_v2x_floor_holds(
     assert!(w >= 0.0);
     let s = t.node.session(FLEET).unwrap().status.session;
     assert_eq!(s.discharge_limit_kw(1.0), 0.0, "{s:?}");
+    t.node.shutdown().await;
+}
+
+/// NotifyEVChargingSchedule of the test's EV: 11 kW for 30 min, then 7 kW.
+fn ev_schedule(selected: i64) -> Value {
+    json!({"time_base": now_rfc3339(SystemTime::now()), "evse_id": 1,
+           "selected_charging_schedule_id": selected,
+           "charging_schedule": {"id": 3, "charging_rate_unit": "W",
+               "charging_schedule_period": [{"start_period": 0, "limit": 11000.0},
+                                            {"start_period": 1800, "limit": 7000.0}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_evs_schedule_is_kept_and_its_energy_offer_caps_the_discharge() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start_site(&dir, "refuse").await;
+    let mut ev = Ev::connect(&url(&t, "EV-A")).await;
+    ev.boot().await;
+    // No transaction yet: the hub knows none to keep the schedule for.
+    let r = ev.call("NotifyEVChargingSchedule", ev_schedule(1)).await;
+    assert_eq!(r["status"], "Rejected", "{r}");
+    assert_eq!(r["status_info"]["reason_code"], "UnknownTransaction", "{r}");
+    assert_eq!(
+        ev.transaction("Started", 0, "tx-s", FLEET).await,
+        "Accepted"
+    );
+    wait(&t.node, "the token's session", || {
+        t.node.session(FLEET).is_some()
+    })
+    .await;
+    let mut wrong_evse = ev_schedule(1);
+    wrong_evse["evse_id"] = json!(2);
+    let r = ev.call("NotifyEVChargingSchedule", wrong_evse).await;
+    assert_eq!(r["status_info"]["reason_code"], "UnknownEvse", "{r}");
+    let r = ev.call("NotifyEVChargingSchedule", ev_schedule(2)).await;
+    assert_eq!(r["status"], "Accepted", "{r}");
+
+    // The needs with an energy offer: 6 min at -10 kW (1 kWh), then nothing (+5 kW).
+    let mut needs = needs(SystemTime::now() + Duration::from_secs(2 * 3600));
+    needs["charging_needs"]["ev_energy_offer"] = json!({"ev_power_schedule": {
+        "time_anchor": now_rfc3339(SystemTime::now()),
+        "ev_power_schedule_entries": [{"duration": 360, "power": -10000.0},
+                                      {"duration": 3600, "power": 5000.0}]}});
+    let r = ev.call("NotifyEVChargingNeeds", needs).await;
+    assert_eq!(r["status"], "Accepted", "{r}");
+    ev.meter(60.0, 10_000.0).await;
+    wait(&t.node, "the schedule and the offer in the session", || {
+        t.node.session(FLEET).is_some_and(|s| {
+            let s = s.status.session;
+            s.ev_schedule.is_some() && s.ev_offer_kwh.is_some()
+        })
+    })
+    .await;
+    let s = t.node.session(FLEET).unwrap();
+    // As GET /api/v1/sessions/{token} shows it (the same struct, serialized).
+    let api = serde_json::to_value(&s).unwrap();
+    let sch = &api["session"]["ev_schedule"];
+    assert_eq!(
+        (sch["id"].as_i64(), sch["selected_id"].as_i64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(sch["unit"], "W");
+    assert_eq!(sch["periods"][1]["start_s"], 1800.0);
+    assert_eq!(sch["periods"][1]["limit"], 7000.0);
+    let src = &api["session"]["sources"];
+    assert_eq!(src["schedule"]["kind"], "reported", "{src}");
+    assert_eq!(src["offer"]["kind"], "reported", "{src}");
+    let sess = s.status.session;
+    assert!((sess.ev_offer_kwh.unwrap() - 1.0).abs() < 1e-9, "{sess:?}");
+
+    // A site discharge: the EV gives its own 11 kW at most while its offer lasts.
+    request_until_acked(&t.node, "dis", -40.0, 1).await;
+    let w = ev.profile(|w| w < 0.0).await;
+    assert!(
+        w >= -11_000.0 - 1e-6,
+        "beyond the EV's discharge limit: {w} W"
+    );
+    // 1.2 kWh went out (the register falls): the offer is used up, though the SoC (60 %)
+    // is still 8 kWh above the EV's V2X minimum (50 %). No more discharge.
+    ev.meter(60.0, 8_800.0).await;
+    wait(&t.node, "the discharge counted against the offer", || {
+        t.node
+            .session(FLEET)
+            .is_some_and(|s| s.status.session.discharged_kwh >= 1.0)
+    })
+    .await;
+    let w = ev.profile(|w| w >= 0.0).await;
+    assert!(w >= 0.0);
+    let s = t.node.session(FLEET).unwrap().status.session;
+    assert_eq!(s.soc_pct, 60.0);
+    assert!(s.energy_above_min_kwh() > 7.0, "{s:?}");
+    assert_eq!(s.discharge_limit_kw(1.0), 0.0, "{s:?}");
+    assert_eq!(s.max_discharge_kw(), 0.0, "dispatch no longer counts on it");
     t.node.shutdown().await;
 }
 

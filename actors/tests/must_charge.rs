@@ -91,6 +91,7 @@ async fn a_charge_request_meets_the_requested_energy_by_departure() {
             ..EvNeeds::default()
         }),
         terms: None,
+        ..EvReport::default()
     };
     let battery = Battery {
         capacity_kwh: 60.0,

@@ -172,6 +172,7 @@ pub async fn arrive(
             ..EvNeeds::default()
         }),
         terms: None,
+        ..EvReport::default()
     };
     let battery = Battery {
         capacity_kwh,

@@ -33,9 +33,11 @@
 //!   from its contract, one per token (`ConcurrentTx` at a second charger); a token refused
 //!   mid-session ends its session. Without it, a `[[vehicles]]` id token is accepted only at
 //!   its own charger (the simulated demo and benchmarks).
-//! - What the EV says (NotifyEVChargingNeeds, the `SoC` measurand) is kept per line until the
-//!   transaction ends or the connector is Available; the charger's session takes it every
-//!   cycle ([`crate::session::Session::take_ev`]).
+//! - What the EV says (NotifyEVChargingNeeds with its 2.1 `evEnergyOffer`,
+//!   NotifyEVChargingSchedule, the `SoC` measurand) is kept per line until the transaction
+//!   ends or the connector is Available; the charger's session takes it every cycle
+//!   ([`crate::session::Session::take_ev`]). A schedule for an EVSE without a transaction the
+//!   hub knows is Rejected with a reason code (`UnknownTransaction`, `UnknownEvse`).
 //!
 //! # Read-back
 //! A read asks GetChargingProfiles for the node's dispatch profiles and waits (bounded) for
@@ -73,7 +75,7 @@ use crate::clock::Clock;
 use crate::config::{Ocpp, Topology, Vehicle};
 use crate::device::{ChargerIo, ChargerReading, DeviceError};
 use crate::runtime::{LinkMsg, SiteShared};
-use crate::session::{EvNeeds, EvReport};
+use crate::session::{offered_discharge_kwh, EvNeeds, EvReport, EvSchedule, EvSchedulePeriod};
 use crate::setpoint::SetpointKey;
 
 pub mod actions;
@@ -495,6 +497,25 @@ impl OcppHub {
                 extra: Map::new(),
             }
             .into(),
+            Request::NotifyEVChargingSchedule(r) => {
+                let (status, status_info) = match self.take_schedule(cp, &r) {
+                    Ok(()) => (GenericStatus::Accepted, None),
+                    Err((reason, info)) => (
+                        GenericStatus::Rejected,
+                        Some(StatusInfo {
+                            reason_code: reason.to_owned(),
+                            additional_info: Some(info),
+                            extra: Map::new(),
+                        }),
+                    ),
+                };
+                NotifyEVChargingScheduleResponse {
+                    status,
+                    status_info,
+                    extra: Map::new(),
+                }
+                .into()
+            }
             other => {
                 return Err(RpcError::new(
                     ErrorCode::NotSupported,
@@ -768,6 +789,33 @@ impl OcppHub {
         NotifyEVChargingNeedsStatus::Accepted
     }
 
+    /// NotifyEVChargingSchedule: the EV's schedule, kept for the session of the transaction
+    /// running on `cp`. Refused (reason code, details) for an EVSE this node does not
+    /// address, a charger without a transaction the hub knows, or an unreadable time base.
+    fn take_schedule(
+        &self,
+        cp: &str,
+        r: &NotifyEVChargingScheduleRequest,
+    ) -> Result<(), (&'static str, String)> {
+        let line = self
+            .lines
+            .get(cp)
+            .ok_or(("UnknownEvse", format!("no charger {cp:?} here")))?;
+        if r.evse_id != EVSE_ID {
+            let info = format!("evseId {} (this CSMS addresses {EVSE_ID})", r.evse_id);
+            return Err(("UnknownEvse", info));
+        }
+        let schedule = ev_schedule(r, self.now_unix_s()).map_err(|e| ("InvalidTimeBase", e))?;
+        let mut s = lock(&line.state);
+        if s.reported.transaction.is_none() {
+            let info = "no transaction runs on this EVSE".to_owned();
+            return Err(("UnknownTransaction", info));
+        }
+        tracing::info!(charger = %cp, id = schedule.id, "EV charging schedule");
+        s.ev.schedule = Some(schedule);
+        Ok(())
+    }
+
     /// After a node restart: the sessions of tokens (not of `[[vehicles]]`, which the node
     /// resumes itself) that were running resume from their checkpoints, on their chargers.
     pub async fn resume_token_sessions(&self, site: &Arc<SiteShared>) -> Result<(), String> {
@@ -943,6 +991,43 @@ fn ev_needs(n: &ChargingNeeds, at: f64) -> Result<EvNeeds, String> {
             .or(kilo(dc.and_then(|d| d.ev_max_power))),
         max_discharge_kw: kilo(v2x.and_then(|v| v.max_discharge_power)),
         min_v2x_kwh: kilo(v2x.and_then(|v| v.ev_min_v2x_energy_request)),
+        offer_kwh: n.ev_energy_offer.as_ref().map(|o| {
+            let entries: Vec<(f64, f64)> = (o.ev_power_schedule.ev_power_schedule_entries)
+                .iter()
+                .map(|e| (f64::from(e.duration), e.power))
+                .collect();
+            offered_discharge_kwh(&entries)
+        }),
+    })
+}
+
+/// Seconds since the Unix epoch of an OCPP date-time.
+fn unix_s(t: &DateTime) -> Result<f64, String> {
+    let t = parse_date_time(t).map_err(|e| e.to_string())?;
+    let s = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    Ok(s.as_secs_f64())
+}
+
+/// NotifyEVChargingSchedule as the session keeps it, received at `at` (Unix s); an
+/// unreadable time base is an error.
+fn ev_schedule(r: &NotifyEVChargingScheduleRequest, at: f64) -> Result<EvSchedule, String> {
+    let c = &r.charging_schedule;
+    Ok(EvSchedule {
+        time_base_unix_s: unix_s(&r.time_base).map_err(|e| format!("timeBase: {e}"))?,
+        id: c.id,
+        selected_id: r.selected_charging_schedule_id,
+        unit: c.charging_rate_unit.as_str().to_owned(),
+        periods: (c.charging_schedule_period.iter())
+            .map(|p| EvSchedulePeriod {
+                start_s: f64::from(p.start_period),
+                limit: p.limit.filter(|x| x.is_finite()),
+                discharge_limit: p.discharge_limit.filter(|x| x.is_finite()),
+            })
+            .collect(),
+        duration_s: c.duration.map(f64::from),
+        at_unix_s: at,
     })
 }
 

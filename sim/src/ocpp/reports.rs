@@ -240,6 +240,7 @@ pub fn charging_needs(
             ac_charging_parameters: None,
             dc_charging_parameters: Some(dc),
             v2x_charging_parameters: v2x,
+            ev_energy_offer: None,
             extra: Map::new(),
         },
         timestamp: (version == OcppVersion::V21).then(|| timestamp(state)),

@@ -94,6 +94,7 @@ schema_files!(
     Heartbeat,
     MeterValues,
     NotifyEVChargingNeeds,
+    NotifyEVChargingSchedule,
     ReportChargingProfiles,
     RequestStartTransaction,
     RequestStopTransaction,

@@ -246,3 +246,75 @@ fn clear_charging_profile_both_ways() {
         );
     }
 }
+
+#[test]
+fn notify_ev_charging_schedule_both_ways() {
+    for v in BOTH {
+        let req = json!({"timeBase": "2026-12-08T02:00:00Z", "evseId": 1,
+            "chargingSchedule": {"id": 3, "chargingRateUnit": "W",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 11000.0},
+                                           {"startPeriod": 1800, "limit": 7000.0}]}});
+        round_trip(
+            v,
+            Action::NotifyEVChargingSchedule,
+            PayloadKind::Request,
+            req,
+        );
+        let no = json!({"status": "Rejected", "statusInfo": {"reasonCode": "UnknownTransaction"}});
+        round_trip(
+            v,
+            Action::NotifyEVChargingSchedule,
+            PayloadKind::Response,
+            no,
+        );
+        let missing = json!({"evseId": 1, "chargingSchedule": {"id": 3,
+            "chargingRateUnit": "W", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 1.0}]}});
+        assert_eq!(
+            refused(v, Action::NotifyEVChargingSchedule, missing),
+            (ErrorCode::OccurrenceConstraintViolation, "/timeBase".into())
+        );
+    }
+    // 2.1 only: the schedule the EV selected.
+    let selected = json!({"timeBase": "2026-12-08T02:00:00Z", "evseId": 1,
+        "selectedChargingScheduleId": 1, "powerToleranceAcceptance": true,
+        "chargingSchedule": {"id": 3, "chargingRateUnit": "W",
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 11000.0}]}});
+    round_trip(
+        OcppVersion::V21,
+        Action::NotifyEVChargingSchedule,
+        PayloadKind::Request,
+        selected.clone(),
+    );
+    assert_eq!(
+        refused(
+            OcppVersion::V201,
+            Action::NotifyEVChargingSchedule,
+            selected
+        )
+        .0,
+        ErrorCode::FormatViolation
+    );
+}
+
+#[test]
+fn an_ev_energy_offer_is_typed_in_2_1_needs() {
+    let req = json!({"evseId": 1, "chargingNeeds": {"requestedEnergyTransfer": "DC_BPT",
+        "evEnergyOffer": {"evPowerSchedule": {"timeAnchor": "2026-12-08T02:00:00Z",
+            "evPowerScheduleEntries": [{"duration": 1800, "power": -10000.0}]}}}});
+    round_trip(
+        OcppVersion::V21,
+        Action::NotifyEVChargingNeeds,
+        PayloadKind::Request,
+        req.clone(),
+    );
+    let Value::Object(map) = req else { panic!() };
+    let Request::NotifyEVChargingNeeds(r) =
+        Request::from_payload(Action::NotifyEVChargingNeeds, map).unwrap()
+    else {
+        panic!("not NotifyEVChargingNeeds")
+    };
+    let offer = r.charging_needs.ev_energy_offer.expect("typed offer");
+    let e = &offer.ev_power_schedule.ev_power_schedule_entries[0];
+    assert_eq!((e.duration, e.power), (1800, -10_000.0));
+    assert!(r.charging_needs.extra.is_empty());
+}

@@ -413,6 +413,16 @@ string_enum! {
 }
 
 string_enum! {
+    /// OCPP `GenericStatusEnumType`.
+    GenericStatus {
+        /// `Accepted`.
+        Accepted = "Accepted",
+        /// `Rejected`.
+        Rejected = "Rejected",
+    }
+}
+
+string_enum! {
     /// OCPP `NotifyEVChargingNeedsStatusEnumType`.
     NotifyEVChargingNeedsStatus {
         /// `Accepted`.

@@ -212,6 +212,7 @@ actions! {
     Heartbeat: HeartbeatRequest => HeartbeatResponse, ChargePoint;
     MeterValues: MeterValuesRequest => MeterValuesResponse, ChargePoint;
     NotifyEVChargingNeeds: NotifyEVChargingNeedsRequest => NotifyEVChargingNeedsResponse, ChargePoint;
+    NotifyEVChargingSchedule: NotifyEVChargingScheduleRequest => NotifyEVChargingScheduleResponse, ChargePoint;
     ReportChargingProfiles: ReportChargingProfilesRequest => ReportChargingProfilesResponse, ChargePoint;
     RequestStartTransaction: RequestStartTransactionRequest => RequestStartTransactionResponse, Csms;
     RequestStopTransaction: RequestStopTransactionRequest => RequestStopTransactionResponse, Csms;

@@ -452,7 +452,48 @@ pub struct ChargingNeeds {
     /// V2X parameters (2.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v2x_charging_parameters: Option<V2xChargingParameters>,
-    /// Unmodelled fields (`derChargingParameters`, `evEnergyOffer`, `customData`).
+    /// What the EV offers to discharge (2.1; boxed to keep `Request` small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ev_energy_offer: Option<Box<EvEnergyOffer>>,
+    /// Unmodelled fields (`derChargingParameters`, `customData`).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// OCPP `EVPowerScheduleEntryType` (2.1): a power for a duration; negative: the EV is willing
+/// to discharge up to that much, positive: it offers nothing then.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvPowerScheduleEntry {
+    /// Seconds.
+    pub duration: i32,
+    /// W (negative: discharge).
+    pub power: f64,
+    /// Unmodelled fields (`customData`).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// OCPP `EVPowerScheduleType` (2.1): the entries, one after another from `time_anchor`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvPowerSchedule {
+    /// 1 to 1024 entries.
+    pub ev_power_schedule_entries: Vec<EvPowerScheduleEntry>,
+    /// When the first entry starts.
+    pub time_anchor: DateTime,
+    /// Unmodelled fields (`customData`).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// OCPP `EVEnergyOfferType` (2.1): the energy the EV is willing to discharge over time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvEnergyOffer {
+    /// The power schedule of the offer.
+    pub ev_power_schedule: EvPowerSchedule,
+    /// Unmodelled fields (`evAbsolutePriceSchedule`, `customData`).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -483,6 +524,41 @@ pub struct NotifyEVChargingNeedsResponse {
     /// Whether a schedule will follow.
     pub status: NotifyEVChargingNeedsStatus,
     /// Details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_info: Option<StatusInfo>,
+    /// Unmodelled fields (`customData`).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// NotifyEVChargingSchedule request: the schedule the EV computed (ISO 15118) for an EVSE.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifyEVChargingScheduleRequest {
+    /// The schedule's periods are relative to this time.
+    pub time_base: DateTime,
+    /// The EV's schedule (boxed: it is large, and requests are moved around as one enum).
+    pub charging_schedule: Box<ChargingSchedule>,
+    /// EVSE id (≥ 1).
+    pub evse_id: i32,
+    /// The schedule the EV selected from the CSMS's profile (2.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_charging_schedule_id: Option<i32>,
+    /// Whether the EV accepts the power tolerance (2.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_tolerance_acceptance: Option<bool>,
+    /// Unmodelled fields (`customData`).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// NotifyEVChargingSchedule response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifyEVChargingScheduleResponse {
+    /// Whether the CSMS took the schedule.
+    pub status: GenericStatus,
+    /// Why (a rejection names its reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_info: Option<StatusInfo>,
     /// Unmodelled fields (`customData`).
