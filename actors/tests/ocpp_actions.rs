@@ -68,16 +68,22 @@ fn token(value: &str) -> IdToken {
     }
 }
 
+/// The site's one station, `evse-0` with its password, whose driver presents `ev-0`.
+fn station(port: u16) -> ChargePointConfig {
+    let mut client = ClientConfig::new("127.0.0.1", port, "evse-0");
+    client.password = Some(PASSWORD.as_bytes().to_vec());
+    let mut config = ChargePointConfig::new(client);
+    config.id_token = "ev-0".to_owned();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ocpp_actions_against_the_simulated_charge_point() {
     let (toml, _creds) = site();
     let t = start(&toml).await;
     let hub = t.node.ocpp_hub().cloned().unwrap();
     let addr = t.node.ocpp_addr().unwrap();
-    let mut client = ClientConfig::new("127.0.0.1", addr.port(), "evse-0");
-    client.password = Some(PASSWORD.as_bytes().to_vec());
-    let mut config = ChargePointConfig::new(client);
-    config.id_token = "ev-0".to_owned();
+    let mut config = station(addr.port());
     // No periodic meter values: the only MeterValues is the one the node triggers.
     config.meter_interval = Duration::from_secs(3600);
     config.max_power_kw = 11.0;
@@ -188,10 +194,7 @@ async fn a_station_that_ignores_trigger_message_never_stalls_reads() {
     let t = start(&toml).await;
     let hub = t.node.ocpp_hub().cloned().unwrap();
     let addr = t.node.ocpp_addr().unwrap();
-    let mut client = ClientConfig::new("127.0.0.1", addr.port(), "evse-0");
-    client.password = Some(PASSWORD.as_bytes().to_vec());
-    let mut config = ChargePointConfig::new(client);
-    config.id_token = "ev-0".to_owned();
+    let mut config = station(addr.port());
     config.max_power_kw = 11.0;
     config.default_limit_kw = 11.0;
     let (cp, _task) = ChargePoint::start(config, SystemTime::now()).unwrap();

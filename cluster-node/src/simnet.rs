@@ -13,6 +13,7 @@
 //! (beyond, `send` answers `QueueFull`), [`SimNetConfig::inbound_queue`] per receiving node
 //! (beyond, a delivery is dropped and counted in [`SimStats::overflowed`]).
 
+use gridvisor_supervisors::intensity::SplitMix64;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,20 +102,13 @@ pub struct SimStats {
     pub gone: u64,
 }
 
-/// SplitMix64: small, seeded, the same everywhere.
-struct Rng(u64);
+/// The network's random draws: the supervisors crate's SplitMix64 (small, seeded, the same
+/// everywhere), with the two draws a link needs.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 
     fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
@@ -122,7 +116,7 @@ impl Rng {
         lo + Duration::from_nanos(if span == 0 {
             0
         } else {
-            self.next() % (span + 1)
+            self.0.next_u64() % (span + 1)
         })
     }
 }
@@ -155,7 +149,7 @@ impl SimNet {
     /// An empty network.
     pub fn new(config: SimNetConfig) -> SimNet {
         let state = State {
-            rng: Rng(config.seed),
+            rng: Rng(SplitMix64::new(config.seed)),
             config,
             faults: BTreeMap::new(),
             cuts: BTreeSet::new(),
